@@ -2,15 +2,80 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import click
 
+from kling_batch.errors import KlingBatchError
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+FORMATS = click.Choice(["table", "markdown", "json"])
+
+
+class _Group(click.Group):
+    """Maps kling-batch errors to exit codes and one-line messages (tracebacks with -v)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KlingBatchError as exc:
+            if ctx.obj and ctx.obj.get("verbose"):
+                traceback.print_exc()
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks and debug detail.")
 @click.version_option(package_name="kling-batch")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """Render batches of Kling O3 videos from manifests kept in version control."""
+    ctx.obj = {"verbose": verbose}
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+@click.option("--only", multiple=True, metavar="GLOB", help="Plan only renders whose id matches.")
+@click.option("--force", multiple=True, metavar="GLOB", help="Re-render matching renders.")
+@click.option("--check", is_flag=True, help="Exit 1 when anything would render, 0 otherwise.")
+def plan(manifest: Path, fmt: str, only: tuple[str, ...], force: tuple[str, ...],
+         check: bool) -> None:
+    """Show what a run would render and what it would cost (no network)."""
+    from kling_batch import reports
+    from kling_batch.plan import build_plan
+
+    result = build_plan(manifest, now=datetime.now(UTC), only=only, force=force)
+    if fmt == "json":
+        sys.stdout.write(reports.dumps_json(result))
+    elif fmt == "markdown":
+        sys.stdout.write(reports.render_markdown(result))
+    else:
+        reports.render_table(result, stdout_console())
+    if check:
+        pending = sum(1 for item in result.items if item.action != "unchanged")
+        sys.exit(1 if pending else 0)
+
+
+@cli.group()
+def schema() -> None:
+    """Print JSON Schemas for editors."""
+
+
+@schema.command("manifest")
+def schema_manifest() -> None:
+    """Print the manifest JSON Schema."""
+    from kling_batch.manifest_schema import manifest_schema_text
+
+    sys.stdout.write(manifest_schema_text())
 
 
 @cli.command()
@@ -35,6 +100,16 @@ def emulator(host: str, port: int, api_key: str, time_scale: float, rpm: int,
           credits=credits, faults=list(faults), seed=seed)
 
 
+def stdout_console() -> Any:
+    """A rich console on stdout: colour only on a terminal and without NO_COLOR."""
+    from rich.console import Console
+
+    interactive = sys.stdout.isatty()
+    width = None if interactive else int(os.environ.get("COLUMNS", "160"))
+    return Console(file=sys.stdout, width=width, no_color=not interactive or None,
+                   highlight=False, soft_wrap=False)
+
+
 def main() -> None:
     """Console-script entry point."""
-    sys.exit(cli.main(prog_name="kling-batch", standalone_mode=True))
+    cli.main(prog_name="kling-batch")

@@ -1,0 +1,178 @@
+"""Input media on the planning side: where a reference points, its content hash, its length.
+
+Local files are hashed once and remembered by (size, mtime) in `.kling-batch/assets.json`
+beside the manifest, so replanning gigabytes of assets costs a `stat` per file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from kling_batch.atomic import atomic_write
+from kling_batch.canonical import sha256_file
+
+STATE_DIR = ".kling-batch"
+_CACHE_FILE = "assets.json"
+_CACHE_VERSION = 1
+# A file changed within this window of being hashed may change again in the same mtime tick.
+_RACY_NS = 2_000_000_000
+_MILLISECOND = Decimal("0.001")
+
+AssetKind = Literal["local", "https", "bunny"]
+
+
+class AssetProblem(Exception):
+    """A media reference that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """A media reference, resolved: a local file (hashed) or a URL passed through."""
+
+    ref: str
+    kind: AssetKind
+    path: Path | None = None
+    sha256: str | None = None
+    size: int | None = None
+
+    @property
+    def identity(self) -> str:
+        """What the fingerprint sees: a local file's content hash, else the URL itself."""
+        return self.sha256 if self.sha256 is not None else self.ref
+
+
+@dataclass(slots=True)
+class _Entry:
+    size: int
+    mtime_ns: int
+    sha256: str
+    hashed_ns: int
+    seconds: str | None = None
+
+
+class AssetStore:
+    """Resolves media references under one folder, with a persistent stat → hash cache."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.state_dir = root / STATE_DIR
+        self._entries = self._load()
+        self._dirty = False
+        self._resolved: dict[str, Asset] = {}
+
+    def resolve(self, ref: str) -> Asset:
+        """The asset behind `ref`; raises `AssetProblem` for refused or missing ones."""
+        asset = self._resolved.get(ref)
+        if asset is None:
+            asset = self._resolve(ref)
+            self._resolved[ref] = asset
+        return asset
+
+    def file_hash(self, path: Path) -> tuple[str, int]:
+        """(sha256, size) of a file under the root, from the cache when its stat is unchanged."""
+        entry = self._entry(path)
+        return entry.sha256, entry.size
+
+    def video_seconds(self, asset: Asset) -> Decimal:
+        """Length of a local video in seconds (to the millisecond), probed once per content."""
+        assert asset.path is not None
+        entry = self._entry(asset.path)
+        if entry.seconds is None:
+            entry.seconds = str(_probe_seconds(asset.path))
+            self._dirty = True
+        return Decimal(entry.seconds)
+
+    def save(self) -> None:
+        """Write the cache if anything was learnt; a no-op on a warm replan."""
+        if not self._dirty:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        ignore = self.state_dir / ".gitignore"
+        if not ignore.exists():
+            atomic_write(ignore, "# kling-batch state: caches, never committed\n*\n")
+        files = {
+            key: {
+                "size": e.size,
+                "mtime_ns": e.mtime_ns,
+                "sha256": e.sha256,
+                "hashed_ns": e.hashed_ns,
+                **({"seconds": e.seconds} if e.seconds is not None else {}),
+            }
+            for key, e in sorted(self._entries.items())
+        }
+        payload = {"version": _CACHE_VERSION, "files": files}
+        atomic_write(self.state_dir / _CACHE_FILE, json.dumps(payload, indent=0) + "\n")
+        self._dirty = False
+
+    def _resolve(self, ref: str) -> Asset:
+        lowered = ref.lower()
+        if lowered.startswith("https://"):
+            return Asset(ref, "https")
+        if lowered.startswith("bunny://"):
+            return Asset(ref, "bunny")
+        if lowered.startswith("http://"):
+            raise AssetProblem(f"{ref!r}: plain http:// is refused; use https:// or a local file")
+        if "://" in ref or lowered.startswith("data:"):
+            raise AssetProblem(
+                f"{ref!r}: media must be a local path, an https:// URL or a bunny:// path"
+            )
+        candidate = self.root / ref
+        resolved = candidate.resolve()
+        if not resolved.is_relative_to(self.root):
+            raise AssetProblem(f"{ref!r} lies outside the manifest's folder; copy it inside")
+        if not resolved.is_file():
+            raise AssetProblem(f"{ref!r}: no such file")
+        sha256, size = self.file_hash(resolved)
+        return Asset(ref, "local", resolved, sha256, size)
+
+    def _entry(self, path: Path) -> _Entry:
+        key = self._key(path)
+        stat = path.stat()
+        entry = self._entries.get(key)
+        if (
+            entry is not None
+            and entry.size == stat.st_size
+            and entry.mtime_ns == stat.st_mtime_ns
+            and entry.hashed_ns - entry.mtime_ns > _RACY_NS
+        ):
+            return entry
+        hashed_ns = time.time_ns()
+        entry = _Entry(stat.st_size, stat.st_mtime_ns, sha256_file(path), hashed_ns)
+        self._entries[key] = entry
+        self._dirty = True
+        return entry
+
+    def _key(self, path: Path) -> str:
+        resolved = path.resolve()
+        try:
+            return resolved.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(resolved)
+
+    def _load(self) -> dict[str, _Entry]:
+        try:
+            data: Any = json.loads((self.state_dir / _CACHE_FILE).read_text(encoding="utf-8"))
+            if data.get("version") != _CACHE_VERSION:
+                return {}
+            return {key: _Entry(**value) for key, value in data["files"].items()}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            # A cache, not a record: a damaged one is rebuilt from the files themselves.
+            return {}
+
+
+def _probe_seconds(path: Path) -> Decimal:
+    import mutagen
+
+    try:
+        media = mutagen.File(path)
+    except Exception as exc:  # mutagen raises many error types for damaged files
+        raise AssetProblem(f"cannot read the length of {path.name}: {exc}") from None
+    length = getattr(getattr(media, "info", None), "length", None)
+    if not length:
+        raise AssetProblem(f"cannot read the length of {path.name}: not a video mutagen knows")
+    return Decimal(repr(float(length))).quantize(_MILLISECOND, rounding=ROUND_HALF_UP)

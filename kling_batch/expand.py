@@ -1,0 +1,305 @@
+"""Expansion: each shot × its matrix × its takes, every string rendered, into RenderSpecs."""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import re
+from collections.abc import Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from kling_batch.errors import UserError
+from kling_batch.manifest import REQUEST_FIELD_NAMES, LoadedManifest, Shot, SourcedShot
+from kling_batch.templating import TemplateProblem, Templates
+
+_ID = re.compile(r"[A-Za-z0-9._-]+")
+_MATRIX_KEYWORDS = ("include", "exclude")
+
+
+@dataclass(frozen=True, slots=True)
+class ShotContext:
+    """`shot` inside templates: the render id, the shot's own id, its index and take."""
+
+    id: str
+    name: str
+    index: int
+    take: int
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestContext:
+    """`manifest` inside templates."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class RenderSpec:
+    """One render after templating and before validation against the model schema."""
+
+    id: str
+    shot: str
+    take: int
+    fields: Mapping[str, Any]
+    output: PurePosixPath
+    tags: tuple[str, ...]
+    file: Path
+
+
+def expand_shots(loaded: LoadedManifest, templates: Templates | None = None) -> list[RenderSpec]:
+    """Every render the manifest asks for, in manifest order; ids and outputs unique."""
+    templates = templates or Templates(loaded.root)
+    renderer = _CachedRenderer(templates)
+    manifest = loaded.manifest
+    defaults = manifest.defaults.model_dump(exclude_none=True)
+    base_context = {**manifest.vars, "manifest": ManifestContext(manifest.name)}
+    specs: list[RenderSpec] = []
+    seen_ids: dict[str, SourcedShot] = {}
+    seen_outputs: dict[PurePosixPath, str] = {}
+    index = 0
+    for sourced in loaded.shots:
+        shot = sourced.shot
+        if not shot.enabled:
+            continue
+        for combo in expand_matrix(sourced):
+            context = {**base_context, **combo}
+            base_id = _render_id(renderer, sourced, context)
+            for take in range(1, shot.takes + 1):
+                render_id = base_id if shot.takes == 1 else f"{base_id}-take{take}"
+                if render_id in seen_ids:
+                    first = seen_ids[render_id]
+                    raise UserError(
+                        f"duplicate id after expansion (also made by shot #{first.index + 1}"
+                        f" in {first.file.name})",
+                        file=sourced.file,
+                        shot=render_id,
+                        field="id",
+                    )
+                seen_ids[render_id] = sourced
+                shot_ctx = ShotContext(render_id, base_id, index, take)
+                context_take = {**context, "id": render_id, "shot": shot_ctx}
+                spec = _render_spec(
+                    renderer, loaded, sourced, defaults, combo, context_take, shot_ctx
+                )
+                if spec.output in seen_outputs:
+                    raise UserError(
+                        f"output {spec.output} is also the output of {seen_outputs[spec.output]!r}",
+                        file=sourced.file,
+                        shot=render_id,
+                        field="output",
+                    )
+                seen_outputs[spec.output] = render_id
+                specs.append(spec)
+                index += 1
+    return specs
+
+
+def select(specs: Iterable[RenderSpec], globs: Iterable[str]) -> list[RenderSpec]:
+    """The specs whose id matches any glob (all of them when no glob is given)."""
+    patterns = list(globs)
+    if not patterns:
+        return list(specs)
+    return [s for s in specs if any(fnmatch.fnmatchcase(s.id, p) for p in patterns)]
+
+
+def expand_matrix(sourced: SourcedShot) -> list[dict[str, Any]]:
+    """Matrix combinations with GitHub Actions' `include`/`exclude` rules; `[{}]` without one."""
+    matrix = sourced.shot.matrix
+    if matrix is None:
+        return [{}]
+
+    def fail(message: str, field: str = "matrix") -> UserError:
+        return UserError(message, file=sourced.file, shot=sourced.shot.id, field=field)
+
+    axes = {key: values for key, values in matrix.items() if key not in _MATRIX_KEYWORDS}
+    include = _table_list(matrix.get("include", []), fail, "matrix.include")
+    exclude = _table_list(matrix.get("exclude", []), fail, "matrix.exclude")
+    if not axes and not include:
+        raise fail("the matrix is empty: give at least one key with a list of values")
+    for key, values in axes.items():
+        if not values:
+            raise fail(f"matrix key {key!r} has no values", f"matrix.{key}")
+    for entry in exclude:
+        unknown = set(entry) - set(axes)
+        if unknown:
+            raise fail(f"exclude names {sorted(unknown)[0]!r}, not a matrix key", "matrix.exclude")
+    originals = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+    originals = [c for c in originals if not any(_contains(c, entry) for entry in exclude)]
+    combos = [dict(c) for c in originals]
+    for entry in include:
+        matched = False
+        for original, combo in zip(originals, combos, strict=True):
+            if all(original[k] == v for k, v in entry.items() if k in original):
+                combo.update(entry)
+                matched = True
+        if not matched:
+            combos.append(dict(entry))
+    if not combos:
+        raise fail("the matrix is empty after exclude")
+    return combos
+
+
+def _table_list(value: Any, fail: Any, field: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise fail(f"{field} must be a list of tables", field)
+    return value
+
+
+def _contains(combo: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
+    return all(combo.get(key) == value for key, value in entry.items())
+
+
+def _render_id(renderer: _CachedRenderer, sourced: SourcedShot, context: dict[str, Any]) -> str:
+    render_id = renderer.render(sourced, sourced.shot.id, "id", context)
+    if not _ID.fullmatch(render_id):
+        raise UserError(
+            f"id {render_id!r} may only use letters, digits, '.', '_' and '-'",
+            file=sourced.file,
+            shot=render_id or sourced.shot.id,
+            field="id",
+        )
+    return render_id
+
+
+def _render_spec(
+    renderer: _CachedRenderer,
+    loaded: LoadedManifest,
+    sourced: SourcedShot,
+    defaults: Mapping[str, Any],
+    combo: Mapping[str, Any],
+    context: dict[str, Any],
+    shot_ctx: ShotContext,
+) -> RenderSpec:
+    shot = sourced.shot
+    fields: dict[str, Any] = {}
+    for name in REQUEST_FIELD_NAMES:
+        value = _field_value(shot, name, combo, defaults)
+        if value is None:
+            continue
+        fields[name] = renderer.render_value(sourced, value, name, context, shot_ctx.id)
+    output_template = shot.output or "{{ id }}.mp4"
+    output_text = renderer.render(sourced, output_template, "output", context, shot_ctx.id)
+    output = _check_output(loaded, sourced, output_text, shot_ctx.id)
+    return RenderSpec(
+        id=shot_ctx.id,
+        shot=shot_ctx.name,
+        take=shot_ctx.take,
+        fields=fields,
+        output=output,
+        tags=tuple(shot.tags),
+        file=sourced.file,
+    )
+
+
+def _field_value(shot: Shot, name: str, combo: Mapping[str, Any], defaults: Mapping[str, Any]) -> Any:
+    """Shot value, else a matrix value of the same name, else the manifest default."""
+    value = getattr(shot, name)
+    if value is not None:
+        return value
+    if name in combo:
+        return combo[name]
+    return defaults.get(name)
+
+
+def _check_output(
+    loaded: LoadedManifest, sourced: SourcedShot, text: str, render_id: str
+) -> PurePosixPath:
+    """The output path relative to the manifest folder; it must stay inside `output_dir`."""
+    output_dir = PurePosixPath(loaded.manifest.output_dir)
+    relative = PurePosixPath(text.replace("\\", "/"))
+    candidate = output_dir / relative
+    root = loaded.root.resolve()
+    target_dir = (root / output_dir).resolve()
+    if not target_dir.is_relative_to(root):
+        raise UserError(
+            f"output_dir {str(output_dir)!r} leads outside the manifest's folder",
+            file=loaded.path,
+            field="output_dir",
+        )
+    if (
+        not text.strip()
+        or relative.is_absolute()
+        or ".." in relative.parts
+        or not (root / candidate).resolve().is_relative_to(target_dir)
+    ):
+        raise UserError(
+            f"output {text!r} must be a relative path inside output_dir {str(output_dir)!r}",
+            file=sourced.file,
+            shot=render_id,
+            field="output",
+        )
+    return candidate
+
+
+class _CachedRenderer:
+    """Renders templates, reusing a result when the names a template reads are unchanged.
+
+    A 10,000-render matrix repeats most field values; keying on only the names each
+    template reads turns most renders into a dictionary lookup.
+    """
+
+    def __init__(self, templates: Templates) -> None:
+        self.templates = templates
+        self._results: dict[tuple[Hashable, ...], str] = {}
+
+    def render(
+        self,
+        sourced: SourcedShot,
+        text: str,
+        field: str,
+        context: Mapping[str, Any],
+        render_id: str | None = None,
+    ) -> str:
+        if not self.templates.is_template(text):
+            return text
+        try:
+            names = self.templates.names_used(text)
+            key = None if names is None else (text, *_values_key(context, names))
+            if key is not None:
+                cached = self._results.get(key)
+                if cached is not None:
+                    return cached
+            result = self.templates.render(text, context)
+        except TemplateProblem as problem:
+            where = f" (line {problem.line} of the template)" if problem.line else ""
+            raise UserError(
+                problem.message + where,
+                file=sourced.file,
+                shot=render_id or sourced.shot.id,
+                field=field,
+            ) from None
+        if key is not None:
+            self._results[key] = result
+        return result
+
+    def render_value(
+        self,
+        sourced: SourcedShot,
+        value: Any,
+        field: str,
+        context: Mapping[str, Any],
+        render_id: str,
+    ) -> Any:
+        if isinstance(value, str):
+            return self.render(sourced, value, field, context, render_id)
+        if isinstance(value, list):
+            return [self.render_value(sourced, item, field, context, render_id) for item in value]
+        return value
+
+
+def _values_key(context: Mapping[str, Any], names: Iterable[str]) -> Iterator[Hashable]:
+    for name in sorted(names):
+        value = context.get(name, _MISSING)
+        try:
+            hash(value)
+        except TypeError:
+            # vars hold lists and tables; they live for the whole expansion, so identity is safe.
+            yield (name, "id", id(value))
+        else:
+            # The type is part of the key: 1, 1.0 and True are equal but render differently.
+            yield (name, type(value), value)
+
+
+_MISSING = object()

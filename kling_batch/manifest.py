@@ -1,0 +1,288 @@
+"""The manifest: TOML or JSON files read into one pydantic model, with `include`d shot files."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import tomllib
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kling_batch.errors import UserError
+
+# A string holding Jinja syntax: lets an enum or number field be set from a template.
+Template = Annotated[
+    str,
+    Field(pattern=r"\{[{%#]", description="A Jinja2 template that renders to a valid value."),
+]
+Scalar = str | int | float | bool
+
+_STRICT = ConfigDict(extra="forbid", populate_by_name=True)
+M = TypeVar("M", bound=BaseModel)
+
+
+class RequestFields(BaseModel):
+    """The kling-o3 request fields a manifest may set; every string is a template."""
+
+    model_config = _STRICT
+
+    prompt: str | None = Field(None, description="Scenes split on | or newlines; `Ns:` prefix.")
+    model_tier: Literal["standard", "pro", "4k"] | Template | None = None
+    workflow: Literal["auto", "t2v", "i2v", "video_edit", "reference"] | Template | None = None
+    aspect_ratio: Literal["16:9", "1:1", "9:16"] | Template | None = None
+    duration: Annotated[float, Field(ge=3, le=15)] | Template | None = Field(
+        None, description="Seconds per scene, 3-15."
+    )
+    sound: bool | Template | None = None
+    keep_original_sound: bool | Template | None = None
+    image: str | None = Field(None, description="Local path, https:// URL or bunny:// path.")
+    image_end: str | None = None
+    video: str | None = None
+    reference_images: list[str] | str | None = None
+    reference_videos: list[str] | str | None = None
+
+
+REQUEST_FIELD_NAMES = tuple(RequestFields.model_fields)
+
+
+class Shot(RequestFields):
+    """One shot: request fields plus how it expands (matrix, takes) and where it lands."""
+
+    id: str = Field(description="Unique after expansion; [A-Za-z0-9._-]; a template.")
+    matrix: dict[str, list[Any]] | None = Field(
+        None,
+        description="Lists to cross; `include`/`exclude` lists of tables as in GitHub Actions.",
+    )
+    takes: int = Field(1, ge=1, le=100, description="Renders of the same request.")
+    output: str | None = Field(None, description="Path under output_dir; default {{ id }}.mp4.")
+    tags: list[str] = Field(default_factory=list)
+    enabled: bool = True
+
+
+class Manifest(BaseModel):
+    """A kling-batch manifest (version 1)."""
+
+    model_config = _STRICT
+
+    schema_: str | None = Field(None, alias="$schema", description="Editor schema hint.")
+    version: Literal[1] = Field(description="Manifest format version.")
+    name: str = Field(description="Project name, available to templates as manifest.name.")
+    output_dir: str = Field("renders", description="Folder for outputs, relative to this file.")
+    budget_usd: Annotated[Decimal, Field(ge=0)] | None = Field(
+        None, description="run refuses a plan whose cost to run exceeds it."
+    )
+    include: list[str] = Field(
+        default_factory=list, description="Globs of shot files, relative to this file."
+    )
+    vars: dict[str, Any] = Field(default_factory=dict, description="Free values for templates.")
+    defaults: RequestFields = Field(default_factory=RequestFields)
+    shots: list[Shot] = Field(default_factory=list)
+
+
+class IncludedShots(BaseModel):
+    """A file named by `include`: more shots for the including manifest."""
+
+    model_config = _STRICT
+
+    schema_: str | None = Field(None, alias="$schema")
+    shots: list[Shot] = Field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SourcedShot:
+    """A shot with the file it came from, for error messages."""
+
+    shot: Shot
+    file: Path
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedManifest:
+    """A manifest and every shot it includes, with the folder its paths are relative to."""
+
+    path: Path
+    manifest: Manifest
+    shots: tuple[SourcedShot, ...]
+
+    @property
+    def root(self) -> Path:
+        """The manifest's folder: templates, assets and outputs live under it."""
+        return self.path.parent
+
+    def display(self, path: Path) -> str:
+        """A path as users wrote it: relative to the manifest's folder."""
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+
+def load_manifest(path: Path) -> LoadedManifest:
+    """Read a manifest and its includes; raise `UserError` naming file, shot and field."""
+    path = Path(path)
+    manifest = _validate(Manifest, path, read_document(path))
+    shots = [SourcedShot(shot, path, index) for index, shot in enumerate(manifest.shots)]
+    for included in _included_files(path, manifest.include):
+        extra = _validate(IncludedShots, included, read_document(included))
+        shots.extend(SourcedShot(shot, included, index) for index, shot in enumerate(extra.shots))
+    return LoadedManifest(path, manifest, tuple(shots))
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """Parse a `.toml` or `.json` file into plain data; syntax errors name the line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError("file not found", file=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read: {exc}", file=path) from None
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            line = _toml_error_line(exc)
+            message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+            raise UserError(f"TOML syntax error: {message}", file=path, line=line) from None
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"JSON syntax error: {exc.msg}", file=path, line=exc.lineno) from None
+        if not isinstance(data, dict):
+            raise UserError("a manifest must be a JSON object", file=path, line=1)
+        return data
+    raise UserError("manifests are .toml or .json files", file=path)
+
+
+def _toml_error_line(exc: tomllib.TOMLDecodeError) -> int | None:
+    lineno = getattr(exc, "lineno", None)
+    if isinstance(lineno, int):
+        return lineno
+    match = re.search(r"at line (\d+)", str(exc))
+    return int(match.group(1)) if match else None
+
+
+def _included_files(path: Path, patterns: list[str]) -> list[Path]:
+    root = path.parent.resolve()
+    found: list[Path] = []
+    for pattern in patterns:
+        if Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+            raise UserError(
+                f"include {pattern!r} must be a relative glob inside the manifest's folder",
+                file=path,
+                field="include",
+            )
+        matches = sorted(p for p in path.parent.glob(pattern) if p.is_file())
+        if not matches:
+            raise UserError(f"include {pattern!r} matches no file", file=path, field="include")
+        for match in matches:
+            if not match.resolve().is_relative_to(root):
+                raise UserError(
+                    f"include {pattern!r} leads outside the manifest's folder",
+                    file=path,
+                    field="include",
+                )
+            if match.resolve() != path.resolve() and match not in found:
+                found.append(match)
+    return found
+
+
+def _validate(model: type[M], path: Path, data: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _user_error(model, path, data, exc) from None
+
+
+def _user_error(
+    model: type[BaseModel], path: Path, data: dict[str, Any], exc: ValidationError
+) -> UserError:
+    """Turn pydantic's first complaint into one line: file, line, shot, field, hint."""
+    error = _most_specific(exc.errors())
+    loc = [part for part in error["loc"] if not _is_union_branch(part)]
+    shot: str | None = None
+    if len(loc) >= 2 and loc[0] == "shots" and isinstance(loc[1], int):
+        raw = data.get("shots", [])[loc[1]] if isinstance(data.get("shots"), list) else None
+        shot_id = raw.get("id") if isinstance(raw, dict) else None
+        shot = str(shot_id) if shot_id else f"shots[{loc[1]}]"
+        field_loc = loc[2:]
+    else:
+        field_loc = loc
+    field = ".".join(str(part) for part in field_loc) or None
+    message = _clean_message(error)
+    if error["type"] == "extra_forbidden" and field_loc:
+        message = f"unknown key {field_loc[-1]!r}" + _did_you_mean(
+            str(field_loc[-1]), _known_keys(model, loc)
+        )
+    key = str(field_loc[-1]) if field_loc else None
+    index = loc[1] if shot is not None and isinstance(loc[1], int) else None
+    line = _guess_line(path, key, index)
+    return UserError(message, file=path, shot=shot, field=field, line=line)
+
+
+def _most_specific(errors: list[Any]) -> Any:
+    # Union types report one error per branch; the literal branch names the allowed values.
+    for error in errors:
+        if error["type"] in {"literal_error", "extra_forbidden", "missing"}:
+            return error
+    return errors[0]
+
+
+def _is_union_branch(part: Any) -> bool:
+    return isinstance(part, str) and (
+        part.startswith(("literal[", "function-", "constrained-"))
+        or part in {"str", "int", "float", "bool", "decimal", "list[str]", "dict[str,any]"}
+        or part.startswith(("list[", "dict["))
+    )
+
+
+def _clean_message(error: Any) -> str:
+    message = str(error["msg"])
+    if error["type"] == "literal_error":
+        allowed = error.get("ctx", {}).get("expected", "")
+        return f"invalid value {error['input']!r}; expected {allowed}"
+    if error["type"] == "missing":
+        return "required key is missing"
+    if "input" in error and error["type"] not in {"extra_forbidden"}:
+        return f"{message} (got {error['input']!r})"
+    return message
+
+
+def _known_keys(model: type[BaseModel], loc: list[Any]) -> list[str]:
+    if loc and loc[0] == "shots":
+        return list(Shot.model_fields)
+    if loc and loc[0] == "defaults":
+        return list(RequestFields.model_fields)
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _did_you_mean(word: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _guess_line(path: Path, key: str | None, shot_index: int | None) -> int | None:
+    """Best-effort line of `key` (in the given shot): TOML and JSON parsers keep no positions."""
+    if key is None:
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    start = 0
+    if shot_index is not None:
+        headers = [i for i, text in enumerate(lines) if re.match(r"\s*\[\[\s*shots\s*\]\]", text)]
+        if len(headers) > shot_index:
+            start = headers[shot_index]
+    pattern = re.compile(rf"""^\s*["']?{re.escape(key)}["']?\s*[=:]|"{re.escape(key)}"\s*:""")
+    for number in range(start, len(lines)):
+        if pattern.search(lines[number]):
+            return number + 1
+    return None

@@ -1,0 +1,493 @@
+"""Planning: RenderSpecs validated, priced and fingerprinted, then compared with the lockfile.
+
+Pure: no network, and the clock only as the `now` argument. `plan` is exactly what `run` does.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from kling_batch import kling_o3
+from kling_batch.assets import STATE_DIR, Asset, AssetProblem, AssetStore
+from kling_batch.canonical import fingerprint_of
+from kling_batch.errors import UserError
+from kling_batch.expand import RenderSpec, expand_shots, select
+from kling_batch.kling_o3 import KlingO3Request, RequestRuleError
+from kling_batch.lockfile import Entry, Lockfile, lock_path, load_lockfile
+from kling_batch.manifest import LoadedManifest, load_manifest
+from kling_batch.pricing import Price, price
+
+Action = Literal["new", "changed", "retry", "resume", "restore", "unchanged", "uncertain"]
+PAID_ACTIONS: frozenset[str] = frozenset({"new", "changed", "retry"})
+ACTIONS: tuple[Action, ...] = (
+    "new",
+    "changed",
+    "retry",
+    "resume",
+    "restore",
+    "uncertain",
+    "unchanged",
+)
+CACHE_DIR = "cache"
+
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+_VIDEO_SUFFIXES = {".mp4", ".mov"}
+_IMAGE_MAX_BYTES = 10 * 1024 * 1024
+_VIDEO_MAX_BYTES = 200 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedRender:
+    """One render, validated and priced: what would be sent and what it would cost."""
+
+    id: str
+    shot: str
+    take: int
+    request: KlingO3Request
+    body: Mapping[str, Any]
+    assets: Mapping[str, Asset]
+    workflow: kling_o3.ResolvedWorkflow
+    price: Price
+    fingerprint: str
+    output: PurePosixPath
+    tags: tuple[str, ...]
+    assumptions: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+    @property
+    def seconds(self) -> Decimal:
+        """Billed seconds."""
+        return self.price.seconds
+
+    @property
+    def cost(self) -> Decimal:
+        """Estimated cost in USD, to the tenth of a cent."""
+        return self.price.cost
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreSource:
+    """Where a free restore comes from: a local file, the local cache, or a result URL."""
+
+    kind: Literal["file", "cache", "url"]
+    sha256: str
+    size: int
+    path: Path | None = None
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanItem:
+    """A render and what the run would do with it."""
+
+    render: PlannedRender
+    action: Action
+    reasons: tuple[str, ...] = ()
+    restore: RestoreSource | None = None
+
+    @property
+    def paid(self) -> bool:
+        """True when the run would pay for this render."""
+        return self.action in PAID_ACTIONS
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    """A lockfile entry whose render is no longer in the manifest."""
+
+    id: str
+    state: str
+    output: str
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Sums over a plan."""
+
+    renders: int
+    to_run: int
+    cost: Decimal
+    to_run_cost: Decimal
+    by_action: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The whole plan for one manifest."""
+
+    loaded: LoadedManifest
+    lock_path: Path
+    lock: Lockfile
+    items: Sequence[PlanItem]
+    orphans: Sequence[Orphan]
+    warnings: Sequence[str] = field(default_factory=list)
+
+    @property
+    def totals(self) -> Totals:
+        """Counts and costs; `to_run_cost` sums only what the run would pay for."""
+        by_action = {action: 0 for action in ACTIONS}
+        for item in self.items:
+            by_action[item.action] += 1
+        paid = [item for item in self.items if item.paid]
+        return Totals(
+            renders=len(self.items),
+            to_run=len(paid),
+            cost=sum((item.render.cost for item in self.items), Decimal(0)),
+            to_run_cost=sum((item.render.cost for item in paid), Decimal(0)),
+            by_action=by_action,
+        )
+
+    @property
+    def budget(self) -> Decimal | None:
+        """The manifest's `budget_usd`, if any."""
+        return self.loaded.manifest.budget_usd
+
+    @property
+    def over_budget(self) -> bool:
+        """True when the cost to run exceeds the manifest's budget."""
+        return self.budget is not None and self.totals.to_run_cost > self.budget
+
+
+def build_plan(
+    manifest_path: Path,
+    *,
+    now: datetime,
+    only: Iterable[str] = (),
+    force: Iterable[str] = (),
+    lockfile: Path | None = None,
+) -> Plan:
+    """Load, expand, validate, price and diff one manifest against its lockfile."""
+    loaded = load_manifest(manifest_path)
+    lock_file = lockfile or lock_path(loaded.path)
+    lock = load_lockfile(lock_file)
+    store = AssetStore(loaded.root)
+    specs = expand_shots(loaded)
+    all_ids = {spec.id for spec in specs}
+    renders = [plan_render(spec, store) for spec in select(specs, only)]
+    differ = _Differ(loaded.root, lock, store, now)
+    force_globs = list(force)
+    items = [differ.item(r, _matches(r.id, force_globs)) for r in renders]
+    orphans = [
+        Orphan(key, entry.state, entry.output)
+        for key, entry in sorted(lock.shots.items())
+        if key not in all_ids
+    ]
+    warnings = [f"{r.id}: {text}" for r in renders for text in r.warnings]
+    store.save()
+    return Plan(loaded, lock_file, lock, items, orphans, warnings)
+
+
+def plan_render(spec: RenderSpec, store: AssetStore) -> PlannedRender:
+    """Validate one RenderSpec against the kling-o3 schema, resolve its assets and price it."""
+
+    def fail(message: str, field_name: str | None) -> UserError:
+        return UserError(message, file=spec.file, shot=spec.id, field=field_name)
+
+    try:
+        request = KlingO3Request.model_validate(spec.fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = ".".join(str(p) for p in error["loc"] if not str(p).startswith(("int", "float")))
+        detail = error["msg"]
+        if "input" in error:
+            detail = f"{detail} (got {error['input']!r})"
+        raise fail(detail, name or None) from None
+    workflow = kling_o3.resolve_workflow(request)
+    try:
+        scenes = kling_o3.parse_scenes(request.prompt)
+        warnings = kling_o3.check_rules(request, workflow)
+    except RequestRuleError as exc:
+        raise fail(str(exc), exc.field) from None
+
+    assets = _resolve_assets(request, store, fail)
+    warnings.extend(_asset_warnings(assets))
+    assumptions: list[str] = []
+    video_input = kling_o3.has_video_input(request, workflow)
+    for key, asset in assets.items():
+        if asset.kind == "local" and key.startswith("reference_videos"):
+            length = _seconds_of(store, asset, fail, key)
+            if length > kling_o3.VIDEO_INPUT_CAP_SECONDS:
+                warnings.append(f"{asset.ref} is {length}s; reference videos are capped to 10s")
+    if workflow == "video_edit":
+        seconds = _video_edit_seconds(request, assets["video"], store, fail, warnings, assumptions)
+    else:
+        seconds = kling_o3.scene_seconds(scenes, request.duration)
+        if len(scenes) > 1 and seconds > kling_o3.MAX_SECONDS:
+            warnings.append(
+                f"{len(scenes)} scenes total {seconds}s, over the model's 15s; the API may "
+                "refuse or shorten it"
+            )
+    priced = price(request.model_tier, video_input=video_input, sound=request.sound, seconds=seconds)
+    body = kling_o3.wire_request(request, workflow)
+    fingerprint = fingerprint_of(
+        {"model": kling_o3.MODEL_ID, "request": _with_hashes(body, assets), "take": spec.take}
+    )
+    return PlannedRender(
+        id=spec.id,
+        shot=spec.shot,
+        take=spec.take,
+        request=request,
+        body=body,
+        assets=assets,
+        workflow=workflow,
+        price=priced,
+        fingerprint=fingerprint,
+        output=spec.output,
+        tags=spec.tags,
+        assumptions=tuple(assumptions),
+        warnings=tuple(warnings),
+    )
+
+
+def _resolve_assets(request: KlingO3Request, store: AssetStore, fail: Any) -> dict[str, Asset]:
+    assets: dict[str, Asset] = {}
+    for name in kling_o3.MEDIA_FIELDS:
+        ref = getattr(request, name)
+        if ref:
+            try:
+                assets[name] = store.resolve(ref)
+            except AssetProblem as exc:
+                raise fail(str(exc), name) from None
+    for name in kling_o3.MEDIA_LIST_FIELDS:
+        for index, ref in enumerate(getattr(request, name) or ()):
+            try:
+                assets[f"{name}.{index}"] = store.resolve(ref)
+            except AssetProblem as exc:
+                raise fail(str(exc), f"{name}[{index}]") from None
+    return assets
+
+
+def _asset_warnings(assets: Mapping[str, Asset]) -> list[str]:
+    """The inferred input limits (API reference §7): file types and sizes."""
+    warnings = []
+    for key, asset in assets.items():
+        if asset.kind != "local" or asset.path is None or asset.size is None:
+            continue
+        is_video = key == "video" or key.startswith("reference_videos")
+        suffixes, limit = (
+            (_VIDEO_SUFFIXES, _VIDEO_MAX_BYTES) if is_video else (_IMAGE_SUFFIXES, _IMAGE_MAX_BYTES)
+        )
+        kind = "video" if is_video else "image"
+        if asset.path.suffix.lower() not in suffixes:
+            allowed = ", ".join(sorted(suffixes))
+            warnings.append(f"{asset.ref}: {kind} inputs are believed to be {allowed} only")
+        if asset.size > limit:
+            warnings.append(
+                f"{asset.ref} is {asset.size / 1e6:.1f} MB; {kind} inputs are believed to be "
+                f"limited to {limit // (1024 * 1024)} MB"
+            )
+    return warnings
+
+
+def _seconds_of(store: AssetStore, asset: Asset, fail: Any, field_name: str) -> Decimal:
+    try:
+        return store.video_seconds(asset)
+    except AssetProblem as exc:
+        raise fail(str(exc), field_name) from None
+
+
+def _video_edit_seconds(
+    request: KlingO3Request,
+    video: Asset,
+    store: AssetStore,
+    fail: Any,
+    warnings: list[str],
+    assumptions: list[str],
+) -> Decimal:
+    """Billed seconds of an edit: the source's length, capped at 10 s."""
+    cap = Decimal(kling_o3.VIDEO_INPUT_CAP_SECONDS)
+    if video.kind != "local":
+        seconds = Decimal(str(request.duration))
+        assumptions.append(
+            f"remote video: length unknown, priced at duration={seconds}s (capped at {cap}s)"
+        )
+        return min(seconds, cap)
+    length = _seconds_of(store, video, fail, "video")
+    if length > cap:
+        warnings.append(f"{video.ref} is {length}s; video_edit uses (and bills) the first {cap}s")
+    return min(length, cap)
+
+
+def _with_hashes(body: Mapping[str, Any], assets: Mapping[str, Asset]) -> dict[str, Any]:
+    """The body with each local asset replaced by its content hash (for the fingerprint)."""
+    hashed = dict(body)
+    for name in kling_o3.MEDIA_FIELDS:
+        if name in assets:
+            hashed[name] = assets[name].identity
+    for name in kling_o3.MEDIA_LIST_FIELDS:
+        if name in hashed:
+            count = len(hashed[name].split(","))
+            hashed[name] = ",".join(assets[f"{name}.{i}"].identity for i in range(count))
+    return hashed
+
+
+def asset_hashes(render: PlannedRender) -> dict[str, str]:
+    """Field → content hash of each local asset, as the lockfile records them."""
+    return {key: a.sha256 for key, a in render.assets.items() if a.sha256 is not None}
+
+
+def _matches(render_id: str, globs: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(render_id, glob) for glob in globs)
+
+
+class _Differ:
+    """Decides each render's action against the lockfile, the output files and the cache."""
+
+    def __init__(self, root: Path, lock: Lockfile, store: AssetStore, now: datetime) -> None:
+        self.root = root
+        self.lock = lock
+        self.store = store
+        self.now = now
+        self.cache_dir = root / STATE_DIR / CACHE_DIR
+        self._known: dict[str, list[tuple[Entry | None, str, int, str | None, Any]]] = {}
+        for entry in lock.shots.values():
+            if entry.state == "done" and entry.output_sha256 and entry.output_size is not None:
+                self._known.setdefault(entry.fingerprint, []).append(
+                    (
+                        entry,
+                        entry.output_sha256,
+                        entry.output_size,
+                        entry.result_url,
+                        entry.result_expires_at,
+                    )
+                )
+            for past in entry.history:
+                self._known.setdefault(past.fingerprint, []).append(
+                    (None, past.output_sha256, past.output_size, past.result_url,
+                     past.result_expires_at)
+                )
+
+    def item(self, render: PlannedRender, forced: bool) -> PlanItem:
+        entry = self.lock.shots.get(render.id)
+        if forced:
+            reasons = ("forced with --force",)
+            return PlanItem(render, "changed" if entry else "new", reasons)
+        if entry is None:
+            source = self._restore_source(render.fingerprint)
+            if source is not None:
+                return PlanItem(render, "restore", (_restore_reason(source),), source)
+            return PlanItem(render, "new")
+        if entry.fingerprint != render.fingerprint:
+            source = self._restore_source(render.fingerprint)
+            if source is not None:
+                reason = "request matches an earlier render; " + _restore_reason(source)
+                return PlanItem(render, "restore", (reason,), source)
+            return PlanItem(render, "changed", tuple(change_reasons(entry, render)))
+        return self._same_fingerprint(render, entry)
+
+    def _same_fingerprint(self, render: PlannedRender, entry: Entry) -> PlanItem:
+        if entry.state == "failed":
+            return PlanItem(render, "retry", (f"last attempt failed: {entry.error or 'unknown'}",))
+        if entry.state == "uncertain":
+            reason = "a submission may have reached the API; rerun with --resubmit-uncertain"
+            return PlanItem(render, "uncertain", (reason,))
+        if entry.state == "submitting":
+            reason = (
+                "stopped while submitting: the API may have the job; rerun with "
+                "--resubmit-uncertain"
+            )
+            return PlanItem(render, "uncertain", (reason,))
+        if entry.state == "submitted":
+            return PlanItem(render, "resume", (f"job {entry.job_id} in flight",))
+        if entry.state == "completed":
+            return PlanItem(render, "resume", (f"job {entry.job_id} done; download pending",))
+        # done
+        target = self.root / render.output
+        if (
+            entry.output == str(render.output)
+            and entry.output_sha256 is not None
+            and self._file_matches(target, entry.output_sha256, entry.output_size)
+        ):
+            return PlanItem(render, "unchanged")
+        source = self._restore_source(render.fingerprint)
+        if source is not None:
+            if entry.output != str(render.output):
+                reason = f"output moved from {entry.output}; {_restore_reason(source)}"
+            else:
+                reason = "output missing or modified; " + _restore_reason(source)
+            return PlanItem(render, "restore", (reason,), source)
+        return PlanItem(
+            render,
+            "changed",
+            ("output missing or modified; no cached copy or valid result URL to restore it",),
+        )
+
+    def _restore_source(self, fingerprint: str) -> RestoreSource | None:
+        candidates = self._known.get(fingerprint, [])
+        for entry, sha256, size, _url, _expires in candidates:
+            if entry is not None:
+                path = self.root / entry.output
+                if self._file_matches(path, sha256, size):
+                    return RestoreSource("file", sha256, size, path=path)
+        for _entry, sha256, size, _url, _expires in candidates:
+            cached = self.cache_dir / sha256.removeprefix("sha256:")
+            if self._file_matches(cached, sha256, size):
+                return RestoreSource("cache", sha256, size, path=cached)
+        for _entry, sha256, size, url, expires in candidates:
+            if url and expires is not None and expires > self.now:
+                return RestoreSource("url", sha256, size, url=url)
+        return None
+
+    def _file_matches(self, path: Path, sha256: str, size: int | None) -> bool:
+        try:
+            if not path.is_file() or (size is not None and path.stat().st_size != size):
+                return False
+            return self.store.file_hash(path)[0] == sha256
+        except OSError:
+            return False
+
+
+def _restore_reason(source: RestoreSource) -> str:
+    if source.kind == "url":
+        return "restored from its result URL (free)"
+    if source.kind == "cache":
+        return "restored from the local cache (free)"
+    return f"copied from {source.path.name if source.path else 'an earlier output'} (free)"
+
+
+def change_reasons(entry: Entry, render: PlannedRender) -> list[str]:
+    """Which request fields differ from the locked render, and which assets' content changed."""
+    reasons: list[str] = []
+    old, new = entry.request, dict(render.body)
+    new_hashes = asset_hashes(render)
+    for name in sorted(set(old) | set(new)):
+        before, after = old.get(name), new.get(name)
+        if _normal(before) != _normal(after):
+            if name == "prompt":
+                reasons.append("prompt changed")
+            elif before is None:
+                reasons.append(f"{name} added: {_short(after)}")
+            elif after is None:
+                reasons.append(f"{name} removed (was {_short(before)})")
+            else:
+                reasons.append(f"{name}: {_short(before)} → {_short(after)}")
+    for key in sorted(set(entry.assets) | set(new_hashes)):
+        before_hash, after_hash = entry.assets.get(key), new_hashes.get(key)
+        if before_hash and after_hash and before_hash != after_hash:
+            asset = render.assets.get(key)
+            label = asset.ref if asset else key
+            reasons.append(f"content of {label} changed ({key})")
+    if entry.take != render.take:
+        reasons.append(f"take {entry.take} → {render.take}")
+    return reasons or ["fingerprint changed"]
+
+
+def _normal(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, list):
+        return [_normal(v) for v in value]
+    return value
+
+
+def _short(value: Any) -> str:
+    text = str(_normal(value))
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,250 @@
+"""Plan reports: a Terraform-like table, a pull-request Markdown summary, and JSON."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from decimal import Decimal
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from kling_batch.plan import Plan, PlanItem
+from kling_batch.pricing import TENTH_OF_A_CENT
+
+SYMBOLS = {
+    "new": "+",
+    "changed": "~",
+    "retry": "!",
+    "resume": ">",
+    "restore": "<",
+    "unchanged": "=",
+    "uncertain": "?",
+}
+STYLES = {
+    "new": "green",
+    "changed": "yellow",
+    "retry": "red",
+    "resume": "cyan",
+    "restore": "blue",
+    "unchanged": "dim",
+    "uncertain": "magenta",
+}
+# Beyond this many renders, unchanged ones are counted, not listed (as Terraform does).
+LIST_UNCHANGED_UP_TO = 100
+
+
+def usd(amount: Decimal) -> str:
+    """`$1,234.56`, or to the tenth of a cent when the amount needs it."""
+    quantized = amount.quantize(TENTH_OF_A_CENT)
+    text = f"{quantized:,.3f}"
+    if text.endswith("0"):
+        text = text[:-1]
+    return f"${text}"
+
+
+def seconds_text(seconds: Decimal) -> str:
+    """`10s`, `7.5s`."""
+    normal = seconds.normalize()
+    return f"{normal:f}s"
+
+
+def summary_line(plan: Plan) -> str:
+    """`Plan: 12 to render ($9.84), 40 unchanged, 2 orphaned` and the other non-zero counts."""
+    totals = plan.totals
+    counts = totals.by_action
+    parts = [f"{totals.to_run} to render ({usd(totals.to_run_cost)})"]
+    labelled = [
+        ("restore", "to restore (free)"),
+        ("resume", "to resume"),
+        ("uncertain", "uncertain"),
+        ("unchanged", "unchanged"),
+    ]
+    parts.extend(f"{counts[action]} {label}" for action, label in labelled if counts[action])
+    if plan.orphans:
+        parts.append(f"{len(plan.orphans)} orphaned")
+    return "Plan: " + ", ".join(parts)
+
+
+def budget_lines(plan: Plan) -> list[str]:
+    """The cost to run against the manifest's budget, and a warning when it is exceeded."""
+    if plan.budget is None:
+        return []
+    cost = plan.totals.to_run_cost
+    lines = [f"Budget: {usd(cost)} to run of {usd(plan.budget)}"]
+    if plan.over_budget:
+        lines.append(
+            f"Warning: the cost to run ({usd(cost)}) exceeds budget_usd ({usd(plan.budget)}) by "
+            f"{usd(cost - plan.budget)}; run will refuse it"
+        )
+    return lines
+
+
+def _notes(item: PlanItem) -> str:
+    notes = list(item.reasons)
+    notes.extend(f"assumes {text}" for text in item.render.assumptions)
+    return "; ".join(notes)
+
+
+def _listed(plan: Plan) -> tuple[list[PlanItem], int]:
+    if len(plan.items) <= LIST_UNCHANGED_UP_TO:
+        return list(plan.items), 0
+    listed = [item for item in plan.items if item.action != "unchanged"]
+    return listed, len(plan.items) - len(listed)
+
+
+def render_table(plan: Plan, console: Console) -> None:
+    """Print the plan as a table: the summary first, then one row per render."""
+    console.print(Text(summary_line(plan), style="bold"))
+    for line in budget_lines(plan):
+        console.print(Text(line, style="bold red" if line.startswith("Warning") else ""))
+    listed, hidden = _listed(plan)
+    if listed:
+        table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+        for name, justify in [
+            ("", "left"),
+            ("id", "left"),
+            ("workflow", "left"),
+            ("tier", "left"),
+            ("seconds", "right"),
+            ("cost", "right"),
+            ("notes", "left"),
+        ]:
+            table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+        for item in listed:
+            render = item.render
+            style = STYLES[item.action]
+            cost = usd(render.cost) if item.paid else f"({usd(render.cost)})"
+            seconds = seconds_text(render.seconds) + ("*" if render.assumptions else "")
+            table.add_row(
+                Text(SYMBOLS[item.action], style=style),
+                Text(render.id, style=style),
+                render.workflow,
+                render.request.model_tier,
+                seconds,
+                cost,
+                _notes(item),
+            )
+        console.print(table)
+    if hidden:
+        console.print(f"{hidden:,} unchanged renders not listed (--format json lists all)")
+    if any(item.render.assumptions for item in listed):
+        console.print("* seconds assumed; see notes")
+    for orphan in plan.orphans:
+        console.print(f"- {orphan.id} ({orphan.state}): in the lockfile, no longer in the manifest")
+    for warning in _grouped_warnings(plan):
+        console.print(Text(f"warning: {warning}", style="yellow"))
+    console.print(
+        "Legend: + new  ~ changed  ! retry  > resume  < restore  ? uncertain  = unchanged; "
+        "(cost) is not paid by this run",
+        style="dim",
+    )
+
+
+def _grouped_warnings(plan: Plan) -> list[str]:
+    """Warnings, each text once, with the renders it concerns."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for item in plan.items:
+        for text in item.render.warnings:
+            groups[text].append(item.render.id)
+    lines = []
+    for text, ids in groups.items():
+        shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+        lines.append(f"{shown}: {text}")
+    return lines
+
+
+def render_markdown(plan: Plan) -> str:
+    """The plan as a pull-request comment: summary, budget, and a table of what changes."""
+    name = plan.loaded.manifest.name
+    lines = [f"### kling-batch plan: `{name}`", "", f"**{summary_line(plan)}**", ""]
+    lines.extend(f"> {line}" for line in budget_lines(plan))
+    if plan.budget is not None:
+        lines.append("")
+    listed, hidden = _listed(plan)
+    if listed:
+        lines.append("| | id | workflow | tier | seconds | cost | notes |")
+        lines.append("|---|---|---|---|--:|--:|---|")
+        for item in listed:
+            render = item.render
+            cost = usd(render.cost) if item.paid else f"({usd(render.cost)})"
+            lines.append(
+                f"| {SYMBOLS[item.action]} {item.action} | `{render.id}` | {render.workflow} "
+                f"| {render.request.model_tier} | {seconds_text(render.seconds)} | {cost} "
+                f"| {_md_escape(_notes(item))} |"
+            )
+        lines.append("")
+    if hidden:
+        lines.extend([f"{hidden:,} unchanged renders not listed.", ""])
+    if plan.orphans:
+        lines.append("Orphaned lockfile entries (no longer in the manifest): " + ", ".join(
+            f"`{orphan.id}`" for orphan in plan.orphans
+        ))
+        lines.append("")
+    warnings = _grouped_warnings(plan)
+    if warnings:
+        lines.append("<details><summary>Warnings</summary>")
+        lines.append("")
+        lines.extend(f"- {_md_escape(w)}" for w in warnings)
+        lines.extend(["", "</details>", ""])
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    """The plan as DESIGN.md's JSON object: one item per render."""
+    totals = plan.totals
+    return {
+        "manifest": plan.loaded.path.name,
+        "model": "kling-o3",
+        "shots": [_item_json(plan, item) for item in plan.items],
+        "orphans": [
+            {"id": o.id, "state": o.state, "output": o.output} for o in plan.orphans
+        ],
+        "warnings": list(plan.warnings),
+        "totals": {
+            "shots": totals.renders,
+            "to_run": totals.to_run,
+            "cost_usd": _number(totals.cost),
+            "to_run_cost_usd": _number(totals.to_run_cost),
+        },
+    }
+
+
+def _item_json(plan: Plan, item: PlanItem) -> dict[str, Any]:
+    render = item.render
+    return {
+        "id": render.id,
+        "shot": render.shot,
+        "take": render.take,
+        "action": item.action,
+        "workflow": render.workflow,
+        "model_tier": render.request.model_tier,
+        "sound": render.request.sound,
+        "seconds": _number(render.seconds),
+        "rate_usd_per_s": _number(render.price.rate),
+        "cost_usd": _number(render.cost),
+        "output": str(render.output),
+        "fingerprint": render.fingerprint,
+        "request": dict(render.body),
+        "reasons": list(item.reasons),
+        "assumptions": list(render.assumptions),
+    }
+
+
+def _number(value: Decimal) -> int | float:
+    """A JSON number with at most three decimals."""
+    quantized = value.quantize(TENTH_OF_A_CENT)
+    if quantized == quantized.to_integral_value():
+        return int(quantized)
+    return float(quantized)
+
+
+def dumps_json(plan: Plan) -> str:
+    """The JSON report as text."""
+    return json.dumps(plan_json(plan), indent=2, ensure_ascii=False) + "\n"

@@ -1,0 +1,135 @@
+"""Jinja2 for manifests: sandboxed, strict about undefined names, includes kept in one folder."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import jinja2
+from jinja2 import meta
+from jinja2.sandbox import SandboxedEnvironment
+
+_SLUG_DROP = re.compile(r"[^a-z0-9]+")
+_TEMPLATE_MARKERS = ("{{", "{%", "{#")
+
+
+class TemplateProblem(Exception):
+    """A template failed to compile or render; `line` is within the template text."""
+
+    def __init__(self, message: str, line: int | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+
+
+def slug(value: object) -> str:
+    """`"Trail Shoe ü"` → `"trail-shoe-u"`: lowercase ASCII words joined by dashes."""
+    text = unicodedata.normalize("NFKD", str(value)).encode("ascii", "ignore").decode()
+    return _SLUG_DROP.sub("-", text.lower()).strip("-")
+
+
+class FolderLoader(jinja2.BaseLoader):
+    """Loads `{% include %}` targets from one folder; nothing outside it, symlinks included."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        candidate = (self.root / template).resolve()
+        if not candidate.is_relative_to(self.root):
+            raise jinja2.TemplateNotFound(
+                f"{template} (includes must stay inside {self.root.name}/)"
+            )
+        if not candidate.is_file():
+            raise jinja2.TemplateNotFound(template)
+        source = candidate.read_text(encoding="utf-8")
+        mtime = candidate.stat().st_mtime_ns
+
+        def uptodate() -> bool:
+            try:
+                return candidate.stat().st_mtime_ns == mtime
+            except OSError:
+                return False
+
+        return source, str(candidate), uptodate
+
+
+class Templates:
+    """Compiles each distinct template once and renders it against a context."""
+
+    def __init__(self, root: Path) -> None:
+        self.env = SandboxedEnvironment(
+            loader=FolderLoader(root),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=False,
+            auto_reload=False,
+        )
+        self.env.filters["slug"] = slug
+        self._compiled: dict[str, tuple[jinja2.Template, frozenset[str] | None]] = {}
+
+    @staticmethod
+    def is_template(text: str) -> bool:
+        """True when `text` holds Jinja syntax; plain strings skip the engine."""
+        return any(marker in text for marker in _TEMPLATE_MARKERS)
+
+    def names_used(self, text: str) -> frozenset[str] | None:
+        """Top-level names a template reads, or None when it includes other templates."""
+        return self._compile(text)[1]
+
+    def render(self, text: str, context: Mapping[str, Any]) -> str:
+        """Render `text`; raise `TemplateProblem` naming the line and the cause."""
+        if not self.is_template(text):
+            return text
+        template, _ = self._compile(text)
+        try:
+            return template.render(context)
+        except jinja2.TemplateError as exc:
+            raise TemplateProblem(_describe(exc), _template_line(exc)) from exc
+        except (TypeError, ValueError, ArithmeticError, AttributeError, LookupError) as exc:
+            raise TemplateProblem(str(exc), _template_line(exc)) from exc
+
+    def _compile(self, text: str) -> tuple[jinja2.Template, frozenset[str] | None]:
+        cached = self._compiled.get(text)
+        if cached is not None:
+            return cached
+        try:
+            ast = self.env.parse(text)
+            template = self.env.from_string(ast)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateProblem(f"template syntax error: {exc.message}", exc.lineno) from exc
+        includes = any(True for _ in meta.find_referenced_templates(ast))
+        names = None if includes else frozenset(meta.find_undeclared_variables(ast))
+        self._compiled[text] = (template, names)
+        return template, names
+
+
+def _describe(exc: jinja2.TemplateError) -> str:
+    if isinstance(exc, jinja2.UndefinedError):
+        return f"undefined: {exc.message}"
+    if isinstance(exc, jinja2.exceptions.SecurityError):
+        return f"refused by the template sandbox: {exc.message}"
+    if isinstance(exc, jinja2.TemplateNotFound):
+        return f"include not found: {exc.message}"
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        return f"template syntax error: {exc.message}"
+    return exc.message or type(exc).__name__
+
+
+def _template_line(exc: BaseException) -> int | None:
+    """The line of the innermost template frame (Jinja rewrites tracebacks to show them)."""
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        return exc.lineno
+    line = None
+    tb: TracebackType | None = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
