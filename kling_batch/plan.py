@@ -215,14 +215,16 @@ def plan_render(spec: RenderSpec, store: AssetStore) -> PlannedRender:
         if asset.kind == "local" and key.startswith("reference_videos"):
             length = _seconds_of(store, asset, fail, key)
             if length > kling_o3.VIDEO_INPUT_CAP_SECONDS:
-                warnings.append(f"{asset.ref} is {length}s; reference videos are capped to 10s")
+                warnings.append(
+                    f"{asset.ref} is {_secs(length)}; reference videos are capped to 10s"
+                )
     if workflow == "video_edit":
         seconds = _video_edit_seconds(request, assets["video"], store, fail, warnings, assumptions)
     else:
         seconds = kling_o3.scene_seconds(scenes, request.duration)
         if len(scenes) > 1 and seconds > kling_o3.MAX_SECONDS:
             warnings.append(
-                f"{len(scenes)} scenes total {seconds}s, over the model's 15s; the API may "
+                f"{len(scenes)} scenes total {_secs(seconds)}, over the model's 15s; the API may "
                 "refuse or shorten it"
             )
     priced = price(request.model_tier, video_input=video_input, sound=request.sound, seconds=seconds)
@@ -312,8 +314,14 @@ def _video_edit_seconds(
         return min(seconds, cap)
     length = _seconds_of(store, video, fail, "video")
     if length > cap:
-        warnings.append(f"{video.ref} is {length}s; video_edit uses (and bills) the first {cap}s")
+        warnings.append(
+            f"{video.ref} is {_secs(length)}; video_edit uses (and bills) the first {cap}s"
+        )
     return min(length, cap)
+
+
+def _secs(seconds: Decimal) -> str:
+    return f"{seconds.normalize():f}s"
 
 
 def _with_hashes(body: Mapping[str, Any], assets: Mapping[str, Asset]) -> dict[str, Any]:
