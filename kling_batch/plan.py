@@ -21,7 +21,7 @@ from kling_batch.canonical import fingerprint_of
 from kling_batch.errors import UserError
 from kling_batch.expand import RenderSpec, expand_shots, select
 from kling_batch.kling_o3 import KlingO3Request, RequestRuleError
-from kling_batch.lockfile import Entry, Lockfile, lock_path, load_lockfile
+from kling_batch.lockfile import Entry, Lockfile, State, load_lockfile, lock_path
 from kling_batch.manifest import LoadedManifest, load_manifest
 from kling_batch.pricing import Price, price
 
@@ -499,3 +499,18 @@ def _normal(value: Any) -> Any:
 def _short(value: Any) -> str:
     text = str(_normal(value))
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def new_entry(render: PlannedRender, state: State, **fields: Any) -> Entry:
+    """A lockfile entry for `render` in `state`, with any further fields given."""
+    return Entry(
+        fingerprint=render.fingerprint,
+        state=state,
+        shot=render.shot,
+        take=render.take,
+        request=dict(render.body),
+        assets=asset_hashes(render),
+        cost_usd=render.cost,
+        output=str(render.output),
+        **fields,
+    )

@@ -1,0 +1,55 @@
+"""Shared fixtures: small manifests written into a temporary project folder."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+HEADER = 'version = 1\nname = "test"\noutput_dir = "renders"\n'
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Callable[[str], Path]:
+    """Write `manifest.toml` (a version/name header is prepended) and return its path."""
+
+    def write(body: str, *, name: str = "manifest.toml", header: bool = True) -> Path:
+        path = tmp_path / name
+        text = textwrap.dedent(body)
+        path.write_text((HEADER if header else "") + text, encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def clip(tmp_path: Path) -> Callable[[str, str], Path]:
+    """Copy an example MP4 (6 s or 12 s long) into the project under a given name."""
+
+    def copy(example: str, name: str) -> Path:
+        target = tmp_path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(EXAMPLES / "edit" / "clips" / example, target)
+        return target
+
+    return copy
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Callable[[str], Path]:
+    """Copy an example PNG into the project under a given name."""
+
+    def copy(name: str) -> Path:
+        target = tmp_path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(EXAMPLES / "product-launch" / "assets" / "trail-shoe.png", target)
+        return target
+
+    return copy

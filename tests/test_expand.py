@@ -1,0 +1,208 @@
+"""Expansion: matrices as in GitHub Actions, takes, template context, includes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kling_batch.errors import UserError
+from kling_batch.expand import expand_shots
+from kling_batch.manifest import load_manifest
+
+
+def ids(path: Path) -> list[str]:
+    """Render ids of a manifest, in order."""
+    return [spec.id for spec in expand_shots(load_manifest(path))]
+
+
+def test_matrix_crosses_every_key(project: Callable[..., Path]) -> None:
+    """Two keys of two values give four renders, first key outermost."""
+    path = project("""
+        [[shots]]
+        id = "{{ a }}-{{ b }}"
+        matrix = { a = ["x", "y"], b = [1, 2] }
+        prompt = "p"
+    """)
+    assert ids(path) == ["x-1", "x-2", "y-1", "y-2"]
+
+
+def test_matrix_exclude_removes_partial_matches(project: Callable[..., Path]) -> None:
+    """An exclude entry removes every combination that contains it."""
+    path = project("""
+        [[shots]]
+        id = "{{ a }}-{{ b }}"
+        matrix = { a = ["x", "y"], b = [1, 2], exclude = [{ a = "y" }] }
+        prompt = "p"
+    """)
+    assert ids(path) == ["x-1", "x-2"]
+
+
+def test_matrix_include_extends_matching_combinations(project: Callable[..., Path]) -> None:
+    """An include entry adds its new keys to combinations it does not contradict."""
+    path = project("""
+        [[shots]]
+        id = "{{ a }}-{{ b }}-{{ c | default('none') }}"
+        matrix = { a = ["x", "y"], b = [1], include = [{ a = "x", c = "extra" }] }
+        prompt = "p"
+    """)
+    assert ids(path) == ["x-1-extra", "y-1-none"]
+
+
+def test_matrix_include_without_match_adds_a_combination(project: Callable[..., Path]) -> None:
+    """An include entry that contradicts every combination becomes a combination of its own."""
+    path = project("""
+        [[shots]]
+        id = "{{ a }}-{{ b | default(0) }}"
+        matrix = { a = ["x"], b = [1], include = [{ a = "z" }] }
+        prompt = "p"
+    """)
+    assert ids(path) == ["x-1", "z-0"]
+
+
+def test_matrix_key_naming_a_request_field_sets_it(project: Callable[..., Path]) -> None:
+    """A matrix over model_tier sets the tier of each render, over the defaults."""
+    path = project("""
+        [defaults]
+        model_tier = "pro"
+        [[shots]]
+        id = "t-{{ model_tier }}"
+        matrix = { model_tier = ["standard", "4k"] }
+        prompt = "p"
+    """)
+    specs = expand_shots(load_manifest(path))
+    assert [s.fields["model_tier"] for s in specs] == ["standard", "4k"]
+
+
+def test_takes_make_suffixed_ids_with_take_in_context(project: Callable[..., Path]) -> None:
+    """takes = 2 gives `<id>-take1`, `<id>-take2`; templates see shot.take and shot.name."""
+    path = project("""
+        [[shots]]
+        id = "hero"
+        takes = 2
+        prompt = "take {{ shot.take }} of {{ shot.name }} ({{ id }})"
+    """)
+    specs = expand_shots(load_manifest(path))
+    assert [(s.id, s.fields["prompt"]) for s in specs] == [
+        ("hero-take1", "take 1 of hero (hero-take1)"),
+        ("hero-take2", "take 2 of hero (hero-take2)"),
+    ]
+
+
+def test_context_has_vars_and_manifest_name(project: Callable[..., Path]) -> None:
+    """vars and manifest.name are available to every template; slug works."""
+    path = project("""
+        [vars]
+        brand = "North Wind"
+        [[shots]]
+        id = "{{ brand | slug }}"
+        prompt = "{{ brand }} for {{ manifest.name }}"
+    """)
+    spec = expand_shots(load_manifest(path))[0]
+    assert (spec.id, spec.fields["prompt"]) == ("north-wind", "North Wind for test")
+
+
+def test_default_output_path_is_id_under_output_dir(project: Callable[..., Path]) -> None:
+    """Without `output`, a render lands at output_dir/<id>.mp4."""
+    path = project("""
+        [[shots]]
+        id = "a"
+        prompt = "p"
+    """)
+    assert str(expand_shots(load_manifest(path))[0].output) == "renders/a.mp4"
+
+
+def test_disabled_shots_are_skipped(project: Callable[..., Path]) -> None:
+    """enabled = false removes a shot from the plan."""
+    path = project("""
+        [[shots]]
+        id = "a"
+        prompt = "p"
+        enabled = false
+        [[shots]]
+        id = "b"
+        prompt = "p"
+    """)
+    assert ids(path) == ["b"]
+
+
+def test_prompt_partial_is_included(project: Callable[..., Path], tmp_path: Path) -> None:
+    """`{% include %}` reads a partial from the manifest's folder."""
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "style.j2").write_text("Moody, {{ light }} light.")
+    path = project("""
+        [[shots]]
+        id = "a"
+        prompt = "{% set light = 'blue' %}{% include 'prompts/style.j2' %} A street."
+    """)
+    assert expand_shots(load_manifest(path))[0].fields["prompt"] == "Moody, blue light. A street."
+
+
+def test_include_through_symlink_outside_is_refused(project: Callable[..., Path],
+                                                    tmp_path: Path) -> None:
+    """A partial that is a symlink to a file outside the folder is not read."""
+    outside = tmp_path.parent / f"{tmp_path.name}-secret.txt"
+    outside.write_text("secret")
+    (tmp_path / "link.j2").symlink_to(outside)
+    path = project("""
+        [[shots]]
+        id = "a"
+        prompt = "{% include 'link.j2' %}"
+    """)
+    with pytest.raises(UserError, match="inside"):
+        expand_shots(load_manifest(path))
+
+
+def test_shots_from_included_files(project: Callable[..., Path], tmp_path: Path) -> None:
+    """`include` globs add the shots of other files, sorted by name, after the manifest's own."""
+    (tmp_path / "shots").mkdir()
+    (tmp_path / "shots" / "b.toml").write_text('[[shots]]\nid = "from-b"\nprompt = "p"\n')
+    (tmp_path / "shots" / "a.json").write_text('{"shots": [{"id": "from-a", "prompt": "p"}]}')
+    path = project("""
+        include = ["shots/*.toml", "shots/*.json"]
+        [[shots]]
+        id = "own"
+        prompt = "p"
+    """)
+    assert ids(path) == ["own", "from-b", "from-a"]
+
+
+def test_cosmetic_template_edit_renders_same_request(project: Callable[..., Path]) -> None:
+    """Rewriting a template so that it renders the same text changes nothing."""
+    first = project("""
+        [vars]
+        x = "fog"
+        [[shots]]
+        id = "a"
+        prompt = "{{ x }} on the bay"
+    """)
+    before = expand_shots(load_manifest(first))[0].fields
+    second = project("""
+        [vars]
+        x = "fog"
+        [[shots]]
+        id = "a"
+        prompt = "{{x}} on the {{ 'bay' }}"
+    """)
+    assert expand_shots(load_manifest(second))[0].fields == before
+
+
+def test_matrix_values_render_distinctly_by_type(project: Callable[..., Path]) -> None:
+    """True and 1 are equal in Python but render differently; the render cache keeps them apart."""
+    path = project("""
+        [[shots]]
+        id = "v{{ loop_index }}"
+        matrix = { v = [1, true], loop_index = [0] }
+        prompt = "{{ v }}"
+        output = "{{ v }}.mp4"
+    """)
+    with pytest.raises(UserError, match="duplicate id"):
+        ids(path)
+    path = project("""
+        [[shots]]
+        id = "v-{{ v }}"
+        matrix = { v = [1, true] }
+        prompt = "{{ v }}"
+    """)
+    assert ids(path) == ["v-1", "v-True"]
