@@ -12,8 +12,9 @@ _CHUNK = 1 << 20
 
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys, no spaces and no NaN: equal values give equal text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
 
 
 def sha256_text(text: str) -> str:

@@ -47,8 +47,9 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @click.option("--only", multiple=True, metavar="GLOB", help="Plan only renders whose id matches.")
 @click.option("--force", multiple=True, metavar="GLOB", help="Re-render matching renders.")
 @click.option("--check", is_flag=True, help="Exit 1 when anything would render, 0 otherwise.")
-def plan(manifest: Path, fmt: str, only: tuple[str, ...], force: tuple[str, ...],
-         check: bool) -> None:
+def plan(
+    manifest: Path, fmt: str, only: tuple[str, ...], force: tuple[str, ...], check: bool
+) -> None:
     """Show what a run would render and what it would cost (no network)."""
     from kling_batch import reports
     from kling_batch.plan import build_plan
@@ -80,24 +81,63 @@ def schema_manifest() -> None:
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=8765, show_default=True, type=int, help="Port (0 picks a free one).")
-@click.option("--api-key", default="sk-empiriolabs-emulator", show_default=True,
-              help="The one API key the emulator accepts.")
-@click.option("--time-scale", default=1.0, show_default=True, type=float,
-              help="Multiply every modelled duration (0.01 runs a hundred times faster).")
-@click.option("--rpm", default=50, show_default=True, type=int,
-              help="Per-account requests per minute before 429 (0 disables the limit).")
-@click.option("--credits", default=None, type=str, help="Account balance in USD (default: unlimited).")
-@click.option("--fault", "faults", multiple=True, metavar="SPEC",
-              help="Inject a fault, e.g. 5xx=0.1, storm=30, drop=0.05 (repeatable).")
+@click.option(
+    "--port", default=8765, show_default=True, type=int, help="Port (0 picks a free one)."
+)
+@click.option(
+    "--api-key",
+    default="sk-empiriolabs-emulator",
+    show_default=True,
+    help="The one API key the emulator accepts.",
+)
+@click.option(
+    "--time-scale",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="Multiply every modelled duration (0.01 runs a hundred times faster).",
+)
+@click.option(
+    "--rpm",
+    default=50,
+    show_default=True,
+    type=int,
+    help="Per-account requests per minute before 429 (0 disables the limit).",
+)
+@click.option(
+    "--credits", default=None, type=str, help="Account balance in USD (default: unlimited)."
+)
+@click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    metavar="SPEC",
+    help="Inject a fault, e.g. 5xx=0.1, storm=30, drop=0.05 (repeatable).",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for faults and jitter.")
-def emulator(host: str, port: int, api_key: str, time_scale: float, rpm: int,
-             credits: str | None, faults: tuple[str, ...], seed: int) -> None:
+def emulator(
+    host: str,
+    port: int,
+    api_key: str,
+    time_scale: float,
+    rpm: int,
+    credits: str | None,
+    faults: tuple[str, ...],
+    seed: int,
+) -> None:
     """Serve a local emulator of the EmpirioLabs API."""
     from kling_batch.emulator.server import serve
 
-    serve(host=host, port=port, api_key=api_key, time_scale=time_scale, rpm=rpm,
-          credits=credits, faults=list(faults), seed=seed)
+    serve(
+        host=host,
+        port=port,
+        api_key=api_key,
+        time_scale=time_scale,
+        rpm=rpm,
+        credits=credits,
+        faults=list(faults),
+        seed=seed,
+    )
 
 
 def stdout_console() -> Any:
@@ -106,8 +146,13 @@ def stdout_console() -> Any:
 
     interactive = sys.stdout.isatty()
     width = None if interactive else int(os.environ.get("COLUMNS", "160"))
-    return Console(file=sys.stdout, width=width, no_color=not interactive or None,
-                   highlight=False, soft_wrap=False)
+    return Console(
+        file=sys.stdout,
+        width=width,
+        no_color=not interactive or None,
+        highlight=False,
+        soft_wrap=False,
+    )
 
 
 def main() -> None:

@@ -125,7 +125,9 @@ def expand_matrix(sourced: SourcedShot) -> list[dict[str, Any]]:
         unknown = set(entry) - set(axes)
         if unknown:
             raise fail(f"exclude names {sorted(unknown)[0]!r}, not a matrix key", "matrix.exclude")
-    originals = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+    originals = [
+        dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())
+    ]
     originals = [c for c in originals if not any(_contains(c, entry) for entry in exclude)]
     combos = [dict(c) for c in originals]
     for entry in include:
@@ -193,7 +195,9 @@ def _render_spec(
     )
 
 
-def _field_value(shot: Shot, name: str, combo: Mapping[str, Any], defaults: Mapping[str, Any]) -> Any:
+def _field_value(
+    shot: Shot, name: str, combo: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> Any:
     """Shot value, else a matrix value of the same name, else the manifest default."""
     value = getattr(shot, name)
     if value is not None:

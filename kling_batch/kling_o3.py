@@ -40,7 +40,7 @@ class KlingO3Request(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: Literal["kling-o3"] = MODEL_ID
+    model: Literal["kling-o3"] = "kling-o3"
     prompt: str = Field(min_length=1)
     model_tier: Tier = "pro"
     workflow: Workflow = "auto"
@@ -169,9 +169,7 @@ def check_rules(request: KlingO3Request, workflow: ResolvedWorkflow) -> list[str
     warnings: list[str] = []
     if workflow != "video_edit" and "keep_original_sound" in request.model_fields_set:
         warnings.append("keep_original_sound only applies to video_edit; it is ignored")
-    if request.reference_images and len(request.reference_images) > _max_reference_images(
-        request
-    ):
+    if request.reference_images and len(request.reference_images) > _max_reference_images(request):
         warnings.append(
             f"{len(request.reference_images)} reference images; kling-o3 is believed to accept "
             f"at most {_max_reference_images(request)} (inferred limit)"
@@ -187,8 +185,9 @@ def _max_reference_images(request: KlingO3Request) -> int:
 def scene_seconds(scenes: list[Scene], duration: int | float) -> Decimal:
     """Total length: each scene's `Ns:` prefix, else the per-scene `duration`."""
     default = Decimal(str(duration))
-    return sum((scene.seconds if scene.seconds is not None else default for scene in scenes),
-               Decimal(0))
+    return sum(
+        (scene.seconds if scene.seconds is not None else default for scene in scenes), Decimal(0)
+    )
 
 
 def wire_request(request: KlingO3Request, workflow: ResolvedWorkflow) -> dict[str, Any]:

@@ -133,7 +133,7 @@ class Plan:
     @property
     def totals(self) -> Totals:
         """Counts and costs; `to_run_cost` sums only what the run would pay for."""
-        by_action = {action: 0 for action in ACTIONS}
+        by_action: dict[str, int] = dict.fromkeys(ACTIONS, 0)
         for item in self.items:
             by_action[item.action] += 1
         paid = [item for item in self.items if item.paid]
@@ -227,7 +227,9 @@ def plan_render(spec: RenderSpec, store: AssetStore) -> PlannedRender:
                 f"{len(scenes)} scenes total {_secs(seconds)}, over the model's 15s; the API may "
                 "refuse or shorten it"
             )
-    priced = price(request.model_tier, video_input=video_input, sound=request.sound, seconds=seconds)
+    priced = price(
+        request.model_tier, video_input=video_input, sound=request.sound, seconds=seconds
+    )
     body = kling_o3.wire_request(request, workflow)
     fingerprint = fingerprint_of(
         {"model": kling_o3.MODEL_ID, "request": _with_hashes(body, assets), "take": spec.take}
@@ -369,8 +371,13 @@ class _Differ:
                 )
             for past in entry.history:
                 self._known.setdefault(past.fingerprint, []).append(
-                    (None, past.output_sha256, past.output_size, past.result_url,
-                     past.result_expires_at)
+                    (
+                        None,
+                        past.output_sha256,
+                        past.output_size,
+                        past.result_url,
+                        past.result_expires_at,
+                    )
                 )
 
     def item(self, render: PlannedRender, forced: bool) -> PlanItem:

@@ -1,4 +1,4 @@
-"""Price of one render: the rate row from `schemas/kling-o3.json` times billed seconds, in Decimal."""
+"""Price of one render: a rate row of `schemas/kling-o3.json` times billed seconds, in Decimal."""
 
 from __future__ import annotations
 

@@ -179,9 +179,10 @@ def render_markdown(plan: Plan) -> str:
     if hidden:
         lines.extend([f"{hidden:,} unchanged renders not listed.", ""])
     if plan.orphans:
-        lines.append("Orphaned lockfile entries (no longer in the manifest): " + ", ".join(
-            f"`{orphan.id}`" for orphan in plan.orphans
-        ))
+        lines.append(
+            "Orphaned lockfile entries (no longer in the manifest): "
+            + ", ".join(f"`{orphan.id}`" for orphan in plan.orphans)
+        )
         lines.append("")
     warnings = _grouped_warnings(plan)
     if warnings:
@@ -203,9 +204,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "manifest": plan.loaded.path.name,
         "model": "kling-o3",
         "shots": [_item_json(plan, item) for item in plan.items],
-        "orphans": [
-            {"id": o.id, "state": o.state, "output": o.output} for o in plan.orphans
-        ],
+        "orphans": [{"id": o.id, "state": o.state, "output": o.output} for o in plan.orphans],
         "warnings": list(plan.warnings),
         "totals": {
             "shots": totals.renders,

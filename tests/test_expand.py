@@ -139,8 +139,9 @@ def test_prompt_partial_is_included(project: Callable[..., Path], tmp_path: Path
     assert expand_shots(load_manifest(path))[0].fields["prompt"] == "Moody, blue light. A street."
 
 
-def test_include_through_symlink_outside_is_refused(project: Callable[..., Path],
-                                                    tmp_path: Path) -> None:
+def test_include_through_symlink_outside_is_refused(
+    project: Callable[..., Path], tmp_path: Path
+) -> None:
     """A partial that is a symlink to a file outside the folder is not read."""
     outside = tmp_path.parent / f"{tmp_path.name}-secret.txt"
     outside.write_text("secret")

@@ -61,7 +61,9 @@ def test_scenes_split_on_pipes_and_newlines() -> None:
 def test_scene_prefixes_are_read() -> None:
     """`Ns:` sets a scene's length; spacing and case are forgiving."""
     assert parse_scenes("5s: fox | 4.5 S : owl | plain") == [
-        Scene("fox", Decimal(5)), Scene("owl", Decimal("4.5")), Scene("plain", None)
+        Scene("fox", Decimal(5)),
+        Scene("owl", Decimal("4.5")),
+        Scene("plain", None),
     ]
 
 
@@ -130,8 +132,13 @@ def test_wire_request_writes_defaults_and_resolved_workflow() -> None:
     """The body sent names every default and the resolved workflow, lists comma-joined."""
     request = KlingO3Request(prompt="x", reference_images="a.png, b.png")
     assert kling_o3.wire_request(request, "reference") == {
-        "model": "kling-o3", "prompt": "x", "model_tier": "pro", "workflow": "reference",
-        "aspect_ratio": "16:9", "duration": 5, "sound": True,
+        "model": "kling-o3",
+        "prompt": "x",
+        "model_tier": "pro",
+        "workflow": "reference",
+        "aspect_ratio": "16:9",
+        "duration": 5,
+        "sound": True,
         "reference_images": "a.png,b.png",
     }
 

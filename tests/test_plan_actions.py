@@ -33,8 +33,14 @@ def finish(plan: Plan, render: PlannedRender, content: bytes = b"video", **field
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(content)
     digest = "sha256:" + hashlib.sha256(content).hexdigest()
-    entry = new_entry(render, "done", job_id="job-" + render.id, output_sha256=digest,
-                      output_size=len(content), **fields)
+    entry = new_entry(
+        render,
+        "done",
+        job_id="job-" + render.id,
+        output_sha256=digest,
+        output_size=len(content),
+        **fields,
+    )
     plan.lock.shots[render.id] = entry
 
 
@@ -88,8 +94,9 @@ def test_changed_field_reason_shows_old_and_new(rendered: Path) -> None:
     assert actions(rendered)["b"] == ("changed", ("model_tier: standard → pro",))
 
 
-def test_asset_content_change_is_named(project: Callable[..., Path],
-                                       image: Callable[[str], Path]) -> None:
+def test_asset_content_change_is_named(
+    project: Callable[..., Path], image: Callable[[str], Path]
+) -> None:
     """Replacing an image's bytes under the same name re-renders, naming the asset."""
     picture = image("still.png")
     path = project("""
@@ -115,16 +122,24 @@ def test_failed_render_is_retried(project: Callable[..., Path]) -> None:
     save(plan)
     again = build_plan(path, now=NOW)
     assert (again.items[0].action, again.items[0].reasons) == (
-        "retry", ("last attempt failed: content_moderation",))
+        "retry",
+        ("last attempt failed: content_moderation",),
+    )
     assert again.totals.to_run == 2
 
 
-@pytest.mark.parametrize(("state", "action"), [
-    ("submitted", "resume"), ("completed", "resume"),
-    ("uncertain", "uncertain"), ("submitting", "uncertain"),
-])
-def test_in_flight_and_uncertain_states_cost_nothing_now(project: Callable[..., Path],
-                                                         state: str, action: str) -> None:
+@pytest.mark.parametrize(
+    ("state", "action"),
+    [
+        ("submitted", "resume"),
+        ("completed", "resume"),
+        ("uncertain", "uncertain"),
+        ("submitting", "uncertain"),
+    ],
+)
+def test_in_flight_and_uncertain_states_cost_nothing_now(
+    project: Callable[..., Path], state: str, action: str
+) -> None:
     """Submitted and completed renders resume; uncertain ones wait for a flag; none is paid."""
     path = project(TWO_SHOTS)
     plan = build_plan(path, now=NOW)
@@ -148,8 +163,9 @@ def test_renamed_shot_is_restored_free(rendered: Path) -> None:
 
 def test_output_path_change_is_restored_free(rendered: Path) -> None:
     """Changing only the output path moves the file; no render is paid for."""
-    rendered.write_text(rendered.read_text().replace(
-        'id = "b"', 'id = "b"\noutput = "animals/fox.mp4"'))
+    rendered.write_text(
+        rendered.read_text().replace('id = "b"', 'id = "b"\noutput = "animals/fox.mp4"')
+    )
     got = actions(rendered)
     assert got["b"][0] == "restore"
     assert "output moved" in got["b"][1][0]
@@ -166,9 +182,18 @@ def test_reverted_edit_restores_from_cache(rendered: Path) -> None:
     original = rendered.read_text()
     rendered.write_text(original.replace("a fox", "two foxes"))
     edited = build_plan(rendered, now=NOW)
-    finish(edited, edited.items[1].render, content=b"two foxes",
-           history=[PastRender(fingerprint=old.fingerprint, output_sha256=old.output_sha256,
-                               output_size=old.output_size)])
+    finish(
+        edited,
+        edited.items[1].render,
+        content=b"two foxes",
+        history=[
+            PastRender(
+                fingerprint=old.fingerprint,
+                output_sha256=old.output_sha256,
+                output_size=old.output_size,
+            )
+        ],
+    )
     save(edited)
     rendered.write_text(original)
     reverted = build_plan(rendered, now=NOW)
@@ -233,9 +258,9 @@ def test_same_request_different_takes_differ(project: Callable[..., Path]) -> No
     assert plan.items[0].render.fingerprint != plan.items[1].render.fingerprint
 
 
-def test_warm_plan_does_not_rehash_assets(project: Callable[..., Path],
-                                          image: Callable[[str], Path],
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_warm_plan_does_not_rehash_assets(
+    project: Callable[..., Path], image: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The second plan takes asset hashes from the stat cache instead of reading files."""
     for name in ("a.png", "b.png"):
         image(name)
@@ -262,8 +287,9 @@ def test_warm_plan_does_not_rehash_assets(project: Callable[..., Path],
     assert calls == []
 
 
-def test_stat_cache_notices_an_edit(project: Callable[..., Path],
-                                    image: Callable[[str], Path]) -> None:
+def test_stat_cache_notices_an_edit(
+    project: Callable[..., Path], image: Callable[[str], Path]
+) -> None:
     """An asset edited after it was cached gets a new hash."""
     picture = image("a.png")
     path = project('[[shots]]\nid = "a"\nprompt = "p"\nimage = "a.png"\n')
@@ -272,12 +298,13 @@ def test_stat_cache_notices_an_edit(project: Callable[..., Path],
     assert build_plan(path, now=NOW).items[0].render.fingerprint != first
 
 
-def test_planning_writes_only_its_cache(project: Callable[..., Path],
-                                        image: Callable[[str], Path], tmp_path: Path) -> None:
+def test_planning_writes_only_its_cache(
+    project: Callable[..., Path], image: Callable[[str], Path], tmp_path: Path
+) -> None:
     """A plan writes nothing but `.kling-batch/` (which ignores itself in git)."""
     image("a.png")
     path = project('[[shots]]\nid = "a"\nprompt = "p"\nimage = "a.png"\n')
-    before = {p for p in tmp_path.rglob("*")}
+    before = set(tmp_path.rglob("*"))
     build_plan(path, now=NOW)
     created = {p.relative_to(tmp_path).as_posix() for p in set(tmp_path.rglob("*")) - before}
     assert created == {".kling-batch", ".kling-batch/assets.json", ".kling-batch/.gitignore"}

@@ -27,8 +27,14 @@ EXAMPLE_MANIFESTS = sorted(
 def kb(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run `python -m kling_batch` and capture its output."""
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "kling_batch", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "kling_batch", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -63,8 +69,20 @@ def test_json_follows_design_key_for_key(examples: Path) -> None:
     assert list(data) == ["manifest", "model", "shots", "orphans", "warnings", "totals"]
     assert list(data["totals"]) == ["shots", "to_run", "cost_usd", "to_run_cost_usd"]
     assert list(data["shots"][0]) == [
-        "id", "shot", "take", "action", "workflow", "model_tier", "sound", "seconds",
-        "rate_usd_per_s", "cost_usd", "output", "fingerprint", "request", "reasons",
+        "id",
+        "shot",
+        "take",
+        "action",
+        "workflow",
+        "model_tier",
+        "sound",
+        "seconds",
+        "rate_usd_per_s",
+        "cost_usd",
+        "output",
+        "fingerprint",
+        "request",
+        "reasons",
         "assumptions",
     ]
     assert (data["manifest"], data["model"]) == ("quickstart.toml", "kling-o3")
@@ -74,10 +92,8 @@ def test_json_numbers_are_the_quickstart_prices(examples: Path) -> None:
     """Quickstart: 5 s standard+sound, 5 s standard silent, 12 s pro+sound, by the model card."""
     data = json.loads(kb("plan", examples / "quickstart.toml", "--format", "json").stdout)
     got = {s["id"]: (s["seconds"], s["rate_usd_per_s"], s["cost_usd"]) for s in data["shots"]}
-    assert got == {"sunrise": (5, 0.224, 1.12), "rain": (5, 0.168, 0.84),
-                   "story": (12, 0.28, 3.36)}
-    assert data["totals"] == {"shots": 3, "to_run": 3, "cost_usd": 5.32,
-                              "to_run_cost_usd": 5.32}
+    assert got == {"sunrise": (5, 0.224, 1.12), "rain": (5, 0.168, 0.84), "story": (12, 0.28, 3.36)}
+    assert data["totals"] == {"shots": 3, "to_run": 3, "cost_usd": 5.32, "to_run_cost_usd": 5.32}
 
 
 def test_json_numbers_have_at_most_three_decimals(examples: Path) -> None:

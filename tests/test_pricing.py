@@ -31,10 +31,20 @@ MODEL_CARD_ROWS = [
 ]
 
 
-@pytest.mark.parametrize(("label", "tier", "sound", "video", "rate"), MODEL_CARD_ROWS,
-                         ids=[row[0] for row in MODEL_CARD_ROWS])
-def test_each_price_row(project: Callable[..., Path], clip: Callable[[str, str], Path],
-                        label: str, tier: str, sound: str, video: str | None, rate: str) -> None:
+@pytest.mark.parametrize(
+    ("label", "tier", "sound", "video", "rate"),
+    MODEL_CARD_ROWS,
+    ids=[row[0] for row in MODEL_CARD_ROWS],
+)
+def test_each_price_row(
+    project: Callable[..., Path],
+    clip: Callable[[str, str], Path],
+    label: str,
+    tier: str,
+    sound: str,
+    video: str | None,
+    rate: str,
+) -> None:
     """Each of the seven rows of the model card prices a 6-second render at its rate."""
     clip("street.mp4", "clip.mp4")  # 6 s long
     media = 'video = "clip.mp4"' if video else "duration = 6"
@@ -100,8 +110,9 @@ def test_takes_each_cost_the_full_price(project: Callable[..., Path]) -> None:
     assert plan.totals.to_run_cost == Decimal("4.200")
 
 
-def test_video_edit_priced_from_probed_clip(project: Callable[..., Path],
-                                            clip: Callable[[str, str], Path]) -> None:
+def test_video_edit_priced_from_probed_clip(
+    project: Callable[..., Path], clip: Callable[[str, str], Path]
+) -> None:
     """A 6 s local clip bills 6 s at the Video Input rate, whatever `duration` says."""
     clip("street.mp4", "in/clip.mp4")
     path = project("""
@@ -114,8 +125,9 @@ def test_video_edit_priced_from_probed_clip(project: Callable[..., Path],
     assert costs(path)["x"] == (Decimal("0.336"), Decimal(6), Decimal("2.016"))
 
 
-def test_video_edit_clip_over_ten_seconds_is_capped(project: Callable[..., Path],
-                                                    clip: Callable[[str, str], Path]) -> None:
+def test_video_edit_clip_over_ten_seconds_is_capped(
+    project: Callable[..., Path], clip: Callable[[str, str], Path]
+) -> None:
     """A 12 s clip bills 10 s, with a warning."""
     clip("long-take.mp4", "long.mp4")
     path = project("""
@@ -145,8 +157,9 @@ def test_remote_video_edit_is_an_assumption(project: Callable[..., Path]) -> Non
     assert render.assumptions and "duration" in render.assumptions[0]
 
 
-def test_reference_with_videos_uses_video_input_row(project: Callable[..., Path],
-                                                    clip: Callable[[str, str], Path]) -> None:
+def test_reference_with_videos_uses_video_input_row(
+    project: Callable[..., Path], clip: Callable[[str, str], Path]
+) -> None:
     """Reference with a video bills the Video Input row over the scene seconds."""
     clip("street.mp4", "ref.mp4")
     path = project("""
@@ -159,8 +172,9 @@ def test_reference_with_videos_uses_video_input_row(project: Callable[..., Path]
     assert costs(path)["x"] == (Decimal("0.252"), Decimal(10), Decimal("2.520"))
 
 
-def test_reference_with_images_only_uses_plain_rows(project: Callable[..., Path],
-                                                    image: Callable[[str], Path]) -> None:
+def test_reference_with_images_only_uses_plain_rows(
+    project: Callable[..., Path], image: Callable[[str], Path]
+) -> None:
     """Reference with images only is priced like text-to-video."""
     image("a.png")
     path = project("""
@@ -207,7 +221,9 @@ def test_4k_ignores_sound(project: Callable[..., Path]) -> None:
         model_tier = "4k"
     """)
     assert {k: v[2] for k, v in costs(path).items()} == {
-        "s-True": Decimal("2.625"), "s-False": Decimal("2.625")}
+        "s-True": Decimal("2.625"),
+        "s-False": Decimal("2.625"),
+    }
 
 
 def test_fractional_cost_rounds_up_to_tenth_of_cent(project: Callable[..., Path]) -> None:
