@@ -7,10 +7,12 @@ beside the manifest, so replanning gigabytes of assets costs a `stat` per file.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, Literal
 
 from kling_batch.atomic import atomic_write
@@ -60,6 +62,7 @@ class AssetStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
+        self._root_text = os.fspath(self.root) + os.sep
         self.state_dir = root / STATE_DIR
         self._entries = self._load()
         self._dirty = False
@@ -75,13 +78,25 @@ class AssetStore:
 
     def file_hash(self, path: Path) -> tuple[str, int]:
         """(sha256, size) of a file under the root, from the cache when its stat is unchanged."""
-        entry = self._entry(path)
+        entry = self._entry(self._key(path), path)
+        return entry.sha256, entry.size
+
+    def relative_hash(self, relative: str) -> tuple[str, int] | None:
+        """(sha256, size) of `root/relative`, or None when it is not a file.
+
+        The fast path for thousands of outputs: no `resolve()`, one `stat()` when cached.
+        """
+        path = self._root_text + relative
+        try:
+            entry = self._entry(relative, path)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
         return entry.sha256, entry.size
 
     def video_seconds(self, asset: Asset) -> Decimal:
         """Length of a local video in seconds (to the millisecond), probed once per content."""
         assert asset.path is not None
-        entry = self._entry(asset.path)
+        entry = self._entry(self._key(asset.path), asset.path)
         if entry.seconds is None:
             entry.seconds = str(_probe_seconds(asset.path))
             self._dirty = True
@@ -90,11 +105,9 @@ class AssetStore:
     def save(self) -> None:
         """Write the cache if anything was learnt; a no-op on a warm replan."""
         if not self._dirty:
+            ensure_state_dir(self.state_dir, create=False)
             return
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        ignore = self.state_dir / ".gitignore"
-        if not ignore.exists():
-            atomic_write(ignore, "# kling-batch state: caches, never committed\n*\n")
+        ensure_state_dir(self.state_dir)
         files = {
             key: {
                 "size": e.size,
@@ -130,9 +143,10 @@ class AssetStore:
         sha256, size = self.file_hash(resolved)
         return Asset(ref, "local", resolved, sha256, size)
 
-    def _entry(self, path: Path) -> _Entry:
-        key = self._key(path)
-        stat = path.stat()
+    def _entry(self, key: str, path: Path | str) -> _Entry:
+        stat = os.stat(path)  # noqa: PTH116 - a str path on the hot path; no Path objects
+        if not S_ISREG(stat.st_mode):
+            raise IsADirectoryError(path)
         entry = self._entries.get(key)
         if (
             entry is not None
@@ -142,7 +156,7 @@ class AssetStore:
         ):
             return entry
         hashed_ns = time.time_ns()
-        entry = _Entry(stat.st_size, stat.st_mtime_ns, sha256_file(path), hashed_ns)
+        entry = _Entry(stat.st_size, stat.st_mtime_ns, sha256_file(Path(path)), hashed_ns)
         self._entries[key] = entry
         self._dirty = True
         return entry
@@ -163,6 +177,15 @@ class AssetStore:
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             # A cache, not a record: a damaged one is rebuilt from the files themselves.
             return {}
+
+
+def ensure_state_dir(state_dir: Path, *, create: bool = True) -> None:
+    """Make `.kling-batch/` (if asked) and the `.gitignore` that keeps it out of git."""
+    if create:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    ignore = state_dir / ".gitignore"
+    if state_dir.is_dir() and not ignore.exists():
+        atomic_write(ignore, "# kling-batch state: caches, never committed\n*\n")
 
 
 def _probe_seconds(path: Path) -> Decimal:

@@ -54,10 +54,11 @@ def expand_shots(loaded: LoadedManifest, templates: Templates | None = None) -> 
     renderer = _CachedRenderer(templates)
     manifest = loaded.manifest
     defaults = manifest.defaults.model_dump(exclude_none=True)
-    base_context = {**manifest.vars, "manifest": ManifestContext(manifest.name)}
+    base_context = templates.context({**manifest.vars, "manifest": ManifestContext(manifest.name)})
     specs: list[RenderSpec] = []
     seen_ids: dict[str, SourcedShot] = {}
     seen_outputs: dict[PurePosixPath, str] = {}
+    dirs = _SafeDirs(loaded)
     index = 0
     for sourced in loaded.shots:
         shot = sourced.shot
@@ -81,7 +82,7 @@ def expand_shots(loaded: LoadedManifest, templates: Templates | None = None) -> 
                 shot_ctx = ShotContext(render_id, base_id, index, take)
                 context_take = {**context, "id": render_id, "shot": shot_ctx}
                 spec = _render_spec(
-                    renderer, loaded, sourced, defaults, combo, context_take, shot_ctx
+                    renderer, loaded, sourced, defaults, combo, context_take, shot_ctx, dirs
                 )
                 if spec.output in seen_outputs:
                     raise UserError(
@@ -173,6 +174,7 @@ def _render_spec(
     combo: Mapping[str, Any],
     context: dict[str, Any],
     shot_ctx: ShotContext,
+    dirs: _SafeDirs,
 ) -> RenderSpec:
     shot = sourced.shot
     fields: dict[str, Any] = {}
@@ -183,7 +185,7 @@ def _render_spec(
         fields[name] = renderer.render_value(sourced, value, name, context, shot_ctx.id)
     output_template = shot.output or "{{ id }}.mp4"
     output_text = renderer.render(sourced, output_template, "output", context, shot_ctx.id)
-    output = _check_output(loaded, sourced, output_text, shot_ctx.id)
+    output = _check_output(loaded, sourced, output_text, shot_ctx.id, dirs)
     return RenderSpec(
         id=shot_ctx.id,
         shot=shot_ctx.name,
@@ -208,25 +210,17 @@ def _field_value(
 
 
 def _check_output(
-    loaded: LoadedManifest, sourced: SourcedShot, text: str, render_id: str
+    loaded: LoadedManifest, sourced: SourcedShot, text: str, render_id: str, dirs: _SafeDirs
 ) -> PurePosixPath:
     """The output path relative to the manifest folder; it must stay inside `output_dir`."""
     output_dir = PurePosixPath(loaded.manifest.output_dir)
     relative = PurePosixPath(text.replace("\\", "/"))
-    candidate = output_dir / relative
-    root = loaded.root.resolve()
-    target_dir = (root / output_dir).resolve()
-    if not target_dir.is_relative_to(root):
-        raise UserError(
-            f"output_dir {str(output_dir)!r} leads outside the manifest's folder",
-            file=loaded.path,
-            field="output_dir",
-        )
     if (
         not text.strip()
         or relative.is_absolute()
         or ".." in relative.parts
-        or not (root / candidate).resolve().is_relative_to(target_dir)
+        or not relative.parts
+        or not dirs.inside(output_dir, (output_dir / relative).parent)
     ):
         raise UserError(
             f"output {text!r} must be a relative path inside output_dir {str(output_dir)!r}",
@@ -234,7 +228,31 @@ def _check_output(
             shot=render_id,
             field="output",
         )
-    return candidate
+    return output_dir / relative
+
+
+class _SafeDirs:
+    """Answers "does this folder resolve inside output_dir?", resolving each folder once."""
+
+    def __init__(self, loaded: LoadedManifest) -> None:
+        self.root = loaded.root.resolve()
+        self._answers: dict[PurePosixPath, bool] = {}
+        target = (self.root / loaded.manifest.output_dir).resolve()
+        if not target.is_relative_to(self.root):
+            raise UserError(
+                f"output_dir {loaded.manifest.output_dir!r} leads outside the manifest's folder",
+                file=loaded.path,
+                field="output_dir",
+            )
+        self.target = target
+
+    def inside(self, output_dir: PurePosixPath, folder: PurePosixPath) -> bool:
+        answer = self._answers.get(folder)
+        if answer is None:
+            # resolve() follows symlinks: a linked folder must not lead out of output_dir.
+            answer = (self.root / folder).resolve().is_relative_to(self.target)
+            self._answers[folder] = answer
+        return answer
 
 
 class _CachedRenderer:

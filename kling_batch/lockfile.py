@@ -7,6 +7,10 @@ read is an error, never replaced: it records money spent.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import re
 import tomllib
 from datetime import datetime
 from decimal import Decimal
@@ -108,15 +112,64 @@ def lock_path(manifest: Path, *, emulator: bool = False) -> Path:
     return manifest.with_name(manifest.stem + suffix)
 
 
-def load_lockfile(path: Path) -> Lockfile:
-    """Read a lockfile; a missing one is empty, a damaged or newer one is a `UserError`."""
+def load_lockfile(path: Path, *, cache: Path | None = None) -> Lockfile:
+    """Read a lockfile; a missing one is empty, a damaged or newer one is a `UserError`.
+
+    With `cache`, a JSON copy keyed by the lockfile's sha256 is read instead of the TOML
+    when it matches (and written when it does not): tomllib parses a 10,000-render
+    lockfile in about a second, JSON in a twentieth of that.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         return Lockfile()
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise UserError(f"cannot read the lockfile: {exc}", file=path) from None
-    return parse_lockfile(text, path)
+    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+    if cache is not None:
+        cached = _read_cache(cache, digest)
+        if cached is not None:
+            return cached
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"cannot read the lockfile: {exc}", file=path) from None
+    lock = parse_lockfile(text, path)
+    if cache is not None:
+        _write_cache(cache, digest, lock)
+    return lock
+
+
+def _read_cache(cache: Path, digest: str) -> Lockfile | None:
+    try:
+        with open(cache, encoding="utf-8") as f:
+            if f.readline().strip() != digest:
+                return None
+            data = json.loads(f.read(), object_hook=_untag)
+        return Lockfile.model_validate(data)
+    except (OSError, ValueError, ValidationError):
+        return None  # a cache, not a record: fall back to the lockfile itself
+
+
+def _write_cache(cache: Path, digest: str, lock: Lockfile) -> None:
+    payload = json.dumps(lock.model_dump(mode="python", exclude_none=True), default=_tag)
+    with contextlib.suppress(OSError):  # a read-only checkout still plans, only slower
+        atomic_write(cache, f"{digest}\n{payload}\n")
+
+
+def _tag(value: Any) -> Any:
+    # JSON has no Decimal: tag it so prices and durations come back exact.
+    if isinstance(value, Decimal):
+        return {"$decimal": str(value)}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot cache {type(value).__name__}")
+
+
+def _untag(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and "$decimal" in obj:
+        return Decimal(obj["$decimal"])
+    return obj
 
 
 def parse_lockfile(text: str, path: Path) -> Lockfile:
@@ -125,10 +178,16 @@ def parse_lockfile(text: str, path: Path) -> Lockfile:
     try:
         data = tomllib.loads(text, parse_float=Decimal)
     except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"the lockfile is not valid TOML ({exc}); {hint}", file=path) from None
+        line = getattr(exc, "lineno", None)
+        match = re.search(r"at line (\d+)", str(exc))
+        line = line if isinstance(line, int) else int(match.group(1)) if match else None
+        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        raise UserError(
+            f"the lockfile is not valid TOML ({message}); {hint}", file=path, line=line
+        ) from None
     version = data.get("version")
-    if not isinstance(version, int):
-        raise UserError(f"the lockfile has no version; {hint}", file=path, field="version")
+    if not isinstance(version, int) or version < 1:
+        raise UserError(f"the lockfile has no valid version; {hint}", file=path, field="version")
     if version > LOCK_VERSION:
         raise UserError(
             f"lockfile version {version} was written by a newer kling-batch "

@@ -269,20 +269,25 @@ def _did_you_mean(word: str, candidates: list[str]) -> str:
 
 
 def _guess_line(path: Path, key: str | None, shot_index: int | None) -> int | None:
-    """Best-effort line of `key` (in the given shot): TOML and JSON parsers keep no positions."""
+    """Best-effort line of `key` (in the given shot); None rather than a wrong line.
+
+    TOML and JSON parsers keep no positions. A key found once in the file is certain; in
+    TOML the search can also be bounded to the shot's `[[shots]]` table.
+    """
     if key is None:
         return None
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError:
         return None
-    start = 0
-    if shot_index is not None:
-        headers = [i for i, text in enumerate(lines) if re.match(r"\s*\[\[\s*shots\s*\]\]", text)]
-        if len(headers) > shot_index:
-            start = headers[shot_index]
     pattern = re.compile(rf"""^\s*["']?{re.escape(key)}["']?\s*[=:]|"{re.escape(key)}"\s*:""")
-    for number in range(start, len(lines)):
-        if pattern.search(lines[number]):
-            return number + 1
-    return None
+    hits = [number for number, text in enumerate(lines) if pattern.search(text)]
+    if shot_index is None or path.suffix.lower() != ".toml":
+        return hits[0] + 1 if len(hits) == 1 else None
+    headers = [i for i, text in enumerate(lines) if re.match(r"\s*\[\[\s*shots\s*\]\]", text)]
+    if len(headers) <= shot_index:
+        return None
+    start = headers[shot_index]
+    end = headers[shot_index + 1] if shot_index + 1 < len(headers) else len(lines)
+    inside = [number for number in hits if start <= number < end]
+    return inside[0] + 1 if inside else None

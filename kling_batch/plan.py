@@ -167,11 +167,12 @@ def build_plan(
     """Load, expand, validate, price and diff one manifest against its lockfile."""
     loaded = load_manifest(manifest_path)
     lock_file = lockfile or lock_path(loaded.path)
-    lock = load_lockfile(lock_file)
     store = AssetStore(loaded.root)
     specs = expand_shots(loaded)
     all_ids = {spec.id for spec in specs}
     renders = [plan_render(spec, store) for spec in select(specs, only)]
+    # Read last: every manifest error is reported before anything (the cache) is written.
+    lock = load_lockfile(lock_file, cache=store.state_dir / f"{lock_file.name}.json")
     differ = _Differ(loaded.root, lock, store, now)
     force_globs = list(force)
     items = [differ.item(r, _matches(r.id, force_globs)) for r in renders]
@@ -356,7 +357,6 @@ class _Differ:
         self.lock = lock
         self.store = store
         self.now = now
-        self.cache_dir = root / STATE_DIR / CACHE_DIR
         self._known: dict[str, list[tuple[Entry | None, str, int, str | None, Any]]] = {}
         for entry in lock.shots.values():
             if entry.state == "done" and entry.output_sha256 and entry.output_size is not None:
@@ -415,11 +415,10 @@ class _Differ:
         if entry.state == "completed":
             return PlanItem(render, "resume", (f"job {entry.job_id} done; download pending",))
         # done
-        target = self.root / render.output
         if (
             entry.output == str(render.output)
             and entry.output_sha256 is not None
-            and self._file_matches(target, entry.output_sha256, entry.output_size)
+            and self._file_matches(entry.output, entry.output_sha256, entry.output_size)
         ):
             return PlanItem(render, "unchanged")
         source = self._restore_source(render.fingerprint)
@@ -438,26 +437,23 @@ class _Differ:
     def _restore_source(self, fingerprint: str) -> RestoreSource | None:
         candidates = self._known.get(fingerprint, [])
         for entry, sha256, size, _url, _expires in candidates:
-            if entry is not None:
-                path = self.root / entry.output
-                if self._file_matches(path, sha256, size):
-                    return RestoreSource("file", sha256, size, path=path)
+            if entry is not None and self._file_matches(entry.output, sha256, size):
+                return RestoreSource("file", sha256, size, path=self.root / entry.output)
         for _entry, sha256, size, _url, _expires in candidates:
-            cached = self.cache_dir / sha256.removeprefix("sha256:")
+            cached = f"{STATE_DIR}/{CACHE_DIR}/{sha256.removeprefix('sha256:')}"
             if self._file_matches(cached, sha256, size):
-                return RestoreSource("cache", sha256, size, path=cached)
+                return RestoreSource("cache", sha256, size, path=self.root / cached)
         for _entry, sha256, size, url, expires in candidates:
             if url and expires is not None and expires > self.now:
                 return RestoreSource("url", sha256, size, url=url)
         return None
 
-    def _file_matches(self, path: Path, sha256: str, size: int | None) -> bool:
-        try:
-            if not path.is_file() or (size is not None and path.stat().st_size != size):
-                return False
-            return self.store.file_hash(path)[0] == sha256
-        except OSError:
-            return False
+    def _file_matches(self, relative: str, sha256: str, size: int | None) -> bool:
+        """True when `root/relative` is a file with this content (stat cache first)."""
+        if relative.startswith(("/", "\\")) or ".." in relative.replace("\\", "/").split("/"):
+            return False  # a lockfile path never leads outside the project
+        found = self.store.relative_hash(relative)
+        return found is not None and found[0] == sha256 and (size is None or found[1] == size)
 
 
 def _restore_reason(source: RestoreSource) -> str:

@@ -129,3 +129,32 @@ def test_save_replaces_atomically_and_keeps_mode(tmp_path: Path) -> None:
     sample_lock([1, 2]).save(path)
     assert [p.name for p in tmp_path.iterdir()] == ["m.lock"]
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_version_zero_is_refused(tmp_path: Path) -> None:
+    """A lockfile claiming version 0 is not a kling-batch lockfile."""
+    path = tmp_path / "m.lock"
+    path.write_text("version = 0\n")
+    with pytest.raises(UserError, match="no valid version"):
+        load_lockfile(path)
+
+
+def test_json_cache_is_used_only_when_it_matches(tmp_path: Path) -> None:
+    """The parse cache is keyed by the lockfile's hash: an edited lockfile is read afresh."""
+    path, cache = tmp_path / "m.lock", tmp_path / "cache.json"
+    sample_lock([1]).save(path)
+    first = load_lockfile(path, cache=cache)
+    assert cache.read_text().startswith("sha256:")
+    assert load_lockfile(path, cache=cache) == first
+    sample_lock([1, 2]).save(path)
+    assert set(load_lockfile(path, cache=cache).shots) == {"shot-1", "shot-2"}
+
+
+def test_damaged_cache_falls_back_to_the_lockfile(tmp_path: Path) -> None:
+    """A garbled parse cache is ignored, never trusted."""
+    path, cache = tmp_path / "m.lock", tmp_path / "cache.json"
+    sample_lock([1]).save(path)
+    load_lockfile(path, cache=cache)
+    digest = cache.read_text().splitlines()[0]
+    cache.write_text(digest + "\n{not json")
+    assert set(load_lockfile(path, cache=cache).shots) == {"shot-1"}
