@@ -81,8 +81,8 @@ def mark_all_done(manifest: Path) -> int:
     return len(plan.items)
 
 
-def measure(args: list[str]) -> tuple[float, float, int]:
-    """Wall seconds, peak RSS in MB and exit code of one `python -m kling_batch` process."""
+def measure(args: list[str]) -> tuple[float, float, float, int]:
+    """Wall and CPU seconds, peak RSS in MB and exit code of one `python -m kling_batch`."""
     start = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "kling_batch", *args],
@@ -94,7 +94,7 @@ def measure(args: list[str]) -> tuple[float, float, int]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode not in (0, 1):
         sys.exit(f"plan failed: {proc.stderr.read().decode() if proc.stderr else ''}")
-    return wall, usage.ru_maxrss / 1024, proc.returncode
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode
 
 
 def main() -> None:
@@ -110,21 +110,16 @@ def main() -> None:
         lock_size = lock_path(manifest).stat().st_size
         print(f"{count:,} renders, {options.assets} assets, lockfile {lock_size / 1e6:.1f} MB")
         shutil.rmtree(root / ".kling-batch")
-        rows = []
-        wall, rss, code = measure(["plan", str(manifest)])
-        rows.append(("cold plan (no hash cache)", wall, rss, code))
-        for _ in range(options.repeat):
-            wall, rss, code = measure(["plan", str(manifest)])
-            rows.append(("warm plan", wall, rss, code))
-        for _ in range(options.repeat):
-            wall, rss, code = measure(["plan", str(manifest), "--check"])
-            rows.append(("plan --check", wall, rss, code))
-        for _ in range(options.repeat):
-            wall, rss, code = measure(["plan", str(manifest), "--format", "json"])
-            rows.append(("plan --format json", wall, rss, code))
-        print(f"{'':28} {'wall s':>7} {'peak MB':>8} {'exit':>4}")
-        for name, wall, rss, code in rows:
-            print(f"{name:28} {wall:7.2f} {rss:8.1f} {code:4d}")
+        rows = [("cold plan (no hash cache)", *measure(["plan", str(manifest)]))]
+        for name, args in [
+            ("warm plan", ["plan", str(manifest)]),
+            ("plan --check", ["plan", str(manifest), "--check"]),
+            ("plan --format json", ["plan", str(manifest), "--format", "json"]),
+        ]:
+            rows.extend((name, *measure(args)) for _ in range(options.repeat))
+        print(f"{'':28} {'wall s':>7} {'cpu s':>6} {'peak MB':>8} {'exit':>4}")
+        for name, wall, cpu, rss, code in rows:
+            print(f"{name:28} {wall:7.2f} {cpu:6.2f} {rss:8.1f} {code:4d}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import re
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kling_batch.errors import UserError
-from kling_batch.manifest import REQUEST_FIELD_NAMES, LoadedManifest, Shot, SourcedShot
+from kling_batch.manifest import REQUEST_FIELD_NAMES, LoadedManifest, SourcedShot
 from kling_batch.templating import TemplateProblem, Templates
 
 _ID = re.compile(r"[A-Za-z0-9._-]+")
@@ -54,6 +54,7 @@ def expand_shots(loaded: LoadedManifest, templates: Templates | None = None) -> 
     renderer = _CachedRenderer(templates)
     manifest = loaded.manifest
     defaults = manifest.defaults.model_dump(exclude_none=True)
+    field_names = set(REQUEST_FIELD_NAMES)
     base_context = templates.context({**manifest.vars, "manifest": ManifestContext(manifest.name)})
     specs: list[RenderSpec] = []
     seen_ids: dict[str, SourcedShot] = {}
@@ -64,8 +65,10 @@ def expand_shots(loaded: LoadedManifest, templates: Templates | None = None) -> 
         shot = sourced.shot
         if not shot.enabled:
             continue
+        shot_fields = shot.model_dump(include=field_names, exclude_none=True)
         for combo in expand_matrix(sourced):
             context = {**base_context, **combo}
+            raw_fields = _raw_fields(shot_fields, combo, defaults)
             base_id = _render_id(renderer, sourced, context)
             for take in range(1, shot.takes + 1):
                 render_id = base_id if shot.takes == 1 else f"{base_id}-take{take}"
@@ -82,7 +85,7 @@ def expand_shots(loaded: LoadedManifest, templates: Templates | None = None) -> 
                 shot_ctx = ShotContext(render_id, base_id, index, take)
                 context_take = {**context, "id": render_id, "shot": shot_ctx}
                 spec = _render_spec(
-                    renderer, loaded, sourced, defaults, combo, context_take, shot_ctx, dirs
+                    renderer, loaded, sourced, raw_fields, context_take, shot_ctx, dirs
                 )
                 if spec.output in seen_outputs:
                     raise UserError(
@@ -170,74 +173,45 @@ def _render_spec(
     renderer: _CachedRenderer,
     loaded: LoadedManifest,
     sourced: SourcedShot,
-    defaults: Mapping[str, Any],
-    combo: Mapping[str, Any],
+    raw_fields: Mapping[str, Any],
     context: dict[str, Any],
     shot_ctx: ShotContext,
     dirs: _SafeDirs,
 ) -> RenderSpec:
     shot = sourced.shot
-    fields: dict[str, Any] = {}
-    for name in REQUEST_FIELD_NAMES:
-        value = _field_value(shot, name, combo, defaults)
-        if value is None:
-            continue
-        fields[name] = renderer.render_value(sourced, value, name, context, shot_ctx.id)
+    fields = {
+        name: renderer.render_value(sourced, value, name, context, shot_ctx.id)
+        for name, value in raw_fields.items()
+    }
     output_template = shot.output or "{{ id }}.mp4"
     output_text = renderer.render(sourced, output_template, "output", context, shot_ctx.id)
-    output = _check_output(loaded, sourced, output_text, shot_ctx.id, dirs)
     return RenderSpec(
         id=shot_ctx.id,
         shot=shot_ctx.name,
         take=shot_ctx.take,
         fields=fields,
-        output=output,
+        output=dirs.output_path(sourced, output_text, shot_ctx.id),
         tags=tuple(shot.tags),
         file=sourced.file,
     )
 
 
-def _field_value(
-    shot: Shot, name: str, combo: Mapping[str, Any], defaults: Mapping[str, Any]
-) -> Any:
-    """Shot value, else a matrix value of the same name, else the manifest default."""
-    value = getattr(shot, name)
-    if value is not None:
-        return value
-    if name in combo:
-        return combo[name]
-    return defaults.get(name)
-
-
-def _check_output(
-    loaded: LoadedManifest, sourced: SourcedShot, text: str, render_id: str, dirs: _SafeDirs
-) -> PurePosixPath:
-    """The output path relative to the manifest folder; it must stay inside `output_dir`."""
-    output_dir = PurePosixPath(loaded.manifest.output_dir)
-    relative = PurePosixPath(text.replace("\\", "/"))
-    if (
-        not text.strip()
-        or relative.is_absolute()
-        or ".." in relative.parts
-        or not relative.parts
-        or not dirs.inside(output_dir, (output_dir / relative).parent)
-    ):
-        raise UserError(
-            f"output {text!r} must be a relative path inside output_dir {str(output_dir)!r}",
-            file=sourced.file,
-            shot=render_id,
-            field="output",
-        )
-    return output_dir / relative
+def _raw_fields(
+    shot_fields: Mapping[str, Any], combo: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Request fields before templating: the shot's, else the matrix's, else the defaults."""
+    from_matrix = {name: combo[name] for name in REQUEST_FIELD_NAMES if name in combo}
+    return {**defaults, **from_matrix, **shot_fields}
 
 
 class _SafeDirs:
-    """Answers "does this folder resolve inside output_dir?", resolving each folder once."""
+    """Checks output paths stay inside output_dir, resolving each folder only once."""
 
     def __init__(self, loaded: LoadedManifest) -> None:
         self.root = loaded.root.resolve()
-        self._answers: dict[PurePosixPath, bool] = {}
-        target = (self.root / loaded.manifest.output_dir).resolve()
+        self.output_dir = PurePosixPath(loaded.manifest.output_dir)
+        self._answers: dict[str, bool] = {}
+        target = (self.root / self.output_dir).resolve()
         if not target.is_relative_to(self.root):
             raise UserError(
                 f"output_dir {loaded.manifest.output_dir!r} leads outside the manifest's folder",
@@ -246,11 +220,32 @@ class _SafeDirs:
             )
         self.target = target
 
-    def inside(self, output_dir: PurePosixPath, folder: PurePosixPath) -> bool:
+    def output_path(self, sourced: SourcedShot, text: str, render_id: str) -> PurePosixPath:
+        """`output_dir/text`, relative to the manifest folder; refused if it leads outside."""
+        relative = text.replace("\\", "/")
+        folder = relative.rpartition("/")[0]
+        if (
+            not relative.strip()
+            or relative.startswith("/")
+            or relative.endswith("/")
+            or ".." in relative.split("/")
+            or not self._inside(folder)
+        ):
+            raise UserError(
+                f"output {text!r} must be a relative file path inside output_dir "
+                f"{str(self.output_dir)!r}",
+                file=sourced.file,
+                shot=render_id,
+                field="output",
+            )
+        return self.output_dir / relative
+
+    def _inside(self, folder: str) -> bool:
         answer = self._answers.get(folder)
         if answer is None:
             # resolve() follows symlinks: a linked folder must not lead out of output_dir.
-            answer = (self.root / folder).resolve().is_relative_to(self.target)
+            resolved = (self.root / self.output_dir / folder).resolve()
+            answer = resolved.is_relative_to(self.target)
             self._answers[folder] = answer
         return answer
 
@@ -265,6 +260,9 @@ class _CachedRenderer:
     def __init__(self, templates: Templates) -> None:
         self.templates = templates
         self._results: dict[tuple[Hashable, ...], str] = {}
+        # text → None for plain strings, () for templates that include others (never
+        # cached), else the sorted names the template reads.
+        self._names: dict[str, tuple[str, ...] | None] = {}
 
     def render(
         self,
@@ -274,27 +272,37 @@ class _CachedRenderer:
         context: Mapping[str, Any],
         render_id: str | None = None,
     ) -> str:
-        if not self.templates.is_template(text):
-            return text
         try:
-            names = self.templates.names_used(text)
-            key = None if names is None else (text, *_values_key(context, names))
-            if key is not None:
-                cached = self._results.get(key)
-                if cached is not None:
-                    return cached
+            names = self._names[text]
+        except KeyError:
+            names = self._learn(sourced, text, field, render_id)
+        if names is None:
+            return text
+        key = _cache_key(text, names, context) if names else None
+        if key is not None:
+            cached = self._results.get(key)
+            if cached is not None:
+                return cached
+        try:
             result = self.templates.render(text, context)
         except TemplateProblem as problem:
-            where = f" (line {problem.line} of the template)" if problem.line else ""
-            raise UserError(
-                problem.message + where,
-                file=sourced.file,
-                shot=render_id or sourced.shot.id,
-                field=field,
-            ) from None
+            raise _template_error(problem, sourced, field, render_id) from None
         if key is not None:
             self._results[key] = result
         return result
+
+    def _learn(
+        self, sourced: SourcedShot, text: str, field: str, render_id: str | None
+    ) -> tuple[str, ...] | None:
+        names: tuple[str, ...] | None = None
+        if self.templates.is_template(text):
+            try:
+                used = self.templates.names_used(text)
+            except TemplateProblem as problem:
+                raise _template_error(problem, sourced, field, render_id) from None
+            names = () if used is None else tuple(sorted(used))
+        self._names[text] = names
+        return names
 
     def render_value(
         self,
@@ -311,17 +319,36 @@ class _CachedRenderer:
         return value
 
 
-def _values_key(context: Mapping[str, Any], names: Iterable[str]) -> Iterator[Hashable]:
-    for name in sorted(names):
-        value = context.get(name, _MISSING)
-        try:
-            hash(value)
-        except TypeError:
-            # vars hold lists and tables; they live for the whole expansion, so identity is safe.
-            yield (name, "id", id(value))
-        else:
-            # The type is part of the key: 1, 1.0 and True are equal but render differently.
-            yield (name, type(value), value)
+def _template_error(
+    problem: TemplateProblem, sourced: SourcedShot, field: str, render_id: str | None
+) -> UserError:
+    where = f" (line {problem.line} of the template)" if problem.line else ""
+    return UserError(
+        problem.message + where, file=sourced.file, shot=render_id or sourced.shot.id, field=field
+    )
+
+
+def _cache_key(
+    text: str, names: tuple[str, ...], context: Mapping[str, Any]
+) -> tuple[Hashable, ...]:
+    # The type is part of the key: 1, 1.0 and True are equal but render differently.
+    values = [context.get(name, _MISSING) for name in names]
+    key: tuple[Hashable, ...] = (text, *[(type(v), v) for v in values])
+    try:
+        hash(key)
+    except TypeError:
+        key = (text, *[_hashable(v) for v in values])
+    return key
+
+
+def _hashable(value: Any) -> Hashable:
+    try:
+        hash(value)
+    except TypeError:
+        # Only vars and matrix entries are unhashable (lists, tables), and they live for
+        # the whole expansion, so their identity cannot be reused by another object.
+        return (type(value), "id", id(value))
+    return (type(value), value)
 
 
 _MISSING = object()

@@ -51,6 +51,7 @@ def price_rows() -> tuple[PriceRow, ...]:
     return tuple(rows)
 
 
+@cache
 def select_row(tier: str, *, video_input: bool, sound: bool) -> PriceRow:
     """The row that bills a render of this tier, input kind and sound setting."""
     facts = {"model_tier": tier, "video_input": video_input, "sound": sound}

@@ -207,3 +207,17 @@ def test_matrix_values_render_distinctly_by_type(project: Callable[..., Path]) -
         prompt = "{{ v }}"
     """)
     assert ids(path) == ["v-1", "v-True"]
+
+
+def test_list_var_with_changing_context_renders_each_time(project: Callable[..., Path]) -> None:
+    """A template reading a list var and the take renders freshly for every take."""
+    path = project("""
+        [vars]
+        moods = ["calm", "wild"]
+        [[shots]]
+        id = "a"
+        takes = 3
+        prompt = "{{ moods[shot.take % 2] }} sea, take {{ shot.take }}"
+    """)
+    prompts = [spec.fields["prompt"] for spec in expand_shots(load_manifest(path))]
+    assert prompts == ["wild sea, take 1", "calm sea, take 2", "wild sea, take 3"]
