@@ -491,6 +491,8 @@ class EmpirioClient:
             clock=self._clock,
             unit=self._retry.retry_after_unit,
         )
+        if after is not None:
+            after = min(after, self._retry.retry_after_cap)
         if op == "download" and status in (401, 403, 404, 410):
             cls = ResultExpired
             message = f"result URL {_safe_url(response.request)} answered {status}: {message}"
