@@ -133,7 +133,8 @@ class ApiError(RunError):
         self.attempts = 1
 
     def __str__(self) -> str:
-        details = [f"HTTP {self.status}"] if self.status is not None else []
+        said = self.status is None or self.message.startswith(f"HTTP {self.status}")
+        details = [] if said else [f"HTTP {self.status}"]
         details += [f"{k} {v}" for k, v in (("code", self.code), ("param", self.param)) if v]
         return f"{self.message} ({', '.join(details)})" if details else self.message
 
@@ -394,7 +395,9 @@ class EmpirioClient:
                         size += len(chunk)
                 except httpx.TransportError as exc:
                     raise _Malformed(f"download cut off after {size} bytes") from exc
-            received = response.num_bytes_downloaded
+            # Content-Length counts bytes on the wire; they differ from `size` only if encoded.
+            encoded = response.headers.get("Content-Encoding", "identity") != "identity"
+            received = response.num_bytes_downloaded if encoded else size
             if expected is not None and received != expected:
                 raise _Malformed(f"download got {received} of {expected} bytes")
             return Download(size=size, sha256="sha256:" + digest.hexdigest())
