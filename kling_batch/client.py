@@ -200,10 +200,12 @@ class _Malformed(Exception):
 class EmpirioClient:
     """The EmpirioLabs API over one pooled `httpx.AsyncClient`; use as `async with`.
 
-    Every `/v1/*` request to the API host waits for the shared `RateLimiter` (downloads of
-    result URLs on another host do not). Retryable failures are retried per `retry` on
-    `clock`; what is left is raised as one `ApiError` subclass. The key is sent as a bearer
-    token to the API origin only.
+    Every `/v1/*` request to the API origin waits for the shared `RateLimiter` (`limiter`,
+    or a new one at `rpm`; downloads from other hosts do not wait). Retryable failures are
+    retried per `retry`, sleeping on `clock`; what is left is raised as one `ApiError`
+    subclass. The key goes as a bearer token to the API origin (scheme, host, port) only.
+    `transport` is the test seam (`httpx.MockTransport`). Cancelling a `submit` after it
+    was sent leaves its outcome unknown, exactly like `AmbiguousSubmit`.
     """
 
     def __init__(
@@ -549,9 +551,12 @@ class EmpirioClient:
         return text.replace(self._key, _REDACTED) if isinstance(text, str) else text
 
     def _safe_cause(self, cause: BaseException | None) -> BaseException | None:
-        """The httpx exception to chain from, unless its text would leak the key."""
-        if cause is None or self._key in f"{cause!s}{cause!r}":
-            return None
+        """The exception to chain from, unless any text in its chain would leak the key."""
+        link, seen = cause, 0
+        while link is not None and seen < 16:
+            if self._key in f"{link!s}{link!r}":
+                return None
+            link, seen = link.__cause__ or link.__context__, seen + 1
         return cause
 
     def _build(
@@ -570,7 +575,8 @@ class EmpirioClient:
             del merged[name]
         if self._same_origin(target):
             merged["Authorization"] = f"Bearer {self._key}"
-            merged.setdefault("Accept", "application/json")
+            if timeout != "download":
+                merged.setdefault("Accept", "application/json")
         return self._http.build_request(
             method, target, headers=merged, timeout=self._timeouts.httpx_timeout(timeout), **kwargs
         )
