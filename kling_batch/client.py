@@ -492,9 +492,7 @@ class EmpirioClient:
         envelope = parse_error_envelope(response.content, fallback=reason)
         message = envelope.message
         after = retry_after_seconds(
-            response.headers.get("Retry-After"),
-            clock=self._clock,
-            unit=self._retry.retry_after_unit,
+            response.headers, clock=self._clock, unit=self._retry.retry_after_unit
         )
         if after is not None:
             after = min(after, self._retry.retry_after_cap)

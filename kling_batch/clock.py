@@ -3,15 +3,16 @@
 Two kinds of time, kept apart on purpose:
 
 - *Model seconds*: every duration the client reasons about (rate-limit windows, backoff,
-  `Retry-After`, poll pacing) is in model seconds, read from `monotonic()` and waited with
-  `sleep()`. With the real API a model second is a real second.
-- *Real time*: `now()` is an aware UTC wall-clock datetime, for comparing with absolute
-  timestamps a server sent (`expires_at`, an HTTP-date `Retry-After`). Absolute timestamps
-  are never scaled.
+  poll pacing, server-requested waits once converted) is in model seconds, read from
+  `monotonic()` and waited with `sleep()`. With the real API a model second is a real second.
+- *Real time*: what crosses the wire. `now()` is an aware UTC wall-clock datetime for
+  absolute timestamps a server sent (`expires_at`, an HTTP-date `Retry-After`); these are
+  never scaled. Durations in headers (`Retry-After`, `retry-after-ms`) are real seconds and
+  enter the client through `model_seconds(clock, real)`. Network timeouts stay real.
 
 `time_scale` is real seconds per model second: `ScaledClock(0.01)` sleeps 0.01 s for every
 model second, so a run against `kling-batch emulator --time-scale 0.01` keeps its logic in
-the emulator's model seconds. Convert a real duration with `model_seconds(clock, real)`.
+the emulator's model seconds (its RPM window is scaled too, so `rpm` means per model minute).
 """
 
 from __future__ import annotations

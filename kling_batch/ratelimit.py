@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import random as _random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -47,10 +47,11 @@ class RetryPolicy:
 
     `max_attempts` counts the first try. The n-th retry waits a uniform random time in
     `[0, min(cap, base * 2**(n-1))]` ("full jitter"), or `Retry-After` if that is longer
-    (capped at `retry_after_cap`). `retry_after_unit` says how to read a delta-seconds
-    `Retry-After`: "model" (default; what the bundled emulator should send under
-    `--time-scale`) or "real" (converted with the clock's scale). An HTTP-date is an absolute
-    real time either way. `ambiguous_submit_statuses` are gateway timeouts that, on a
+    (capped at `retry_after_cap`, model seconds). `retry_after_unit` says how to read a
+    delta-seconds `Retry-After`: "real" (default; HTTP's meaning, and what the bundled
+    emulator sends: real seconds, converted with the clock's scale) or "model" (for a server
+    that sends model seconds). `retry-after-ms` is always real milliseconds and an HTTP-date
+    always an absolute real time. `ambiguous_submit_statuses` are gateway timeouts that, on a
     submit, mean the origin had the request and may have created the job.
     """
 
@@ -58,7 +59,7 @@ class RetryPolicy:
     base: float = 1.0
     cap: float = 60.0
     retry_after_cap: float = 600.0
-    retry_after_unit: Literal["model", "real"] = "model"
+    retry_after_unit: Literal["model", "real"] = "real"
     ambiguous_submit_statuses: frozenset[int] = frozenset({504, 524})
     random: Callable[[], float] = field(default=_random.random, compare=False, repr=False)
 
@@ -79,15 +80,22 @@ class RetryPolicy:
 
 
 def retry_after_seconds(
-    value: str | None, *, clock: Clock, unit: Literal["model", "real"] = "model"
+    headers: Mapping[str, str], *, clock: Clock, unit: Literal["model", "real"] = "real"
 ) -> float | None:
-    """A `Retry-After` header (delta seconds or HTTP-date) as model seconds, or None."""
-    if not value or not value.strip():
+    """How long the server asked us to wait, in model seconds, or None if it did not say.
+
+    `retry-after-ms` (real milliseconds, exact; sent by OpenAI-style servers and the bundled
+    emulator) wins over `Retry-After`, whose delta seconds are read per `unit` and whose
+    HTTP-date is an absolute real time.
+    """
+    millis = _number(headers.get("retry-after-ms"))
+    if millis is not None:
+        return max(0.0, model_seconds(clock, millis / 1000))
+    text = (headers.get("retry-after") or "").strip()
+    if not text:
         return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
+    seconds = _number(text)
+    if seconds is None:
         try:
             when = parsedate_to_datetime(text)
         except (TypeError, ValueError, IndexError):
@@ -95,12 +103,17 @@ def retry_after_seconds(
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         seconds = model_seconds(clock, (when - clock.now()).total_seconds())
-    else:
-        if not math.isfinite(seconds):
-            return None
-        if unit == "real":
-            seconds = model_seconds(clock, seconds)
+    elif unit == "real":
+        seconds = model_seconds(clock, seconds)
     return max(0.0, seconds)
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 class RateLimiter:

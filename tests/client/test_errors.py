@@ -186,26 +186,43 @@ async def test_unparseable_retry_after_falls_back_to_backoff(
     assert clock.sleeps == [3.0]
 
 
-async def test_real_second_retry_after_is_converted_to_model_seconds(api, error_response):
-    """With unit "real" on a 0.01 time scale, Retry-After: 1 means 100 model seconds."""
-    from kling_batch.client import EmpirioClient
+@pytest.fixture
+def scaled(api) -> VirtualClock:
+    """A virtual clock where one model second lasts 0.01 real seconds (time scale 0.01)."""
+    api.clock = VirtualClock(time_scale=0.01)
+    return api.clock
 
-    clock = VirtualClock(time_scale=0.01)
-    api.clock = clock
+
+async def test_retry_after_is_real_seconds_by_default(api, make_client, error_response, scaled):
+    """At time scale 0.01, Retry-After: 1 (one real second) is a 100 model-second wait."""
     limited = error_response(429, "slow down")
     limited.headers["Retry-After"] = "1"
     api.on("GET", JOB, limited, {"status": "queued"})
-    retry = RetryPolicy(random=lambda: 0.0, retry_after_unit="real")
-    client = EmpirioClient(
-        api_key="sk-empiriolabs-x",
-        transport=httpx.MockTransport(api),
-        clock=clock,
-        rpm=None,
-        retry=retry,
-    )
-    async with client:
+    async with make_client(clock=scaled, retry=RetryPolicy(random=lambda: 0.0)) as client:
         await client.get_job("job_1")
-    assert clock.sleeps == [pytest.approx(100.0)]
+    assert scaled.sleeps == [pytest.approx(100.0)]
+
+
+async def test_retry_after_ms_wins_and_is_exact(api, make_client, error_response, scaled):
+    """`retry-after-ms` (real milliseconds) beats the rounded-up Retry-After seconds."""
+    limited = error_response(429, "slow down")
+    limited.headers["Retry-After"] = "1"
+    limited.headers["retry-after-ms"] = "120"
+    api.on("GET", JOB, limited, {"status": "queued"})
+    async with make_client(clock=scaled, retry=RetryPolicy(random=lambda: 0.0)) as client:
+        await client.get_job("job_1")
+    assert scaled.sleeps == [pytest.approx(12.0)]
+
+
+async def test_retry_after_can_be_read_as_model_seconds(api, make_client, error_response, scaled):
+    """With unit "model", Retry-After: 7 is seven model seconds whatever the scale."""
+    limited = error_response(429, "slow down")
+    limited.headers["Retry-After"] = "7"
+    api.on("GET", JOB, limited, {"status": "queued"})
+    retry = RetryPolicy(random=lambda: 0.0, retry_after_unit="model")
+    async with make_client(clock=scaled, retry=retry) as client:
+        await client.get_job("job_1")
+    assert scaled.sleeps == [7.0]
 
 
 async def test_rate_limited_error_keeps_retry_after(api, make_client, error_response):
