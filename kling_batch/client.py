@@ -98,7 +98,6 @@ __all__ = [
 
 _REDACTED = "[redacted]"
 _MAX_MESSAGE = 500
-_CHUNK = 256 * 1024
 # Raised before a single byte of the request left this process: safe to repeat any POST.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError)
 _UNSENDABLE = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
@@ -391,7 +390,7 @@ class EmpirioClient:
             digest, size = hashlib.sha256(), 0
             async with await anyio.open_file(dest, "wb") as out:
                 try:
-                    async for chunk in response.aiter_bytes(_CHUNK):
+                    async for chunk in response.aiter_bytes():
                         await out.write(chunk)
                         digest.update(chunk)
                         size += len(chunk)
