@@ -1,0 +1,638 @@
+"""EmpirioClient: the async EmpirioLabs API client, and the one place API failures are classified.
+
+Every failure leaves the client as one of these (all carry `status`, `code`, `message`,
+`param`, `type`, `attempts`; none ever contains the API key):
+
+    RunError                       kling_batch.errors, exit 1
+     └── ApiError                  any API failure; `.retryable` says if trying later may help
+          ├── RetryableError       transient; raised only once every attempt is spent
+          │    ├── RateLimited     429
+          │    ├── ServerError     5xx (except 501, 505), 408
+          │    ├── ConnectionFailed  no answer: connect, read, timeout (safe requests only)
+          │    ├── BadResponse     a 2xx whose body is not what was asked for (safe requests)
+          │    └── TruncatedDownload  a download cut short or of the wrong size
+          ├── RunFatal             stop submitting for the whole run (also: unusable base URL)
+          │    ├── AuthError       401 / 403: key missing, invalid or not allowed
+          │    └── CreditsError    402: out of credits
+          ├── ShotRejected         400, 404, 422, other 4xx: this request never succeeds
+          ├── JobNotFound          404 on a job: unknown id, or its state expired (kept 1 h)
+          ├── ResultExpired        401/403/404/410 on a result URL: the signed URL is gone
+          └── AmbiguousSubmit      a submit may have created (and billed) a job; no id came back
+
+`EmpirioClient._classify` maps every httpx exception and non-2xx response to this tree.
+A submit (`POST /v1/videos/generations`) is retried only when the request provably never
+reached the server (ConnectError, ConnectTimeout, PoolTimeout, ProxyError) or the server
+answered with a definite refusal (429, 5xx); any failure after bytes may have been sent
+(write/read errors and timeouts, a dropped connection, a 2xx without a job id, a gateway
+timeout from `RetryPolicy.ambiguous_submit_statuses`) is `AmbiguousSubmit`, never retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import mimetypes
+from collections.abc import Awaitable, Callable, Mapping
+from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self, TypeVar
+from urllib.parse import quote
+
+import anyio
+import httpx
+
+from kling_batch import __version__
+from kling_batch.clock import Clock, SystemClock
+from kling_batch.endpoint import (
+    DEFAULT_BASE_URL,
+    Timeouts,
+    api_key_from_env,
+    check_api_key,
+    resolve_base_url,
+)
+from kling_batch.errors import RunError
+from kling_batch.payloads import (
+    Download,
+    ErrorInfo,
+    JobState,
+    Submission,
+    Upload,
+    find_job_id,
+    find_poll_url,
+    parse_error_envelope,
+    parse_job,
+    parse_upload,
+)
+from kling_batch.ratelimit import RateLimiter, RetryPolicy, retry_after_seconds
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "AmbiguousSubmit",
+    "ApiError",
+    "AuthError",
+    "BadResponse",
+    "ConnectionFailed",
+    "CreditsError",
+    "Download",
+    "EmpirioClient",
+    "ErrorInfo",
+    "JobNotFound",
+    "JobState",
+    "RateLimited",
+    "ResultExpired",
+    "RetryPolicy",
+    "RetryableError",
+    "RunFatal",
+    "ServerError",
+    "ShotRejected",
+    "Submission",
+    "Timeouts",
+    "TruncatedDownload",
+    "Upload",
+    "api_key_from_env",
+    "resolve_base_url",
+]
+
+_REDACTED = "[redacted]"
+_MAX_MESSAGE = 500
+# Raised before a single byte of the request left this process: safe to repeat any POST.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError)
+_UNSENDABLE = (httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_Op = Literal["submit", "job", "api", "download"]
+
+
+class ApiError(RunError):
+    """A failed API call, classified; never contains the API key."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        type: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.param = param
+        self.type = type
+        self.retry_after = retry_after
+        self.attempts = 1
+
+    def __str__(self) -> str:
+        said = self.status is None or self.message.startswith(f"HTTP {self.status}")
+        details = [] if said else [f"HTTP {self.status}"]
+        details += [f"{k} {v}" for k, v in (("code", self.code), ("param", self.param)) if v]
+        return f"{self.message} ({', '.join(details)})" if details else self.message
+
+
+class RetryableError(ApiError):
+    """A transient failure that outlasted every retry; trying again later may succeed."""
+
+    retryable = True
+
+
+class RateLimited(RetryableError):
+    """429: the account's request rate was exceeded."""
+
+
+class ServerError(RetryableError):
+    """5xx or 408: the server failed and said so (a definite answer, nothing was created)."""
+
+
+class ConnectionFailed(RetryableError):
+    """No answer came back: connect, read or timeout failure on a request safe to repeat."""
+
+
+class BadResponse(RetryableError):
+    """A 2xx whose body was unreadable or lacked what was asked for (safe requests only)."""
+
+
+class TruncatedDownload(RetryableError):
+    """A download ended early or its size did not match Content-Length."""
+
+
+class RunFatal(ApiError):
+    """Nothing will succeed for the rest of the run: stop submitting."""
+
+
+class AuthError(RunFatal):
+    """401/403: the API key is missing, invalid or not allowed."""
+
+
+class CreditsError(RunFatal):
+    """402: the account is out of credits."""
+
+
+class ShotRejected(ApiError):
+    """The API refused this request (400, 404, 422, other 4xx): fail the render with its message."""
+
+
+class JobNotFound(ApiError):
+    """404 on a job: the id is unknown or its state expired (kept one hour after completion)."""
+
+
+class ResultExpired(ApiError):
+    """The result URL answered 401/403/404/410: the signed URL expired or was revoked."""
+
+
+class AmbiguousSubmit(ApiError):
+    """A submit may have created (and billed) a job but no job id came back: record `uncertain`."""
+
+
+class _Malformed(Exception):
+    """A 2xx response the handler could not use; classified by `_classify`."""
+
+
+class EmpirioClient:
+    """The EmpirioLabs API over one pooled `httpx.AsyncClient`; use as `async with`.
+
+    Every `/v1/*` request to the API origin waits for the shared `RateLimiter` (`limiter`,
+    or a new one at `rpm`; downloads from other hosts do not wait). Retryable failures are
+    retried per `retry`, sleeping on `clock`; what is left is raised as one `ApiError`
+    subclass. The key goes as a bearer token to the API origin (scheme, host, port) only.
+    `transport` is the test seam (`httpx.MockTransport`). Cancelling a `submit` after it
+    was sent leaves its outcome unknown, exactly like `AmbiguousSubmit`.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        rpm: float | None = 50,
+        clock: Clock | None = None,
+        retry: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
+        limiter: RateLimiter | None = None,
+        limits: httpx.Limits | None = None,
+    ) -> None:
+        self._key = check_api_key(api_key)
+        self._base = httpx.URL(resolve_base_url(base_url) + "/")
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._retry = retry if retry is not None else RetryPolicy()
+        self._timeouts = timeouts if timeouts is not None else Timeouts()
+        self._limiter = limiter if limiter is not None else RateLimiter(rpm, clock=self._clock)
+        self._http = httpx.AsyncClient(
+            transport=transport,
+            limits=limits or httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            timeout=self._timeouts.httpx_timeout("poll"),
+            headers={"User-Agent": f"kling-batch/{__version__}"},
+        )
+
+    def __repr__(self) -> str:
+        return f"EmpirioClient(base_url={str(self._base).rstrip('/')!r}, rpm={self._limiter.rpm!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close pooled connections."""
+        await self._http.aclose()
+
+    @property
+    def base_url(self) -> str:
+        """The API base URL, without a trailing slash."""
+        return str(self._base).rstrip("/")
+
+    @property
+    def clock(self) -> Clock:
+        """The clock every wait of this client uses."""
+        return self._clock
+
+    @property
+    def limiter(self) -> RateLimiter:
+        """The request budget shared by every API call of this client."""
+        return self._limiter
+
+    # -- operations ---------------------------------------------------------------------
+
+    async def submit(
+        self, body: Mapping[str, Any], *, headers: Mapping[str, str] | None = None
+    ) -> Submission:
+        """`POST /v1/videos/generations`; raises `AmbiguousSubmit` if the outcome is unknown."""
+        url = self._api_url("v1/videos/generations")
+        content = json.dumps(dict(body), default=_json_default).encode()
+        extra = {"Content-Type": "application/json", **(headers or {})}
+
+        def make(_: contextlib.ExitStack) -> httpx.Request:
+            return self._build("POST", url, "submit", headers=extra, content=content)
+
+        async def handle(response: httpx.Response) -> Submission:
+            payload = await _json_object(response)
+            job_id = find_job_id(payload)
+            if job_id is None:
+                raise _Malformed("the response carries no job id")
+            status = payload.get("status")
+            return Submission(
+                job_id=job_id,
+                poll_url=self._poll_url(find_poll_url(payload), job_id),
+                status=status if isinstance(status, str) else None,
+                raw=payload,
+            )
+
+        return await self._call("submit", make, handle)
+
+    async def get_job(self, job_id: str, poll_url: str | None = None) -> JobState:
+        """`GET` the job at its poll URL (or `/v1/jobs/{id}`); 404 raises `JobNotFound`."""
+        url = self._poll_url(poll_url, job_id)
+
+        async def handle(response: httpx.Response) -> JobState:
+            return parse_job(await _json_object(response), job_id=job_id)
+
+        return await self._call("job", lambda _: self._build("GET", url, "poll"), handle)
+
+    async def list_jobs(self, status: str | None = None, limit: int = 100) -> list[JobState] | None:
+        """Recent jobs from `GET /v1/jobs` (provisional path); None if the API has no list."""
+        params: dict[str, str | int] = {"limit": limit}
+        if status:
+            params["status"] = status
+        url = self._api_url("v1/jobs")
+
+        async def handle(response: httpx.Response) -> list[JobState]:
+            await response.aread()
+            try:
+                payload = json.loads(response.content)
+            except ValueError as exc:
+                raise _Malformed("the job list is not JSON") from exc
+            if isinstance(payload, Mapping):
+                payload = payload.get("data", payload.get("jobs"))
+            if not isinstance(payload, list):
+                raise _Malformed("the response holds no list of jobs")
+            return [parse_job(item) for item in payload if isinstance(item, Mapping)]
+
+        try:
+            return await self._call(
+                "api", lambda _: self._build("GET", url, "poll", params=params), handle
+            )
+        except ShotRejected as exc:
+            if exc.status in (404, 405):
+                return None
+            raise
+
+    async def cancel_job(self, job_id: str) -> JobState | None:
+        """`POST /v1/jobs/{id}/cancel` (provisional); None when the API offers no such route."""
+        url = self._api_url(f"v1/jobs/{quote(job_id, safe='')}/cancel")
+
+        async def handle(response: httpx.Response) -> JobState:
+            await response.aread()
+            try:
+                payload = json.loads(response.content) if response.content.strip() else {}
+            except ValueError:
+                payload = {}
+            return parse_job(payload if isinstance(payload, Mapping) else {}, job_id=job_id)
+
+        try:
+            return await self._call("job", lambda _: self._build("POST", url, "poll"), handle)
+        except (JobNotFound, ShotRejected) as exc:
+            if exc.status in (404, 405):
+                return None
+            raise
+
+    async def get_model(self, model: str = "kling-o3") -> dict[str, Any]:
+        """The model description from `GET /v1/models/{model}`."""
+        url = self._api_url(f"v1/models/{quote(model, safe='')}")
+
+        async def handle(response: httpx.Response) -> dict[str, Any]:
+            return dict(await _json_object(response))
+
+        return await self._call("api", lambda _: self._build("GET", url, "poll"), handle)
+
+    async def upload(self, path: Path, *, content_type: str | None = None) -> Upload:
+        """`POST /v1/files/upload` (multipart field `file`), streamed from disk."""
+        url = self._api_url("v1/files/upload")
+        size = (await anyio.Path(path).stat()).st_size
+        ctype = content_type or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+        def make(stack: contextlib.ExitStack) -> httpx.Request:
+            # Opened per attempt and closed by `_call`; httpx streams it in 64 KiB chunks.
+            handle = stack.enter_context(open(path, "rb"))  # noqa: SIM115
+            return self._build("POST", url, "upload", files={"file": (path.name, handle, ctype)})
+
+        async def handle(response: httpx.Response) -> Upload:
+            upload = parse_upload(await _json_object(response), size=size)
+            if upload is None:
+                raise _Malformed("the upload response carries no bunny:// path")
+            return upload
+
+        return await self._call("api", make, handle)
+
+    async def download(self, url: str, dest: Path) -> Download:
+        """Stream `url` into `dest` (truncated first) and hash it; the caller renames it."""
+
+        def make(_: contextlib.ExitStack) -> httpx.Request:
+            return self._build("GET", url, "download")
+
+        async def handle(response: httpx.Response) -> Download:
+            declared = response.headers.get("Content-Length")
+            expected = int(declared) if declared and declared.isdigit() else None
+            digest, size = hashlib.sha256(), 0
+            async with await anyio.open_file(dest, "wb") as out:
+                try:
+                    async for chunk in response.aiter_bytes():
+                        await out.write(chunk)
+                        digest.update(chunk)
+                        size += len(chunk)
+                except httpx.TransportError as exc:
+                    raise _Malformed(f"download cut off after {size} bytes") from exc
+            # Content-Length counts bytes on the wire; they differ from `size` only if encoded.
+            encoded = response.headers.get("Content-Encoding", "identity") != "identity"
+            received = response.num_bytes_downloaded if encoded else size
+            if expected is not None and received != expected:
+                raise _Malformed(f"download got {received} of {expected} bytes")
+            return Download(size=size, sha256="sha256:" + digest.hexdigest())
+
+        return await self._call("download", make, handle)
+
+    # -- transport ------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        op: _Op,
+        make: Callable[[contextlib.ExitStack], httpx.Request],
+        handle: Callable[[httpx.Response], Awaitable[T]],
+    ) -> T:
+        """Send with retries; return `handle(response)` of the first usable 2xx."""
+        attempt = 0
+        while True:
+            attempt += 1
+            cause: BaseException | None = None
+            with contextlib.ExitStack() as stack:
+                request = make(stack)
+                if self._is_limited(request.url):
+                    await self._limiter.acquire()
+                try:
+                    response = await self._http.send(
+                        request, stream=True, follow_redirects=op == "download"
+                    )
+                except httpx.HTTPError as exc:
+                    error, cause = self._classify(op, exc=exc), exc
+                else:
+                    try:
+                        if response.is_success:
+                            return await handle(response)
+                        with contextlib.suppress(httpx.HTTPError):
+                            await response.aread()
+                        error = self._classify(op, response=response)
+                    except httpx.HTTPError as exc:
+                        error, cause = self._classify(op, exc=exc), exc
+                    except _Malformed as exc:
+                        error = self._classify(op, response=response, problem=str(exc))
+                        cause = exc.__cause__
+                    finally:
+                        await response.aclose()
+            error.attempts = attempt
+            log.debug(
+                "%s %s failed (attempt %d): %s", request.method, _safe_url(request), attempt, error
+            )
+            if not error.retryable or attempt >= self._retry.max_attempts:
+                raise error from self._safe_cause(cause)
+            delay = self._retry.delay(attempt, error.retry_after)
+            if isinstance(error, RateLimited) or error.retry_after is not None:
+                # One 429 slows the whole client, so the other callers do not hit it too.
+                self._limiter.pause_for(delay if error.retry_after is None else error.retry_after)
+            log.info(
+                "retrying %s %s in %.1fs: %s", request.method, _safe_url(request), delay, error
+            )
+            await self._clock.sleep(delay)
+
+    def _classify(
+        self,
+        op: _Op,
+        *,
+        exc: BaseException | None = None,
+        response: httpx.Response | None = None,
+        problem: str | None = None,
+    ) -> ApiError:
+        """The one mapping from an httpx exception or unusable response to the error tree."""
+        if response is None:
+            text = f"{type(exc).__name__}: {exc}" if exc is not None else "no response"
+            if isinstance(exc, _NOT_SENT):
+                return self._error(ConnectionFailed, f"could not reach {self._host}: {text}")
+            if isinstance(exc, _UNSENDABLE):
+                return self._error(RunFatal, f"cannot send the request: {text}")
+            if op == "submit":
+                return self._error(AmbiguousSubmit, f"submit sent but no answer came back: {text}")
+            if isinstance(exc, httpx.TransportError | httpx.DecodingError):
+                return self._error(ConnectionFailed, f"request failed: {text}")
+            return self._error(ShotRejected, f"request failed: {text}")
+
+        status = response.status_code
+        if problem is not None:
+            if op == "submit":
+                cls: type[ApiError] = AmbiguousSubmit
+                message = f"submit answered HTTP {status} but {problem}"
+                return self._error(cls, message, status=status)
+            cls = TruncatedDownload if op == "download" else BadResponse
+            return self._error(cls, problem, status=status)
+
+        reason = f"HTTP {status} {response.reason_phrase}".strip()
+        envelope = parse_error_envelope(response.content, fallback=reason)
+        message = envelope.message
+        after = retry_after_seconds(
+            response.headers, clock=self._clock, unit=self._retry.retry_after_unit
+        )
+        if after is not None:
+            after = min(after, self._retry.retry_after_cap)
+        if op == "download" and status in (401, 403, 404, 410):
+            cls = ResultExpired
+            message = f"result URL {_safe_url(response.request)} answered {status}: {message}"
+        elif status in (401, 403):
+            cls = AuthError
+        elif status == 402:
+            cls = CreditsError
+        elif status == 429:
+            cls = RateLimited
+        elif op == "submit" and status in self._retry.ambiguous_submit_statuses:
+            cls = AmbiguousSubmit
+            message = f"gateway timeout on submit; the job may exist: {message}"
+        elif status == 408 or (500 <= status < 600 and status not in (501, 505)):
+            cls = ServerError
+        elif status == 404 and op == "job":
+            cls = JobNotFound
+        else:
+            cls = ShotRejected
+        return self._error(
+            cls,
+            message,
+            status=status,
+            code=envelope.code,
+            param=envelope.param,
+            type=envelope.type,
+            retry_after=after,
+        )
+
+    def _error(
+        self,
+        cls: type[ApiError],
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        type: str | None = None,
+        retry_after: float | None = None,
+    ) -> ApiError:
+        """Build an error with the key redacted from every text field."""
+        return cls(
+            self._redact(message)[:_MAX_MESSAGE],
+            status=status,
+            code=self._redact(code),
+            param=self._redact(param),
+            type=self._redact(type),
+            retry_after=retry_after if cls.retryable else None,
+        )
+
+    def _redact(self, text: str | None) -> Any:
+        return text.replace(self._key, _REDACTED) if isinstance(text, str) else text
+
+    def _safe_cause(self, cause: BaseException | None) -> BaseException | None:
+        """The exception to chain from, unless any text in its chain would leak the key."""
+        link, seen = cause, 0
+        while link is not None and seen < 16:
+            if self._key in f"{link!s}{link!r}":
+                return None
+            link, seen = link.__cause__ or link.__context__, seen + 1
+        return cause
+
+    def _build(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        timeout: Literal["submit", "poll", "upload", "download"],
+        *,
+        headers: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Request:
+        """A request; the bearer token is added only when it goes to the API origin."""
+        target = httpx.URL(url)
+        merged = dict(headers or {})
+        for name in [n for n in merged if n.lower() in ("authorization", "x-api-key")]:
+            del merged[name]
+        if self._same_origin(target):
+            merged["Authorization"] = f"Bearer {self._key}"
+            if timeout != "download":
+                merged.setdefault("Accept", "application/json")
+        return self._http.build_request(
+            method, target, headers=merged, timeout=self._timeouts.httpx_timeout(timeout), **kwargs
+        )
+
+    @property
+    def _host(self) -> str:
+        return self._base.host
+
+    def _same_origin(self, url: httpx.URL) -> bool:
+        def origin(u: httpx.URL) -> tuple[str, str, int | None]:
+            default = {"http": 80, "https": 443}.get(u.scheme)
+            return u.scheme, u.host, u.port or default
+
+        return origin(url) == origin(self._base)
+
+    def _is_limited(self, url: httpx.URL) -> bool:
+        """API requests count against the RPM budget; result downloads elsewhere do not."""
+        return self._same_origin(url) and url.path.startswith(self._base.path + "v1/")
+
+    def _api_url(self, path: str) -> httpx.URL:
+        return self._base.join(path)
+
+    def _poll_url(self, raw: str | None, job_id: str) -> str:
+        """Where to poll: the API's poll URL if it is on the API origin, else `/v1/jobs/{id}`."""
+        fallback = str(self._api_url(f"v1/jobs/{quote(job_id, safe='')}"))
+        if not raw:
+            return fallback
+        try:
+            url = httpx.URL(raw)
+        except httpx.InvalidURL:
+            return fallback
+        if url.is_absolute_url:
+            return raw if self._same_origin(url) else fallback
+        prefix = self._base.path.lstrip("/")
+        relative = raw.lstrip("/")
+        if prefix and relative.startswith(prefix):
+            relative = relative[len(prefix) :]
+        return str(self._base.join(relative))
+
+
+async def _json_object(response: httpx.Response) -> Mapping[str, Any]:
+    """The body as a JSON object, or `_Malformed`."""
+    await response.aread()
+    try:
+        payload = json.loads(response.content)
+    except ValueError as exc:
+        raise _Malformed("the body is not JSON") from exc
+    if not isinstance(payload, Mapping):
+        raise _Malformed("the body is not a JSON object")
+    return payload
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _safe_url(request: httpx.Request) -> str:
+    """Scheme, host and path only: signed query strings stay out of logs and errors."""
+    url = request.url
+    return str(url.copy_with(query=None, fragment=None))

@@ -1,0 +1,70 @@
+"""Where and how the client connects: base URL and API key from the environment, timeouts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import httpx
+
+from kling_batch.errors import UserError
+
+__all__ = ["DEFAULT_BASE_URL", "Timeouts", "api_key_from_env", "check_api_key", "resolve_base_url"]
+
+DEFAULT_BASE_URL = "https://api.empiriolabs.ai"
+KEY_ENV = "EMPIRIOLABS_API_KEY"
+BASE_ENV = "EMPIRIOLABS_BASE_URL"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Per-operation network timeouts in real seconds (never scaled by a clock).
+
+    `submit`, `poll`, `upload` and `download` bound each read and write of that kind of
+    request; for a download that is the longest silence between two chunks, not the total.
+    """
+
+    connect: float = 10.0
+    pool: float = 60.0
+    submit: float = 60.0
+    poll: float = 30.0
+    upload: float = 300.0
+    download: float = 60.0
+
+    def httpx_timeout(self, what: Literal["submit", "poll", "upload", "download"]) -> httpx.Timeout:
+        """The httpx timeout for one kind of request."""
+        budget: float = getattr(self, what)
+        return httpx.Timeout(budget, connect=self.connect, pool=self.pool)
+
+
+def resolve_base_url(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """The API base URL: `explicit`, else `$EMPIRIOLABS_BASE_URL`, else the public API."""
+    env = os.environ if environ is None else environ
+    raw = (explicit or env.get(BASE_ENV) or DEFAULT_BASE_URL).strip()
+    try:
+        url = httpx.URL(raw)
+    except httpx.InvalidURL as exc:
+        raise UserError(f"invalid API base URL {raw!r}: {exc}", field=BASE_ENV) from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise UserError(f"the API base URL must be http(s)://host, got {raw!r}", field=BASE_ENV)
+    return raw.rstrip("/")
+
+
+def api_key_from_env(environ: Mapping[str, str] | None = None) -> str:
+    """The API key from `$EMPIRIOLABS_API_KEY`, stripped and checked (never echoed)."""
+    env = os.environ if environ is None else environ
+    return check_api_key(env.get(KEY_ENV, ""))
+
+
+def check_api_key(key: str) -> str:
+    """`key` stripped; refuses an empty key or one that cannot go in a header (not echoed)."""
+    key = key.strip()
+    if not key:
+        raise UserError(f"{KEY_ENV} is not set: export your EmpirioLabs API key", field=KEY_ENV)
+    if not all(33 <= ord(c) <= 126 for c in key):
+        raise UserError(
+            f"the API key contains spaces or non-ASCII characters; check {KEY_ENV}", field=KEY_ENV
+        )
+    return key

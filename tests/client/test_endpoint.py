@@ -1,0 +1,77 @@
+"""Base URL and key resolution, and the shape of the public API."""
+
+from __future__ import annotations
+
+import pytest
+
+from kling_batch import client as client_module
+from kling_batch.client import DEFAULT_BASE_URL, api_key_from_env, resolve_base_url
+from kling_batch.errors import UserError
+
+pytestmark = pytest.mark.anyio
+
+
+def test_explicit_base_url_wins():
+    """An explicit base URL beats the environment."""
+    env = {"EMPIRIOLABS_BASE_URL": "http://127.0.0.1:9"}
+    assert resolve_base_url("http://localhost:8765/", env) == "http://localhost:8765"
+
+
+def test_base_url_from_the_environment():
+    """Without an explicit URL the environment variable is used."""
+    assert resolve_base_url(None, {"EMPIRIOLABS_BASE_URL": "http://127.0.0.1:9"}) == (
+        "http://127.0.0.1:9"
+    )
+
+
+def test_base_url_defaults_to_the_public_api():
+    """With nothing given, the public API is used."""
+    assert resolve_base_url(None, {}) == DEFAULT_BASE_URL == "https://api.empiriolabs.ai"
+
+
+@pytest.mark.parametrize("bad", ["ftp://x", "not a url", "https://"])
+def test_unusable_base_url_is_a_user_error(bad):
+    """A base URL that is not http(s)://host is a usage error naming the variable."""
+    with pytest.raises(UserError) as info:
+        resolve_base_url(bad, {})
+    assert info.value.field == "EMPIRIOLABS_BASE_URL"
+
+
+def test_key_comes_from_the_environment():
+    """The key is read from EMPIRIOLABS_API_KEY, stripped."""
+    assert api_key_from_env({"EMPIRIOLABS_API_KEY": " sk-empiriolabs-abc\n"}) == (
+        "sk-empiriolabs-abc"
+    )
+
+
+def test_missing_key_is_a_user_error():
+    """No key set is a usage error that says which variable to set."""
+    with pytest.raises(UserError, match="EMPIRIOLABS_API_KEY"):
+        api_key_from_env({})
+
+
+async def test_client_reads_the_base_url_from_the_environment(monkeypatch, make_client):
+    """A client without base_url uses EMPIRIOLABS_BASE_URL."""
+    monkeypatch.setenv("EMPIRIOLABS_BASE_URL", "http://127.0.0.1:8765")
+    async with make_client(base_url=None) as client:
+        assert client.base_url == "http://127.0.0.1:8765"
+
+
+def test_public_api_names_exist_once():
+    """Every name in `__all__` exists and appears once (ruff RUF022 keeps it sorted)."""
+    names = client_module.__all__
+    assert all(hasattr(client_module, name) for name in names)
+    assert len(names) == len(set(names))
+
+
+def test_every_error_class_has_a_one_line_docstring():
+    """Each class of the exception tree documents itself in one line."""
+    errors = [
+        obj
+        for obj in vars(client_module).values()
+        if isinstance(obj, type) and issubclass(obj, client_module.ApiError)
+    ]
+    assert len(errors) == 14
+    for cls in errors:
+        assert cls.__doc__ and "\n" not in cls.__doc__.strip(), cls.__name__
+        assert cls.__name__ in (client_module.__doc__ or ""), cls.__name__

@@ -1,0 +1,221 @@
+"""The shared request budget: never more than rpm in any 60-second window, smooth, fair."""
+
+from __future__ import annotations
+
+import itertools
+
+import anyio
+import httpx
+import pytest
+
+from kling_batch.clock import VirtualClock
+from kling_batch.ratelimit import RateLimiter
+
+pytestmark = pytest.mark.anyio
+
+
+def busiest_window(times: list[float], width: float = 60.0) -> int:
+    """The most timestamps any half-open window [t, t + width) holds."""
+    ordered = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(ordered):
+        while ordered[start] <= t - width:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+@pytest.fixture
+def always_queued(api) -> None:
+    api.default = lambda request: httpx.Response(200, json={"status": "queued"})
+
+
+async def hammer(client, callers: int, total: int) -> None:
+    """`callers` concurrent tasks share `total` polls."""
+    counter = iter(range(total))
+
+    async def worker() -> None:
+        for n in counter:
+            await client.get_job(f"job_{n}")
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(callers):
+            tg.start_soon(worker)
+
+
+async def test_no_window_holds_more_than_rpm(api, make_client, always_queued):
+    """50 callers making 300 requests at rpm=60 never put more than 60 in any 60-s window."""
+    async with make_client(rpm=60) as client:
+        await hammer(client, callers=50, total=300)
+    times = [s.at for s in api.seen]
+    assert len(times) == 300
+    assert busiest_window(times) == 60
+
+
+async def test_requests_are_evenly_spaced_from_the_start(api, make_client, always_queued):
+    """Requests go out one interval apart from the first, with no start-up burst."""
+    async with make_client(rpm=60) as client:
+        await hammer(client, callers=50, total=120)
+    times = [s.at for s in api.seen]
+    assert times[0] == 0.0
+    assert min(b - a for a, b in itertools.pairwise(times)) == pytest.approx(1.0)
+    assert times[-1] == pytest.approx(119.0)
+
+
+async def test_default_rate_is_fifty_per_minute(api, make_client, always_queued):
+    """The default budget of 50 rpm spaces requests 1.2 s apart."""
+    async with make_client(rpm=50) as client:
+        await hammer(client, callers=10, total=101)
+    times = [s.at for s in api.seen]
+    assert busiest_window(times) == 50
+    assert times[-1] == pytest.approx(120.0)
+
+
+async def test_every_api_operation_shares_one_budget(api, make_client, tmp_path, always_queued):
+    """Submits, polls, uploads, lists and model reads all draw from the same budget."""
+    image = tmp_path / "a.png"
+    image.write_bytes(b"png")
+    api.on("POST", "/v1/videos/generations", {"job_id": "j"})
+    api.on("POST", "/v1/files/upload", {"path": "bunny://a"})
+    api.on("GET", "/v1/jobs", {"data": []})
+    api.on("GET", "/v1/models/kling-o3", {"id": "kling-o3"})
+    async with make_client(rpm=6) as client, anyio.create_task_group() as tg:
+        tg.start_soon(client.submit, {"prompt": "p"})
+        tg.start_soon(client.get_job, "j")
+        tg.start_soon(client.upload, image)
+        tg.start_soon(client.list_jobs)
+        tg.start_soon(client.get_model)
+    assert sorted(s.at for s in api.seen) == [0.0, 10.0, 20.0, 30.0, 40.0]
+
+
+@pytest.mark.parametrize("rpm", [None, 0])
+async def test_no_rpm_means_no_waiting(api, make_client, always_queued, rpm):
+    """rpm None or 0 disables the limiter."""
+    async with make_client(rpm=rpm) as client:
+        await hammer(client, callers=20, total=100)
+    assert {s.at for s in api.seen} == {0.0}
+
+
+async def test_callers_are_served_first_come_first_served(clock):
+    """Waiters acquire in the order they asked."""
+    limiter = RateLimiter(60, clock=clock)
+    order: list[int] = []
+
+    async def take(n: int) -> None:
+        await limiter.acquire()
+        order.append(n)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(20):
+            tg.start_soon(take, n)
+            await anyio.lowlevel.checkpoint()
+    assert order == list(range(20))
+
+
+async def test_cancelled_waiter_does_not_stall_the_queue(clock):
+    """A waiter cancelled while queued leaves; the others keep their pace."""
+    limiter = RateLimiter(60, clock=clock)
+    got: list[tuple[str, float]] = []
+
+    async def take(name: str) -> None:
+        await limiter.acquire()
+        got.append((name, clock.monotonic()))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(take, "a")
+        await anyio.lowlevel.checkpoint()
+        with anyio.CancelScope() as doomed:
+            doomed.cancel()
+            await take("cancelled")
+        tg.start_soon(take, "b")
+        tg.start_soon(take, "c")
+    assert got == [("a", 0.0), ("b", 1.0), ("c", 2.0)]
+
+
+async def test_cancelled_head_leaves_no_stale_turn(clock):
+    """A caller cancelled while sleeping for its slot leaves no stale turn behind."""
+    limiter = RateLimiter(60, clock=clock)
+    await limiter.acquire()
+    got: list[float] = []
+
+    async def take() -> None:
+        await limiter.acquire()
+        got.append(clock.monotonic())
+
+    async with anyio.create_task_group() as tg:
+        with anyio.move_on_after(0) as scope:  # cancelled at its first wait
+            await take()
+        assert scope.cancelled_caught
+        tg.start_soon(take)
+    assert got == [1.0]
+
+
+async def test_a_429_pauses_every_caller(api, make_client, error_response, clock):
+    """After one 429 with Retry-After: 10, no caller sends anything for those 10 seconds."""
+    limited = error_response(429, "slow down")
+    limited.headers["Retry-After"] = "10"
+    first = [True]
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        if first[0]:
+            first[0] = False
+            return limited
+        return httpx.Response(200, json={"status": "queued"})
+
+    api.default = reply
+    async with make_client(rpm=600) as client:
+        await hammer(client, callers=5, total=20)
+    times = [s.at for s in api.seen]
+    assert times[0] == 0.0
+    assert all(t >= 10.0 for t in times[1:])
+    assert busiest_window(times[1:], width=60.0) <= 600
+
+
+async def test_pause_applies_even_without_a_rate(clock):
+    """An unlimited limiter still honours a pause."""
+    limiter = RateLimiter(None, clock=clock)
+    limiter.pause_for(5)
+    await limiter.acquire()
+    assert clock.monotonic() == 5.0
+
+
+async def test_a_longer_pause_during_a_wait_is_respected(clock):
+    """A pause set while a caller sleeps for its slot pushes that caller back."""
+    limiter = RateLimiter(60, clock=clock)
+    await limiter.acquire()
+    times: list[float] = []
+
+    async def take() -> None:
+        await limiter.acquire()
+        times.append(clock.monotonic())
+
+    async def pause_soon() -> None:
+        await clock.sleep(0.5)
+        limiter.pause_for(30)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(take)
+        tg.start_soon(pause_soon)
+    assert times == [30.5]
+
+
+def test_interval_follows_the_rate(clock: VirtualClock):
+    """The spacing between requests is the period divided by rpm."""
+    assert RateLimiter(50, clock=clock).interval == pytest.approx(1.2)
+    assert RateLimiter(None, clock=clock).interval == 0.0
+
+
+def test_negative_rate_is_refused(clock: VirtualClock):
+    """A negative rpm is a programming error."""
+    with pytest.raises(ValueError, match="rpm"):
+        RateLimiter(-1, clock=clock)
+
+
+async def test_a_shared_limiter_spans_clients(api, make_client, always_queued, clock):
+    """Two clients given the same limiter share one budget."""
+    shared = RateLimiter(60, clock=clock)
+    one, two = make_client(limiter=shared), make_client(limiter=shared)
+    async with one, two, anyio.create_task_group() as tg:
+        for client in (one, two, one, two):
+            tg.start_soon(client.get_job, "j")
+    assert sorted(s.at for s in api.seen) == [0.0, 1.0, 2.0, 3.0]

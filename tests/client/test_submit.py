@@ -1,0 +1,238 @@
+"""Submitting a render: every success shape, and never re-sending a submit that may have landed."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from kling_batch.client import AmbiguousSubmit, ConnectionFailed, RateLimited, RetryPolicy
+
+pytestmark = pytest.mark.anyio
+
+GEN = "/v1/videos/generations"
+BODY = {"model": "kling-o3", "prompt": "a fox runs through snow", "duration": 5}
+
+
+@pytest.mark.parametrize("status", [200, 201, 202])
+async def test_any_2xx_with_a_job_id_is_a_submission(api, make_client, status):
+    """200, 201 and 202 all count as created when the body names a job."""
+    api.on("POST", GEN, httpx.Response(status, json={"job_id": "job_1", "status": "queued"}))
+    async with make_client() as client:
+        sub = await client.submit(BODY)
+    assert (sub.job_id, sub.status) == ("job_1", "queued")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"job_id": "job_9"},
+        {"id": "job_9"},
+        {"data": {"job_id": "job_9"}},
+        {"data": {"id": "job_9"}},
+    ],
+    ids=["job_id", "id", "data.job_id", "data.id"],
+)
+async def test_job_id_is_found_under_every_known_key(api, make_client, payload):
+    """The job id may be `job_id`, `id`, or either of those nested under `data`."""
+    api.on("POST", GEN, payload)
+    async with make_client() as client:
+        assert (await client.submit(BODY)).job_id == "job_9"
+
+
+async def test_body_is_sent_as_json_with_the_bearer_key(api, make_client, key):
+    """The request body is the given mapping as JSON, authorised with the bearer key."""
+    api.on("POST", GEN, {"job_id": "j"})
+    async with make_client() as client:
+        await client.submit(BODY)
+    request = api.seen[0].request
+    assert json.loads(request.content) == BODY
+    assert request.headers["authorization"] == f"Bearer {key}"
+    assert request.headers["content-type"] == "application/json"
+
+
+async def test_extra_headers_are_passed_through(api, make_client):
+    """Caller headers such as the fingerprint reach the API unchanged."""
+    api.on("POST", GEN, {"job_id": "j"})
+    async with make_client() as client:
+        await client.submit(BODY, headers={"x-kling-batch-fingerprint": "sha256:abc"})
+    assert api.seen[0].request.headers["x-kling-batch-fingerprint"] == "sha256:abc"
+
+
+async def test_extra_headers_cannot_replace_the_authorization(api, make_client, key):
+    """A caller-supplied Authorization header is dropped in favour of the client's key."""
+    api.on("POST", GEN, {"job_id": "j"})
+    async with make_client() as client:
+        await client.submit(BODY, headers={"Authorization": "Bearer other"})
+    assert api.seen[0].request.headers.get_list("authorization") == [f"Bearer {key}"]
+
+
+@pytest.mark.parametrize(
+    ("poll_url", "expected"),
+    [
+        ("https://api.empiriolabs.ai/v1/jobs/job_1", "https://api.empiriolabs.ai/v1/jobs/job_1"),
+        ("/v1/jobs/job_1", "https://api.empiriolabs.ai/v1/jobs/job_1"),
+        ("v1/jobs/job_1", "https://api.empiriolabs.ai/v1/jobs/job_1"),
+        (None, "https://api.empiriolabs.ai/v1/jobs/job_1"),
+        ("https://evil.example/v1/jobs/job_1", "https://api.empiriolabs.ai/v1/jobs/job_1"),
+    ],
+    ids=["absolute", "relative-slash", "relative", "absent", "foreign-host"],
+)
+async def test_poll_url_is_resolved_on_the_api_origin(api, make_client, poll_url, expected):
+    """Absolute and relative poll URLs resolve on the API host; absent or foreign ones fall back."""
+    api.on("POST", GEN, {"job_id": "job_1", "poll_url": poll_url})
+    async with make_client() as client:
+        assert (await client.submit(BODY)).poll_url == expected
+
+
+async def test_relative_poll_url_keeps_a_base_path_prefix(api, make_client):
+    """A base URL with a path prefix keeps it for relative poll URLs, given with or without it."""
+    api.on("POST", "/proxy/v1/videos/generations", {"job_id": "a", "poll_url": "/proxy/v1/jobs/a"})
+    api.on("POST", "/proxy/v1/videos/generations", {"job_id": "b", "poll_url": "/v1/jobs/b"})
+    async with make_client(base_url="https://gw.example/proxy/") as client:
+        first, second = await client.submit(BODY), await client.submit(BODY)
+    assert first.poll_url == "https://gw.example/proxy/v1/jobs/a"
+    assert second.poll_url == "https://gw.example/proxy/v1/jobs/b"
+
+
+async def test_job_id_with_slashes_is_escaped_in_the_fallback_poll_url(api, make_client):
+    """A job id cannot smuggle extra path segments into the fallback poll URL."""
+    api.on("POST", GEN, {"job_id": "../../admin"})
+    async with make_client() as client:
+        sub = await client.submit(BODY)
+    assert sub.poll_url == "https://api.empiriolabs.ai/v1/jobs/..%2F..%2Fadmin"
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503])
+async def test_definite_refusal_is_retried(api, make_client, error_response, status):
+    """A 429 or 5xx answer means no job was created, so the submit is sent again."""
+    api.on("POST", GEN, error_response(status, "busy"), {"job_id": "j"})
+    async with make_client() as client:
+        assert (await client.submit(BODY)).job_id == "j"
+    assert len(api.seen) == 2
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [httpx.ConnectError("refused"), httpx.ConnectTimeout("slow"), httpx.PoolTimeout("full")],
+    ids=["ConnectError", "ConnectTimeout", "PoolTimeout"],
+)
+async def test_failure_before_sending_is_retried(api, make_client, exc):
+    """Errors raised before any byte left (connect, pool) are safe to retry on a submit."""
+    api.on("POST", GEN, exc, {"job_id": "j"})
+    async with make_client() as client:
+        assert (await client.submit(BODY)).job_id == "j"
+    assert len(api.seen) == 2
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        httpx.ReadTimeout("no answer"),
+        httpx.WriteTimeout("stuck"),
+        httpx.ReadError("reset"),
+        httpx.WriteError("broken pipe"),
+        httpx.RemoteProtocolError("Server disconnected without sending a response."),
+    ],
+    ids=["ReadTimeout", "WriteTimeout", "ReadError", "WriteError", "RemoteProtocolError"],
+)
+async def test_failure_after_sending_is_ambiguous_and_sent_once(api, make_client, exc):
+    """Once the request may have reached the server, the submit is reported, never re-sent."""
+    api.on("POST", GEN, exc, {"job_id": "never"})
+    async with make_client() as client:
+        with pytest.raises(AmbiguousSubmit) as info:
+            await client.submit(BODY)
+    assert len(api.seen) == 1
+    assert info.value.__cause__ is exc
+
+
+async def test_connection_dropped_mid_body_is_ambiguous(api, make_client):
+    """Headers arrived but the body was cut off: the job may exist, so it is ambiguous."""
+
+    async def broken():
+        yield b'{"job_id": "j'
+        raise httpx.ReadError("connection reset")
+
+    api.on("POST", GEN, httpx.Response(200, content=broken()))
+    async with make_client() as client:
+        with pytest.raises(AmbiguousSubmit):
+            await client.submit(BODY)
+    assert len(api.seen) == 1
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        httpx.Response(200, text="<html>ok</html>"),
+        httpx.Response(200, json={"status": "queued"}),
+        httpx.Response(202),
+        httpx.Response(200, json=["job_1"]),
+    ],
+    ids=["not-json", "no-job-id", "empty", "not-an-object"],
+)
+async def test_unusable_2xx_is_ambiguous(api, make_client, reply):
+    """A success status without a readable job id may still have created a job."""
+    api.on("POST", GEN, reply)
+    async with make_client() as client:
+        with pytest.raises(AmbiguousSubmit) as info:
+            await client.submit(BODY)
+    assert info.value.status == reply.status_code
+    assert len(api.seen) == 1
+
+
+@pytest.mark.parametrize("status", [504, 524])
+async def test_gateway_timeout_on_submit_is_ambiguous(api, make_client, error_response, status):
+    """A gateway timeout means the origin had the request and may have acted on it."""
+    api.on("POST", GEN, error_response(status, "upstream timed out"))
+    async with make_client() as client:
+        with pytest.raises(AmbiguousSubmit) as info:
+            await client.submit(BODY)
+    assert info.value.status == status
+    assert len(api.seen) == 1
+
+
+async def test_gateway_timeout_can_be_configured_as_retryable(api, make_client, error_response):
+    """With no ambiguous statuses configured, a 504 on submit is retried like any 5xx."""
+    api.on("POST", GEN, error_response(504, "upstream timed out"), {"job_id": "j"})
+    retry = RetryPolicy(random=lambda: 1.0, ambiguous_submit_statuses=frozenset())
+    async with make_client(retry=retry) as client:
+        assert (await client.submit(BODY)).job_id == "j"
+
+
+async def test_connect_retry_then_ambiguity_is_still_ambiguous(api, make_client):
+    """A safe connect failure followed by a read timeout ends ambiguous after two sends."""
+    api.on("POST", GEN, httpx.ConnectError("refused"), httpx.ReadTimeout("silence"))
+    async with make_client() as client:
+        with pytest.raises(AmbiguousSubmit) as info:
+            await client.submit(BODY)
+    assert info.value.attempts == 2
+
+
+async def test_retryable_failures_are_raised_after_the_last_attempt(
+    api, make_client, error_response
+):
+    """After `max_attempts` definite refusals the last error is raised, still retryable."""
+    api.on("POST", GEN, *[error_response(429, "slow down") for _ in range(3)])
+    async with make_client(retry=RetryPolicy(max_attempts=3, random=lambda: 1.0)) as client:
+        with pytest.raises(RateLimited) as info:
+            await client.submit(BODY)
+    assert (info.value.retryable, info.value.attempts, len(api.seen)) == (True, 3, 3)
+
+
+async def test_connect_failures_exhausted_raise_connection_failed(api, make_client):
+    """A submit that never got through raises ConnectionFailed: nothing was created."""
+    api.on("POST", GEN, *[httpx.ConnectError("refused") for _ in range(2)])
+    async with make_client(retry=RetryPolicy(max_attempts=2, random=lambda: 1.0)) as client:
+        with pytest.raises(ConnectionFailed):
+            await client.submit(BODY)
+
+
+async def test_decimal_values_in_the_body_are_sent_as_numbers(api, make_client):
+    """Decimals from the price data serialise as JSON numbers, integral ones as integers."""
+    from decimal import Decimal
+
+    api.on("POST", GEN, {"job_id": "j"})
+    async with make_client() as client:
+        await client.submit({"duration": Decimal("5"), "x": Decimal("0.5")})
+    assert api.seen[0].request.content == b'{"duration": 5, "x": 0.5}'
