@@ -6,6 +6,7 @@ import os
 import sys
 import traceback
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +48,20 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @click.option("--only", multiple=True, metavar="GLOB", help="Plan only renders whose id matches.")
 @click.option("--force", multiple=True, metavar="GLOB", help="Re-render matching renders.")
 @click.option("--check", is_flag=True, help="Exit 1 when anything would render, 0 otherwise.")
+@click.option("--emulator", is_flag=True, help="Plan against the emulator's lockfile.")
 def plan(
-    manifest: Path, fmt: str, only: tuple[str, ...], force: tuple[str, ...], check: bool
+    manifest: Path,
+    fmt: str,
+    only: tuple[str, ...],
+    force: tuple[str, ...],
+    check: bool,
+    emulator: bool,
 ) -> None:
     """Show what a run would render and what it would cost (no network)."""
     from kling_batch import reports
     from kling_batch.plan import build_plan
 
-    result = build_plan(manifest, now=datetime.now(UTC), only=only, force=force)
+    result = build_plan(manifest, now=datetime.now(UTC), only=only, force=force, emulator=emulator)
     if fmt == "json":
         sys.stdout.write(reports.dumps_json(result))
     elif fmt == "markdown":
@@ -64,6 +71,99 @@ def plan(
     if check:
         pending = sum(1 for item in result.items if item.action != "unchanged")
         sys.exit(1 if pending else 0)
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--jobs",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Renders in flight at once.",
+)
+@click.option(
+    "--rpm",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Request budget per minute, shared by submits, polls and uploads.",
+)
+@click.option(
+    "--max-cost",
+    type=str,
+    default=None,
+    metavar="USD",
+    help="Refuse (exit 3) if the cost to run exceeds this.",
+)
+@click.option("--only", multiple=True, metavar="GLOB", help="Run only renders whose id matches.")
+@click.option("--force", multiple=True, metavar="GLOB", help="Re-render matching renders.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before spending (needed off a TTY).")
+@click.option(
+    "--keep-going/--fail-fast",
+    default=True,
+    show_default=True,
+    help="After a failed render, keep submitting others, or stop submitting.",
+)
+@click.option(
+    "--emulator",
+    is_flag=True,
+    help="Render against the bundled emulator (own lockfile and outputs; no cost).",
+)
+@click.option(
+    "--api-base",
+    default=None,
+    metavar="URL",
+    help="API base URL (default $EMPIRIOLABS_BASE_URL or the public API).",
+)
+@click.option(
+    "--resubmit-uncertain",
+    is_flag=True,
+    help="Send again uncertain submissions not found in the API's job list.",
+)
+def run(
+    manifest: Path,
+    jobs: int,
+    rpm: int,
+    max_cost: str | None,
+    only: tuple[str, ...],
+    force: tuple[str, ...],
+    yes: bool,
+    keep_going: bool,
+    emulator: bool,
+    api_base: str | None,
+    resubmit_uncertain: bool,
+) -> None:
+    """Render what the plan says is missing, recording every step in the lockfile."""
+    from kling_batch.runner import RunRequest, run_command
+
+    request = RunRequest(
+        manifest=manifest,
+        jobs=jobs,
+        rpm=rpm,
+        max_cost=_usd_option(max_cost, "--max-cost"),
+        only=only,
+        force=force,
+        yes=yes,
+        fail_fast=not keep_going,
+        emulator=emulator,
+        api_base=api_base,
+        resubmit_uncertain=resubmit_uncertain,
+    )
+    sys.exit(run_command(request))
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.option("--emulator", is_flag=True, help="Show the emulator lockfile instead.")
+def status(manifest: Path, fmt: str, emulator: bool) -> None:
+    """Show each render's state from the lockfile and the files (no network)."""
+    from kling_batch.status import show_status
+
+    show_status(manifest, fmt=fmt, emulator=emulator, console=stdout_console())
 
 
 @cli.group()
@@ -138,6 +238,18 @@ def emulator(
         faults=list(faults),
         seed=seed,
     )
+
+
+def _usd_option(value: str | None, name: str) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        amount = Decimal(value.lstrip("$"))
+    except InvalidOperation:
+        raise click.BadParameter(f"not an amount in USD: {value!r}", param_hint=name) from None
+    if not amount.is_finite() or amount < 0:
+        raise click.BadParameter(f"not an amount in USD: {value!r}", param_hint=name)
+    return amount
 
 
 def stdout_console() -> Any:

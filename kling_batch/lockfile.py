@@ -12,11 +12,14 @@ import hashlib
 import json
 import re
 import tomllib
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio
+import anyio.to_thread
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -97,9 +100,7 @@ class Lockfile(BaseModel):
 
     def dumps(self) -> str:
         """Deterministic TOML: the same content always gives the same bytes."""
-        data = self.model_dump(mode="python", exclude_none=True)
-        data["shots"] = {key: _pruned(value) for key, value in data["shots"].items()}
-        return HEADER + tomli_w.dumps(_sorted(data))
+        return _compose(self, _entry_toml)
 
     def save(self, path: Path) -> None:
         """Write atomically (temp file, fsync, rename)."""
@@ -218,3 +219,84 @@ def _sorted(value: Any) -> Any:
     if isinstance(value, list):
         return [_sorted(item) for item in value]
     return value
+
+
+class LockWriter:
+    """The one writer of a lockfile during a run: atomic saves, grouped when they overlap.
+
+    `commit()` returns once a save that includes every change made before the call is on
+    disk. Changes made while a save is running ride on the next one (group commit), and
+    each shot's TOML is regenerated only when its entry changes, so a 10,000-render lockfile
+    costs little to save after every state change. The bytes equal `Lockfile.dumps()`.
+    """
+
+    def __init__(self, path: Path, lock: Lockfile) -> None:
+        self.path = path
+        self.lock = lock
+        self._fragments: dict[str, tuple[Entry, str]] = {}
+        self._changes = 0
+        self._saved = 0
+        self._saving = anyio.Lock()
+
+    def set(self, shot_id: str, entry: Entry) -> None:
+        """Replace one shot's entry in memory (saved by the next commit)."""
+        self.lock.shots[shot_id] = entry
+        self._changes += 1
+
+    def update(self, shot_id: str, **fields: Any) -> Entry:
+        """A changed copy of one shot's entry, stored in memory; returns it."""
+        entry = self.lock.shots[shot_id].model_copy(update=fields)
+        self.set(shot_id, entry)
+        return entry
+
+    def add_upload(self, sha256: str, upload: UploadedAsset) -> None:
+        """Remember an uploaded asset (saved by the next commit)."""
+        self.lock.uploads[sha256] = upload
+        self._changes += 1
+
+    async def commit(self) -> None:
+        """Save unless a save already holds every change so far; shielded from cancellation."""
+        wanted = self._changes
+        with anyio.CancelScope(shield=True):
+            async with self._saving:
+                if self._saved >= wanted:
+                    return
+                taken = self._changes
+                text = self.dumps()
+                await anyio.to_thread.run_sync(atomic_write, self.path, text)
+                self._saved = taken
+
+    def save_now(self) -> None:
+        """Save synchronously (outside an event loop)."""
+        atomic_write(self.path, self.dumps())
+        self._saved = self._changes
+
+    def dumps(self) -> str:
+        """The lockfile text, reusing each unchanged shot's TOML."""
+        return _compose(self.lock, self._fragment)
+
+    def _fragment(self, shot_id: str, entry: Entry) -> str:
+        cached = self._fragments.get(shot_id)
+        if cached is not None and cached[0] is entry:
+            return cached[1]
+        text = _entry_toml(shot_id, entry)
+        self._fragments[shot_id] = (entry, text)
+        return text
+
+
+def _compose(lock: Lockfile, entry_toml: Callable[[str, Entry], str]) -> str:
+    """Header, version, then one `[shots."<id>"]` table per shot and the uploads, sorted."""
+    parts = [HEADER + tomli_w.dumps({"model": lock.model, "version": lock.version})]
+    parts.extend(entry_toml(shot_id, lock.shots[shot_id]) for shot_id in sorted(lock.shots))
+    if lock.uploads:
+        uploads = {
+            key: lock.uploads[key].model_dump(mode="python", exclude_none=True)
+            for key in sorted(lock.uploads)
+        }
+        parts.append(tomli_w.dumps(_sorted({"uploads": uploads})))
+    return "\n".join(parts)
+
+
+def _entry_toml(shot_id: str, entry: Entry) -> str:
+    data = _pruned(entry.model_dump(mode="python", exclude_none=True))
+    return tomli_w.dumps({"shots": {shot_id: _sorted(data)}})

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
@@ -163,10 +163,21 @@ def build_plan(
     only: Iterable[str] = (),
     force: Iterable[str] = (),
     lockfile: Path | None = None,
+    emulator: bool = False,
 ) -> Plan:
-    """Load, expand, validate, price and diff one manifest against its lockfile."""
+    """Load, expand, validate, price and diff one manifest against its lockfile.
+
+    `emulator` plans renders against the bundled emulator: their own lockfile
+    (`<stem>.emulator.lock`) and output folder (`<output_dir>-emulator`), so they can
+    never be mistaken for paid renders.
+    """
     loaded = load_manifest(manifest_path)
-    lock_file = lockfile or lock_path(loaded.path)
+    if emulator:
+        output_dir = loaded.manifest.output_dir.rstrip("/") + "-emulator"
+        loaded = replace(
+            loaded, manifest=loaded.manifest.model_copy(update={"output_dir": output_dir})
+        )
+    lock_file = lockfile or lock_path(loaded.path, emulator=emulator)
     store = AssetStore(loaded.root)
     specs = expand_shots(loaded)
     all_ids = {spec.id for spec in specs}

@@ -1,0 +1,814 @@
+"""The run: every planned render uploaded, submitted, polled, downloaded and recorded.
+
+One anyio task per render; a `CapacityLimiter` keeps at most `jobs` in flight and the
+client's shared `RateLimiter` keeps every request inside the account's budget. Every state
+change goes to the lockfile before the next step (`LockWriter.commit`), so a crash at any
+point leaves a lockfile the next run resumes from without paying twice:
+
+    submitting ─POST─▶ submitted ─poll─▶ completed ─download─▶ done
+        │ no answer         │ job failed     │ URL expired
+        ▼                   ▼                ▼
+     uncertain            failed           failed
+
+Expected per-render failures are values (`Outcome`), never exceptions, so one bad shot
+never cancels its siblings; only bugs reach the task group's ExceptionGroup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import statistics
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import anyio
+import anyio.to_thread
+
+from kling_batch import kling_o3
+from kling_batch.assets import STATE_DIR, ensure_state_dir
+from kling_batch.atomic import fsync_dir
+from kling_batch.canonical import canonical_json, sha256_file
+from kling_batch.client import (
+    AmbiguousSubmit,
+    ApiError,
+    JobNotFound,
+    ResultExpired,
+    RetryableError,
+    RunFatal,
+    ShotRejected,
+)
+from kling_batch.clock import Clock
+from kling_batch.lockfile import Entry, LockWriter, PastRender, UploadedAsset
+from kling_batch.payloads import Download, JobState, Submission, Upload
+from kling_batch.plan import CACHE_DIR, PAID_ACTIONS, PlanItem, PlannedRender, new_entry
+
+FINGERPRINT_HEADER = "x-kling-batch-fingerprint"
+RESULT_RETENTION = timedelta(days=7)  # signed result URLs (API reference §3.1)
+_HISTORY_LIMIT = 20
+
+OutcomeState = Literal["done", "failed", "uncertain", "pending", "skipped"]
+
+
+class ApiClient(Protocol):
+    """What the executor needs of `EmpirioClient` (tests may pass a fake)."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+    async def submit(
+        self, body: Mapping[str, Any], *, headers: Mapping[str, str] | None = None
+    ) -> Submission: ...
+
+    async def get_job(self, job_id: str, poll_url: str | None = None) -> JobState: ...
+
+    async def list_jobs(
+        self, status: str | None = None, limit: int = 100
+    ) -> list[JobState] | None: ...
+
+    async def upload(self, path: Path, *, content_type: str | None = None) -> Upload: ...
+
+    async def download(self, url: str, dest: Path) -> Download: ...
+
+
+class Events(Protocol):
+    """Where the executor reports what happens (the console UI, or a test recorder)."""
+
+    def event(self, render_id: str, state: str, detail: str = "") -> None: ...
+
+    def progress(self, render_id: str, fraction: float | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run behaves; all durations in model seconds."""
+
+    jobs: int = 4
+    fail_fast: bool = False
+    resubmit_uncertain: bool = False
+    pacer: PollPacing = field(default_factory=lambda: PollPacing())
+    # Give up polling a job that stays unreachable this long; it stays `submitted`.
+    poll_patience: float = 1800.0
+    download_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one render ended in this run."""
+
+    id: str
+    action: str
+    state: OutcomeState
+    cost: Decimal = Decimal(0)
+    paid: bool = False
+    billed: Decimal | None = None
+    detail: str = ""
+
+
+@dataclass
+class RunReport:
+    """Every outcome, and why the run stopped early, if it did."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    stopped: str | None = None
+    interrupted: bool = False
+
+    def count(self, state: OutcomeState) -> int:
+        """How many renders ended in `state`."""
+        return sum(1 for outcome in self.outcomes if outcome.state == state)
+
+    @property
+    def estimated_cost(self) -> Decimal:
+        """Estimated cost of the renders this run submitted."""
+        return sum((o.cost for o in self.outcomes if o.paid), Decimal(0))
+
+    @property
+    def billed_cost(self) -> Decimal | None:
+        """What the API reported as billed, when it reported it for every paid render."""
+        billed = [o.billed for o in self.outcomes if o.paid and o.state == "done"]
+        if not billed or any(b is None for b in billed):
+            return None
+        return sum((b for b in billed if b is not None), Decimal(0))
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every render is done; 130 when interrupted; 1 otherwise."""
+        if self.interrupted:
+            return 130
+        if self.stopped or any(o.state != "done" for o in self.outcomes):
+            return 1
+        return 0
+
+
+class PollPacing:
+    """When to poll a job next: paced by its progress and elapsed time, not a fixed loop.
+
+    Strategy, in model seconds since submission (`elapsed`):
+
+    1. Two readings with rising progress give a rate; the job should finish in
+       `(1 - p) / rate`. Kling reports progress that rises steadily while rendering, so
+       this lands within a poll or two of the end.
+    2. One reading `p > 0` bounds the rest at `elapsed × (1 - p) / p` (an overestimate,
+       since queueing counted as no progress); a learnt typical duration can shorten it.
+    3. No progress yet (queued): wait until the typical duration of similar finished jobs
+       (same tier, per second of video) has passed, else `first_delay`.
+
+    Each wait is clamped to [`min_delay`, `max_delay`] so a stalled job is still seen.
+    Every poll is a request against the account's shared per-minute budget, which is why
+    waiting until the predicted end beats a tight loop: ~2-3 polls per render.
+    """
+
+    def __init__(
+        self,
+        *,
+        first_delay: float = 30.0,
+        min_delay: float = 2.0,
+        max_delay: float = 120.0,
+        early: float = 0.85,
+    ) -> None:
+        self.first_delay = first_delay
+        self.min_delay = min_delay
+        self.max_delay = max_delay
+        self.early = early
+        self._per_second: dict[str, list[float]] = {}
+
+    def learn(self, tier: str, seconds: Decimal, elapsed: float) -> None:
+        """Record how long a finished job took (model seconds from submission)."""
+        if seconds > 0:
+            self._per_second.setdefault(tier, []).append(elapsed / float(seconds))
+
+    def typical(self, tier: str, seconds: Decimal) -> float | None:
+        """The median duration of similar finished jobs, if any finished yet."""
+        samples = self._per_second.get(tier)
+        if not samples:
+            return None
+        return statistics.median(samples[-50:]) * float(seconds)
+
+    def next_delay(
+        self,
+        tier: str,
+        seconds: Decimal,
+        elapsed: float,
+        readings: Sequence[tuple[float, float]],
+    ) -> float:
+        """Seconds to wait before the next poll, given `(elapsed, progress)` readings."""
+        typical = self.typical(tier, seconds)
+        rising = [(t, p) for t, p in readings if p > 0]
+        if len(rising) >= 2 and rising[-1][1] > rising[0][1]:
+            (t0, p0), (t1, p1) = rising[0], rising[-1]
+            rate = (p1 - p0) / max(t1 - t0, 1e-9)
+            wait = t1 + (1 - p1) / rate - elapsed
+        elif rising:
+            t1, p1 = rising[-1]
+            wait = t1 + t1 * (1 - p1) / p1 - elapsed
+            if typical is not None:
+                wait = min(wait, typical - elapsed)
+        elif typical is not None:
+            wait = typical * self.early - elapsed
+        else:
+            wait = self.first_delay if not readings else self.first_delay / 2
+        return min(max(wait, self.min_delay), self.max_delay)
+
+
+class Executor:
+    """Runs plan items against an API client, recording each step through a LockWriter."""
+
+    def __init__(
+        self,
+        *,
+        root: Path,
+        client: ApiClient,
+        writer: LockWriter,
+        events: Events,
+        options: RunOptions | None = None,
+    ) -> None:
+        self.root = root
+        self.client = client
+        self.clock = client.clock
+        self.writer = writer
+        self.events = events
+        self.options = options or RunOptions()
+        self.cache_dir = root / STATE_DIR / CACHE_DIR
+        self.report = RunReport()
+        self.stop_submitting = anyio.Event()
+        self._slots = anyio.CapacityLimiter(self.options.jobs)
+        self._uploads: dict[str, anyio.Event] = {}
+        self._upload_errors: dict[str, str] = {}
+        self._claimed: set[str] = {e.job_id for e in writer.lock.shots.values() if e.job_id}
+        self._listed: list[JobState] | None = None
+        self._list_lock = anyio.Lock()
+
+    def stop(self, reason: str) -> None:
+        """Submit nothing new; renders already submitted are still followed to the end."""
+        if self.report.stopped is None:
+            self.report.stopped = reason
+        self.stop_submitting.set()
+
+    async def run(self, items: Sequence[PlanItem]) -> RunReport:
+        """Run every item; returns when each has an outcome (or the run was cancelled)."""
+        ensure_state_dir(self.root / STATE_DIR)
+        try:
+            async with anyio.create_task_group() as group:
+                for item in items:
+                    group.start_soon(self._run_item, item)
+        finally:
+            await self.writer.commit()
+        return self.report
+
+    # -- one render ---------------------------------------------------------------------
+
+    async def _run_item(self, item: PlanItem) -> None:
+        render = item.render
+        try:
+            outcome = await self._dispatch(item)
+        except RunFatal as exc:
+            self.stop(f"the API refused the account: {exc}")
+            outcome = Outcome(render.id, item.action, "pending", detail=str(exc))
+        self.report.outcomes.append(outcome)
+        self.events.event(render.id, outcome.state, outcome.detail)
+        if outcome.state == "failed" and self.options.fail_fast:
+            self.stop(f"--fail-fast: {render.id} failed")
+
+    async def _dispatch(self, item: PlanItem) -> Outcome:
+        action = item.action
+        if action == "unchanged":
+            return Outcome(item.render.id, action, "done", detail="unchanged")
+        if action == "restore":
+            return await self._restore(item)
+        entry = self.writer.lock.shots.get(item.render.id)
+        if action == "resume" and entry is not None:
+            async with self._slots:
+                return await self._follow(item, entry, paid=False)
+        if action == "uncertain" and entry is not None:
+            return await self._settle_uncertain(item, entry)
+        if action in PAID_ACTIONS:
+            return await self._render(item, entry)
+        return Outcome(item.render.id, action, "skipped", detail=f"nothing to do for {action}")
+
+    async def _render(self, item: PlanItem, previous: Entry | None) -> Outcome:
+        render = item.render
+        async with self._slots:
+            if self.stop_submitting.is_set():
+                return Outcome(render.id, item.action, "skipped", detail="not submitted")
+            try:
+                body = await self._wire_body(render)
+            except _UploadFailed as exc:
+                await self._record_failure(render, previous, str(exc))
+                return Outcome(render.id, item.action, "failed", detail=str(exc))
+            if self.stop_submitting.is_set():
+                return Outcome(render.id, item.action, "skipped", detail="not submitted")
+            entry = await self._submit(render, previous, body)
+            if entry.state != "submitted":
+                state: OutcomeState = "uncertain" if entry.state == "uncertain" else "failed"
+                paid = entry.state == "uncertain"
+                return Outcome(
+                    render.id, item.action, state, render.cost, paid, None, entry.error or ""
+                )
+            return await self._follow(item, entry, paid=True)
+
+    async def _submit(
+        self, render: PlannedRender, previous: Entry | None, body: dict[str, Any]
+    ) -> Entry:
+        """Record `submitting`, POST, record the answer; returns the entry as it ends up."""
+        attempts = (previous.attempts if previous else 0) + 1
+        self.writer.set(
+            render.id,
+            new_entry(
+                render,
+                "submitting",
+                attempts=attempts,
+                updated_at=self.clock.now(),
+                history=_carry_history(previous, render.fingerprint),
+            ),
+        )
+        await self.writer.commit()
+        self.events.event(render.id, "submitting")
+        headers = {FINGERPRINT_HEADER: render.fingerprint}
+        try:
+            # Shielded: once the POST is on the wire, hearing its answer beats guessing.
+            with anyio.CancelScope(shield=True):
+                submission = await self.client.submit(body, headers=headers)
+        except AmbiguousSubmit as exc:
+            entry = self.writer.update(
+                render.id,
+                state="uncertain",
+                error=f"no answer to the submission ({exc}); it may have been billed",
+                updated_at=self.clock.now(),
+            )
+        except ShotRejected as exc:
+            entry = self.writer.update(render.id, state="failed", error=f"rejected: {exc}")
+        except RunFatal as exc:
+            self.writer.update(render.id, state="failed", error=f"not submitted: {exc}")
+            await self.writer.commit()
+            raise
+        except ApiError as exc:
+            entry = self.writer.update(render.id, state="failed", error=f"not submitted: {exc}")
+        else:
+            now = self.clock.now()
+            entry = self.writer.update(
+                render.id,
+                state="submitted",
+                job_id=submission.job_id,
+                poll_url=submission.poll_url,
+                submitted_at=now,
+                updated_at=now,
+                error=None,
+            )
+            self._claimed.add(submission.job_id)
+        await self.writer.commit()
+        self.events.event(render.id, entry.state, entry.job_id or entry.error or "")
+        return entry
+
+    async def _follow(self, item: PlanItem, entry: Entry, *, paid: bool) -> Outcome:
+        """Poll a submitted job to its end, then download; `entry` is submitted/completed."""
+        render = item.render
+        cost = render.cost if paid else Decimal(0)
+        billed = entry.billed_usd
+        if entry.state == "submitted":
+            result = await self._poll(render, entry)
+            if isinstance(result, Outcome):
+                return _with_cost(result, item.action, cost, paid)
+            entry = result
+            billed = entry.billed_usd
+        outcome = await self._download_result(render, entry)
+        return _with_cost(outcome, item.action, cost, paid, billed)
+
+    async def _poll(self, render: PlannedRender, entry: Entry) -> Entry | Outcome:
+        assert entry.job_id is not None
+        pacer = self.options.pacer
+        started = self.clock.monotonic()
+        if entry.submitted_at is not None:
+            started -= _model_age(self.clock, entry.submitted_at)
+        readings: list[tuple[float, float]] = []
+        unreachable_since: float | None = None
+        tier, seconds = render.request.model_tier, render.seconds
+        while True:
+            elapsed = self.clock.monotonic() - started
+            await self.clock.sleep(pacer.next_delay(tier, seconds, elapsed, readings))
+            try:
+                job = await self.client.get_job(entry.job_id, entry.poll_url)
+            except JobNotFound:
+                return await self._forgotten(render, entry)
+            except RetryableError as exc:
+                tick = self.clock.monotonic()
+                unreachable_since = unreachable_since or tick
+                if tick - unreachable_since > self.options.poll_patience:
+                    detail = f"job {entry.job_id} unreachable ({exc}); rerun to resume it"
+                    return Outcome(render.id, "resume", "pending", detail=detail)
+                continue
+            unreachable_since = None
+            elapsed = self.clock.monotonic() - started
+            if job.status == "succeeded":
+                pacer.learn(tier, seconds, elapsed)
+                if not job.video_url:
+                    error = f"job {job.job_id} completed without a video URL"
+                    self.writer.update(render.id, state="failed", error=error)
+                    await self.writer.commit()
+                    return Outcome(render.id, "resume", "failed", detail=error)
+                now = self.clock.now()
+                entry = self.writer.update(
+                    render.id,
+                    state="completed",
+                    result_url=job.video_url,
+                    result_expires_at=job.expires_at or now + RESULT_RETENTION,
+                    completed_at=now,
+                    updated_at=now,
+                    billed_usd=job.billed_usd,
+                )
+                await self.writer.commit()
+                self.events.progress(render.id, 1.0)
+                self.events.event(render.id, "completed", job.job_id)
+                return entry
+            if job.status == "failed":
+                reason = job.error.message if job.error else job.raw_status
+                code = f" [{job.error.code}]" if job.error and job.error.code else ""
+                error = f"job {job.job_id} {job.raw_status}: {reason}{code}"
+                self.writer.update(
+                    render.id, state="failed", error=error, updated_at=self.clock.now()
+                )
+                await self.writer.commit()
+                return Outcome(render.id, "resume", "failed", detail=error)
+            if job.progress is not None:
+                readings.append((elapsed, job.progress))
+            self.events.progress(render.id, job.progress)
+
+    async def _forgotten(self, render: PlannedRender, entry: Entry) -> Entry | Outcome:
+        """The API dropped the job (state is kept an hour after completion)."""
+        if entry.result_url:
+            return entry
+        error = (
+            f"the API no longer knows job {entry.job_id} (job state is kept one hour after "
+            "completion) and no result URL was recorded; the next plan prices a re-render"
+        )
+        self.writer.update(render.id, state="failed", error=error, updated_at=self.clock.now())
+        await self.writer.commit()
+        return Outcome(render.id, "resume", "failed", detail=error)
+
+    async def _download_result(self, render: PlannedRender, entry: Entry) -> Outcome:
+        """Fetch a completed render into place; on expiry, ask the job for a fresh URL."""
+        assert entry.result_url is not None
+        url = entry.result_url
+        last_error = ""
+        for _ in range(self.options.download_attempts):
+            try:
+                download = await self._fetch(url, render.output)
+            except ResultExpired as exc:
+                fresh = await self._fresh_url(entry)
+                if fresh is None:
+                    error = (
+                        f"result URL expired and job {entry.job_id} is gone ({exc}); "
+                        "the next plan prices a re-render"
+                    )
+                    self.writer.update(
+                        render.id, state="failed", error=error, updated_at=self.clock.now()
+                    )
+                    await self.writer.commit()
+                    return Outcome(render.id, "resume", "failed", detail=error)
+                url = fresh
+                entry = self.writer.update(render.id, result_url=fresh)
+                continue
+            except (RetryableError, _BadOutput) as exc:
+                last_error = str(exc)
+                continue
+            now = self.clock.now()
+            self.writer.update(
+                render.id,
+                state="done",
+                output=str(render.output),
+                output_sha256=download.sha256,
+                output_size=download.size,
+                updated_at=now,
+                error=None,
+            )
+            await self.writer.commit()
+            return Outcome(render.id, "resume", "done", detail=str(render.output))
+        detail = f"download failed ({last_error}); rerun to resume, the job is paid for"
+        self.writer.update(render.id, error=detail, updated_at=self.clock.now())
+        await self.writer.commit()
+        return Outcome(render.id, "resume", "pending", detail=detail)
+
+    async def _fresh_url(self, entry: Entry) -> str | None:
+        if entry.job_id is None:
+            return None
+        try:
+            job = await self.client.get_job(entry.job_id, entry.poll_url)
+        except (JobNotFound, RetryableError, ShotRejected):
+            return None
+        return job.video_url if job.status == "succeeded" else None
+
+    # -- restore and uncertain ----------------------------------------------------------
+
+    async def _restore(self, item: PlanItem) -> Outcome:
+        """Put an earlier render back in place for free: a file, the cache or its URL."""
+        render, source = item.render, item.restore
+        assert source is not None
+        previous = self.writer.lock.shots.get(render.id)
+        target = self.root / render.output
+        try:
+            if source.kind == "url":
+                assert source.url is not None
+                download = await self._fetch(source.url, render.output)
+                if download.sha256 != source.sha256:
+                    raise _BadOutput("the result URL served different bytes than recorded")
+            else:
+                assert source.path is not None
+                await anyio.to_thread.run_sync(_place_copy, source.path, target, source.sha256)
+        except (ApiError, _BadOutput, OSError) as exc:
+            return Outcome(render.id, "restore", "failed", detail=f"restore failed: {exc}")
+        past = self._past_render(render.fingerprint)
+        self.writer.set(
+            render.id,
+            new_entry(
+                render,
+                "done",
+                output_sha256=source.sha256,
+                output_size=source.size,
+                result_url=past.result_url if past else None,
+                result_expires_at=past.result_expires_at if past else None,
+                updated_at=self.clock.now(),
+                history=_carry_history(previous, render.fingerprint),
+            ),
+        )
+        await self.writer.commit()
+        return Outcome(render.id, "restore", "done", detail=f"restored from {source.kind}")
+
+    def _past_render(self, fingerprint: str) -> PastRender | None:
+        for entry in self.writer.lock.shots.values():
+            if entry.fingerprint == fingerprint and entry.output_sha256:
+                return PastRender(
+                    fingerprint=fingerprint,
+                    output_sha256=entry.output_sha256,
+                    output_size=entry.output_size or 0,
+                    result_url=entry.result_url,
+                    result_expires_at=entry.result_expires_at,
+                )
+            for past in entry.history:
+                if past.fingerprint == fingerprint:
+                    return past
+        return None
+
+    async def _settle_uncertain(self, item: PlanItem, entry: Entry) -> Outcome:
+        """Adopt the job if the API's job list shows it; resubmit only when asked to."""
+        render = item.render
+        job = await self._find_submitted(render, entry)
+        if job is not None:
+            now = self.clock.now()
+            adopted = self.writer.update(
+                render.id,
+                state="submitted",
+                job_id=job.job_id,
+                poll_url=None,
+                submitted_at=now,
+                updated_at=now,
+                error=None,
+            )
+            await self.writer.commit()
+            self.events.event(render.id, "submitted", f"found {job.job_id} in the job list")
+            async with self._slots:
+                return await self._follow(item, adopted, paid=False)
+        if not self.options.resubmit_uncertain:
+            detail = entry.error or "the submission may have reached the API"
+            return Outcome(render.id, "uncertain", "uncertain", detail=detail)
+        return await self._render(PlanItem(render, "retry", item.reasons), entry)
+
+    async def _find_submitted(self, render: PlannedRender, entry: Entry) -> JobState | None:
+        """A listed job with this render's exact request, created since it was submitted."""
+        async with self._list_lock:
+            if self._listed is None:
+                try:
+                    self._listed = await self.client.list_jobs(limit=100) or []
+                except ApiError:
+                    self._listed = []
+            candidates = self._listed
+            wanted = canonical_json(self._sent_body(entry))
+            since = entry.updated_at - timedelta(minutes=5) if entry.updated_at else None
+            for job in candidates:
+                if job.job_id in self._claimed:
+                    continue
+                sent = job.raw.get("request") or job.raw.get("input") or job.raw.get("params")
+                if not isinstance(sent, dict) or _comparable(sent) != wanted:
+                    continue
+                created = _created_at(job)
+                if since is not None and created is not None and created < since:
+                    continue
+                self._claimed.add(job.job_id)
+                return job
+        return None
+
+    def _sent_body(self, entry: Entry) -> dict[str, Any]:
+        """What was POSTed for an entry: its request with local assets as upload paths."""
+        body = dict(entry.request)
+        for key, sha256 in entry.assets.items():
+            upload = self.writer.lock.uploads.get(sha256)
+            if upload is None:
+                continue
+            name, _, index = key.partition(".")
+            if not index:
+                body[name] = upload.path
+            elif isinstance(body.get(name), str):
+                items = body[name].split(",")
+                items[int(index)] = upload.path
+                body[name] = ",".join(items)
+        return body
+
+    # -- uploads and downloads ----------------------------------------------------------
+
+    async def _wire_body(self, render: PlannedRender) -> dict[str, Any]:
+        """The request body with every local asset replaced by its upload path."""
+        body = dict(render.body)
+        paths: dict[str, str] = {}
+        for key, asset in render.assets.items():
+            if asset.kind == "local":
+                assert asset.path is not None and asset.sha256 is not None
+                paths[key] = await self._uploaded(asset.sha256, asset.path, asset.ref)
+            else:
+                paths[key] = asset.ref
+        for name in kling_o3.MEDIA_FIELDS:
+            if name in body:
+                body[name] = paths[name]
+        for name in kling_o3.MEDIA_LIST_FIELDS:
+            if name in body:
+                count = len(body[name].split(","))
+                body[name] = ",".join(paths[f"{name}.{i}"] for i in range(count))
+        return body
+
+    async def _uploaded(self, sha256: str, path: Path, ref: str) -> str:
+        """The `bunny://` path of a file's content, uploading it once per run and lockfile."""
+        known = self.writer.lock.uploads.get(sha256)
+        if known is not None:
+            return known.path
+        done = self._uploads.get(sha256)
+        if done is None:
+            done = self._uploads[sha256] = anyio.Event()
+            try:
+                upload = await self.client.upload(path)
+            except ApiError as exc:
+                if isinstance(exc, RunFatal):
+                    raise
+                self._upload_errors[sha256] = f"upload of {ref} failed: {exc}"
+            else:
+                self.writer.add_upload(
+                    sha256,
+                    UploadedAsset(path=upload.path, size=upload.size, uploaded_at=self.clock.now()),
+                )
+                await self.writer.commit()
+            finally:
+                done.set()
+        else:
+            await done.wait()
+        known = self.writer.lock.uploads.get(sha256)
+        if known is None:
+            raise _UploadFailed(self._upload_errors.get(sha256, f"upload of {ref} failed"))
+        return known.path
+
+    async def _fetch(self, url: str, output: Any) -> Download:
+        """Download to a temp file beside the target, verify it, cache it, move it in place."""
+        target = self.root / output
+        temp = await anyio.to_thread.run_sync(_temp_beside, target)
+        try:
+            download = await self.client.download(url, temp)
+            await anyio.to_thread.run_sync(
+                _verify_and_place, temp, target, download, self.cache_dir
+            )
+        finally:
+            await anyio.to_thread.run_sync(_discard, temp)
+        return download
+
+    async def _record_failure(
+        self, render: PlannedRender, previous: Entry | None, error: str
+    ) -> None:
+        if previous is not None and previous.state == "done":
+            return  # keep the earlier finished render on record; the plan retries the edit
+        self.writer.set(
+            render.id,
+            new_entry(
+                render,
+                "failed",
+                error=error,
+                updated_at=self.clock.now(),
+                attempts=previous.attempts if previous else 0,
+                history=_carry_history(previous, render.fingerprint),
+            ),
+        )
+        await self.writer.commit()
+
+
+class _UploadFailed(Exception):
+    """An input file could not be uploaded; the render fails, nothing was submitted."""
+
+
+class _BadOutput(Exception):
+    """A downloaded file is not a playable MP4; it is never moved into place."""
+
+
+def _temp_beside(target: Path) -> Path:
+    """A new empty temp file in the target's folder (so the final rename is atomic)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _discard(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _verify_and_place(temp: Path, target: Path, download: Download, cache_dir: Path) -> None:
+    """Check the MP4 signature and hash, fsync, keep a cached copy, then rename into place."""
+    with open(temp, "rb") as f:
+        head = f.read(12)
+        os.fsync(f.fileno())
+    if len(head) < 12 or head[4:8] != b"ftyp":
+        raise _BadOutput(f"{target.name}: the download is not an MP4 file")
+    if sha256_file(temp) != download.sha256 or temp.stat().st_size != download.size:
+        raise _BadOutput(f"{target.name}: the file on disk does not match what was received")
+    _cache(temp, download.sha256, cache_dir)
+    temp.replace(target)
+    fsync_dir(target.parent)
+
+
+def _cache(path: Path, sha256: str, cache_dir: Path) -> None:
+    """Keep a content-addressed copy (a hardlink where possible) for free restores."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cached = cache_dir / sha256.removeprefix("sha256:")
+    if cached.exists():
+        return
+    try:
+        os.link(path, cached)
+    except OSError:
+        staging = cached.with_suffix(".part")
+        shutil.copyfile(path, staging)
+        staging.replace(cached)
+
+
+def _place_copy(source: Path, target: Path, sha256: str) -> None:
+    """Copy (or hardlink) `source` to `target` through a temp file, checking its hash."""
+    if sha256_file(source) != sha256:
+        raise _BadOutput(f"{source.name} no longer holds the recorded render")
+    temp = _temp_beside(target)
+    try:
+        temp.unlink()
+        try:
+            os.link(source, temp)
+        except OSError:
+            shutil.copyfile(source, temp)
+        temp.replace(target)
+        fsync_dir(target.parent)
+    finally:
+        _discard(temp)
+
+
+def _carry_history(previous: Entry | None, fingerprint: str) -> list[PastRender]:
+    """The previous entry's history, plus the previous render itself if it was finished."""
+    if previous is None:
+        return []
+    history = [p for p in previous.history if p.fingerprint != fingerprint]
+    if (
+        previous.state == "done"
+        and previous.fingerprint != fingerprint
+        and previous.output_sha256
+        and previous.output_size is not None
+    ):
+        history = [p for p in history if p.fingerprint != previous.fingerprint]
+        history.append(
+            PastRender(
+                fingerprint=previous.fingerprint,
+                output_sha256=previous.output_sha256,
+                output_size=previous.output_size,
+                result_url=previous.result_url,
+                result_expires_at=previous.result_expires_at,
+            )
+        )
+    return history[-_HISTORY_LIMIT:]
+
+
+def _with_cost(
+    outcome: Outcome, action: str, cost: Decimal, paid: bool, billed: Decimal | None = None
+) -> Outcome:
+    return Outcome(outcome.id, action, outcome.state, cost, paid, billed, outcome.detail)
+
+
+def _model_age(clock: Clock, since: datetime) -> float:
+    """Model seconds since a recorded wall-clock time (0 if the clock went backwards)."""
+    return max((clock.now() - since).total_seconds(), 0.0) / clock.time_scale
+
+
+def _comparable(request: Mapping[str, Any]) -> str:
+    """Canonical text of a listed job's request; list fields compared comma-joined."""
+    normal = {
+        key: ",".join(value) if isinstance(value, list) else value for key, value in request.items()
+    }
+    return canonical_json(normal)
+
+
+def _created_at(job: JobState) -> datetime | None:
+    from kling_batch.payloads import parse_time
+
+    return parse_time(job.raw.get("created_at"))

@@ -1,0 +1,201 @@
+"""The `run` command end to end: plan, refuse or confirm, lock, execute, summarise."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import anyio
+import click
+import filelock
+
+from kling_batch.assets import STATE_DIR, ensure_state_dir
+from kling_batch.client import EmpirioClient
+from kling_batch.clock import ScaledClock
+from kling_batch.endpoint import api_key_from_env, resolve_base_url
+from kling_batch.errors import RefusedError, RunError
+from kling_batch.executor import Executor, RunOptions, RunReport
+from kling_batch.lockfile import LockWriter, lock_path
+from kling_batch.plan import Plan, PlanItem, build_plan
+from kling_batch.reports import summary_line, usd
+from kling_batch.ui import RunUI, print_summary
+
+# Emulator runs go fast: one modelled minute of rendering lasts 0.6 real seconds.
+EMULATOR_TIME_SCALE = 0.01
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything the `run` command was asked to do."""
+
+    manifest: Path
+    jobs: int = 4
+    rpm: int = 50
+    max_cost: Decimal | None = None
+    only: Sequence[str] = ()
+    force: Sequence[str] = ()
+    yes: bool = False
+    fail_fast: bool = False
+    emulator: bool = False
+    api_base: str | None = None
+    resubmit_uncertain: bool = False
+
+
+def run_command(request: RunRequest) -> int:
+    """Run a manifest; returns the process exit code (errors raise KlingBatchError)."""
+    lock_file = lock_path(request.manifest, emulator=request.emulator)
+    state_dir = request.manifest.parent / STATE_DIR
+    with _run_lock(state_dir, lock_file):
+        plan = build_plan(
+            request.manifest,
+            now=datetime.now(UTC),
+            only=request.only,
+            force=request.force,
+            emulator=request.emulator,
+        )
+        items = [item for item in plan.items if item.action != "unchanged"]
+        if not items:
+            click.echo(f"{summary_line(plan)}. Nothing to do.", err=True)
+            return 0
+        cost = _cost_to_run(plan, request)
+        _refuse_over_budget(plan, request, cost)
+        _confirm(plan, request, cost)
+        return anyio.run(_execute, plan, items, request)
+
+
+def _cost_to_run(plan: Plan, request: RunRequest) -> Decimal:
+    cost = plan.totals.to_run_cost
+    if request.resubmit_uncertain:
+        cost += sum((i.render.cost for i in plan.items if i.action == "uncertain"), Decimal(0))
+    return cost
+
+
+def _paid_count(plan: Plan, request: RunRequest) -> int:
+    extra = {"uncertain"} if request.resubmit_uncertain else set()
+    return sum(1 for item in plan.items if item.paid or item.action in extra)
+
+
+def _refuse_over_budget(plan: Plan, request: RunRequest, cost: Decimal) -> None:
+    """Exit 3 before any request when the cost to run exceeds --max-cost or budget_usd."""
+    if request.max_cost is not None and cost > request.max_cost:
+        raise RefusedError(
+            f"the cost to run is {usd(cost)}, over --max-cost {usd(request.max_cost)}; "
+            "nothing was submitted"
+        )
+    budget = plan.budget
+    if budget is not None and cost > budget:
+        raise RefusedError(
+            f"the cost to run is {usd(cost)}, over the manifest's budget_usd {usd(budget)}; "
+            "nothing was submitted"
+        )
+
+
+def _confirm(plan: Plan, request: RunRequest, cost: Decimal) -> None:
+    """Ask on a terminal before spending; without one, --yes is required."""
+    count = _paid_count(plan, request)
+    if count == 0 or request.yes:
+        return
+    question = f"Render {count} shot{'s' if count != 1 else ''} for {usd(cost)}?"
+    if request.emulator:
+        question += " (emulator: no real money)"
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        raise RefusedError(f"{question} Not a terminal: pass --yes to confirm.")
+    if not click.confirm(question, default=False, err=True):
+        raise RefusedError("not confirmed; nothing was submitted")
+
+
+@contextlib.contextmanager
+def _run_lock(state_dir: Path, lock_file: Path) -> Iterator[None]:
+    """Refuse a second run on the same lockfile while this one holds it."""
+    ensure_state_dir(state_dir)
+    guard = filelock.FileLock(state_dir / f"{lock_file.name}.run-lock")
+    try:
+        guard.acquire(timeout=0)
+    except filelock.Timeout:
+        raise RunError(
+            f"another kling-batch run is using {lock_file.name}; wait for it to finish "
+            "(or stop it) and run again"
+        ) from None
+    try:
+        yield
+    finally:
+        guard.release()
+
+
+async def _execute(plan: Plan, items: list[PlanItem], request: RunRequest) -> int:
+    writer = LockWriter(plan.lock_path, plan.lock)
+    options = RunOptions(
+        jobs=request.jobs,
+        fail_fast=request.fail_fast,
+        resubmit_uncertain=request.resubmit_uncertain,
+    )
+    with RunUI(len(items)) as ui:
+        ui.note(summary_line(plan))
+        async with _api(request) as client:
+            executor = Executor(
+                root=plan.loaded.root, client=client, writer=writer, events=ui, options=options
+            )
+            report = await _run_with_signals(executor, items, ui)
+    print_summary(report)
+    return report.exit_code
+
+
+@contextlib.asynccontextmanager
+async def _api(request: RunRequest) -> AsyncIterator[EmpirioClient]:
+    """A client for the real API, or for an emulator started in-process (--emulator)."""
+    if not request.emulator:
+        client = EmpirioClient(
+            api_key=api_key_from_env(),
+            base_url=resolve_base_url(request.api_base),
+            rpm=request.rpm,
+        )
+        async with client:
+            yield client
+        return
+    try:
+        from kling_batch.emulator import EmulatorConfig, running_async
+    except ImportError as exc:
+        raise RunError(
+            f"--emulator needs the emulator extra: pip install 'kling-batch[emulator]' ({exc})"
+        ) from None
+    config = EmulatorConfig(time_scale=EMULATOR_TIME_SCALE, rpm=request.rpm)
+    async with running_async(config) as served:
+        client = EmpirioClient(
+            api_key=served.api_key,
+            base_url=served.base_url,
+            rpm=request.rpm,
+            clock=ScaledClock(EMULATOR_TIME_SCALE),
+        )
+        async with client:
+            yield client
+
+
+async def _run_with_signals(executor: Executor, items: list[PlanItem], ui: RunUI) -> RunReport:
+    """First Ctrl-C: submit nothing new, finish what is in flight. Second: leave now."""
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                executor.report.interrupted = True
+                if signum == signal.SIGINT and not executor.stop_submitting.is_set():
+                    executor.stop("interrupted (Ctrl-C)")
+                    ui.note(
+                        "Stopping: nothing new is submitted; renders in flight finish. "
+                        "Press Ctrl-C again to leave now (they stay recorded for the next run)."
+                    )
+                    continue
+                scope.cancel()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch, group.cancel_scope)
+        try:
+            await executor.run(items)
+        finally:
+            group.cancel_scope.cancel()
+    return executor.report

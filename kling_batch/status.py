@@ -1,0 +1,92 @@
+"""`kling-batch status`: each render's state from the lockfile and the files, no network."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from kling_batch.assets import AssetStore
+from kling_batch.lockfile import Entry, load_lockfile, lock_path
+from kling_batch.reports import usd
+
+STATE_STYLES = {
+    "done": "green",
+    "failed": "red",
+    "uncertain": "magenta",
+    "submitting": "magenta",
+    "submitted": "cyan",
+    "completed": "cyan",
+}
+
+
+def file_state(store: AssetStore, entry: Entry) -> str:
+    """`ok`, `missing`, `modified` for a done render's output; `-` before it is done."""
+    if entry.state != "done" or not entry.output_sha256:
+        return "-"
+    found = store.relative_hash(entry.output)
+    if found is None:
+        return "missing"
+    return "ok" if found[0] == entry.output_sha256 else "modified"
+
+
+def status_rows(manifest: Path, *, emulator: bool = False) -> list[dict[str, Any]]:
+    """One row per lockfile entry, sorted by id."""
+    lock = load_lockfile(lock_path(manifest, emulator=emulator))
+    store = AssetStore(manifest.parent)
+    rows = []
+    for shot_id in sorted(lock.shots):
+        entry = lock.shots[shot_id]
+        rows.append(
+            {
+                "id": shot_id,
+                "state": entry.state,
+                "file": file_state(store, entry),
+                "output": entry.output,
+                "cost_usd": entry.cost_usd,
+                "billed_usd": entry.billed_usd,
+                "job_id": entry.job_id,
+                "error": entry.error,
+            }
+        )
+    store.save()
+    return rows
+
+
+def show_status(manifest: Path, *, fmt: str, emulator: bool, console: Console) -> None:
+    """Print the status table (or JSON) of a manifest's lockfile."""
+    rows = status_rows(manifest, emulator=emulator)
+    if fmt == "json":
+        payload = {"manifest": manifest.name, "renders": rows}
+        sys.stdout.write(json.dumps(payload, indent=2, default=float) + "\n")
+        return
+    if not rows:
+        console.print(f"No renders recorded for {manifest.name} yet.")
+        return
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    console.print(
+        f"{manifest.name}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    )
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("id", "state", "file", "output", "cost", "job", "note"):
+        table.add_column(name, overflow="fold")
+    for row in rows:
+        style = STATE_STYLES.get(row["state"], "")
+        file_style = "red" if row["file"] in {"missing", "modified"} else ""
+        table.add_row(
+            row["id"],
+            Text(row["state"], style=style),
+            Text(row["file"], style=file_style),
+            row["output"],
+            usd(row["cost_usd"]),
+            row["job_id"] or "",
+            row["error"] or "",
+        )
+    console.print(table)

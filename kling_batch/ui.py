@@ -1,0 +1,152 @@
+"""Console output of a run: live progress on a terminal, one line per event in CI logs.
+
+One object owns everything a run prints on stderr; the final summary goes to stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from typing import IO, Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from kling_batch.executor import RunReport
+from kling_batch.reports import usd
+
+_FINAL = frozenset({"done", "failed", "uncertain", "pending", "skipped"})
+
+
+def interactive(stream: IO[str]) -> bool:
+    """True on a terminal without NO_COLOR: progress bars and colour are welcome."""
+    return stream.isatty() and not os.environ.get("NO_COLOR")
+
+
+class RunUI:
+    """Receives executor events; draws progress (TTY) or prints plain lines (CI)."""
+
+    def __init__(
+        self, total: int, *, stream: IO[str] | None = None, live: bool | None = None
+    ) -> None:
+        self.stream = stream or sys.stderr
+        self.live = interactive(self.stream) if live is None else live
+        self.console = Console(file=self.stream, highlight=False, no_color=not self.live or None)
+        self.total = total
+        self.counts: Counter[str] = Counter()
+        self._started = time.monotonic()
+        self._progress: Progress | None = None
+        self._overall: TaskID | None = None
+        self._renders: dict[str, TaskID] = {}
+        self._live: Live | None = None
+        self._status = Text()
+
+    def __enter__(self) -> RunUI:
+        if self.live and self.total:
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+            self._overall = self._progress.add_task("renders", total=self.total)
+            self._live = Live(
+                Group(self._progress, self._status),
+                console=self.console,
+                refresh_per_second=8,
+                transient=True,
+            )
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+            self._live = None
+
+    def note(self, message: str) -> None:
+        """A free-form line for people (stderr)."""
+        self.console.print(message)
+
+    def event(self, render_id: str, state: str, detail: str = "") -> None:
+        """A render changed state."""
+        if state in _FINAL:
+            self.counts[state] += 1
+        if self._progress is None:
+            stamp = time.strftime("%H:%M:%S")
+            self.console.print(
+                f"{stamp} {state:<10} {render_id}" + (f"  {detail}" if detail else "")
+            )
+            return
+        if state in _FINAL:
+            assert self._overall is not None
+            self._progress.advance(self._overall)
+            task = self._renders.pop(render_id, None)
+            if task is not None:
+                self._progress.remove_task(task)
+            if state in {"failed", "uncertain"}:
+                self._progress.console.print(f"[red]{state}[/] {render_id}: {detail}")
+        elif render_id not in self._renders:
+            self._renders[render_id] = self._progress.add_task(f"  {render_id}", total=1.0)
+        self._status.plain = "  ".join(f"{k}: {v}" for k, v in sorted(self.counts.items()))
+
+    def progress(self, render_id: str, fraction: float | None) -> None:
+        """A render's job reported progress (0..1)."""
+        if self._progress is None or fraction is None:
+            return
+        task = self._renders.get(render_id)
+        if task is not None:
+            self._progress.update(task, completed=min(max(fraction, 0.0), 1.0))
+
+
+def print_summary(report: RunReport, out: IO[str] | None = None) -> None:
+    """The end-of-run table: outcomes, estimated and billed cost, what to do next."""
+    out = out or sys.stdout
+    console = Console(
+        file=out,
+        highlight=False,
+        no_color=not interactive(out) or None,
+        width=None if out.isatty() else 160,
+    )
+    counts = Counter(o.state for o in report.outcomes)
+    table = Table(title=None, box=None, show_header=True, header_style="bold")
+    for column in ("state", "renders"):
+        table.add_column(column)
+    for state in ("done", "failed", "uncertain", "pending", "skipped"):
+        if counts[state]:
+            table.add_row(state, str(counts[state]))
+    console.print(table)
+    console.print(f"Estimated cost of renders submitted: {usd(report.estimated_cost)}")
+    billed = report.billed_cost
+    if billed is not None:
+        console.print(f"Billed by the API: {usd(billed)}")
+    for outcome in report.outcomes:
+        if outcome.state in {"failed", "pending"}:
+            console.print(f"- {outcome.state} {outcome.id}: {outcome.detail}")
+    uncertain = [o for o in report.outcomes if o.state == "uncertain"]
+    if uncertain:
+        console.print(
+            f"{len(uncertain)} submission(s) may have reached the API without an answer and "
+            "may be billed: " + ", ".join(o.id for o in uncertain)
+        )
+        console.print(
+            "  Check your EmpirioLabs dashboard; `kling-batch run --resubmit-uncertain` looks "
+            "them up in the job list and sends again only those it cannot find."
+        )
+    if report.stopped:
+        console.print(f"Stopped early: {report.stopped}")
