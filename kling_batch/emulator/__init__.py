@@ -1,0 +1,34 @@
+"""A local emulator of the EmpirioLabs video API for kling-o3 (Starlette on uvicorn).
+
+In-process::
+
+    with running(EmulatorConfig(time_scale=0.001)) as served:
+        httpx.get(f"{served.base_url}/v1/models", headers={"x-api-key": served.api_key})
+        served.emulator.journal.entries()
+
+Routes are listed in `kling_batch.emulator.routes`, the fault syntax in
+`kling_batch.emulator.faults`.
+"""
+
+from kling_batch.emulator.app import Emulator
+from kling_batch.emulator.billing import LedgerEntry
+from kling_batch.emulator.config import DEFAULT_API_KEY, EmulatorConfig, Latency
+from kling_batch.emulator.faults import Fault, parse_fault
+from kling_batch.emulator.gateway import ConnectionDropped
+from kling_batch.emulator.journal import JournalEntry
+from kling_batch.emulator.server import RunningEmulator, running, running_async
+
+__all__ = [
+    "DEFAULT_API_KEY",
+    "ConnectionDropped",
+    "Emulator",
+    "EmulatorConfig",
+    "Fault",
+    "JournalEntry",
+    "Latency",
+    "LedgerEntry",
+    "RunningEmulator",
+    "parse_fault",
+    "running",
+    "running_async",
+]
