@@ -207,6 +207,8 @@ def _check_media(name: str, value: str, uploads: UploadLookup) -> None:
 
 def _scene_seconds(prompt: str, duration: Decimal, rules: _Rules) -> list[Decimal]:
     scenes = [s for s in (part.strip() for part in _SCENE_SPLIT.split(prompt)) if s]
+    if not scenes:
+        raise invalid("'prompt' has no scene text.", "prompt")
     if len(scenes) > rules.max_scenes:
         raise invalid(
             f"'prompt' has {len(scenes)} scenes; at most {rules.max_scenes} are allowed.",
