@@ -161,7 +161,8 @@ class _Exchange:
         )
 
     async def drop(self) -> None:
-        """Close the connection now, whatever was or was not sent."""
+        """Close the connection now, whatever was or was not sent (journaled first)."""
+        self.record(None, dropped=True)
         self.dropped = True
         cycle = getattr(self._send, "__self__", None)
         transport = getattr(cycle, "transport", None)

@@ -127,7 +127,10 @@ def serve(
             file=sys.stderr,
             flush=True,
         )
-        server.run(sockets=[sock])
+        # uvicorn re-raises the SIGINT it caught once it has shut down; for a server,
+        # Ctrl-C is the normal way to stop, so it ends the command successfully.
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run(sockets=[sock])
 
 
 @contextlib.contextmanager
