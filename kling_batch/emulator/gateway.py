@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from starlette.requests import ClientDisconnect
 
 from kling_batch.emulator.clock import Clock
 from kling_batch.emulator.config import EmulatorConfig
@@ -74,6 +75,7 @@ class _Exchange:
         self.digest = hashlib.sha256()
         self.body_size = 0
         self.body_done = False
+        self.client_gone = False
         self._receiving = False
         self.headers = _journaled_headers(scope)
         self.counted = False
@@ -98,7 +100,7 @@ class _Exchange:
             if not message.get("more_body", False):
                 self.body_done = True
         elif message["type"] == "http.disconnect":
-            self.body_done = True
+            self.body_done = self.client_gone = True
         return message
 
     async def read_rest(self) -> None:
@@ -109,6 +111,11 @@ class _Exchange:
     async def send(self, message: Message) -> None:
         if self.dropped:
             raise _Stop
+        if self.client_gone:
+            # Nobody is listening (e.g. a client killed mid-request): journal it as
+            # unanswered rather than as the 500 Starlette sends for the ClientDisconnect.
+            self.record(None, dropped=True)
+            return
         if message["type"] == "http.response.start":
             await self.read_rest()
             if self.truncate_keep is not None and self.scope["method"] != "HEAD":
@@ -204,7 +211,7 @@ class Gateway:
         exchange = _Exchange(self, scope, receive, send)
         try:
             await self._handle(exchange)
-        except* _Stop:
+        except* (_Stop, ClientDisconnect):
             pass
         finally:
             if not exchange.recorded:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
+import time
 
 import httpx
 
@@ -104,3 +106,20 @@ def test_journal_keeps_only_the_newest_entries_past_its_cap():
         for _ in range(3):
             httpx.get(f"{served.base_url}/livez")
         assert [e.seq for e in served.emulator.journal.entries()] == [2, 3]
+
+
+def test_client_vanishing_mid_body_is_journaled_unanswered(api):
+    """A client that hangs up halfway through its body leaves an unanswered entry, no job."""
+    host, port = api.served.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(
+            b"POST /v1/videos/generations HTTP/1.1\r\nHost: x\r\n"
+            b'x-api-key: sk-empiriolabs-emulator\r\nContent-Length: 100\r\n\r\n{"model":'
+        )
+    for _ in range(500):
+        if api.emu.journal.entries():
+            break
+        time.sleep(0.01)
+    (entry,) = api.emu.journal.entries()
+    assert (entry.status, entry.dropped, entry.job_id) == (None, True, None)
+    assert len(api.emu.jobs) == 0

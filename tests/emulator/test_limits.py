@@ -7,6 +7,7 @@ from decimal import Decimal
 import httpx
 
 from kling_batch.emulator import Latency
+from kling_batch.emulator.gateway import retry_after
 
 
 def test_request_over_rpm_is_429_with_retry_after(make_api):
@@ -38,13 +39,19 @@ def test_window_slides_and_refused_requests_do_not_count(make_api):
     assert api.client.get("/v1/models").status_code == 200
 
 
-def test_retry_after_is_in_real_seconds_at_least_one(make_api):
-    """At time_scale 0.01 the window is 0.6 real s: Retry-After says 1, retry-after-ms the rest."""
-    api = make_api(rpm=1, time_scale=0.01)
+def test_retry_after_rounds_real_seconds_up_to_at_least_one():
+    """Sub-second real waits (small time scales) say Retry-After 1 and the exact retry-after-ms."""
+    assert retry_after(0.3) == {"Retry-After": "1", "retry-after-ms": "300"}
+    assert retry_after(59.2)["Retry-After"] == "60"
+
+
+def test_rate_window_is_scaled_by_time_scale(make_api):
+    """At time_scale 0.5 the minute is 30 real seconds, and Retry-After says so."""
+    api = make_api(rpm=1, time_scale=0.5)
     api.client.get("/v1/models")
-    response = api.client.get("/v1/models")
-    assert response.headers["Retry-After"] == "1"
-    assert 1 <= int(response.headers["retry-after-ms"]) <= 600
+    assert 1 <= int(api.client.get("/v1/models").headers["Retry-After"]) <= 30
+    api.emu.clock.advance(31)
+    assert api.client.get("/v1/models").status_code == 200
 
 
 def test_downloads_do_not_count_toward_rpm(make_api):
