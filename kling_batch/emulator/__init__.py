@@ -4,10 +4,13 @@ In-process::
 
     with running(EmulatorConfig(time_scale=0.001)) as served:
         httpx.get(f"{served.base_url}/v1/models", headers={"x-api-key": served.api_key})
-        served.emulator.journal.entries()
+        served.emulator.journal.entries()      # every request, in order
+        served.emulator.ledger.entries()       # every charge (Decimal amounts)
+        served.emulator.advance(3600)          # move the clock one modelled hour
 
-Routes are listed in `kling_batch.emulator.routes`, the fault syntax in
-`kling_batch.emulator.faults`.
+`Emulator(config).app` is the bare ASGI app (e.g. for `httpx.ASGITransport`);
+`running_async` is the async form of `running`. Routes are listed in
+`kling_batch.emulator.routes`, the `--fault` syntax in `kling_batch.emulator.faults`.
 """
 
 from kling_batch.emulator.app import Emulator

@@ -45,27 +45,32 @@ class Latency:
 
 @dataclass(frozen=True)
 class EmulatorConfig:
-    """Everything the emulator can be told. Durations are modelled seconds (times `time_scale`)."""
+    """Everything the emulator can be told.
 
-    api_key: str = DEFAULT_API_KEY
-    account: str = "acct_emulator"
-    time_scale: float = 1.0
-    rpm: int = 50
-    credits: Decimal | None = None
-    faults: tuple[Fault, ...] = ()
-    seed: int = 0
-    latency: Latency = field(default_factory=Latency)
-    submit_status: int = 200
-    poll_url_style: PollUrlStyle = "absolute"
-    unknown_fields: UnknownFields = "reject"
-    large_output_bytes: int | None = None
-    job_retention_seconds: float = _HOUR
-    url_ttl_seconds: float = 7 * _DAY
-    rate_window_seconds: float = 60.0
-    max_image_bytes: int = 10 * 1024 * 1024
+    Durations are modelled seconds; real seconds are those times `time_scale`, for every
+    one of them: latency, retention, URL lifetime, the RPM window, storms, slow answers.
+    Headers the client acts on (`Retry-After`) are in real seconds.
+    """
+
+    api_key: str = DEFAULT_API_KEY  # the one key accepted (Bearer or x-api-key)
+    account: str = "acct_emulator"  # appears in bunny:// paths
+    time_scale: float = 1.0  # > 0; 0.01 runs a hundred times faster
+    rpm: int = 50  # requests per rate window per account, polls included; 0 = no limit
+    credits: Decimal | None = None  # USD balance; None = unlimited
+    faults: tuple[Fault, ...] = ()  # see `kling_batch.emulator.faults` for `parse_fault`
+    seed: int = 0  # seeds fault draws and latency jitter
+    latency: Latency = field(default_factory=Latency)  # Latency.zero() for benchmarks
+    submit_status: int = 200  # 200, 201 or 202
+    poll_url_style: PollUrlStyle = "absolute"  # or "relative", or "absent" (no key)
+    unknown_fields: UnknownFields = "reject"  # a 400 naming the field, or "ignore"
+    large_output_bytes: int | None = None  # pad every result to this size (streamed)
+    job_retention_seconds: float = _HOUR  # job state kept after its end, then 404
+    url_ttl_seconds: float = 7 * _DAY  # result and upload URLs stop working after this
+    rate_window_seconds: float = 60.0  # the sliding window of `rpm`
+    max_image_bytes: int = 10 * 1024 * 1024  # upload limits: 413 above them
     max_video_bytes: int = 200 * 1024 * 1024
     max_audio_bytes: int = 50 * 1024 * 1024
-    journal_max_entries: int | None = 200_000
+    journal_max_entries: int | None = 200_000  # oldest entries fall off past this
 
     def __post_init__(self) -> None:
         if not self.time_scale > 0:

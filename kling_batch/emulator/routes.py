@@ -14,6 +14,12 @@
 ``GET  /_emulator/ledger``                  charges, holds and credits (no auth)
 ``POST /_emulator/advance``                 body ``{"seconds": S}``: move the clock S modelled s
 ==========================================  ============================================
+
+Every ``/v1`` answer is JSON; errors use ``{"error": {"message", "type", "code", "param"}}``.
+A submit always answers ``status: "queued"`` (with ``Latency.zero()`` the first poll shows
+it completed). ``/_emulator/*`` needs no key, is not rate limited and is not journaled;
+``/cdn/*`` needs no key and is journaled with ``counted=False``. Range requests are not
+supported (no ``Accept-Ranges``).
 """
 
 from __future__ import annotations
