@@ -1,0 +1,87 @@
+"""EmulatorConfig and Latency: every knob of the emulator, as frozen data."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Literal
+
+from kling_batch.emulator.faults import Fault
+
+PollUrlStyle = Literal["absolute", "relative", "absent"]
+UnknownFields = Literal["reject", "ignore"]
+
+DEFAULT_API_KEY = "sk-empiriolabs-emulator"
+
+_HOUR = 3600.0
+_DAY = 24 * _HOUR
+
+
+@dataclass(frozen=True)
+class Latency:
+    """How long a job waits and renders, in modelled seconds (before `time_scale`).
+
+    Queue wait is uniform in `queue_seconds`; render time is the billed video seconds times
+    the tier's factor. Both get a seeded jitter of ±`jitter` (a fraction).
+    """
+
+    queue_seconds: tuple[float, float] = (5.0, 20.0)
+    render_factor: Mapping[str, float] = field(
+        default_factory=lambda: {"standard": 8.0, "pro": 14.0, "4k": 36.0}
+    )
+    jitter: float = 0.2
+
+    @classmethod
+    def realistic(cls) -> Latency:
+        """Minutes of render time, standard < pro < 4k (the default)."""
+        return cls()
+
+    @classmethod
+    def zero(cls) -> Latency:
+        """Every job is completed the moment it is submitted (throughput benchmarks)."""
+        return cls(queue_seconds=(0.0, 0.0), render_factor={}, jitter=0.0)
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """Everything the emulator can be told.
+
+    Durations are modelled seconds; real seconds are those times `time_scale`, for every
+    one of them: latency, retention, URL lifetime, the RPM window, storms, slow answers.
+    Headers the client acts on (`Retry-After`) are in real seconds.
+    """
+
+    api_key: str = DEFAULT_API_KEY  # the one key accepted (Bearer or x-api-key)
+    account: str = "acct_emulator"  # appears in bunny:// paths
+    time_scale: float = 1.0  # > 0; 0.01 runs a hundred times faster
+    rpm: int = 50  # requests per rate window per account, polls included; 0 = no limit
+    credits: Decimal | None = None  # USD balance; None = unlimited
+    faults: tuple[Fault, ...] = ()  # see `kling_batch.emulator.faults` for `parse_fault`
+    seed: int = 0  # seeds fault draws and latency jitter
+    latency: Latency = field(default_factory=Latency)  # Latency.zero() for benchmarks
+    submit_status: int = 200  # 200, 201 or 202
+    poll_url_style: PollUrlStyle = "absolute"  # or "relative", or "absent" (no key)
+    unknown_fields: UnknownFields = "reject"  # a 400 naming the field, or "ignore"
+    large_output_bytes: int | None = None  # pad every result to this size (streamed)
+    job_retention_seconds: float = _HOUR  # job state kept after its end, then 404
+    url_ttl_seconds: float = 7 * _DAY  # result and upload URLs stop working after this
+    rate_window_seconds: float = 60.0  # the sliding window of `rpm`
+    max_image_bytes: int = 10 * 1024 * 1024  # upload limits: 413 above them
+    max_video_bytes: int = 200 * 1024 * 1024
+    max_audio_bytes: int = 50 * 1024 * 1024
+    journal_max_entries: int | None = 200_000  # oldest entries fall off past this
+
+    def __post_init__(self) -> None:
+        if not self.time_scale > 0:
+            raise ValueError("time_scale must be > 0 (use Latency.zero() for instant jobs)")
+        if self.rpm < 0:
+            raise ValueError("rpm must be >= 0 (0 disables the limit)")
+        if self.submit_status not in (200, 201, 202):
+            raise ValueError("submit_status must be 200, 201 or 202")
+        if self.credits is not None and not isinstance(self.credits, Decimal):
+            object.__setattr__(self, "credits", Decimal(str(self.credits)))
+
+    def scaled(self, modelled_seconds: float) -> float:
+        """Real seconds for a modelled duration."""
+        return modelled_seconds * self.time_scale

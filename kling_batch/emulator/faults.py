@@ -1,0 +1,216 @@
+"""Fault injection: the `--fault SPEC` syntax, its parser, and the seeded plan that applies it.
+
+Syntax: ``KIND=WHEN[,OPTION=VALUE]...``
+
+``WHEN`` is a probability per matching request (``0.1`` or ``10%``) or ``firstN`` (the first
+N matching requests, deterministic). Storms take a length in modelled seconds instead.
+
+======================  ==============================================================
+``storm=SECONDS``       every matching request gets 429 + ``Retry-After`` for SECONDS
+                        (modelled), starting ``at=`` seconds after start (default 0)
+``5xx=WHEN``            answer 500, 502 or 503 (seeded pick; ``status=503`` fixes it);
+                        ``500=WHEN``, ``502=WHEN``, ``503=WHEN`` are shorthands
+``drop=WHEN``           close the connection without any response
+``ambiguous=WHEN``      handle the request (a submit creates and bills its job), then
+                        close the connection instead of answering; default ``on=submit``
+``truncate=WHEN``       send ``keep=`` (default 0.5) of a download's bytes, then close;
+                        ``on=download`` only
+``fail=WHEN``           the job ends ``failed`` with ``code=`` (default
+                        ``content_moderation``); not billed
+``slow=WHEN``           delay the answer by ``delay=`` modelled seconds (default 5)
+======================  ==============================================================
+
+``on=`` picks the requests a fault applies to: ``v1`` (every ``/v1`` request, the default
+for all but ``ambiguous`` and ``truncate``), ``submit``, ``poll``, ``list``, ``cancel``,
+``upload``, ``models``, ``download`` or ``any``. Examples: ``5xx=0.1``, ``drop=first1,on=poll``,
+``storm=30,at=60``, ``slow=0.2,delay=10``, ``fail=0.05``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+from dataclasses import dataclass
+
+KINDS = ("storm", "5xx", "drop", "ambiguous", "truncate", "fail", "slow")
+TARGETS = ("v1", "submit", "poll", "list", "cancel", "upload", "models", "download", "any")
+_V1_CLASSES = frozenset({"submit", "poll", "list", "cancel", "upload", "models", "v1"})
+_DEFAULT_TARGET = {"ambiguous": "submit", "truncate": "download"}
+_STATUS_SHORTHANDS = {"500": 500, "502": 502, "503": 503}
+_FIRST = re.compile(r"first(\d+)")
+_OPTIONS = ("on", "at", "status", "code", "delay", "keep")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected fault. Build it directly or with `parse_fault`."""
+
+    kind: str
+    rate: float = 1.0
+    first: int | None = None
+    on: str | None = None
+    at: float = 0.0
+    length: float = 0.0
+    status: int | None = None
+    code: str = "content_moderation"
+    delay: float = 5.0
+    keep: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(
+                f"unknown fault kind {self.kind!r}; expected one of {', '.join(KINDS)}"
+            )
+        if self.on is not None and self.on not in TARGETS:
+            raise ValueError(
+                f"unknown fault target {self.on!r}; expected one of {', '.join(TARGETS)}"
+            )
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"fault rate {self.rate} is not within 0..1")
+        if self.status is not None and self.status not in (500, 502, 503):
+            raise ValueError("a 5xx fault's status must be 500, 502 or 503")
+        if not 0.0 <= self.keep < 1.0:
+            raise ValueError("truncate keep= must be within 0..1 (exclusive of 1)")
+        if self.kind == "truncate" and self.target != "download":
+            raise ValueError("truncate applies to downloads only")
+        if min(self.at, self.length, self.delay) < 0:
+            raise ValueError("fault times must not be negative")
+
+    @property
+    def target(self) -> str:
+        """The request class this fault applies to."""
+        return self.on or _DEFAULT_TARGET.get(self.kind, "v1")
+
+    def matches(self, request_class: str) -> bool:
+        """Whether a request of `request_class` (see `classify`) is subject to this fault."""
+        if self.kind == "fail":
+            return request_class == "job"
+        target = self.target
+        if target == "any":
+            return True
+        if target == "v1":
+            return request_class in _V1_CLASSES
+        return target == request_class
+
+
+def parse_fault(spec: str) -> Fault:
+    """Parse one ``KIND=WHEN[,OPTION=VALUE]...`` string (see the module docstring)."""
+    head, *options = [part.strip() for part in spec.split(",")]
+    kind, sep, when = (s.strip() for s in head.partition("="))
+    kind = kind.lower()
+    if not sep or not when:
+        raise ValueError(f"fault {spec!r}: expected KIND=WHEN, e.g. 5xx=0.1")
+    status = _STATUS_SHORTHANDS.get(kind)
+    if status is not None:
+        kind = "5xx"
+    rate, first, length = 1.0, None, 0.0
+    if kind == "storm":
+        length = _number(spec, "storm length", when)
+    elif match := _FIRST.fullmatch(when):
+        first = int(match.group(1))
+    elif when.endswith("%"):
+        rate = _number(spec, "rate", when[:-1]) / 100
+    else:
+        rate = _number(spec, "rate", when)
+    opts: dict[str, str] = {}
+    for option in options:
+        key, sep, value = (s.strip() for s in option.partition("="))
+        if not sep or key not in _OPTIONS:
+            raise ValueError(
+                f"fault {spec!r}: bad option {option!r}; options are {', '.join(_OPTIONS)}"
+            )
+        opts[key] = value
+    try:
+        return Fault(
+            kind=kind,
+            rate=rate,
+            first=first,
+            length=length,
+            on=opts.get("on"),
+            code=opts.get("code", "content_moderation"),
+            status=int(_number(spec, "status", opts["status"])) if "status" in opts else status,
+            at=_number(spec, "at", opts.get("at", "0")),
+            delay=_number(spec, "delay", opts.get("delay", "5")),
+            keep=_number(spec, "keep", opts.get("keep", "0.5")),
+        )
+    except ValueError as exc:
+        if str(exc).startswith("fault "):
+            raise
+        raise ValueError(f"fault {spec!r}: {exc}") from None
+
+
+def _number(spec: str, what: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"fault {spec!r}: {what} {text!r} is not a number") from None
+
+
+def classify(method: str, path: str) -> str:
+    """The request class of a method and path, as `on=` names it."""
+    if path.startswith("/cdn/"):
+        return "download"
+    if not path.startswith("/v1/"):
+        return "other"
+    if path == "/v1/videos/generations":
+        return "submit"
+    if path == "/v1/files/upload":
+        return "upload"
+    if path.startswith("/v1/models"):
+        return "models"
+    if path == "/v1/jobs":
+        return "list"
+    if path.startswith("/v1/jobs/"):
+        return "cancel" if method == "POST" and path.endswith("/cancel") else "poll"
+    return "v1"
+
+
+class FaultPlan:
+    """Decides, request by request, which fault strikes; seeded, so runs repeat."""
+
+    def __init__(self, faults: tuple[Fault, ...], seed: int) -> None:
+        self._faults = faults
+        self._rng = random.Random(seed)
+        self._hits: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self._faults)
+
+    def storm_left(self, request_class: str, modelled_elapsed: float) -> float | None:
+        """Modelled seconds left in a 429 storm covering this request, or None."""
+        left: float | None = None
+        for fault in self._faults:
+            if fault.kind == "storm" and fault.matches(request_class):
+                end = fault.at + fault.length
+                if fault.at <= modelled_elapsed < end:
+                    left = max(left or 0.0, end - modelled_elapsed)
+        return left
+
+    def strike(self, kind: str, request_class: str) -> Fault | None:
+        """The first fault of `kind` that strikes this request (each one draws in turn)."""
+        hit: Fault | None = None
+        with self._lock:
+            for index, fault in enumerate(self._faults):
+                if fault.kind != kind or not fault.matches(request_class):
+                    continue
+                if self._draw(index, fault) and hit is None:
+                    hit = fault
+        return hit
+
+    def pick_status(self) -> int:
+        """A seeded choice among 500, 502 and 503."""
+        with self._lock:
+            return self._rng.choice((500, 502, 503))
+
+    def job_failure(self) -> Fault | None:
+        """The `fail` fault that strikes a newly created job, or None."""
+        return self.strike("fail", "job")
+
+    def _draw(self, index: int, fault: Fault) -> bool:
+        if fault.first is not None:
+            seen = self._hits.get(index, 0)
+            self._hits[index] = seen + 1
+            return seen < fault.first
+        return self._rng.random() < fault.rate
