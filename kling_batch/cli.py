@@ -121,6 +121,13 @@ def plan(
     is_flag=True,
     help="Send again uncertain submissions not found in the API's job list.",
 )
+@click.option(
+    "--time-scale",
+    default=1.0,
+    type=click.FloatRange(min=1e-6, min_open=False),
+    hidden=True,
+    help="Real seconds per API second, to match `kling-batch emulator --time-scale`.",
+)
 def run(
     manifest: Path,
     jobs: int,
@@ -133,6 +140,7 @@ def run(
     emulator: bool,
     api_base: str | None,
     resubmit_uncertain: bool,
+    time_scale: float,
 ) -> None:
     """Render what the plan says is missing, recording every step in the lockfile."""
     from kling_batch.runner import RunRequest, run_command
@@ -149,6 +157,7 @@ def run(
         emulator=emulator,
         api_base=api_base,
         resubmit_uncertain=resubmit_uncertain,
+        time_scale=time_scale,
     )
     sys.exit(run_command(request))
 

@@ -52,6 +52,7 @@ from kling_batch.plan import CACHE_DIR, PAID_ACTIONS, PlanItem, PlannedRender, n
 FINGERPRINT_HEADER = "x-kling-batch-fingerprint"
 RESULT_RETENTION = timedelta(days=7)  # signed result URLs (API reference §3.1)
 _HISTORY_LIMIT = 20
+OUTPUT_MODE = 0o644
 
 OutcomeState = Literal["done", "failed", "uncertain", "pending", "skipped"]
 
@@ -729,6 +730,7 @@ def _verify_and_place(temp: Path, target: Path, download: Download, cache_dir: P
         raise _BadOutput(f"{target.name}: the download is not an MP4 file")
     if sha256_file(temp) != download.sha256 or temp.stat().st_size != download.size:
         raise _BadOutput(f"{target.name}: the file on disk does not match what was received")
+    temp.chmod(OUTPUT_MODE)  # mkstemp makes 0600; renders are ordinary files
     _cache(temp, download.sha256, cache_dir)
     temp.replace(target)
     fsync_dir(target.parent)
@@ -759,6 +761,7 @@ def _place_copy(source: Path, target: Path, sha256: str) -> None:
             os.link(source, temp)
         except OSError:
             shutil.copyfile(source, temp)
+            temp.chmod(OUTPUT_MODE)
         temp.replace(target)
         fsync_dir(target.parent)
     finally:

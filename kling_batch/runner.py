@@ -45,6 +45,8 @@ class RunRequest:
     emulator: bool = False
     api_base: str | None = None
     resubmit_uncertain: bool = False
+    # Real seconds per API second: only for an emulator started with --time-scale.
+    time_scale: float = 1.0
 
 
 def run_command(request: RunRequest) -> int:
@@ -154,6 +156,7 @@ async def _api(request: RunRequest) -> AsyncIterator[EmpirioClient]:
             api_key=api_key_from_env(),
             base_url=resolve_base_url(request.api_base),
             rpm=request.rpm,
+            clock=ScaledClock(request.time_scale),
         )
         async with client:
             yield client
