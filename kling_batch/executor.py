@@ -150,46 +150,53 @@ class RunReport:
 class PollPacing:
     """When to poll a job next: paced by its progress and elapsed time, not a fixed loop.
 
-    Strategy, in model seconds since submission (`elapsed`):
+    Every poll is a request against the account's shared per-minute budget (50 by default),
+    so the aim is to ask about when the job ends, and not much after. In model seconds
+    since submission (`elapsed`), with the job's `(elapsed, progress)` readings so far:
 
-    1. Two readings with rising progress give a rate; the job should finish in
-       `(1 - p) / rate`. Kling reports progress that rises steadily while rendering, so
-       this lands within a poll or two of the end.
-    2. One reading `p > 0` bounds the rest at `elapsed × (1 - p) / p` (an overestimate,
-       since queueing counted as no progress); a learnt typical duration can shorten it.
-    3. No progress yet (queued): wait until the typical duration of similar finished jobs
-       (same tier, per second of video) has passed, else `first_delay`.
+    1. Two readings with rising progress give the job's rendering speed; it should end
+       at `(1 - p) / speed` after the last one. Kling reports progress rising steadily
+       while rendering, so this lands within a poll of the end.
+    2. One reading `p > 0`: the rest takes `(1 - p)` of the typical rendering time of
+       similar jobs (same tier, per video second), learnt from the speeds of jobs
+       already measured; before anything is learnt, `elapsed × (1 - p) / p` bounds it.
+    3. No progress yet (queued, or not polled yet): wait until a little before the
+       typical total duration of similar finished jobs, else `first_delay`.
 
-    Each wait is clamped to [`min_delay`, `max_delay`] so a stalled job is still seen.
-    Every poll is a request against the account's shared per-minute budget, which is why
-    waiting until the predicted end beats a tight loop: ~2-3 polls per render.
+    Waits are clamped to [`min_delay`, `max_delay`] so a stalled job is still seen. With
+    the emulator's realistic latency this takes about two polls per render.
     """
 
     def __init__(
         self,
         *,
         first_delay: float = 30.0,
-        min_delay: float = 2.0,
+        min_delay: float = 1.0,
         max_delay: float = 120.0,
         early: float = 0.85,
+        margin: float = 0.5,
     ) -> None:
         self.first_delay = first_delay
         self.min_delay = min_delay
         self.max_delay = max_delay
         self.early = early
-        self._per_second: dict[str, list[float]] = {}
+        self.margin = margin
+        self._total: dict[str, list[float]] = {}
+        self._render: dict[str, list[float]] = {}
 
     def learn(self, tier: str, seconds: Decimal, elapsed: float) -> None:
-        """Record how long a finished job took (model seconds from submission)."""
+        """Record how long a finished job took in all (model seconds from submission)."""
         if seconds > 0:
-            self._per_second.setdefault(tier, []).append(elapsed / float(seconds))
+            self._total.setdefault(tier, []).append(elapsed / float(seconds))
+
+    def learn_speed(self, tier: str, seconds: Decimal, speed: float) -> None:
+        """Record a measured rendering speed (progress per second) of a job."""
+        if seconds > 0 and speed > 0:
+            self._render.setdefault(tier, []).append(1 / speed / float(seconds))
 
     def typical(self, tier: str, seconds: Decimal) -> float | None:
-        """The median duration of similar finished jobs, if any finished yet."""
-        samples = self._per_second.get(tier)
-        if not samples:
-            return None
-        return statistics.median(samples[-50:]) * float(seconds)
+        """The median total duration of similar finished jobs, if any finished yet."""
+        return _median_per_second(self._total.get(tier), seconds)
 
     def next_delay(
         self,
@@ -199,22 +206,40 @@ class PollPacing:
         readings: Sequence[tuple[float, float]],
     ) -> float:
         """Seconds to wait before the next poll, given `(elapsed, progress)` readings."""
-        typical = self.typical(tier, seconds)
         rising = [(t, p) for t, p in readings if p > 0]
-        if len(rising) >= 2 and rising[-1][1] > rising[0][1]:
-            (t0, p0), (t1, p1) = rising[0], rising[-1]
-            rate = (p1 - p0) / max(t1 - t0, 1e-9)
-            wait = t1 + (1 - p1) / rate - elapsed
-        elif rising:
+        speed = measured_speed(readings)
+        if speed is not None:
             t1, p1 = rising[-1]
-            wait = t1 + t1 * (1 - p1) / p1 - elapsed
-            if typical is not None:
-                wait = min(wait, typical - elapsed)
-        elif typical is not None:
-            wait = typical * self.early - elapsed
+            wait = t1 + (1 - p1) / speed + self.margin - elapsed
+        elif rising:
+            # Aim early: if the job renders slower than typical, the next reading measures
+            # its own speed, and the poll after that is on time.
+            t1, p1 = rising[-1]
+            rendering = _median_per_second(self._render.get(tier), seconds)
+            rest = (1 - p1) * rendering if rendering is not None else t1 * (1 - p1) / p1
+            wait = t1 + rest * self.early - elapsed
         else:
-            wait = self.first_delay if not readings else self.first_delay / 2
+            typical = self.typical(tier, seconds)
+            if typical is not None:
+                wait = typical * self.early - elapsed
+            else:
+                wait = self.first_delay if not readings else self.first_delay / 2
         return min(max(wait, self.min_delay), self.max_delay)
+
+
+def measured_speed(readings: Sequence[tuple[float, float]]) -> float | None:
+    """Progress per second between the first and last rising readings, if there are two."""
+    rising = [(t, p) for t, p in readings if p > 0]
+    if len(rising) < 2 or rising[-1][1] <= rising[0][1] or rising[-1][0] <= rising[0][0]:
+        return None
+    (t0, p0), (t1, p1) = rising[0], rising[-1]
+    return (p1 - p0) / (t1 - t0)
+
+
+def _median_per_second(samples: list[float] | None, seconds: Decimal) -> float | None:
+    if not samples:
+        return None
+    return statistics.median(samples[-50:]) * float(seconds)
 
 
 class Executor:
@@ -256,7 +281,7 @@ class Executor:
         ensure_state_dir(self.root / STATE_DIR)
         try:
             async with anyio.create_task_group() as group:
-                for item in items:
+                for item in longest_first(items):
                     group.start_soon(self._run_item, item)
         finally:
             await self.writer.commit()
@@ -284,8 +309,7 @@ class Executor:
             return await self._restore(item)
         entry = self.writer.lock.shots.get(item.render.id)
         if action == "resume" and entry is not None:
-            async with self._slots:
-                return await self._follow(item, entry, paid=False)
+            return await self._follow(item, entry)
         if action == "uncertain" and entry is not None:
             return await self._settle_uncertain(item, entry)
         if action in PAID_ACTIONS:
@@ -294,6 +318,8 @@ class Executor:
 
     async def _render(self, item: PlanItem, previous: Entry | None) -> Outcome:
         render = item.render
+        # A job slot is held from before the upload until the job completes on the API;
+        # the download happens outside it so the next render can be submitted meanwhile.
         async with self._slots:
             if self.stop_submitting.is_set():
                 return Outcome(render.id, item.action, "skipped", detail="not submitted")
@@ -311,7 +337,8 @@ class Executor:
                 return Outcome(
                     render.id, item.action, state, render.cost, paid, None, entry.error or ""
                 )
-            return await self._follow(item, entry, paid=True)
+            polled = await self._poll(render, entry)
+        return await self._finish(item, polled, paid=True)
 
     async def _submit(
         self, render: PlannedRender, previous: Entry | None, body: dict[str, Any]
@@ -366,19 +393,22 @@ class Executor:
         self.events.event(render.id, entry.state, entry.job_id or entry.error or "")
         return entry
 
-    async def _follow(self, item: PlanItem, entry: Entry, *, paid: bool) -> Outcome:
-        """Poll a submitted job to its end, then download; `entry` is submitted/completed."""
+    async def _follow(self, item: PlanItem, entry: Entry) -> Outcome:
+        """Finish a job submitted earlier (resumed or adopted): poll it, then download."""
+        polled: Entry | Outcome = entry
+        if entry.state == "submitted":
+            async with self._slots:
+                polled = await self._poll(item.render, entry)
+        return await self._finish(item, polled, paid=False)
+
+    async def _finish(self, item: PlanItem, polled: Entry | Outcome, *, paid: bool) -> Outcome:
+        """Download a completed job's result (or pass on how polling ended)."""
         render = item.render
         cost = render.cost if paid else Decimal(0)
-        billed = entry.billed_usd
-        if entry.state == "submitted":
-            result = await self._poll(render, entry)
-            if isinstance(result, Outcome):
-                return _with_cost(result, item.action, cost, paid)
-            entry = result
-            billed = entry.billed_usd
-        outcome = await self._download_result(render, entry)
-        return _with_cost(outcome, item.action, cost, paid, billed)
+        if isinstance(polled, Outcome):
+            return _with_cost(polled, item.action, cost, paid)
+        outcome = await self._download_result(render, polled)
+        return _with_cost(outcome, item.action, cost, paid, polled.billed_usd)
 
     async def _poll(self, render: PlannedRender, entry: Entry) -> Entry | Outcome:
         assert entry.job_id is not None
@@ -407,6 +437,9 @@ class Executor:
             elapsed = self.clock.monotonic() - started
             if job.status == "succeeded":
                 pacer.learn(tier, seconds, elapsed)
+                speed = measured_speed(readings)
+                if speed is not None:
+                    pacer.learn_speed(tier, seconds, speed)
                 if not job.video_url:
                     error = f"job {job.job_id} completed without a video URL"
                     self.writer.update(render.id, state="failed", error=error)
@@ -571,8 +604,7 @@ class Executor:
             )
             await self.writer.commit()
             self.events.event(render.id, "submitted", f"found {job.job_id} in the job list")
-            async with self._slots:
-                return await self._follow(item, adopted, paid=False)
+            return await self._follow(item, adopted)
         if not self.options.resubmit_uncertain:
             detail = entry.error or "the submission may have reached the API"
             return Outcome(render.id, "uncertain", "uncertain", detail=detail)
@@ -698,6 +730,20 @@ class Executor:
             ),
         )
         await self.writer.commit()
+
+
+def longest_first(items: Sequence[PlanItem]) -> list[PlanItem]:
+    """Jobs already in flight first, then new renders by expected duration, longest first.
+
+    Slots are taken in this order (the limiter is first come, first served). Starting the
+    longest renders first keeps a few 4K jobs from trailing alone at the end of a batch
+    (the longest-processing-time rule); price per render is the proxy for duration, as
+    both grow with tier and seconds.
+    """
+    in_flight = [item for item in items if item.action in {"resume", "uncertain", "restore"}]
+    rest = [item for item in items if item.action not in {"resume", "uncertain", "restore"}]
+    rest.sort(key=lambda item: item.render.cost, reverse=True)  # stable: manifest order ties
+    return in_flight + rest
 
 
 class _UploadFailed(Exception):
