@@ -99,13 +99,14 @@ def _refuse_over_budget(plan: Plan, request: RunRequest, cost: Decimal) -> None:
 
 
 def _confirm(plan: Plan, request: RunRequest, cost: Decimal) -> None:
-    """Ask on a terminal before spending; without one, --yes is required."""
+    """Ask on a terminal before spending; without one, --yes is required.
+
+    Emulator runs spend nothing and are not asked about (their budget still applies).
+    """
     count = _paid_count(plan, request)
-    if count == 0 or request.yes:
-        return
+    if count == 0 or request.yes or request.emulator:
+        return  # nothing to pay, already confirmed, or the emulator (no real money)
     question = f"Render {count} shot{'s' if count != 1 else ''} for {usd(cost)}?"
-    if request.emulator:
-        question += " (emulator: no real money)"
     if not (sys.stdin.isatty() and sys.stderr.isatty()):
         raise RefusedError(f"{question} Not a terminal: pass --yes to confirm.")
     if not click.confirm(question, default=False, err=True):
