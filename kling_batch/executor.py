@@ -433,6 +433,11 @@ class Executor:
                     detail = f"job {entry.job_id} unreachable ({exc}); rerun to resume it"
                     return Outcome(render.id, "resume", "pending", detail=detail)
                 continue
+            except RunFatal:
+                raise
+            except ApiError as exc:
+                detail = f"cannot poll job {entry.job_id} ({exc}); rerun to resume it"
+                return Outcome(render.id, "resume", "pending", detail=detail)
             unreachable_since = None
             elapsed = self.clock.monotonic() - started
             if job.status == "succeeded":
@@ -507,7 +512,9 @@ class Executor:
                 url = fresh
                 entry = self.writer.update(render.id, result_url=fresh)
                 continue
-            except (RetryableError, _BadOutput) as exc:
+            except RunFatal:
+                raise
+            except (ApiError, _BadOutput, OSError) as exc:
                 last_error = str(exc)
                 continue
             now = self.clock.now()

@@ -144,7 +144,13 @@ async def _execute(plan: Plan, items: list[PlanItem], request: RunRequest) -> in
             executor = Executor(
                 root=plan.loaded.root, client=client, writer=writer, events=ui, options=options
             )
-            report = await _run_with_signals(executor, items, ui)
+            try:
+                report = await _run_with_signals(executor, items, ui)
+            except* OSError as group:
+                # The lockfile or an output folder cannot be written: nothing can be
+                # recorded safely, so the run stops; what was recorded stays valid.
+                first = group.exceptions[0]
+                raise RunError(f"cannot write to disk: {first}") from None
     print_summary(report)
     return report.exit_code
 
