@@ -7,6 +7,7 @@ a reader sees the old file or the new one, never a half-written or missing one.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import stat
 import tempfile
@@ -35,6 +36,19 @@ def atomic_write(path: Path, data: bytes | str, *, mode: int | None = None) -> N
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def sweep_temps(path: Path) -> int:
+    """Remove temp files a killed writer of `path` left beside it; returns how many.
+
+    Only safe while holding whatever lock makes the caller the file's only writer.
+    """
+    removed = 0
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+            removed += 1
+    return removed
 
 
 def fsync_dir(folder: Path) -> None:

@@ -107,6 +107,9 @@ T = TypeVar("T")
 _Op = Literal["submit", "job", "api", "download"]
 
 
+RATE_HEADROOM = 1.02
+
+
 class ApiError(RunError):
     """A failed API call, classified; never contains the API key."""
 
@@ -225,7 +228,13 @@ class EmpirioClient:
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._retry = retry if retry is not None else RetryPolicy()
         self._timeouts = timeouts if timeouts is not None else Timeouts()
-        self._limiter = limiter if limiter is not None else RateLimiter(rpm, clock=self._clock)
+        # 2% headroom on the spacing: a request sent on time may reach the server a little
+        # late and the next one early; the server's sliding window must still see <= rpm.
+        self._limiter = (
+            limiter
+            if limiter is not None
+            else RateLimiter(rpm, clock=self._clock, period=60.0 * RATE_HEADROOM)
+        )
         self._http = httpx.AsyncClient(
             transport=transport,
             limits=limits or httpx.Limits(max_connections=256, max_keepalive_connections=64),

@@ -17,6 +17,7 @@ never cancels its siblings; only bugs reach the task group's ExceptionGroup.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import statistics
@@ -295,7 +296,11 @@ class Executor:
             outcome = await self._dispatch(item)
         except RunFatal as exc:
             self.stop(f"the API refused the account: {exc}")
-            outcome = Outcome(render.id, item.action, "pending", detail=str(exc))
+            entry = self.writer.lock.shots.get(render.id)
+            # Refused at submit: failed (nothing was created). Refused while polling: the
+            # job is still recorded and the next run resumes it.
+            state: OutcomeState = "failed" if entry and entry.state == "failed" else "pending"
+            outcome = Outcome(render.id, item.action, state, detail=str(exc))
         self.report.outcomes.append(outcome)
         self.events.event(render.id, outcome.state, outcome.detail)
         if outcome.state == "failed" and self.options.fail_fast:
@@ -390,7 +395,8 @@ class Executor:
             )
             self._claimed.add(submission.job_id)
         await self.writer.commit()
-        self.events.event(render.id, entry.state, entry.job_id or entry.error or "")
+        if entry.state == "submitted":
+            self.events.event(render.id, "submitted", entry.job_id or "")
         return entry
 
     async def _follow(self, item: PlanItem, entry: Entry) -> Outcome:
@@ -762,8 +768,14 @@ class _BadOutput(Exception):
 
 
 def _temp_beside(target: Path) -> Path:
-    """A new empty temp file in the target's folder (so the final rename is atomic)."""
+    """A new empty temp file in the target's folder (so the final rename is atomic).
+
+    Temp files a killed run left for this target are removed first: the run lock makes
+    this run the only writer, so no other download can be using them.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.part"):
+        _discard(stale)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     os.close(fd)
     return Path(name)

@@ -16,6 +16,7 @@ import click
 import filelock
 
 from kling_batch.assets import STATE_DIR, ensure_state_dir
+from kling_batch.atomic import sweep_temps
 from kling_batch.client import EmpirioClient
 from kling_batch.clock import ScaledClock
 from kling_batch.endpoint import api_key_from_env, resolve_base_url
@@ -54,6 +55,7 @@ def run_command(request: RunRequest) -> int:
     lock_file = lock_path(request.manifest, emulator=request.emulator)
     state_dir = request.manifest.parent / STATE_DIR
     with _run_lock(state_dir, lock_file):
+        sweep_temps(lock_file)  # a run killed mid-save leaves `.<lock>.*.tmp` behind
         plan = build_plan(
             request.manifest,
             now=datetime.now(UTC),

@@ -24,8 +24,9 @@ def test_curl_example_creates_a_job() -> None:
     assert "http://127.0.0.1:8765" in line
     with running() as served:
         command = line.replace("http://127.0.0.1:8765", served.base_url)
-        result = subprocess.run(shlex.split(command), capture_output=True, text=True,
-                                check=True, timeout=30)
+        result = subprocess.run(
+            shlex.split(command), capture_output=True, text=True, check=True, timeout=30
+        )
     answer = json.loads(result.stdout)
     assert answer["status"] == "queued" and answer["job_id"]
     assert answer["poll_url"].endswith(answer["job_id"])

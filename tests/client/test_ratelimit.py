@@ -8,6 +8,7 @@ import anyio
 import httpx
 import pytest
 
+from kling_batch.client import RATE_HEADROOM
 from kling_batch.clock import VirtualClock
 from kling_batch.ratelimit import RateLimiter
 
@@ -49,26 +50,27 @@ async def test_no_window_holds_more_than_rpm(api, make_client, always_queued):
         await hammer(client, callers=50, total=300)
     times = [s.at for s in api.seen]
     assert len(times) == 300
-    assert busiest_window(times) == 60
+    # The client keeps 2% headroom, so a full window holds 59, never 61.
+    assert busiest_window(times) == 59
 
 
 async def test_requests_are_evenly_spaced_from_the_start(api, make_client, always_queued):
-    """Requests go out one interval apart from the first, with no start-up burst."""
+    """Requests go out one interval (60/rpm plus 2% headroom) apart from the first, no burst."""
     async with make_client(rpm=60) as client:
         await hammer(client, callers=50, total=120)
     times = [s.at for s in api.seen]
     assert times[0] == 0.0
-    assert min(b - a for a, b in itertools.pairwise(times)) == pytest.approx(1.0)
-    assert times[-1] == pytest.approx(119.0)
+    assert min(b - a for a, b in itertools.pairwise(times)) == pytest.approx(RATE_HEADROOM)
+    assert times[-1] == pytest.approx(119.0 * RATE_HEADROOM)
 
 
 async def test_default_rate_is_fifty_per_minute(api, make_client, always_queued):
-    """The default budget of 50 rpm spaces requests 1.2 s apart."""
+    """The default budget of 50 rpm spaces requests 1.2 s (plus 2%) apart."""
     async with make_client(rpm=50) as client:
         await hammer(client, callers=10, total=101)
     times = [s.at for s in api.seen]
     assert busiest_window(times) == 50
-    assert times[-1] == pytest.approx(120.0)
+    assert times[-1] == pytest.approx(120.0 * RATE_HEADROOM)
 
 
 async def test_every_api_operation_shares_one_budget(api, make_client, tmp_path, always_queued):
@@ -85,7 +87,7 @@ async def test_every_api_operation_shares_one_budget(api, make_client, tmp_path,
         tg.start_soon(client.upload, image)
         tg.start_soon(client.list_jobs)
         tg.start_soon(client.get_model)
-    assert sorted(s.at for s in api.seen) == [0.0, 10.0, 20.0, 30.0, 40.0]
+    assert sorted(s.at for s in api.seen) == pytest.approx([0.0, 10.2, 20.4, 30.6, 40.8])
 
 
 @pytest.mark.parametrize("rpm", [None, 0])

@@ -32,7 +32,7 @@ async def test_multi_scene_render_downloads_an_mp4_as_long_as_its_scenes(
 
 async def test_polling_sees_the_job_pending_before_it_succeeds(serve, connect, render):
     """With realistic latency the client polls pending states before the final one."""
-    served = serve(latency=Latency.realistic(), time_scale=0.001)
+    served = serve(latency=Latency.realistic(), time_scale=0.003)
     async with connect(served) as client:
         state = await render(client, prompt=MULTI_SCENE)
     polls = served.emulator.journal.entries(method="GET", path=f"/v1/jobs/{state.job_id}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import random
 import signal
 import subprocess
@@ -30,11 +29,12 @@ from pathlib import Path
 
 import mutagen
 
-from kling_batch.emulator import EmulatorConfig, JournalEntry, running
+from kling_batch.canonical import canonical_json
+from kling_batch.emulator import EmulatorConfig, JournalEntry, RunningEmulator, running
 from kling_batch.emulator.faults import classify
 from kling_batch.errors import UserError
 from kling_batch.executor import FINGERPRINT_HEADER
-from kling_batch.lockfile import Lockfile, load_lockfile
+from kling_batch.lockfile import load_lockfile
 from kling_batch.plan import build_plan
 from tests.run.conftest import PNG, TIME_SCALE, Project
 
@@ -120,19 +120,18 @@ class Kill:
 
     point: KillPoint
     entry_class: str  # class of the request that triggered it
-    entry_status: int | None
     lock_error: str | None  # a lockfile that would not load
     states: dict[str, str]  # render id → lockfile state right after the kill
+    unsent_submits: int  # renders left `submitting` whose POST never reached the server
     part_files: list[str]  # download temp files left in the output folder
     lock_temps: list[str]  # lockfile temp files left beside the manifest
-
-    unsent_submits: int  # renders left `submitting` whose POST never reached the server
 
     @property
     def phase(self) -> str:
         """The phase of the run the request that triggered the kill belongs to."""
         if self.point.delay:
-            return f"just after a {self.entry_class} answer"
+            article = "an" if self.entry_class[0] in "aeiou" else "a"
+            return f"just after {article} {self.entry_class} answer"
         return {
             "upload": "before submit (upload)",
             "submit": "between POST and answer",
@@ -179,11 +178,11 @@ class Trial:
     lost_answers: set[str] = field(default_factory=set)  # jobs the run had not recorded
     fingerprints: dict[str, str] = field(default_factory=dict)  # render id → fingerprint
     requests: dict[str, str] = field(default_factory=dict)  # render id → canonical request
-    final_lock: Lockfile | None = None
     final_states: dict[str, str] = field(default_factory=dict)
     final_job_ids: dict[str, str | None] = field(default_factory=dict)
     outputs: list[Output] = field(default_factory=list)
     part_files: list[str] = field(default_factory=list)
+    lock_temps: list[str] = field(default_factory=list)
     billed: Decimal = Decimal(0)
     planned_cost: Decimal = Decimal(0)
     last_stderr: str = ""
@@ -256,19 +255,26 @@ def run_trial(root: Path, scenario: Scenario) -> Trial:
     return trial
 
 
-def write_project(root: Path, served: object) -> Project:
-    """CRASH_MANIFEST and its image in `root`, rendered against `served`."""
+def write_project(
+    root: Path, served: RunningEmulator, manifest_text: str = CRASH_MANIFEST
+) -> Project:
+    """A manifest (CRASH_MANIFEST by default) and its image in `root`, run against `served`."""
     root.mkdir(parents=True, exist_ok=True)
     manifest = root / "shots.toml"
-    manifest.write_text(CRASH_MANIFEST)
+    manifest.write_text(manifest_text)
     (root / "still.png").write_bytes(PNG)
-    return Project(root, manifest, served)  # type: ignore[arg-type]
+    return Project(root, manifest, served)
 
 
 def part_files(project: Project) -> list[str]:
     """Download temp files (`*.part`) under the output folder."""
     folder = project.root / "renders"
     return sorted(p.relative_to(project.root).as_posix() for p in folder.rglob("*.part"))
+
+
+def lock_temps(project: Project) -> list[str]:
+    """Lockfile temp files (`.shots.lock.*.tmp`) beside the manifest."""
+    return sorted(p.name for p in project.root.glob(f".{project.lock.name}.*.tmp"))
 
 
 def sha256_of(path: Path) -> str:
@@ -290,6 +296,7 @@ class _Killer:
         self.entry: JournalEntry | None = None
         self.fired = threading.Event()
         self.dead = threading.Event()
+        self.timer: threading.Timer | None = None
 
     def __call__(self, entry: JournalEntry) -> None:
         if self.fired.is_set() or entry.seq <= self.since:
@@ -303,14 +310,16 @@ class _Killer:
         self.entry = entry
         self.fired.set()
         if self.point.delay:
-            threading.Timer(self.point.delay, self._kill).start()
+            self.timer = threading.Timer(self.point.delay, self._kill)
+            self.timer.start()
         else:
             self._kill()  # on the server thread: the answer waits until the run is dead
 
     def _kill(self) -> None:
+        # send_signal skips a child already reaped, so a recycled pid is never hit.
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.proc.pid, signal.SIGKILL)
-        _wait_dead(self.proc.pid)
+            self.proc.send_signal(signal.SIGKILL)
+        _wait_dead(self.proc)
         self.dead.set()
 
 
@@ -332,12 +341,17 @@ def _run_and_kill(
     unsubscribe = journal.subscribe(killer) if killer is not None else None
     try:
         _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # a hung run: stop it (ours, by its Popen handle) and fail the trial
+        proc.communicate()
+        raise
     finally:
         if unsubscribe is not None:
             unsubscribe()
-    if killer is not None and killer.fired.is_set():
+        if killer is not None and killer.timer is not None:
+            killer.timer.join()
+    if killer is not None and killer.entry is not None and proc.returncode == -signal.SIGKILL:
         killer.dead.wait(10)
-        assert killer.entry is not None
         return _inspect_kill(project, killer.point, killer.entry)
     return proc.returncode, stderr
 
@@ -359,12 +373,11 @@ def _inspect_kill(project: Project, point: KillPoint, entry: JournalEntry) -> Ki
     return Kill(
         point=point,
         entry_class=classify(entry.method, entry.path),
-        entry_status=entry.status,
         lock_error=lock_error,
         unsent_submits=unsent,
         states=states,
         part_files=part_files(project) if (project.root / "renders").exists() else [],
-        lock_temps=sorted(p.name for p in project.root.glob(f".{project.lock.name}.*.tmp")),
+        lock_temps=lock_temps(project),
     )
 
 
@@ -383,14 +396,11 @@ def _unrecorded_jobs(project: Project) -> set[str]:
 
 
 def _collect_final(project: Project, trial: Trial) -> None:
-    from kling_batch.canonical import canonical_json
-
     try:
         lock = load_lockfile(project.lock)
     except UserError as exc:
         trial.rerun_errors.append(f"final lockfile does not load: {exc}")
         return
-    trial.final_lock = lock
     trial.final_states = {key: e.state for key, e in lock.shots.items()}
     trial.final_job_ids = {key: e.job_id for key, e in lock.shots.items()}
     plan = build_plan(project.manifest, now=datetime.now(UTC))
@@ -417,14 +427,15 @@ def _collect_final(project: Project, trial: Trial) -> None:
             )
         )
     trial.part_files = part_files(project)
+    trial.lock_temps = lock_temps(project)
 
 
-def _wait_dead(pid: int, timeout: float = 10.0) -> None:
-    """Return once `pid` is a zombie or gone (SIGKILL is asynchronous)."""
+def _wait_dead(proc: subprocess.Popen[str], timeout: float = 10.0) -> None:
+    """Return once the child is a zombie or reaped (SIGKILL is asynchronous)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while proc.returncode is None and time.monotonic() < deadline:
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
+            stat = Path(f"/proc/{proc.pid}/stat").read_text()
         except (FileNotFoundError, ProcessLookupError):
             return
         if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
@@ -447,4 +458,13 @@ def summary(trials: list[Trial]) -> str:
     lines += [f"  left on disk: {what}: {n}" for what, n in by_evidence.most_common()]
     lost = sum(len(trial.lost_answers) for trial in trials)
     lines.append(f"  submit answers lost (jobs to adopt): {lost}")
+    swapped = sum(
+        1 for trial in trials for jobs in trial.jobs_by_fingerprint.values() if len(jobs) != 1
+    )
+    lines.append(f"  fingerprints whose job went to a sibling take: {swapped}")
+    left = [trial for trial in trials if trial.part_files or trial.lock_temps]
+    lines.append(
+        f"  after the final run: *.part left in {sum(1 for t in left if t.part_files)} "
+        f"trials, lockfile *.tmp left in {sum(1 for t in left if t.lock_temps)} trials"
+    )
     return "\n".join(lines)

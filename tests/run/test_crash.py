@@ -10,6 +10,7 @@ checks one property over all of them and names the kill point that broke it.
 from __future__ import annotations
 
 from collections import defaultdict
+
 import pytest
 
 from tests.run.harness import (
@@ -131,15 +132,7 @@ def test_outputs_are_playable_and_match_the_lockfile(trials: list[Trial]) -> Non
     assert all(len(trial.outputs) == RENDERS for trial in trials)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: executor._fetch's mkstemp temp file (renders/.<name>.mp4.XXXX.part) is left "
-        "behind when the run is killed mid-download, and no later run removes it"
-    ),
-)
 def test_no_part_files_remain_after_the_final_run(trials: list[Trial]) -> None:
     """After the final successful run, no `*.part` download temp file is left in renders/."""
     stray = {str(trial.scenario): trial.part_files for trial in trials if trial.part_files}
     assert not stray, "\n".join(f"{k}: {v}" for k, v in stray.items())
-
