@@ -32,8 +32,9 @@ import anyio
 from kling_batch.client import EmpirioClient
 from kling_batch.clock import ScaledClock
 from kling_batch.emulator import EmulatorConfig, running
-from kling_batch.executor import Executor, PollPacing, RunOptions
+from kling_batch.executor import Executor, RunOptions
 from kling_batch.lockfile import LockWriter
+from kling_batch.pacing import PollPacing
 from kling_batch.plan import build_plan
 
 PNG = bytes.fromhex(

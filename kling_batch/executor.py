@@ -16,12 +16,6 @@ never cancels its siblings; only bugs reach the task group's ExceptionGroup.
 
 from __future__ import annotations
 
-import contextlib
-import glob
-import os
-import shutil
-import statistics
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -34,8 +28,7 @@ import anyio.to_thread
 
 from kling_batch import kling_o3
 from kling_batch.assets import STATE_DIR, ensure_state_dir
-from kling_batch.atomic import fsync_dir
-from kling_batch.canonical import canonical_json, sha256_file
+from kling_batch.canonical import canonical_json
 from kling_batch.client import (
     AmbiguousSubmit,
     ApiError,
@@ -47,13 +40,14 @@ from kling_batch.client import (
 )
 from kling_batch.clock import Clock
 from kling_batch.lockfile import Entry, LockWriter, PastRender, UploadedAsset
+from kling_batch.outputs import BadOutput, discard, place_copy, temp_beside, verify_and_place
+from kling_batch.pacing import PollPacing, measured_speed
 from kling_batch.payloads import Download, JobState, Submission, Upload
 from kling_batch.plan import CACHE_DIR, PAID_ACTIONS, PlanItem, PlannedRender, new_entry
 
 FINGERPRINT_HEADER = "x-kling-batch-fingerprint"
 RESULT_RETENTION = timedelta(days=7)  # signed result URLs (API reference §3.1)
 _HISTORY_LIMIT = 20
-OUTPUT_MODE = 0o644
 
 OutcomeState = Literal["done", "failed", "uncertain", "pending", "skipped"]
 
@@ -146,101 +140,6 @@ class RunReport:
         if self.stopped or any(o.state != "done" for o in self.outcomes):
             return 1
         return 0
-
-
-class PollPacing:
-    """When to poll a job next: paced by its progress and elapsed time, not a fixed loop.
-
-    Every poll is a request against the account's shared per-minute budget (50 by default),
-    so the aim is to ask about when the job ends, and not much after. In model seconds
-    since submission (`elapsed`), with the job's `(elapsed, progress)` readings so far:
-
-    1. Two readings with rising progress give the job's rendering speed; it should end
-       at `(1 - p) / speed` after the last one. Kling reports progress rising steadily
-       while rendering, so this lands within a poll of the end.
-    2. One reading `p > 0`: the rest takes `(1 - p)` of the typical rendering time of
-       similar jobs (same tier, per video second), learnt from the speeds of jobs
-       already measured; before anything is learnt, `elapsed × (1 - p) / p` bounds it.
-    3. No progress yet (queued, or not polled yet): wait until a little before the
-       typical total duration of similar finished jobs, else `first_delay`.
-
-    Waits are clamped to [`min_delay`, `max_delay`] so a stalled job is still seen. With
-    the emulator's realistic latency this takes about two polls per render.
-    """
-
-    def __init__(
-        self,
-        *,
-        first_delay: float = 30.0,
-        min_delay: float = 1.0,
-        max_delay: float = 120.0,
-        early: float = 0.85,
-        margin: float = 0.5,
-    ) -> None:
-        self.first_delay = first_delay
-        self.min_delay = min_delay
-        self.max_delay = max_delay
-        self.early = early
-        self.margin = margin
-        self._total: dict[str, list[float]] = {}
-        self._render: dict[str, list[float]] = {}
-
-    def learn(self, tier: str, seconds: Decimal, elapsed: float) -> None:
-        """Record how long a finished job took in all (model seconds from submission)."""
-        if seconds > 0:
-            self._total.setdefault(tier, []).append(elapsed / float(seconds))
-
-    def learn_speed(self, tier: str, seconds: Decimal, speed: float) -> None:
-        """Record a measured rendering speed (progress per second) of a job."""
-        if seconds > 0 and speed > 0:
-            self._render.setdefault(tier, []).append(1 / speed / float(seconds))
-
-    def typical(self, tier: str, seconds: Decimal) -> float | None:
-        """The median total duration of similar finished jobs, if any finished yet."""
-        return _median_per_second(self._total.get(tier), seconds)
-
-    def next_delay(
-        self,
-        tier: str,
-        seconds: Decimal,
-        elapsed: float,
-        readings: Sequence[tuple[float, float]],
-    ) -> float:
-        """Seconds to wait before the next poll, given `(elapsed, progress)` readings."""
-        rising = [(t, p) for t, p in readings if p > 0]
-        speed = measured_speed(readings)
-        if speed is not None:
-            t1, p1 = rising[-1]
-            wait = t1 + (1 - p1) / speed + self.margin - elapsed
-        elif rising:
-            # Aim early: if the job renders slower than typical, the next reading measures
-            # its own speed, and the poll after that is on time.
-            t1, p1 = rising[-1]
-            rendering = _median_per_second(self._render.get(tier), seconds)
-            rest = (1 - p1) * rendering if rendering is not None else t1 * (1 - p1) / p1
-            wait = t1 + rest * self.early - elapsed
-        else:
-            typical = self.typical(tier, seconds)
-            if typical is not None:
-                wait = typical * self.early - elapsed
-            else:
-                wait = self.first_delay if not readings else self.first_delay / 2
-        return min(max(wait, self.min_delay), self.max_delay)
-
-
-def measured_speed(readings: Sequence[tuple[float, float]]) -> float | None:
-    """Progress per second between the first and last rising readings, if there are two."""
-    rising = [(t, p) for t, p in readings if p > 0]
-    if len(rising) < 2 or rising[-1][1] <= rising[0][1] or rising[-1][0] <= rising[0][0]:
-        return None
-    (t0, p0), (t1, p1) = rising[0], rising[-1]
-    return (p1 - p0) / (t1 - t0)
-
-
-def _median_per_second(samples: list[float] | None, seconds: Decimal) -> float | None:
-    if not samples:
-        return None
-    return statistics.median(samples[-50:]) * float(seconds)
 
 
 class Executor:
@@ -520,7 +419,7 @@ class Executor:
                 continue
             except RunFatal:
                 raise
-            except (ApiError, _BadOutput, OSError) as exc:
+            except (ApiError, BadOutput, OSError) as exc:
                 last_error = str(exc)
                 continue
             now = self.clock.now()
@@ -562,11 +461,11 @@ class Executor:
                 assert source.url is not None
                 download = await self._fetch(source.url, render.output)
                 if download.sha256 != source.sha256:
-                    raise _BadOutput("the result URL served different bytes than recorded")
+                    raise BadOutput("the result URL served different bytes than recorded")
             else:
                 assert source.path is not None
-                await anyio.to_thread.run_sync(_place_copy, source.path, target, source.sha256)
-        except (ApiError, _BadOutput, OSError) as exc:
+                await anyio.to_thread.run_sync(place_copy, source.path, target, source.sha256)
+        except (ApiError, BadOutput, OSError) as exc:
             return Outcome(render.id, "restore", "failed", detail=f"restore failed: {exc}")
         past = self._past_render(render.fingerprint)
         self.writer.set(
@@ -716,14 +615,12 @@ class Executor:
     async def _fetch(self, url: str, output: Any) -> Download:
         """Download to a temp file beside the target, verify it, cache it, move it in place."""
         target = self.root / output
-        temp = await anyio.to_thread.run_sync(_temp_beside, target)
+        temp = await anyio.to_thread.run_sync(temp_beside, target)
         try:
             download = await self.client.download(url, temp)
-            await anyio.to_thread.run_sync(
-                _verify_and_place, temp, target, download, self.cache_dir
-            )
+            await anyio.to_thread.run_sync(verify_and_place, temp, target, download, self.cache_dir)
         finally:
-            await anyio.to_thread.run_sync(_discard, temp)
+            await anyio.to_thread.run_sync(discard, temp)
         return download
 
     async def _record_failure(
@@ -761,76 +658,6 @@ def longest_first(items: Sequence[PlanItem]) -> list[PlanItem]:
 
 class _UploadFailed(Exception):
     """An input file could not be uploaded; the render fails, nothing was submitted."""
-
-
-class _BadOutput(Exception):
-    """A downloaded file is not a playable MP4; it is never moved into place."""
-
-
-def _temp_beside(target: Path) -> Path:
-    """A new empty temp file in the target's folder (so the final rename is atomic).
-
-    Temp files a killed run left for this target are removed first: the run lock makes
-    this run the only writer, so no other download can be using them.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.part"):
-        _discard(stale)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    return Path(name)
-
-
-def _discard(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-
-
-def _verify_and_place(temp: Path, target: Path, download: Download, cache_dir: Path) -> None:
-    """Check the MP4 signature and hash, fsync, keep a cached copy, then rename into place."""
-    with open(temp, "rb") as f:
-        head = f.read(12)
-        os.fsync(f.fileno())
-    if len(head) < 12 or head[4:8] != b"ftyp":
-        raise _BadOutput(f"{target.name}: the download is not an MP4 file")
-    if sha256_file(temp) != download.sha256 or temp.stat().st_size != download.size:
-        raise _BadOutput(f"{target.name}: the file on disk does not match what was received")
-    temp.chmod(OUTPUT_MODE)  # mkstemp makes 0600; renders are ordinary files
-    _cache(temp, download.sha256, cache_dir)
-    temp.replace(target)
-    fsync_dir(target.parent)
-
-
-def _cache(path: Path, sha256: str, cache_dir: Path) -> None:
-    """Keep a content-addressed copy (a hardlink where possible) for free restores."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    cached = cache_dir / sha256.removeprefix("sha256:")
-    if cached.exists():
-        return
-    try:
-        os.link(path, cached)
-    except OSError:
-        staging = cached.with_suffix(".part")
-        shutil.copyfile(path, staging)
-        staging.replace(cached)
-
-
-def _place_copy(source: Path, target: Path, sha256: str) -> None:
-    """Copy (or hardlink) `source` to `target` through a temp file, checking its hash."""
-    if sha256_file(source) != sha256:
-        raise _BadOutput(f"{source.name} no longer holds the recorded render")
-    temp = _temp_beside(target)
-    try:
-        temp.unlink()
-        try:
-            os.link(source, temp)
-        except OSError:
-            shutil.copyfile(source, temp)
-            temp.chmod(OUTPUT_MODE)
-        temp.replace(target)
-        fsync_dir(target.parent)
-    finally:
-        _discard(temp)
 
 
 def _carry_history(previous: Entry | None, fingerprint: str) -> list[PastRender]:

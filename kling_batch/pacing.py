@@ -1,0 +1,102 @@
+"""Poll pacing: when to ask about a job next, from its progress and what similar jobs took."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from decimal import Decimal
+
+
+class PollPacing:
+    """When to poll a job next: paced by its progress and elapsed time, not a fixed loop.
+
+    Every poll is a request against the account's shared per-minute budget (50 by default),
+    so the aim is to ask about when the job ends, and not much after. In model seconds
+    since submission (`elapsed`), with the job's `(elapsed, progress)` readings so far:
+
+    1. Two readings with rising progress give the job's rendering speed; it should end
+       at `(1 - p) / speed` after the last one. Kling reports progress rising steadily
+       while rendering, so this lands within a poll of the end.
+    2. One reading `p > 0`: the rest takes `(1 - p)` of the typical rendering time of
+       similar jobs (same tier, per video second), learnt from the speeds of jobs
+       already measured; before anything is learnt, `elapsed × (1 - p) / p` bounds it.
+    3. No progress yet (queued, or not polled yet): wait until a little before the
+       typical total duration of similar finished jobs, else `first_delay`.
+
+    Waits are clamped to [`min_delay`, `max_delay`] so a stalled job is still seen. With
+    the emulator's realistic latency this takes about two polls per render.
+    """
+
+    def __init__(
+        self,
+        *,
+        first_delay: float = 30.0,
+        min_delay: float = 1.0,
+        max_delay: float = 120.0,
+        early: float = 0.85,
+        margin: float = 0.5,
+    ) -> None:
+        self.first_delay = first_delay
+        self.min_delay = min_delay
+        self.max_delay = max_delay
+        self.early = early
+        self.margin = margin
+        self._total: dict[str, list[float]] = {}
+        self._render: dict[str, list[float]] = {}
+
+    def learn(self, tier: str, seconds: Decimal, elapsed: float) -> None:
+        """Record how long a finished job took in all (model seconds from submission)."""
+        if seconds > 0:
+            self._total.setdefault(tier, []).append(elapsed / float(seconds))
+
+    def learn_speed(self, tier: str, seconds: Decimal, speed: float) -> None:
+        """Record a measured rendering speed (progress per second) of a job."""
+        if seconds > 0 and speed > 0:
+            self._render.setdefault(tier, []).append(1 / speed / float(seconds))
+
+    def typical(self, tier: str, seconds: Decimal) -> float | None:
+        """The median total duration of similar finished jobs, if any finished yet."""
+        return _median_per_second(self._total.get(tier), seconds)
+
+    def next_delay(
+        self,
+        tier: str,
+        seconds: Decimal,
+        elapsed: float,
+        readings: Sequence[tuple[float, float]],
+    ) -> float:
+        """Seconds to wait before the next poll, given `(elapsed, progress)` readings."""
+        rising = [(t, p) for t, p in readings if p > 0]
+        speed = measured_speed(readings)
+        if speed is not None:
+            t1, p1 = rising[-1]
+            wait = t1 + (1 - p1) / speed + self.margin - elapsed
+        elif rising:
+            # Aim early: if the job renders slower than typical, the next reading measures
+            # its own speed, and the poll after that is on time.
+            t1, p1 = rising[-1]
+            rendering = _median_per_second(self._render.get(tier), seconds)
+            rest = (1 - p1) * rendering if rendering is not None else t1 * (1 - p1) / p1
+            wait = t1 + rest * self.early - elapsed
+        else:
+            typical = self.typical(tier, seconds)
+            if typical is not None:
+                wait = typical * self.early - elapsed
+            else:
+                wait = self.first_delay if not readings else self.first_delay / 2
+        return min(max(wait, self.min_delay), self.max_delay)
+
+
+def measured_speed(readings: Sequence[tuple[float, float]]) -> float | None:
+    """Progress per second between the first and last rising readings, if there are two."""
+    rising = [(t, p) for t, p in readings if p > 0]
+    if len(rising) < 2 or rising[-1][1] <= rising[0][1] or rising[-1][0] <= rising[0][0]:
+        return None
+    (t0, p0), (t1, p1) = rising[0], rising[-1]
+    return (p1 - p0) / (t1 - t0)
+
+
+def _median_per_second(samples: list[float] | None, seconds: Decimal) -> float | None:
+    if not samples:
+        return None
+    return statistics.median(samples[-50:]) * float(seconds)
