@@ -276,6 +276,13 @@ def _check_faults(
     type=click.Choice(["200", "202"]),
     help="HTTP status of an accepted submit.",
 )
+@click.option(
+    "--large-output-bytes",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Pad every result MP4 to N bytes (streamed), for download memory tests.",
+)
 def emulator(
     host: str,
     port: int,
@@ -288,6 +295,7 @@ def emulator(
     latency: str,
     poll_url: str,
     submit_status: str,
+    large_output_bytes: int | None,
 ) -> None:
     """Serve a local emulator of the EmpirioLabs API."""
     from kling_batch.emulator.server import serve
@@ -304,6 +312,7 @@ def emulator(
         latency=latency,
         poll_url=poll_url,
         submit_status=int(submit_status),
+        large_output_bytes=large_output_bytes,
     )
 
 
