@@ -37,6 +37,8 @@ ACTIONS: tuple[Action, ...] = (
     "unchanged",
 )
 CACHE_DIR = "cache"
+# Lockfile states whose job may exist on the API: never replaced before they settle.
+UNSETTLED: frozenset[str] = frozenset({"submitting", "submitted", "completed", "uncertain"})
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 _VIDEO_SUFFIXES = {".mp4", ".mov"}
@@ -393,6 +395,17 @@ class _Differ:
 
     def item(self, render: PlannedRender, forced: bool) -> PlanItem:
         entry = self.lock.shots.get(render.id)
+        if entry is not None and entry.state in UNSETTLED:
+            # A job that may be paid for is followed to its end before anything replaces
+            # its entry (not even --force): replacing it would lose the job id.
+            item = self._same_fingerprint(render, entry)
+            if entry.fingerprint != render.fingerprint:
+                note = (
+                    "the request changed while a job for the previous one was in flight; "
+                    "the change renders on the run after it lands"
+                )
+                item = replace(item, reasons=(*item.reasons, note))
+            return item
         if forced:
             reasons = ("forced with --force",)
             return PlanItem(render, "changed" if entry else "new", reasons)

@@ -332,3 +332,27 @@ def test_empty_lockfile_is_default(project: Callable[..., Path]) -> None:
     """A plan of a never-run manifest carries an empty lockfile of the current version."""
     plan = build_plan(project(TWO_SHOTS), now=NOW)
     assert plan.lock == Lockfile()
+
+
+@pytest.mark.parametrize(
+    ("state", "action"),
+    [
+        ("submitted", "resume"),
+        ("completed", "resume"),
+        ("uncertain", "uncertain"),
+    ],
+)
+def test_edit_during_a_job_in_flight_follows_the_job_first(
+    project: Callable[..., Path], state: str, action: str
+) -> None:
+    """A request edited while its job is in flight is not re-rendered over the job's record."""
+    path = project(TWO_SHOTS)
+    plan = build_plan(path, now=NOW)
+    plan.lock.shots["a"] = new_entry(plan.items[0].render, state, job_id="job-1")  # type: ignore[arg-type]
+    save(plan)
+    path.write_text(path.read_text().replace("a lighthouse", "two lighthouses"))
+    again = build_plan(path, now=NOW, force=["a"])
+    item = again.items[0]
+    assert item.action == action
+    assert "changed while a job" in item.reasons[-1]
+    assert not item.paid
