@@ -21,8 +21,9 @@ Every failure leaves the client as one of these (all carry `status`, `code`, `me
 
 `EmpirioClient._classify` maps every httpx exception and non-2xx response to this tree.
 A submit (`POST /v1/videos/generations`) is retried only when the request provably never
-reached the server (ConnectError, ConnectTimeout, PoolTimeout, ProxyError) or the server
-answered with a definite refusal (429, 5xx); any failure after bytes may have been sent
+reached the server (ConnectError, ConnectTimeout, PoolTimeout, ProxyError) or the API
+answered with a definite refusal (429, 503, or a 5xx carrying its own JSON error envelope);
+a 5xx page from a proxy, and any failure after bytes may have been sent
 (write/read errors and timeouts, a dropped connection, a 2xx without a job id, a gateway
 timeout from `RetryPolicy.ambiguous_submit_statuses`) is `AmbiguousSubmit`, never retried.
 """
@@ -516,6 +517,12 @@ class EmpirioClient:
         elif op == "submit" and status in self._retry.ambiguous_submit_statuses:
             cls = AmbiguousSubmit
             message = f"gateway timeout on submit; the job may exist: {message}"
+        elif op == "submit" and 500 <= status < 600 and status != 503 and not _enveloped(response):
+            # No API error envelope: a proxy answered, not the API, and the API may have
+            # created the job before the proxy gave up. Only the API's own refusal (an
+            # envelope with a code) or a 503 proves nothing was created.
+            cls = AmbiguousSubmit
+            message = f"HTTP {status} from a proxy on submit; the job may exist: {message}"
         elif status == 408 or (500 <= status < 600 and status not in (501, 505)):
             cls = ServerError
         elif status == 404 and op == "job":
@@ -633,6 +640,15 @@ async def _json_object(response: httpx.Response) -> Mapping[str, Any]:
     if not isinstance(payload, Mapping):
         raise _Malformed("the body is not a JSON object")
     return payload
+
+
+def _enveloped(response: httpx.Response) -> bool:
+    """True when an error body is the API's own JSON error envelope (not a proxy's page)."""
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and ("error" in body or body.get("type") == "error")
 
 
 def _json_default(value: Any) -> Any:

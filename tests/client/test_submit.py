@@ -236,3 +236,16 @@ async def test_decimal_values_in_the_body_are_sent_as_numbers(api, make_client):
     async with make_client() as client:
         await client.submit({"duration": Decimal("5"), "x": Decimal("0.5")})
     assert api.seen[0].request.content == b'{"duration": 5, "x": 0.5}'
+
+
+@pytest.mark.parametrize("status", [500, 502])
+async def test_proxy_error_page_on_submit_is_ambiguous(api, make_client, status):
+    """A 5xx without the API's JSON envelope came from a proxy: the job may exist; no retry."""
+    page = httpx.Response(
+        status, content=b"<html>Bad Gateway</html>", headers={"content-type": "text/html"}
+    )
+    api.on("POST", GEN, page, {"job_id": "j"})
+    async with make_client() as client:
+        with pytest.raises(AmbiguousSubmit):
+            await client.submit(BODY)
+    assert len(api.seen) == 1
