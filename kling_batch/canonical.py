@@ -12,10 +12,25 @@ _CHUNK = 1 << 20
 
 
 def canonical_json(value: Any) -> str:
-    """JSON with sorted keys, no spaces and no NaN: equal values give equal text."""
+    """JSON with sorted keys, no spaces and no NaN: equal values give equal text.
+
+    A `Decimal` (lockfiles read numbers as Decimal) is written as the number it is, so a
+    request read back from a lockfile gives the same text as the request that was sent.
+    """
     return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        default=_number,
     )
+
+
+def _number(value: Any) -> int | float:
+    if isinstance(value, Decimal) and value.is_finite():
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def sha256_text(text: str) -> str:

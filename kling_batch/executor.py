@@ -11,19 +11,22 @@ point leaves a lockfile the next run resumes from without paying twice:
      uncertain            failed           failed
 
 Expected per-render failures are values (`Outcome`), never exceptions, so one bad shot
-never cancels its siblings; only bugs reach the task group's ExceptionGroup.
+never cancels its siblings. An unexpected error fails only its own render (its record is
+kept); only a lockfile that cannot be written stops the run.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from kling_batch import kling_o3
@@ -39,11 +42,20 @@ from kling_batch.client import (
     ShotRejected,
 )
 from kling_batch.clock import Clock
-from kling_batch.lockfile import Entry, LockWriter, PastRender, UploadedAsset
+from kling_batch.lockfile import Entry, LockWriteError, LockWriter, PastRender, UploadedAsset
 from kling_batch.outputs import BadOutput, discard, place_copy, temp_beside, verify_and_place
 from kling_batch.pacing import PollPacing, measured_speed
 from kling_batch.payloads import Download, JobState, Submission, Upload
-from kling_batch.plan import CACHE_DIR, PAID_ACTIONS, PlanItem, PlannedRender, new_entry
+from kling_batch.plan import (
+    CACHE_DIR,
+    PAID_ACTIONS,
+    UNSETTLED,
+    PlanItem,
+    PlannedRender,
+    new_entry,
+)
+
+log = logging.getLogger(__name__)
 
 FINGERPRINT_HEADER = "x-kling-batch-fingerprint"
 RESULT_RETENTION = timedelta(days=7)  # signed result URLs (API reference §3.1)
@@ -101,17 +113,19 @@ class Outcome:
     id: str
     action: str
     state: OutcomeState
-    cost: Decimal = Decimal(0)
-    paid: bool = False
-    billed: Decimal | None = None
     detail: str = ""
 
 
 @dataclass
 class RunReport:
-    """Every outcome, and why the run stopped early, if it did."""
+    """Every outcome, what this run submitted (and may have paid for), why it stopped."""
 
     outcomes: list[Outcome] = field(default_factory=list)
+    # Render id → estimated cost, for every POST this run made that may have created a job
+    # (answered with a job id, or unanswered): counted the moment it happens, so a run
+    # cut short still reports what it spent.
+    submitted: dict[str, Decimal] = field(default_factory=dict)
+    billed: dict[str, Decimal] = field(default_factory=dict)
     stopped: str | None = None
     interrupted: bool = False
 
@@ -121,16 +135,15 @@ class RunReport:
 
     @property
     def estimated_cost(self) -> Decimal:
-        """Estimated cost of the renders this run submitted."""
-        return sum((o.cost for o in self.outcomes if o.paid), Decimal(0))
+        """Estimated cost of every submission this run made."""
+        return sum(self.submitted.values(), Decimal(0))
 
     @property
     def billed_cost(self) -> Decimal | None:
-        """What the API reported as billed, when it reported it for every paid render."""
-        billed = [o.billed for o in self.outcomes if o.paid and o.state == "done"]
-        if not billed or any(b is None for b in billed):
+        """What the API billed for this run's submissions, if it said so for every one."""
+        if not self.submitted or set(self.billed) != set(self.submitted):
             return None
-        return sum((b for b in billed if b is not None), Decimal(0))
+        return sum(self.billed.values(), Decimal(0))
 
     @property
     def exit_code(self) -> int:
@@ -168,6 +181,7 @@ class Executor:
         self._upload_errors: dict[str, str] = {}
         self._claimed: set[str] = {e.job_id for e in writer.lock.shots.values() if e.job_id}
         self._listed: list[JobState] | None = None
+        self._done_events: dict[str, anyio.Event] = {}
         self._list_lock = anyio.Lock()
 
     def stop(self, reason: str) -> None:
@@ -189,7 +203,20 @@ class Executor:
 
     # -- one render ---------------------------------------------------------------------
 
+    def _finished(self, render_id: str) -> anyio.Event:
+        """Set when a render's task has ended, however it ended."""
+        event = self._done_events.get(render_id)
+        if event is None:
+            event = self._done_events[render_id] = anyio.Event()
+        return event
+
     async def _run_item(self, item: PlanItem) -> None:
+        try:
+            await self._run_item_inner(item)
+        finally:
+            self._finished(item.render.id).set()
+
+    async def _run_item_inner(self, item: PlanItem) -> None:
         render = item.render
         try:
             outcome = await self._dispatch(item)
@@ -200,6 +227,18 @@ class Executor:
             # job is still recorded and the next run resumes it.
             state: OutcomeState = "failed" if entry and entry.state == "failed" else "pending"
             outcome = Outcome(render.id, item.action, state, detail=str(exc))
+        except anyio.get_cancelled_exc_class():
+            entry = self.writer.lock.shots.get(render.id)
+            if entry is not None and entry.state in UNSETTLED:
+                detail = f"interrupted with the job {entry.state}; the next run resumes it"
+                self.report.outcomes.append(Outcome(render.id, item.action, "pending", detail))
+            raise
+        except LockWriteError:
+            raise
+        except Exception as exc:  # an unexpected failure must not cancel paid siblings
+            log.debug("render %s failed unexpectedly", render.id, exc_info=True)
+            detail = f"unexpected error ({type(exc).__name__}: {exc}); its record is kept"
+            outcome = Outcome(render.id, item.action, "failed", detail)
         self.report.outcomes.append(outcome)
         self.events.event(render.id, outcome.state, outcome.detail)
         if outcome.state == "failed" and self.options.fail_fast:
@@ -235,19 +274,22 @@ class Executor:
             if self.stop_submitting.is_set():
                 return Outcome(render.id, item.action, "skipped", detail="not submitted")
             entry = await self._submit(render, previous, body)
+            if entry is None:
+                return Outcome(render.id, item.action, "skipped", detail="not submitted")
             if entry.state != "submitted":
                 state: OutcomeState = "uncertain" if entry.state == "uncertain" else "failed"
-                paid = entry.state == "uncertain"
-                return Outcome(
-                    render.id, item.action, state, render.cost, paid, None, entry.error or ""
-                )
+                return Outcome(render.id, item.action, state, entry.error or "")
             polled = await self._poll(render, entry)
-        return await self._finish(item, polled, paid=True)
+        return await self._finish(item, polled)
 
     async def _submit(
         self, render: PlannedRender, previous: Entry | None, body: dict[str, Any]
-    ) -> Entry:
-        """Record `submitting`, POST, record the answer; returns the entry as it ends up."""
+    ) -> Entry | None:
+        """Record `submitting`, POST, record the answer; returns the entry as it ends up.
+
+        Returns None, with the previous record put back, when the run was stopped or
+        cancelled after `submitting` was saved but before the POST went out.
+        """
         attempts = (previous.attempts if previous else 0) + 1
         self.writer.set(
             render.id,
@@ -260,6 +302,15 @@ class Executor:
             ),
         )
         await self.writer.commit()
+        try:
+            await anyio.lowlevel.checkpoint()  # a second Ctrl-C during the save lands here
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._unsubmit(render.id, previous)
+            raise
+        if self.stop_submitting.is_set():
+            await self._unsubmit(render.id, previous)
+            return None
         self.events.event(render.id, "submitting")
         headers = {FINGERPRINT_HEADER: render.fingerprint}
         try:
@@ -267,6 +318,7 @@ class Executor:
             with anyio.CancelScope(shield=True):
                 submission = await self.client.submit(body, headers=headers)
         except AmbiguousSubmit as exc:
+            self.report.submitted[render.id] = render.cost
             entry = self.writer.update(
                 render.id,
                 state="uncertain",
@@ -282,6 +334,7 @@ class Executor:
         except ApiError as exc:
             entry = self.writer.update(render.id, state="failed", error=f"not submitted: {exc}")
         else:
+            self.report.submitted[render.id] = render.cost
             now = self.clock.now()
             entry = self.writer.update(
                 render.id,
@@ -298,22 +351,28 @@ class Executor:
             self.events.event(render.id, "submitted", entry.job_id or "")
         return entry
 
+    async def _unsubmit(self, shot_id: str, previous: Entry | None) -> None:
+        """Put back the record a `submitting` entry replaced (its POST was never sent)."""
+        if previous is None:
+            self.writer.remove(shot_id)
+        else:
+            self.writer.set(shot_id, previous)
+        await self.writer.commit()
+
     async def _follow(self, item: PlanItem, entry: Entry) -> Outcome:
         """Finish a job submitted earlier (resumed or adopted): poll it, then download."""
         polled: Entry | Outcome = entry
         if entry.state == "submitted":
             async with self._slots:
                 polled = await self._poll(item.render, entry)
-        return await self._finish(item, polled, paid=False)
+        return await self._finish(item, polled)
 
-    async def _finish(self, item: PlanItem, polled: Entry | Outcome, *, paid: bool) -> Outcome:
+    async def _finish(self, item: PlanItem, polled: Entry | Outcome) -> Outcome:
         """Download a completed job's result (or pass on how polling ended)."""
-        render = item.render
-        cost = render.cost if paid else Decimal(0)
         if isinstance(polled, Outcome):
-            return _with_cost(polled, item.action, cost, paid)
-        outcome = await self._download_result(render, polled)
-        return _with_cost(outcome, item.action, cost, paid, polled.billed_usd)
+            return replace(polled, action=item.action)
+        outcome = await self._download_result(item.render, polled)
+        return replace(outcome, action=item.action)
 
     async def _poll(self, render: PlannedRender, entry: Entry) -> Entry | Outcome:
         assert entry.job_id is not None
@@ -350,11 +409,18 @@ class Executor:
                 speed = measured_speed(readings)
                 if speed is not None:
                     pacer.learn_speed(tier, seconds, speed)
+                if render.id in self.report.submitted and job.billed_usd is not None:
+                    self.report.billed[render.id] = job.billed_usd
                 if not job.video_url:
-                    error = f"job {job.job_id} completed without a video URL"
-                    self.writer.update(render.id, state="failed", error=error)
+                    # Paid for: keep the job on record (the next run asks again) rather
+                    # than fail it into a paid re-render.
+                    error = (
+                        f"job {job.job_id} completed but no video URL was found in its "
+                        "answer; the next run asks again"
+                    )
+                    self.writer.update(render.id, error=error, updated_at=self.clock.now())
                     await self.writer.commit()
-                    return Outcome(render.id, "resume", "failed", detail=error)
+                    return Outcome(render.id, "resume", "pending", detail=error)
                 now = self.clock.now()
                 entry = self.writer.update(
                     render.id,
@@ -403,7 +469,13 @@ class Executor:
             try:
                 download = await self._fetch(url, render.output)
             except ResultExpired as exc:
-                fresh = await self._fresh_url(entry)
+                try:
+                    fresh = await self._fresh_url(entry)
+                except _TryLater as later:
+                    detail = f"result URL refused and the job could not be asked ({later})"
+                    self.writer.update(render.id, error=detail, updated_at=self.clock.now())
+                    await self.writer.commit()
+                    return Outcome(render.id, "resume", "pending", detail=detail)
                 if fresh is None:
                     error = (
                         f"result URL expired and job {entry.job_id} is gone ({exc}); "
@@ -440,13 +512,22 @@ class Executor:
         return Outcome(render.id, "resume", "pending", detail=detail)
 
     async def _fresh_url(self, entry: Entry) -> str | None:
+        """A new result URL from the job, None if the job is gone; `_TryLater` if unsure."""
         if entry.job_id is None:
             return None
         try:
             job = await self.client.get_job(entry.job_id, entry.poll_url)
-        except (JobNotFound, RetryableError, ShotRejected):
+        except JobNotFound:
             return None
-        return job.video_url if job.status == "succeeded" else None
+        except RunFatal:
+            raise
+        except ApiError as exc:
+            raise _TryLater(str(exc)) from None
+        if job.status == "succeeded" and job.video_url:
+            return job.video_url
+        if job.status == "succeeded":
+            raise _TryLater(f"job {job.job_id} answered without a video URL")
+        return None
 
     # -- restore and uncertain ----------------------------------------------------------
 
@@ -454,14 +535,25 @@ class Executor:
         """Put an earlier render back in place for free: a file, the cache or its URL."""
         render, source = item.render, item.restore
         assert source is not None
+        if source.kind == "twin":
+            assert source.twin is not None
+            await self._finished(source.twin).wait()
+            twin = self.writer.lock.shots.get(source.twin)
+            if twin is None or twin.state != "done" or not twin.output_sha256:
+                detail = f"{source.twin} (same request) did not finish; the next run plans it"
+                return Outcome(render.id, "restore", "skipped", detail=detail)
+            source = replace(
+                source,
+                sha256=twin.output_sha256,
+                size=twin.output_size or 0,
+                path=self.root / twin.output,
+            )
         previous = self.writer.lock.shots.get(render.id)
         target = self.root / render.output
         try:
             if source.kind == "url":
                 assert source.url is not None
-                download = await self._fetch(source.url, render.output)
-                if download.sha256 != source.sha256:
-                    raise BadOutput("the result URL served different bytes than recorded")
+                await self._fetch(source.url, render.output, expected=source.sha256)
             else:
                 assert source.path is not None
                 await anyio.to_thread.run_sync(place_copy, source.path, target, source.sha256)
@@ -528,13 +620,15 @@ class Executor:
             if self._listed is None:
                 try:
                     self._listed = await self.client.list_jobs(limit=100) or []
+                except RunFatal:
+                    raise
                 except ApiError:
                     self._listed = []
             candidates = self._listed
             wanted = canonical_json(self._sent_body(entry))
             since = entry.updated_at - timedelta(minutes=5) if entry.updated_at else None
             for job in candidates:
-                if job.job_id in self._claimed:
+                if job.job_id in self._claimed or job.status == "failed":
                     continue
                 sent = job.raw.get("request") or job.raw.get("input") or job.raw.get("params")
                 if not isinstance(sent, dict) or _comparable(sent) != wanted:
@@ -593,9 +687,9 @@ class Executor:
             done = self._uploads[sha256] = anyio.Event()
             try:
                 upload = await self.client.upload(path)
-            except ApiError as exc:
-                if isinstance(exc, RunFatal):
-                    raise
+            except RunFatal:
+                raise
+            except (ApiError, OSError) as exc:
                 self._upload_errors[sha256] = f"upload of {ref} failed: {exc}"
             else:
                 self.writer.add_upload(
@@ -612,8 +706,12 @@ class Executor:
             raise _UploadFailed(self._upload_errors.get(sha256, f"upload of {ref} failed"))
         return known.path
 
-    async def _fetch(self, url: str, output: Any) -> Download:
-        """Download to a temp file beside the target, verify it, cache it, move it in place."""
+    async def _fetch(self, url: str, output: Any, *, expected: str | None = None) -> Download:
+        """Download to a temp file beside the target, verify it, cache it, move it in place.
+
+        With `expected`, bytes that hash differently are refused before they replace
+        anything.
+        """
         target = self.root / output
         temp = await anyio.to_thread.run_sync(temp_beside, target)
         try:
@@ -656,21 +754,24 @@ def longest_first(items: Sequence[PlanItem]) -> list[PlanItem]:
     return in_flight + rest
 
 
+class _TryLater(Exception):
+    """The API could not be asked right now; the render stays resumable."""
+
+
 class _UploadFailed(Exception):
     """An input file could not be uploaded; the render fails, nothing was submitted."""
 
 
 def _carry_history(previous: Entry | None, fingerprint: str) -> list[PastRender]:
-    """The previous entry's history, plus the previous render itself if it was finished."""
+    """The previous entry's history, plus the previous render itself if it was finished.
+
+    A forced re-render of the same request keeps the earlier one too: if the new attempt
+    fails, the plan restores the earlier video for free instead of paying again.
+    """
     if previous is None:
         return []
-    history = [p for p in previous.history if p.fingerprint != fingerprint]
-    if (
-        previous.state == "done"
-        and previous.fingerprint != fingerprint
-        and previous.output_sha256
-        and previous.output_size is not None
-    ):
+    history = list(previous.history)
+    if previous.state == "done" and previous.output_sha256 and previous.output_size is not None:
         history = [p for p in history if p.fingerprint != previous.fingerprint]
         history.append(
             PastRender(
@@ -682,12 +783,6 @@ def _carry_history(previous: Entry | None, fingerprint: str) -> list[PastRender]
             )
         )
     return history[-_HISTORY_LIMIT:]
-
-
-def _with_cost(
-    outcome: Outcome, action: str, cost: Decimal, paid: bool, billed: Decimal | None = None
-) -> Outcome:
-    return Outcome(outcome.id, action, outcome.state, cost, paid, billed, outcome.detail)
 
 
 def _model_age(clock: Clock, since: datetime) -> float:

@@ -24,7 +24,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kling_batch.atomic import atomic_write
-from kling_batch.errors import UserError
+from kling_batch.errors import RunError, UserError
 
 LOCK_VERSION = 1
 HEADER = (
@@ -120,25 +120,38 @@ def load_lockfile(path: Path, *, cache: Path | None = None) -> Lockfile:
     when it matches (and written when it does not): tomllib parses a 10,000-render
     lockfile in about a second, JSON in a twentieth of that.
     """
+    lock, save_cache = read_lockfile(path, cache=cache)
+    save_cache()
+    return lock
+
+
+def read_lockfile(path: Path, *, cache: Path | None = None) -> tuple[Lockfile, Callable[[], None]]:
+    """`load_lockfile` that leaves writing the parse cache to the caller (call it last)."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        return Lockfile()
+        return Lockfile(), _nothing
     except OSError as exc:
         raise UserError(f"cannot read the lockfile: {exc}", file=path) from None
     digest = "sha256:" + hashlib.sha256(raw).hexdigest()
     if cache is not None:
         cached = _read_cache(cache, digest)
         if cached is not None:
-            return cached
+            return cached, _nothing
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(f"cannot read the lockfile: {exc}", file=path) from None
     lock = parse_lockfile(text, path)
-    if cache is not None:
-        _write_cache(cache, digest, lock)
-    return lock
+    if cache is None:
+        return lock, _nothing
+    # Cached from a copy: the caller may change `lock` before it writes the cache.
+    snapshot = lock.model_copy(deep=True)
+    return lock, lambda: _write_cache(cache, digest, snapshot)
+
+
+def _nothing() -> None:
+    """No cache to write."""
 
 
 def _read_cache(cache: Path, digest: str) -> Lockfile | None:
@@ -221,6 +234,10 @@ def _sorted(value: Any) -> Any:
     return value
 
 
+class LockWriteError(RunError):
+    """The lockfile could not be written; nothing more can be recorded, so the run stops."""
+
+
 class LockWriter:
     """The one writer of a lockfile during a run: atomic saves, grouped when they overlap.
 
@@ -249,6 +266,12 @@ class LockWriter:
         self.set(shot_id, entry)
         return entry
 
+    def remove(self, shot_id: str) -> None:
+        """Drop one shot's entry (only ever one whose POST was never sent)."""
+        self.lock.shots.pop(shot_id, None)
+        self._fragments.pop(shot_id, None)
+        self._changes += 1
+
     def add_upload(self, sha256: str, upload: UploadedAsset) -> None:
         """Remember an uploaded asset (saved by the next commit)."""
         self.lock.uploads[sha256] = upload
@@ -263,7 +286,10 @@ class LockWriter:
                     return
                 taken = self._changes
                 text = self.dumps()
-                await anyio.to_thread.run_sync(atomic_write, self.path, text)
+                try:
+                    await anyio.to_thread.run_sync(atomic_write, self.path, text)
+                except OSError as exc:
+                    raise LockWriteError(f"cannot write {self.path.name}: {exc}") from exc
                 self._saved = taken
 
     def save_now(self) -> None:

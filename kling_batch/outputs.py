@@ -53,7 +53,8 @@ def verify_and_place(temp: Path, target: Path, download: Download, cache_dir: Pa
     if sha256_file(temp) != download.sha256 or temp.stat().st_size != download.size:
         raise BadOutput(f"{target.name}: the file on disk does not match what was received")
     temp.chmod(OUTPUT_MODE)  # mkstemp makes 0600; renders are ordinary files
-    keep_in_cache(temp, download.sha256, cache_dir)
+    with contextlib.suppress(OSError):  # the cache only saves money later; never block a file
+        keep_in_cache(temp, download.sha256, cache_dir)
     temp.replace(target)
     fsync_dir(target.parent)
 

@@ -23,8 +23,10 @@ class PollPacing:
     3. No progress yet (queued, or not polled yet): wait until a little before the
        typical total duration of similar finished jobs, else `first_delay`.
 
-    Waits are clamped to [`min_delay`, `max_delay`] so a stalled job is still seen. With
-    the emulator's realistic latency this takes about two polls per render.
+    A job past its predicted end is polled at a growing interval (a quarter of how
+    overdue it is), so a slow or stalled job does not eat the request budget. Waits are
+    clamped to [`min_delay`, `max_delay`]. With the emulator's realistic latency this
+    takes about two polls per render.
     """
 
     def __init__(
@@ -70,7 +72,11 @@ class PollPacing:
         speed = measured_speed(readings)
         if speed is not None:
             t1, p1 = rising[-1]
-            wait = t1 + (1 - p1) / speed + self.margin - elapsed
+            end = t1 + (1 - p1) / speed
+            wait = end + self.margin - elapsed
+            if len(rising) > 2 and wait < self.min_delay:
+                # Polled at the predicted end and not done yet: back off with how late it is.
+                wait = (elapsed - end) / 4
         elif rising:
             # Aim early: if the job renders slower than typical, the next reading measures
             # its own speed, and the poll after that is on time.
@@ -82,6 +88,8 @@ class PollPacing:
             typical = self.typical(tier, seconds)
             if typical is not None:
                 wait = typical * self.early - elapsed
+                if wait < self.min_delay:  # queued for longer than usual
+                    wait = (elapsed - typical * self.early) / 4
             else:
                 wait = self.first_delay if not readings else self.first_delay / 2
         return min(max(wait, self.min_delay), self.max_delay)

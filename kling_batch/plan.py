@@ -21,7 +21,7 @@ from kling_batch.canonical import fingerprint_of
 from kling_batch.errors import UserError
 from kling_batch.expand import RenderSpec, expand_shots, select
 from kling_batch.kling_o3 import KlingO3Request, RequestRuleError
-from kling_batch.lockfile import Entry, Lockfile, State, load_lockfile, lock_path
+from kling_batch.lockfile import Entry, Lockfile, State, lock_path, read_lockfile
 from kling_batch.manifest import LoadedManifest, load_manifest
 from kling_batch.pricing import Price, price
 
@@ -77,13 +77,16 @@ class PlannedRender:
 
 @dataclass(frozen=True, slots=True)
 class RestoreSource:
-    """Where a free restore comes from: a local file, the local cache, or a result URL."""
+    """Where a free restore comes from: a local file, the local cache, a result URL, or
+    a twin: another render of this plan with the same fingerprint (copied once it lands;
+    its hash is not known yet)."""
 
-    kind: Literal["file", "cache", "url"]
+    kind: Literal["file", "cache", "url", "twin"]
     sha256: str
     size: int
     path: Path | None = None
     url: str | None = None
+    twin: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,10 +185,14 @@ def build_plan(
     lock_file = lockfile or lock_path(loaded.path, emulator=emulator)
     store = AssetStore(loaded.root)
     specs = expand_shots(loaded)
+    lock, save_lock_cache = read_lockfile(
+        lock_file, cache=store.state_dir / f"{lock_file.name}.json"
+    )
     all_ids = {spec.id for spec in specs}
-    renders = [plan_render(spec, store) for spec in select(specs, only)]
-    # Read last: every manifest error is reported before anything (the cache) is written.
-    lock = load_lockfile(lock_file, cache=store.state_dir / f"{lock_file.name}.json")
+    # A job that may be paid for is always followed, whatever --only selects.
+    unsettled = {key for key, entry in lock.shots.items() if entry.state in UNSETTLED}
+    chosen = {spec.id for spec in select(specs, only)} | unsettled
+    renders = [plan_render(spec, store) for spec in specs if spec.id in chosen]
     differ = _Differ(loaded.root, lock, store, now)
     force_globs = list(force)
     items = [differ.item(r, _matches(r.id, force_globs)) for r in renders]
@@ -195,6 +202,14 @@ def build_plan(
         if key not in all_ids
     ]
     warnings = [f"{r.id}: {text}" for r in renders for text in r.warnings]
+    warnings.extend(
+        f"{o.id}: removed from the manifest while its job is {o.state} (it may be paid for); "
+        "put the shot back and run again to collect it"
+        for o in orphans
+        if o.state in UNSETTLED
+    )
+    # Written last: a manifest error above leaves nothing behind.
+    save_lock_cache()
     store.save()
     return Plan(loaded, lock_file, lock, items, orphans, warnings)
 
@@ -370,6 +385,7 @@ class _Differ:
         self.lock = lock
         self.store = store
         self.now = now
+        self._paid: dict[str, PlannedRender] = {}
         self._known: dict[str, list[tuple[Entry | None, str, int, str | None, Any]]] = {}
         for entry in lock.shots.values():
             if entry.state == "done" and entry.output_sha256 and entry.output_size is not None:
@@ -394,6 +410,18 @@ class _Differ:
                 )
 
     def item(self, render: PlannedRender, forced: bool) -> PlanItem:
+        """The action for one render; a second paid render of one fingerprint copies the first."""
+        decided = self._decide(render, forced)
+        if not decided.paid:
+            return decided
+        first = self._paid.setdefault(render.fingerprint, render)
+        if first is render:
+            return decided
+        source = RestoreSource("twin", "", 0, path=self.root / first.output, twin=first.id)
+        reason = f"same request as {first.id}: copied from it once it renders (free)"
+        return PlanItem(render, "restore", (reason,), source)
+
+    def _decide(self, render: PlannedRender, forced: bool) -> PlanItem:
         entry = self.lock.shots.get(render.id)
         if entry is not None and entry.state in UNSETTLED:
             # A job that may be paid for is followed to its end before anything replaces
@@ -424,7 +452,12 @@ class _Differ:
 
     def _same_fingerprint(self, render: PlannedRender, entry: Entry) -> PlanItem:
         if entry.state == "failed":
-            return PlanItem(render, "retry", (f"last attempt failed: {entry.error or 'unknown'}",))
+            failed = f"last attempt failed: {entry.error or 'unknown'}"
+            source = self._restore_source(render.fingerprint)
+            if source is not None:
+                reason = f"{failed}; an earlier render of this request is {_restore_reason(source)}"
+                return PlanItem(render, "restore", (reason,), source)
+            return PlanItem(render, "retry", (failed,))
         if entry.state == "uncertain":
             reason = "a submission may have reached the API; rerun with --resubmit-uncertain"
             return PlanItem(render, "uncertain", (reason,))
@@ -481,6 +514,8 @@ class _Differ:
 
 
 def _restore_reason(source: RestoreSource) -> str:
+    if source.kind == "twin":
+        return f"copied from {source.twin} once it renders (free)"
     if source.kind == "url":
         return "restored from its result URL (free)"
     if source.kind == "cache":

@@ -22,7 +22,7 @@ from kling_batch.clock import ScaledClock
 from kling_batch.endpoint import api_key_from_env, resolve_base_url
 from kling_batch.errors import RefusedError, RunError
 from kling_batch.executor import Executor, RunOptions, RunReport
-from kling_batch.lockfile import LockWriter, lock_path
+from kling_batch.lockfile import LockWriteError, LockWriter, lock_path
 from kling_batch.plan import Plan, PlanItem, build_plan
 from kling_batch.reports import summary_line, usd
 from kling_batch.ui import RunUI, print_summary
@@ -148,9 +148,9 @@ async def _execute(plan: Plan, items: list[PlanItem], request: RunRequest) -> in
             )
             try:
                 report = await _run_with_signals(executor, items, ui)
-            except* OSError as group:
-                # The lockfile or an output folder cannot be written: nothing can be
-                # recorded safely, so the run stops; what was recorded stays valid.
+            except* (LockWriteError, OSError) as group:
+                # The lockfile cannot be written: nothing more can be recorded safely, so
+                # the run stops; what was recorded before stays valid.
                 first = group.exceptions[0]
                 raise RunError(f"cannot write to disk: {first}") from None
     print_summary(report)

@@ -65,8 +65,24 @@ def test_longest_renders_are_scheduled_first(project: Callable[..., Path]) -> No
         duration = 10
         [[shots]]
         id = "short2"
-        prompt = "p"
+        prompt = "q"
         model_tier = "standard"
     """)
     plan = build_plan(path, now=NOW)
     assert [i.render.id for i in longest_first(plan.items)] == ["long", "short", "short2"]
+
+
+def test_overdue_job_is_polled_less_and_less_often() -> None:
+    """Past its predicted end, a job waits a quarter of how late it is, not one second."""
+    pacing = PollPacing(min_delay=1.0, max_delay=120.0)
+    readings = [(10.0, 0.2), (20.0, 0.4), (30.0, 0.6)]  # predicted end: 50 s
+    assert pacing.next_delay("pro", FIVE, 90.0, readings) == pytest.approx(10.0)
+    assert pacing.next_delay("pro", FIVE, 450.0, readings) == pytest.approx(100.0)
+    assert pacing.next_delay("pro", FIVE, 2000.0, readings) == 120.0
+
+
+def test_long_queue_backs_off_too() -> None:
+    """A job still queued long after similar jobs finished is not polled every second."""
+    pacing = PollPacing(early=1.0)
+    pacing.learn("pro", FIVE, 100.0)
+    assert pacing.next_delay("pro", FIVE, 180.0, [(180.0, 0.0)]) == pytest.approx(20.0)

@@ -1,0 +1,226 @@
+"""The executor against a scripted fake API: the money edges, one behaviour each."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from kling_batch.client import ConnectionFailed, ResultExpired, RunFatal
+from kling_batch.clock import ScaledClock
+from kling_batch.executor import Executor, RunOptions, RunReport
+from kling_batch.lockfile import LockWriter, load_lockfile
+from kling_batch.payloads import Download, JobState, Submission, Upload
+from kling_batch.plan import Plan, build_plan, new_entry
+from tests.conftest import NOW
+
+MP4 = b"\x00\x00\x00\x14ftypisom\x00\x00\x02\x00isom" + b"\x00" * 64
+
+
+class FakeApi:
+    """An API that creates jobs which finish at once; `script` overrides any operation."""
+
+    def __init__(self) -> None:
+        self.clock = ScaledClock(1e-5)
+        self.submits: list[Mapping[str, Any]] = []
+        self.polls = 0
+        self.downloads = 0
+        self.script: dict[str, Callable[..., Any]] = {}
+
+    async def submit(self, body: Mapping[str, Any], *, headers: Any = None) -> Submission:
+        if "submit" in self.script:
+            self.script["submit"]()
+        self.submits.append(body)
+        job = f"job{len(self.submits)}"
+        return Submission(job, f"https://api.test/v1/jobs/{job}")
+
+    async def get_job(self, job_id: str, poll_url: str | None = None) -> JobState:
+        self.polls += 1
+        if "get_job" in self.script:
+            result = self.script["get_job"](job_id)
+            if result is not None:
+                return result  # type: ignore[no-any-return]
+        return JobState(
+            job_id,
+            "succeeded",
+            "completed",
+            1.0,
+            video_url=f"https://cdn.test/{job_id}.mp4",
+            billed_usd=Decimal("1.4"),
+        )
+
+    async def list_jobs(self, status: str | None = None, limit: int = 100) -> list[JobState]:
+        return []
+
+    async def upload(self, path: Path, *, content_type: str | None = None) -> Upload:
+        size = await anyio.Path(path).stat()
+        return Upload("bunny://up/" + path.name, None, size.st_size)
+
+    async def download(self, url: str, dest: Path) -> Download:
+        self.downloads += 1
+        if "download" in self.script:
+            self.script["download"](url)
+        data = MP4 + url.encode()
+        await anyio.Path(dest).write_bytes(data)
+        return Download(len(data), "sha256:" + hashlib.sha256(data).hexdigest())
+
+
+def run(plan: Plan, api: FakeApi, **options: Any) -> RunReport:
+    """Run every actionable item of `plan` against `api`."""
+    writer = LockWriter(plan.lock_path, plan.lock)
+
+    class Quiet:
+        def event(self, render_id: str, state: str, detail: str = "") -> None:
+            pass
+
+        def progress(self, render_id: str, fraction: float | None) -> None:
+            pass
+
+    executor = Executor(
+        root=plan.loaded.root,
+        client=api,
+        writer=writer,
+        events=Quiet(),
+        options=RunOptions(**options),
+    )
+    items = [item for item in plan.items if item.action != "unchanged"]
+    return anyio.run(executor.run, items)
+
+
+ONE = '[[shots]]\nid = "a"\nprompt = "a lighthouse"\n'
+
+
+def test_run_records_done_with_hash(project: Callable[..., Path]) -> None:
+    """A render goes submit → poll → download and is recorded done with its file's hash."""
+    api = FakeApi()
+    report = run(build_plan(project(ONE), now=NOW), api)
+    entry = load_lockfile(project(ONE).with_suffix(".lock")).shots["a"]
+    assert report.exit_code == 0 and entry.state == "done"
+    data = (project(ONE).parent / entry.output).read_bytes()
+    assert entry.output_sha256 == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert report.estimated_cost == Decimal("1.400") and report.billed_cost == Decimal("1.4")
+
+
+def test_fresh_url_unreachable_keeps_the_paid_job(project: Callable[..., Path]) -> None:
+    """Expired URL + the API briefly unreachable: the render stays completed, not failed."""
+    api = FakeApi()
+
+    def expired(url: str) -> None:
+        raise ResultExpired("gone", status=410)
+
+    polls = iter([None])
+
+    def flaky(job_id: str) -> JobState | None:
+        if next(polls, "down") == "down":
+            raise ConnectionFailed("unreachable")
+        return None
+
+    api.script.update(download=expired, get_job=flaky)
+    path = project(ONE)
+    report = run(build_plan(path, now=NOW), api)
+    entry = load_lockfile(path.with_suffix(".lock")).shots["a"]
+    assert entry.state == "completed"
+    assert [o.state for o in report.outcomes] == ["pending"]
+    assert build_plan(path, now=NOW).items[0].action == "resume"
+
+
+def test_success_without_video_url_is_not_failed(project: Callable[..., Path]) -> None:
+    """A completed job whose answer has no readable URL stays on record, never re-paid."""
+    api = FakeApi()
+    api.script["get_job"] = lambda job_id: JobState(job_id, "succeeded", "completed", 1.0)
+    path = project(ONE)
+    report = run(build_plan(path, now=NOW), api)
+    assert load_lockfile(path.with_suffix(".lock")).shots["a"].state == "submitted"
+    assert report.outcomes[0].state == "pending"
+    assert build_plan(path, now=NOW).totals.to_run == 0
+
+
+def test_cost_counts_submissions_even_when_polling_is_refused(
+    project: Callable[..., Path],
+) -> None:
+    """A 401 while polling still reports the render submitted this run as spent."""
+    api = FakeApi()
+
+    def refused(job_id: str) -> None:
+        raise RunFatal("key revoked", status=401)
+
+    api.script["get_job"] = refused
+    report = run(build_plan(project(ONE), now=NOW), api)
+    assert report.estimated_cost == Decimal("1.400")
+    assert report.billed_cost is None
+    assert report.stopped is not None
+
+
+def test_missing_input_file_fails_only_its_render(
+    project: Callable[..., Path], image: Callable[[str], Path]
+) -> None:
+    """An image deleted between plan and upload fails that render; the other renders."""
+    picture = image("still.png")
+    path = project(ONE + '[[shots]]\nid = "b"\nprompt = "p"\nimage = "still.png"\n')
+    plan = build_plan(path, now=NOW)
+    picture.unlink()
+    api = FakeApi()
+    report = run(plan, api)
+    states = {o.id: o.state for o in report.outcomes}
+    assert states == {"a": "done", "b": "failed"}
+    assert len(api.submits) == 1
+
+
+def test_identical_requests_are_paid_once(project: Callable[..., Path]) -> None:
+    """Two shots with the same request render once; the second is a free copy."""
+    path = project(ONE + '[[shots]]\nid = "twin"\nprompt = "a lighthouse"\n')
+    plan = build_plan(path, now=NOW)
+    assert [i.action for i in plan.items] == ["new", "restore"]
+    assert plan.totals.to_run_cost == Decimal("1.400")
+    api = FakeApi()
+    report = run(plan, api)
+    assert len(api.submits) == 1
+    assert {o.id: o.state for o in report.outcomes} == {"a": "done", "twin": "done"}
+    root = path.parent
+    assert (root / "renders/a.mp4").read_bytes() == (root / "renders/twin.mp4").read_bytes()
+
+
+def test_stop_after_saving_submitting_sends_nothing(project: Callable[..., Path]) -> None:
+    """A stop that lands between saving `submitting` and the POST puts the record back."""
+    api = FakeApi()
+    path = project(ONE)
+    plan = build_plan(path, now=NOW)
+    writer = LockWriter(plan.lock_path, plan.lock)
+
+    class Quiet:
+        def event(self, render_id: str, state: str, detail: str = "") -> None:
+            pass
+
+        def progress(self, render_id: str, fraction: float | None) -> None:
+            pass
+
+    executor = Executor(root=path.parent, client=api, writer=writer, events=Quiet())
+    real_commit = writer.commit
+
+    async def commit_then_stop() -> None:
+        await real_commit()
+        if any(e.state == "submitting" for e in writer.lock.shots.values()):
+            executor.stop("test stop")
+
+    writer.commit = commit_then_stop  # type: ignore[method-assign]
+    report = anyio.run(executor.run, list(plan.items))
+    assert api.submits == []
+    assert [o.state for o in report.outcomes] == ["skipped"]
+    assert "a" not in load_lockfile(path.with_suffix(".lock")).shots
+
+
+def test_uncertain_entry_with_fractional_duration_is_settled(
+    project: Callable[..., Path],
+) -> None:
+    """A lockfile Decimal duration (7.5) does not break matching uncertain submissions."""
+    path = project('[[shots]]\nid = "a"\nprompt = "p"\nduration = 7.5\n')
+    plan = build_plan(path, now=NOW)
+    plan.lock.shots["a"] = new_entry(plan.items[0].render, "uncertain", updated_at=NOW)
+    plan.lock.save(plan.lock_path)
+    again = build_plan(path, now=NOW)
+    report = run(again, FakeApi())
+    assert [o.state for o in report.outcomes] == ["uncertain"]
