@@ -298,11 +298,9 @@ def emulator(
     large_output_bytes: int | None,
 ) -> None:
     """Serve a local emulator of the EmpirioLabs API."""
-    from kling_batch.emulator.server import serve
+    from kling_batch.emulator.server import config_from_options, serve
 
-    serve(
-        host=host,
-        port=port,
+    config = config_from_options(
         api_key=api_key,
         time_scale=time_scale,
         rpm=rpm,
@@ -314,7 +312,7 @@ def emulator(
         submit_status=int(submit_status),
         large_output_bytes=large_output_bytes,
     )
-
+    serve(host=host, port=port, config=config)
 
 def _usd_option(value: str | None, name: str) -> Decimal | None:
     if value is None:

@@ -87,34 +87,8 @@ def config_from_options(
         raise UserError(str(exc)) from None
 
 
-def serve(
-    *,
-    host: str,
-    port: int,
-    api_key: str,
-    time_scale: float,
-    rpm: int,
-    credits: str | Decimal | None,
-    faults: Sequence[str],
-    seed: int,
-    latency: str = "realistic",
-    poll_url: str = "absolute",
-    submit_status: int = 200,
-    large_output_bytes: int | None = None,
-) -> None:
+def serve(*, host: str, port: int, config: EmulatorConfig) -> None:
     """Serve an emulator until Ctrl-C (the `kling-batch emulator` command)."""
-    config = config_from_options(
-        api_key=api_key,
-        time_scale=time_scale,
-        rpm=rpm,
-        credits=credits,
-        faults=faults,
-        seed=seed,
-        latency=latency,
-        poll_url=poll_url,
-        submit_status=submit_status,
-        large_output_bytes=large_output_bytes,
-    )
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     with Emulator(config) as emulator:
