@@ -314,6 +314,7 @@ def emulator(
     )
     serve(host=host, port=port, config=config)
 
+
 def _usd_option(value: str | None, name: str) -> Decimal | None:
     if value is None:
         return None
