@@ -45,7 +45,7 @@ from kling_batch.clock import Clock
 from kling_batch.lockfile import Entry, LockWriteError, LockWriter, PastRender, UploadedAsset
 from kling_batch.outputs import BadOutput, discard, place_copy, temp_beside, verify_and_place
 from kling_batch.pacing import PollPacing, measured_speed
-from kling_batch.payloads import Download, JobState, Submission, Upload
+from kling_batch.payloads import Download, JobState, Submission, Upload, parse_time
 from kling_batch.plan import (
     CACHE_DIR,
     PAID_ACTIONS,
@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 FINGERPRINT_HEADER = "x-kling-batch-fingerprint"
 RESULT_RETENTION = timedelta(days=7)  # signed result URLs (API reference §3.1)
+JOB_RETENTION = timedelta(hours=1)  # job state after completion (API reference §3.1)
 _HISTORY_LIMIT = 20
 
 OutcomeState = Literal["done", "failed", "uncertain", "pending", "skipped"]
@@ -237,6 +238,9 @@ class Executor:
             raise
         except Exception as exc:  # an unexpected failure must not cancel paid siblings
             log.debug("render %s failed unexpectedly", render.id, exc_info=True)
+            entry = self.writer.lock.shots.get(render.id)
+            if entry is not None and entry.state == "submitting":
+                self.report.submitted[render.id] = render.cost  # the POST may have gone out
             detail = f"unexpected error ({type(exc).__name__}: {exc}); its record is kept"
             outcome = Outcome(render.id, item.action, "failed", detail)
         self.report.outcomes.append(outcome)
@@ -386,22 +390,29 @@ class Executor:
         while True:
             elapsed = self.clock.monotonic() - started
             await self.clock.sleep(pacer.next_delay(tier, seconds, elapsed, readings))
+            trouble: ApiError | None = None
             try:
                 job = await self.client.get_job(entry.job_id, entry.poll_url)
-            except JobNotFound:
-                return await self._forgotten(render, entry)
+            except JobNotFound as exc:
+                if self._may_be_forgotten(entry):
+                    return await self._forgotten(render, entry)
+                # The API keeps a job an hour after it completes: a 404 sooner is a
+                # hiccup, not a lost job. Ask again later rather than re-pay.
+                trouble = exc
             except RetryableError as exc:
-                tick = self.clock.monotonic()
-                unreachable_since = unreachable_since or tick
-                if tick - unreachable_since > self.options.poll_patience:
-                    detail = f"job {entry.job_id} unreachable ({exc}); rerun to resume it"
-                    return Outcome(render.id, "resume", "pending", detail=detail)
-                continue
+                trouble = exc
             except RunFatal:
                 raise
             except ApiError as exc:
                 detail = f"cannot poll job {entry.job_id} ({exc}); rerun to resume it"
                 return Outcome(render.id, "resume", "pending", detail=detail)
+            if trouble is not None:
+                tick = self.clock.monotonic()
+                unreachable_since = unreachable_since or tick
+                if tick - unreachable_since > self.options.poll_patience:
+                    detail = f"job {entry.job_id} unreachable ({trouble}); rerun to resume it"
+                    return Outcome(render.id, "resume", "pending", detail=detail)
+                continue
             unreachable_since = None
             elapsed = self.clock.monotonic() - started
             if job.status == "succeeded":
@@ -447,6 +458,12 @@ class Executor:
             if job.progress is not None:
                 readings.append((elapsed, job.progress))
             self.events.progress(render.id, job.progress)
+
+    def _may_be_forgotten(self, entry: Entry) -> bool:
+        """True once a job could have completed and been dropped (kept 1 h after completion)."""
+        if entry.submitted_at is None:
+            return True
+        return _model_age(self.clock, entry.submitted_at) > JOB_RETENTION.total_seconds()
 
     async def _forgotten(self, render: PlannedRender, entry: Entry) -> Entry | Outcome:
         """The API dropped the job (state is kept an hour after completion)."""
@@ -642,40 +659,20 @@ class Executor:
 
     def _sent_body(self, entry: Entry) -> dict[str, Any]:
         """What was POSTed for an entry: its request with local assets as upload paths."""
-        body = dict(entry.request)
-        for key, sha256 in entry.assets.items():
-            upload = self.writer.lock.uploads.get(sha256)
-            if upload is None:
-                continue
-            name, _, index = key.partition(".")
-            if not index:
-                body[name] = upload.path
-            elif isinstance(body.get(name), str):
-                items = body[name].split(",")
-                items[int(index)] = upload.path
-                body[name] = ",".join(items)
-        return body
+        uploads = self.writer.lock.uploads
+        paths = {key: uploads[sha].path for key, sha in entry.assets.items() if sha in uploads}
+        return kling_o3.with_media(entry.request, paths)
 
     # -- uploads and downloads ----------------------------------------------------------
 
     async def _wire_body(self, render: PlannedRender) -> dict[str, Any]:
         """The request body with every local asset replaced by its upload path."""
-        body = dict(render.body)
-        paths: dict[str, str] = {}
+        paths = {}
         for key, asset in render.assets.items():
             if asset.kind == "local":
                 assert asset.path is not None and asset.sha256 is not None
                 paths[key] = await self._uploaded(asset.sha256, asset.path, asset.ref)
-            else:
-                paths[key] = asset.ref
-        for name in kling_o3.MEDIA_FIELDS:
-            if name in body:
-                body[name] = paths[name]
-        for name in kling_o3.MEDIA_LIST_FIELDS:
-            if name in body:
-                count = len(body[name].split(","))
-                body[name] = ",".join(paths[f"{name}.{i}"] for i in range(count))
-        return body
+        return kling_o3.with_media(render.body, paths)
 
     async def _uploaded(self, sha256: str, path: Path, ref: str) -> str:
         """The `bunny://` path of a file's content, uploading it once per run and lockfile."""
@@ -799,6 +796,4 @@ def _comparable(request: Mapping[str, Any]) -> str:
 
 
 def _created_at(job: JobState) -> datetime | None:
-    from kling_batch.payloads import parse_time
-
     return parse_time(job.raw.get("created_at"))

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
@@ -216,3 +217,18 @@ def wire_request(request: KlingO3Request, workflow: ResolvedWorkflow) -> dict[st
         if values:
             body[name] = ",".join(values)
     return body
+
+
+def with_media(body: Mapping[str, Any], values: Mapping[str, str]) -> dict[str, Any]:
+    """`body` with media references replaced: keys are `image`, `video`, ... for single
+    fields and `reference_images.0`, `reference_videos.1`, ... for items of list fields."""
+    replaced = dict(body)
+    for key, value in values.items():
+        name, _, index = key.partition(".")
+        if not index:
+            replaced[name] = value
+            continue
+        items = replaced[name].split(",")
+        items[int(index)] = value
+        replaced[name] = ",".join(items)
+    return replaced

@@ -261,7 +261,11 @@ def plan_render(spec: RenderSpec, store: AssetStore) -> PlannedRender:
     )
     body = kling_o3.wire_request(request, workflow)
     fingerprint = fingerprint_of(
-        {"model": kling_o3.MODEL_ID, "request": _with_hashes(body, assets), "take": spec.take}
+        {
+            "model": kling_o3.MODEL_ID,
+            "request": kling_o3.with_media(body, {k: a.identity for k, a in assets.items()}),
+            "take": spec.take,
+        }
     )
     return PlannedRender(
         id=spec.id,
@@ -353,19 +357,6 @@ def _video_edit_seconds(
 
 def _secs(seconds: Decimal) -> str:
     return f"{seconds.normalize():f}s"
-
-
-def _with_hashes(body: Mapping[str, Any], assets: Mapping[str, Asset]) -> dict[str, Any]:
-    """The body with each local asset replaced by its content hash (for the fingerprint)."""
-    hashed = dict(body)
-    for name in kling_o3.MEDIA_FIELDS:
-        if name in assets:
-            hashed[name] = assets[name].identity
-    for name in kling_o3.MEDIA_LIST_FIELDS:
-        if name in hashed:
-            count = len(hashed[name].split(","))
-            hashed[name] = ",".join(assets[f"{name}.{i}"].identity for i in range(count))
-    return hashed
 
 
 def asset_hashes(render: PlannedRender) -> dict[str, str]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 
-from kling_batch.client import ConnectionFailed, ResultExpired, RunFatal
+from kling_batch.client import ConnectionFailed, JobNotFound, ResultExpired, RunFatal
 from kling_batch.clock import ScaledClock
 from kling_batch.executor import Executor, RunOptions, RunReport
 from kling_batch.lockfile import LockWriter, load_lockfile
@@ -224,3 +224,19 @@ def test_uncertain_entry_with_fractional_duration_is_settled(
     again = build_plan(path, now=NOW)
     report = run(again, FakeApi())
     assert [o.state for o in report.outcomes] == ["uncertain"]
+
+
+def test_early_404_on_a_fresh_job_is_asked_again(project: Callable[..., Path]) -> None:
+    """A 404 on a job submitted minutes ago is a hiccup: polled again, never re-paid."""
+    api = FakeApi()
+    answers = iter(["missing"])
+
+    def once_missing(job_id: str) -> None:
+        if next(answers, None) == "missing":
+            raise JobNotFound("no such job", status=404)
+
+    api.script["get_job"] = once_missing
+    path = project(ONE)
+    report = run(build_plan(path, now=NOW), api)
+    assert [o.state for o in report.outcomes] == ["done"]
+    assert len(api.submits) == 1 and api.polls == 2

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 from kling_batch.lockfile import load_lockfile
-from tests.run.conftest import Project
+from tests.run.conftest import TIME_SCALE, Project
 
 HOUR = 3600.0
 DAY = 24 * HOUR
@@ -71,6 +72,13 @@ def test_submitted_job_forgotten_without_url_fails_with_explanation(
     assert project.run().returncode == 0
     rewind(project, "night", "submitted")
     project.served.emulator.advance(2 * HOUR)
+    # The lockfile records real submission times: age it by the same two modelled hours.
+    lock = load_lockfile(project.lock)
+    entry = lock.shots["night"]
+    assert entry.submitted_at is not None
+    aged = entry.submitted_at - timedelta(seconds=2 * HOUR * TIME_SCALE)
+    lock.shots["night"] = entry.model_copy(update={"submitted_at": aged})
+    lock.save(project.lock)
     result = project.run()
     assert result.returncode == 1
     entry = load_lockfile(project.lock).shots["night"]
