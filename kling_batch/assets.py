@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from kling_batch.atomic import atomic_write
 from kling_batch.canonical import sha256_file
+from kling_batch.errors import AssetProblem
 
 STATE_DIR = ".kling-batch"
 _CACHE_FILE = "assets.json"
@@ -26,10 +27,6 @@ _RACY_NS = 2_000_000_000
 _MILLISECOND = Decimal("0.001")
 
 AssetKind = Literal["local", "https", "bunny"]
-
-
-class AssetProblem(Exception):
-    """A media reference that cannot be used; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)

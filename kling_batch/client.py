@@ -1,24 +1,7 @@
 """EmpirioClient: the async EmpirioLabs API client, and the one place API failures are classified.
 
-Every failure leaves the client as one of these (all carry `status`, `code`, `message`,
-`param`, `type`, `attempts`; none ever contains the API key):
-
-    RunError                       kling_batch.errors, exit 1
-     └── ApiError                  any API failure; `.retryable` says if trying later may help
-          ├── RetryableError       transient; raised only once every attempt is spent
-          │    ├── RateLimited     429
-          │    ├── ServerError     5xx (except 501, 505), 408
-          │    ├── ConnectionFailed  no answer: connect, read, timeout (safe requests only)
-          │    ├── BadResponse     a 2xx whose body is not what was asked for (safe requests)
-          │    └── TruncatedDownload  a download cut short or of the wrong size
-          ├── RunFatal             stop submitting for the whole run (also: unusable base URL)
-          │    ├── AuthError       401 / 403: key missing, invalid or not allowed
-          │    └── CreditsError    402: out of credits
-          ├── ShotRejected         400, 404, 422, other 4xx: this request never succeeds
-          ├── JobNotFound          404 on a job: unknown id, or its state expired (kept 1 h)
-          ├── ResultExpired        401/403/404/410 on a result URL: the signed URL is gone
-          └── AmbiguousSubmit      a submit may have created (and billed) a job; no id came back
-
+Every failure leaves the client as one `ApiError` from `kling_batch.errors` (all carry
+`status`, `code`, `message`, `param`, `type`, `attempts`; none ever contains the API key).
 `EmpirioClient._classify` maps every httpx exception and non-2xx response to this tree.
 A submit (`POST /v1/videos/generations`) is retried only when the request provably never
 reached the server (ConnectError, ConnectTimeout, PoolTimeout, ProxyError) or the API
@@ -54,7 +37,22 @@ from kling_batch.endpoint import (
     check_api_key,
     resolve_base_url,
 )
-from kling_batch.errors import RunError
+from kling_batch.errors import (
+    AmbiguousSubmit,
+    ApiError,
+    AuthError,
+    BadResponse,
+    ConnectionFailed,
+    CreditsError,
+    JobNotFound,
+    MalformedResponse,
+    RateLimited,
+    ResultExpired,
+    RunFatal,
+    ServerError,
+    ShotRejected,
+    TruncatedDownload,
+)
 from kling_batch.payloads import (
     Download,
     ErrorInfo,
@@ -71,27 +69,13 @@ from kling_batch.ratelimit import RateLimiter, RetryPolicy, retry_after_seconds
 
 __all__ = [
     "DEFAULT_BASE_URL",
-    "AmbiguousSubmit",
-    "ApiError",
-    "AuthError",
-    "BadResponse",
-    "ConnectionFailed",
-    "CreditsError",
     "Download",
     "EmpirioClient",
     "ErrorInfo",
-    "JobNotFound",
     "JobState",
-    "RateLimited",
-    "ResultExpired",
     "RetryPolicy",
-    "RetryableError",
-    "RunFatal",
-    "ServerError",
-    "ShotRejected",
     "Submission",
     "Timeouts",
-    "TruncatedDownload",
     "Upload",
     "api_key_from_env",
     "resolve_base_url",
@@ -109,95 +93,6 @@ _Op = Literal["submit", "job", "api", "download"]
 
 
 RATE_HEADROOM = 1.02
-
-
-class ApiError(RunError):
-    """A failed API call, classified; never contains the API key."""
-
-    retryable = False
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        code: str | None = None,
-        param: str | None = None,
-        type: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.code = code
-        self.param = param
-        self.type = type
-        self.retry_after = retry_after
-        self.attempts = 1
-
-    def __str__(self) -> str:
-        said = self.status is None or self.message.startswith(f"HTTP {self.status}")
-        details = [] if said else [f"HTTP {self.status}"]
-        details += [f"{k} {v}" for k, v in (("code", self.code), ("param", self.param)) if v]
-        return f"{self.message} ({', '.join(details)})" if details else self.message
-
-
-class RetryableError(ApiError):
-    """A transient failure that outlasted every retry; trying again later may succeed."""
-
-    retryable = True
-
-
-class RateLimited(RetryableError):
-    """429: the account's request rate was exceeded."""
-
-
-class ServerError(RetryableError):
-    """5xx or 408: the server failed and said so (a definite answer, nothing was created)."""
-
-
-class ConnectionFailed(RetryableError):
-    """No answer came back: connect, read or timeout failure on a request safe to repeat."""
-
-
-class BadResponse(RetryableError):
-    """A 2xx whose body was unreadable or lacked what was asked for (safe requests only)."""
-
-
-class TruncatedDownload(RetryableError):
-    """A download ended early or its size did not match Content-Length."""
-
-
-class RunFatal(ApiError):
-    """Nothing will succeed for the rest of the run: stop submitting."""
-
-
-class AuthError(RunFatal):
-    """401/403: the API key is missing, invalid or not allowed."""
-
-
-class CreditsError(RunFatal):
-    """402: the account is out of credits."""
-
-
-class ShotRejected(ApiError):
-    """The API refused this request (400, 404, 422, other 4xx): fail the render with its message."""
-
-
-class JobNotFound(ApiError):
-    """404 on a job: the id is unknown or its state expired (kept one hour after completion)."""
-
-
-class ResultExpired(ApiError):
-    """The result URL answered 401/403/404/410: the signed URL expired or was revoked."""
-
-
-class AmbiguousSubmit(ApiError):
-    """A submit may have created (and billed) a job but no job id came back: record `uncertain`."""
-
-
-class _Malformed(Exception):
-    """A 2xx response the handler could not use; classified by `_classify`."""
 
 
 class EmpirioClient:
@@ -293,7 +188,7 @@ class EmpirioClient:
             payload = await _json_object(response)
             job_id = find_job_id(payload)
             if job_id is None:
-                raise _Malformed("the response carries no job id")
+                raise MalformedResponse("the response carries no job id")
             status = payload.get("status")
             return Submission(
                 job_id=job_id,
@@ -325,11 +220,11 @@ class EmpirioClient:
             try:
                 payload = json.loads(response.content)
             except ValueError as exc:
-                raise _Malformed("the job list is not JSON") from exc
+                raise MalformedResponse("the job list is not JSON") from exc
             if isinstance(payload, Mapping):
                 payload = payload.get("data", payload.get("jobs"))
             if not isinstance(payload, list):
-                raise _Malformed("the response holds no list of jobs")
+                raise MalformedResponse("the response holds no list of jobs")
             return [parse_job(item) for item in payload if isinstance(item, Mapping)]
 
         try:
@@ -383,7 +278,7 @@ class EmpirioClient:
         async def handle(response: httpx.Response) -> Upload:
             upload = parse_upload(await _json_object(response), size=size)
             if upload is None:
-                raise _Malformed("the upload response carries no bunny:// path")
+                raise MalformedResponse("the upload response carries no bunny:// path")
             return upload
 
         return await self._call("api", make, handle)
@@ -405,12 +300,12 @@ class EmpirioClient:
                         digest.update(chunk)
                         size += len(chunk)
                 except httpx.TransportError as exc:
-                    raise _Malformed(f"download cut off after {size} bytes") from exc
+                    raise MalformedResponse(f"download cut off after {size} bytes") from exc
             # Content-Length counts bytes on the wire; they differ from `size` only if encoded.
             encoded = response.headers.get("Content-Encoding", "identity") != "identity"
             received = response.num_bytes_downloaded if encoded else size
             if expected is not None and received != expected:
-                raise _Malformed(f"download got {received} of {expected} bytes")
+                raise MalformedResponse(f"download got {received} of {expected} bytes")
             return Download(size=size, sha256="sha256:" + digest.hexdigest())
 
         return await self._call("download", make, handle)
@@ -447,7 +342,7 @@ class EmpirioClient:
                         error = self._classify(op, response=response)
                     except httpx.HTTPError as exc:
                         error, cause = self._classify(op, exc=exc), exc
-                    except _Malformed as exc:
+                    except MalformedResponse as exc:
                         error = self._classify(op, response=response, problem=str(exc))
                         cause = exc.__cause__
                     finally:
@@ -631,14 +526,14 @@ class EmpirioClient:
 
 
 async def _json_object(response: httpx.Response) -> Mapping[str, Any]:
-    """The body as a JSON object, or `_Malformed`."""
+    """The body as a JSON object, or `MalformedResponse`."""
     await response.aread()
     try:
         payload = json.loads(response.content)
     except ValueError as exc:
-        raise _Malformed("the body is not JSON") from exc
+        raise MalformedResponse("the body is not JSON") from exc
     if not isinstance(payload, Mapping):
-        raise _Malformed("the body is not a JSON object")
+        raise MalformedResponse("the body is not a JSON object")
     return payload
 
 

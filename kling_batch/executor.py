@@ -32,18 +32,22 @@ import anyio.to_thread
 from kling_batch import kling_o3
 from kling_batch.assets import STATE_DIR, ensure_state_dir
 from kling_batch.canonical import canonical_json
-from kling_batch.client import (
+from kling_batch.clock import Clock
+from kling_batch.errors import (
     AmbiguousSubmit,
     ApiError,
+    BadOutput,
     JobNotFound,
+    LockWriteError,
     ResultExpired,
     RetryableError,
     RunFatal,
     ShotRejected,
+    TryLater,
+    UploadFailed,
 )
-from kling_batch.clock import Clock
-from kling_batch.lockfile import Entry, LockWriteError, LockWriter, PastRender, UploadedAsset
-from kling_batch.outputs import BadOutput, discard, place_copy, temp_beside, verify_and_place
+from kling_batch.lockfile import Entry, LockWriter, PastRender, UploadedAsset
+from kling_batch.outputs import discard, place_copy, temp_beside, verify_and_place
 from kling_batch.pacing import PollPacing, measured_speed
 from kling_batch.payloads import Download, JobState, Submission, Upload, parse_time
 from kling_batch.plan import (
@@ -272,7 +276,7 @@ class Executor:
                 return Outcome(render.id, item.action, "skipped", detail="not submitted")
             try:
                 body = await self._wire_body(render)
-            except _UploadFailed as exc:
+            except UploadFailed as exc:
                 await self._record_failure(render, previous, str(exc))
                 return Outcome(render.id, item.action, "failed", detail=str(exc))
             if self.stop_submitting.is_set():
@@ -488,7 +492,7 @@ class Executor:
             except ResultExpired as exc:
                 try:
                     fresh = await self._fresh_url(entry)
-                except _TryLater as later:
+                except TryLater as later:
                     detail = f"result URL refused and the job could not be asked ({later})"
                     self.writer.update(render.id, error=detail, updated_at=self.clock.now())
                     await self.writer.commit()
@@ -529,7 +533,7 @@ class Executor:
         return Outcome(render.id, "resume", "pending", detail=detail)
 
     async def _fresh_url(self, entry: Entry) -> str | None:
-        """A new result URL from the job, None if the job is gone; `_TryLater` if unsure."""
+        """A new result URL from the job, None if the job is gone; `TryLater` if unsure."""
         if entry.job_id is None:
             return None
         try:
@@ -539,11 +543,11 @@ class Executor:
         except RunFatal:
             raise
         except ApiError as exc:
-            raise _TryLater(str(exc)) from None
+            raise TryLater(str(exc)) from None
         if job.status == "succeeded" and job.video_url:
             return job.video_url
         if job.status == "succeeded":
-            raise _TryLater(f"job {job.job_id} answered without a video URL")
+            raise TryLater(f"job {job.job_id} answered without a video URL")
         return None
 
     # -- restore and uncertain ----------------------------------------------------------
@@ -700,7 +704,7 @@ class Executor:
             await done.wait()
         known = self.writer.lock.uploads.get(sha256)
         if known is None:
-            raise _UploadFailed(self._upload_errors.get(sha256, f"upload of {ref} failed"))
+            raise UploadFailed(self._upload_errors.get(sha256, f"upload of {ref} failed"))
         return known.path
 
     async def _fetch(self, url: str, output: Any, *, expected: str | None = None) -> Download:
@@ -749,14 +753,6 @@ def longest_first(items: Sequence[PlanItem]) -> list[PlanItem]:
     rest = [item for item in items if item.action not in {"resume", "uncertain", "restore"}]
     rest.sort(key=lambda item: item.render.cost, reverse=True)  # stable: manifest order ties
     return in_flight + rest
-
-
-class _TryLater(Exception):
-    """The API could not be asked right now; the render stays resumable."""
-
-
-class _UploadFailed(Exception):
-    """An input file could not be uploaded; the render fails, nothing was submitted."""
 
 
 def _carry_history(previous: Entry | None, fingerprint: str) -> list[PastRender]:

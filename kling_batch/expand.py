@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from kling_batch.errors import UserError
+from kling_batch.errors import TemplateProblem, UserError
 from kling_batch.manifest import REQUEST_FIELD_NAMES, LoadedManifest, SourcedShot
-from kling_batch.templating import TemplateProblem, Templates
+from kling_batch.templating import Templates
 
 _ID = re.compile(r"[A-Za-z0-9._-]+")
 _MATRIX_KEYWORDS = ("include", "exclude")

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kling_batch.errors import RequestRuleError
+
 MODEL_ID = "kling-o3"
 MAX_SCENES = 6
 MIN_SECONDS = 3
@@ -83,14 +85,6 @@ class Scene:
 
     text: str
     seconds: Decimal | None
-
-
-class RequestRuleError(ValueError):
-    """A cross-field rule of the model card is broken; `field` names the culprit."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 def parse_scenes(prompt: str) -> list[Scene]:

@@ -24,7 +24,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kling_batch.atomic import atomic_write
-from kling_batch.errors import RunError, UserError
+from kling_batch.errors import Loc, LockWriteError, UserError, validation_error
 
 LOCK_VERSION = 1
 HEADER = (
@@ -212,13 +212,16 @@ def parse_lockfile(text: str, path: Path) -> Lockfile:
     try:
         return Lockfile.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        loc = list(error["loc"])
-        shot = str(loc[1]) if len(loc) >= 2 and loc[0] == "shots" else None
-        field = ".".join(str(p) for p in (loc[2:] if shot else loc)) or None
-        raise UserError(
-            f"damaged lockfile: {error['msg']}; {hint}", file=path, shot=shot, field=field
+        raise validation_error(
+            exc, file=path, split=_shot_of, template=f"damaged lockfile: {{}}; {hint}"
         ) from None
+
+
+def _shot_of(loc: Loc) -> tuple[str | None, Loc]:
+    """(`shot id`, field location) of an error inside `[shots."<id>"]`."""
+    if len(loc) >= 2 and loc[0] == "shots":
+        return str(loc[1]), loc[2:]
+    return None, loc
 
 
 def _pruned(entry: dict[str, Any]) -> dict[str, Any]:
@@ -232,10 +235,6 @@ def _sorted(value: Any) -> Any:
     if isinstance(value, list):
         return [_sorted(item) for item in value]
     return value
-
-
-class LockWriteError(RunError):
-    """The lockfile could not be written; nothing more can be recorded, so the run stops."""
 
 
 class LockWriter:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 import tomllib
@@ -13,7 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kling_batch.errors import UserError
+from kling_batch.errors import Loc, UserError, validation_error
 
 # A string holding Jinja syntax: lets an enum or number field be set from a template.
 Template = Annotated[
@@ -204,68 +203,27 @@ def _validate(model: type[M], path: Path, data: dict[str, Any]) -> M:
 def _user_error(
     model: type[BaseModel], path: Path, data: dict[str, Any], exc: ValidationError
 ) -> UserError:
-    """Turn pydantic's first complaint into one line: file, line, shot, field, hint."""
-    error = _most_specific(exc.errors())
-    loc = [part for part in error["loc"] if not _is_union_branch(part)]
-    shot: str | None = None
-    if len(loc) >= 2 and loc[0] == "shots" and isinstance(loc[1], int):
-        raw = data.get("shots", [])[loc[1]] if isinstance(data.get("shots"), list) else None
-        shot_id = raw.get("id") if isinstance(raw, dict) else None
-        shot = str(shot_id) if shot_id else f"shots[{loc[1]}]"
-        field_loc = loc[2:]
-    else:
-        field_loc = loc
-    field = ".".join(str(part) for part in field_loc) or None
-    message = _clean_message(error)
-    if error["type"] == "extra_forbidden" and field_loc:
-        message = f"unknown key {field_loc[-1]!r}" + _did_you_mean(
-            str(field_loc[-1]), _known_keys(model, loc)
-        )
-    key = str(field_loc[-1]) if field_loc else None
-    index = loc[1] if shot is not None and isinstance(loc[1], int) else None
-    line = _guess_line(path, key, index)
-    return UserError(message, file=path, shot=shot, field=field, line=line)
+    """Pydantic's complaint as one line: file, line, shot, field, and a "did you mean"."""
 
+    def split(loc: Loc) -> tuple[str | None, Loc]:
+        if len(loc) >= 2 and loc[0] == "shots" and isinstance(loc[1], int):
+            raw = data.get("shots", [])[loc[1]] if isinstance(data.get("shots"), list) else None
+            shot_id = raw.get("id") if isinstance(raw, dict) else None
+            return (str(shot_id) if shot_id else f"shots[{loc[1]}]"), loc[2:]
+        return None, loc
 
-def _most_specific(errors: list[Any]) -> Any:
-    # Union types report one error per branch; the literal branch names the allowed values.
-    for error in errors:
-        if error["type"] in {"literal_error", "extra_forbidden", "missing"}:
-            return error
-    return errors[0]
+    def known_keys(loc: Loc) -> list[str]:
+        if loc and loc[0] == "shots":
+            return list(Shot.model_fields)
+        if loc and loc[0] == "defaults":
+            return list(RequestFields.model_fields)
+        return [field.alias or name for name, field in model.model_fields.items()]
 
+    def line(key: str | None, loc: Loc) -> int | None:
+        index = loc[1] if len(loc) >= 2 and loc[0] == "shots" else None
+        return _guess_line(path, key, index if isinstance(index, int) else None)
 
-def _is_union_branch(part: Any) -> bool:
-    return isinstance(part, str) and (
-        part.startswith(("literal[", "function-", "constrained-"))
-        or part in {"str", "int", "float", "bool", "decimal", "list[str]", "dict[str,any]"}
-        or part.startswith(("list[", "dict["))
-    )
-
-
-def _clean_message(error: Any) -> str:
-    message = str(error["msg"])
-    if error["type"] == "literal_error":
-        allowed = error.get("ctx", {}).get("expected", "")
-        return f"invalid value {error['input']!r}; expected {allowed}"
-    if error["type"] == "missing":
-        return "required key is missing"
-    if "input" in error and error["type"] not in {"extra_forbidden"}:
-        return f"{message} (got {error['input']!r})"
-    return message
-
-
-def _known_keys(model: type[BaseModel], loc: list[Any]) -> list[str]:
-    if loc and loc[0] == "shots":
-        return list(Shot.model_fields)
-    if loc and loc[0] == "defaults":
-        return list(RequestFields.model_fields)
-    return [field.alias or name for name, field in model.model_fields.items()]
-
-
-def _did_you_mean(word: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return validation_error(exc, file=path, split=split, known_keys=known_keys, line=line)
 
 
 def _guess_line(path: Path, key: str | None, shot_index: int | None) -> int | None:

@@ -15,13 +15,10 @@ from pathlib import Path
 
 from kling_batch.atomic import fsync_dir
 from kling_batch.canonical import sha256_file
+from kling_batch.errors import BadOutput
 from kling_batch.payloads import Download
 
 OUTPUT_MODE = 0o644
-
-
-class BadOutput(Exception):
-    """A downloaded file is not a playable MP4; it is never moved into place."""
 
 
 def temp_beside(target: Path) -> Path:

@@ -16,11 +16,11 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from kling_batch import kling_o3
-from kling_batch.assets import STATE_DIR, Asset, AssetProblem, AssetStore
+from kling_batch.assets import STATE_DIR, Asset, AssetStore
 from kling_batch.canonical import fingerprint_of
-from kling_batch.errors import UserError
+from kling_batch.errors import AssetProblem, RequestRuleError, UserError, validation_error
 from kling_batch.expand import RenderSpec, expand_shots, select
-from kling_batch.kling_o3 import KlingO3Request, RequestRuleError
+from kling_batch.kling_o3 import KlingO3Request
 from kling_batch.lockfile import Entry, Lockfile, State, lock_path, read_lockfile
 from kling_batch.manifest import LoadedManifest, load_manifest
 from kling_batch.pricing import Price, price
@@ -223,12 +223,7 @@ def plan_render(spec: RenderSpec, store: AssetStore) -> PlannedRender:
     try:
         request = KlingO3Request.model_validate(spec.fields)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        name = ".".join(str(p) for p in error["loc"] if not str(p).startswith(("int", "float")))
-        detail = error["msg"]
-        if "input" in error:
-            detail = f"{detail} (got {error['input']!r})"
-        raise fail(detail, name or None) from None
+        raise validation_error(exc, file=spec.file, shot=spec.id) from None
     workflow = kling_o3.resolve_workflow(request)
     try:
         scenes = kling_o3.parse_scenes(request.prompt)

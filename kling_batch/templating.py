@@ -14,17 +14,10 @@ from jinja2 import meta
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import concat
 
+from kling_batch.errors import TemplateProblem
+
 _SLUG_DROP = re.compile(r"[^a-z0-9]+")
 _TEMPLATE_MARKERS = ("{{", "{%", "{#")
-
-
-class TemplateProblem(Exception):
-    """A template failed to compile or render; `line` is within the template text."""
-
-    def __init__(self, message: str, line: int | None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.line = line
 
 
 def slug(value: object) -> str:

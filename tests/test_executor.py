@@ -10,8 +10,8 @@ from typing import Any
 
 import anyio
 
-from kling_batch.client import ConnectionFailed, JobNotFound, ResultExpired, RunFatal
 from kling_batch.clock import ScaledClock
+from kling_batch.errors import ConnectionFailed, JobNotFound, ResultExpired, RunFatal
 from kling_batch.executor import Executor, RunOptions, RunReport
 from kling_batch.lockfile import LockWriter, load_lockfile
 from kling_batch.payloads import Download, JobState, Submission, Upload

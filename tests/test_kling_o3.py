@@ -9,7 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from kling_batch import kling_o3
-from kling_batch.kling_o3 import KlingO3Request, RequestRuleError, Scene, parse_scenes
+from kling_batch.errors import RequestRuleError
+from kling_batch.kling_o3 import KlingO3Request, Scene, parse_scenes
 from kling_batch.model_data import model_schema
 
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+
 import pytest
 
 from kling_batch import client as client_module
+from kling_batch import errors as errors_module
 from kling_batch.client import DEFAULT_BASE_URL, api_key_from_env, resolve_base_url
 from kling_batch.errors import UserError
 
@@ -64,14 +70,31 @@ def test_public_api_names_exist_once():
     assert len(names) == len(set(names))
 
 
-def test_every_error_class_has_a_one_line_docstring():
-    """Each class of the exception tree documents itself in one line."""
-    errors = [
+def test_every_error_class_is_drawn_and_documented_in_one_line():
+    """Each class of the exception tree has a one-line docstring and a place in the drawing."""
+    classes = [
         obj
-        for obj in vars(client_module).values()
-        if isinstance(obj, type) and issubclass(obj, client_module.ApiError)
+        for obj in vars(errors_module).values()
+        if isinstance(obj, type)
+        and issubclass(obj, Exception)
+        and obj.__module__ == errors_module.__name__
     ]
-    assert len(errors) == 14
-    for cls in errors:
+    api_errors = [cls for cls in classes if issubclass(cls, errors_module.ApiError)]
+    assert len(api_errors) == 14
+    for cls in classes:
         assert cls.__doc__ and "\n" not in cls.__doc__.strip(), cls.__name__
-        assert cls.__name__ in (client_module.__doc__ or ""), cls.__name__
+        assert cls.__name__ in (errors_module.__doc__ or ""), cls.__name__
+
+
+def test_no_exception_class_lives_outside_the_error_module():
+    """The package defines exception classes only in `errors.py` (the emulator aside)."""
+    package = Path(errors_module.__file__).parent
+    for info in pkgutil.walk_packages([str(package)], prefix="kling_batch."):
+        if info.name.startswith("kling_batch.emulator") or info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, BaseException):
+                assert obj.__module__ in ("kling_batch.errors", *sys.builtin_module_names) or (
+                    not obj.__module__.startswith("kling_batch")
+                ), f"{info.name}: {obj.__name__}"

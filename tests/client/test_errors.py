@@ -8,18 +8,18 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from kling_batch.client import (
+from kling_batch.client import RetryPolicy
+from kling_batch.clock import VirtualClock
+from kling_batch.errors import (
     ApiError,
     AuthError,
     CreditsError,
     RateLimited,
-    RetryPolicy,
+    RunError,
     RunFatal,
     ServerError,
     ShotRejected,
 )
-from kling_batch.clock import VirtualClock
-from kling_batch.errors import RunError
 
 pytestmark = pytest.mark.anyio
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from kling_batch.client import ConnectionFailed, JobNotFound
+from kling_batch.errors import ConnectionFailed, JobNotFound
 
 pytestmark = pytest.mark.anyio
 

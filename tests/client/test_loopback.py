@@ -9,7 +9,8 @@ import anyio
 import anyio.abc
 import pytest
 
-from kling_batch.client import AmbiguousSubmit, ConnectionFailed, RetryPolicy, TruncatedDownload
+from kling_batch.client import RetryPolicy
+from kling_batch.errors import AmbiguousSubmit, ConnectionFailed, TruncatedDownload
 
 pytestmark = pytest.mark.anyio
 

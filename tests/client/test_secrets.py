@@ -8,14 +8,14 @@ import traceback
 import httpx
 import pytest
 
-from kling_batch.client import (
+from kling_batch.errors import (
     AmbiguousSubmit,
     AuthError,
     ConnectionFailed,
     RunFatal,
     ServerError,
+    UserError,
 )
-from kling_batch.errors import UserError
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,8 @@ import json
 import httpx
 import pytest
 
-from kling_batch.client import AmbiguousSubmit, ConnectionFailed, RateLimited, RetryPolicy
+from kling_batch.client import RetryPolicy
+from kling_batch.errors import AmbiguousSubmit, ConnectionFailed, RateLimited
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from kling_batch.client import BadResponse, ResultExpired, RetryPolicy, TruncatedDownload
+from kling_batch.client import RetryPolicy
+from kling_batch.errors import BadResponse, ResultExpired, TruncatedDownload
 
 pytestmark = pytest.mark.anyio
 

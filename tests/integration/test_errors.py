@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from kling_batch.client import AuthError, CreditsError, EmpirioClient, ShotRejected
+from kling_batch.client import EmpirioClient
 from kling_batch.clock import model_seconds
-from kling_batch.errors import UserError
+from kling_batch.errors import AuthError, CreditsError, ShotRejected, UserError
 
 pytestmark = pytest.mark.anyio
 

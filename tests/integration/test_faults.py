@@ -5,14 +5,9 @@ from __future__ import annotations
 import mutagen
 import pytest
 
-from kling_batch.client import (
-    AmbiguousSubmit,
-    ConnectionFailed,
-    RetryPolicy,
-    Timeouts,
-    TruncatedDownload,
-)
+from kling_batch.client import RetryPolicy, Timeouts
 from kling_batch.clock import model_seconds
+from kling_batch.errors import AmbiguousSubmit, ConnectionFailed, TruncatedDownload
 
 pytestmark = pytest.mark.anyio
 

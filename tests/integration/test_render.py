@@ -9,8 +9,8 @@ import av
 import mutagen
 import pytest
 
-from kling_batch.client import JobNotFound, ResultExpired, ShotRejected
 from kling_batch.emulator import Latency
+from kling_batch.errors import JobNotFound, ResultExpired, ShotRejected
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,8 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from kling_batch.client import (
+from kling_batch.client import RetryPolicy, Timeouts
+from kling_batch.errors import (
     AmbiguousSubmit,
     ApiError,
     AuthError,
@@ -17,9 +18,7 @@ from kling_batch.client import (
     CreditsError,
     RateLimited,
     ResultExpired,
-    RetryPolicy,
     ShotRejected,
-    Timeouts,
     TruncatedDownload,
 )
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 import mutagen
 import pytest
 
-from kling_batch.client import ShotRejected
+from kling_batch.errors import ShotRejected
 
 pytestmark = pytest.mark.anyio
 
