@@ -1,4 +1,9 @@
-"""Canonical JSON and content hashes: the one place every fingerprint is made."""
+"""Canonical JSON, JSON numbers and content hashes: the one place every fingerprint is made.
+
+`json_number` is the one rule that turns a `Decimal` into a JSON number: the fingerprint,
+the body sent to the API and the plan JSON all use it, so what is hashed is what is sent.
+(The emulator keeps its own independent encoding on purpose: it stands for the server.)
+"""
 
 from __future__ import annotations
 
@@ -23,19 +28,46 @@ def canonical_json(value: Any) -> str:
         separators=(",", ":"),
         ensure_ascii=False,
         allow_nan=False,
-        default=_number,
+        default=json_default,
     )
 
 
-def _number(value: Any) -> int | float:
+def json_number(value: Decimal) -> int | float:
+    """A finite Decimal as the JSON number it is: `5` for 5.000, `7.5` for 7.50."""
+    if not value.is_finite():
+        raise ValueError(f"{value} is not a JSON number")
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+def json_default(value: Any) -> Any:
+    """`json.dumps(default=...)`: Decimals become numbers; anything else is refused."""
     if isinstance(value, Decimal) and value.is_finite():
-        return int(value) if value == value.to_integral_value() else float(value)
+        return json_number(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def plain_numbers(value: Any) -> Any:
+    """`value` with every Decimal (in lists too) as its JSON number, for comparisons."""
+    if isinstance(value, Decimal):
+        return json_number(value)
+    if isinstance(value, list):
+        return [plain_numbers(item) for item in value]
+    return value
+
+
+def tagged(hexdigest: str) -> str:
+    """`sha256:<hex>`: how every content hash is written."""
+    return "sha256:" + hexdigest
+
+
+def untagged(digest: str) -> str:
+    """The bare hex of a `sha256:<hex>` hash (e.g. a content-addressed file name)."""
+    return digest.removeprefix("sha256:")
 
 
 def sha256_text(text: str) -> str:
     """`sha256:<hex>` of UTF-8 text."""
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return tagged(hashlib.sha256(text.encode()).hexdigest())
 
 
 def fingerprint_of(value: Any) -> str:
@@ -49,4 +81,4 @@ def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
+    return tagged(digest.hexdigest())

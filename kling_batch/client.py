@@ -19,7 +19,6 @@ import json
 import logging
 import mimetypes
 from collections.abc import Awaitable, Callable, Mapping
-from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
@@ -29,6 +28,7 @@ import anyio
 import httpx
 
 from kling_batch import __version__
+from kling_batch.canonical import json_default, tagged
 from kling_batch.clock import Clock, SystemClock
 from kling_batch.endpoint import (
     DEFAULT_BASE_URL,
@@ -178,7 +178,7 @@ class EmpirioClient:
     ) -> Submission:
         """`POST /v1/videos/generations`; raises `AmbiguousSubmit` if the outcome is unknown."""
         url = self._api_url("v1/videos/generations")
-        content = json.dumps(dict(body), default=_json_default).encode()
+        content = json.dumps(dict(body), default=json_default).encode()
         extra = {"Content-Type": "application/json", **(headers or {})}
 
         def make(_: contextlib.ExitStack) -> httpx.Request:
@@ -306,7 +306,7 @@ class EmpirioClient:
             received = response.num_bytes_downloaded if encoded else size
             if expected is not None and received != expected:
                 raise MalformedResponse(f"download got {received} of {expected} bytes")
-            return Download(size=size, sha256="sha256:" + digest.hexdigest())
+            return Download(size=size, sha256=tagged(digest.hexdigest()))
 
         return await self._call("download", make, handle)
 
@@ -544,12 +544,6 @@ def _enveloped(response: httpx.Response) -> bool:
     except ValueError:
         return False
     return isinstance(body, dict) and ("error" in body or body.get("type") == "error")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _safe_url(request: httpx.Request) -> str:

@@ -24,6 +24,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kling_batch.atomic import atomic_write
+from kling_batch.canonical import tagged
 from kling_batch.errors import Loc, LockWriteError, UserError, validation_error
 
 LOCK_VERSION = 1
@@ -133,7 +134,7 @@ def read_lockfile(path: Path, *, cache: Path | None = None) -> tuple[Lockfile, C
         return Lockfile(), _nothing
     except OSError as exc:
         raise UserError(f"cannot read the lockfile: {exc}", file=path) from None
-    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+    digest = tagged(hashlib.sha256(raw).hexdigest())
     if cache is not None:
         cached = _read_cache(cache, digest)
         if cached is not None:

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from kling_batch.atomic import fsync_dir
-from kling_batch.canonical import sha256_file
+from kling_batch.canonical import sha256_file, untagged
 from kling_batch.errors import BadOutput
 from kling_batch.payloads import Download
 
@@ -59,7 +59,7 @@ def verify_and_place(temp: Path, target: Path, download: Download, cache_dir: Pa
 def keep_in_cache(path: Path, sha256: str, cache_dir: Path) -> None:
     """Keep a content-addressed copy (a hardlink where possible) for free restores."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    cached = cache_dir / sha256.removeprefix("sha256:")
+    cached = cache_dir / untagged(sha256)
     if cached.exists():
         return
     try:

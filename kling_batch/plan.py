@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from kling_batch import kling_o3
 from kling_batch.assets import STATE_DIR, Asset, AssetStore
-from kling_batch.canonical import fingerprint_of
+from kling_batch.canonical import fingerprint_of, plain_numbers, untagged
 from kling_batch.errors import AssetProblem, RequestRuleError, UserError, validation_error
 from kling_batch.expand import RenderSpec, expand_shots, select
 from kling_batch.kling_o3 import KlingO3Request
@@ -483,7 +483,7 @@ class _Differ:
             if entry is not None and self._file_matches(entry.output, sha256, size):
                 return RestoreSource("file", sha256, size, path=self.root / entry.output)
         for _entry, sha256, size, _url, _expires in candidates:
-            cached = f"{STATE_DIR}/{CACHE_DIR}/{sha256.removeprefix('sha256:')}"
+            cached = f"{STATE_DIR}/{CACHE_DIR}/{untagged(sha256)}"
             if self._file_matches(cached, sha256, size):
                 return RestoreSource("cache", sha256, size, path=self.root / cached)
         for _entry, sha256, size, url, expires in candidates:
@@ -516,7 +516,7 @@ def change_reasons(entry: Entry, render: PlannedRender) -> list[str]:
     new_hashes = asset_hashes(render)
     for name in sorted(set(old) | set(new)):
         before, after = old.get(name), new.get(name)
-        if _normal(before) != _normal(after):
+        if plain_numbers(before) != plain_numbers(after):
             if name == "prompt":
                 reasons.append("prompt changed")
             elif before is None:
@@ -536,16 +536,8 @@ def change_reasons(entry: Entry, render: PlannedRender) -> list[str]:
     return reasons or ["fingerprint changed"]
 
 
-def _normal(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, list):
-        return [_normal(v) for v in value]
-    return value
-
-
 def _short(value: Any) -> str:
-    text = str(_normal(value))
+    text = str(plain_numbers(value))
     return text if len(text) <= 40 else text[:37] + "..."
 
 

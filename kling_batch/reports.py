@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from kling_batch.canonical import json_number
 from kling_batch.plan import Plan, PlanItem
 from kling_batch.pricing import TENTH_OF_A_CENT
 
@@ -238,10 +239,7 @@ def _item_json(plan: Plan, item: PlanItem) -> dict[str, Any]:
 
 def _number(value: Decimal) -> int | float:
     """A JSON number with at most three decimals."""
-    quantized = value.quantize(TENTH_OF_A_CENT)
-    if quantized == quantized.to_integral_value():
-        return int(quantized)
-    return float(quantized)
+    return json_number(value.quantize(TENTH_OF_A_CENT))
 
 
 def dumps_json(plan: Plan) -> str:

@@ -59,7 +59,11 @@ class LedgerEntry:
     wall: float
 
     def to_json(self) -> dict[str, Any]:
-        """JSON numbers for the ledger endpoint (exact to the printed digits)."""
+        """JSON numbers for the ledger endpoint (exact to the printed digits).
+
+        The emulator encodes its numbers itself, not with `kling_batch.canonical`: it
+        stands for the server, and sharing the client's rule would hide a disagreement.
+        """
         return {
             "job_id": self.job_id,
             "label": self.label,
