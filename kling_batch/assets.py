@@ -1,12 +1,13 @@
 """Input media on the planning side: where a reference points, its content hash, its length.
 
-Local files are hashed once and remembered by (size, mtime) in `.kling-batch/assets.json`
-beside the manifest, so replanning gigabytes of assets costs a `stat` per file.
+Local files are hashed once and remembered by (size, mtime) in the state folder's hash
+cache (`kling_batch.state`), so replanning gigabytes of assets costs a `stat` per file.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -18,9 +19,10 @@ from typing import Any, Literal
 from kling_batch.atomic import atomic_write
 from kling_batch.canonical import sha256_file
 from kling_batch.errors import AssetProblem
+from kling_batch.state import StateDir
 
-STATE_DIR = ".kling-batch"
-_CACHE_FILE = "assets.json"
+log = logging.getLogger(__name__)
+
 _CACHE_VERSION = 1
 # A file changed within this window of being hashed may change again in the same mtime tick.
 _RACY_NS = 2_000_000_000
@@ -57,10 +59,10 @@ class _Entry:
 class AssetStore:
     """Resolves media references under one folder, with a persistent stat → hash cache."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, state: StateDir | None = None) -> None:
         self.root = root.resolve()
         self._root_text = os.fspath(self.root) + os.sep
-        self.state_dir = root / STATE_DIR
+        self.state = state if state is not None else StateDir(root)
         self._entries = self._load()
         self._dirty = False
         self._resolved: dict[str, Asset] = {}
@@ -100,11 +102,21 @@ class AssetStore:
         return Decimal(entry.seconds)
 
     def save(self) -> None:
-        """Write the cache if anything was learnt; a no-op on a warm replan."""
+        """Write the cache if anything was learnt; a no-op on a warm replan.
+
+        The cache only saves time: a folder that cannot be written (a read-only checkout)
+        is noted in the log and planning goes on without it.
+        """
+        try:
+            self._save()
+        except OSError as exc:
+            log.info("hash cache not written (%s); planning works without it", exc)
+
+    def _save(self) -> None:
         if not self._dirty:
-            ensure_state_dir(self.state_dir, create=False)
+            self.state.ensure(create=False)
             return
-        ensure_state_dir(self.state_dir)
+        self.state.ensure()
         files = {
             key: {
                 "size": e.size,
@@ -116,7 +128,7 @@ class AssetStore:
             for key, e in sorted(self._entries.items())
         }
         payload = {"version": _CACHE_VERSION, "files": files}
-        atomic_write(self.state_dir / _CACHE_FILE, json.dumps(payload, indent=0) + "\n")
+        atomic_write(self.state.hash_cache, json.dumps(payload, indent=0) + "\n")
         self._dirty = False
 
     def _resolve(self, ref: str) -> Asset:
@@ -167,22 +179,13 @@ class AssetStore:
 
     def _load(self) -> dict[str, _Entry]:
         try:
-            data: Any = json.loads((self.state_dir / _CACHE_FILE).read_text(encoding="utf-8"))
+            data: Any = json.loads(self.state.hash_cache.read_text(encoding="utf-8"))
             if data.get("version") != _CACHE_VERSION:
                 return {}
             return {key: _Entry(**value) for key, value in data["files"].items()}
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             # A cache, not a record: a damaged one is rebuilt from the files themselves.
             return {}
-
-
-def ensure_state_dir(state_dir: Path, *, create: bool = True) -> None:
-    """Make `.kling-batch/` (if asked) and the `.gitignore` that keeps it out of git."""
-    if create:
-        state_dir.mkdir(parents=True, exist_ok=True)
-    ignore = state_dir / ".gitignore"
-    if state_dir.is_dir() and not ignore.exists():
-        atomic_write(ignore, "# kling-batch state: caches, never committed\n*\n")
 
 
 def _probe_seconds(path: Path) -> Decimal:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
@@ -40,6 +41,12 @@ class _Group(click.Group):
 def cli(ctx: click.Context, verbose: bool) -> None:
     """Render batches of Kling O3 videos from manifests kept in version control."""
     ctx.obj = {"verbose": verbose}
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger = logging.getLogger("kling_batch")
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
 
 
 @cli.command()

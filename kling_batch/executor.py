@@ -30,7 +30,6 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from kling_batch import kling_o3
-from kling_batch.assets import STATE_DIR, ensure_state_dir
 from kling_batch.canonical import canonical_json
 from kling_batch.clock import Clock
 from kling_batch.errors import (
@@ -51,13 +50,13 @@ from kling_batch.outputs import discard, place_copy, temp_beside, verify_and_pla
 from kling_batch.pacing import PollPacing, measured_speed
 from kling_batch.payloads import Download, JobState, Submission, Upload, parse_time
 from kling_batch.plan import (
-    CACHE_DIR,
     PAID_ACTIONS,
     UNSETTLED,
     PlanItem,
     PlannedRender,
     new_entry,
 )
+from kling_batch.state import StateDir
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +177,7 @@ class Executor:
         self.writer = writer
         self.events = events
         self.options = options or RunOptions()
-        self.cache_dir = root / STATE_DIR / CACHE_DIR
+        self.state = StateDir(root)
         self.report = RunReport()
         self.stop_submitting = anyio.Event()
         self._slots = anyio.CapacityLimiter(self.options.jobs)
@@ -197,7 +196,7 @@ class Executor:
 
     async def run(self, items: Sequence[PlanItem]) -> RunReport:
         """Run every item; returns when each has an outcome (or the run was cancelled)."""
-        ensure_state_dir(self.root / STATE_DIR)
+        self.state.ensure()
         try:
             async with anyio.create_task_group() as group:
                 for item in longest_first(items):
@@ -717,7 +716,9 @@ class Executor:
         temp = await anyio.to_thread.run_sync(temp_beside, target)
         try:
             download = await self.client.download(url, temp)
-            await anyio.to_thread.run_sync(verify_and_place, temp, target, download, self.cache_dir)
+            await anyio.to_thread.run_sync(
+                verify_and_place, temp, target, download, self.state.cached_render
+            )
         finally:
             await anyio.to_thread.run_sync(discard, temp)
         return download

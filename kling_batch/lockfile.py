@@ -7,9 +7,9 @@ read is an error, never replaced: it records money spent.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
+import logging
 import re
 import tomllib
 from collections.abc import Callable
@@ -26,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from kling_batch.atomic import atomic_write
 from kling_batch.canonical import tagged
 from kling_batch.errors import Loc, LockWriteError, UserError, validation_error
+
+log = logging.getLogger(__name__)
 
 LOCK_VERSION = 1
 HEADER = (
@@ -168,8 +170,10 @@ def _read_cache(cache: Path, digest: str) -> Lockfile | None:
 
 def _write_cache(cache: Path, digest: str, lock: Lockfile) -> None:
     payload = json.dumps(lock.model_dump(mode="python", exclude_none=True), default=_tag)
-    with contextlib.suppress(OSError):  # a read-only checkout still plans, only slower
+    try:
         atomic_write(cache, f"{digest}\n{payload}\n")
+    except OSError as exc:  # a read-only checkout still plans, only slower
+        log.info("lockfile parse cache not written (%s)", exc)
 
 
 def _tag(value: Any) -> Any:

@@ -11,10 +11,11 @@ import glob
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from kling_batch.atomic import fsync_dir
-from kling_batch.canonical import sha256_file, untagged
+from kling_batch.canonical import sha256_file
 from kling_batch.errors import BadOutput
 from kling_batch.payloads import Download
 
@@ -40,7 +41,9 @@ def discard(path: Path) -> None:
         path.unlink()
 
 
-def verify_and_place(temp: Path, target: Path, download: Download, cache_dir: Path) -> None:
+def verify_and_place(
+    temp: Path, target: Path, download: Download, cache: Callable[[str], Path]
+) -> None:
     """Check the MP4 signature and hash, fsync, keep a cached copy, then rename into place."""
     with open(temp, "rb") as f:
         head = f.read(12)
@@ -51,15 +54,14 @@ def verify_and_place(temp: Path, target: Path, download: Download, cache_dir: Pa
         raise BadOutput(f"{target.name}: the file on disk does not match what was received")
     temp.chmod(OUTPUT_MODE)  # mkstemp makes 0600; renders are ordinary files
     with contextlib.suppress(OSError):  # the cache only saves money later; never block a file
-        keep_in_cache(temp, download.sha256, cache_dir)
+        keep_in_cache(temp, cache(download.sha256))
     temp.replace(target)
     fsync_dir(target.parent)
 
 
-def keep_in_cache(path: Path, sha256: str, cache_dir: Path) -> None:
+def keep_in_cache(path: Path, cached: Path) -> None:
     """Keep a content-addressed copy (a hardlink where possible) for free restores."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    cached = cache_dir / untagged(sha256)
+    cached.parent.mkdir(parents=True, exist_ok=True)
     if cached.exists():
         return
     try:

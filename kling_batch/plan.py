@@ -16,8 +16,8 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from kling_batch import kling_o3
-from kling_batch.assets import STATE_DIR, Asset, AssetStore
-from kling_batch.canonical import fingerprint_of, plain_numbers, untagged
+from kling_batch.assets import Asset, AssetStore
+from kling_batch.canonical import fingerprint_of, plain_numbers
 from kling_batch.errors import AssetProblem, RequestRuleError, UserError, validation_error
 from kling_batch.expand import RenderSpec, expand_shots, select
 from kling_batch.kling_o3 import KlingO3Request
@@ -36,7 +36,6 @@ ACTIONS: tuple[Action, ...] = (
     "uncertain",
     "unchanged",
 )
-CACHE_DIR = "cache"
 # Lockfile states whose job may exist on the API: never replaced before they settle.
 UNSETTLED: frozenset[str] = frozenset({"submitting", "submitted", "completed", "uncertain"})
 
@@ -184,10 +183,9 @@ def build_plan(
         )
     lock_file = lockfile or lock_path(loaded.path, emulator=emulator)
     store = AssetStore(loaded.root)
+    store.state.check()
     specs = expand_shots(loaded)
-    lock, save_lock_cache = read_lockfile(
-        lock_file, cache=store.state_dir / f"{lock_file.name}.json"
-    )
+    lock, save_lock_cache = read_lockfile(lock_file, cache=store.state.lock_cache(lock_file))
     all_ids = {spec.id for spec in specs}
     # A job that may be paid for is always followed, whatever --only selects.
     unsettled = {key for key, entry in lock.shots.items() if entry.state in UNSETTLED}
@@ -208,7 +206,8 @@ def build_plan(
         for o in orphans
         if o.state in UNSETTLED
     )
-    # Written last: a manifest error above leaves nothing behind.
+    # Written last, so a manifest error above leaves nothing behind. Neither is needed:
+    # a read-only checkout plans without them (only slower next time).
     save_lock_cache()
     store.save()
     return Plan(loaded, lock_file, lock, items, orphans, warnings)
@@ -483,7 +482,7 @@ class _Differ:
             if entry is not None and self._file_matches(entry.output, sha256, size):
                 return RestoreSource("file", sha256, size, path=self.root / entry.output)
         for _entry, sha256, size, _url, _expires in candidates:
-            cached = f"{STATE_DIR}/{CACHE_DIR}/{untagged(sha256)}"
+            cached = self.store.state.cached_render_relative(sha256)
             if self._file_matches(cached, sha256, size):
                 return RestoreSource("cache", sha256, size, path=self.root / cached)
         for _entry, sha256, size, url, expires in candidates:

@@ -15,7 +15,6 @@ import anyio
 import click
 import filelock
 
-from kling_batch.assets import STATE_DIR, ensure_state_dir
 from kling_batch.atomic import sweep_temps
 from kling_batch.client import EmpirioClient
 from kling_batch.clock import ScaledClock
@@ -25,6 +24,7 @@ from kling_batch.executor import Executor, RunOptions, RunReport
 from kling_batch.lockfile import LockWriter, lock_path
 from kling_batch.plan import Plan, PlanItem, build_plan
 from kling_batch.reports import summary_line, usd
+from kling_batch.state import StateDir
 from kling_batch.ui import RunUI, print_summary
 
 # Emulator runs go fast: one modelled minute of rendering lasts 0.6 real seconds.
@@ -53,8 +53,7 @@ class RunRequest:
 def run_command(request: RunRequest) -> int:
     """Run a manifest; returns the process exit code (errors raise KlingBatchError)."""
     lock_file = lock_path(request.manifest, emulator=request.emulator)
-    state_dir = request.manifest.parent / STATE_DIR
-    with _run_lock(state_dir, lock_file):
+    with _run_lock(StateDir(request.manifest.parent), lock_file):
         sweep_temps(lock_file)  # a run killed mid-save leaves `.<lock>.*.tmp` behind
         plan = build_plan(
             request.manifest,
@@ -116,10 +115,10 @@ def _confirm(plan: Plan, request: RunRequest, cost: Decimal) -> None:
 
 
 @contextlib.contextmanager
-def _run_lock(state_dir: Path, lock_file: Path) -> Iterator[None]:
+def _run_lock(state: StateDir, lock_file: Path) -> Iterator[None]:
     """Refuse a second run on the same lockfile while this one holds it."""
-    ensure_state_dir(state_dir)
-    guard = filelock.FileLock(state_dir / f"{lock_file.name}.run-lock")
+    state.ensure_for_run()
+    guard = filelock.FileLock(state.run_lock(lock_file))
     try:
         guard.acquire(timeout=0)
     except filelock.Timeout:

@@ -1,0 +1,97 @@
+""".kling-batch/ beside a manifest: caches and the run lock, never committed.
+
+Every path under the folder is built here and nowhere else:
+
+    .kling-batch/
+     ├── .gitignore              `*`: the folder ignores itself in git
+     ├── assets.json             stat → sha256 (and video length) of input files (plan)
+     ├── <lock name>.json        parse cache of a lockfile, keyed by its sha256 (plan)
+     ├── <lock name>.run-lock    held by the one run writing that lockfile (run)
+     └── cache/<hex>             finished renders by content, for free restores (run)
+
+Everything in it can be rebuilt from the manifest, the lockfile and the files, except the
+render cache, which only saves money. A folder that is a symlink, or that resolves outside
+the manifest's folder, is refused: a repository must not make kling-batch write elsewhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kling_batch.atomic import atomic_write
+from kling_batch.canonical import untagged
+from kling_batch.errors import UserError
+
+NAME = ".kling-batch"
+_RENDERS = "cache"
+_GITIGNORE = "# kling-batch state: caches, never committed\n*\n"
+
+
+class StateDir:
+    """The state folder of the project rooted at `root` (the manifest's folder)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.path = root / NAME
+
+    @property
+    def hash_cache(self) -> Path:
+        """The input files' stat → hash cache."""
+        return self.path / "assets.json"
+
+    def lock_cache(self, lock_file: Path) -> Path:
+        """The parse cache of one lockfile."""
+        return self.path / f"{lock_file.name}.json"
+
+    def run_lock(self, lock_file: Path) -> Path:
+        """The file lock one run of `lock_file` holds."""
+        return self.path / f"{lock_file.name}.run-lock"
+
+    @property
+    def render_cache(self) -> Path:
+        """The folder of cached renders, named by content hash."""
+        return self.path / _RENDERS
+
+    def cached_render(self, sha256: str) -> Path:
+        """Where the render with this content hash is cached."""
+        return self.render_cache / untagged(sha256)
+
+    def cached_render_relative(self, sha256: str) -> str:
+        """`cached_render` relative to the project root, as a POSIX path."""
+        return f"{NAME}/{_RENDERS}/{untagged(sha256)}"
+
+    def check(self) -> None:
+        """Refuse a state folder that is a symlink or lies outside the project folder."""
+        if self.path.is_symlink():
+            raise UserError(
+                f"{NAME} is a symlink; kling-batch keeps its caches and run lock only in a "
+                "real folder beside the manifest (remove the link)",
+                file=self.path,
+            )
+        if self.path.exists() and not self.path.resolve().is_relative_to(self.root.resolve()):
+            raise UserError(
+                f"{NAME} resolves outside the manifest's folder; remove it", file=self.path
+            )
+
+    def ensure(self, *, create: bool = True) -> None:
+        """Make the folder (if asked) and its `.gitignore`; raises OSError if it cannot."""
+        self.check()
+        if create:
+            self.path.mkdir(parents=True, exist_ok=True)
+        ignore = self.path / ".gitignore"
+        if self.path.is_dir() and not ignore.exists():
+            atomic_write(ignore, _GITIGNORE)
+
+    def ensure_for_run(self) -> None:
+        """`ensure`, as a one-line refusal when the folder cannot be written (read-only)."""
+        try:
+            self.ensure()
+            probe = self.path / ".write-probe"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise UserError(
+                f"cannot write {NAME}/ ({exc.strerror or exc}); a run needs it for its run "
+                "lock and render cache: run from a writable checkout",
+                file=self.path,
+            ) from None
