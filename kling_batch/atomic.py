@@ -1,7 +1,11 @@
-"""atomic_write: the only way kling-batch replaces a file it owns.
+"""Replacing files atomically: the only way kling-batch puts a file it owns in place.
 
-Temp file in the same folder, write, flush, fsync, keep the old mode, `os.replace`:
-a reader sees the old file or the new one, never a half-written or missing one.
+A file is written to a temp file in the target's own folder (`temp_beside`), flushed and
+fsynced, given its final mode and renamed over the target (`commit_temp`), then the folder
+is fsynced: a reader sees the old file or the new one, never a half-written or missing
+one, and a crash leaves at most a temp file that `sweep_temps` removes.
+`atomic_write` is the pair for bytes in memory; downloads and cache copies stream into
+`temp_beside` themselves and finish with `commit_temp`.
 """
 
 from __future__ import annotations
@@ -13,40 +17,66 @@ import stat
 import tempfile
 from pathlib import Path
 
+DEFAULT_MODE = 0o644
+
 
 def atomic_write(path: Path, data: bytes | str, *, mode: int | None = None) -> None:
-    """Replace `path` with `data` atomically and durably."""
+    """Replace `path` with `data` atomically and durably (keeping its mode by default)."""
     payload = data.encode() if isinstance(data, str) else data
-    path.parent.mkdir(parents=True, exist_ok=True)
     if mode is None:
         try:
             mode = stat.S_IMODE(path.stat().st_mode)
         except FileNotFoundError:
-            mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            mode = DEFAULT_MODE
+    temp = temp_beside(path, suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(temp, "wb") as f:
             f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        commit_temp(temp, path, mode=mode)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        discard(temp)
         raise
-    fsync_dir(path.parent)
 
 
-def sweep_temps(path: Path) -> int:
+def temp_beside(target: Path, *, suffix: str) -> Path:
+    """A new empty file `.<name>.<random><suffix>` in the target's folder (made if needed).
+
+    In the same folder so that the final rename is atomic; hidden, and named after the
+    target so that `sweep_temps` finds what a killed writer left.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def commit_temp(temp: Path, target: Path, *, mode: int = DEFAULT_MODE) -> None:
+    """fsync `temp`, give it `mode`, rename it over `target`, fsync the folder."""
+    fd = os.open(temp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(temp, mode)
+    os.replace(temp, target)
+    fsync_dir(target.parent)
+
+
+def discard(path: Path) -> None:
+    """Remove a file if it is there."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def sweep_temps(path: Path, *, suffix: str = ".tmp") -> int:
     """Remove temp files a killed writer of `path` left beside it; returns how many.
 
     Only safe while holding whatever lock makes the caller the file's only writer.
     """
     removed = 0
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*{glob.escape(suffix)}"):
         with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
+            os.unlink(stale)
             removed += 1
     return removed
 

@@ -30,6 +30,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from kling_batch import kling_o3
+from kling_batch.atomic import discard
 from kling_batch.canonical import canonical_json
 from kling_batch.clock import Clock
 from kling_batch.errors import (
@@ -46,7 +47,7 @@ from kling_batch.errors import (
     UploadFailed,
 )
 from kling_batch.lockfile import Entry, LockWriter, PastRender, UploadedAsset
-from kling_batch.outputs import discard, place_copy, temp_beside, verify_and_place
+from kling_batch.outputs import place_copy, temp_beside, verify_and_place
 from kling_batch.pacing import PollPacing, measured_speed
 from kling_batch.payloads import Download, JobState, Submission, Upload, parse_time
 from kling_batch.plan import (

@@ -1,75 +1,63 @@
-"""Output files: downloads verified and moved into place, copies, and the content cache.
+"""Output files: downloads verified and moved into place, copies, and the render cache.
 
-Every file lands through a temp file in the target's folder and a rename, so an output
-path holds a complete, verified MP4 or nothing.
+Every file lands through `kling_batch.atomic` (a temp file in the target's folder, fsync,
+rename), so an output path holds a complete, verified MP4 or nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from kling_batch.atomic import fsync_dir
+from kling_batch.atomic import commit_temp, discard, sweep_temps
+from kling_batch.atomic import temp_beside as _temp_beside
 from kling_batch.canonical import sha256_file
 from kling_batch.errors import BadOutput
 from kling_batch.payloads import Download
 
 OUTPUT_MODE = 0o644
+_PART = ".part"
 
 
 def temp_beside(target: Path) -> Path:
-    """A new empty temp file in the target's folder (so the final rename is atomic).
+    """A new empty download file in the target's folder, after sweeping stale ones.
 
     Temp files a killed run left for this target are removed first: the run lock makes
     this run the only writer, so no other download can be using them.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.part"):
-        discard(stale)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    return Path(name)
-
-
-def discard(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+    if target.parent.is_dir():
+        sweep_temps(target, suffix=_PART)
+    return _temp_beside(target, suffix=_PART)
 
 
 def verify_and_place(
     temp: Path, target: Path, download: Download, cache: Callable[[str], Path]
 ) -> None:
-    """Check the MP4 signature and hash, fsync, keep a cached copy, then rename into place."""
+    """Check the MP4 signature and hash, keep a cached copy, then move it into place."""
     with open(temp, "rb") as f:
         head = f.read(12)
-        os.fsync(f.fileno())
     if len(head) < 12 or head[4:8] != b"ftyp":
         raise BadOutput(f"{target.name}: the download is not an MP4 file")
     if sha256_file(temp) != download.sha256 or temp.stat().st_size != download.size:
         raise BadOutput(f"{target.name}: the file on disk does not match what was received")
-    temp.chmod(OUTPUT_MODE)  # mkstemp makes 0600; renders are ordinary files
-    with contextlib.suppress(OSError):  # the cache only saves money later; never block a file
+    with contextlib.suppress(OSError):  # the cache only saves money later; never block
         keep_in_cache(temp, cache(download.sha256))
-    temp.replace(target)
-    fsync_dir(target.parent)
+    commit_temp(temp, target, mode=OUTPUT_MODE)
 
 
 def keep_in_cache(path: Path, cached: Path) -> None:
     """Keep a content-addressed copy (a hardlink where possible) for free restores."""
-    cached.parent.mkdir(parents=True, exist_ok=True)
     if cached.exists():
         return
+    staging = _temp_beside(cached, suffix=_PART)
     try:
-        os.link(path, cached)
-    except OSError:
-        staging = cached.with_suffix(".part")
-        shutil.copyfile(path, staging)
-        staging.replace(cached)
+        _link_or_copy(path, staging)
+        commit_temp(staging, cached, mode=OUTPUT_MODE)
+    finally:
+        discard(staging)
 
 
 def place_copy(source: Path, target: Path, sha256: str) -> None:
@@ -78,13 +66,16 @@ def place_copy(source: Path, target: Path, sha256: str) -> None:
         raise BadOutput(f"{source.name} no longer holds the recorded render")
     temp = temp_beside(target)
     try:
-        temp.unlink()
-        try:
-            os.link(source, temp)
-        except OSError:
-            shutil.copyfile(source, temp)
-            temp.chmod(OUTPUT_MODE)
-        temp.replace(target)
-        fsync_dir(target.parent)
+        _link_or_copy(source, temp)
+        commit_temp(temp, target, mode=OUTPUT_MODE)
     finally:
         discard(temp)
+
+
+def _link_or_copy(source: Path, temp: Path) -> None:
+    """Make the (empty) temp file `temp` hold `source`'s bytes: a hardlink, else a copy."""
+    temp.unlink()
+    try:
+        os.link(source, temp)
+    except OSError:
+        shutil.copyfile(source, temp)
