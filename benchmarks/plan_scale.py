@@ -20,8 +20,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kling_batch.lockfile import lock_path
-from kling_batch.plan import build_plan, new_entry
+from kling_batch.lockfile import lock_path, new_entry
+from kling_batch.plan import build_plan
 
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"

@@ -3,6 +3,12 @@
 A user contract: versioned, deterministic TOML (sorted keys, one table per shot so branches
 touching different shots merge cleanly), written atomically. A lockfile that cannot be
 read is an error, never replaced: it records money spent.
+
+This module also owns the lockfile's vocabulary: the states (`UNSETTLED` ones may have a
+job on the API), how an entry is made from a planned render (`new_entry`), the earlier
+finished renders it remembers (`PastRender`, `carry_history`), and the run's one writer
+(`LockWriter`). `plan` reads lockfiles through a JSON parse cache in the state folder,
+which it writes (`read_lockfile`).
 """
 
 from __future__ import annotations
@@ -12,11 +18,11 @@ import json
 import logging
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
-from typing import Any, Literal
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal, Protocol
 
 import anyio
 import anyio.to_thread
@@ -36,7 +42,10 @@ HEADER = (
 )
 
 State = Literal["submitting", "submitted", "completed", "done", "failed", "uncertain"]
-IN_FLIGHT: frozenset[str] = frozenset({"submitted", "completed"})
+# States whose job may exist on the API (and be paid for): never replaced before they settle.
+UNSETTLED: frozenset[str] = frozenset({"submitting", "submitted", "completed", "uncertain"})
+# Earlier finished renders kept per entry, newest last.
+HISTORY_LIMIT = 20
 
 _MODEL = ConfigDict(extra="forbid")
 
@@ -51,6 +60,16 @@ class PastRender(BaseModel):
     output_size: int
     result_url: str | None = None
     result_expires_at: datetime | None = None
+
+    @property
+    def sha256(self) -> str:
+        """The output's content hash."""
+        return self.output_sha256
+
+    @property
+    def size(self) -> int:
+        """The output's size in bytes."""
+        return self.output_size
 
 
 class Entry(BaseModel):
@@ -80,6 +99,18 @@ class Entry(BaseModel):
     attempts: int = 0
     history: list[PastRender] = Field(default_factory=list)
 
+    def as_past(self) -> PastRender | None:
+        """This entry as a finished render to restore from, if it is one."""
+        if self.state != "done" or not self.output_sha256 or self.output_size is None:
+            return None
+        return PastRender(
+            fingerprint=self.fingerprint,
+            output_sha256=self.output_sha256,
+            output_size=self.output_size,
+            result_url=self.result_url,
+            result_expires_at=self.result_expires_at,
+        )
+
 
 class UploadedAsset(BaseModel):
     """A local file already uploaded: its `bunny://` path, reused while the content matches."""
@@ -105,9 +136,78 @@ class Lockfile(BaseModel):
         """Deterministic TOML: the same content always gives the same bytes."""
         return _compose(self, _entry_toml)
 
+    def copy_tables(self) -> Lockfile:
+        """A copy whose tables can change without touching this one (entries are shared:
+        they are replaced, never changed in place)."""
+        return self.model_copy(update={"shots": dict(self.shots), "uploads": dict(self.uploads)})
+
+    def finished(self) -> Iterator[tuple[Entry | None, PastRender]]:
+        """Every finished render on record: each done entry (with itself), then its history."""
+        for entry in self.shots.values():
+            past = entry.as_past()
+            if past is not None:
+                yield entry, past
+            for earlier in entry.history:
+                yield None, earlier
+
+    def past_render(self, fingerprint: str) -> PastRender | None:
+        """The first finished render on record with this fingerprint."""
+        return next((past for _, past in self.finished() if past.fingerprint == fingerprint), None)
+
     def save(self, path: Path) -> None:
         """Write atomically (temp file, fsync, rename)."""
         atomic_write(path, self.dumps())
+
+
+class RenderRecord(Protocol):
+    """What an entry is made from (a `kling_batch.plan.PlannedRender`)."""
+
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def shot(self) -> str: ...
+    @property
+    def take(self) -> int: ...
+    @property
+    def body(self) -> Mapping[str, Any]: ...
+    @property
+    def asset_hashes(self) -> Mapping[str, str]: ...
+    @property
+    def cost(self) -> Decimal: ...
+    @property
+    def output(self) -> PurePosixPath: ...
+
+
+def new_entry(render: RenderRecord, state: State, **fields: Any) -> Entry:
+    """A lockfile entry for `render` in `state`, with any further fields given."""
+    return Entry(
+        fingerprint=render.fingerprint,
+        state=state,
+        shot=render.shot,
+        take=render.take,
+        request=dict(render.body),
+        assets=dict(render.asset_hashes),
+        cost_usd=render.cost,
+        output=str(render.output),
+        **fields,
+    )
+
+
+def carry_history(previous: Entry | None) -> list[PastRender]:
+    """The history a new entry inherits: the previous one's, plus the previous render itself
+    if it was finished.
+
+    A forced re-render of the same request keeps the earlier one too: if the new attempt
+    fails, the plan restores the earlier video for free instead of paying again.
+    """
+    if previous is None:
+        return []
+    history = list(previous.history)
+    past = previous.as_past()
+    if past is not None:
+        history = [p for p in history if p.fingerprint != past.fingerprint]
+        history.append(past)
+    return history[-HISTORY_LIMIT:]
 
 
 def lock_path(manifest: Path, *, emulator: bool = False) -> Path:
@@ -253,11 +353,27 @@ class LockWriter:
 
     def __init__(self, path: Path, lock: Lockfile) -> None:
         self.path = path
-        self.lock = lock
+        self.lock = lock.copy_tables()  # the plan's lockfile stays as planned
         self._fragments: dict[str, tuple[Entry, str]] = {}
         self._changes = 0
         self._saved = 0
         self._saving = anyio.Lock()
+
+    def get(self, shot_id: str) -> Entry | None:
+        """One shot's entry as it stands in this run."""
+        return self.lock.shots.get(shot_id)
+
+    def job_ids(self) -> set[str]:
+        """Every job id on record."""
+        return {entry.job_id for entry in self.lock.shots.values() if entry.job_id}
+
+    def upload(self, sha256: str) -> UploadedAsset | None:
+        """The recorded upload of a file's content, if any."""
+        return self.lock.uploads.get(sha256)
+
+    def past_render(self, fingerprint: str) -> PastRender | None:
+        """The first finished render on record with this fingerprint."""
+        return self.lock.past_render(fingerprint)
 
     def set(self, shot_id: str, entry: Entry) -> None:
         """Replace one shot's entry in memory (saved by the next commit)."""
@@ -295,11 +411,6 @@ class LockWriter:
                 except OSError as exc:
                     raise LockWriteError(f"cannot write {self.path.name}: {exc}") from exc
                 self._saved = taken
-
-    def save_now(self) -> None:
-        """Save synchronously (outside an event loop)."""
-        atomic_write(self.path, self.dumps())
-        self._saved = self._changes
 
     def dumps(self) -> str:
         """The lockfile text, reusing each unchanged shot's TOML."""

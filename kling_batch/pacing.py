@@ -1,10 +1,17 @@
-"""Poll pacing: when to ask about a job next, from its progress and what similar jobs took."""
+"""Pacing: which renders start first, and when to ask about a job next (from its progress
+and what similar jobs took)."""
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
 from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from kling_batch.clock import Clock
+
+if TYPE_CHECKING:
+    from kling_batch.plan import PlanItem
 
 
 class PollPacing:
@@ -108,3 +115,72 @@ def _median_per_second(samples: list[float] | None, seconds: Decimal) -> float |
     if not samples:
         return None
     return statistics.median(samples[-50:]) * float(seconds)
+
+
+class JobWatch:
+    """One job's polling so far: its age in model seconds, its progress readings, and how
+    long it has been unreachable. Ages count from submission, so a resumed job is paced
+    as far along as it is."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        pacer: PollPacing,
+        *,
+        tier: str,
+        seconds: Decimal,
+        age: float = 0.0,
+        patience: float,
+    ) -> None:
+        self.clock = clock
+        self.pacer = pacer
+        self.tier = tier
+        self.seconds = seconds
+        self.patience = patience
+        self.readings: list[tuple[float, float]] = []
+        self._started = clock.monotonic() - age
+        self._unreachable_since: float | None = None
+
+    @property
+    def elapsed(self) -> float:
+        """Model seconds since the job was submitted."""
+        return self.clock.monotonic() - self._started
+
+    async def wait(self) -> None:
+        """Sleep until the job is worth asking about again."""
+        delay = self.pacer.next_delay(self.tier, self.seconds, self.elapsed, self.readings)
+        await self.clock.sleep(delay)
+
+    def answered(self, progress: float | None) -> None:
+        """The job answered, with its progress if it reported one."""
+        self._unreachable_since = None
+        if progress is not None:
+            self.readings.append((self.elapsed, progress))
+
+    def unreachable(self) -> bool:
+        """The job could not be asked; True once that has lasted past `patience`."""
+        now = self.clock.monotonic()
+        if self._unreachable_since is None:
+            self._unreachable_since = now
+        return now - self._unreachable_since > self.patience
+
+    def finished(self) -> None:
+        """The job ended: learn how long it took and how fast it rendered."""
+        self.pacer.learn(self.tier, self.seconds, self.elapsed)
+        speed = measured_speed(self.readings)
+        if speed is not None:
+            self.pacer.learn_speed(self.tier, self.seconds, speed)
+
+
+def longest_first(items: Sequence[PlanItem]) -> list[PlanItem]:
+    """Jobs already in flight first, then new renders by expected duration, longest first.
+
+    Slots are taken in this order (the limiter is first come, first served). Starting the
+    longest renders first keeps a few 4K jobs from trailing alone at the end of a batch
+    (the longest-processing-time rule); price per render is the proxy for duration, as
+    both grow with tier and seconds.
+    """
+    in_flight = [item for item in items if item.action in {"resume", "uncertain", "restore"}]
+    rest = [item for item in items if item.action not in {"resume", "uncertain", "restore"}]
+    rest.sort(key=lambda item: item.render.cost, reverse=True)  # stable: manifest order ties
+    return in_flight + rest

@@ -78,6 +78,9 @@ class JobState:
     error: ErrorInfo | None = None
     billed_usd: Decimal | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # What the job was created from, when the API echoes it (job lists, for adoption).
+    request: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,18 @@ def parse_job(payload: Mapping[str, Any], *, job_id: str | None = None) -> JobSt
         error=find_error(payload, failed=status == "failed"),
         billed_usd=find_billed_usd(payload),
         raw=raw,
+        request=find_request(payload),
+        created_at=parse_time(payload.get("created_at") or payload.get("created")),
     )
+
+
+def find_request(payload: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The request a job was created from: `request`, `input` or `params`, if echoed."""
+    for key in ("request", "input", "params"):
+        value = payload.get(key)
+        if isinstance(value, Mapping):
+            return value
+    return None
 
 
 def parse_upload(payload: Mapping[str, Any], *, size: int) -> Upload | None:

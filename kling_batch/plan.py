@@ -21,7 +21,7 @@ from kling_batch.canonical import fingerprint_of, plain_numbers
 from kling_batch.errors import AssetProblem, RequestRuleError, UserError, validation_error
 from kling_batch.expand import RenderSpec, expand_shots, select
 from kling_batch.kling_o3 import KlingO3Request
-from kling_batch.lockfile import Entry, Lockfile, State, lock_path, read_lockfile
+from kling_batch.lockfile import UNSETTLED, Entry, Lockfile, PastRender, lock_path, read_lockfile
 from kling_batch.manifest import LoadedManifest, load_manifest
 from kling_batch.pricing import Price, price
 
@@ -36,8 +36,6 @@ ACTIONS: tuple[Action, ...] = (
     "uncertain",
     "unchanged",
 )
-# Lockfile states whose job may exist on the API: never replaced before they settle.
-UNSETTLED: frozenset[str] = frozenset({"submitting", "submitted", "completed", "uncertain"})
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 _VIDEO_SUFFIXES = {".mp4", ".mov"}
@@ -72,6 +70,11 @@ class PlannedRender:
     def cost(self) -> Decimal:
         """Estimated cost in USD, to the tenth of a cent."""
         return self.price.cost
+
+    @property
+    def asset_hashes(self) -> dict[str, str]:
+        """Field → content hash of each local asset, as the lockfile records them."""
+        return {key: a.sha256 for key, a in self.assets.items() if a.sha256 is not None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,11 +356,6 @@ def _secs(seconds: Decimal) -> str:
     return f"{seconds.normalize():f}s"
 
 
-def asset_hashes(render: PlannedRender) -> dict[str, str]:
-    """Field → content hash of each local asset, as the lockfile records them."""
-    return {key: a.sha256 for key, a in render.assets.items() if a.sha256 is not None}
-
-
 def _matches(render_id: str, globs: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(render_id, glob) for glob in globs)
 
@@ -371,28 +369,9 @@ class _Differ:
         self.store = store
         self.now = now
         self._paid: dict[str, PlannedRender] = {}
-        self._known: dict[str, list[tuple[Entry | None, str, int, str | None, Any]]] = {}
-        for entry in lock.shots.values():
-            if entry.state == "done" and entry.output_sha256 and entry.output_size is not None:
-                self._known.setdefault(entry.fingerprint, []).append(
-                    (
-                        entry,
-                        entry.output_sha256,
-                        entry.output_size,
-                        entry.result_url,
-                        entry.result_expires_at,
-                    )
-                )
-            for past in entry.history:
-                self._known.setdefault(past.fingerprint, []).append(
-                    (
-                        None,
-                        past.output_sha256,
-                        past.output_size,
-                        past.result_url,
-                        past.result_expires_at,
-                    )
-                )
+        self._known: dict[str, list[tuple[Entry | None, PastRender]]] = {}
+        for entry, past in lock.finished():
+            self._known.setdefault(past.fingerprint, []).append((entry, past))
 
     def item(self, render: PlannedRender, forced: bool) -> PlanItem:
         """The action for one render; a second paid render of one fingerprint copies the first."""
@@ -478,16 +457,17 @@ class _Differ:
 
     def _restore_source(self, fingerprint: str) -> RestoreSource | None:
         candidates = self._known.get(fingerprint, [])
-        for entry, sha256, size, _url, _expires in candidates:
-            if entry is not None and self._file_matches(entry.output, sha256, size):
-                return RestoreSource("file", sha256, size, path=self.root / entry.output)
-        for _entry, sha256, size, _url, _expires in candidates:
-            cached = self.store.state.cached_render_relative(sha256)
-            if self._file_matches(cached, sha256, size):
-                return RestoreSource("cache", sha256, size, path=self.root / cached)
-        for _entry, sha256, size, url, expires in candidates:
-            if url and expires is not None and expires > self.now:
-                return RestoreSource("url", sha256, size, url=url)
+        for entry, past in candidates:
+            if entry is not None and self._file_matches(entry.output, past.sha256, past.size):
+                return RestoreSource("file", past.sha256, past.size, path=self.root / entry.output)
+        for _, past in candidates:
+            cached = self.store.state.cached_render_relative(past.sha256)
+            if self._file_matches(cached, past.sha256, past.size):
+                return RestoreSource("cache", past.sha256, past.size, path=self.root / cached)
+        for _, past in candidates:
+            expires = past.result_expires_at
+            if past.result_url and expires is not None and expires > self.now:
+                return RestoreSource("url", past.sha256, past.size, url=past.result_url)
         return None
 
     def _file_matches(self, relative: str, sha256: str, size: int | None) -> bool:
@@ -512,7 +492,7 @@ def change_reasons(entry: Entry, render: PlannedRender) -> list[str]:
     """Which request fields differ from the locked render, and which assets' content changed."""
     reasons: list[str] = []
     old, new = entry.request, dict(render.body)
-    new_hashes = asset_hashes(render)
+    new_hashes = render.asset_hashes
     for name in sorted(set(old) | set(new)):
         before, after = old.get(name), new.get(name)
         if plain_numbers(before) != plain_numbers(after):
@@ -538,18 +518,3 @@ def change_reasons(entry: Entry, render: PlannedRender) -> list[str]:
 def _short(value: Any) -> str:
     text = str(plain_numbers(value))
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def new_entry(render: PlannedRender, state: State, **fields: Any) -> Entry:
-    """A lockfile entry for `render` in `state`, with any further fields given."""
-    return Entry(
-        fingerprint=render.fingerprint,
-        state=state,
-        shot=render.shot,
-        take=render.take,
-        request=dict(render.body),
-        assets=asset_hashes(render),
-        cost_usd=render.cost,
-        output=str(render.output),
-        **fields,
-    )

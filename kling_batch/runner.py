@@ -20,8 +20,9 @@ from kling_batch.client import EmpirioClient
 from kling_batch.clock import ScaledClock
 from kling_batch.endpoint import api_key_from_env, resolve_base_url
 from kling_batch.errors import LockWriteError, RefusedError, RunError
-from kling_batch.executor import Executor, RunOptions, RunReport
+from kling_batch.executor import Executor, RunOptions
 from kling_batch.lockfile import LockWriter, lock_path
+from kling_batch.outcomes import RunReport
 from kling_batch.plan import Plan, PlanItem, build_plan
 from kling_batch.reports import summary_line, usd
 from kling_batch.state import StateDir

@@ -25,7 +25,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from kling_batch.executor import RunReport
+from kling_batch.outcomes import RunReport
 from kling_batch.reports import usd
 
 _FINAL = frozenset({"done", "failed", "uncertain", "pending", "skipped"})

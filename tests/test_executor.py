@@ -12,10 +12,11 @@ import anyio
 
 from kling_batch.clock import ScaledClock
 from kling_batch.errors import ConnectionFailed, JobNotFound, ResultExpired, RunFatal
-from kling_batch.executor import Executor, RunOptions, RunReport
-from kling_batch.lockfile import LockWriter, load_lockfile
+from kling_batch.executor import Executor, RunOptions
+from kling_batch.lockfile import LockWriter, load_lockfile, new_entry
+from kling_batch.outcomes import RunReport
 from kling_batch.payloads import Download, JobState, Submission, Upload
-from kling_batch.plan import Plan, build_plan, new_entry
+from kling_batch.plan import Plan, build_plan
 from tests.conftest import NOW
 
 MP4 = b"\x00\x00\x00\x14ftypisom\x00\x00\x02\x00isom" + b"\x00" * 64

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kling_batch.executor import longest_first
-from kling_batch.pacing import PollPacing, measured_speed
+from kling_batch.pacing import PollPacing, longest_first, measured_speed
 from kling_batch.plan import build_plan
 from tests.conftest import NOW
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from kling_batch import assets as assets_module
-from kling_batch.lockfile import Lockfile, PastRender, lock_path
-from kling_batch.plan import Plan, PlannedRender, build_plan, new_entry
+from kling_batch.lockfile import Lockfile, PastRender, lock_path, new_entry
+from kling_batch.plan import Plan, PlannedRender, build_plan
 from tests.conftest import NOW
 
 TWO_SHOTS = """

@@ -33,9 +33,9 @@ from kling_batch.canonical import canonical_json
 from kling_batch.emulator import EmulatorConfig, JournalEntry, RunningEmulator, running
 from kling_batch.emulator.faults import classify
 from kling_batch.errors import UserError
-from kling_batch.executor import FINGERPRINT_HEADER
 from kling_batch.lockfile import load_lockfile
 from kling_batch.plan import build_plan
+from kling_batch.submission import FINGERPRINT_HEADER
 from tests.run.conftest import PNG, TIME_SCALE, Project
 
 # Seven renders: two pairs of takes with identical requests (one pair sharing a local image,

@@ -17,8 +17,8 @@ import pytest
 
 from kling_batch.emulator import EmulatorConfig, parse_fault, running
 from kling_batch.emulator.faults import FaultPlan
-from kling_batch.executor import FINGERPRINT_HEADER
 from kling_batch.lockfile import Lockfile, load_lockfile
+from kling_batch.submission import FINGERPRINT_HEADER
 from tests.run.conftest import TIME_SCALE, Project
 from tests.run.harness import part_files, sha256_of, write_project
 

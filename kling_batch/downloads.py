@@ -1,0 +1,80 @@
+"""Results into place: downloaded to a temp file beside the output, verified, kept in the
+render cache and renamed over the output; copies of earlier renders the same way; and a
+fresh result URL asked of the job when a signed one has expired."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+
+import anyio.to_thread
+
+from kling_batch.atomic import discard
+from kling_batch.errors import ApiError, JobNotFound, RunFatal, TryLater
+from kling_batch.lockfile import Entry
+from kling_batch.outputs import place_copy, temp_beside, verify_and_place
+from kling_batch.payloads import Download, JobState
+from kling_batch.plan import RestoreSource
+from kling_batch.state import StateDir
+
+
+class ResultClient(Protocol):
+    """The API calls this module needs."""
+
+    async def get_job(self, job_id: str, poll_url: str | None = None) -> JobState: ...
+
+    async def download(self, url: str, dest: Path) -> Download: ...
+
+
+class Downloads:
+    """Puts results and restores at their output paths under `state.root`."""
+
+    def __init__(self, client: ResultClient, state: StateDir) -> None:
+        self.client = client
+        self.state = state
+
+    async def fetch(
+        self, url: str, output: PurePosixPath, *, expected: str | None = None
+    ) -> Download:
+        """Download to a temp file beside the target, verify it, cache it, move it in place.
+
+        With `expected`, bytes that hash differently are refused before they replace
+        anything.
+        """
+        target = self.state.root / output
+        temp = await anyio.to_thread.run_sync(temp_beside, target)
+        try:
+            download = await self.client.download(url, temp)
+            cache = self.state.cached_render
+            await anyio.to_thread.run_sync(verify_and_place, temp, target, download, cache)
+        finally:
+            await anyio.to_thread.run_sync(discard, temp)
+        return download
+
+    async def place(self, output: PurePosixPath, source: RestoreSource) -> None:
+        """Copy or download an earlier render to `output`, checked against its hash."""
+        if source.kind == "url":
+            assert source.url is not None
+            await self.fetch(source.url, output, expected=source.sha256)
+            return
+        assert source.path is not None
+        target = self.state.root / output
+        await anyio.to_thread.run_sync(place_copy, source.path, target, source.sha256)
+
+    async def fresh_url(self, entry: Entry) -> str | None:
+        """A new result URL from the job, None if the job is gone; `TryLater` if unsure."""
+        if entry.job_id is None:
+            return None
+        try:
+            job = await self.client.get_job(entry.job_id, entry.poll_url)
+        except JobNotFound:
+            return None
+        except RunFatal:
+            raise
+        except ApiError as exc:
+            raise TryLater(str(exc)) from None
+        if job.status == "succeeded" and job.video_url:
+            return job.video_url
+        if job.status == "succeeded":
+            raise TryLater(f"job {job.job_id} answered without a video URL")
+        return None

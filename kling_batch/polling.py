@@ -1,0 +1,88 @@
+"""Following a submitted job: asked about, paced by `pacing.JobWatch`, until it ends.
+
+Polling decides nothing about money: it reports the job's end (`JobState` succeeded or
+failed) or why it stopped asking (`Lost`), and the executor records what that means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from kling_batch.clock import Clock
+from kling_batch.errors import ApiError, JobNotFound, RetryableError, RunFatal
+from kling_batch.lockfile import Entry
+from kling_batch.pacing import JobWatch
+from kling_batch.payloads import JobState
+
+JOB_RETENTION = timedelta(hours=1)  # job state after completion (API reference §3.1)
+
+
+class JobReader(Protocol):
+    """The one API call this module needs."""
+
+    async def get_job(self, job_id: str, poll_url: str | None = None) -> JobState: ...
+
+
+@dataclass(frozen=True)
+class Lost:
+    """Polling stopped before the job ended: the API `forgotten` it, or it cannot be asked
+    now (the job stays recorded and the next run asks again)."""
+
+    forgotten: bool
+    detail: str = ""
+
+
+async def poll_job(
+    client: JobReader,
+    entry: Entry,
+    watch: JobWatch,
+    progress: Callable[[float | None], None],
+) -> JobState | Lost:
+    """Ask about the entry's job, paced by `watch`, until it succeeds or fails."""
+    assert entry.job_id is not None
+    while True:
+        await watch.wait()
+        job = await _read(client, entry, watch)
+        if job is None:
+            continue  # unreachable for now: ask again later
+        if isinstance(job, Lost) or job.status != "pending":
+            return job
+        watch.answered(job.progress)
+        progress(job.progress)
+
+
+async def _read(client: JobReader, entry: Entry, watch: JobWatch) -> JobState | Lost | None:
+    """One poll: the job; None to ask again later; or `Lost`."""
+    assert entry.job_id is not None
+    try:
+        return await client.get_job(entry.job_id, entry.poll_url)
+    except JobNotFound as exc:
+        if may_be_forgotten(watch.clock, entry):
+            return Lost(forgotten=True)
+        # The API keeps a job an hour after it completes: a 404 sooner is a hiccup, not a
+        # lost job. Ask again later rather than re-pay.
+        trouble: ApiError = exc
+    except RetryableError as exc:
+        trouble = exc
+    except RunFatal:
+        raise
+    except ApiError as exc:
+        return Lost(False, f"cannot poll job {entry.job_id} ({exc}); rerun to resume it")
+    if watch.unreachable():
+        return Lost(False, f"job {entry.job_id} unreachable ({trouble}); rerun to resume it")
+    return None
+
+
+def may_be_forgotten(clock: Clock, entry: Entry) -> bool:
+    """True once a job could have completed and been dropped (kept 1 h after completion)."""
+    if entry.submitted_at is None:
+        return True
+    return model_age(clock, entry.submitted_at) > JOB_RETENTION.total_seconds()
+
+
+def model_age(clock: Clock, since: datetime) -> float:
+    """Model seconds since a recorded wall-clock time (0 if the clock went backwards)."""
+    return max((clock.now() - since).total_seconds(), 0.0) / clock.time_scale

@@ -1,0 +1,156 @@
+"""Submitting a render: the one step that spends money, so the one most carefully recorded.
+
+`submitting` is saved before the POST and the answer right after it, so a crash at any
+point leaves a record: `submitting` (the POST may have gone out: never re-sent blindly),
+`submitted` with the job id, `failed` (refused, nothing created) or `uncertain` (sent, no
+answer: it may have been billed). A stop or cancel that lands after `submitting` was
+saved but before the POST puts the previous record back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import anyio
+import anyio.lowlevel
+
+from kling_batch.clock import Clock
+from kling_batch.errors import AmbiguousSubmit, ApiError, RunFatal, ShotRejected
+from kling_batch.lockfile import Entry, LockWriter, carry_history, new_entry
+from kling_batch.outcomes import Events, RunReport
+from kling_batch.payloads import Submission
+from kling_batch.plan import PlannedRender
+
+FINGERPRINT_HEADER = "x-kling-batch-fingerprint"
+
+
+class Poster(Protocol):
+    """What submitting needs of the API client."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+    async def submit(
+        self, body: Mapping[str, Any], *, headers: Mapping[str, str] | None = None
+    ) -> Submission: ...
+
+
+class Submitter:
+    """Submits renders through one client, recording every step with one writer."""
+
+    def __init__(
+        self,
+        client: Poster,
+        writer: LockWriter,
+        *,
+        events: Events,
+        report: RunReport,
+        stopped: anyio.Event,
+        on_job: Callable[[str], None],
+    ) -> None:
+        self.client = client
+        self.clock = client.clock
+        self.writer = writer
+        self.events = events
+        self.report = report
+        self.stopped = stopped
+        self.on_job = on_job
+
+    async def submit(
+        self, render: PlannedRender, previous: Entry | None, body: dict[str, Any]
+    ) -> Entry | None:
+        """Record `submitting`, POST, record the answer; returns the entry as it ends up.
+
+        None, with the previous record put back, when the run was stopped or cancelled
+        after `submitting` was saved but before the POST went out.
+        """
+        if not await self._save_submitting(render, previous):
+            return None
+        self.events.event(render.id, "submitting")
+        entry = await self._post(render, body)
+        await self.writer.commit()
+        if entry.state == "submitted":
+            self.events.event(render.id, "submitted", entry.job_id or "")
+        return entry
+
+    async def record_failure(
+        self, render: PlannedRender, previous: Entry | None, error: str
+    ) -> None:
+        """Record a render that failed before its POST (an earlier done one stays)."""
+        if previous is not None and previous.state == "done":
+            return  # keep the earlier finished render on record; the plan retries the edit
+        entry = new_entry(
+            render,
+            "failed",
+            error=error,
+            updated_at=self.clock.now(),
+            attempts=previous.attempts if previous else 0,
+            history=carry_history(previous),
+        )
+        self.writer.set(render.id, entry)
+        await self.writer.commit()
+
+    async def _save_submitting(self, render: PlannedRender, previous: Entry | None) -> bool:
+        """Save `submitting` before the POST; False (record put back) if stopped meanwhile."""
+        entry = new_entry(
+            render,
+            "submitting",
+            attempts=(previous.attempts if previous else 0) + 1,
+            updated_at=self.clock.now(),
+            history=carry_history(previous),
+        )
+        self.writer.set(render.id, entry)
+        await self.writer.commit()
+        try:
+            await anyio.lowlevel.checkpoint()  # a second Ctrl-C during the save lands here
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._unsubmit(render.id, previous)
+            raise
+        if self.stopped.is_set():
+            await self._unsubmit(render.id, previous)
+            return False
+        return True
+
+    async def _post(self, render: PlannedRender, body: dict[str, Any]) -> Entry:
+        """The POST; returns the entry updated with its answer (saved by the caller)."""
+        headers = {FINGERPRINT_HEADER: render.fingerprint}
+        try:
+            # Shielded: once the POST is on the wire, hearing its answer beats guessing.
+            with anyio.CancelScope(shield=True):
+                submission = await self.client.submit(body, headers=headers)
+        except AmbiguousSubmit as exc:
+            self.report.submitted[render.id] = render.cost
+            error = f"no answer to the submission ({exc}); it may have been billed"
+            return self.writer.update(
+                render.id, state="uncertain", error=error, updated_at=self.clock.now()
+            )
+        except ShotRejected as exc:
+            return self.writer.update(render.id, state="failed", error=f"rejected: {exc}")
+        except RunFatal as exc:
+            self.writer.update(render.id, state="failed", error=f"not submitted: {exc}")
+            await self.writer.commit()
+            raise
+        except ApiError as exc:
+            return self.writer.update(render.id, state="failed", error=f"not submitted: {exc}")
+        self.report.submitted[render.id] = render.cost
+        self.on_job(submission.job_id)
+        now = self.clock.now()
+        return self.writer.update(
+            render.id,
+            state="submitted",
+            job_id=submission.job_id,
+            poll_url=submission.poll_url,
+            submitted_at=now,
+            updated_at=now,
+            error=None,
+        )
+
+    async def _unsubmit(self, shot_id: str, previous: Entry | None) -> None:
+        """Put back the record a `submitting` entry replaced (its POST was never sent)."""
+        if previous is None:
+            self.writer.remove(shot_id)
+        else:
+            self.writer.set(shot_id, previous)
+        await self.writer.commit()
