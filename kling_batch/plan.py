@@ -1,17 +1,21 @@
 """Planning: RenderSpecs validated, priced and fingerprinted, then compared with the lockfile.
 
-Pure: no network, and the clock only as the `now` argument. `plan` is exactly what `run` does.
+First the facts (each render's request, its assets' hashes and lengths, its price and
+fingerprint), then the decisions (`Differ`: each render's action from those facts, the
+lockfile, the outputs' hashes and `now`). No network, and the clock only as the `now`
+argument: `plan` is exactly what `run` does. It writes only caches in the state folder
+(`kling_batch.state`): the input hash cache and the lockfile's parse cache.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
@@ -24,6 +28,7 @@ from kling_batch.kling_o3 import KlingO3Request
 from kling_batch.lockfile import UNSETTLED, Entry, Lockfile, PastRender, lock_path, read_lockfile
 from kling_batch.manifest import LoadedManifest, load_manifest
 from kling_batch.pricing import Price, price
+from kling_batch.state import StateDir
 
 Action = Literal["new", "changed", "retry", "resume", "restore", "unchanged", "uncertain"]
 PAID_ACTIONS: frozenset[str] = frozenset({"new", "changed", "retry"})
@@ -178,30 +183,54 @@ def build_plan(
     (`<stem>.emulator.lock`) and output folder (`<output_dir>-emulator`), so they can
     never be mistaken for paid renders.
     """
-    loaded = load_manifest(manifest_path)
-    if emulator:
-        output_dir = loaded.manifest.output_dir.rstrip("/") + "-emulator"
-        loaded = replace(
-            loaded, manifest=loaded.manifest.model_copy(update={"output_dir": output_dir})
-        )
+    loaded = _load(manifest_path, emulator=emulator)
     lock_file = lockfile or lock_path(loaded.path, emulator=emulator)
     store = AssetStore(loaded.root)
     store.state.check()
     specs = expand_shots(loaded)
     lock, save_lock_cache = read_lockfile(lock_file, cache=store.state.lock_cache(lock_file))
-    all_ids = {spec.id for spec in specs}
-    # A job that may be paid for is always followed, whatever --only selects.
-    unsettled = {key for key, entry in lock.shots.items() if entry.state in UNSETTLED}
-    chosen = {spec.id for spec in select(specs, only)} | unsettled
-    renders = [plan_render(spec, store) for spec in specs if spec.id in chosen]
-    differ = _Differ(loaded.root, lock, store, now)
+    # The facts first: every render validated, its assets hashed and probed, priced.
+    renders = [plan_render(spec, store) for spec in _chosen(specs, lock, only)]
+    # Then the decisions, from those facts, the lockfile, the files' hashes and `now`.
+    differ = Differ(lock, store, now, root=loaded.root, state=store.state)
     force_globs = list(force)
     items = [differ.item(r, _matches(r.id, force_globs)) for r in renders]
-    orphans = [
+    orphans = _orphans(lock, {spec.id for spec in specs})
+    # Written last, so a manifest error above leaves nothing behind. Neither is needed:
+    # a read-only checkout plans without them (only slower next time).
+    save_lock_cache()
+    store.save()
+    return Plan(loaded, lock_file, lock, items, orphans, _warnings(renders, orphans))
+
+
+def _load(manifest_path: Path, *, emulator: bool) -> LoadedManifest:
+    """The manifest; for the emulator, with outputs in `<output_dir>-emulator`."""
+    loaded = load_manifest(manifest_path)
+    if not emulator:
+        return loaded
+    output_dir = loaded.manifest.output_dir.rstrip("/") + "-emulator"
+    manifest = loaded.manifest.model_copy(update={"output_dir": output_dir})
+    return replace(loaded, manifest=manifest)
+
+
+def _chosen(specs: Sequence[RenderSpec], lock: Lockfile, only: Iterable[str]) -> list[RenderSpec]:
+    """The renders `--only` selects, plus every render whose job may be paid for: those
+    are always followed, whatever `--only` says."""
+    unsettled = {key for key, entry in lock.shots.items() if entry.state in UNSETTLED}
+    chosen = {spec.id for spec in select(specs, only)} | unsettled
+    return [spec for spec in specs if spec.id in chosen]
+
+
+def _orphans(lock: Lockfile, ids: set[str]) -> list[Orphan]:
+    """Lockfile entries whose render is no longer in the manifest."""
+    return [
         Orphan(key, entry.state, entry.output)
         for key, entry in sorted(lock.shots.items())
-        if key not in all_ids
+        if key not in ids
     ]
+
+
+def _warnings(renders: Sequence[PlannedRender], orphans: Sequence[Orphan]) -> list[str]:
     warnings = [f"{r.id}: {text}" for r in renders for text in r.warnings]
     warnings.extend(
         f"{o.id}: removed from the manifest while its job is {o.state} (it may be paid for); "
@@ -209,11 +238,7 @@ def build_plan(
         for o in orphans
         if o.state in UNSETTLED
     )
-    # Written last, so a manifest error above leaves nothing behind. Neither is needed:
-    # a read-only checkout plans without them (only slower next time).
-    save_lock_cache()
-    store.save()
-    return Plan(loaded, lock_file, lock, items, orphans, warnings)
+    return warnings
 
 
 def plan_render(spec: RenderSpec, store: AssetStore) -> PlannedRender:
@@ -222,6 +247,51 @@ def plan_render(spec: RenderSpec, store: AssetStore) -> PlannedRender:
     def fail(message: str, field_name: str | None) -> UserError:
         return UserError(message, file=spec.file, shot=spec.id, field=field_name)
 
+    request, workflow, scenes, warnings = _validated(spec, fail)
+    assets = _resolve_assets(request, store, fail)
+    warnings.extend(_asset_warnings(assets))
+    warnings.extend(_reference_video_warnings(assets, store, fail))
+    assumptions: list[str] = []
+    if workflow == "video_edit":
+        seconds = _video_edit_seconds(request, assets["video"], store, fail, warnings, assumptions)
+    else:
+        seconds = _scene_seconds(scenes, request, warnings)
+    video_input = kling_o3.has_video_input(request, workflow)
+    priced = price(
+        request.model_tier, video_input=video_input, sound=request.sound, seconds=seconds
+    )
+    body = kling_o3.wire_request(request, workflow)
+    return PlannedRender(
+        id=spec.id,
+        shot=spec.shot,
+        take=spec.take,
+        request=request,
+        body=body,
+        assets=assets,
+        workflow=workflow,
+        price=priced,
+        fingerprint=render_fingerprint(body, assets, spec.take),
+        output=spec.output,
+        tags=spec.tags,
+        assumptions=tuple(assumptions),
+        warnings=tuple(warnings),
+    )
+
+
+def render_fingerprint(body: Mapping[str, Any], assets: Mapping[str, Asset], take: int) -> str:
+    """The model, the request with each local asset as its content hash, and the take."""
+    media = {key: asset.identity for key, asset in assets.items()}
+    request = kling_o3.with_media(body, media)
+    return fingerprint_of({"model": kling_o3.MODEL_ID, "request": request, "take": take})
+
+
+_Fail = Callable[[str, str | None], UserError]
+
+
+def _validated(
+    spec: RenderSpec, fail: _Fail
+) -> tuple[KlingO3Request, kling_o3.ResolvedWorkflow, list[kling_o3.Scene], list[str]]:
+    """The request, its resolved workflow and scenes, and the rules' warnings."""
     try:
         request = KlingO3Request.model_validate(spec.fields)
     except ValidationError as exc:
@@ -232,11 +302,25 @@ def plan_render(spec: RenderSpec, store: AssetStore) -> PlannedRender:
         warnings = kling_o3.check_rules(request, workflow)
     except RequestRuleError as exc:
         raise fail(str(exc), exc.field) from None
+    return request, workflow, scenes, warnings
 
-    assets = _resolve_assets(request, store, fail)
-    warnings.extend(_asset_warnings(assets))
-    assumptions: list[str] = []
-    video_input = kling_o3.has_video_input(request, workflow)
+
+def _scene_seconds(
+    scenes: list[kling_o3.Scene], request: KlingO3Request, warnings: list[str]
+) -> Decimal:
+    seconds = kling_o3.scene_seconds(scenes, request.duration)
+    if len(scenes) > 1 and seconds > kling_o3.MAX_SECONDS:
+        warnings.append(
+            f"{len(scenes)} scenes total {_secs(seconds)}, over the model's 15s; the API may "
+            "refuse or shorten it"
+        )
+    return seconds
+
+
+def _reference_video_warnings(
+    assets: Mapping[str, Asset], store: AssetStore, fail: _Fail
+) -> list[str]:
+    warnings = []
     for key, asset in assets.items():
         if asset.kind == "local" and key.startswith("reference_videos"):
             length = _seconds_of(store, asset, fail, key)
@@ -244,44 +328,10 @@ def plan_render(spec: RenderSpec, store: AssetStore) -> PlannedRender:
                 warnings.append(
                     f"{asset.ref} is {_secs(length)}; reference videos are capped to 10s"
                 )
-    if workflow == "video_edit":
-        seconds = _video_edit_seconds(request, assets["video"], store, fail, warnings, assumptions)
-    else:
-        seconds = kling_o3.scene_seconds(scenes, request.duration)
-        if len(scenes) > 1 and seconds > kling_o3.MAX_SECONDS:
-            warnings.append(
-                f"{len(scenes)} scenes total {_secs(seconds)}, over the model's 15s; the API may "
-                "refuse or shorten it"
-            )
-    priced = price(
-        request.model_tier, video_input=video_input, sound=request.sound, seconds=seconds
-    )
-    body = kling_o3.wire_request(request, workflow)
-    fingerprint = fingerprint_of(
-        {
-            "model": kling_o3.MODEL_ID,
-            "request": kling_o3.with_media(body, {k: a.identity for k, a in assets.items()}),
-            "take": spec.take,
-        }
-    )
-    return PlannedRender(
-        id=spec.id,
-        shot=spec.shot,
-        take=spec.take,
-        request=request,
-        body=body,
-        assets=assets,
-        workflow=workflow,
-        price=priced,
-        fingerprint=fingerprint,
-        output=spec.output,
-        tags=spec.tags,
-        assumptions=tuple(assumptions),
-        warnings=tuple(warnings),
-    )
+    return warnings
 
 
-def _resolve_assets(request: KlingO3Request, store: AssetStore, fail: Any) -> dict[str, Asset]:
+def _resolve_assets(request: KlingO3Request, store: AssetStore, fail: _Fail) -> dict[str, Asset]:
     assets: dict[str, Asset] = {}
     for name in kling_o3.MEDIA_FIELDS:
         ref = getattr(request, name)
@@ -321,7 +371,7 @@ def _asset_warnings(assets: Mapping[str, Asset]) -> list[str]:
     return warnings
 
 
-def _seconds_of(store: AssetStore, asset: Asset, fail: Any, field_name: str) -> Decimal:
+def _seconds_of(store: AssetStore, asset: Asset, fail: _Fail, field_name: str) -> Decimal:
     try:
         return store.video_seconds(asset)
     except AssetProblem as exc:
@@ -332,7 +382,7 @@ def _video_edit_seconds(
     request: KlingO3Request,
     video: Asset,
     store: AssetStore,
-    fail: Any,
+    fail: _Fail,
     warnings: list[str],
     assumptions: list[str],
 ) -> Decimal:
@@ -360,13 +410,29 @@ def _matches(render_id: str, globs: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(render_id, glob) for glob in globs)
 
 
-class _Differ:
-    """Decides each render's action against the lockfile, the output files and the cache."""
+class FileFacts(Protocol):
+    """What planning knows of the files under the project (an `AssetStore` in a run)."""
 
-    def __init__(self, root: Path, lock: Lockfile, store: AssetStore, now: datetime) -> None:
+    def relative_hash(self, relative: str) -> tuple[str, int] | None:
+        """(sha256, size) of `root/relative`, or None when it is not a file."""
+
+
+class Differ:
+    """Decides each render's action from the lockfile, the files' facts and `now`.
+
+    No clock, no network, no file access of its own: given the same facts it decides the
+    same way, so it is unit-tested with a dictionary standing for the folder. Facts are
+    asked for as decisions need them (a no-op plan asks once per output, never about
+    the render cache).
+    """
+
+    def __init__(
+        self, lock: Lockfile, files: FileFacts, now: datetime, *, root: Path, state: StateDir
+    ) -> None:
         self.root = root
         self.lock = lock
-        self.store = store
+        self.files = files
+        self.state = state
         self.now = now
         self._paid: dict[str, PlannedRender] = {}
         self._known: dict[str, list[tuple[Entry | None, PastRender]]] = {}
@@ -461,7 +527,7 @@ class _Differ:
             if entry is not None and self._file_matches(entry.output, past.sha256, past.size):
                 return RestoreSource("file", past.sha256, past.size, path=self.root / entry.output)
         for _, past in candidates:
-            cached = self.store.state.cached_render_relative(past.sha256)
+            cached = self.state.cached_render_relative(past.sha256)
             if self._file_matches(cached, past.sha256, past.size):
                 return RestoreSource("cache", past.sha256, past.size, path=self.root / cached)
         for _, past in candidates:
@@ -471,10 +537,10 @@ class _Differ:
         return None
 
     def _file_matches(self, relative: str, sha256: str, size: int | None) -> bool:
-        """True when `root/relative` is a file with this content (stat cache first)."""
+        """True when `root/relative` is a file with this content."""
         if relative.startswith(("/", "\\")) or ".." in relative.replace("\\", "/").split("/"):
             return False  # a lockfile path never leads outside the project
-        found = self.store.relative_hash(relative)
+        found = self.files.relative_hash(relative)
         return found is not None and found[0] == sha256 and (size is None or found[1] == size)
 
 

@@ -1,0 +1,123 @@
+"""`Differ`: plan actions decided from facts alone: no folder, no clock, no network."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePosixPath
+
+from kling_batch.assets import AssetStore
+from kling_batch.expand import RenderSpec
+from kling_batch.lockfile import Entry, Lockfile, PastRender, new_entry
+from kling_batch.plan import Differ, PlannedRender, plan_render
+from kling_batch.state import StateDir
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+ROOT = Path("/nowhere/project")  # never touched: the facts below stand for its files
+STATE = StateDir(ROOT)
+VIDEO = ("sha256:" + "a" * 64, 1000)
+
+
+class Files:
+    """The folder as a dictionary: relative path → (sha256, size)."""
+
+    def __init__(self, files: dict[str, tuple[str, int]] | None = None) -> None:
+        self.files = files or {}
+        self.asked: list[str] = []
+
+    def relative_hash(self, relative: str) -> tuple[str, int] | None:
+        self.asked.append(relative)
+        return self.files.get(relative)
+
+
+def render(shot: str = "a", prompt: str = "a lighthouse", output: str = "") -> PlannedRender:
+    """A planned t2v render (no media, so no file is read)."""
+    spec = RenderSpec(
+        id=shot,
+        shot=shot,
+        take=1,
+        fields={"prompt": prompt},
+        output=PurePosixPath(output or f"renders/{shot}.mp4"),
+        tags=(),
+        file=ROOT / "manifest.toml",
+    )
+    return plan_render(spec, AssetStore(ROOT))
+
+
+def done(planned: PlannedRender, **fields: object) -> Entry:
+    return new_entry(
+        planned, "done", output_sha256=VIDEO[0], output_size=VIDEO[1], job_id="j1", **fields
+    )
+
+
+def decide(lock: Lockfile, files: Files, planned: PlannedRender, *, now: datetime = NOW) -> tuple:
+    item = Differ(lock, files, now, root=ROOT, state=STATE).item(planned, forced=False)
+    return item.action, item.reasons, item.restore.kind if item.restore else None
+
+
+def test_done_render_with_its_output_in_place_is_unchanged() -> None:
+    """The recorded output's hash matches the file's: nothing to do, one fact asked."""
+    a = render()
+    files = Files({"renders/a.mp4": VIDEO})
+    assert decide(Lockfile(shots={"a": done(a)}), files, a)[0] == "unchanged"
+    assert files.asked == ["renders/a.mp4"]
+
+
+def test_modified_output_restores_from_the_cache() -> None:
+    """An output edited in place is restored from the cached copy of the render."""
+    a = render()
+    files = Files(
+        {
+            "renders/a.mp4": ("sha256:" + "b" * 64, 999),
+            STATE.cached_render_relative(VIDEO[0]): VIDEO,
+        }
+    )
+    action, reasons, kind = decide(Lockfile(shots={"a": done(a)}), files, a)
+    assert (action, kind) == ("restore", "cache")
+    assert reasons[0].startswith("output missing or modified")
+
+
+def test_missing_output_restores_from_a_live_url_but_not_an_expired_one() -> None:
+    """With no file and no cache, a result URL restores until it expires; then it is paid."""
+    a = render()
+    lock = Lockfile(
+        shots={"a": done(a, result_url="https://cdn/a", result_expires_at=NOW + timedelta(hours=1))}
+    )
+    assert decide(lock, Files(), a)[::2] == ("restore", "url")
+    later = NOW + timedelta(hours=2)
+    assert decide(lock, Files(), a, now=later)[0] == "changed"
+
+
+def test_renamed_shot_restores_from_the_old_output() -> None:
+    """A new id whose request was rendered under another id copies that file for free."""
+    old, new = render("a"), render("b")
+    files = Files({"renders/a.mp4": VIDEO})
+    assert decide(Lockfile(shots={"a": done(old)}), files, new)[::2] == ("restore", "file")
+
+
+def test_reverted_edit_restores_from_history_in_the_cache() -> None:
+    """An entry's history remembers the earlier render; reverting to it costs nothing."""
+    before, edited = render(prompt="a fox"), render(prompt="two foxes")
+    past = PastRender(fingerprint=before.fingerprint, output_sha256=VIDEO[0], output_size=1000)
+    entry = new_entry(edited, "done", output_sha256="sha256:" + "c" * 64, output_size=5)
+    entry = entry.model_copy(update={"history": [past]})
+    files = Files({STATE.cached_render_relative(VIDEO[0]): VIDEO})
+    assert decide(Lockfile(shots={"a": entry}), files, before)[::2] == ("restore", "cache")
+
+
+def test_a_lockfile_path_outside_the_project_is_never_asked_about() -> None:
+    """An entry whose output climbs out of the project reads as missing, unasked."""
+    a = render()
+    entry = done(a).model_copy(update={"output": "../../etc/passwd"})
+    files = Files()
+    action, _, _ = decide(Lockfile(shots={"a": entry}), files, a)
+    assert action == "changed"
+    assert all(".." not in path for path in files.asked)
+
+
+def test_a_job_in_flight_is_followed_even_when_the_request_changed() -> None:
+    """A submitted job is resumed, never replaced, and the plan says the edit waits."""
+    a, edited = render(), render(prompt="a different lighthouse")
+    entry = new_entry(a, "submitted", job_id="j9")
+    action, reasons, _ = decide(Lockfile(shots={"a": entry}), Files(), edited)
+    assert action == "resume"
+    assert "job j9 in flight" in reasons[0] and "renders on the run after it lands" in reasons[1]
