@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import traceback
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -25,12 +23,14 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except KlingBatchError as exc:
-            if ctx.obj and ctx.obj.get("verbose"):
-                traceback.print_exc()
-            click.echo(f"error: {exc}", err=True)
+            from kling_batch import ui
+
+            ui.error(str(exc), traceback_too=bool(ctx.obj and ctx.obj.get("verbose")))
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            from kling_batch import ui
+
+            ui.say("interrupted")
             sys.exit(130)
 
 
@@ -65,16 +65,16 @@ def plan(
     emulator: bool,
 ) -> None:
     """Show what a run would render and what it would cost (no network)."""
-    from kling_batch import reports
+    from kling_batch import reports, ui
     from kling_batch.plan import build_plan
 
     result = build_plan(manifest, now=datetime.now(UTC), only=only, force=force, emulator=emulator)
     if fmt == "json":
-        sys.stdout.write(reports.dumps_json(result))
+        ui.write_data(reports.dumps_json(result))
     elif fmt == "markdown":
-        sys.stdout.write(reports.render_markdown(result))
+        ui.write_data(reports.render_markdown(result))
     else:
-        reports.render_table(result, stdout_console())
+        reports.render_table(result, ui.stdout_console())
     if check:
         pending = sum(1 for item in result.items if item.action != "unchanged")
         sys.exit(1 if pending else 0)
@@ -177,9 +177,10 @@ def run(
 @click.option("--emulator", is_flag=True, help="Show the emulator lockfile instead.")
 def status(manifest: Path, fmt: str, emulator: bool) -> None:
     """Show each render's state from the lockfile and the files (no network)."""
+    from kling_batch import ui
     from kling_batch.status import show_status
 
-    show_status(manifest, fmt=fmt, emulator=emulator, console=stdout_console())
+    show_status(manifest, fmt=fmt, emulator=emulator, console=ui.stdout_console())
 
 
 @cli.group()
@@ -190,9 +191,10 @@ def schema() -> None:
 @schema.command("manifest")
 def schema_manifest() -> None:
     """Print the manifest JSON Schema."""
+    from kling_batch import ui
     from kling_batch.manifest_schema import manifest_schema_text
 
-    sys.stdout.write(manifest_schema_text())
+    ui.write_data(manifest_schema_text())
 
 
 _FAULT_HELP = """\b
@@ -332,21 +334,6 @@ def _usd_option(value: str | None, name: str) -> Decimal | None:
     if not amount.is_finite() or amount < 0:
         raise click.BadParameter(f"not an amount in USD: {value!r}", param_hint=name)
     return amount
-
-
-def stdout_console() -> Any:
-    """A rich console on stdout: colour only on a terminal and without NO_COLOR."""
-    from rich.console import Console
-
-    interactive = sys.stdout.isatty()
-    width = None if interactive else int(os.environ.get("COLUMNS", "160"))
-    return Console(
-        file=sys.stdout,
-        width=width,
-        no_color=not interactive or None,
-        highlight=False,
-        soft_wrap=False,
-    )
 
 
 def main() -> None:

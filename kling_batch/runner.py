@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -12,9 +11,9 @@ from decimal import Decimal
 from pathlib import Path
 
 import anyio
-import click
 import filelock
 
+from kling_batch import ui
 from kling_batch.atomic import sweep_temps
 from kling_batch.client import EmpirioClient
 from kling_batch.clock import ScaledClock
@@ -65,7 +64,7 @@ def run_command(request: RunRequest) -> int:
         )
         items = [item for item in plan.items if item.action != "unchanged"]
         if not items:
-            click.echo(f"{summary_line(plan)}. Nothing to do.", err=True)
+            ui.say(f"{summary_line(plan)}. Nothing to do.")
             return 0
         cost = _cost_to_run(plan, request)
         _refuse_over_budget(plan, request, cost)
@@ -109,9 +108,9 @@ def _confirm(plan: Plan, request: RunRequest, cost: Decimal) -> None:
     if count == 0 or request.yes or request.emulator:
         return  # nothing to pay, already confirmed, or the emulator (no real money)
     question = f"Render {count} shot{'s' if count != 1 else ''} for {usd(cost)}?"
-    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+    if not ui.can_ask():
         raise RefusedError(f"{question} Not a terminal: pass --yes to confirm.")
-    if not click.confirm(question, default=False, err=True):
+    if not ui.confirm(question):
         raise RefusedError("not confirmed; nothing was submitted")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from rich.text import Text
 from kling_batch.assets import AssetStore
 from kling_batch.lockfile import Entry, load_lockfile, lock_path
 from kling_batch.reports import usd
+from kling_batch.ui import write_data
 
 STATE_STYLES = {
     "done": "green",
@@ -63,7 +63,7 @@ def show_status(manifest: Path, *, fmt: str, emulator: bool, console: Console) -
     rows = status_rows(manifest, emulator=emulator)
     if fmt == "json":
         payload = {"manifest": manifest.name, "renders": rows}
-        sys.stdout.write(json.dumps(payload, indent=2, default=float) + "\n")
+        write_data(json.dumps(payload, indent=2, default=float) + "\n")
         return
     if not rows:
         console.print(f"No renders recorded for {manifest.name} yet.")

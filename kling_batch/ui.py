@@ -1,6 +1,10 @@
-"""Console output of a run: live progress on a terminal, one line per event in CI logs.
+"""Everything kling-batch says: the one place that writes to the terminal.
 
-One object owns everything a run prints on stderr; the final summary goes to stdout.
+Data for scripts (plan JSON and Markdown, status JSON, schemas) goes to stdout through
+`write_data`; tables go to stdout through `stdout_console`; lines for people (notes,
+errors, questions) go to stderr through `say` and `confirm`. A run's progress is drawn by
+`RunUI`: live bars on a terminal, one plain line per event in CI logs; its end-of-run
+summary goes to stdout (`print_summary`). Colour only on a terminal and without NO_COLOR.
 """
 
 from __future__ import annotations
@@ -8,9 +12,11 @@ from __future__ import annotations
 import os
 import sys
 import time
+import traceback
 from collections import Counter
 from typing import IO, Any
 
+import click
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import (
@@ -34,6 +40,46 @@ _FINAL = frozenset({"done", "failed", "uncertain", "pending", "skipped"})
 def interactive(stream: IO[str]) -> bool:
     """True on a terminal without NO_COLOR: progress bars and colour are welcome."""
     return stream.isatty() and not os.environ.get("NO_COLOR")
+
+
+def write_data(text: str) -> None:
+    """Data for scripts (JSON, Markdown, schemas) on stdout, as is."""
+    sys.stdout.write(text)
+
+
+def say(message: str) -> None:
+    """One line for people on stderr."""
+    click.echo(message, err=True)
+
+
+def error(message: str, *, traceback_too: bool = False) -> None:
+    """`error: <message>` on stderr (after the traceback being handled, when asked)."""
+    if traceback_too:
+        traceback.print_exc()
+    say(f"error: {message}")
+
+
+def can_ask() -> bool:
+    """True when a person can answer a question (stdin and stderr are terminals)."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def confirm(question: str) -> bool:
+    """Ask a yes/no question on stderr; no is the default."""
+    return click.confirm(question, default=False, err=True)
+
+
+def stdout_console() -> Console:
+    """A rich console on stdout: colour only on a terminal and without NO_COLOR."""
+    terminal = sys.stdout.isatty()
+    width = None if terminal else int(os.environ.get("COLUMNS", "160"))
+    return Console(
+        file=sys.stdout,
+        width=width,
+        no_color=not terminal or None,
+        highlight=False,
+        soft_wrap=False,
+    )
 
 
 class RunUI:

@@ -94,13 +94,12 @@ def serve(*, host: str, port: int, config: EmulatorConfig) -> None:
     with Emulator(config) as emulator:
         server = _server(emulator, log_level="info", own_logging=True)
         url_host = f"[{host}]" if ":" in host else host
-        print(
+        sys.stderr.write(
             f"kling-batch emulator on http://{url_host}:{bound_port} "
             f"(API key {config.api_key}, time scale {config.time_scale:g}, "
-            f"rpm {config.rpm or 'unlimited'}); Ctrl-C stops",
-            file=sys.stderr,
-            flush=True,
+            f"rpm {config.rpm or 'unlimited'}); Ctrl-C stops\n"
         )
+        sys.stderr.flush()
         # uvicorn re-raises the SIGINT it caught once it has shut down; for a server,
         # Ctrl-C is the normal way to stop, so it ends the command successfully.
         with contextlib.suppress(KeyboardInterrupt):
