@@ -372,58 +372,40 @@ class EmpirioClient:
     ) -> ApiError:
         """The one mapping from an httpx exception or unusable response to the error tree."""
         if response is None:
-            text = f"{type(exc).__name__}: {exc}" if exc is not None else "no response"
-            if isinstance(exc, _NOT_SENT):
-                return self._error(ConnectionFailed, f"could not reach {self._host}: {text}")
-            if isinstance(exc, _UNSENDABLE):
-                return self._error(RunFatal, f"cannot send the request: {text}")
-            if op == "submit":
-                return self._error(AmbiguousSubmit, f"submit sent but no answer came back: {text}")
-            if isinstance(exc, httpx.TransportError | httpx.DecodingError):
-                return self._error(ConnectionFailed, f"request failed: {text}")
-            return self._error(ShotRejected, f"request failed: {text}")
-
+            return self._unanswered(op, exc)
         status = response.status_code
         if problem is not None:
             if op == "submit":
-                cls: type[ApiError] = AmbiguousSubmit
                 message = f"submit answered HTTP {status} but {problem}"
-                return self._error(cls, message, status=status)
+                return self._error(AmbiguousSubmit, message, status=status)
             cls = TruncatedDownload if op == "download" else BadResponse
             return self._error(cls, problem, status=status)
+        return self._refused(op, response)
 
+    def _unanswered(self, op: _Op, exc: BaseException | None) -> ApiError:
+        """No response: not sent (safe to repeat), unsendable, or sent without an answer."""
+        text = f"{type(exc).__name__}: {exc}" if exc is not None else "no response"
+        if isinstance(exc, _NOT_SENT):
+            return self._error(ConnectionFailed, f"could not reach {self._host}: {text}")
+        if isinstance(exc, _UNSENDABLE):
+            return self._error(RunFatal, f"cannot send the request: {text}")
+        if op == "submit":
+            return self._error(AmbiguousSubmit, f"submit sent but no answer came back: {text}")
+        if isinstance(exc, httpx.TransportError | httpx.DecodingError):
+            return self._error(ConnectionFailed, f"request failed: {text}")
+        return self._error(ShotRejected, f"request failed: {text}")
+
+    def _refused(self, op: _Op, response: httpx.Response) -> ApiError:
+        """A non-2xx answer, with the API's error envelope and Retry-After read."""
+        status = response.status_code
         reason = f"HTTP {status} {response.reason_phrase}".strip()
         envelope = parse_error_envelope(response.content, fallback=reason)
-        message = envelope.message
         after = retry_after_seconds(
             response.headers, clock=self._clock, unit=self._retry.retry_after_unit
         )
         if after is not None:
             after = min(after, self._retry.retry_after_cap)
-        if op == "download" and status in (401, 403, 404, 410):
-            cls = ResultExpired
-            message = f"result URL {_safe_url(response.request)} answered {status}: {message}"
-        elif status in (401, 403):
-            cls = AuthError
-        elif status == 402:
-            cls = CreditsError
-        elif status == 429:
-            cls = RateLimited
-        elif op == "submit" and status in self._retry.ambiguous_submit_statuses:
-            cls = AmbiguousSubmit
-            message = f"gateway timeout on submit; the job may exist: {message}"
-        elif op == "submit" and 500 <= status < 600 and status != 503 and not _enveloped(response):
-            # No API error envelope: a proxy answered, not the API, and the API may have
-            # created the job before the proxy gave up. Only the API's own refusal (an
-            # envelope with a code) or a 503 proves nothing was created.
-            cls = AmbiguousSubmit
-            message = f"HTTP {status} from a proxy on submit; the job may exist: {message}"
-        elif status == 408 or (500 <= status < 600 and status not in (501, 505)):
-            cls = ServerError
-        elif status == 404 and op == "job":
-            cls = JobNotFound
-        else:
-            cls = ShotRejected
+        cls, message = self._status_class(op, response, envelope.message)
         return self._error(
             cls,
             message,
@@ -433,6 +415,35 @@ class EmpirioClient:
             type=envelope.type,
             retry_after=after,
         )
+
+    def _status_class(
+        self, op: _Op, response: httpx.Response, message: str
+    ) -> tuple[type[ApiError], str]:
+        """The error class an HTTP status means for this operation, and its message."""
+        status = response.status_code
+        if op == "download" and status in (401, 403, 404, 410):
+            url = _safe_url(response.request)
+            return ResultExpired, f"result URL {url} answered {status}: {message}"
+        if status in (401, 403):
+            return AuthError, message
+        if status == 402:
+            return CreditsError, message
+        if status == 429:
+            return RateLimited, message
+        if op == "submit" and status in self._retry.ambiguous_submit_statuses:
+            return AmbiguousSubmit, f"gateway timeout on submit; the job may exist: {message}"
+        if op == "submit" and 500 <= status < 600 and status != 503 and not _enveloped(response):
+            # No API error envelope: a proxy answered, not the API, and the API may have
+            # created the job before the proxy gave up. Only the API's own refusal (an
+            # envelope with a code) or a 503 proves nothing was created.
+            return AmbiguousSubmit, (
+                f"HTTP {status} from a proxy on submit; the job may exist: {message}"
+            )
+        if status == 408 or (500 <= status < 600 and status not in (501, 505)):
+            return ServerError, message
+        if status == 404 and op == "job":
+            return JobNotFound, message
+        return ShotRejected, message
 
     def _error(
         self,

@@ -74,9 +74,48 @@ def validate_submission(
     body: Any, uploads: UploadLookup, *, reject_unknown: bool = True
 ) -> Submission:
     """Check a request body; raise `ApiError` (400, or 404 for the model) naming the field."""
+    rules = _rules()
+    given = _given(body, rules, reject_unknown=reject_unknown)
+    values = {
+        name: _check_field(name, spec, given.get(name), uploads)
+        for name, spec in rules.params.items()
+    }
+    prompt: str | None = values["prompt"]
+    if not prompt or not prompt.strip():
+        raise invalid("'prompt' must not be empty.", "prompt")
+    duration = _decimal(values["duration"])
+    scene_seconds = _scene_seconds(prompt, duration, rules)
+    workflow = _workflow(values)
+    video_input = workflow == "video_edit" or (
+        workflow == "reference" and bool(values["reference_videos"])
+    )
+    tier = values["model_tier"]
+    if tier == "4k" and video_input:
+        raise invalid(
+            "model_tier '4k' takes no video input; use 'standard' or 'pro' for "
+            "video_edit or reference_videos.",
+            "model_tier",
+        )
+    if workflow == "video_edit":
+        seconds = min(_video_seconds(values["video"], uploads) or duration, rules.video_cap)
+    else:
+        seconds = sum(scene_seconds, Decimal(0))
+    return Submission(
+        request=dict(body),
+        workflow=workflow,
+        tier=tier,
+        aspect=values["aspect_ratio"],
+        sound=bool(values["sound"]),
+        video_input=video_input,
+        seconds=seconds,
+        scenes=len(scene_seconds),
+    )
+
+
+def _given(body: Any, rules: _Rules, *, reject_unknown: bool) -> dict[str, Any]:
+    """The body's non-null fields, once the body, the model and unknown names are checked."""
     if not isinstance(body, dict):
         raise invalid("The request body must be a JSON object.", None)
-    rules = _rules()
     model = body.get("model")
     if model is None or model == "":
         raise invalid("Missing required parameter 'model'.", "model")
@@ -90,19 +129,13 @@ def validate_submission(
             raise invalid(f"Unknown parameter {name!r} for model {MODEL_ID}.", name)
     if "seed" in given and (not isinstance(given["seed"], int) or isinstance(given["seed"], bool)):
         raise invalid("'seed' must be an integer.", "seed")
+    return given
 
-    values: dict[str, Any] = {}
-    for name, spec in rules.params.items():
-        values[name] = _check_field(name, spec, given.get(name), uploads)
 
-    prompt: str | None = values["prompt"]
-    if not prompt or not prompt.strip():
-        raise invalid("'prompt' must not be empty.", "prompt")
-    duration = _decimal(values["duration"])
-    scene_seconds = _scene_seconds(prompt, duration, rules)
-
+def _workflow(values: dict[str, Any]) -> str:
+    """The workflow `auto` stands for, or the explicit one once its inputs are checked."""
     refs_given = any(values[f] for f in _REFERENCE_FIELDS)
-    workflow = values["workflow"]
+    workflow: str = values["workflow"]
     if workflow == "auto":
         if values["video"]:
             workflow = "video_edit"
@@ -123,31 +156,7 @@ def validate_submission(
         )
     if values["image_end"] and not values["image"]:
         raise invalid("'image_end' needs an 'image' (the first frame).", "image_end")
-    video_input = workflow == "video_edit" or (
-        workflow == "reference" and bool(values["reference_videos"])
-    )
-    tier = values["model_tier"]
-    if tier == "4k" and video_input:
-        raise invalid(
-            "model_tier '4k' takes no video input; use 'standard' or 'pro' for "
-            "video_edit or reference_videos.",
-            "model_tier",
-        )
-
-    if workflow == "video_edit":
-        seconds = min(_video_seconds(values["video"], uploads) or duration, rules.video_cap)
-    else:
-        seconds = sum(scene_seconds, Decimal(0))
-    return Submission(
-        request=dict(body),
-        workflow=workflow,
-        tier=tier,
-        aspect=values["aspect_ratio"],
-        sound=bool(values["sound"]),
-        video_input=video_input,
-        seconds=seconds,
-        scenes=len(scene_seconds),
-    )
+    return workflow
 
 
 def _check_field(name: str, spec: dict[str, Any], value: Any, uploads: UploadLookup) -> Any:
