@@ -34,6 +34,7 @@ from kling_batch.clock import ScaledClock
 from kling_batch.emulator import EmulatorConfig, running
 from kling_batch.executor import Executor, RunOptions
 from kling_batch.lockfile import LockWriter
+from kling_batch.outcomes import Quiet
 from kling_batch.pacing import PollPacing
 from kling_batch.plan import build_plan
 
@@ -58,16 +59,6 @@ class FixedPoller(PollPacing):
         readings: Sequence[tuple[float, float]],
     ) -> float:
         return self.interval
-
-
-class Quiet:
-    """Executor events go nowhere."""
-
-    def event(self, render_id: str, state: str, detail: str = "") -> None:
-        pass
-
-    def progress(self, render_id: str, fraction: float | None) -> None:
-        pass
 
 
 @dataclass

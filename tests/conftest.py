@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import textwrap
 from collections.abc import Callable
@@ -14,6 +15,14 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 HEADER = 'version = 1\nname = "test"\noutput_dir = "renders"\n'
+
+
+@pytest.fixture(autouse=True)
+def no_api_settings_from_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's EMPIRIOLABS_* variables (a real key, another base URL) never reach a test."""
+    for name in list(os.environ):
+        if name.startswith("EMPIRIOLABS_"):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture

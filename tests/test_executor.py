@@ -14,7 +14,7 @@ from kling_batch.clock import ScaledClock
 from kling_batch.errors import ConnectionFailed, JobNotFound, ResultExpired, RunFatal
 from kling_batch.executor import Executor, RunOptions
 from kling_batch.lockfile import LockWriter, load_lockfile, new_entry
-from kling_batch.outcomes import RunReport
+from kling_batch.outcomes import Quiet, RunReport
 from kling_batch.payloads import Download, JobState, Submission, Upload
 from kling_batch.plan import Plan, build_plan
 from tests.conftest import NOW
@@ -73,13 +73,6 @@ class FakeApi:
 def run(plan: Plan, api: FakeApi, **options: Any) -> RunReport:
     """Run every actionable item of `plan` against `api`."""
     writer = LockWriter(plan.lock_path, plan.lock)
-
-    class Quiet:
-        def event(self, render_id: str, state: str, detail: str = "") -> None:
-            pass
-
-        def progress(self, render_id: str, fraction: float | None) -> None:
-            pass
 
     executor = Executor(
         root=plan.loaded.root,
@@ -191,13 +184,6 @@ def test_stop_after_saving_submitting_sends_nothing(project: Callable[..., Path]
     path = project(ONE)
     plan = build_plan(path, now=NOW)
     writer = LockWriter(plan.lock_path, plan.lock)
-
-    class Quiet:
-        def event(self, render_id: str, state: str, detail: str = "") -> None:
-            pass
-
-        def progress(self, render_id: str, fraction: float | None) -> None:
-            pass
 
     executor = Executor(root=path.parent, client=api, writer=writer, events=Quiet())
     real_commit = writer.commit

@@ -49,6 +49,14 @@ def save(plan: Plan) -> None:
     plan.lock.save(lock_path(plan.loaded.path))
 
 
+def record(path: Path, state: str, **fields: Any) -> Path:
+    """Record the manifest's first render in `state` (with `fields`) in its lockfile."""
+    plan = build_plan(path, now=NOW)
+    plan.lock.shots[plan.items[0].render.id] = new_entry(plan.items[0].render, state, **fields)  # type: ignore[arg-type]
+    save(plan)
+    return path
+
+
 def actions(path: Path, **kwargs: Any) -> dict[str, tuple[str, tuple[str, ...]]]:
     """id → (action, reasons) of a fresh plan."""
     plan = build_plan(path, now=kwargs.pop("now", NOW), **kwargs)
@@ -117,9 +125,7 @@ def test_asset_content_change_is_named(
 def test_failed_render_is_retried(project: Callable[..., Path]) -> None:
     """A failed entry plans as retry, with the error as its reason, and is paid for."""
     path = project(TWO_SHOTS)
-    plan = build_plan(path, now=NOW)
-    plan.lock.shots["a"] = new_entry(plan.items[0].render, "failed", error="content_moderation")
-    save(plan)
+    record(path, "failed", error="content_moderation")
     again = build_plan(path, now=NOW)
     assert (again.items[0].action, again.items[0].reasons) == (
         "retry",
@@ -141,10 +147,7 @@ def test_in_flight_and_uncertain_states_cost_nothing_now(
     project: Callable[..., Path], state: str, action: str
 ) -> None:
     """Submitted and completed renders resume; uncertain ones wait for a flag; none is paid."""
-    path = project(TWO_SHOTS)
-    plan = build_plan(path, now=NOW)
-    plan.lock.shots["a"] = new_entry(plan.items[0].render, state, job_id="job-1")  # type: ignore[arg-type]
-    save(plan)
+    path = record(project(TWO_SHOTS), state, job_id="job-1")
     again = build_plan(path, now=NOW)
     assert again.items[0].action == action
     assert again.totals.to_run_cost == Decimal("1.120")
@@ -346,10 +349,7 @@ def test_edit_during_a_job_in_flight_follows_the_job_first(
     project: Callable[..., Path], state: str, action: str
 ) -> None:
     """A request edited while its job is in flight is not re-rendered over the job's record."""
-    path = project(TWO_SHOTS)
-    plan = build_plan(path, now=NOW)
-    plan.lock.shots["a"] = new_entry(plan.items[0].render, state, job_id="job-1")  # type: ignore[arg-type]
-    save(plan)
+    path = record(project(TWO_SHOTS), state, job_id="job-1")
     path.write_text(path.read_text().replace("a lighthouse", "two lighthouses"))
     again = build_plan(path, now=NOW, force=["a"])
     item = again.items[0]

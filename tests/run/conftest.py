@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,34 +135,46 @@ class Project:
         return data
 
 
+def many_shots(count: int, *, tier: str = "standard", duration: int = 4) -> str:
+    """A manifest of `count` distinct renders `s00`, `s01`, …"""
+    body = "\n".join(
+        f'[[shots]]\nid = "s{n:02d}"\nprompt = "scene {n}"\nmodel_tier = "{tier}"\n'
+        f"duration = {duration}\n"
+        for n in range(count)
+    )
+    return f'version = 1\nname = "many"\noutput_dir = "renders"\n\n{body}'
+
+
+def emulator(
+    *, faults: Sequence[str] = (), rpm: int = 50, seed: int = 0, **config: Any
+) -> contextlib.AbstractContextManager[RunningEmulator]:
+    """An emulator on loopback at the tests' time scale, faults given as `--fault` strings."""
+    cfg = EmulatorConfig(
+        time_scale=TIME_SCALE,
+        rpm=rpm,
+        seed=seed,
+        faults=tuple(parse_fault(f) for f in faults),
+        **config,
+    )
+    return running(cfg)
+
+
+def write_project(root: Path, served: RunningEmulator, manifest_text: str = MANIFEST) -> Project:
+    """A manifest and the image it uses in `root`, to run against `served`."""
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = root / "shots.toml"
+    manifest.write_text(textwrap.dedent(manifest_text))
+    (root / "still.png").write_bytes(PNG)
+    return Project(root, manifest, served)
+
+
 @pytest.fixture
 def make_project(tmp_path: Path) -> Iterator[Callable[..., Project]]:
-    """Start an emulator (faults as `--fault` strings) and write a manifest beside it."""
-    stack: list[object] = []
+    """Start an emulator (see `emulator`) and write a manifest beside it."""
+    with contextlib.ExitStack() as stack:
 
-    def make(
-        manifest: str = MANIFEST,
-        *,
-        faults: tuple[str, ...] = (),
-        rpm: int = 50,
-        seed: int = 0,
-        **config: object,
-    ) -> Project:
-        cfg = EmulatorConfig(
-            time_scale=TIME_SCALE,
-            rpm=rpm,
-            seed=seed,
-            faults=tuple(parse_fault(f) for f in faults),
-            **config,
-        )  # type: ignore[arg-type]
-        context = running(cfg)
-        served = context.__enter__()
-        stack.append(context)
-        path = tmp_path / "shots.toml"
-        path.write_text(textwrap.dedent(manifest))
-        (tmp_path / "still.png").write_bytes(PNG)
-        return Project(tmp_path, path, served)
+        def make(manifest: str = MANIFEST, **options: Any) -> Project:
+            served = stack.enter_context(emulator(**options))
+            return write_project(tmp_path, served, manifest)
 
-    yield make
-    for context in reversed(stack):
-        context.__exit__(None, None, None)  # type: ignore[attr-defined]
+        yield make

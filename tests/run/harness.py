@@ -30,13 +30,13 @@ from pathlib import Path
 import mutagen
 
 from kling_batch.canonical import canonical_json
-from kling_batch.emulator import EmulatorConfig, JournalEntry, RunningEmulator, running
+from kling_batch.emulator import JournalEntry
 from kling_batch.emulator.faults import classify
 from kling_batch.errors import UserError
 from kling_batch.lockfile import load_lockfile
 from kling_batch.plan import build_plan
 from kling_batch.submission import FINGERPRINT_HEADER
-from tests.run.conftest import PNG, TIME_SCALE, Project
+from tests.run.conftest import Project, emulator, write_project
 
 # Seven renders: two pairs of takes with identical requests (one pair sharing a local image,
 # so an upload happens), a pro multi-scene shot and three aspect ratios.
@@ -229,9 +229,8 @@ def scenarios(seed: int) -> list[Scenario]:
 def run_trial(root: Path, scenario: Scenario) -> Trial:
     """Play `scenario` in `root` against a fresh emulator; rerun until exit 0 (bounded)."""
     trial = Trial(scenario)
-    config = EmulatorConfig(time_scale=TIME_SCALE, rpm=50)
-    with running(config) as served:
-        project = write_project(root, served)
+    with emulator() as served:
+        project = write_project(root, served, CRASH_MANIFEST)
         journal = served.emulator.journal
         first = _run_and_kill(project, RUN_ARGS, scenario.first)
         if isinstance(first, Kill):
@@ -253,17 +252,6 @@ def run_trial(root: Path, scenario: Scenario) -> Trial:
         trial.billed = served.emulator.ledger.total
         _collect_final(project, trial)
     return trial
-
-
-def write_project(
-    root: Path, served: RunningEmulator, manifest_text: str = CRASH_MANIFEST
-) -> Project:
-    """A manifest (CRASH_MANIFEST by default) and its image in `root`, run against `served`."""
-    root.mkdir(parents=True, exist_ok=True)
-    manifest = root / "shots.toml"
-    manifest.write_text(manifest_text)
-    (root / "still.png").write_bytes(PNG)
-    return Project(root, manifest, served)
 
 
 def part_files(project: Project) -> list[str]:

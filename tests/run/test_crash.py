@@ -24,6 +24,9 @@ from tests.run.harness import (
 
 SEED = 20261125
 
+# The trials take about a minute in all (each kills and reruns real processes).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
 
 @pytest.fixture(scope="module")
 def trials(tmp_path_factory: pytest.TempPathFactory) -> list[Trial]:

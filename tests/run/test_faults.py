@@ -15,12 +15,11 @@ from pathlib import Path
 import mutagen
 import pytest
 
-from kling_batch.emulator import EmulatorConfig, parse_fault, running
 from kling_batch.emulator.faults import FaultPlan
 from kling_batch.lockfile import Lockfile, load_lockfile
 from kling_batch.submission import FINGERPRINT_HEADER
-from tests.run.conftest import TIME_SCALE, Project
-from tests.run.harness import part_files, sha256_of, write_project
+from tests.run.conftest import Project, emulator, many_shots, write_project
+from tests.run.harness import part_files, sha256_of
 
 # Every fault at once. The storm starts with the emulator and lasts two real seconds, so it
 # covers the run's first requests; drops hit polls and downloads (a dropped submit is an
@@ -34,16 +33,6 @@ ALL_FAULTS = (
     "fail=0.1",
 )
 IN_FLIGHT = {"submitted", "completed"}
-
-
-def many_shots(count: int, *, tier: str = "standard", duration: int = 4) -> str:
-    """A manifest of `count` distinct renders `s00`, `s01`, …"""
-    body = "\n".join(
-        f'[[shots]]\nid = "s{n:02d}"\nprompt = "scene {n}"\nmodel_tier = "{tier}"\n'
-        f"duration = {duration}\n"
-        for n in range(count)
-    )
-    return f'version = 1\nname = "faults"\noutput_dir = "renders"\n\n{body}'
 
 
 def submits_per_fingerprint(project: Project) -> dict[str, int]:
@@ -76,13 +65,7 @@ class FaultyRun:
 @pytest.fixture(scope="module")
 def faulty_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultyRun]:
     """Run once under every fault, record the lockfile, then rerun plainly."""
-    config = EmulatorConfig(
-        time_scale=TIME_SCALE,
-        rpm=50,
-        seed=7,
-        faults=tuple(parse_fault(spec) for spec in ALL_FAULTS),
-    )
-    with running(config) as served:
+    with emulator(faults=ALL_FAULTS, seed=7) as served:
         project = write_project(tmp_path_factory.mktemp("faults"), served, many_shots(12))
         first = project.run("--jobs", "4")
         assert first.returncode in (0, 1), first.stderr

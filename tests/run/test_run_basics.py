@@ -13,7 +13,7 @@ from pathlib import Path
 import mutagen
 
 from kling_batch.lockfile import load_lockfile
-from tests.run.conftest import Project
+from tests.run.conftest import Project, many_shots
 
 
 def outputs(project: Project) -> dict[str, bytes]:
@@ -209,7 +209,7 @@ def test_second_run_on_the_same_lockfile_is_refused(
 
 def test_ctrl_c_drains_in_flight_and_exits_130(make_project: Callable[..., Project]) -> None:
     """SIGINT stops new submissions, lets submitted renders finish, and exits 130."""
-    project = make_project(manifest=_many_shots(12))
+    project = make_project(manifest=many_shots(12, tier="pro", duration=10))
     proc = subprocess.Popen(
         project.command("--jobs", "3"),
         env=project.env(),
@@ -232,7 +232,7 @@ def test_second_ctrl_c_leaves_jobs_recorded_for_resume(
     make_project: Callable[..., Project],
 ) -> None:
     """Two SIGINTs exit 130 at once; a rerun resumes the recorded jobs without resubmitting."""
-    project = make_project(manifest=_many_shots(4))
+    project = make_project(manifest=many_shots(4, tier="pro", duration=10))
     proc = subprocess.Popen(
         project.command("--jobs", "4"),
         env=project.env(),
@@ -251,14 +251,6 @@ def test_second_ctrl_c_leaves_jobs_recorded_for_resume(
     assert result.returncode == 0, result.stderr
     assert project.submissions() == submitted
     assert {e.state for e in load_lockfile(project.lock).shots.values()} == {"done"}
-
-
-def _many_shots(count: int) -> str:
-    body = "\n".join(
-        f'[[shots]]\nid = "s{n}"\nprompt = "scene {n}"\nmodel_tier = "pro"\nduration = 10\n'
-        for n in range(count)
-    )
-    return f'version = 1\nname = "many"\noutput_dir = "renders"\n\n{body}'
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
