@@ -13,7 +13,9 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kling_batch import safefiles
 from kling_batch.errors import UserError
+from kling_batch.limits import MANIFEST_MAX_BYTES
 
 # A string holding Jinja syntax: lets an enum or number field be set from a template.
 Template = Annotated[
@@ -137,7 +139,7 @@ def load_manifest(path: Path) -> LoadedManifest:
 def read_document(path: Path) -> dict[str, Any]:
     """Parse a `.toml` or `.json` file into plain data; syntax errors name the line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = safefiles.read_text(path, limit=MANIFEST_MAX_BYTES, what="a manifest")
     except FileNotFoundError:
         raise UserError("file not found", file=path) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -277,9 +279,10 @@ def _guess_line(path: Path, key: str | None, shot_index: int | None) -> int | No
     if key is None:
         return None
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
+        text = safefiles.read_text(path, limit=MANIFEST_MAX_BYTES, what="a manifest")
+    except (OSError, UnicodeDecodeError, UserError):
         return None
+    lines = text.splitlines()
     pattern = re.compile(rf"""^\s*["']?{re.escape(key)}["']?\s*[=:]|"{re.escape(key)}"\s*:""")
     hits = [number for number, text in enumerate(lines) if pattern.search(text)]
     if shot_index is None or path.suffix.lower() != ".toml":
