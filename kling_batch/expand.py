@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import math
 import re
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kling_batch.errors import UserError
+from kling_batch.limits import MAX_RENDERS
 from kling_batch.manifest import REQUEST_FIELD_NAMES, LoadedManifest, SourcedShot
 from kling_batch.templating import TemplateProblem, Templates
 
@@ -48,8 +50,14 @@ class RenderSpec:
     file: Path
 
 
-def expand_shots(loaded: LoadedManifest, templates: Templates | None = None) -> list[RenderSpec]:
-    """Every render the manifest asks for, in manifest order; ids and outputs unique."""
+def expand_shots(
+    loaded: LoadedManifest, templates: Templates | None = None, *, max_renders: int = MAX_RENDERS
+) -> list[RenderSpec]:
+    """Every render the manifest asks for, in manifest order; ids and outputs unique.
+
+    Refused before any work when the manifest would expand to over `max_renders` renders.
+    """
+    check_render_count(loaded, max_renders)
     templates = templates or Templates(loaded.root)
     renderer = _CachedRenderer(templates)
     manifest = loaded.manifest
@@ -98,6 +106,54 @@ def expand_shots(loaded: LoadedManifest, templates: Templates | None = None) -> 
                 specs.append(spec)
                 index += 1
     return specs
+
+
+def check_render_count(loaded: LoadedManifest, limit: int) -> None:
+    """Refuse a manifest that would expand to over `limit` renders, before expanding it.
+
+    Counted from the matrix sizes alone (a product of a few lengths per shot), so a
+    10^8-render matrix is refused at once instead of after minutes and gigabytes.
+    """
+    total = 0
+    for sourced in loaded.shots:
+        if not sourced.shot.enabled:
+            continue
+        count = count_renders(sourced)
+        total += count
+        if total > limit:
+            field = "matrix" if sourced.shot.matrix is not None else "takes"
+            raise UserError(
+                f"the manifest expands to {total:,} renders or more ({count:,} from this "
+                f"shot), over the limit of {limit:,}; raise it with --max-renders",
+                file=sourced.file,
+                shot=sourced.shot.id,
+                field=field,
+            )
+
+
+def count_renders(sourced: SourcedShot) -> int:
+    """Renders one shot expands to: exact for a plain matrix, else an upper bound.
+
+    The product of the axis lengths, less the combinations of the exclude entry that
+    removes the most, plus one per include entry (each adds at most one), times `takes`.
+    """
+    matrix = sourced.shot.matrix
+    if matrix is None:
+        return sourced.shot.takes
+    axes = {key: values for key, values in matrix.items() if key not in _MATRIX_KEYWORDS}
+    combos = math.prod(len(values) for values in axes.values()) if axes else 0
+    excludes = [e for e in matrix.get("exclude", []) if isinstance(e, dict) and set(e) <= set(axes)]
+    removed = max((_matching(axes, entry) for entry in excludes), default=0)
+    includes = len(matrix.get("include", []))
+    return (combos - removed + includes) * sourced.shot.takes
+
+
+def _matching(axes: Mapping[str, list[Any]], entry: Mapping[str, Any]) -> int:
+    """Combinations of `axes` that contain every key and value of `entry`."""
+    return math.prod(
+        sum(1 for value in values if value == entry[key]) if key in entry else len(values)
+        for key, values in axes.items()
+    )
 
 
 def select(specs: Iterable[RenderSpec], globs: Iterable[str]) -> list[RenderSpec]:

@@ -21,6 +21,7 @@ from kling_batch.canonical import fingerprint_of
 from kling_batch.errors import UserError
 from kling_batch.expand import RenderSpec, expand_shots, select
 from kling_batch.kling_o3 import KlingO3Request, RequestRuleError
+from kling_batch.limits import MAX_RENDERS
 from kling_batch.lockfile import Entry, Lockfile, State, lock_path, read_lockfile
 from kling_batch.manifest import LoadedManifest, load_manifest
 from kling_batch.pricing import Price, price
@@ -169,6 +170,7 @@ def build_plan(
     force: Iterable[str] = (),
     lockfile: Path | None = None,
     emulator: bool = False,
+    max_renders: int = MAX_RENDERS,
 ) -> Plan:
     """Load, expand, validate, price and diff one manifest against its lockfile.
 
@@ -184,7 +186,7 @@ def build_plan(
         )
     lock_file = lockfile or lock_path(loaded.path, emulator=emulator)
     store = AssetStore(loaded.root)
-    specs = expand_shots(loaded)
+    specs = expand_shots(loaded, max_renders=max_renders)
     lock, save_lock_cache = read_lockfile(
         lock_file, cache=store.state_dir / f"{lock_file.name}.json"
     )

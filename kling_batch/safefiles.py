@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kling_batch.errors import UserError
 
-__all__ = ["file_kind", "read_bytes", "read_text"]
+__all__ = ["file_kind", "head", "read_bytes", "read_text"]
 
 _KINDS = (
     (stat.S_ISDIR, "a folder"),
@@ -36,18 +36,19 @@ def file_kind(mode: int) -> str:
     return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
 
 
-def read_bytes(path: Path, *, limit: int, what: str) -> bytes:
+def read_bytes(path: Path, *, limit: int, what: str, most: int | None = None) -> bytes:
     """The content of `path`, a regular file of at most `limit` bytes; else a `UserError`.
 
     `what` names the file in messages ("the lockfile", "a manifest"). A missing file raises
-    `FileNotFoundError` and other I/O failures `OSError`, for the caller to word.
+    `FileNotFoundError` and other I/O failures `OSError`, for the caller to word. With
+    `most`, only the first `most` bytes are read.
     """
     _check(path, path.stat(), limit, what)
     # O_NONBLOCK: should a FIFO be swapped in after the stat, open() still returns at once.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     with os.fdopen(fd, "rb") as f:
         _check(path, os.fstat(fd), limit, what)
-        data = f.read(limit + 1)
+        data = f.read(limit + 1 if most is None else most)
     if len(data) > limit:  # it grew while being read
         raise _too_big(path, len(data), limit, what)
     return data
@@ -59,6 +60,16 @@ def read_text(path: Path, *, limit: int, what: str) -> str:
     Raises `UnicodeDecodeError` for text that is not UTF-8.
     """
     return read_bytes(path, limit=limit, what=what).decode("utf-8-sig")
+
+
+def head(path: Path, size: int = 64) -> bytes:
+    """The first `size` bytes of `path` (a UTF-8 BOM dropped); empty if it is not a
+    readable regular file."""
+    try:
+        data = read_bytes(path, limit=1 << 62, what="a file", most=size + 3)
+    except (OSError, UserError):
+        return b""
+    return data.removeprefix(b"\xef\xbb\xbf")[:size]
 
 
 def _check(path: Path, info: os.stat_result, limit: int, what: str) -> None:
