@@ -15,6 +15,7 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any, Literal
 
+from kling_batch import safefiles
 from kling_batch.atomic import atomic_write
 from kling_batch.canonical import sha256_file
 
@@ -134,6 +135,9 @@ class AssetStore:
             raise AssetProblem(
                 f"{ref!r}: media must be a local path, an https:// URL or a bunny:// path"
             )
+        problem = safefiles.path_problem(ref)  # a NUL or an over-long name: no such file
+        if problem is not None:
+            raise AssetProblem(f"{safefiles.shown(ref)} {problem}")
         candidate = self.root / ref
         resolved = candidate.resolve()
         if not resolved.is_relative_to(self.root):

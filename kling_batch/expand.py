@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from kling_batch import safefiles
 from kling_batch.errors import UserError
 from kling_batch.limits import MAX_RENDERS
 from kling_batch.manifest import REQUEST_FIELD_NAMES, LoadedManifest, SourcedShot
@@ -66,7 +67,7 @@ def expand_shots(
     base_context = templates.context({**manifest.vars, "manifest": ManifestContext(manifest.name)})
     specs: list[RenderSpec] = []
     seen_ids: dict[str, SourcedShot] = {}
-    seen_outputs: dict[PurePosixPath, str] = {}
+    outputs = _Outputs()
     dirs = _SafeDirs(loaded)
     index = 0
     for sourced in loaded.shots:
@@ -95,14 +96,7 @@ def expand_shots(
                 spec = _render_spec(
                     renderer, loaded, sourced, raw_fields, context_take, shot_ctx, dirs
                 )
-                if spec.output in seen_outputs:
-                    raise UserError(
-                        f"output {spec.output} is also the output of {seen_outputs[spec.output]!r}",
-                        file=sourced.file,
-                        shot=render_id,
-                        field="output",
-                    )
-                seen_outputs[spec.output] = render_id
+                outputs.claim(spec)
                 specs.append(spec)
                 index += 1
     return specs
@@ -260,6 +254,33 @@ def _raw_fields(
     return {**defaults, **from_matrix, **shot_fields}
 
 
+class _Outputs:
+    """Each render's output once: not twice, and not twice in different letter case
+    (one file on macOS and Windows)."""
+
+    def __init__(self) -> None:
+        self._owners: dict[str, tuple[PurePosixPath, str]] = {}
+
+    def claim(self, spec: RenderSpec) -> None:
+        """Record `spec`'s output; refuse one another render already writes."""
+        key = str(spec.output).casefold()
+        owner = self._owners.get(key)
+        if owner is not None:
+            path, render_id = owner
+            same = f"output {spec.output} is also the output of {render_id!r}"
+            folded = (
+                f"output {spec.output} and {path}, the output of {render_id!r}, differ only "
+                "in letter case: one file on macOS and Windows"
+            )
+            raise UserError(
+                same if path == spec.output else folded,
+                file=spec.file,
+                shot=spec.id,
+                field="output",
+            )
+        self._owners[key] = (spec.output, spec.id)
+
+
 class _SafeDirs:
     """Checks output paths stay inside output_dir, resolving each folder only once."""
 
@@ -267,6 +288,13 @@ class _SafeDirs:
         self.root = loaded.root.resolve()
         self.output_dir = PurePosixPath(loaded.manifest.output_dir)
         self._answers: dict[str, bool] = {}
+        problem = safefiles.path_problem(loaded.manifest.output_dir)
+        if problem is not None:
+            raise UserError(
+                f"output_dir {safefiles.shown(loaded.manifest.output_dir)} {problem}",
+                file=loaded.path,
+                field="output_dir",
+            )
         target = (self.root / self.output_dir).resolve()
         if not target.is_relative_to(self.root):
             raise UserError(
@@ -280,6 +308,14 @@ class _SafeDirs:
         """`output_dir/text`, relative to the manifest folder; refused if it leads outside."""
         relative = text.replace("\\", "/")
         folder = relative.rpartition("/")[0]
+        problem = safefiles.path_problem(text)
+        if problem is not None:
+            raise UserError(
+                f"output {safefiles.shown(text)} {problem}",
+                file=sourced.file,
+                shot=render_id,
+                field="output",
+            )
         if (
             not relative.strip()
             or relative.startswith("/")
@@ -294,7 +330,15 @@ class _SafeDirs:
                 shot=render_id,
                 field="output",
             )
-        return self.output_dir / relative
+        output = self.output_dir / relative
+        if (self.root / output).is_dir():
+            raise UserError(
+                f"output {output} is an existing folder; a render cannot be written there",
+                file=sourced.file,
+                shot=render_id,
+                field="output",
+            )
+        return output
 
     def _inside(self, folder: str) -> bool:
         answer = self._answers.get(folder)

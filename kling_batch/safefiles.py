@@ -16,8 +16,9 @@ import stat
 from pathlib import Path
 
 from kling_batch.errors import UserError
+from kling_batch.limits import NAME_MAX_BYTES
 
-__all__ = ["file_kind", "head", "read_bytes", "read_text"]
+__all__ = ["file_kind", "head", "path_problem", "read_bytes", "read_text", "shown"]
 
 _KINDS = (
     (stat.S_ISDIR, "a folder"),
@@ -70,6 +71,24 @@ def head(path: Path, size: int = 64) -> bytes:
     except (OSError, UserError):
         return b""
     return data.removeprefix(b"\xef\xbb\xbf")[:size]
+
+
+def path_problem(path: str) -> str | None:
+    """Why no file system can hold `path` (a NUL, a name over 255 bytes), or None."""
+    if "\x00" in path:
+        return "contains a NUL character, which no file name can hold"
+    for name in path.replace("\\", "/").split("/"):
+        size = len(name.encode("utf-8", "surrogatepass"))
+        if size > NAME_MAX_BYTES:
+            return (
+                f"has a {size}-byte name; file systems hold names of at most {NAME_MAX_BYTES} bytes"
+            )
+    return None
+
+
+def shown(text: str, width: int = 60) -> str:
+    """`text` quoted for a message, cut to about `width` characters."""
+    return repr(text) if len(text) <= width else repr(text[: width - 3]) + "..."
 
 
 def _check(path: Path, info: os.stat_result, limit: int, what: str) -> None:
