@@ -18,7 +18,15 @@ from pathlib import Path
 from kling_batch.errors import UserError
 from kling_batch.limits import NAME_MAX_BYTES
 
-__all__ = ["file_kind", "head", "path_problem", "read_bytes", "read_text", "shown"]
+__all__ = [
+    "file_kind",
+    "head",
+    "lies_inside",
+    "path_problem",
+    "read_bytes",
+    "read_text",
+    "shown",
+]
 
 _KINDS = (
     (stat.S_ISDIR, "a folder"),
@@ -84,6 +92,19 @@ def path_problem(path: str) -> str | None:
                 f"has a {size}-byte name; file systems hold names of at most {NAME_MAX_BYTES} bytes"
             )
     return None
+
+
+def lies_inside(root: Path, folder: str, relative: str) -> bool:
+    """True when `relative` (relative to `root`, as a lockfile records an output) names a
+    path under `root/folder`, symlinks followed; decided without opening it."""
+    text = relative.replace("\\", "/")
+    if path_problem(text) or path_problem(folder) or text.startswith("/"):
+        return False
+    if ".." in text.split("/"):
+        return False
+    base = (root / folder).resolve()
+    target = (root / text).resolve()
+    return target != base and target.is_relative_to(base)
 
 
 def shown(text: str, width: int = 60) -> str:
