@@ -18,10 +18,12 @@ from typing import Any, Literal
 from kling_batch import safefiles
 from kling_batch.atomic import atomic_write
 from kling_batch.canonical import sha256_file
+from kling_batch.errors import UserError
 
 STATE_DIR = ".kling-batch"
 _CACHE_FILE = "assets.json"
 _CACHE_VERSION = 1
+_CACHE_MAX = 1024 * 1024 * 1024  # read only a regular file (never block on a FIFO)
 # A file changed within this window of being hashed may change again in the same mtime tick.
 _RACY_NS = 2_000_000_000
 _MILLISECOND = Decimal("0.001")
@@ -174,11 +176,14 @@ class AssetStore:
 
     def _load(self) -> dict[str, _Entry]:
         try:
-            data: Any = json.loads((self.state_dir / _CACHE_FILE).read_text(encoding="utf-8"))
+            text = safefiles.read_text(
+                self.state_dir / _CACHE_FILE, limit=_CACHE_MAX, what="a cache"
+            )
+            data: Any = json.loads(text)
             if data.get("version") != _CACHE_VERSION:
                 return {}
             return {key: _Entry(**value) for key, value in data["files"].items()}
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, UserError):
             # A cache, not a record: a damaged one is rebuilt from the files themselves.
             return {}
 
