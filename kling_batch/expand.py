@@ -108,38 +108,41 @@ def check_render_count(loaded: LoadedManifest, limit: int) -> None:
     Counted from the matrix sizes alone (a product of a few lengths per shot), so a
     10^8-render matrix is refused at once instead of after minutes and gigabytes.
     """
-    total = 0
+    total, exact = 0, True
     for sourced in loaded.shots:
         if not sourced.shot.enabled:
             continue
-        count = count_renders(sourced)
-        total += count
+        count, exact_here = count_renders(sourced)
+        total, exact = total + count, exact and exact_here
         if total > limit:
             field = "matrix" if sourced.shot.matrix is not None else "takes"
             raise UserError(
-                f"the manifest expands to {total:,} renders or more ({count:,} from this "
-                f"shot), over the limit of {limit:,}; raise it with --max-renders",
+                f"the manifest expands to {'' if exact else 'up to '}{total:,} renders "
+                f"({count:,} from this shot), over the limit of {limit:,}; raise it with "
+                "--max-renders",
                 file=sourced.file,
                 shot=sourced.shot.id,
                 field=field,
             )
 
 
-def count_renders(sourced: SourcedShot) -> int:
-    """Renders one shot expands to: exact for a plain matrix, else an upper bound.
+def count_renders(sourced: SourcedShot) -> tuple[int, bool]:
+    """Renders one shot expands to, and whether that is exact (else an upper bound).
 
-    The product of the axis lengths, less the combinations of the exclude entry that
-    removes the most, plus one per include entry (each adds at most one), times `takes`.
+    Exact for a plain matrix: the product of the axis lengths, times `takes`. With
+    `exclude`, less the combinations of the entry that removes the most; with `include`,
+    plus one per entry (each adds at most one).
     """
     matrix = sourced.shot.matrix
     if matrix is None:
-        return sourced.shot.takes
+        return sourced.shot.takes, True
     axes = {key: values for key, values in matrix.items() if key not in _MATRIX_KEYWORDS}
     combos = math.prod(len(values) for values in axes.values()) if axes else 0
     excludes = [e for e in matrix.get("exclude", []) if isinstance(e, dict) and set(e) <= set(axes)]
     removed = max((_matching(axes, entry) for entry in excludes), default=0)
     includes = len(matrix.get("include", []))
-    return (combos - removed + includes) * sourced.shot.takes
+    exact = "include" not in matrix and "exclude" not in matrix
+    return (combos - removed + includes) * sourced.shot.takes, exact
 
 
 def _matching(axes: Mapping[str, list[Any]], entry: Mapping[str, Any]) -> int:

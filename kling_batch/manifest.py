@@ -131,15 +131,18 @@ def load_manifest(path: Path) -> LoadedManifest:
     manifest = _validate(Manifest, path, read_document(path))
     shots = [SourcedShot(shot, path, index) for index, shot in enumerate(manifest.shots)]
     for included in _included_files(path, manifest.include):
-        extra = _validate(IncludedShots, included, read_document(included))
+        extra = _validate(IncludedShots, included, read_document(included, "a shot file"))
         shots.extend(SourcedShot(shot, included, index) for index, shot in enumerate(extra.shots))
     return LoadedManifest(path, manifest, tuple(shots))
 
 
-def read_document(path: Path) -> dict[str, Any]:
-    """Parse a `.toml` or `.json` file into plain data; syntax errors name the line."""
+def read_document(path: Path, what: str = "a manifest") -> dict[str, Any]:
+    """Parse a `.toml` or `.json` file into plain data; syntax errors name the line.
+
+    Only a regular file of at most `MANIFEST_MAX_BYTES` is read; a leading BOM is dropped.
+    """
     try:
-        text = safefiles.read_text(path, limit=MANIFEST_MAX_BYTES, what="a manifest")
+        text = safefiles.read_text(path, limit=MANIFEST_MAX_BYTES, what=what)
     except FileNotFoundError:
         raise UserError("file not found", file=path) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -181,7 +184,8 @@ def _included_files(path: Path, patterns: list[str]) -> list[Path]:
                 file=path,
                 field="include",
             )
-        matches = sorted(p for p in path.parent.glob(pattern) if p.is_file())
+        # Not only regular files: a FIFO or device must be refused by name, not skipped.
+        matches = sorted(p for p in path.parent.glob(pattern) if not p.is_dir())
         if not matches:
             raise UserError(f"include {pattern!r} matches no file", file=path, field="include")
         for match in matches:

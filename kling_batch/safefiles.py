@@ -123,10 +123,10 @@ def _check(path: Path, info: os.stat_result, limit: int, what: str) -> None:
 
 def _too_big(path: Path, size: int, limit: int, what: str) -> UserError:
     return UserError(
-        f"{what} is {_megabytes(size)}, over the {_megabytes(limit)} kling-batch reads",
-        file=path,
+        f"{what} is {_megabytes(size)}; kling-batch reads at most {_megabytes(limit)}", file=path
     )
 
 
 def _megabytes(size: int) -> str:
-    return f"{size / (1024 * 1024):.1f} MB" if size >= 1024 * 1024 else f"{size} bytes"
+    megabytes = size / (1024 * 1024)
+    return f"{megabytes:.0f} MB" if megabytes.is_integer() else f"{megabytes:.1f} MB"
