@@ -230,7 +230,7 @@ class _GuardedCodeGenerator(CodeGenerator):
 def _check_binop(operator: str, left: Any, right: Any) -> None:
     ints = isinstance(left, int) and isinstance(right, int)
     if operator == "**" and ints and right > 0 and abs(left) > 1:
-        digits = left.bit_length() * right * _DIGITS_PER_BIT
+        digits = right * math.log10(abs(left))
         if digits > INT_MAX_DIGITS:
             raise TemplateLimit(
                 f"{operator!r} would make a number of about {digits:,.0f} digits; "
