@@ -193,6 +193,8 @@ def parse_lockfile(text: str, path: Path) -> Lockfile:
     hint = "it records renders already paid for; restore it from version control"
     try:
         data = tomllib.loads(text, parse_float=Decimal)
+    except RecursionError:
+        raise UserError(f"the lockfile is nested too deeply to read; {hint}", file=path) from None
     except tomllib.TOMLDecodeError as exc:
         line = getattr(exc, "lineno", None)
         match = re.search(r"at line (\d+)", str(exc))

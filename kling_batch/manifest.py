@@ -24,6 +24,7 @@ Template = Annotated[
 ]
 Scalar = str | int | float | bool
 
+_TOO_DEEP = "values are nested too deeply to read"
 _STRICT = ConfigDict(extra="forbid", populate_by_name=True)
 M = TypeVar("M", bound=BaseModel)
 
@@ -155,9 +156,13 @@ def read_document(path: Path, what: str = "a manifest") -> dict[str, Any]:
             line = _toml_error_line(exc)
             message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
             raise UserError(f"TOML syntax error: {message}", file=path, line=line) from None
+        except RecursionError:
+            raise UserError(_TOO_DEEP, file=path) from None
     if suffix == ".json":
         try:
             data = json.loads(text)
+        except RecursionError:
+            raise UserError(_TOO_DEEP, file=path) from None
         except json.JSONDecodeError as exc:
             raise UserError(f"JSON syntax error: {exc.msg}", file=path, line=exc.lineno) from None
         if not isinstance(data, dict):

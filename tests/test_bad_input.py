@@ -295,7 +295,28 @@ def _sparse(size: int) -> Callable[[Path], None]:
     return make
 
 
+def _text(text: str) -> Callable[[Path], None]:
+    return lambda path: path.write_text(text)
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # 200 KB: well inside the size cap
+
 GENERATED: dict[str, tuple[str, Callable[[Path], None], Expect]] = {
+    "toml_nested_too_deep": (
+        T,
+        _text(f'version = 1\nname = "deep"\n\n[vars]\na = {DEEP}\n'),
+        E(T, None, None, "nested too deeply"),
+    ),
+    "json_nested_too_deep": (
+        J,
+        _text(f'{{"version": 1, "name": "deep", "vars": {{"a": {DEEP}}}}}'),
+        E(J, None, None, "nested too deeply"),
+    ),
+    "lock_nested_too_deep": (
+        L,
+        _text(f"version = 1\n\n[uploads]\nx = {DEEP}\n"),
+        E(L, None, None, "the lockfile is nested too deeply"),
+    ),
     "lock_fifo": (L, _fifo, E(L, None, None, "the lockfile must be a regular file", "a FIFO")),
     "lock_huge": (L, _sparse(600 * _MB), E(L, None, None, "is 600 MB", "at most 512 MB")),
     "manifest_fifo": (T, _fifo, E(T, None, None, "a manifest must be a regular file", "a FIFO")),
@@ -325,8 +346,8 @@ GENERATED: dict[str, tuple[str, Callable[[Path], None], Expect]] = {
 
 @pytest.mark.parametrize("case", sorted(GENERATED))
 def test_plan_refuses_files_git_cannot_hold(case: str, tmp_path: Path) -> None:
-    """A FIFO or an oversized file where a manifest, shot file, partial or lockfile should
-    be: `plan` refuses it without blocking or reading it, in one line."""
+    """A FIFO, an oversized or endlessly nested file where a manifest, shot file, partial
+    or lockfile should be: `plan` refuses it without blocking or crashing, in one line."""
     where, make, expect = GENERATED[case]
     work = tmp_path / case
     (work / "shots").mkdir(parents=True)
@@ -336,4 +357,4 @@ def test_plan_refuses_files_git_cannot_hold(case: str, tmp_path: Path) -> None:
     (work / "prompts" / "style.j2").write_text("Moody light.")
     (work / where).unlink(missing_ok=True)
     make(work / where)
-    assert_refused(tmp_path, work, T, expect)
+    assert_refused(tmp_path, work, J if where == J else T, expect)
