@@ -183,6 +183,11 @@ def _included_files(path: Path, patterns: list[str]) -> list[Path]:
     root = path.parent.resolve()
     found: list[Path] = []
     for pattern in patterns:
+        problem = safefiles.path_problem(pattern)
+        if problem is not None:
+            raise UserError(
+                f"include {safefiles.shown(pattern)} {problem}", file=path, field="include"
+            )
         if Path(pattern).is_absolute() or ".." in Path(pattern).parts:
             raise UserError(
                 f"include {pattern!r} must be a relative glob inside the manifest's folder",

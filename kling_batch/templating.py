@@ -47,6 +47,9 @@ class FolderLoader(jinja2.BaseLoader):
     def get_source(
         self, environment: jinja2.Environment, template: str
     ) -> tuple[str, str, Callable[[], bool]]:
+        problem = safefiles.path_problem(template)
+        if problem is not None:
+            raise jinja2.TemplateNotFound(f"{safefiles.shown(template)} {problem}")
         candidate = (self.root / template).resolve()
         if not candidate.is_relative_to(self.root):
             raise jinja2.TemplateNotFound(

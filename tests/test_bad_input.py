@@ -187,6 +187,9 @@ CASES: dict[str, Expect] = {
     "output_dir_name_too_long": E(T, None, "output_dir", "has a 320-byte name"),
     "media_path_nul": E(T, "teaser", "image", "'assets/trail\\x00shoe.png' contains a NUL"),
     "media_name_too_long": E(T, "teaser", "image", "has a 334-byte name", "at most 255 bytes"),
+    "include_nul": E(T, None, "include", "'shots/\\x00.toml' contains a NUL character"),
+    "include_name_too_long": E(T, None, "include", "has a 300-byte name"),
+    "template_include_name_too_long": E(T, "teaser", "prompt", "has a 303-byte name"),
 }
 
 # A folder without a row still runs, and fails, so no case goes untested by accident.
