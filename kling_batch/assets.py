@@ -16,14 +16,16 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any, Literal
 
+from kling_batch import safefiles
 from kling_batch.atomic import atomic_write
 from kling_batch.canonical import sha256_file
-from kling_batch.errors import AssetProblem
+from kling_batch.errors import AssetProblem, UserError
 from kling_batch.state import StateDir
 
 log = logging.getLogger(__name__)
 
 _CACHE_VERSION = 1
+_CACHE_MAX = 1024 * 1024 * 1024  # read only a regular file (never block on a FIFO)
 # A file changed within this window of being hashed may change again in the same mtime tick.
 _RACY_NS = 2_000_000_000
 _MILLISECOND = Decimal("0.001")
@@ -143,6 +145,9 @@ class AssetStore:
             raise AssetProblem(
                 f"{ref!r}: media must be a local path, an https:// URL or a bunny:// path"
             )
+        problem = safefiles.path_problem(ref)  # a NUL or an over-long name: no such file
+        if problem is not None:
+            raise AssetProblem(f"{safefiles.shown(ref)} {problem}")
         candidate = self.root / ref
         resolved = candidate.resolve()
         if not resolved.is_relative_to(self.root):
@@ -179,11 +184,12 @@ class AssetStore:
 
     def _load(self) -> dict[str, _Entry]:
         try:
-            data: Any = json.loads(self.state.hash_cache.read_text(encoding="utf-8"))
+            text = safefiles.read_text(self.state.hash_cache, limit=_CACHE_MAX, what="a cache")
+            data: Any = json.loads(text)
             if data.get("version") != _CACHE_VERSION:
                 return {}
             return {key: _Entry(**value) for key, value in data["files"].items()}
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, UserError):
             # A cache, not a record: a damaged one is rebuilt from the files themselves.
             return {}
 

@@ -12,8 +12,10 @@ from typing import Any
 import click
 
 from kling_batch.errors import KlingBatchError
+from kling_batch.limits import MAX_RENDERS
 
 FORMATS = click.Choice(["table", "markdown", "json"])
+MAX_RENDERS_HELP = "Refuse a manifest that expands to more renders than this."
 
 
 class _Group(click.Group):
@@ -56,6 +58,14 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @click.option("--force", multiple=True, metavar="GLOB", help="Re-render matching renders.")
 @click.option("--check", is_flag=True, help="Exit 1 when anything would render, 0 otherwise.")
 @click.option("--emulator", is_flag=True, help="Plan against the emulator's lockfile.")
+@click.option(
+    "--max-renders",
+    default=MAX_RENDERS,
+    show_default=True,
+    type=click.IntRange(1),
+    metavar="N",
+    help=MAX_RENDERS_HELP,
+)
 def plan(
     manifest: Path,
     fmt: str,
@@ -63,12 +73,20 @@ def plan(
     force: tuple[str, ...],
     check: bool,
     emulator: bool,
+    max_renders: int,
 ) -> None:
     """Show what a run would render and what it would cost (no network)."""
     from kling_batch import reports, ui
     from kling_batch.plan import build_plan
 
-    result = build_plan(manifest, now=datetime.now(UTC), only=only, force=force, emulator=emulator)
+    result = build_plan(
+        manifest,
+        now=datetime.now(UTC),
+        only=only,
+        force=force,
+        emulator=emulator,
+        max_renders=max_renders,
+    )
     if fmt == "json":
         ui.write_data(reports.dumps_json(result))
     elif fmt == "markdown":
@@ -124,6 +142,19 @@ def plan(
     help="API base URL (default $EMPIRIOLABS_BASE_URL or the public API).",
 )
 @click.option(
+    "--allow-insecure-http",
+    is_flag=True,
+    help="Allow a plain http:// API base off this machine (sends the key unencrypted).",
+)
+@click.option(
+    "--max-renders",
+    default=MAX_RENDERS,
+    show_default=True,
+    type=click.IntRange(1),
+    metavar="N",
+    help=MAX_RENDERS_HELP,
+)
+@click.option(
     "--resubmit-uncertain",
     is_flag=True,
     help="Send again uncertain submissions not found in the API's job list.",
@@ -146,6 +177,8 @@ def run(
     keep_going: bool,
     emulator: bool,
     api_base: str | None,
+    allow_insecure_http: bool,
+    max_renders: int,
     resubmit_uncertain: bool,
     time_scale: float,
 ) -> None:
@@ -165,6 +198,8 @@ def run(
         api_base=api_base,
         resubmit_uncertain=resubmit_uncertain,
         time_scale=time_scale,
+        allow_insecure_http=allow_insecure_http,
+        max_renders=max_renders,
     )
     sys.exit(run_command(request))
 

@@ -118,9 +118,12 @@ class EmpirioClient:
         timeouts: Timeouts | None = None,
         limiter: RateLimiter | None = None,
         limits: httpx.Limits | None = None,
+        allow_insecure_http: bool = False,
     ) -> None:
         self._key = check_api_key(api_key)
-        self._base = httpx.URL(resolve_base_url(base_url) + "/")
+        # Plain http to a host off this machine is refused unless allowed (issue 9).
+        base = resolve_base_url(base_url, allow_insecure_http=allow_insecure_http)
+        self._base = httpx.URL(base + "/")
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._retry = retry if retry is not None else RetryPolicy()
         self._timeouts = timeouts if timeouts is not None else Timeouts()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -11,7 +12,14 @@ import httpx
 
 from kling_batch.errors import UserError
 
-__all__ = ["DEFAULT_BASE_URL", "Timeouts", "api_key_from_env", "check_api_key", "resolve_base_url"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "Timeouts",
+    "api_key_from_env",
+    "check_api_key",
+    "is_loopback",
+    "resolve_base_url",
+]
 
 DEFAULT_BASE_URL = "https://api.empiriolabs.ai"
 KEY_ENV = "EMPIRIOLABS_API_KEY"
@@ -39,8 +47,19 @@ class Timeouts:
         return httpx.Timeout(budget, connect=self.connect, pool=self.pool)
 
 
-def resolve_base_url(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> str:
-    """The API base URL: `explicit`, else `$EMPIRIOLABS_BASE_URL`, else the public API."""
+def resolve_base_url(
+    explicit: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    allow_insecure_http: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> str:
+    """The API base URL: `explicit`, else `$EMPIRIOLABS_BASE_URL`, else the public API.
+
+    Plain `http://` carries the API key in clear text, so it is refused unless the host is
+    a loopback address (the emulator) or `allow_insecure_http` is set (then `warn` is told).
+    The check is on the URL alone: nothing is looked up or connected to before it.
+    """
     env = os.environ if environ is None else environ
     raw = (explicit or env.get(BASE_ENV) or DEFAULT_BASE_URL).strip()
     try:
@@ -49,7 +68,26 @@ def resolve_base_url(explicit: str | None = None, environ: Mapping[str, str] | N
         raise UserError(f"invalid API base URL {raw!r}: {exc}", field=BASE_ENV) from exc
     if url.scheme not in ("http", "https") or not url.host:
         raise UserError(f"the API base URL must be http(s)://host, got {raw!r}", field=BASE_ENV)
+    if url.scheme == "http" and not is_loopback(url.host):
+        if not allow_insecure_http:
+            raise UserError(
+                f"plain http would send the API key unencrypted to {raw}; use https://, "
+                "a loopback address, or --allow-insecure-http",
+                field="--api-base" if explicit else BASE_ENV,
+            )
+        if warn is not None:
+            warn(f"sending the API key unencrypted to {raw} (--allow-insecure-http)")
     return raw.rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost`, 127.0.0.0/8 and ::1: traffic that never leaves the machine."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def api_key_from_env(environ: Mapping[str, str] | None = None) -> str:

@@ -25,6 +25,7 @@
     Problem                         a value-level complaint inside one layer, turned into a
      │                              UserError (or a render's failure) by its caller
      ├── TemplateProblem            a template failed to compile or render
+     ├── TemplateLimit              a template went over a cap (size, time, numbers)
      ├── AssetProblem               a media reference that cannot be used
      ├── RequestRuleError           a cross-field rule of the model card is broken
      ├── BadOutput                  a downloaded or copied file is not the render
@@ -203,6 +204,10 @@ class TemplateProblem(Problem):
         super().__init__(message)
         self.message = message
         self.line = line
+
+
+class TemplateLimit(Problem):
+    """A template went over one of the caps; the message says which."""
 
 
 class AssetProblem(Problem):

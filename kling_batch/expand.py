@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import math
 import re
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from kling_batch import safefiles
 from kling_batch.errors import TemplateProblem, UserError
+from kling_batch.limits import MAX_RENDERS
 from kling_batch.manifest import REQUEST_FIELD_NAMES, LoadedManifest, SourcedShot
 from kling_batch.templating import Templates
 
@@ -48,8 +51,14 @@ class RenderSpec:
     file: Path
 
 
-def expand_shots(loaded: LoadedManifest, templates: Templates | None = None) -> list[RenderSpec]:
-    """Every render the manifest asks for, in manifest order; ids and outputs unique."""
+def expand_shots(
+    loaded: LoadedManifest, templates: Templates | None = None, *, max_renders: int = MAX_RENDERS
+) -> list[RenderSpec]:
+    """Every render the manifest asks for, in manifest order; ids and outputs unique.
+
+    Refused before any work when the manifest would expand to over `max_renders` renders.
+    """
+    check_render_count(loaded, max_renders)
     templates = templates or Templates(loaded.root)
     renderer = _CachedRenderer(templates)
     manifest = loaded.manifest
@@ -58,7 +67,7 @@ def expand_shots(loaded: LoadedManifest, templates: Templates | None = None) -> 
     base_context = templates.context({**manifest.vars, "manifest": ManifestContext(manifest.name)})
     specs: list[RenderSpec] = []
     seen_ids: dict[str, SourcedShot] = {}
-    seen_outputs: dict[PurePosixPath, str] = {}
+    outputs = _Outputs()
     dirs = _SafeDirs(loaded)
     index = 0
     for sourced in loaded.shots:
@@ -87,17 +96,61 @@ def expand_shots(loaded: LoadedManifest, templates: Templates | None = None) -> 
                 spec = _render_spec(
                     renderer, loaded, sourced, raw_fields, context_take, shot_ctx, dirs
                 )
-                if spec.output in seen_outputs:
-                    raise UserError(
-                        f"output {spec.output} is also the output of {seen_outputs[spec.output]!r}",
-                        file=sourced.file,
-                        shot=render_id,
-                        field="output",
-                    )
-                seen_outputs[spec.output] = render_id
+                outputs.claim(spec)
                 specs.append(spec)
                 index += 1
     return specs
+
+
+def check_render_count(loaded: LoadedManifest, limit: int) -> None:
+    """Refuse a manifest that would expand to over `limit` renders, before expanding it.
+
+    Counted from the matrix sizes alone (a product of a few lengths per shot), so a
+    10^8-render matrix is refused at once instead of after minutes and gigabytes.
+    """
+    total, exact = 0, True
+    for sourced in loaded.shots:
+        if not sourced.shot.enabled:
+            continue
+        count, exact_here = count_renders(sourced)
+        total, exact = total + count, exact and exact_here
+        if total > limit:
+            field = "matrix" if sourced.shot.matrix is not None else "takes"
+            raise UserError(
+                f"the manifest expands to {'' if exact else 'up to '}{total:,} renders "
+                f"({count:,} from this shot), over the limit of {limit:,}; raise it with "
+                "--max-renders",
+                file=sourced.file,
+                shot=sourced.shot.id,
+                field=field,
+            )
+
+
+def count_renders(sourced: SourcedShot) -> tuple[int, bool]:
+    """Renders one shot expands to, and whether that is exact (else an upper bound).
+
+    Exact for a plain matrix: the product of the axis lengths, times `takes`. With
+    `exclude`, less the combinations of the entry that removes the most; with `include`,
+    plus one per entry (each adds at most one).
+    """
+    matrix = sourced.shot.matrix
+    if matrix is None:
+        return sourced.shot.takes, True
+    axes = {key: values for key, values in matrix.items() if key not in _MATRIX_KEYWORDS}
+    combos = math.prod(len(values) for values in axes.values()) if axes else 0
+    excludes = [e for e in matrix.get("exclude", []) if isinstance(e, dict) and set(e) <= set(axes)]
+    removed = max((_matching(axes, entry) for entry in excludes), default=0)
+    includes = len(matrix.get("include", []))
+    exact = "include" not in matrix and "exclude" not in matrix
+    return (combos - removed + includes) * sourced.shot.takes, exact
+
+
+def _matching(axes: Mapping[str, list[Any]], entry: Mapping[str, Any]) -> int:
+    """Combinations of `axes` that contain every key and value of `entry`."""
+    return math.prod(
+        sum(1 for value in values if value == entry[key]) if key in entry else len(values)
+        for key, values in axes.items()
+    )
 
 
 def select(specs: Iterable[RenderSpec], globs: Iterable[str]) -> list[RenderSpec]:
@@ -204,6 +257,33 @@ def _raw_fields(
     return {**defaults, **from_matrix, **shot_fields}
 
 
+class _Outputs:
+    """Each render's output once: not twice, and not twice in different letter case
+    (one file on macOS and Windows)."""
+
+    def __init__(self) -> None:
+        self._owners: dict[str, tuple[PurePosixPath, str]] = {}
+
+    def claim(self, spec: RenderSpec) -> None:
+        """Record `spec`'s output; refuse one another render already writes."""
+        key = str(spec.output).casefold()
+        owner = self._owners.get(key)
+        if owner is not None:
+            path, render_id = owner
+            same = f"output {spec.output} is also the output of {render_id!r}"
+            folded = (
+                f"output {spec.output} and {path}, the output of {render_id!r}, differ only "
+                "in letter case: one file on macOS and Windows"
+            )
+            raise UserError(
+                same if path == spec.output else folded,
+                file=spec.file,
+                shot=spec.id,
+                field="output",
+            )
+        self._owners[key] = (spec.output, spec.id)
+
+
 class _SafeDirs:
     """Checks output paths stay inside output_dir, resolving each folder only once."""
 
@@ -211,6 +291,13 @@ class _SafeDirs:
         self.root = loaded.root.resolve()
         self.output_dir = PurePosixPath(loaded.manifest.output_dir)
         self._answers: dict[str, bool] = {}
+        problem = safefiles.path_problem(loaded.manifest.output_dir)
+        if problem is not None:
+            raise UserError(
+                f"output_dir {safefiles.shown(loaded.manifest.output_dir)} {problem}",
+                file=loaded.path,
+                field="output_dir",
+            )
         target = (self.root / self.output_dir).resolve()
         if not target.is_relative_to(self.root):
             raise UserError(
@@ -224,6 +311,14 @@ class _SafeDirs:
         """`output_dir/text`, relative to the manifest folder; refused if it leads outside."""
         relative = text.replace("\\", "/")
         folder = relative.rpartition("/")[0]
+        problem = safefiles.path_problem(text)
+        if problem is not None:
+            raise UserError(
+                f"output {safefiles.shown(text)} {problem}",
+                file=sourced.file,
+                shot=render_id,
+                field="output",
+            )
         if (
             not relative.strip()
             or relative.startswith("/")
@@ -238,7 +333,15 @@ class _SafeDirs:
                 shot=render_id,
                 field="output",
             )
-        return self.output_dir / relative
+        output = self.output_dir / relative
+        if (self.root / output).is_dir():
+            raise UserError(
+                f"output {output} is an existing folder; a render cannot be written there",
+                file=sourced.file,
+                shot=render_id,
+                field="output",
+            )
+        return output
 
     def _inside(self, folder: str) -> bool:
         answer = self._answers.get(folder)

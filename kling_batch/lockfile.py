@@ -29,9 +29,11 @@ import anyio.to_thread
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kling_batch import safefiles
 from kling_batch.atomic import atomic_write
 from kling_batch.canonical import tagged
 from kling_batch.errors import Loc, LockWriteError, UserError, validation_error
+from kling_batch.limits import LOCKFILE_MAX_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +233,7 @@ def load_lockfile(path: Path, *, cache: Path | None = None) -> Lockfile:
 def read_lockfile(path: Path, *, cache: Path | None = None) -> tuple[Lockfile, Callable[[], None]]:
     """`load_lockfile` that leaves writing the parse cache to the caller (call it last)."""
     try:
-        raw = path.read_bytes()
+        raw = safefiles.read_bytes(path, limit=LOCKFILE_MAX_BYTES, what="the lockfile")
     except FileNotFoundError:
         return Lockfile(), _nothing
     except OSError as exc:
@@ -242,7 +244,7 @@ def read_lockfile(path: Path, *, cache: Path | None = None) -> tuple[Lockfile, C
         if cached is not None:
             return cached, _nothing
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte order mark from a Windows editor is fine
     except UnicodeDecodeError as exc:
         raise UserError(f"cannot read the lockfile: {exc}", file=path) from None
     lock = parse_lockfile(text, path)
@@ -259,12 +261,12 @@ def _nothing() -> None:
 
 def _read_cache(cache: Path, digest: str) -> Lockfile | None:
     try:
-        with open(cache, encoding="utf-8") as f:
-            if f.readline().strip() != digest:
-                return None
-            data = json.loads(f.read(), object_hook=_untag)
-        return Lockfile.model_validate(data)
-    except (OSError, ValueError, ValidationError):
+        text = safefiles.read_text(cache, limit=LOCKFILE_MAX_BYTES * 2, what="a cache")
+        first, _, rest = text.partition("\n")
+        if first.strip() != digest:
+            return None
+        return Lockfile.model_validate(json.loads(rest, object_hook=_untag))
+    except (OSError, ValueError, ValidationError, UserError):
         return None  # a cache, not a record: fall back to the lockfile itself
 
 
@@ -296,6 +298,8 @@ def parse_lockfile(text: str, path: Path) -> Lockfile:
     hint = "it records renders already paid for; restore it from version control"
     try:
         data = tomllib.loads(text, parse_float=Decimal)
+    except RecursionError:
+        raise UserError(f"the lockfile is nested too deeply to read; {hint}", file=path) from None
     except tomllib.TOMLDecodeError as exc:
         line = getattr(exc, "lineno", None)
         match = re.search(r"at line (\d+)", str(exc))

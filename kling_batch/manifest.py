@@ -12,7 +12,9 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kling_batch import safefiles
 from kling_batch.errors import Loc, UserError, validation_error
+from kling_batch.limits import MANIFEST_MAX_BYTES
 
 # A string holding Jinja syntax: lets an enum or number field be set from a template.
 Template = Annotated[
@@ -21,6 +23,7 @@ Template = Annotated[
 ]
 Scalar = str | int | float | bool
 
+_TOO_DEEP = "values are nested too deeply to read"
 _STRICT = ConfigDict(extra="forbid", populate_by_name=True)
 M = TypeVar("M", bound=BaseModel)
 
@@ -128,15 +131,18 @@ def load_manifest(path: Path) -> LoadedManifest:
     manifest = _validate(Manifest, path, read_document(path))
     shots = [SourcedShot(shot, path, index) for index, shot in enumerate(manifest.shots)]
     for included in _included_files(path, manifest.include):
-        extra = _validate(IncludedShots, included, read_document(included))
+        extra = _validate(IncludedShots, included, read_document(included, "a shot file"))
         shots.extend(SourcedShot(shot, included, index) for index, shot in enumerate(extra.shots))
     return LoadedManifest(path, manifest, tuple(shots))
 
 
-def read_document(path: Path) -> dict[str, Any]:
-    """Parse a `.toml` or `.json` file into plain data; syntax errors name the line."""
+def read_document(path: Path, what: str = "a manifest") -> dict[str, Any]:
+    """Parse a `.toml` or `.json` file into plain data; syntax errors name the line.
+
+    Only a regular file of at most `MANIFEST_MAX_BYTES` is read; a leading BOM is dropped.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = safefiles.read_text(path, limit=MANIFEST_MAX_BYTES, what=what)
     except FileNotFoundError:
         raise UserError("file not found", file=path) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -149,9 +155,13 @@ def read_document(path: Path) -> dict[str, Any]:
             line = _toml_error_line(exc)
             message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
             raise UserError(f"TOML syntax error: {message}", file=path, line=line) from None
+        except RecursionError:
+            raise UserError(_TOO_DEEP, file=path) from None
     if suffix == ".json":
         try:
             data = json.loads(text)
+        except RecursionError:
+            raise UserError(_TOO_DEEP, file=path) from None
         except json.JSONDecodeError as exc:
             raise UserError(f"JSON syntax error: {exc.msg}", file=path, line=exc.lineno) from None
         if not isinstance(data, dict):
@@ -172,13 +182,19 @@ def _included_files(path: Path, patterns: list[str]) -> list[Path]:
     root = path.parent.resolve()
     found: list[Path] = []
     for pattern in patterns:
+        problem = safefiles.path_problem(pattern)
+        if problem is not None:
+            raise UserError(
+                f"include {safefiles.shown(pattern)} {problem}", file=path, field="include"
+            )
         if Path(pattern).is_absolute() or ".." in Path(pattern).parts:
             raise UserError(
                 f"include {pattern!r} must be a relative glob inside the manifest's folder",
                 file=path,
                 field="include",
             )
-        matches = sorted(p for p in path.parent.glob(pattern) if p.is_file())
+        # Not only regular files: a FIFO or device must be refused by name, not skipped.
+        matches = sorted(p for p in path.parent.glob(pattern) if not p.is_dir())
         if not matches:
             raise UserError(f"include {pattern!r} matches no file", file=path, field="include")
         for match in matches:
@@ -235,9 +251,10 @@ def _guess_line(path: Path, key: str | None, shot_index: int | None) -> int | No
     if key is None:
         return None
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
+        text = safefiles.read_text(path, limit=MANIFEST_MAX_BYTES, what="a manifest")
+    except (OSError, UnicodeDecodeError, UserError):
         return None
+    lines = text.splitlines()
     pattern = re.compile(rf"""^\s*["']?{re.escape(key)}["']?\s*[=:]|"{re.escape(key)}"\s*:""")
     hits = [number for number, text in enumerate(lines) if pattern.search(text)]
     if shot_index is None or path.suffix.lower() != ".toml":

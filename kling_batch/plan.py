@@ -25,6 +25,7 @@ from kling_batch.canonical import fingerprint_of, plain_numbers
 from kling_batch.errors import AssetProblem, RequestRuleError, UserError, validation_error
 from kling_batch.expand import RenderSpec, expand_shots, select
 from kling_batch.kling_o3 import KlingO3Request
+from kling_batch.limits import MAX_RENDERS
 from kling_batch.lockfile import UNSETTLED, Entry, Lockfile, PastRender, lock_path, read_lockfile
 from kling_batch.manifest import LoadedManifest, load_manifest
 from kling_batch.pricing import Price, price
@@ -176,6 +177,7 @@ def build_plan(
     force: Iterable[str] = (),
     lockfile: Path | None = None,
     emulator: bool = False,
+    max_renders: int = MAX_RENDERS,
 ) -> Plan:
     """Load, expand, validate, price and diff one manifest against its lockfile.
 
@@ -187,7 +189,7 @@ def build_plan(
     lock_file = lockfile or lock_path(loaded.path, emulator=emulator)
     store = AssetStore(loaded.root)
     store.state.check()
-    specs = expand_shots(loaded)
+    specs = expand_shots(loaded, max_renders=max_renders)
     lock, save_lock_cache = read_lockfile(lock_file, cache=store.state.lock_cache(lock_file))
     # The facts first: every render validated, its assets hashed and probed, priced.
     renders = [plan_render(spec, store) for spec in _chosen(specs, lock, only)]

@@ -20,10 +20,12 @@ from kling_batch.clock import ScaledClock
 from kling_batch.endpoint import api_key_from_env, resolve_base_url
 from kling_batch.errors import LockWriteError, RefusedError, RunError
 from kling_batch.executor import Executor, RunOptions
+from kling_batch.limits import MAX_RENDERS
 from kling_batch.lockfile import LockWriter, lock_path
 from kling_batch.outcomes import RunReport
 from kling_batch.plan import Plan, PlanItem, build_plan
 from kling_batch.reports import summary_line, usd
+from kling_batch.shared_outputs import refuse_shared_outputs
 from kling_batch.state import StateDir
 from kling_batch.ui import RunUI, print_summary
 
@@ -48,10 +50,15 @@ class RunRequest:
     resubmit_uncertain: bool = False
     # Real seconds per API second: only for an emulator started with --time-scale.
     time_scale: float = 1.0
+    allow_insecure_http: bool = False
+    max_renders: int = MAX_RENDERS
 
 
 def run_command(request: RunRequest) -> int:
     """Run a manifest; returns the process exit code (errors raise KlingBatchError)."""
+    if not request.emulator:  # plain http refused before anything is written or sent
+        insecure = request.allow_insecure_http
+        resolve_base_url(request.api_base, allow_insecure_http=insecure, warn=_warn)
     lock_file = lock_path(request.manifest, emulator=request.emulator)
     with _run_lock(StateDir(request.manifest.parent), lock_file):
         sweep_temps(lock_file)  # a run killed mid-save leaves `.<lock>.*.tmp` behind
@@ -61,15 +68,21 @@ def run_command(request: RunRequest) -> int:
             only=request.only,
             force=request.force,
             emulator=request.emulator,
+            max_renders=request.max_renders,
         )
         items = [item for item in plan.items if item.action != "unchanged"]
         if not items:
             ui.say(f"{summary_line(plan)}. Nothing to do.")
             return 0
+        refuse_shared_outputs(plan, items)
         cost = _cost_to_run(plan, request)
         _refuse_over_budget(plan, request, cost)
         _confirm(plan, request, cost)
         return anyio.run(_execute, plan, items, request)
+
+
+def _warn(message: str) -> None:
+    ui.say(f"warning: {message}")
 
 
 def _cost_to_run(plan: Plan, request: RunRequest) -> Decimal:
@@ -162,9 +175,10 @@ async def _api(request: RunRequest) -> AsyncIterator[EmpirioClient]:
     if not request.emulator:
         client = EmpirioClient(
             api_key=api_key_from_env(),
-            base_url=resolve_base_url(request.api_base),
+            base_url=request.api_base,  # resolved (and checked) by the client
             rpm=request.rpm,
             clock=ScaledClock(request.time_scale),
+            allow_insecure_http=request.allow_insecure_http,
         )
         async with client:
             yield client

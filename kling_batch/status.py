@@ -10,8 +10,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from kling_batch import safefiles
 from kling_batch.assets import AssetStore
+from kling_batch.errors import UserError
 from kling_batch.lockfile import Entry, load_lockfile, lock_path
+from kling_batch.manifest import Manifest, read_document
 from kling_batch.reports import usd
 from kling_batch.ui import write_data
 
@@ -25,8 +28,11 @@ STATE_STYLES = {
 }
 
 
-def file_state(store: AssetStore, entry: Entry) -> str:
-    """`ok`, `missing`, `modified` for a done render's output; `-` before it is done."""
+def file_state(store: AssetStore, entry: Entry, output_dir: str | None = None) -> str:
+    """`ok`, `missing`, `modified` for a done render's output; `-` before it is done;
+    `invalid` (and never read) for an output outside `output_dir`."""
+    if output_dir is not None and not safefiles.lies_inside(store.root, output_dir, entry.output):
+        return "invalid"
     if entry.state != "done" or not entry.output_sha256:
         return "-"
     found = store.relative_hash(entry.output)
@@ -39,6 +45,7 @@ def status_rows(manifest: Path, *, emulator: bool = False) -> list[dict[str, Any
     """One row per lockfile entry, sorted by id."""
     lock = load_lockfile(lock_path(manifest, emulator=emulator))
     store = AssetStore(manifest.parent)
+    output_dir = _output_dir(manifest, emulator=emulator)
     rows = []
     for shot_id in sorted(lock.shots):
         entry = lock.shots[shot_id]
@@ -46,7 +53,7 @@ def status_rows(manifest: Path, *, emulator: bool = False) -> list[dict[str, Any
             {
                 "id": shot_id,
                 "state": entry.state,
-                "file": file_state(store, entry),
+                "file": file_state(store, entry, output_dir),
                 "output": entry.output,
                 "cost_usd": entry.cost_usd,
                 "billed_usd": entry.billed_usd,
@@ -56,6 +63,16 @@ def status_rows(manifest: Path, *, emulator: bool = False) -> list[dict[str, Any
         )
     store.save()
     return rows
+
+
+def _output_dir(manifest: Path, *, emulator: bool) -> str:
+    """The manifest's `output_dir` (the default when the manifest cannot be read)."""
+    try:
+        value = read_document(manifest).get("output_dir")
+    except UserError:
+        value = None
+    output_dir = value if isinstance(value, str) else Manifest.model_fields["output_dir"].default
+    return output_dir.rstrip("/") + "-emulator" if emulator else output_dir
 
 
 def show_status(manifest: Path, *, fmt: str, emulator: bool, console: Console) -> None:
@@ -79,7 +96,7 @@ def show_status(manifest: Path, *, fmt: str, emulator: bool, console: Console) -
         table.add_column(name, overflow="fold")
     for row in rows:
         style = STATE_STYLES.get(row["state"], "")
-        file_style = "red" if row["file"] in {"missing", "modified"} else ""
+        file_style = "red" if row["file"] in {"missing", "modified", "invalid"} else ""
         table.add_row(
             row["id"],
             Text(row["state"], style=style),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+import time
 import unicodedata
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -11,10 +13,11 @@ from typing import Any
 
 import jinja2
 from jinja2 import meta
-from jinja2.sandbox import SandboxedEnvironment
-from jinja2.utils import concat
 
-from kling_batch.errors import TemplateProblem
+from kling_batch import safefiles
+from kling_batch.errors import TemplateProblem, UserError
+from kling_batch.limits import FIELD_MAX_CHARS, PARTIAL_MAX_BYTES, RENDER_SECONDS, TEMPLATES_SECONDS
+from kling_batch.sandbox import GuardedEnvironment, TemplateLimit
 
 _SLUG_DROP = re.compile(r"[^a-z0-9]+")
 _TEMPLATE_MARKERS = ("{{", "{%", "{#")
@@ -35,6 +38,9 @@ class FolderLoader(jinja2.BaseLoader):
     def get_source(
         self, environment: jinja2.Environment, template: str
     ) -> tuple[str, str, Callable[[], bool]]:
+        problem = safefiles.path_problem(template)
+        if problem is not None:
+            raise jinja2.TemplateNotFound(f"{safefiles.shown(template)} {problem}")
         candidate = (self.root / template).resolve()
         if not candidate.is_relative_to(self.root):
             raise jinja2.TemplateNotFound(
@@ -42,7 +48,10 @@ class FolderLoader(jinja2.BaseLoader):
             )
         if not candidate.is_file():
             raise jinja2.TemplateNotFound(template)
-        source = candidate.read_text(encoding="utf-8")
+        try:
+            source = safefiles.read_text(candidate, limit=PARTIAL_MAX_BYTES, what="a template")
+        except UserError as exc:
+            raise TemplateLimit(f"include {template!r}: {exc.message}") from None
         mtime = candidate.stat().st_mtime_ns
 
         def uptodate() -> bool:
@@ -58,7 +67,7 @@ class Templates:
     """Compiles each distinct template once and renders it against a context."""
 
     def __init__(self, root: Path) -> None:
-        self.env = SandboxedEnvironment(
+        self.env = GuardedEnvironment(
             loader=FolderLoader(root),
             undefined=jinja2.StrictUndefined,
             autoescape=False,
@@ -67,6 +76,7 @@ class Templates:
         )
         self.env.filters["slug"] = slug
         self._compiled: dict[str, tuple[jinja2.Template, frozenset[str] | None]] = {}
+        self._seconds_left = TEMPLATES_SECONDS
 
     @staticmethod
     def is_template(text: str) -> bool:
@@ -86,18 +96,47 @@ class Templates:
 
         The context is shared with Jinja rather than copied per render (2-3× faster on
         a 10,000-render matrix); on failure the template is rendered again the ordinary
-        way so the error carries Jinja's template line numbers.
+        way so the error carries Jinja's template line numbers. A render runs against a
+        deadline (`RENDER_SECONDS`, and what is left of `TEMPLATES_SECONDS` for the plan).
         """
         if not self.is_template(text):
+            if len(text) > FIELD_MAX_CHARS:
+                raise TemplateProblem(f"the text is over {FIELD_MAX_CHARS:,} characters", None)
             return text
         template, _ = self._compile(text)
+        started = time.perf_counter()
+        self._arm_deadline(started)
+        try:
+            return self._render(template, context)
+        finally:
+            self.env.deadline = math.inf
+            self._seconds_left -= time.perf_counter() - started
+
+    def _arm_deadline(self, now: float) -> None:
+        if self._seconds_left < RENDER_SECONDS:
+            self.env.deadline_message = (
+                f"the manifest's templates took over {TEMPLATES_SECONDS:g} s in all"
+            )
+        else:
+            self.env.deadline_message = f"the template took over {RENDER_SECONDS:g} s to render"
+        self.env.deadline = now + min(RENDER_SECONDS, self._seconds_left)
+
+    def _render(self, template: jinja2.Template, context: Mapping[str, Any]) -> str:
         shared = context if isinstance(context, dict) else dict(context)
         try:
-            return concat(template.root_render_func(template.new_context(shared, shared=True)))
+            return self.env.concat(
+                template.root_render_func(template.new_context(shared, shared=True))
+            )
+        except TemplateLimit as exc:
+            raise TemplateProblem(str(exc), None) from None
+        except MemoryError:
+            raise TemplateProblem("the template needs more memory than there is", None) from None
         except Exception:
             pass  # rendered again below, for an error message with template lines
         try:
             return template.render(context)
+        except TemplateLimit as exc:
+            raise TemplateProblem(str(exc), None) from None
         except jinja2.TemplateError as exc:
             raise TemplateProblem(_describe(exc), _template_line(exc)) from exc
         except RecursionError:
@@ -114,6 +153,8 @@ class Templates:
             template = self.env.from_string(ast)
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateProblem(f"template syntax error: {exc.message}", exc.lineno) from exc
+        except TemplateLimit as exc:  # a constant folded at compile time
+            raise TemplateProblem(str(exc), None) from None
         includes = any(True for _ in meta.find_referenced_templates(ast))
         names = None if includes else frozenset(meta.find_undeclared_variables(ast))
         self._compiled[text] = (template, names)

@@ -13,6 +13,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,6 +141,55 @@ CASES: dict[str, Expect] = {
     "lock_not_toml": E(f"{L}:5", None, None, "not valid TOML"),
     "lock_future_version": E(L, None, "version", "lockfile version 2", "newer kling-batch"),
     "lock_damaged_entry": E(L, "opener", "state", "damaged lockfile", "'done'"),
+    # files that are not regular files (issue 9): refused without reading them
+    "lock_symlink_dev_zero": E(L, None, None, "the lockfile must be a regular file", "character"),
+    "lock_is_a_folder": E(L, None, None, "the lockfile must be a regular file", "a folder"),
+    "manifest_symlink_dev_zero": E(T, None, None, "a manifest must be a regular file", "character"),
+    "include_symlink_dev_zero": E(T, None, "include", "'shots/*.toml' leads outside"),
+    # resource bombs in templates (issue 9): each refused in seconds
+    "template_power_bomb": E(T, "teaser", "prompt", "'**' would make a number", "1,000 digits"),
+    "template_range_too_big": E(T, "teaser", "prompt", "range() of 100,000 numbers", "10,000"),
+    "template_loop_too_slow": E(T, "teaser", "prompt", "took over 1 s to render"),
+    "template_repeat_bomb": E(T, "teaser", "prompt", "'*' repetition would be over 100,000"),
+    "template_lipsum_bomb": E(T, "teaser", "prompt", "lipsum() of up to 10,000,000 words"),
+    "template_field_too_long": E(T, "teaser", "prompt", "rendered text would be over 100,000"),
+    "template_center_bomb": E(T, "teaser", "prompt", "center() would do too much work"),
+    "template_method_bomb": E(T, "teaser", "prompt", "ljust() would do too much work"),
+    "template_printf_width_bomb": E(T, "teaser", "prompt", "'%' format width", "100,000"),
+    "template_concat_bomb": E(T, "teaser", "prompt", "'~' result would be over 100,000"),
+    # expansion bombs: counted before expanding (1 render for 'opener' comes first)
+    "matrix_render_bomb": E(
+        T,
+        "teaser-{{ a }}-{{ b }}-{{ c }}-{{ d }}",
+        "matrix",
+        "expands to 100,000,001 renders (100,000,000 from this shot)",
+        "limit of 100,000",
+        "--max-renders",
+    ),
+    "takes_over_matrix_bomb": E(
+        T, "teaser-{{ a }}-{{ b }}", "matrix", "1,000,001 renders (1,000,000 from this shot)"
+    ),
+    "render_count_summed_over_shots": E(
+        T, "outro-{{ a }}-{{ b }}", "matrix", "120,001 renders (60,000 from this shot)"
+    ),
+    # paths no file system can hold, refused before paying for the render
+    "output_nul": E(T, "teaser", "output", "'x\\x00.mp4' contains a NUL character"),
+    "output_name_too_long": E(T, "teaser", "output", "has a 284-byte name", "at most 255 bytes"),
+    "output_existing_folder": E(T, "teaser", "output", "renders/teaser is an existing folder"),
+    "output_case_collision": E(
+        T,
+        "Opener",
+        "output",
+        "renders/Opener.mp4 and renders/opener.mp4, the output of 'opener'",
+        "differ only in letter case",
+    ),
+    "output_dir_nul": E(T, None, "output_dir", "'renders\\x00' contains a NUL character"),
+    "output_dir_name_too_long": E(T, None, "output_dir", "has a 320-byte name"),
+    "media_path_nul": E(T, "teaser", "image", "'assets/trail\\x00shoe.png' contains a NUL"),
+    "media_name_too_long": E(T, "teaser", "image", "has a 334-byte name", "at most 255 bytes"),
+    "include_nul": E(T, None, "include", "'shots/\\x00.toml' contains a NUL character"),
+    "include_name_too_long": E(T, None, "include", "has a 300-byte name"),
+    "template_include_name_too_long": E(T, "teaser", "prompt", "has a 303-byte name"),
 }
 
 # A folder without a row still runs, and fails, so no case goes untested by accident.
@@ -187,6 +237,11 @@ def test_plan_refuses_bad_input(case: str, expect: Expect | None, tmp_path: Path
     work = tmp_path / case
     shutil.copytree(BAD_INPUT / case, work, symlinks=True)
     manifest = next(name for name in ("manifest.toml", "manifest.json") if (work / name).exists())
+    assert_refused(tmp_path, work, manifest, expect)
+
+
+def assert_refused(tmp_path: Path, work: Path, manifest: str, expect: Expect) -> None:
+    """`plan MANIFEST` in `work` fails as `expect` says, within 30 s, changing nothing."""
     before = snapshot(tmp_path)
 
     result = subprocess.run(
@@ -194,7 +249,7 @@ def test_plan_refuses_bad_input(case: str, expect: Expect | None, tmp_path: Path
         cwd=work,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=30,  # a hang detector: every case ends in about a second
         env={**os.environ, "NO_COLOR": "1"},
     )
 
@@ -211,3 +266,98 @@ def test_plan_refuses_bad_input(case: str, expect: Expect | None, tmp_path: Path
     for word in expect.words:
         assert word in located["message"], lines[0]
     assert snapshot(tmp_path) == before, "plan wrote or changed files"
+
+
+# Cases git cannot store (FIFOs, files of hundreds of MB) are built by the test itself.
+MANIFEST = """\
+version = 1
+name = "bad-input"
+output_dir = "renders"
+include = ["shots/*.toml"]
+
+[defaults]
+model_tier = "standard"
+duration = 5
+
+[[shots]]
+id = "teaser"
+prompt = "{% include 'prompts/style.j2' %} Northwind trail shoe"
+"""
+_MB = 1024 * 1024
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _sparse(size: int) -> Callable[[Path], None]:
+    def make(path: Path) -> None:
+        with open(path, "wb") as f:
+            f.truncate(size)  # a hole: no disk space used
+
+    return make
+
+
+def _text(text: str) -> Callable[[Path], None]:
+    return lambda path: path.write_text(text)
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # 200 KB: well inside the size cap
+
+GENERATED: dict[str, tuple[str, Callable[[Path], None], Expect]] = {
+    "toml_nested_too_deep": (
+        T,
+        _text(f'version = 1\nname = "deep"\n\n[vars]\na = {DEEP}\n'),
+        E(T, None, None, "nested too deeply"),
+    ),
+    "json_nested_too_deep": (
+        J,
+        _text(f'{{"version": 1, "name": "deep", "vars": {{"a": {DEEP}}}}}'),
+        E(J, None, None, "nested too deeply"),
+    ),
+    "lock_nested_too_deep": (
+        L,
+        _text(f"version = 1\n\n[uploads]\nx = {DEEP}\n"),
+        E(L, None, None, "the lockfile is nested too deeply"),
+    ),
+    "lock_fifo": (L, _fifo, E(L, None, None, "the lockfile must be a regular file", "a FIFO")),
+    "lock_huge": (L, _sparse(600 * _MB), E(L, None, None, "is 600 MB", "at most 512 MB")),
+    "manifest_fifo": (T, _fifo, E(T, None, None, "a manifest must be a regular file", "a FIFO")),
+    "manifest_huge": (T, _sparse(11 * _MB), E(T, None, None, "is 11 MB", "at most 10 MB")),
+    "include_fifo": (
+        "shots/extra.toml",
+        _fifo,
+        E("shots/extra.toml", None, None, "a shot file must be a regular file", "a FIFO"),
+    ),
+    "include_huge": (
+        "shots/extra.toml",
+        _sparse(11 * _MB),
+        E("shots/extra.toml", None, None, "a shot file is 11 MB", "at most 10 MB"),
+    ),
+    "partial_huge": (
+        "prompts/style.j2",
+        _sparse(2 * _MB),
+        E(T, "teaser", "prompt", "include 'prompts/style.j2'", "2 MB", "at most 1 MB"),
+    ),
+    "partial_fifo": (
+        "prompts/style.j2",
+        _fifo,
+        E(T, "teaser", "prompt", "include not found: prompts/style.j2"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GENERATED))
+def test_plan_refuses_files_git_cannot_hold(case: str, tmp_path: Path) -> None:
+    """A FIFO, an oversized or endlessly nested file where a manifest, shot file, partial
+    or lockfile should be: `plan` refuses it without blocking or crashing, in one line."""
+    where, make, expect = GENERATED[case]
+    work = tmp_path / case
+    (work / "shots").mkdir(parents=True)
+    (work / "prompts").mkdir()
+    (work / T).write_text(MANIFEST)
+    (work / "shots" / "more.toml").write_text('[[shots]]\nid = "outro"\nprompt = "Outro"\n')
+    (work / "prompts" / "style.j2").write_text("Moody light.")
+    (work / where).unlink(missing_ok=True)
+    make(work / where)
+    assert_refused(tmp_path, work, J if where == J else T, expect)

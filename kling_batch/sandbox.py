@@ -1,0 +1,324 @@
+"""The Jinja2 sandbox manifests render in, with caps on time, sizes and numbers.
+
+Jinja's sandbox stops templates from reaching Python internals, not from spending the
+machine: `{{ 9 ** 999999999 }}`, `{{ 'x' * 10**10 }}` or two nested loops of 10,000 would
+hang `plan` or exhaust memory. Every place a template can do a lot of work passes a check
+here, and a check that fails raises `TemplateLimit` at once:
+
+- numbers and sequences: the `**`, `*`, `+` and `%` operators (intercepted binary operators)
+  and `~` (a code generator hook) refuse results over `INT_MAX_DIGITS` digits or
+  `FIELD_MAX_CHARS` characters before computing them;
+- calls and filters: a call's input and arguments are measured first; those whose result
+  grows with input × argument (`indent`, `center`, `replace`, `join`, ...) must keep the
+  product under `CALL_MAX_WORK`; `range()` and `lipsum()` have their own caps;
+- output: every `{{ }}` value is measured before it becomes text, and joining output
+  (a field, a `{% set %}` block, a macro) stops past `FIELD_MAX_CHARS`;
+- time: a deadline, checked on every loop iteration (each `for` loop's iterable is wrapped
+  by the code generator) and every call. Jinja has no `while`, so a template without loops
+  or calls runs in time bounded by its own length; with both checked, no template runs
+  much past its deadline. No `sys.settrace`: it would slow every render and is global to
+  the interpreter.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import re
+import string
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from jinja2 import nodes
+from jinja2.compiler import CodeGenerator, Frame
+from jinja2.runtime import Context, Macro
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import _PassArg, generate_lorem_ipsum
+
+from kling_batch.errors import TemplateLimit
+from kling_batch.limits import (
+    CALL_MAX_WORK,
+    FIELD_MAX_CHARS,
+    INT_MAX_DIGITS,
+    LIPSUM_MAX_WORDS,
+    RANGE_MAX,
+)
+
+__all__ = ["GuardedEnvironment", "TemplateLimit", "measure"]
+
+_DIGITS_PER_BIT = math.log10(2)
+# Calls whose result can grow with the size of their input times an argument.
+_GROWING = frozenset(
+    {
+        "batch",
+        "center",
+        "expandtabs",
+        "indent",
+        "join",
+        "ljust",
+        "replace",
+        "rjust",
+        "slice",
+        "tojson",
+        "translate",
+        "wordwrap",
+        "zfill",
+    }
+)
+# printf-style conversions: `%[(key)][flags][width][.precision]type`.
+_PRINTF = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+_NUMBER = re.compile(r"\d+")
+_LOOP_GUARD = "bounded_loop"
+
+
+def measure(value: Any, budget: int = CALL_MAX_WORK) -> int:
+    """About how many characters `value` takes as text: a string's length, a number's
+    digits, one per container item plus its items'. Stops counting past `budget`."""
+    total = 0
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str | bytes):
+            total += len(item)
+        elif isinstance(item, int):
+            total += int(item.bit_length() * _DIGITS_PER_BIT) + 1
+        elif isinstance(item, range):
+            total += len(item) * 2
+        elif isinstance(item, list | tuple | set | frozenset | dict):
+            total += len(item) + 1
+            if total <= budget:
+                pending.extend(item.items() if isinstance(item, dict) else item)
+        else:
+            total += 1
+        if total > budget:
+            return total
+    return total
+
+
+def _too_long(what: str, size: int | None = None) -> TemplateLimit:
+    about = f" (about {size:,})" if size is not None else ""
+    return TemplateLimit(f"{what} would be over {FIELD_MAX_CHARS:,} characters{about}")
+
+
+class GuardedEnvironment(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox plus the caps above; `deadline` is a `perf_counter` time.
+
+    Immutable: `list.append` and friends are refused, so a loop cannot grow a list
+    without going through a checked operator.
+    """
+
+    intercepted_binops = frozenset({"**", "*", "+", "%"})
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(finalize=self._finalize, **options)
+        self.code_generator_class = _GuardedCodeGenerator
+        self.deadline = math.inf
+        self.deadline_message = "the template took too long"
+        self.globals["range"] = _range
+        self.globals["lipsum"] = _lipsum
+        for name, func in list(self.filters.items()):
+            self.filters[name] = self._guard_filter(name, func)
+
+    def check_deadline(self) -> None:
+        """Raise `TemplateLimit` once the render is past its deadline."""
+        if time.perf_counter() > self.deadline:
+            raise TemplateLimit(self.deadline_message)
+
+    @staticmethod
+    def concat(parts: Iterable[str]) -> str:
+        """Join output (a field, a `{% set %}` block, a macro); refuse it past the cap."""
+        collected: list[str] = []
+        size = 0
+        for part in parts:
+            size += len(part)
+            if size > FIELD_MAX_CHARS:
+                raise _too_long("the rendered text")
+            collected.append(part)
+        return "".join(collected)
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        """`**`, `*`, `+` and `%`, refused before computing a result over the caps."""
+        self.check_deadline()
+        _check_binop(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """Every call a template makes: deadline, then the same checks as filters."""
+        self.check_deadline()
+        if isinstance(obj, Macro) or getattr(obj, "__func__", None) is _BOUNDED_LOOP:
+            return super().call(context, obj, *args, **kwargs)
+        target = getattr(obj, "__wrapped__", obj)  # Jinja wraps str.format in a function
+        name = getattr(target, "__name__", "a call").lstrip("_")
+        owner = getattr(target, "__self__", None)
+        value = owner if isinstance(owner, str | list | tuple | dict) else None
+        _check_call(name, value, args, kwargs)
+        if name in ("format", "format_map") and isinstance(owner, str):
+            _check_format(owner)
+        result = super().call(context, obj, *args, **kwargs)
+        _check_result(result)
+        return result
+
+    def checked_parts(self, parts: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The operands of `~`, measured before they are joined."""
+        size = sum(measure(part) for part in parts)
+        if size > FIELD_MAX_CHARS:
+            raise _too_long("a '~' result", size)
+        return parts
+
+    def bounded_loop(self, iterable: Any) -> Iterator[Any]:
+        """A `for` loop's iterable, checking the deadline before each item."""
+        for item in iterable:
+            self.check_deadline()
+            yield item
+
+    def _finalize(self, value: Any) -> Any:
+        size = measure(value, FIELD_MAX_CHARS)
+        if size > FIELD_MAX_CHARS:
+            raise _too_long("an output value", size)
+        return value
+
+    def _guard_filter(self, name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+        skip = 1 if _PassArg.from_obj(func) is not None else 0
+
+        @functools.wraps(func)  # keeps Jinja's pass_context / pass_environment marks
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            self.check_deadline()
+            value = args[skip] if len(args) > skip else None
+            _check_call(name, value, args[skip + 1 :], kwargs)
+            if name == "format" and isinstance(value, str):
+                _check_printf(value)
+            result = func(*args, **kwargs)
+            _check_result(result)
+            return result
+
+        return guarded
+
+
+_BOUNDED_LOOP = GuardedEnvironment.bounded_loop
+
+
+class _GuardedCodeGenerator(CodeGenerator):
+    """Jinja's code generator with each loop's iterable wrapped and `~` measured."""
+
+    def visit_For(self, node: nodes.For, frame: Frame) -> None:
+        guarded = copy.copy(node)
+        guarded.iter = nodes.Call(
+            nodes.EnvironmentAttribute(_LOOP_GUARD), [node.iter], [], None, None
+        ).set_lineno(node.lineno)
+        super().visit_For(guarded, frame)
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        # Jinja's own, with the parts passed through `checked_parts` before the join.
+        if frame.eval_ctx.volatile:
+            func_name = "(markup_join if context.eval_ctx.volatile else str_join)"
+        elif frame.eval_ctx.autoescape:
+            func_name = "markup_join"
+        else:
+            func_name = "str_join"
+        self.write(f"{func_name}(environment.checked_parts((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write(")))")
+
+
+def _check_binop(operator: str, left: Any, right: Any) -> None:
+    ints = isinstance(left, int) and isinstance(right, int)
+    if operator == "**" and ints and right > 0 and abs(left) > 1:
+        digits = right * math.log10(abs(left))
+        if digits > INT_MAX_DIGITS:
+            raise TemplateLimit(
+                f"{operator!r} would make a number of about {digits:,.0f} digits; "
+                f"templates compute numbers of at most {INT_MAX_DIGITS:,} digits"
+            )
+    elif operator == "*" and ints:
+        digits = (left.bit_length() + right.bit_length()) * _DIGITS_PER_BIT
+        if digits > INT_MAX_DIGITS:
+            raise TemplateLimit(
+                f"'*' would make a number of about {digits:,.0f} digits; "
+                f"templates compute numbers of at most {INT_MAX_DIGITS:,} digits"
+            )
+    elif operator == "*" and (isinstance(left, int) or isinstance(right, int)):
+        times, sequence = (left, right) if isinstance(left, int) else (right, left)
+        size = measure(sequence) * max(times, 0)
+        if size > FIELD_MAX_CHARS:
+            raise _too_long("a '*' repetition", size)
+    elif operator == "+" and not ints:
+        size = measure(left) + measure(right)
+        if size > FIELD_MAX_CHARS:
+            raise _too_long("a '+' result", size)
+    elif operator == "%" and isinstance(left, str):
+        _check_printf(left)
+        _check_call("%", None, (right,), {})
+
+
+def _check_call(name: str, value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse a call whose input or arguments are over the caps, or whose result would be."""
+    arguments = [*args, *kwargs.values()]
+    size = measure(value)
+    if size > CALL_MAX_WORK or any(measure(a) > CALL_MAX_WORK for a in arguments):
+        raise TemplateLimit(f"{name}() was given over {CALL_MAX_WORK:,} characters")
+    if name in _GROWING:
+        largest = max((_argument_size(a) for a in arguments), default=0)
+        if (size + 1) * (largest + 1) > CALL_MAX_WORK:
+            raise TemplateLimit(
+                f"{name}() would do too much work ({size:,} characters × {largest:,}); "
+                f"the limit is {CALL_MAX_WORK:,}"
+            )
+
+
+def _argument_size(argument: Any) -> int:
+    # A number given to a call is a width or a count; anything else, its size as text.
+    if isinstance(argument, bool) or argument is None:
+        return 0
+    if isinstance(argument, int):
+        return abs(argument)
+    if isinstance(argument, float):
+        return int(min(abs(argument), CALL_MAX_WORK + 1)) if math.isfinite(argument) else 0
+    return measure(argument)
+
+
+def _check_result(result: Any) -> None:
+    size = measure(result)
+    if size > CALL_MAX_WORK:
+        raise TemplateLimit(f"a call returned over {CALL_MAX_WORK:,} characters")
+
+
+def _check_printf(template: str) -> None:
+    for width, precision in _PRINTF.findall(template):
+        for number in (width, precision):
+            if number == "*" or (number and int(number) > FIELD_MAX_CHARS):
+                raise TemplateLimit(
+                    f"a '%' format width or precision over {FIELD_MAX_CHARS:,} (or '*')"
+                )
+
+
+def _check_format(template: str) -> None:
+    try:
+        fields = list(string.Formatter().parse(template))
+    except ValueError:
+        return  # str.format raises the same error itself
+    for _literal, _name, spec, _conversion in fields:
+        if spec and "{" in spec:
+            raise TemplateLimit("nested '{}' fields in a format spec are not supported")
+        if spec and any(int(n) > FIELD_MAX_CHARS for n in _NUMBER.findall(spec)):
+            raise TemplateLimit(f"a format width or precision over {FIELD_MAX_CHARS:,}")
+
+
+def _range(*args: int) -> range:
+    numbers = range(*args)
+    if len(numbers) > RANGE_MAX:
+        raise TemplateLimit(
+            f"range() of {len(numbers):,} numbers; templates may loop over at most {RANGE_MAX:,}"
+        )
+    return numbers
+
+
+def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
+    if n * max > LIPSUM_MAX_WORDS:
+        raise TemplateLimit(
+            f"lipsum() of up to {n * max:,} words; the limit is {LIPSUM_MAX_WORDS:,}"
+        )
+    return generate_lorem_ipsum(n=n, html=html, min=min, max=max)

@@ -1,0 +1,67 @@
+"""The capped template sandbox: ordinary templates render exactly as Jinja renders them,
+and work that only a hostile template does is refused in one message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+import pytest
+from jinja2.sandbox import SandboxedEnvironment
+
+from kling_batch.errors import TemplateProblem
+from kling_batch.templating import Templates
+
+ORDINARY = [
+    "{{ brand }} on a misty ridge",
+    "{% for i in range(3) %}{{ loop.index }}/{{ loop.length }} {% endfor %}",
+    "{% for word in ['a', 'b'] if word != 'b' %}{{ word }}{% else %}none{% endfor %}",
+    "{{ range(10) | join(', ') }} {{ 'ab' | center(6) }}|{{ 'x' | indent(2, true) }}",
+    "{{ (-1) ** 3 }} {{ 2 ** 64 }} {{ 7 * 6 }} {{ 1.5 * 2 }} {{ 10 // 3 }} {{ 10 % 3 }}",
+    "{{ '%05d' % 42 }} {{ '%s-%s' % ('a', 'b') }} {{ '%.2f' | format(3.14159) }}",
+    "{{ '{:,}'.format(15000000000) }} {{ '{:>6}'.format('r') }}",
+    "{{ brand ~ '-' ~ 3 }} {{ [1, 2] + [3] }} {{ 'ab' * 3 }} {{ brand | upper | truncate(5) }}",
+    "{% macro tag(t) %}#{{ t }}{% endmacro %}{{ tag('a') }}{{ tag('b') }}",
+    "{% set parts %}{% for i in range(2) %}[{{ i }}]{% endfor %}{% endset %}{{ parts }}",
+    "{{ lipsum(2, html=False) | wordcount > 20 }}",
+    "{{ {'b': 1, 'a': 2} | dictsort | first | join('=') }} {{ [3, 1, 2] | sort | list }}",
+]
+
+
+@pytest.mark.parametrize("text", ORDINARY)
+def test_ordinary_templates_render_as_jinja_renders_them(text: str, tmp_path: Path) -> None:
+    """The same output as Jinja's own sandbox, rendered twice (nothing is folded away)."""
+    expected = SandboxedEnvironment(undefined=jinja2.StrictUndefined).from_string(text)
+    templates = Templates(tmp_path)
+    context = templates.context({"brand": "Northwind"})
+    first = templates.render(text, context)
+    assert first == expected.render(brand="Northwind")
+    assert templates.render(text, context) == first
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("{% set s = 'x' * 99999 %}{{ [s] * 2 }}", "'*' repetition"),
+        ("{% set s = 'x' * 60000 %}{{ s + s }}", "'+' result"),
+        ("{% set s = 'x' * 90000 %}{{ s | replace('x', 'yy') }}", "over 100,000 characters"),
+        ("{{ 'a\\tb'.expandtabs(100000000) }}", "expandtabs() would do too much work"),
+        ("{{ '{:{}}'.format('a', 999999999) }}", "nested '{}' fields"),
+        ("{{ ('a\\n' * 50000) | indent('x' * 1000) | length }}", "indent() would do too much"),
+        ("{{ range(10) | batch(1000000000) | list }}", "batch() would do too much work"),
+        ("{% set l = [] %}{{ l.append(1) }}", "unsafe"),
+        ("{{ (10 ** 600) * (10 ** 600) }}", "'*' would make a number"),
+        ("{{ 10 ** 1001 }}", "'**' would make a number of about 1,001 digits"),
+        (
+            "{% macro m(n) %}{% if n %}{{ m(n - 1) }}{{ m(n - 1) }}{% endif %}{% endmacro %}"
+            "{{ m(40) }}",
+            "took over 1 s",
+        ),
+    ],
+)
+def test_hostile_work_is_refused(text: str, words: str, tmp_path: Path) -> None:
+    """Each would take minutes or gigabytes; each is refused with the cap it hit."""
+    templates = Templates(tmp_path)
+    with pytest.raises(TemplateProblem) as info:
+        templates.render(text, templates.context({}))
+    assert words in info.value.message
