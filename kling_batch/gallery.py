@@ -145,7 +145,7 @@ class Gallery:
     def totals(self) -> Totals:
         """Renders, done, failed, picked, billed so far and the plan's estimate."""
         cards = self.cards
-        by_state = {state: sum(1 for c in cards if c.state == state) for state in STATES}
+        by_state: dict[str, int] = {s: sum(1 for c in cards if c.state == s) for s in STATES}
         return Totals(
             renders=len(cards),
             done=by_state["done"],
