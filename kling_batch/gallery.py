@@ -31,7 +31,7 @@ STATES: tuple[CardState, ...] = (
     "outdated",
     "new",
 )
-MISSING_VALUE = "–"
+MISSING_VALUE = "(none)"
 """Heading of a matrix combination that lacks an axis (one added by `include`)."""
 
 _MATRIX_KEYWORDS = ("include", "exclude")

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kling_batch.atomic import atomic_write
@@ -45,6 +46,7 @@ class PickChange:
 
     changed: tuple[str, ...]
     unchanged: tuple[str, ...]
+    unmatched: tuple[str, ...]
     picks: tuple[str, ...]
 
 
@@ -77,9 +79,12 @@ def pick(manifest: Path, patterns: Iterable[str], *, unpick: bool = False) -> Pi
     """
     path = picks_path(manifest)
     current = set(_load(path).picks)
+    patterns = list(patterns)
+    unmatched: list[str] = []
     if unpick:
         chosen = _matching(sorted(current), patterns, path=None)
-        changed = sorted(chosen & current)
+        unmatched = [p for p in patterns if not _matching(sorted(current), [p], path=None)]
+        changed = sorted(chosen)
         after = current - chosen
     else:
         ids = [spec.id for spec in expand_shots(load_manifest(manifest))]
@@ -89,7 +94,7 @@ def pick(manifest: Path, patterns: Iterable[str], *, unpick: bool = False) -> Pi
     if changed:
         atomic_write(path, dumps(after))
     unchanged = sorted(chosen - set(changed))
-    return PickChange(tuple(changed), tuple(unchanged), tuple(sorted(after)))
+    return PickChange(tuple(changed), tuple(unchanged), tuple(unmatched), tuple(sorted(after)))
 
 
 def _matching(ids: list[str], patterns: Iterable[str], *, path: Path | None) -> set[str]:
@@ -130,3 +135,25 @@ def _load(path: Path) -> PicksFile:
             field="version",
         )
     return picks
+
+
+def pick_command(manifest: Path, patterns: Iterable[str], *, unpick: bool = False) -> None:
+    """`kling-batch pick`: change the picks and say what changed; no pattern lists them."""
+    patterns = list(patterns)
+    path = picks_path(manifest)
+    if not patterns:
+        current = sorted(read_picks(manifest))
+        for render_id in current:
+            click.echo(render_id)
+        if not current:
+            click.echo(f"No picks in {path.name} yet.", err=True)
+        return
+    change = pick(manifest, patterns, unpick=unpick)
+    if change.changed:
+        verb = "Unpicked" if unpick else "Picked"
+        click.echo(f"{verb} {len(change.changed)}: {', '.join(change.changed)}", err=True)
+    if change.unchanged:
+        click.echo(f"Already picked: {', '.join(change.unchanged)}", err=True)
+    if change.unmatched:
+        click.echo(f"Not picked, left as is: {', '.join(change.unmatched)}", err=True)
+    click.echo(f"{len(change.picks)} picked in {path.name}", err=True)
