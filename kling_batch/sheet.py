@@ -164,7 +164,7 @@ def draw_sheet(gallery: Gallery, frames: Mapping[str, Image]) -> tuple[Image, Sh
     from PIL import Image as PILImage
     from PIL import ImageDraw
 
-    font = _font()
+    font = label_font()
     layout = layout_sheet(gallery, font.getlength)
     sheet = PILImage.new("RGB", layout.size, BACKGROUND)
     draw = ImageDraw.Draw(sheet)
@@ -205,7 +205,8 @@ def _fit(text: str, width: int, font: FreeTypeFont | ImageFont) -> str:
     return text + "…"
 
 
-def _font() -> FreeTypeFont | ImageFont:
+def label_font() -> FreeTypeFont | ImageFont:
+    """Pillow's bundled font, so a sheet looks the same on every machine."""
     from PIL import ImageFont
 
     try:
