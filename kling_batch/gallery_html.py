@@ -223,8 +223,9 @@ def _card(card: Card, links: Links, posters: Mapping[str, Path]) -> str:
             '<div class="card-head">',
             f'<button type="button" class="star" aria-pressed="{str(card.picked).lower()}" '
             f'title="Pick (s)">{star}</button>',
-            f'<span class="id">{escape(card.id)}</span>',
-            f'<span class="state">{escape(card.state)}</span></div>',
+            f'<span class="state">{escape(card.state)}</span>',
+            f'<span class="take">take {card.take}</span></div>' if card.take > 1 else "</div>",
+            f'<p class="id">{escape(card.id)}</p>',
             f'<p class="coords">{escape(coords)}</p>' if coords else "",
             _scenes(card),
             _facts(card),
