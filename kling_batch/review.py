@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from kling_batch.atomic import atomic_write
-from kling_batch.errors import UserError
+from kling_batch.errors import RunError, UserError
 from kling_batch.gallery import Gallery, build_gallery
 from kling_batch.gallery_html import Links, render_page
 from kling_batch.picks import read_picks
@@ -40,13 +40,7 @@ class ReviewRequest:
 def review_command(request: ReviewRequest) -> Path:
     """Write the gallery (and the sheet, if asked); returns the page's path."""
     missing = missing_review_extra()
-    if request.sheet is not None:
-        if request.sheet.suffix.lower() != ".png":
-            raise UserError(f"--sheet {str(request.sheet)!r} must name a .png file")
-        if missing is not None:
-            raise UserError(
-                f"--sheet needs the review extra ({missing} is missing): {REVIEW_EXTRA}"
-            )
+    _check_sheet(request.sheet, missing)
     plan = build_plan(request.manifest, now=datetime.now(UTC), emulator=request.emulator)
     gallery = build_gallery(
         plan,
@@ -58,15 +52,12 @@ def review_command(request: ReviewRequest) -> Path:
     out_dir = request.out or plan.loaded.root / plan.loaded.manifest.output_dir / "review"
     links = Links(gallery.root, out_dir)
     playable = _playable(gallery, links)
-    posters: dict[str, Path] = {}
-    if missing is None:
-        posters, warnings = write_posters(playable, gallery.root, out_dir / POSTER_FOLDER)
-        for warning in warnings:
-            click.echo(f"warning: {warning}", err=True)
-    else:
-        click.echo(f"note: no poster frames without the review extra: {REVIEW_EXTRA}", err=True)
     page = out_dir / PAGE
-    atomic_write(page, render_page(gallery, links, posters, str(request.manifest)))
+    try:
+        posters = _posters(playable, gallery.root, out_dir, missing)
+        atomic_write(page, render_page(gallery, links, posters, str(request.manifest)))
+    except OSError as exc:
+        raise RunError(f"cannot write the gallery in {out_dir}: {exc}") from None
     click.echo(_summary(gallery, page), err=True)
     if request.sheet is not None:
         from kling_batch.sheet import write_sheet
@@ -76,6 +67,29 @@ def review_command(request: ReviewRequest) -> Path:
     if request.open_browser and not webbrowser.open(page.resolve().as_uri()):
         click.echo(f"note: no browser to open; open {page} by hand", err=True)
     return page
+
+
+def _check_sheet(sheet: Path | None, missing: str | None) -> None:
+    """Refuse `--sheet` before any work when it cannot be written."""
+    if sheet is None:
+        return
+    if sheet.suffix.lower() != ".png":
+        raise UserError(f"--sheet {str(sheet)!r} must name a .png file")
+    if missing is not None:
+        raise UserError(f"--sheet needs the review extra ({missing} is missing): {REVIEW_EXTRA}")
+
+
+def _posters(
+    playable: dict[str, Path], root: Path, out_dir: Path, missing: str | None
+) -> dict[str, Path]:
+    """Poster frames beside the page, or none (with a note) without the review extra."""
+    if missing is not None:
+        click.echo(f"note: no poster frames without the review extra: {REVIEW_EXTRA}", err=True)
+        return {}
+    posters, warnings = write_posters(playable, root, out_dir / POSTER_FOLDER)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    return posters
 
 
 def _playable(gallery: Gallery, links: Links) -> dict[str, Path]:

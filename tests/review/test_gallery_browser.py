@@ -249,3 +249,31 @@ def _run_shown(command: str) -> None:
     assert argv[0] == "kling-batch"
     result = kling_batch(*argv[1:])
     assert result.returncode == 0, result.stderr
+
+
+def test_hovering_a_video_plays_it_muted(reviewed: Reviewed, session: Session) -> None:
+    """Pointing at a video plays it without sound; moving away pauses it."""
+    session.open(reviewed.emulator_page)
+    page = session.page
+    video = page.locator('.card[data-id="hero-trail-shoe"] video.render')
+    video.hover()
+    handle = video.element_handle()
+    page.wait_for_function("v => !v.paused", arg=handle)
+    assert video.evaluate("v => v.muted")
+    page.mouse.move(1, 1)
+    page.wait_for_function("v => v.paused", arg=handle)
+
+
+def test_input_images_show_as_thumbnails(reviewed: Reviewed, session: Session) -> None:
+    """Each card shows its input images, loaded from the project's files."""
+    session.open(reviewed.emulator_page)
+    page = session.page
+    for render_id, shot in reviewed.plan(emulator=True).items():
+        wanted = [shot["request"][f] for f in ("image", "image_end") if f in shot["request"]]
+        images = page.locator(f'.card[data-id="{render_id}"] .inputs img')
+        assert images.evaluate_all("is => is.map(i => i.alt)") == wanted
+        for n in range(images.count()):
+            images.nth(n).scroll_into_view_if_needed()
+            page.wait_for_function(
+                "i => i.complete && i.naturalWidth > 0", arg=images.nth(n).element_handle()
+            )

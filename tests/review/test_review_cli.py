@@ -224,3 +224,32 @@ def test_without_the_review_extra_the_gallery_has_no_posters(
     line = one_line_error(refused)
     assert "--sheet" in line and "pip install 'kling-batch[review]'" in line
     assert not sheet.exists()
+
+
+def test_inputs_are_thumbnails_small_players_or_text(
+    project: Project, image: Callable[[str], Path], clip: Callable[[str, str], Path]
+) -> None:
+    """Local images become thumbnails, local videos small players, URLs plain text."""
+    image("assets/still.png")
+    clip("street.mp4", "clips/street.mp4")
+    manifest = project(
+        """
+        [[shots]]
+        id = "still"
+        prompt = "a harbour"
+        image = "assets/still.png"
+        reference_images = ["https://example.com/look.png"]
+        workflow = "i2v"
+
+        [[shots]]
+        id = "edit"
+        prompt = "make it rain"
+        video = "clips/street.mp4"
+        """
+    )
+    page = review(manifest)
+    assert [i["src"] for i in page.tags("img")] == ["../../assets/still.png"]
+    inputs = [v for v in page.tags("video") if v.get("class") == "input"]
+    assert [v["src"] for v in inputs] == ["../../clips/street.mp4"]
+    assert "reference_images[0]: https://example.com/look.png" in page.texts
+    assert not any("example.com" in (a.get("src") or "") for _, a in page.elements)
