@@ -133,9 +133,13 @@ def reviewed(tmp_path_factory: pytest.TempPathFactory) -> Reviewed:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's Chromium driven by Playwright; failing to start it fails the test (no skip)."""
+    """Debian's Chromium driven by Playwright; failing to start it fails the test (no skip).
+
+    Module-scoped: Playwright's sync API keeps its event loop running in this thread until it
+    stops, and later tests start event loops of their own.
+    """
     from playwright.sync_api import Error, sync_playwright
 
     with sync_playwright() as playwright:
