@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import json
 import os
 import shlex
 from collections.abc import Iterable, Mapping
@@ -208,7 +209,7 @@ def _card(card: Card, links: Links, posters: Mapping[str, Path]) -> str:
         "tabindex": "0",
         "data-id": card.id,
         "data-state": card.state,
-        "data-tags": " ".join(card.tags),
+        "data-tags": json.dumps(list(card.tags), ensure_ascii=False),
         "data-seconds": seconds_text(card.seconds).removesuffix("s"),
         "data-picked": "true" if card.picked else "false",
         "data-search": search_text(card),

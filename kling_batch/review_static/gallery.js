@@ -13,7 +13,7 @@
 
   function matches(card, words) {
     return (!state.value || card.dataset.state === state.value) &&
-      (!tag.value || card.dataset.tags.split(" ").includes(tag.value)) &&
+      (!tag.value || JSON.parse(card.dataset.tags).includes(tag.value)) &&
       (!pickedOnly.checked || card.classList.contains("picked")) &&
       words.every(function (word) { return card.dataset.search.includes(word); });
   }

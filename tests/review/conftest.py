@@ -43,7 +43,7 @@ tags = [{json.dumps(MARKUP_TAG)}]
 [[shots]]
 id = "doomed"
 prompt = "a render the emulator is told to fail"
-tags = ["doomed"]
+tags = ["doomed", "two words"]
 """
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

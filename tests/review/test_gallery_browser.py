@@ -133,6 +133,8 @@ def test_filters_by_state_text_and_tag(reviewed: Reviewed, session: Session) -> 
     page.select_option("#filter-tag", "hero")
     hero_tagged = {i for i in planned if i.startswith("hero-")}
     assert session.visible_ids() == hero_tagged
+    page.select_option("#filter-tag", "two words")
+    assert session.visible_ids() == {"doomed"}
 
     page.select_option("#filter-tag", "")
     assert session.visible_ids() == set(planned)
