@@ -57,7 +57,7 @@ class Card:
     take: int
     state: CardState
     reason: str
-    scenes: tuple[tuple[str, Decimal], ...]
+    scenes: tuple[tuple[str, Decimal | None], ...]
     tier: str
     workflow: str
     aspect: str
@@ -235,8 +235,10 @@ def _card(
     render = item.render
     state, reason = card_state(item, entry)
     request = render.request
+    # An edit lasts as long as its source video (the card's seconds), whatever `duration` says.
+    default = None if render.workflow == "video_edit" else Decimal(str(request.duration))
     scenes = tuple(
-        (scene.text, scene.seconds if scene.seconds is not None else Decimal(str(request.duration)))
+        (scene.text, scene.seconds if scene.seconds is not None else default)
         for scene in kling_o3.parse_scenes(request.prompt)
     )
     return Card(

@@ -269,11 +269,14 @@ def _media(card: Card, links: Links, posters: Mapping[str, Path]) -> str:
 
 
 def _scenes(card: Card) -> str:
-    items = "".join(
-        f'<li><span class="secs">{escape(seconds_text(seconds))}</span>{escape(text)}</li>'
-        for text, seconds in card.scenes
-    )
+    items = "".join(f"<li>{_secs(seconds)}{escape(text)}</li>" for text, seconds in card.scenes)
     return f'<ol class="scenes" aria-label="prompt">{items}</ol>'
+
+
+def _secs(seconds: Decimal | None) -> str:
+    if seconds is None:
+        return ""
+    return f'<span class="secs">{escape(seconds_text(seconds))}</span>'
 
 
 def _facts(card: Card) -> str:

@@ -253,3 +253,6 @@ def test_inputs_are_thumbnails_small_players_or_text(
     assert [v["src"] for v in inputs] == ["../../clips/street.mp4"]
     assert "reference_images[0]: https://example.com/look.png" in page.texts
     assert not any("example.com" in (a.get("src") or "") for _, a in page.elements)
+    edit = build_gallery(build_plan(manifest, now=NOW)).sections[1].cards[0]
+    assert edit.scenes == (("make it rain", None),)  # an edit lasts as long as its source
+    assert edit.seconds == 6
