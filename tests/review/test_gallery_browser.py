@@ -87,7 +87,7 @@ def test_every_video_loads_with_its_planned_length(reviewed: Reviewed, session: 
 
 
 def test_grid_headings_are_the_matrix_axes(
-    reviewed: Reviewed, session: Session, tmp_path: Path
+    reviewed: Reviewed, session: Session, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Rows and columns carry the matrix values, and each cell holds that combination's takes."""
     teaser = manifest_shots(reviewed)[0]
@@ -108,7 +108,8 @@ def test_grid_headings_are_the_matrix_axes(
             assert ids == [f"teaser-{slug(product)}-{tier}-take{t}" for t in takes]
     screenshot = tmp_path / "gallery.png"
     session.page.screenshot(path=str(screenshot), full_page=True)
-    print(f"gallery screenshot: {screenshot}")
+    with capsys.disabled():
+        print(f"\ngallery screenshot: {screenshot}")
     assert screenshot.stat().st_size > 10_000
 
 
