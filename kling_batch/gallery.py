@@ -214,8 +214,8 @@ def card_state(item: PlanItem, entry: Entry | None) -> tuple[CardState, str]:
     if entry is None:
         return "new", reasons or "not rendered yet"
     if entry.fingerprint != item.render.fingerprint and entry.state not in UNSETTLED:
-        last = f"last render {entry.state}" if entry.state != "failed" else "last attempt failed"
-        return "outdated", f"changed since the {last}: {reasons}"
+        since = "it rendered" if entry.state == "done" else "its last attempt failed"
+        return "outdated", f"changed since {since}: {reasons}"
     if entry.state == "failed":
         return "failed", entry.error or "failed (no reason recorded)"
     if entry.state in ("uncertain", "submitting"):

@@ -6,6 +6,7 @@ These need no browser: the page is read with the standard library's HTML parser.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -256,3 +257,21 @@ def test_inputs_are_thumbnails_small_players_or_text(
     edit = build_gallery(build_plan(manifest, now=NOW)).sections[1].cards[0]
     assert edit.scenes == (("make it rain", None),)  # an edit lasts as long as its source
     assert edit.seconds == 6
+
+
+def test_an_edited_shot_shows_its_earlier_render_as_outdated(
+    reviewed: Reviewed, tmp_path: Path
+) -> None:
+    """After a prompt edit the card keeps the earlier video, marked outdated with the reason."""
+    root = tmp_path / "project"
+    shutil.copytree(reviewed.root, root, symlinks=True)
+    manifest = root / reviewed.manifest.name
+    text = manifest.read_text()
+    assert text.count("a neon shop sign") == 1
+    manifest.write_text(text.replace("a neon shop sign", "a paper shop sign"))
+    page = review(manifest, "--emulator")
+    card = page.cards()["sign"]
+    assert card["data-state"] == "outdated"
+    videos = [v for v in page.tags("video") if v.get("class") == "render"]
+    assert "sign.mp4" in {Path(str(v["src"])).name for v in videos}
+    assert "changed since it rendered: prompt changed" in page.texts
