@@ -218,6 +218,65 @@ def status(manifest: Path, fmt: str, emulator: bool) -> None:
     show_status(manifest, fmt=fmt, emulator=emulator, console=ui.stdout_console())
 
 
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--emulator", is_flag=True, help="Review the emulator's renders instead.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    metavar="DIR",
+    help="Folder for index.html and its posters (default <output_dir>/review).",
+)
+@click.option("--open", "open_browser", is_flag=True, help="Open the gallery in a browser.")
+@click.option("--rows", metavar="AXIS", default=None, help="Matrix axis laid out as rows.")
+@click.option("--cols", metavar="AXIS", default=None, help="Matrix axis laid out as columns.")
+@click.option(
+    "--sheet",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    metavar="PNG",
+    help="Also write a contact sheet of poster frames (needs the review extra).",
+)
+def review(
+    manifest: Path,
+    emulator: bool,
+    out: Path | None,
+    open_browser: bool,
+    rows: str | None,
+    cols: str | None,
+    sheet: Path | None,
+) -> None:
+    """Write a static gallery of the renders to judge and pick them (no network)."""
+    from kling_batch.review import ReviewRequest, review_command
+
+    request = ReviewRequest(manifest, emulator, out, open_browser, rows, cols, sheet)
+    click.echo(str(review_command(request)))
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("ids", nargs=-1, metavar="ID...")
+@click.option("--unpick", is_flag=True, help="Remove these renders from the picks.")
+def pick(manifest: Path, ids: tuple[str, ...], unpick: bool) -> None:
+    """Record picked renders (ids or globs) in <manifest>.picks.toml; no ID lists them."""
+    from kling_batch.picks import pick_command
+
+    pick_command(manifest, ids, unpick=unpick)
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("dest", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--picked", is_flag=True, help="Only the picked renders.")
+@click.option("--emulator", is_flag=True, help="Export the emulator's renders instead.")
+def export(manifest: Path, dest: Path, picked: bool, emulator: bool) -> None:
+    """Copy finished renders (or the picks) to DEST as <id>.mp4 (real copies)."""
+    from kling_batch.export import export_command
+
+    sys.exit(export_command(manifest, dest, picked=picked, emulator=emulator))
+
+
 @cli.group()
 def schema() -> None:
     """Print JSON Schemas for editors."""

@@ -29,6 +29,7 @@
      ├── AssetProblem               a media reference that cannot be used
      ├── RequestRuleError           a cross-field rule of the model card is broken
      ├── BadOutput                  a downloaded or copied file is not the render
+     ├── PosterError                a video whose frame cannot be read (review)
      ├── MalformedResponse          a 2xx the client could not use (classified at once)
      ├── UploadFailed               an input file could not be uploaded
      └── TryLater                   the API could not be asked now; stay resumable
@@ -224,6 +225,10 @@ class RequestRuleError(Problem):
 
 class BadOutput(Problem):
     """A downloaded or copied file is not the expected render; it is never moved into place."""
+
+
+class PosterError(Problem):
+    """A video whose frame cannot be read; the message says which and why."""
 
 
 class MalformedResponse(Problem):

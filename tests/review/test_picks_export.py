@@ -1,0 +1,156 @@
+"""`kling-batch pick` (the picks file) and `kling-batch export` (real copies, readable names)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kling_batch.picks import read_picks
+from tests.review.conftest import Reviewed, kling_batch
+
+Project = Callable[..., Path]
+
+SHOTS = """
+[[shots]]
+id = "teaser-{{ tier }}"
+prompt = "a trail shoe on a ridge"
+matrix = { tier = ["standard", "pro"] }
+model_tier = "{{ tier }}"
+takes = 2
+
+[[shots]]
+id = "story"
+prompt = "4s: rain | 5s: sun"
+"""
+
+
+def picks_file(manifest: Path) -> Path:
+    return manifest.with_name(manifest.stem + ".picks.toml")
+
+
+def test_pick_writes_a_sorted_stable_file(project: Project) -> None:
+    """Picks are stored sorted, one a line; picking them again changes no byte."""
+    manifest = project(SHOTS)
+    result = kling_batch("pick", str(manifest), "story", "teaser-pro-take2", "teaser-pro-take1")
+    assert result.returncode == 0, result.stderr
+    text = picks_file(manifest).read_text()
+    assert text.endswith(
+        'picks = [\n    "story",\n    "teaser-pro-take1",\n    "teaser-pro-take2",\n]\n'
+    )
+    again = kling_batch("pick", str(manifest), "teaser-pro-take1", "story")
+    assert again.returncode == 0 and "Already picked" in again.stderr
+    assert picks_file(manifest).read_text() == text
+
+
+def test_pick_accepts_globs(project: Project) -> None:
+    """A glob picks every render id it matches."""
+    manifest = project(SHOTS)
+    assert kling_batch("pick", str(manifest), "teaser-*-take1").returncode == 0
+    assert read_picks(manifest) == {"teaser-standard-take1", "teaser-pro-take1"}
+
+
+def test_pick_of_an_unknown_id_is_refused_in_one_line(project: Project) -> None:
+    """An id matching no render exits 2, one line, with the closest id; nothing is written."""
+    manifest = project(SHOTS)
+    result = kling_batch("pick", str(manifest), "teaser-pro-tak1")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "'teaser-pro-tak1'" in line and "did you mean 'teaser-pro-take1'" in line
+    assert not picks_file(manifest).exists()
+
+
+def test_unpick_removes_only_its_ids(project: Project) -> None:
+    """--unpick drops matching picks, even ones no longer in the manifest, and keeps the rest."""
+    manifest = project(SHOTS)
+    picks_file(manifest).write_text('version = 1\npicks = ["story", "gone", "teaser-pro-take1"]\n')
+    result = kling_batch("pick", "--unpick", str(manifest), "gone", "teaser-*")
+    assert result.returncode == 0, result.stderr
+    assert read_picks(manifest) == {"story"}
+    listed = kling_batch("pick", str(manifest))
+    assert listed.stdout.split() == ["story"]
+
+
+def test_damaged_picks_file_is_refused_in_one_line(project: Project) -> None:
+    """A picks file with an unknown key exits 2 naming the file and the key."""
+    manifest = project(SHOTS)
+    picks_file(manifest).write_text('version = 1\npick = ["story"]\n')
+    result = kling_batch("pick", str(manifest), "story")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "manifest.picks.toml" in line and "'pick'" in line
+
+
+@pytest.fixture
+def rendered(reviewed: Reviewed, tmp_path: Path) -> Path:
+    """A private copy of the rendered example (its manifest path), free to pick in."""
+    copy = tmp_path / "project"
+    shutil.copytree(reviewed.root, copy, symlinks=True)
+    return copy / reviewed.manifest.name
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_export_copies_every_finished_render_with_readable_names(
+    rendered: Path, reviewed: Reviewed, tmp_path: Path
+) -> None:
+    """Each finished render lands as `<id>.mp4` with its bytes, as a new file, not a link."""
+    dest = tmp_path / "out"
+    result = kling_batch("export", str(rendered), str(dest), "--emulator")
+    assert result.returncode == 0, result.stderr
+    planned = reviewed.plan(emulator=True)
+    assert sorted(p.name for p in dest.iterdir()) == sorted(f"{i}.mp4" for i in planned)
+    for render_id, shot in planned.items():
+        source, copy = rendered.parent / shot["output"], dest / f"{render_id}.mp4"
+        assert sha256(copy) == sha256(source)
+        assert copy.stat().st_ino != source.stat().st_ino
+        assert copy.stat().st_nlink == 1
+    again = kling_batch("export", str(rendered), str(dest), "--emulator")
+    assert "0 copied" in again.stderr
+
+
+def test_export_replaces_a_hardlink_with_a_copy(rendered: Path, tmp_path: Path) -> None:
+    """A destination file hardlinked to the render becomes a copy: editing it spares the render."""
+    dest = tmp_path / "out"
+    dest.mkdir()
+    source = rendered.parent / "renders-emulator" / "hero-trail-shoe.mp4"
+    before = sha256(source)
+    (dest / "hero-trail-shoe.mp4").hardlink_to(source)
+    result = kling_batch("export", str(rendered), str(dest), "--emulator")
+    assert result.returncode == 0, result.stderr
+    with open(dest / "hero-trail-shoe.mp4", "ab") as f:
+        f.write(b"edited")
+    assert sha256(source) == before
+
+
+def test_export_picked_copies_only_the_picks(rendered: Path, tmp_path: Path) -> None:
+    """--picked exports the picked renders and nothing else."""
+    picks = ["hero-rain-jacket", "teaser-trail-shoe-pro-take2"]
+    assert kling_batch("pick", str(rendered), *picks).returncode == 0
+    dest = tmp_path / "picked"
+    result = kling_batch("export", str(rendered), str(dest), "--picked", "--emulator")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in dest.iterdir()) == [f"{p}.mp4" for p in sorted(picks)]
+
+
+def test_export_picked_reports_picks_it_cannot_copy(rendered: Path, tmp_path: Path) -> None:
+    """A pick that did not render (failed, or not rendered yet) fails the export (exit 1)."""
+    assert kling_batch("pick", str(rendered), "doomed", "hero-trail-shoe").returncode == 0
+    dest = tmp_path / "picked"
+    result = kling_batch("export", str(rendered), str(dest), "--picked")
+    assert result.returncode == 1
+    assert "doomed (failed" in result.stderr and "hero-trail-shoe (new" in result.stderr
+    assert not dest.exists() or list(dest.iterdir()) == []
+
+
+def test_export_picked_without_picks_is_refused(rendered: Path, tmp_path: Path) -> None:
+    """--picked with nothing picked exits 2 and says how to pick."""
+    result = kling_batch("export", str(rendered), str(tmp_path / "x"), "--picked")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "kling-batch pick" in line
