@@ -305,6 +305,8 @@ def _clean_message(error: Any) -> str:
         return f"invalid value {error['input']!r}; expected {allowed}"
     if error["type"] == "missing":
         return "required key is missing"
+    if error["type"] == "value_error":  # our own validators' messages say it all
+        return str(error.get("ctx", {}).get("error", message))
     if "input" in error and error["type"] != "extra_forbidden":
         return f"{message} (got {error['input']!r})"
     return message

@@ -238,7 +238,7 @@ def _card(
     # An edit lasts as long as its source video (the card's seconds), whatever `duration` says.
     default = None if render.workflow == "video_edit" else Decimal(str(request.duration))
     scenes = tuple(
-        (scene.text, scene.seconds if scene.seconds is not None else default)
+        (scene.text, Decimal(scene.seconds) if scene.seconds is not None else default)
         for scene in kling_o3.parse_scenes(request.prompt)
     )
     return Card(

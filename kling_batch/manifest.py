@@ -38,7 +38,7 @@ class RequestFields(BaseModel):
     workflow: Literal["auto", "t2v", "i2v", "video_edit", "reference"] | Template | None = None
     aspect_ratio: Literal["16:9", "1:1", "9:16"] | Template | None = None
     duration: Annotated[float, Field(ge=3, le=15)] | Template | None = Field(
-        None, description="Seconds per scene, 3-15."
+        None, description="Whole seconds per scene, 3-15."
     )
     sound: bool | Template | None = None
     keep_original_sound: bool | Template | None = None

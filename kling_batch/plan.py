@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from kling_batch import kling_o3
 from kling_batch.assets import Asset, AssetStore
-from kling_batch.canonical import fingerprint_of, plain_numbers
+from kling_batch.canonical import plain_numbers
 from kling_batch.errors import AssetProblem, RequestRuleError, UserError, validation_error
 from kling_batch.expand import RenderSpec, expand_shots, select
 from kling_batch.kling_o3 import KlingO3Request
@@ -263,16 +263,17 @@ def plan_render(spec: RenderSpec, store: AssetStore) -> PlannedRender:
         request.model_tier, video_input=video_input, sound=request.sound, seconds=seconds
     )
     body = kling_o3.wire_request(request, workflow)
+    sent = {key: asset for key, asset in assets.items() if key.partition(".")[0] in body}
     return PlannedRender(
         id=spec.id,
         shot=spec.shot,
         take=spec.take,
         request=request,
         body=body,
-        assets=assets,
+        assets=sent,
         workflow=workflow,
         price=priced,
-        fingerprint=render_fingerprint(body, assets, spec.take),
+        fingerprint=render_fingerprint(body, sent, spec.take),
         output=spec.output,
         tags=spec.tags,
         assumptions=tuple(assumptions),
@@ -283,8 +284,7 @@ def plan_render(spec: RenderSpec, store: AssetStore) -> PlannedRender:
 def render_fingerprint(body: Mapping[str, Any], assets: Mapping[str, Asset], take: int) -> str:
     """The model, the request with each local asset as its content hash, and the take."""
     media = {key: asset.identity for key, asset in assets.items()}
-    request = kling_o3.with_media(body, media)
-    return fingerprint_of({"model": kling_o3.MODEL_ID, "request": request, "take": take})
+    return kling_o3.request_fingerprint(body, media, take)
 
 
 _Fail = Callable[[str, str | None], UserError]

@@ -85,6 +85,9 @@ CASES: dict[str, Expect] = {
     "prompt_blank": E(T, "teaser", "prompt", "prompt is empty"),
     "prompt_seven_scenes": E(T, "teaser", "prompt", "7 scenes", "at most 6"),
     "scene_prefix_out_of_range": E(T, "teaser", "prompt", "scene 2 is 20s", "3-15s"),
+    "scene_prefix_fractional": E(T, "teaser", "prompt", "scene 1 lasts 4.5s", "use 4 or 5"),
+    "scene_prefix_loose": E(T, "teaser", "prompt", "'10 s:'", "write its length as '10s:'"),
+    "duration_fractional": E(T, "teaser", "duration", "duration 7.5", "use 7 or 8"),
     # templates
     "template_undefined_variable": E(T, "teaser", "prompt", "'brnad' is undefined"),
     "template_syntax_error": E(T, "teaser", "prompt", "template syntax error"),
@@ -139,7 +142,7 @@ CASES: dict[str, Expect] = {
     ),
     # lockfiles
     "lock_not_toml": E(f"{L}:5", None, None, "not valid TOML"),
-    "lock_future_version": E(L, None, "version", "lockfile version 2", "newer kling-batch"),
+    "lock_future_version": E(L, None, "version", "lockfile version 3", "newer kling-batch"),
     "lock_damaged_entry": E(L, "opener", "state", "damaged lockfile", "'done'"),
     # files that are not regular files (issue 9): refused without reading them
     "lock_symlink_dev_zero": E(L, None, None, "the lockfile must be a regular file", "character"),

@@ -203,10 +203,12 @@ def test_stop_after_saving_submitting_sends_nothing(project: Callable[..., Path]
 def test_uncertain_entry_with_fractional_duration_is_settled(
     project: Callable[..., Path],
 ) -> None:
-    """A lockfile Decimal duration (7.5) does not break matching uncertain submissions."""
-    path = project('[[shots]]\nid = "a"\nprompt = "p"\nduration = 7.5\n')
+    """A recorded Decimal duration (7.5, from an older lockfile) does not break matching."""
+    path = project('[[shots]]\nid = "a"\nprompt = "p"\nduration = 7\n')
     plan = build_plan(path, now=NOW)
-    plan.lock.shots["a"] = new_entry(plan.items[0].render, "uncertain", updated_at=NOW)
+    entry = new_entry(plan.items[0].render, "uncertain", updated_at=NOW)
+    entry.request["duration"] = Decimal("7.5")
+    plan.lock.shots["a"] = entry
     plan.lock.save(plan.lock_path)
     again = build_plan(path, now=NOW)
     report = run(again, FakeApi())

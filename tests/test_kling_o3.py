@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import re
 import typing
-from decimal import Decimal
 
 import pytest
 from pydantic import ValidationError
@@ -60,12 +60,38 @@ def test_scenes_split_on_pipes_and_newlines() -> None:
 
 
 def test_scene_prefixes_are_read() -> None:
-    """`Ns:` sets a scene's length; spacing and case are forgiving."""
-    assert parse_scenes("5s: fox | 4.5 S : owl | plain") == [
-        Scene("fox", Decimal(5)),
-        Scene("owl", Decimal("4.5")),
+    """`Ns:` sets a scene's length, with or without a space after the colon."""
+    assert parse_scenes("5s: fox | 4s:owl | plain") == [
+        Scene("fox", 5),
+        Scene("owl", 4),
         Scene("plain", None),
     ]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ("4.5s: owl", "scene 1 lasts 4.5s: kling-o3 takes whole seconds 3-15; use 4 or 5"),
+        ("fox | 4,5s: owl", "scene 2 lasts 4.5s"),
+        ("10 s: owl", "scene 1 starts '10 s:'; write its length as '10s:'"),
+        ("10S: owl", "write its length as '10s:'"),
+        ("5s : owl", "write its length as '5s:'"),
+    ],
+)
+def test_loose_or_fractional_prefixes_are_refused(prompt: str, message: str) -> None:
+    """A prefix the API might read differently is refused, naming the form to write."""
+    with pytest.raises(RequestRuleError, match=re.escape(message)):
+        parse_scenes(prompt)
+
+
+@pytest.mark.parametrize(
+    "separator", ["\n", "\r", "\r\n", "|", "\u2028", "\u2029", "\x85", "\x0b", "\x0c"]
+)
+def test_every_line_break_and_the_pipe_split_scenes(separator: str) -> None:
+    """Whatever a spreadsheet or an editor wrote between scenes, they split the same way."""
+    prompt = f"5s: fox{separator}4s: owl"
+    assert parse_scenes(prompt) == [Scene("fox", 5), Scene("owl", 4)]
+    assert kling_o3.canonical_prompt(prompt) == "5s: fox\n4s: owl"
 
 
 def test_seven_scenes_are_refused() -> None:

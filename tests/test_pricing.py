@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kling_batch.plan import build_plan
-from kling_batch.pricing import price_rows
+from kling_batch.pricing import price, price_rows
 from tests.conftest import NOW
 
 
@@ -226,14 +226,8 @@ def test_4k_ignores_sound(project: Callable[..., Path]) -> None:
     }
 
 
-def test_fractional_cost_rounds_up_to_tenth_of_cent(project: Callable[..., Path]) -> None:
-    """A cost with more decimals than a tenth of a cent is rounded up, never down."""
-    path = project("""
-        [[shots]]
-        id = "x"
-        prompt = "fog"
-        duration = 3.3
-        model_tier = "standard"
-    """)
+def test_fractional_cost_rounds_up_to_tenth_of_cent() -> None:
+    """A cost with more decimals than a tenth of a cent (a probed clip) is rounded up."""
     # 0.224 × 3.3 = 0.7392 → 0.740
-    assert costs(path)["x"][2] == Decimal("0.740")
+    priced = price("standard", video_input=False, sound=True, seconds=Decimal("3.3"))
+    assert priced.cost == Decimal("0.740")

@@ -13,6 +13,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from kling_batch.emulator.billing import Ledger, LedgerEntry, PriceRow, price_row_for
 from kling_batch.emulator.clock import Clock
@@ -117,9 +118,15 @@ class JobTable:
         self._to_expire: list[tuple[float, str]] = []
         self._seq = 0
         self._lock = threading.RLock()
+        self._accepted: list[dict[str, Any]] = []
 
     def __len__(self) -> int:
         return len(self._jobs)
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The body of every job ever accepted, oldest first (kept past job retention)."""
+        with self._lock:
+            return [dict(request) for request in self._accepted]
 
     def create(self, submission: Submission, now: float) -> Job:
         """Accept a job, or refuse it with 402 when its estimate exceeds the credits left."""
@@ -152,6 +159,7 @@ class JobTable:
                 fails_with=failure.code if failure is not None else None,
             )
             self._jobs[job.id] = job
+            self._accepted.append(dict(submission.request))
             self._ledger.hold(job.id, amount)
             heapq.heappush(self._to_settle, (job.finishes, job.seq, job.id))
             self.settle(now)

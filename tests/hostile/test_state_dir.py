@@ -77,7 +77,9 @@ def test_symlinked_state_folder_is_refused(quickstart: Path, tmp_path: Path, com
 def test_plan_works_in_a_read_only_checkout(tmp_path: Path) -> None:
     """`plan` on a read-only folder prints the plan; its caches are only skipped (-v says so)."""
     root = tmp_path / "launch"
-    shutil.copytree(EXAMPLES / "product-launch", root)
+    shutil.copytree(
+        EXAMPLES / "product-launch", root, ignore=shutil.ignore_patterns(".kling-batch")
+    )
     result = kling("-v", "plan", "launch.toml", cwd=root, prefix=read_only(root))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Plan: 10 to render")

@@ -239,8 +239,11 @@ def test_inputs_are_thumbnails_small_players_or_text(
         id = "still"
         prompt = "a harbour"
         image = "assets/still.png"
+
+        [[shots]]
+        id = "look"
+        prompt = "a harbour in this look"
         reference_images = ["https://example.com/look.png"]
-        workflow = "i2v"
 
         [[shots]]
         id = "edit"
@@ -254,7 +257,7 @@ def test_inputs_are_thumbnails_small_players_or_text(
     assert [v["src"] for v in inputs] == ["../../clips/street.mp4"]
     assert "reference_images[0]: https://example.com/look.png" in page.texts
     assert not any("example.com" in (a.get("src") or "") for _, a in page.elements)
-    edit = build_gallery(build_plan(manifest, now=NOW)).sections[1].cards[0]
+    edit = build_gallery(build_plan(manifest, now=NOW)).sections[2].cards[0]
     assert edit.scenes == (("make it rain", None),)  # an edit lasts as long as its source
     assert edit.seconds == 6
 

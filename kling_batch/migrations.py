@@ -1,0 +1,63 @@
+"""Older lockfiles read as the current version: what each version changed, undone on load.
+
+A lockfile records money spent, so an upgrade must never turn a done render into a paid
+`changed` one. Each step rewrites what the newer version records differently and leaves
+the rest alone; the file on disk is rewritten in the new version by the next run (a plan
+never writes it).
+
+Version 2 (from 1): requests are recorded in their wire form as sent since then: the
+prompt canonical (scenes joined by LF, prefixes written `Ns: text`) and only the fields
+the resolved workflow reads (no `duration` on a video_edit). Each entry's request and
+fingerprint are recomputed from the recorded request, its assets' hashes and its take,
+so a render that was done stays done. Fingerprints in an entry's history cannot be
+recomputed (their requests were not recorded); where the wire form did not change they
+still match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from kling_batch import kling_o3
+from kling_batch.errors import RequestRuleError
+
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def migrate(data: dict[str, Any], current: int) -> dict[str, Any]:
+    """`data` (parsed TOML of any older version) brought to version `current`."""
+    version = int(data.get("version", current))
+    while version < current:
+        data = _STEPS[version](data)
+        version += 1
+        data["version"] = version
+    return data
+
+
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    shots = data.get("shots")
+    if isinstance(shots, dict):
+        for entry in shots.values():
+            if isinstance(entry, dict):
+                _rewire_entry(entry)
+    return data
+
+
+def _rewire_entry(entry: dict[str, Any]) -> None:
+    """Rewrite one entry's request in the v2 wire form and recompute its fingerprint."""
+    request, assets, take = entry.get("request"), entry.get("assets", {}), entry.get("take")
+    if not isinstance(request, dict) or not isinstance(assets, dict) or not isinstance(take, int):
+        return  # damaged: validation says so with the shot and field
+    try:
+        prompt = kling_o3.canonical_prompt(str(request.get("prompt", "")))
+    except RequestRuleError:
+        return  # no longer a valid prompt: the plan will price the manifest's version
+    wired = kling_o3.workflow_body({**request, "prompt": prompt})
+    sent = {key: value for key, value in assets.items() if key.partition(".")[0] in wired}
+    entry["request"] = wired
+    entry["assets"] = sent
+    entry["fingerprint"] = kling_o3.request_fingerprint(wired, sent, take)
+
+
+_STEPS: dict[int, Migration] = {1: _v1_to_v2}

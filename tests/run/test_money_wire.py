@@ -1,0 +1,101 @@
+"""What is priced is exactly what is sent: one scene grammar, the canonical prompt, and only
+the fields the resolved workflow reads (issue 8, point 3). Real CLI against the emulator."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+from kling_batch.lockfile import load_lockfile
+from tests.run.conftest import Project
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+HEADER = 'version = 1\nname = "wire"\noutput_dir = "renders"\n'
+
+
+def sent(project: Project) -> list[dict[str, object]]:
+    """The request bodies the emulator accepted, oldest first."""
+    return project.served.emulator.jobs.requests()
+
+
+def test_bare_carriage_returns_are_priced_as_the_api_bills_them(
+    make_project: Callable[..., Project],
+) -> None:
+    """Six `15s:` scenes split by bare CRs are priced as 90 s: over a $3 budget, refused."""
+    prompt = "\\r".join(f"15s: shot {n}" for n in range(6))
+    project = make_project(
+        HEADER + f'budget_usd = 3\n\n[[shots]]\nid = "cr"\nprompt = "{prompt}"\n'
+    )
+    plan = project.plan_json()
+    (shot,) = plan["shots"]  # type: ignore[misc]
+    assert shot["seconds"] == 90
+    assert Decimal(str(shot["cost_usd"])) == Decimal("0.280") * 90  # pro with sound
+    result = project.run()
+    assert result.returncode == 3, result.stderr
+    assert project.submissions() == 0
+    assert project.served.emulator.ledger.total == 0
+
+
+def test_the_sent_prompt_is_canonical_and_billed_as_planned(
+    make_project: Callable[..., Project],
+) -> None:
+    """CR, CRLF, U+2028 and `|` all split scenes; the body carries them joined by LF."""
+    raw = "4s: dawn\\r3s: noon\\r\\n5s: dusk\\u2028night | 3s: stars"
+    project = make_project(HEADER + f'\n[[shots]]\nid = "day"\nprompt = "{raw}"\n')
+    planned = project.plan_json()["totals"]["to_run_cost_usd"]  # type: ignore[index]
+    assert project.run().returncode == 0
+    (body,) = sent(project)
+    assert body["prompt"] == "4s: dawn\n3s: noon\n5s: dusk\nnight\n3s: stars"
+    # Four prefixed scenes and one of the default 5 s: 20 s at the pro sound rate.
+    assert Decimal(str(planned)) == Decimal("0.280") * 20
+    assert project.served.emulator.ledger.total == Decimal(str(planned))
+
+
+def test_only_the_fields_the_workflow_reads_are_sent(
+    make_project: Callable[..., Project],
+) -> None:
+    """An image on a t2v shot is warned about, never uploaded or sent; an edit sends no duration."""
+    manifest = HEADER + (
+        '\n[[shots]]\nid = "text"\nprompt = "a bay"\nworkflow = "t2v"\nimage = "still.png"\n'
+        "keep_original_sound = false\n"
+        '\n[[shots]]\nid = "edit"\nprompt = "make it snow"\nvideo = "street.mp4"\nduration = 7\n'
+    )
+    project = make_project(manifest)
+    shutil.copy(FIXTURES / "lock_v1" / "clips" / "street.mp4", project.root / "street.mp4")
+    plan = subprocess.run(
+        [sys.executable, "-m", "kling_batch", "plan", str(project.manifest)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "image is not used by workflow t2v; it is not sent" in plan.stdout
+    assert "keep_original_sound only applies to video_edit" in plan.stdout
+    assert "duration is not used by video_edit" in plan.stdout
+    assert project.run().returncode == 0
+    bodies = {body["prompt"]: body for body in sent(project)}
+    text, edit = bodies["a bay"], bodies["make it snow"]
+    assert "image" not in text and "keep_original_sound" not in text
+    assert "duration" not in edit and edit["keep_original_sound"] is True
+    uploads = project.served.emulator.journal.entries(path="/v1/files/upload")
+    assert len(uploads) == 1  # the clip only; the unused image is never uploaded
+    assert "image" not in load_lockfile(project.lock).shots["text"].assets
+
+
+def test_a_version_1_lockfile_plans_as_all_unchanged(tmp_path: Path) -> None:
+    """A lockfile written by kling-batch 0.1.0 (old wire form) still says nothing to do."""
+    work = tmp_path / "project"
+    shutil.copytree(FIXTURES / "lock_v1", work)
+    result = subprocess.run(
+        [sys.executable, "-m", "kling_batch", "plan", "shots.toml", "--check"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("Plan: 0 to render ($0.00), 7 unchanged")
+    assert "version = 1" in (work / "shots.lock").read_text()  # plan never rewrites it
