@@ -43,7 +43,7 @@ from kling_batch.errors import (
     TryLater,
     UploadFailed,
 )
-from kling_batch.lockfile import UNSETTLED, Entry, LockWriter, carry_history, new_entry
+from kling_batch.lockfile import UNSETTLED, Entry, LockWriter, inherited, new_entry
 from kling_batch.outcomes import Events, Outcome, OutcomeState, RunReport
 from kling_batch.pacing import JobWatch, PollPacing, longest_first
 from kling_batch.payloads import JobState
@@ -276,6 +276,8 @@ class Executor:
             )
             return await self._record(item, "pending", error, error=error)
         now = self.clock.now()
+        recorded = self.writer.get(render.id)
+        assert recorded is not None
         entry = self.writer.update(
             render.id,
             state="completed",
@@ -284,6 +286,7 @@ class Executor:
             completed_at=now,
             updated_at=now,
             billed_usd=job.billed_usd,
+            submissions=recorded.charged(job.job_id, billed_usd=job.billed_usd),
         )
         await self.writer.commit()
         self.events.progress(render.id, 1.0)
@@ -367,7 +370,7 @@ class Executor:
             result_url=past.result_url if past else None,
             result_expires_at=past.result_expires_at if past else None,
             updated_at=self.clock.now(),
-            history=carry_history(self.writer.get(render.id)),
+            **inherited(self.writer.get(render.id)),
         )
         self.writer.set(render.id, entry)
         return await self._record(item, "done", f"restored from {source.kind}")
@@ -396,6 +399,7 @@ class Executor:
                 submitted_at=now,
                 updated_at=now,
                 error=None,
+                submissions=entry.charged(job.job_id),
             )
             await self.writer.commit()
             self.events.event(render.id, "submitted", f"found {job.job_id} in the job list")

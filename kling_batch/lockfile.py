@@ -75,6 +75,19 @@ class PastRender(BaseModel):
         return self.output_size
 
 
+class Charge(BaseModel):
+    """One submission of a render: recorded before its POST, completed by its answer and
+    its bill. `job_id` is None while the answer is unknown (the POST may have created a job)."""
+
+    model_config = _MODEL
+
+    fingerprint: str
+    submitted_at: datetime
+    cost_usd: Decimal
+    job_id: str | None = None
+    billed_usd: Decimal | None = None
+
+
 class Entry(BaseModel):
     """One render's record; fields fill in as it moves through its states."""
 
@@ -101,6 +114,20 @@ class Entry(BaseModel):
     error: str | None = None
     attempts: int = 0
     history: list[PastRender] = Field(default_factory=list)
+    # Every submission ever made under this id, oldest first: nothing paid is forgotten.
+    submissions: list[Charge] = Field(default_factory=list)
+
+    def charged(self, job_id: str | None, **fields: Any) -> list[Charge]:
+        """`submissions` with one charge changed: the one of `job_id`, else the newest
+        still waiting for its job id (a submission being answered or adopted)."""
+        charges = list(self.submissions)
+        update = {"job_id": job_id, **fields} if job_id is not None else fields
+        for index in reversed(range(len(charges))):
+            charge = charges[index]
+            if charge.job_id == job_id or (charge.job_id is None and job_id is not None):
+                charges[index] = charge.model_copy(update=update)
+                return charges
+        return charges
 
     def as_past(self) -> PastRender | None:
         """This entry as a finished render to restore from, if it is one."""
@@ -196,21 +223,22 @@ def new_entry(render: RenderRecord, state: State, **fields: Any) -> Entry:
     )
 
 
-def carry_history(previous: Entry | None) -> list[PastRender]:
-    """The history a new entry inherits: the previous one's, plus the previous render itself
+def inherited(previous: Entry | None) -> dict[str, Any]:
+    """What a new entry for the same id keeps of the previous one: its submissions (every
+    one, so spend is never forgotten) and its history, plus the previous render itself
     if it was finished.
 
     A forced re-render of the same request keeps the earlier one too: if the new attempt
     fails, the plan restores the earlier video for free instead of paying again.
     """
     if previous is None:
-        return []
+        return {"history": [], "submissions": []}
     history = list(previous.history)
     past = previous.as_past()
     if past is not None:
         history = [p for p in history if p.fingerprint != past.fingerprint]
         history.append(past)
-    return history[-HISTORY_LIMIT:]
+    return {"history": history[-HISTORY_LIMIT:], "submissions": list(previous.submissions)}
 
 
 def lock_path(manifest: Path, *, emulator: bool = False) -> Path:

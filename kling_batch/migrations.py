@@ -11,7 +11,8 @@ the resolved workflow reads (no `duration` on a video_edit). Each entry's reques
 fingerprint are recomputed from the recorded request, its assets' hashes and its take,
 so a render that was done stays done. Fingerprints in an entry's history cannot be
 recomputed (their requests were not recorded); where the wire form did not change they
-still match.
+still match. Entries now list every submission (`submissions`): a v1 entry's one known
+submission (its job, estimate and bill) becomes the first.
 """
 
 from __future__ import annotations
@@ -58,6 +59,21 @@ def _rewire_entry(entry: dict[str, Any]) -> None:
     entry["request"] = wired
     entry["assets"] = sent
     entry["fingerprint"] = kling_o3.request_fingerprint(wired, sent, take)
+    _first_charge(entry)
+
+
+def _first_charge(entry: dict[str, Any]) -> None:
+    """The v1 entry's submission, if it made one, as its first recorded charge."""
+    when = entry.get("submitted_at") or entry.get("updated_at")
+    submitted = entry.get("job_id") or entry.get("state") in ("uncertain", "submitting")
+    if "submissions" in entry or not submitted or when is None:
+        return
+    charge = {"fingerprint": entry["fingerprint"], "submitted_at": when}
+    charge["cost_usd"] = entry.get("cost_usd")
+    for key in ("job_id", "billed_usd"):
+        if entry.get(key) is not None:
+            charge[key] = entry[key]
+    entry["submissions"] = [charge]
 
 
 _STEPS: dict[int, Migration] = {1: _v1_to_v2}

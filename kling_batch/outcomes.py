@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal, Protocol
 
+from kling_batch.pricing import round_cost
+
 OutcomeState = Literal["done", "failed", "uncertain", "pending", "skipped"]
 
 
@@ -64,7 +66,8 @@ class RunReport:
         """What the API billed for this run's submissions, if it said so for every one."""
         if not self.submitted or set(self.billed) != set(self.submitted):
             return None
-        return sum(self.billed.values(), Decimal(0))
+        # Each bill rounded as its estimate was, so a ledger matching the plan shows equal.
+        return sum((round_cost(amount) for amount in self.billed.values()), Decimal(0))
 
     @property
     def exit_code(self) -> int:

@@ -61,8 +61,13 @@ def select_row(tier: str, *, video_input: bool, sound: bool) -> PriceRow:
     raise LookupError(f"no kling-o3 price row for {facts}")
 
 
+def round_cost(amount: Decimal) -> Decimal:
+    """A cost to the tenth of a cent, rounded up: estimates and bills round alike."""
+    return amount.quantize(TENTH_OF_A_CENT, rounding=ROUND_CEILING)
+
+
 def price(tier: str, *, video_input: bool, sound: bool, seconds: Decimal) -> Price:
     """Rate × seconds, rounded up to the tenth of a cent so a cost is never under-reported."""
     row = select_row(tier, video_input=video_input, sound=sound)
-    cost = (row.rate * seconds).quantize(TENTH_OF_A_CENT, rounding=ROUND_CEILING)
+    cost = round_cost(row.rate * seconds)
     return Price(row, seconds, cost)

@@ -17,7 +17,7 @@ import anyio.lowlevel
 
 from kling_batch.clock import Clock
 from kling_batch.errors import AmbiguousSubmit, ApiError, RunFatal, ShotRejected
-from kling_batch.lockfile import Entry, LockWriter, carry_history, new_entry
+from kling_batch.lockfile import Charge, Entry, LockWriter, inherited, new_entry
 from kling_batch.outcomes import Events, RunReport
 from kling_batch.payloads import Submission
 from kling_batch.plan import PlannedRender
@@ -86,19 +86,23 @@ class Submitter:
             error=error,
             updated_at=self.clock.now(),
             attempts=previous.attempts if previous else 0,
-            history=carry_history(previous),
+            **inherited(previous),
         )
         self.writer.set(render.id, entry)
         await self.writer.commit()
 
     async def _save_submitting(self, render: PlannedRender, previous: Entry | None) -> bool:
         """Save `submitting` before the POST; False (record put back) if stopped meanwhile."""
+        now = self.clock.now()
+        kept = inherited(previous)
+        charge = Charge(fingerprint=render.fingerprint, submitted_at=now, cost_usd=render.cost)
         entry = new_entry(
             render,
             "submitting",
             attempts=(previous.attempts if previous else 0) + 1,
-            updated_at=self.clock.now(),
-            history=carry_history(previous),
+            updated_at=now,
+            history=kept["history"],
+            submissions=[*kept["submissions"], charge],
         )
         self.writer.set(render.id, entry)
         await self.writer.commit()
@@ -127,16 +131,18 @@ class Submitter:
                 render.id, state="uncertain", error=error, updated_at=self.clock.now()
             )
         except ShotRejected as exc:
-            return self.writer.update(render.id, state="failed", error=f"rejected: {exc}")
+            return self._refused(render, f"rejected: {exc}")
         except RunFatal as exc:
-            self.writer.update(render.id, state="failed", error=f"not submitted: {exc}")
+            self._refused(render, f"not submitted: {exc}")
             await self.writer.commit()
             raise
         except ApiError as exc:
-            return self.writer.update(render.id, state="failed", error=f"not submitted: {exc}")
+            return self._refused(render, f"not submitted: {exc}")
         self.report.submitted[render.id] = render.cost
         self.on_job(submission.job_id)
         now = self.clock.now()
+        entry = self.writer.get(render.id)
+        assert entry is not None
         return self.writer.update(
             render.id,
             state="submitted",
@@ -145,6 +151,15 @@ class Submitter:
             submitted_at=now,
             updated_at=now,
             error=None,
+            submissions=entry.charged(submission.job_id),
+        )
+
+    def _refused(self, render: PlannedRender, error: str) -> Entry:
+        """The API refused the POST: nothing was created, so its charge is dropped."""
+        entry = self.writer.get(render.id)
+        assert entry is not None
+        return self.writer.update(
+            render.id, state="failed", error=error, submissions=entry.submissions[:-1]
         )
 
     async def _unsubmit(self, shot_id: str, previous: Entry | None) -> None:
