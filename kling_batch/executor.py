@@ -24,6 +24,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,7 +48,7 @@ from kling_batch.lockfile import UNSETTLED, Entry, LockWriter, carry_history, ne
 from kling_batch.outcomes import Events, Outcome, OutcomeState, RunReport
 from kling_batch.pacing import JobWatch, PollPacing, longest_first
 from kling_batch.payloads import JobState
-from kling_batch.plan import PAID_ACTIONS, PlanItem, RestoreSource
+from kling_batch.plan import PAID_ACTIONS, PlanItem, PlannedRender, RestoreSource
 from kling_batch.polling import Lost, model_age, poll_job
 from kling_batch.state import StateDir
 from kling_batch.submission import Poster, Submitter
@@ -119,6 +120,7 @@ class Executor:
     async def run(self, items: Sequence[PlanItem]) -> RunReport:
         """Run every item; returns when each has an outcome (or the run was cancelled)."""
         self.state.ensure()
+        await self._downloads.detach_cache()
         try:
             async with anyio.create_task_group() as group:
                 for item in longest_first(items):
@@ -308,7 +310,9 @@ class Executor:
         render, url, last_error = item.render, entry.result_url, ""
         for _ in range(self.options.download_attempts):
             try:
-                download = await self._downloads.fetch(url, render.output)
+                download = await self._downloads.fetch(
+                    url, render.output, seconds=_known_seconds(render, entry)
+                )
             except ResultExpired as exc:
                 fresh = await self._refreshed_url(item, entry, exc)
                 if isinstance(fresh, Outcome):
@@ -321,7 +325,7 @@ class Executor:
             except (ApiError, BadOutput, OSError) as exc:
                 last_error = str(exc)
                 continue
-            done = {"output_sha256": download.sha256, "output_size": download.size}
+            done = {"output_sha256": download.sha256, "output_size": download.size, "error": None}
             output = str(render.output)
             return await self._record(item, "done", output, state="done", output=output, **done)
         detail = f"download failed ({last_error}); rerun to resume, the job is paid for"
@@ -404,6 +408,14 @@ class Executor:
             detail = entry.error or "the submission may have reached the API"
             return _outcome(item, "uncertain", detail)
         return await self._render(PlanItem(render, "retry", item.reasons), entry)
+
+
+def _known_seconds(render: PlannedRender, entry: Entry) -> Decimal | None:
+    """The length the entry's job renders: the planned one, unless the plan only assumed
+    it (a remote source video) or the job was made for an earlier request."""
+    if render.assumptions or entry.fingerprint != render.fingerprint:
+        return None
+    return render.seconds
 
 
 def _outcome(item: PlanItem, state: OutcomeState, detail: str = "") -> Outcome:

@@ -94,10 +94,13 @@ class Upload:
 
 @dataclass(frozen=True)
 class Download:
-    """A downloaded file: bytes written and `sha256:<hex>` of them."""
+    """A downloaded file: bytes written, `sha256:<hex>` of them, and whether the server
+    declared the length (`Content-Length`, checked) or left it open (chunked, or until the
+    connection closed: a body cut short there looks complete)."""
 
     size: int
     sha256: str
+    length_declared: bool = True
 
 
 def normalise_status(raw: str) -> JobStatus:
