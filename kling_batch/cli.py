@@ -160,6 +160,14 @@ def plan(
     help="Send again uncertain submissions not found in the API's job list.",
 )
 @click.option(
+    "--job-timeout",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Stop waiting for a job this long after its submission (default: ten times its "
+    "expected render time); it stays recorded and the next run asks again, unpaid.",
+)
+@click.option(
     "--time-scale",
     default=1.0,
     type=click.FloatRange(min=1e-6, min_open=False),
@@ -180,6 +188,7 @@ def run(
     allow_insecure_http: bool,
     max_renders: int,
     resubmit_uncertain: bool,
+    job_timeout: float | None,
     time_scale: float,
 ) -> None:
     """Render what the plan says is missing, recording every step in the lockfile."""
@@ -197,6 +206,7 @@ def run(
         emulator=emulator,
         api_base=api_base,
         resubmit_uncertain=resubmit_uncertain,
+        job_timeout=job_timeout,
         time_scale=time_scale,
         allow_insecure_http=allow_insecure_http,
         max_renders=max_renders,

@@ -46,7 +46,7 @@ from kling_batch.errors import (
 )
 from kling_batch.lockfile import UNSETTLED, Entry, LockWriter, carry_history, new_entry
 from kling_batch.outcomes import Events, Outcome, OutcomeState, RunReport
-from kling_batch.pacing import JobWatch, PollPacing, longest_first
+from kling_batch.pacing import JobWatch, PollPacing, job_deadline, longest_first
 from kling_batch.payloads import JobState
 from kling_batch.plan import PAID_ACTIONS, PlanItem, PlannedRender, RestoreSource
 from kling_batch.polling import Lost, model_age, poll_job
@@ -73,6 +73,9 @@ class RunOptions:
     pacer: PollPacing = field(default_factory=lambda: PollPacing())
     # Give up polling a job that stays unreachable this long; it stays `submitted`.
     poll_patience: float = 1800.0
+    # Stop polling a job this long after its submission; it stays `submitted`. None: a
+    # multiple of its expected duration (`pacing.job_deadline`).
+    job_timeout: float | None = None
     download_attempts: int = 3
 
 
@@ -243,19 +246,21 @@ class Executor:
         """Poll a submitted job until it ends: the completed entry, or how it ended."""
         render = item.render
         age = model_age(self.clock, entry.submitted_at) if entry.submitted_at else 0.0
+        tier, timeout = render.request.model_tier, self.options.job_timeout
         watch = JobWatch(
             self.clock,
             self.options.pacer,
-            tier=render.request.model_tier,
+            tier=tier,
             seconds=render.seconds,
             age=age,
             patience=self.options.poll_patience,
+            deadline=timeout if timeout is not None else job_deadline(tier, render.seconds),
         )
         job = await poll_job(self.client, entry, watch, partial(self.events.progress, render.id))
         if isinstance(job, Lost):
             if job.forgotten:
                 return await self._forgotten(item, entry)
-            return _outcome(item, "pending", job.detail)
+            return await self._record(item, "pending", job.detail, error=job.detail)
         if job.status == "failed":
             reason = job.error.message if job.error else job.raw_status
             code = f" [{job.error.code}]" if job.error and job.error.code else ""
@@ -286,6 +291,7 @@ class Executor:
             completed_at=now,
             updated_at=now,
             billed_usd=job.billed_usd,
+            error=None,
         )
         await self.writer.commit()
         self.events.progress(render.id, 1.0)

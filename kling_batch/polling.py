@@ -1,7 +1,8 @@
 """Following a submitted job: asked about, paced by `pacing.JobWatch`, until it ends.
 
 Polling decides nothing about money: it reports the job's end (`JobState` succeeded or
-failed) or why it stopped asking (`Lost`), and the executor records what that means.
+failed) or why it stopped asking (`Lost`: forgotten by the API, unreachable, or past its
+deadline), and the executor records what that means.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from kling_batch.clock import Clock
 from kling_batch.errors import ApiError, JobNotFound, RetryableError, RunFatal
 from kling_batch.lockfile import Entry
 from kling_batch.pacing import JobWatch
-from kling_batch.payloads import JobState
+from kling_batch.payloads import JobState, is_known_status
 
 JOB_RETENTION = timedelta(hours=1)  # job state after completion (API reference §3.1)
 
@@ -41,17 +42,38 @@ async def poll_job(
     watch: JobWatch,
     progress: Callable[[float | None], None],
 ) -> JobState | Lost:
-    """Ask about the entry's job, paced by `watch`, until it succeeds or fails."""
+    """Ask about the entry's job, paced by `watch`, until it succeeds, fails, or its
+    deadline passes (`Lost`, saying how it last answered)."""
     assert entry.job_id is not None
+    last: JobState | None = None
     while True:
         await watch.wait()
         job = await _read(client, entry, watch)
-        if job is None:
-            continue  # unreachable for now: ask again later
-        if isinstance(job, Lost) or job.status != "pending":
+        if isinstance(job, Lost) or (job is not None and job.status != "pending"):
             return job
-        watch.answered(job.progress)
-        progress(job.progress)
+        if job is not None:  # None: unreachable for now, ask again later
+            last = job
+            watch.answered(job.progress)
+            progress(job.progress)
+        if watch.overdue:
+            return Lost(False, overdue_detail(entry.job_id, watch, last))
+
+
+def overdue_detail(job_id: str, watch: JobWatch, last: JobState | None) -> str:
+    """Why polling a job stopped at its deadline, and what happens next."""
+    if last is None:
+        answer = "could not be asked"
+    elif is_known_status(last.raw_status):
+        answer = f"is still {last.raw_status!r}"
+    else:
+        word = last.raw_status[:40] or "no status"
+        answer = f"answers {word!r}, a status kling-batch does not know"
+    deadline = watch.deadline or 0.0
+    return (
+        f"job {job_id} {answer} after {watch.elapsed:.0f} s, past its deadline of "
+        f"{deadline:.0f} s; it stays submitted and the next run asks again at no new cost "
+        "(--job-timeout SECONDS to wait longer)"
+    )
 
 
 async def _read(client: JobReader, entry: Entry, watch: JobWatch) -> JobState | Lost | None:

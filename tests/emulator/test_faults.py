@@ -8,8 +8,11 @@ from decimal import Decimal
 import httpx
 import mutagen.mp4
 import pytest
+from click.testing import CliRunner
 
+from kling_batch.cli import cli
 from kling_batch.emulator import Fault, parse_fault
+from kling_batch.emulator.faults import KINDS
 from kling_batch.emulator.media import render_mp4
 
 SUBMIT = "/v1/videos/generations"
@@ -61,6 +64,14 @@ def test_bad_fault_specs_are_refused(spec):
     """A malformed spec raises ValueError naming the spec."""
     with pytest.raises(ValueError, match="fault"):
         parse_fault(spec)
+
+
+def test_emulator_help_lists_every_fault_kind():
+    """`kling-batch emulator --help` documents each kind `--fault` accepts."""
+    result = CliRunner().invoke(cli, ["emulator", "--help"])
+    assert result.exit_code == 0
+    for kind in KINDS:
+        assert f"  {kind}=" in result.output, kind
 
 
 def test_ambiguous_targets_submits_and_truncate_downloads_by_default():
