@@ -175,10 +175,11 @@ class JobWatch:
         return self.clock.monotonic() - self._started
 
     async def wait(self) -> None:
-        """Sleep until the job is worth asking about again (at the latest, its deadline)."""
+        """Sleep until the job is worth asking about again (no later than its deadline,
+        if that is still ahead: the last poll lands on it)."""
         delay = self.pacer.next_delay(self.tier, self.seconds, self.elapsed, self.readings)
-        if self.deadline is not None:
-            delay = min(delay, max(self.deadline - self.elapsed, 0.0))
+        if self.deadline is not None and self.elapsed < self.deadline:
+            delay = min(delay, self.deadline - self.elapsed)
         await self.clock.sleep(delay)
 
     @property

@@ -42,28 +42,26 @@ async def poll_job(
     watch: JobWatch,
     progress: Callable[[float | None], None],
 ) -> JobState | Lost:
-    """Ask about the entry's job, paced by `watch`, until it succeeds, fails, or its
-    deadline passes (`Lost`, saying how it last answered)."""
+    """Ask about the entry's job, paced by `watch`, until it succeeds, fails, or answers
+    still pending past its deadline (`Lost`, saying how it answered). An unreachable job
+    is bounded by the watch's patience instead."""
     assert entry.job_id is not None
-    last: JobState | None = None
     while True:
         await watch.wait()
         job = await _read(client, entry, watch)
-        if isinstance(job, Lost) or (job is not None and job.status != "pending"):
+        if job is None:
+            continue  # unreachable for now: ask again later
+        if isinstance(job, Lost) or job.status != "pending":
             return job
-        if job is not None:  # None: unreachable for now, ask again later
-            last = job
-            watch.answered(job.progress)
-            progress(job.progress)
+        watch.answered(job.progress)
+        progress(job.progress)
         if watch.overdue:
-            return Lost(False, overdue_detail(entry.job_id, watch, last))
+            return Lost(False, overdue_detail(entry.job_id, watch, job))
 
 
-def overdue_detail(job_id: str, watch: JobWatch, last: JobState | None) -> str:
+def overdue_detail(job_id: str, watch: JobWatch, last: JobState) -> str:
     """Why polling a job stopped at its deadline, and what happens next."""
-    if last is None:
-        answer = "could not be asked"
-    elif is_known_status(last.raw_status):
+    if is_known_status(last.raw_status):
         answer = f"is still {last.raw_status!r}"
     else:
         word = last.raw_status[:40] or "no status"

@@ -10,10 +10,11 @@ import anyio
 import pytest
 
 from kling_batch.clock import VirtualClock
+from kling_batch.errors import ConnectionFailed
 from kling_batch.lockfile import Entry
 from kling_batch.pacing import JobWatch, PollPacing, job_deadline
 from kling_batch.payloads import JobState
-from kling_batch.polling import Lost, poll_job
+from kling_batch.polling import JobReader, Lost, poll_job
 
 ENTRY = cast(Entry, SimpleNamespace(job_id="job_1", poll_url=None, submitted_at=None))
 
@@ -30,7 +31,7 @@ class Endless:
         return JobState(job_id, "pending", self.word, progress=0.5)
 
 
-def follow(reader: Endless, clock: VirtualClock, **watch: Any) -> JobState | Lost:
+def follow(reader: JobReader, clock: VirtualClock, **watch: Any) -> JobState | Lost:
     options: dict[str, Any] = {"tier": "standard", "seconds": Decimal(4), "patience": 1800.0}
     job_watch = JobWatch(clock, PollPacing(), **{**options, **watch})
 
@@ -70,3 +71,25 @@ def test_deadlines_grow_with_tier_and_video_seconds() -> None:
     assert job_deadline("standard", Decimal(5)) < job_deadline("pro", Decimal(5))
     assert job_deadline("pro", Decimal(5)) < job_deadline("4k", Decimal(5))
     assert job_deadline("standard", Decimal(5)) == 600.0  # 10 × (20 s queue + 8 s/s × 5 s)
+
+
+class Unreachable:
+    """A job that cannot be asked twice, then answers completed."""
+
+    def __init__(self) -> None:
+        self.polls = 0
+
+    async def get_job(self, job_id: str, poll_url: str | None = None) -> JobState:
+        self.polls += 1
+        if self.polls <= 2:
+            raise ConnectionFailed("unreachable")
+        return JobState(job_id, "succeeded", "completed", progress=1.0)
+
+
+def test_polls_past_the_deadline_that_go_unanswered_keep_their_pace() -> None:
+    """An unreachable job past its deadline is asked again later, not in a tight loop."""
+    clock = VirtualClock()
+    reader = Unreachable()
+    job = follow(reader, clock, deadline=10.0, age=5000.0)
+    assert isinstance(job, JobState) and job.status == "succeeded"
+    assert min(clock.sleeps) >= PollPacing().min_delay
