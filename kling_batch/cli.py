@@ -160,6 +160,14 @@ def plan(
     help="Send again uncertain submissions not found in the API's job list.",
 )
 @click.option(
+    "--job-timeout",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Stop waiting for a job this long after its submission (default: ten times its "
+    "expected render time); it stays recorded and the next run asks again, unpaid.",
+)
+@click.option(
     "--time-scale",
     default=1.0,
     type=click.FloatRange(min=1e-6, min_open=False),
@@ -180,6 +188,7 @@ def run(
     allow_insecure_http: bool,
     max_renders: int,
     resubmit_uncertain: bool,
+    job_timeout: float | None,
     time_scale: float,
 ) -> None:
     """Render what the plan says is missing, recording every step in the lockfile."""
@@ -197,6 +206,7 @@ def run(
         emulator=emulator,
         api_base=api_base,
         resubmit_uncertain=resubmit_uncertain,
+        job_timeout=job_timeout,
         time_scale=time_scale,
         allow_insecure_http=allow_insecure_http,
         max_renders=max_renders,
@@ -299,12 +309,19 @@ request (0.1 or 10%) or firstN (the first N matching requests).
   5xx=WHEN        answer 500/502/503 (status=503 fixes one; 503=WHEN too)
   drop=WHEN       close the connection without a response
   ambiguous=WHEN  create (and bill) the job, then drop the answer (submits)
-  truncate=WHEN   send keep=FRACTION (0.5) of a download, then close
+  truncate=WHEN   send keep=FRACTION (0.5) of a download, then close;
+                  length=none: no Content-Length, and the body ends cleanly
+  swap=WHEN       serve another whole video of seconds=S (3) as the
+                  download; length=none as for truncate
   fail=WHEN       the job ends failed, code=content_moderation; not billed
+  stall=WHEN      the job stays processing forever; never billed
+  status-word=WHEN
+                  the job's status reads word=WORD (rendering), a word
+                  clients do not know; it renders and bills as usual
   slow=WHEN       answer after delay=SECONDS (modelled, default 5)
 on=TARGET picks requests: v1 (default), submit, poll, list, cancel, upload,
 models, download, any.  Examples: --fault 5xx=0.1 --fault drop=first1,on=poll
---fault storm=30,at=60 --fault fail=0.05
+--fault storm=30,at=60 --fault fail=0.05 --fault truncate=first1,length=none
 """
 
 

@@ -309,7 +309,9 @@ class EmpirioClient:
             received = response.num_bytes_downloaded if encoded else size
             if expected is not None and received != expected:
                 raise MalformedResponse(f"download got {received} of {expected} bytes")
-            return Download(size=size, sha256=tagged(digest.hexdigest()))
+            return Download(
+                size=size, sha256=tagged(digest.hexdigest()), length_declared=expected is not None
+            )
 
         return await self._call("download", make, handle)
 

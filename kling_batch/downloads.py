@@ -4,6 +4,9 @@ fresh result URL asked of the job when a signed one has expired."""
 
 from __future__ import annotations
 
+import logging
+from decimal import Decimal
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
@@ -12,10 +15,12 @@ import anyio.to_thread
 from kling_batch.atomic import discard
 from kling_batch.errors import ApiError, JobNotFound, RunFatal, TryLater
 from kling_batch.lockfile import Entry
-from kling_batch.outputs import place_copy, temp_beside, verify_and_place
+from kling_batch.outputs import detach_cache, place_copy, temp_beside, verify_and_place
 from kling_batch.payloads import Download, JobState
 from kling_batch.plan import RestoreSource
 from kling_batch.state import StateDir
+
+log = logging.getLogger(__name__)
 
 
 class ResultClient(Protocol):
@@ -34,19 +39,33 @@ class Downloads:
         self.state = state
 
     async def fetch(
-        self, url: str, output: PurePosixPath, *, expected: str | None = None
+        self,
+        url: str,
+        output: PurePosixPath,
+        *,
+        expected: str | None = None,
+        seconds: Decimal | None = None,
     ) -> Download:
         """Download to a temp file beside the target, verify it, cache it, move it in place.
 
-        With `expected`, bytes that hash differently are refused before they replace
-        anything.
+        With `expected`, bytes that hash differently are refused before they replace or
+        enter anything; with `seconds` (the planned length), a body the server sent without
+        a length must play that long (`outputs.verify_and_place`).
         """
         target = self.state.root / output
         temp = await anyio.to_thread.run_sync(temp_beside, target)
         try:
             download = await self.client.download(url, temp)
-            cache = self.state.cached_render
-            await anyio.to_thread.run_sync(verify_and_place, temp, target, download, cache)
+            verify = partial(
+                verify_and_place,
+                temp,
+                target,
+                download,
+                self.state.cached_render,
+                expected=expected,
+                seconds=seconds,
+            )
+            await anyio.to_thread.run_sync(verify)
         finally:
             await anyio.to_thread.run_sync(discard, temp)
         return download
@@ -59,7 +78,18 @@ class Downloads:
             return
         assert source.path is not None
         target = self.state.root / output
-        await anyio.to_thread.run_sync(place_copy, source.path, target, source.sha256)
+        copy = partial(place_copy, source.path, target, source.sha256, self.state.cached_render)
+        await anyio.to_thread.run_sync(copy)
+
+    async def detach_cache(self) -> None:
+        """Give every render cache file its own read-only inode (`outputs.detach_cache`).
+
+        Best effort: the cache only saves money later, so a failure never stops a run.
+        """
+        try:
+            await anyio.to_thread.run_sync(detach_cache, self.state.render_cache)
+        except OSError as exc:
+            log.debug("could not detach the render cache: %s", exc)
 
     async def fresh_url(self, entry: Entry) -> str | None:
         """A new result URL from the job, None if the job is gone; `TryLater` if unsure."""

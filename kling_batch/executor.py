@@ -24,6 +24,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,9 +46,9 @@ from kling_batch.errors import (
 )
 from kling_batch.lockfile import UNSETTLED, Entry, LockWriter, inherited, new_entry
 from kling_batch.outcomes import Events, Outcome, OutcomeState, RunReport
-from kling_batch.pacing import JobWatch, PollPacing, longest_first
+from kling_batch.pacing import JobWatch, PollPacing, job_deadline, longest_first
 from kling_batch.payloads import JobState
-from kling_batch.plan import PAID_ACTIONS, PlanItem, RestoreSource
+from kling_batch.plan import PAID_ACTIONS, PlanItem, PlannedRender, RestoreSource
 from kling_batch.polling import Lost, model_age, poll_job
 from kling_batch.state import StateDir
 from kling_batch.submission import Poster, Submitter
@@ -72,6 +73,9 @@ class RunOptions:
     pacer: PollPacing = field(default_factory=lambda: PollPacing())
     # Give up polling a job that stays unreachable this long; it stays `submitted`.
     poll_patience: float = 1800.0
+    # Stop polling a job this long after its submission; it stays `submitted`. None: a
+    # multiple of its expected duration (`pacing.job_deadline`).
+    job_timeout: float | None = None
     download_attempts: int = 3
 
 
@@ -119,6 +123,7 @@ class Executor:
     async def run(self, items: Sequence[PlanItem]) -> RunReport:
         """Run every item; returns when each has an outcome (or the run was cancelled)."""
         self.state.ensure()
+        await self._downloads.detach_cache()
         try:
             async with anyio.create_task_group() as group:
                 for item in longest_first(items):
@@ -241,19 +246,21 @@ class Executor:
         """Poll a submitted job until it ends: the completed entry, or how it ended."""
         render = item.render
         age = model_age(self.clock, entry.submitted_at) if entry.submitted_at else 0.0
+        tier, timeout = render.request.model_tier, self.options.job_timeout
         watch = JobWatch(
             self.clock,
             self.options.pacer,
-            tier=render.request.model_tier,
+            tier=tier,
             seconds=render.seconds,
             age=age,
             patience=self.options.poll_patience,
+            deadline=timeout if timeout is not None else job_deadline(tier, render.seconds),
         )
         job = await poll_job(self.client, entry, watch, partial(self.events.progress, render.id))
         if isinstance(job, Lost):
             if job.forgotten:
                 return await self._forgotten(item, entry)
-            return _outcome(item, "pending", job.detail)
+            return await self._record(item, "pending", job.detail, error=job.detail)
         if job.status == "failed":
             reason = job.error.message if job.error else job.raw_status
             code = f" [{job.error.code}]" if job.error and job.error.code else ""
@@ -286,6 +293,7 @@ class Executor:
             completed_at=now,
             updated_at=now,
             billed_usd=job.billed_usd,
+            error=None,
             submissions=recorded.charged(job.job_id, billed_usd=job.billed_usd),
         )
         await self.writer.commit()
@@ -311,7 +319,9 @@ class Executor:
         render, url, last_error = item.render, entry.result_url, ""
         for _ in range(self.options.download_attempts):
             try:
-                download = await self._downloads.fetch(url, render.output)
+                download = await self._downloads.fetch(
+                    url, render.output, seconds=_known_seconds(render, entry)
+                )
             except ResultExpired as exc:
                 fresh = await self._refreshed_url(item, entry, exc)
                 if isinstance(fresh, Outcome):
@@ -324,7 +334,7 @@ class Executor:
             except (ApiError, BadOutput, OSError) as exc:
                 last_error = str(exc)
                 continue
-            done = {"output_sha256": download.sha256, "output_size": download.size}
+            done = {"output_sha256": download.sha256, "output_size": download.size, "error": None}
             output = str(render.output)
             return await self._record(item, "done", output, state="done", output=output, **done)
         detail = f"download failed ({last_error}); rerun to resume, the job is paid for"
@@ -408,6 +418,14 @@ class Executor:
             detail = entry.error or "the submission may have reached the API"
             return _outcome(item, "uncertain", detail)
         return await self._render(PlanItem(render, "retry", item.reasons), entry)
+
+
+def _known_seconds(render: PlannedRender, entry: Entry) -> Decimal | None:
+    """The length the entry's job renders: the planned one, unless the plan only assumed
+    it (a remote source video) or the job was made for an earlier request."""
+    if render.assumptions or entry.fingerprint != render.fingerprint:
+        return None
+    return render.seconds
 
 
 def _outcome(item: PlanItem, state: OutcomeState, detail: str = "") -> Outcome:

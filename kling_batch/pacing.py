@@ -13,6 +13,31 @@ from kling_batch.clock import Clock
 if TYPE_CHECKING:
     from kling_batch.plan import PlanItem
 
+# What a job is expected to take, in model seconds: the longest queue wait plus render time
+# per video second by tier. These are the emulator's realistic latency model
+# (`emulator.config.Latency`: queue 5-20 s, render 8 / 14 / 36 s per video second, ±20%),
+# copied rather than imported because the emulator is an optional extra.
+QUEUE_SECONDS = 20.0
+RENDER_SECONDS_PER_SECOND = {"standard": 8.0, "pro": 14.0, "4k": 36.0}
+# A job still unfinished after this many times its expected duration gets no more polls in
+# this run. Generous on purpose: the real API's queue grows under load well past the
+# model, and giving up costs little (the job stays recorded, the next run asks again, and
+# nothing is paid twice), while giving up early still makes the run exit 1. Ten times
+# covers a queue ten times the model's longest and a render ten times its typical length;
+# a 5 s standard render waits 10 minutes, a 15 s 4K one over an hour and a half.
+DEADLINE_MULTIPLE = 10.0
+
+
+def expected_job_seconds(tier: str, seconds: Decimal) -> float:
+    """Model seconds a job of `tier` and `seconds` of video is expected to take in all."""
+    per_second = RENDER_SECONDS_PER_SECOND.get(tier, max(RENDER_SECONDS_PER_SECOND.values()))
+    return QUEUE_SECONDS + per_second * float(seconds)
+
+
+def job_deadline(tier: str, seconds: Decimal) -> float:
+    """Model seconds after submission past which a job gets no more polls in a run."""
+    return DEADLINE_MULTIPLE * expected_job_seconds(tier, seconds)
+
 
 class PollPacing:
     """When to poll a job next: paced by its progress and elapsed time, not a fixed loop.
@@ -120,7 +145,8 @@ def _median_per_second(samples: list[float] | None, seconds: Decimal) -> float |
 class JobWatch:
     """One job's polling so far: its age in model seconds, its progress readings, and how
     long it has been unreachable. Ages count from submission, so a resumed job is paced
-    as far along as it is."""
+    as far along as it is, and its `deadline` (model seconds after submission, if any)
+    too: a job resumed past it is still asked about once."""
 
     def __init__(
         self,
@@ -131,12 +157,14 @@ class JobWatch:
         seconds: Decimal,
         age: float = 0.0,
         patience: float,
+        deadline: float | None = None,
     ) -> None:
         self.clock = clock
         self.pacer = pacer
         self.tier = tier
         self.seconds = seconds
         self.patience = patience
+        self.deadline = deadline
         self.readings: list[tuple[float, float]] = []
         self._started = clock.monotonic() - age
         self._unreachable_since: float | None = None
@@ -147,9 +175,17 @@ class JobWatch:
         return self.clock.monotonic() - self._started
 
     async def wait(self) -> None:
-        """Sleep until the job is worth asking about again."""
+        """Sleep until the job is worth asking about again (no later than its deadline,
+        if that is still ahead: the last poll lands on it)."""
         delay = self.pacer.next_delay(self.tier, self.seconds, self.elapsed, self.readings)
+        if self.deadline is not None and self.elapsed < self.deadline:
+            delay = min(delay, self.deadline - self.elapsed)
         await self.clock.sleep(delay)
+
+    @property
+    def overdue(self) -> bool:
+        """True once the job's deadline has passed."""
+        return self.deadline is not None and self.elapsed >= self.deadline
 
     def answered(self, progress: float | None) -> None:
         """The job answered, with its progress if it reported one."""

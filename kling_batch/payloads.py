@@ -29,6 +29,9 @@ JobStatus = Literal["pending", "succeeded", "failed"]
 
 _SUCCEEDED = frozenset({"completed", "succeeded", "success", "complete", "done"})
 _FAILED = frozenset({"failed", "error", "errored", "cancelled", "canceled", "expired"})
+_PENDING = frozenset(
+    {"queued", "pending", "processing", "running", "in_progress", "starting", "submitted"}
+)
 _CONTAINERS = ("result", "output", "data")
 _NOT_VIDEO = ("thumb", "poster", "image", "cover", "preview", "poll")
 _EXPIRES_QUERY = ("expires", "expires_at", "exp", "e")
@@ -94,10 +97,13 @@ class Upload:
 
 @dataclass(frozen=True)
 class Download:
-    """A downloaded file: bytes written and `sha256:<hex>` of them."""
+    """A downloaded file: bytes written, `sha256:<hex>` of them, and whether the server
+    declared the length (`Content-Length`, checked) or left it open (chunked, or until the
+    connection closed: a body cut short there looks complete)."""
 
     size: int
     sha256: str
+    length_declared: bool = True
 
 
 def normalise_status(raw: str) -> JobStatus:
@@ -108,6 +114,11 @@ def normalise_status(raw: str) -> JobStatus:
     if word in _FAILED:
         return "failed"
     return "pending"
+
+
+def is_known_status(raw: str) -> bool:
+    """True when a status word is one of those the API (or a similar one) is known to use."""
+    return raw.strip().lower() in _SUCCEEDED | _FAILED | _PENDING
 
 
 def find_job_id(payload: Mapping[str, Any]) -> str | None:
@@ -138,7 +149,11 @@ def find_poll_url(payload: Mapping[str, Any]) -> str | None:
 
 
 def parse_job(payload: Mapping[str, Any], *, job_id: str | None = None) -> JobState:
-    """A `JobState` from a job object (or one wrapped in `data`/`job`); `job_id` wins if given."""
+    """A `JobState` from a job object (or one wrapped in `data`/`job`); `job_id` wins if given.
+
+    An `error` object with a message or code makes the job `failed` whatever its status
+    word; an unknown word without one is `pending`.
+    """
     raw = payload
     if "status" not in payload:
         for key in ("data", "job"):
@@ -150,6 +165,11 @@ def parse_job(payload: Mapping[str, Any], *, job_id: str | None = None) -> JobSt
     if not isinstance(raw_status, str):
         raw_status = ""
     status = normalise_status(raw_status)
+    error = find_error(payload, failed=status == "failed")
+    if error is not None and isinstance(payload.get("error"), Mapping):
+        # An error object means the job failed, whatever its status word says (issue 8):
+        # a job reporting one would otherwise be polled as pending until its deadline.
+        status = "failed"
     return JobState(
         job_id=job_id or find_job_id(payload) or "",
         status=status,
@@ -157,7 +177,7 @@ def parse_job(payload: Mapping[str, Any], *, job_id: str | None = None) -> JobSt
         progress=_progress(payload.get("progress")),
         video_url=find_video_url(payload),
         expires_at=find_expiry(payload),
-        error=find_error(payload, failed=status == "failed"),
+        error=error,
         billed_usd=find_billed_usd(payload),
         raw=raw,
         request=find_request(payload),

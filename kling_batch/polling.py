@@ -1,7 +1,8 @@
 """Following a submitted job: asked about, paced by `pacing.JobWatch`, until it ends.
 
 Polling decides nothing about money: it reports the job's end (`JobState` succeeded or
-failed) or why it stopped asking (`Lost`), and the executor records what that means.
+failed) or why it stopped asking (`Lost`: forgotten by the API, unreachable, or past its
+deadline), and the executor records what that means.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from kling_batch.clock import Clock
 from kling_batch.errors import ApiError, JobNotFound, RetryableError, RunFatal
 from kling_batch.lockfile import Entry
 from kling_batch.pacing import JobWatch
-from kling_batch.payloads import JobState
+from kling_batch.payloads import JobState, is_known_status
 
 JOB_RETENTION = timedelta(hours=1)  # job state after completion (API reference §3.1)
 
@@ -41,7 +42,9 @@ async def poll_job(
     watch: JobWatch,
     progress: Callable[[float | None], None],
 ) -> JobState | Lost:
-    """Ask about the entry's job, paced by `watch`, until it succeeds or fails."""
+    """Ask about the entry's job, paced by `watch`, until it succeeds, fails, or answers
+    still pending past its deadline (`Lost`, saying how it answered). An unreachable job
+    is bounded by the watch's patience instead."""
     assert entry.job_id is not None
     while True:
         await watch.wait()
@@ -52,6 +55,23 @@ async def poll_job(
             return job
         watch.answered(job.progress)
         progress(job.progress)
+        if watch.overdue:
+            return Lost(False, overdue_detail(entry.job_id, watch, job))
+
+
+def overdue_detail(job_id: str, watch: JobWatch, last: JobState) -> str:
+    """Why polling a job stopped at its deadline, and what happens next."""
+    if is_known_status(last.raw_status):
+        answer = f"is still {last.raw_status!r}"
+    else:
+        word = last.raw_status[:40] or "no status"
+        answer = f"answers {word!r}, a status kling-batch does not know"
+    deadline = watch.deadline or 0.0
+    return (
+        f"job {job_id} {answer} after {watch.elapsed:.0f} s, past its deadline of "
+        f"{deadline:.0f} s; it stays submitted and the next run asks again at no new cost "
+        "(--job-timeout SECONDS to wait longer)"
+    )
 
 
 async def _read(client: JobReader, entry: Entry, watch: JobWatch) -> JobState | Lost | None:

@@ -48,6 +48,7 @@ class RunRequest:
     emulator: bool = False
     api_base: str | None = None
     resubmit_uncertain: bool = False
+    job_timeout: float | None = None  # API seconds after submission; None: per tier
     # Real seconds per API second: only for an emulator started with --time-scale.
     time_scale: float = 1.0
     allow_insecure_http: bool = False
@@ -151,6 +152,7 @@ async def _execute(plan: Plan, items: list[PlanItem], request: RunRequest) -> in
         jobs=request.jobs,
         fail_fast=request.fail_fast,
         resubmit_uncertain=request.resubmit_uncertain,
+        job_timeout=request.job_timeout,
     )
     with RunUI(len(items)) as ui:
         ui.note(summary_line(plan))

@@ -7,7 +7,8 @@ Every path under the folder is built here and nowhere else:
      ├── assets.json             stat → sha256 (and video length) of input files (plan)
      ├── <lock name>.json        parse cache of a lockfile, keyed by its sha256 (plan)
      ├── <lock name>.run-lock    held by the one run writing that lockfile (run)
-     └── cache/<hex>             finished renders by content, for free restores (run)
+     └── cache/<hex>             finished renders by content, read-only copies of their
+                                 own, for free restores (run)
 
 Everything in it can be rebuilt from the manifest, the lockfile and the files, except the
 render cache, which only saves money. A folder that is a symlink, or that resolves outside

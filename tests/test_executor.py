@@ -19,7 +19,17 @@ from kling_batch.payloads import Download, JobState, Submission, Upload
 from kling_batch.plan import Plan, build_plan
 from tests.conftest import NOW
 
-MP4 = b"\x00\x00\x00\x14ftypisom\x00\x00\x02\x00isom" + b"\x00" * 64
+# The top-level boxes of an MP4 (ftyp, an empty moov, mdat); each download appends a `free`
+# box holding its URL, so each result is a different, structurally whole file.
+MP4 = (
+    b"\x00\x00\x00\x14ftypisom\x00\x00\x02\x00isom\x00\x00\x00\x08moov\x00\x00\x00\x48mdat"
+    + bytes(64)
+)
+
+
+def free_box(payload: bytes) -> bytes:
+    """A `free` box carrying `payload`."""
+    return (len(payload) + 8).to_bytes(4, "big") + b"free" + payload
 
 
 class FakeApi:
@@ -65,7 +75,7 @@ class FakeApi:
         self.downloads += 1
         if "download" in self.script:
             self.script["download"](url)
-        data = MP4 + url.encode()
+        data = MP4 + free_box(url.encode())
         await anyio.Path(dest).write_bytes(data)
         return Download(len(data), "sha256:" + hashlib.sha256(data).hexdigest())
 

@@ -14,16 +14,27 @@ N matching requests, deterministic). Storms take a length in modelled seconds in
 ``ambiguous=WHEN``      handle the request (a submit creates and bills its job), then
                         close the connection instead of answering; default ``on=submit``
 ``truncate=WHEN``       send ``keep=`` (default 0.5) of a download's bytes, then close;
+                        with ``length=none`` the download goes without a Content-Length
+                        (chunked) and ends cleanly after those bytes, so nothing on the
+                        wire tells that it was cut; ``on=download`` only
+``swap=WHEN``           serve another, complete video lasting ``seconds=`` (default 3)
+                        instead of the job's result; ``length=none`` as for truncate;
                         ``on=download`` only
 ``fail=WHEN``           the job ends ``failed`` with ``code=`` (default
                         ``content_moderation``); not billed
+``stall=WHEN``          the job never ends: ``processing`` forever, never billed
+``status-word=WHEN``    the job's status reads ``word=`` (default ``rendering``), a word
+                        outside the API's vocabulary, in every answer; it renders and
+                        bills as usual
 ``slow=WHEN``           delay the answer by ``delay=`` modelled seconds (default 5)
 ======================  ==============================================================
 
 ``on=`` picks the requests a fault applies to: ``v1`` (every ``/v1`` request, the default
 for all but ``ambiguous`` and ``truncate``), ``submit``, ``poll``, ``list``, ``cancel``,
 ``upload``, ``models``, ``download`` or ``any``. Examples: ``5xx=0.1``, ``drop=first1,on=poll``,
-``storm=30,at=60``, ``slow=0.2,delay=10``, ``fail=0.05``.
+``storm=30,at=60``, ``slow=0.2,delay=10``, ``fail=0.05``, ``truncate=first1,length=none``,
+``status-word=1,word=finished``. ``fail``, ``stall`` and ``status-word`` strike jobs as
+they are created (``on=`` does not apply).
 """
 
 from __future__ import annotations
@@ -33,13 +44,27 @@ import re
 import threading
 from dataclasses import dataclass
 
-KINDS = ("storm", "5xx", "drop", "ambiguous", "truncate", "fail", "slow")
+KINDS = (
+    "storm",
+    "5xx",
+    "drop",
+    "ambiguous",
+    "truncate",
+    "swap",
+    "fail",
+    "stall",
+    "status-word",
+    "slow",
+)
 TARGETS = ("v1", "submit", "poll", "list", "cancel", "upload", "models", "download", "any")
 _V1_CLASSES = frozenset({"submit", "poll", "list", "cancel", "upload", "models", "v1"})
-_DEFAULT_TARGET = {"ambiguous": "submit", "truncate": "download"}
+_DEFAULT_TARGET = {"ambiguous": "submit", "truncate": "download", "swap": "download"}
+_DOWNLOAD_KINDS = frozenset({"truncate", "swap"})
+JOB_KINDS = frozenset({"fail", "stall", "status-word"})
 _STATUS_SHORTHANDS = {"500": 500, "502": 502, "503": 503}
 _FIRST = re.compile(r"first(\d+)")
-_OPTIONS = ("on", "at", "status", "code", "delay", "keep")
+_OPTIONS = ("on", "at", "status", "code", "delay", "keep", "length", "seconds", "word")
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,39}")
 
 
 @dataclass(frozen=True)
@@ -56,6 +81,9 @@ class Fault:
     code: str = "content_moderation"
     delay: float = 5.0
     keep: float = 0.5
+    declare_length: bool = True  # False: `length=none`, no Content-Length on the download
+    seconds: float = 3.0  # swap: the length of the video served instead
+    word: str = "rendering"  # status-word: what the job's status reads
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -72,8 +100,14 @@ class Fault:
             raise ValueError("a 5xx fault's status must be 500, 502 or 503")
         if not 0.0 <= self.keep < 1.0:
             raise ValueError("truncate keep= must be within 0..1 (exclusive of 1)")
-        if self.kind == "truncate" and self.target != "download":
-            raise ValueError("truncate applies to downloads only")
+        if self.kind in _DOWNLOAD_KINDS and self.target != "download":
+            raise ValueError(f"{self.kind} applies to downloads only")
+        if not self.declare_length and self.kind not in _DOWNLOAD_KINDS:
+            raise ValueError("length=none applies to truncate and swap only")
+        if not 0.5 <= self.seconds <= 60:
+            raise ValueError("swap seconds= must be within 0.5..60")
+        if not _WORD.fullmatch(self.word):
+            raise ValueError("status-word word= must be a word of letters, digits, _ or -")
         if min(self.at, self.length, self.delay) < 0:
             raise ValueError("fault times must not be negative")
 
@@ -84,7 +118,7 @@ class Fault:
 
     def matches(self, request_class: str) -> bool:
         """Whether a request of `request_class` (see `classify`) is subject to this fault."""
-        if self.kind == "fail":
+        if self.kind in JOB_KINDS:
             return request_class == "job"
         target = self.target
         if target == "any":
@@ -133,11 +167,23 @@ def parse_fault(spec: str) -> Fault:
             at=_number(spec, "at", opts.get("at", "0")),
             delay=_number(spec, "delay", opts.get("delay", "5")),
             keep=_number(spec, "keep", opts.get("keep", "0.5")),
+            declare_length=_declared(spec, opts.get("length")),
+            seconds=_number(spec, "seconds", opts.get("seconds", "3")),
+            word=opts.get("word", "rendering"),
         )
     except ValueError as exc:
         if str(exc).startswith("fault "):
             raise
         raise ValueError(f"fault {spec!r}: {exc}") from None
+
+
+def _declared(spec: str, value: str | None) -> bool:
+    """`length=none` → False (no Content-Length); absent → True."""
+    if value is None:
+        return True
+    if value.lower() == "none":
+        return False
+    raise ValueError(f"fault {spec!r}: length= takes only none (serve without Content-Length)")
 
 
 def _number(spec: str, what: str, text: str) -> float:
@@ -207,6 +253,14 @@ class FaultPlan:
     def job_failure(self) -> Fault | None:
         """The `fail` fault that strikes a newly created job, or None."""
         return self.strike("fail", "job")
+
+    def job_stall(self) -> Fault | None:
+        """The `stall` fault that strikes a newly created job, or None."""
+        return self.strike("stall", "job")
+
+    def job_status_word(self) -> Fault | None:
+        """The `status-word` fault that strikes a newly created job, or None."""
+        return self.strike("status-word", "job")
 
     def _draw(self, index: int, fault: Fault) -> bool:
         if fault.first is not None:

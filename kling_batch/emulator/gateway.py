@@ -37,6 +37,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 CONTEXT_KEY = "kling_emulator.context"
+SWAP_KEY = "kling_emulator.swap_seconds"  # a `swap` fault: the length of the video to serve
 _JOURNALED_HEADER_PREFIX = "x-kling-batch-"
 _JOURNALED_HEADERS = frozenset({"idempotency-key"})
 _5XX = {500: "internal_error", 502: "upstream_error", 503: "model_unavailable"}
@@ -84,6 +85,7 @@ class _Exchange:
         self.recorded = False
         self.dropped = False
         self.truncate_keep: float | None = None
+        self.hide_length = False  # `length=none`: no Content-Length; a cut ends cleanly
         self._limit: int | None = None
         self._sent = 0
 
@@ -122,18 +124,27 @@ class _Exchange:
                 length = _content_length(message)
                 if length is not None:
                     self._limit = math.floor(length * self.truncate_keep)
-            self.record(message["status"], dropped=self._limit is not None)
+            if self.hide_length:
+                message = _without_length(message)
+            self.record(message["status"], dropped=self._limit is not None and not self.hide_length)
         elif message["type"] == "http.response.body" and self._limit is not None:
             body = message.get("body", b"")
             room = self._limit - self._sent
             if len(body) >= room:
-                await self._send(
-                    {"type": "http.response.body", "body": body[:room], "more_body": True}
-                )
-                await self.drop()
-                raise _Stop
+                await self._cut(body[:room])
             self._sent += len(body)
         await self._send(message)
+
+    async def _cut(self, last: bytes) -> None:
+        """End a truncated answer after `last`: cleanly if no length was declared, else by
+        closing the connection (the client sees fewer bytes than announced)."""
+        if self.hide_length:
+            await self._send({"type": "http.response.body", "body": last, "more_body": False})
+            self.dropped = True  # swallow whatever the app still sends
+            raise _Stop
+        await self._send({"type": "http.response.body", "body": last, "more_body": True})
+        await self.drop()
+        raise _Stop
 
     async def answer(self, error: ApiError) -> None:
         """Send an error answer made by the gateway itself."""
@@ -305,6 +316,11 @@ class Gateway:
         truncate = self._strike("truncate", request_class, ex)
         if truncate is not None:
             ex.truncate_keep = truncate.keep
+            ex.hide_length = not truncate.declare_length
+        swap = self._strike("swap", request_class, ex)
+        if swap is not None:
+            ex.scope[SWAP_KEY] = swap.seconds
+            ex.hide_length = ex.hide_length or not swap.declare_length
         return False
 
     def _strike(self, kind: str, request_class: str, ex: _Exchange) -> Fault | None:
@@ -336,6 +352,12 @@ def _journaled_headers(scope: Scope) -> dict[str, str]:
         if name.startswith(_JOURNALED_HEADER_PREFIX) or name in _JOURNALED_HEADERS:
             found[name] = raw_value.decode("latin-1")
     return found
+
+
+def _without_length(message: Message) -> Message:
+    """A response start without its Content-Length (the server then sends it chunked)."""
+    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"content-length"]
+    return {**message, "headers": headers}
 
 
 def _content_length(message: Message) -> int | None:

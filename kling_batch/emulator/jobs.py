@@ -8,6 +8,7 @@ on the next read, through heaps ordered by time: each job costs O(log n) once.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 import threading
 import uuid
@@ -53,12 +54,16 @@ class Job:
     render_end: float
     fails_with: str | None
     cancelled_at: float | None = None
+    stalls: bool = False  # a `stall` fault: never ends
+    status_word: str | None = None  # a `status-word` fault: the status every answer shows
 
     model = MODEL_ID
 
     @property
     def finishes(self) -> float:
         """When the job reaches `completed` or `failed` (unless cancelled first)."""
+        if self.stalls:
+            return math.inf
         if self.fails_with is None:
             return self.render_end
         return self.started + (self.render_end - self.started) * _FAIL_POINT
@@ -147,6 +152,8 @@ class JobTable:
             self._seq += 1
             queue, render = self._timeline(self._seq, submission)
             failure = self._faults.job_failure()
+            stall = self._faults.job_stall()
+            word = self._faults.job_status_word()
             job = Job(
                 id=f"job_{uuid.uuid4().hex[:24]}",
                 seq=self._seq,
@@ -157,6 +164,8 @@ class JobTable:
                 started=now + queue,
                 render_end=now + queue + render,
                 fails_with=failure.code if failure is not None else None,
+                stalls=stall is not None,
+                status_word=word.word if word is not None else None,
             )
             self._jobs[job.id] = job
             self._accepted.append(dict(submission.request))

@@ -38,7 +38,7 @@ from starlette.routing import Route
 
 from kling_batch.emulator.clock import iso
 from kling_batch.emulator.errors import ApiError, invalid
-from kling_batch.emulator.gateway import CONTEXT_KEY, RequestContext
+from kling_batch.emulator.gateway import CONTEXT_KEY, SWAP_KEY, RequestContext
 from kling_batch.emulator.jobs import STATUSES, Job
 from kling_batch.emulator.media import padded_size, render_mp4, stream_output
 from kling_batch.emulator.signing import expires_text
@@ -187,7 +187,7 @@ class _Routes:
             "job_id": job.id,
             "object": "job",
             "model": job.model,
-            "status": view.status,
+            "status": job.status_word or view.status,
             "progress": view.progress,
             "created_at": iso(wall(job.created)),
             "completed_at": iso(wall(view.ended)) if view.ended is not None else None,
@@ -272,7 +272,9 @@ class _Routes:
         output = self.emu.jobs.output(rest.removesuffix(".mp4"))
         if output is None:
             raise ApiError(404, "not_found", "No such file.")
-        mp4 = render_mp4(output.aspect, output.seconds)
+        swap = request.scope.get(SWAP_KEY)  # a `swap` fault: another video of this length
+        seconds = output.seconds if swap is None else Decimal(str(swap))
+        mp4 = render_mp4(output.aspect, seconds)
         total = padded_size(len(mp4), self.config.large_output_bytes)
         if total == len(mp4):
             return Response(mp4, media_type="video/mp4")

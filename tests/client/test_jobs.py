@@ -138,6 +138,23 @@ async def test_error_of_a_failed_job_is_read_in_every_shape(
     assert (job.error.message, job.error.code) == (message, code)
 
 
+@pytest.mark.parametrize("raw", ["processing", "completed", "rendering", None])
+async def test_an_error_object_fails_the_job_whatever_its_status_word(api, make_client, raw):
+    """An `error` object with a message or code is a failure, even beside a running word."""
+    error = {"code": "upstream_error", "message": "the worker crashed"}
+    job = await read(api, make_client, {"status": raw, "error": error})
+    assert job.status == "failed"
+    assert job.error is not None
+    assert (job.error.message, job.error.code) == ("the worker crashed", "upstream_error")
+
+
+@pytest.mark.parametrize("error", [None, {}, {"code": None, "message": ""}])
+async def test_an_empty_error_object_is_no_failure(api, make_client, error):
+    """A null or empty `error` beside a running status leaves the job pending."""
+    job = await read(api, make_client, {"status": "processing", "error": error})
+    assert (job.status, job.error) == ("pending", None)
+
+
 async def test_pending_job_has_no_error(api, make_client):
     """A running job with a null error reports none."""
     job = await read(api, make_client, {"status": "processing", "error": None, "message": "hi"})

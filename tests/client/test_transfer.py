@@ -151,6 +151,26 @@ async def test_download_writes_the_body_and_hashes_it(api, make_client, tmp_path
     assert [p.name for p in dest.parent.iterdir()] == ["x.tmp"]
 
 
+async def test_download_says_whether_the_server_declared_a_length(api, make_client, tmp_path):
+    """A body with Content-Length is `length_declared`; a streamed body without one is not."""
+
+    async def chunked() -> AsyncIterator[bytes]:
+        yield b"ftyp-"
+        yield b"video"
+
+    api.on(
+        "GET",
+        "/out.mp4",
+        httpx.Response(200, content=b"ftyp-video"),
+        httpx.Response(200, content=chunked()),
+    )
+    async with make_client() as client:
+        declared = await client.download(CDN, tmp_path / "a")
+        undeclared = await client.download(CDN, tmp_path / "b")
+    assert (declared.length_declared, undeclared.length_declared) == (True, False)
+    assert undeclared.sha256 == digest(b"ftyp-video")
+
+
 async def test_download_replaces_what_was_in_dest(api, make_client, tmp_path):
     """A leftover partial file at `dest` is overwritten, not appended to."""
     dest = tmp_path / "x.tmp"

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-import httpx
-import pytest
+import io
+from decimal import Decimal
 
+import httpx
+import mutagen.mp4
+import pytest
+from click.testing import CliRunner
+
+from kling_batch.cli import cli
 from kling_batch.emulator import Fault, parse_fault
+from kling_batch.emulator.faults import KINDS
+from kling_batch.emulator.media import render_mp4
 
 SUBMIT = "/v1/videos/generations"
 BODY = {"model": "kling-o3", "prompt": "a fox"}
@@ -22,6 +30,10 @@ BODY = {"model": "kling-o3", "prompt": "a fox"}
         ("truncate=0.5,keep=0.25", Fault(kind="truncate", rate=0.5, keep=0.25)),
         ("fail=0.05,code=upstream_error", Fault(kind="fail", rate=0.05, code="upstream_error")),
         ("slow=1,delay=12", Fault(kind="slow", delay=12)),
+        ("truncate=1,length=none", Fault(kind="truncate", declare_length=False)),
+        ("swap=first1,seconds=4.5", Fault(kind="swap", first=1, seconds=4.5)),
+        ("stall=0.5", Fault(kind="stall", rate=0.5)),
+        ("status-word=1,word=finished", Fault(kind="status-word", word="finished")),
     ],
 )
 def test_fault_specs_parse(spec, expected):
@@ -41,12 +53,25 @@ def test_fault_specs_parse(spec, expected):
         "truncate=1,on=poll",
         "504=1",
         "5xx=1,status=504",
+        "truncate=1,length=12",
+        "drop=1,length=none",
+        "swap=1,on=poll",
+        "swap=1,seconds=0",
+        "status-word=1,word=not a word",
     ],
 )
 def test_bad_fault_specs_are_refused(spec):
     """A malformed spec raises ValueError naming the spec."""
     with pytest.raises(ValueError, match="fault"):
         parse_fault(spec)
+
+
+def test_emulator_help_lists_every_fault_kind():
+    """`kling-batch emulator --help` documents each kind `--fault` accepts."""
+    result = CliRunner().invoke(cli, ["emulator", "--help"])
+    assert result.exit_code == 0
+    for kind in KINDS:
+        assert f"  {kind}=" in result.output, kind
 
 
 def test_ambiguous_targets_submits_and_truncate_downloads_by_default():
@@ -189,3 +214,45 @@ def test_slow_response_still_answers(make_api):
     api = make_api(faults=(parse_fault("slow=1,delay=1"),), time_scale=0.001)
     assert api.client.get("/v1/models").status_code == 200
     assert api.emu.journal.entries()[-1].fault == "slow"
+
+
+def test_truncate_without_length_ends_cleanly_and_short(make_api):
+    """`length=none`: the download is chunked and ends early without any protocol error."""
+    api = make_api(faults=(parse_fault("truncate=1,keep=0.5,length=none"),))
+    url = api.render(duration=4)["result"]["video_url"]
+    response = httpx.get(url)
+    assert response.status_code == 200
+    assert "content-length" not in response.headers
+    assert response.headers["transfer-encoding"] == "chunked"
+    assert 0 < len(response.content) < len(render_mp4("16:9", Decimal(4))) * 0.6
+    assert api.emu.journal.entries()[-1].fault == "truncate"
+
+
+def test_swap_serves_another_whole_video(make_api):
+    """`swap=1,seconds=3` serves a whole 3-second MP4 for a 4-second job, length declared."""
+    api = make_api(faults=(parse_fault("swap=1,seconds=3"),))
+    url = api.render(duration=4)["result"]["video_url"]
+    response = httpx.get(url)
+    assert int(response.headers["content-length"]) == len(response.content)
+    assert mutagen.mp4.MP4(io.BytesIO(response.content)).info.length == 3.0
+
+
+def test_stalled_job_stays_processing_and_is_never_billed(make_api):
+    """`stall=1`: however long the clock runs, the job is processing and nothing is charged."""
+    api = make_api(faults=(parse_fault("stall=1"),))
+    job_id = api.submit_ok(duration=4)["job_id"]
+    api.emu.advance(100_000)
+    job = api.job(job_id)
+    assert (job["status"], job["result"]) == ("processing", None)
+    assert api.emu.ledger.entries() == []
+
+
+def test_status_word_replaces_every_status_but_the_job_still_renders(make_api):
+    """`status-word=1,word=finished` shows the word from submit to end; the render bills."""
+    api = make_api(faults=(parse_fault("status-word=1,word=finished"),))
+    job_id = api.submit_ok(duration=4)["job_id"]
+    assert api.job(job_id)["status"] == "finished"
+    job = api.finish(job_id)
+    assert job["status"] == "finished"
+    assert job["result"]["video_url"]
+    assert len(api.emu.ledger.entries()) == 1
