@@ -1,0 +1,189 @@
+"""Plan actions: what a run would do with each render, decided from facts alone."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from kling_batch.canonical import plain_numbers
+from kling_batch.lockfile import UNSETTLED, Entry, Lockfile, PastRender
+from kling_batch.planned import PlanItem, PlannedRender, RestoreSource
+from kling_batch.state import StateDir
+
+
+class FileFacts(Protocol):
+    """What planning knows of the files under the project (an `AssetStore` in a run)."""
+
+    def relative_hash(self, relative: str) -> tuple[str, int] | None:
+        """(sha256, size) of `root/relative`, or None when it is not a file."""
+
+
+class Differ:
+    """Decides each render's action from the lockfile, the files' facts and `now`.
+
+    No clock, no network, no file access of its own: given the same facts it decides the
+    same way, so it is unit-tested with a dictionary standing for the folder. Facts are
+    asked for as decisions need them (a no-op plan asks once per output, never about
+    the render cache).
+    """
+
+    def __init__(
+        self, lock: Lockfile, files: FileFacts, now: datetime, *, root: Path, state: StateDir
+    ) -> None:
+        self.root = root
+        self.lock = lock
+        self.files = files
+        self.state = state
+        self.now = now
+        self._paid: dict[str, PlannedRender] = {}
+        self._known: dict[str, list[tuple[Entry | None, PastRender]]] = {}
+        for entry, past in lock.finished():
+            self._known.setdefault(past.fingerprint, []).append((entry, past))
+
+    def item(self, render: PlannedRender, forced: bool) -> PlanItem:
+        """The action for one render; a second paid render of one fingerprint copies the first."""
+        decided = self._decide(render, forced)
+        if not decided.paid:
+            return decided
+        first = self._paid.setdefault(render.fingerprint, render)
+        if first is render:
+            return decided
+        source = RestoreSource("twin", "", 0, path=self.root / first.output, twin=first.id)
+        reason = f"same request as {first.id}: copied from it once it renders (free)"
+        return PlanItem(render, "restore", (reason,), source)
+
+    def _decide(self, render: PlannedRender, forced: bool) -> PlanItem:
+        entry = self.lock.shots.get(render.id)
+        if entry is not None and entry.state in UNSETTLED:
+            # A job that may be paid for is followed to its end before anything replaces
+            # its entry (not even --force): replacing it would lose the job id.
+            item = self._same_fingerprint(render, entry)
+            if entry.fingerprint != render.fingerprint:
+                note = (
+                    "the request changed while a job for the previous one was in flight; "
+                    "the change renders on the run after it lands"
+                )
+                item = replace(item, reasons=(*item.reasons, note))
+            return item
+        if forced:
+            reasons = ("forced with --force",)
+            return PlanItem(render, "changed" if entry else "new", reasons)
+        if entry is None:
+            source = self._restore_source(render.fingerprint)
+            if source is not None:
+                return PlanItem(render, "restore", (_restore_reason(source),), source)
+            return PlanItem(render, "new")
+        if entry.fingerprint != render.fingerprint:
+            source = self._restore_source(render.fingerprint)
+            if source is not None:
+                reason = "request matches an earlier render; " + _restore_reason(source)
+                return PlanItem(render, "restore", (reason,), source)
+            return PlanItem(render, "changed", tuple(change_reasons(entry, render)))
+        return self._same_fingerprint(render, entry)
+
+    def _same_fingerprint(self, render: PlannedRender, entry: Entry) -> PlanItem:
+        if entry.state == "failed":
+            failed = f"last attempt failed: {entry.error or 'unknown'}"
+            source = self._restore_source(render.fingerprint)
+            if source is not None:
+                reason = f"{failed}; an earlier render of this request is {_restore_reason(source)}"
+                return PlanItem(render, "restore", (reason,), source)
+            return PlanItem(render, "retry", (failed,))
+        if entry.state == "uncertain":
+            reason = "a submission may have reached the API; rerun with --resubmit-uncertain"
+            return PlanItem(render, "uncertain", (reason,))
+        if entry.state == "submitting":
+            reason = (
+                "stopped while submitting: the API may have the job; rerun with "
+                "--resubmit-uncertain"
+            )
+            return PlanItem(render, "uncertain", (reason,))
+        if entry.state == "submitted":
+            return PlanItem(render, "resume", (f"job {entry.job_id} in flight",))
+        if entry.state == "completed":
+            return PlanItem(render, "resume", (f"job {entry.job_id} done; download pending",))
+        # done
+        if (
+            entry.output == str(render.output)
+            and entry.output_sha256 is not None
+            and self._file_matches(entry.output, entry.output_sha256, entry.output_size)
+        ):
+            return PlanItem(render, "unchanged")
+        source = self._restore_source(render.fingerprint)
+        if source is not None:
+            if entry.output != str(render.output):
+                reason = f"output moved from {entry.output}; {_restore_reason(source)}"
+            else:
+                reason = "output missing or modified; " + _restore_reason(source)
+            return PlanItem(render, "restore", (reason,), source)
+        return PlanItem(
+            render,
+            "changed",
+            ("output missing or modified; no cached copy or valid result URL to restore it",),
+        )
+
+    def _restore_source(self, fingerprint: str) -> RestoreSource | None:
+        candidates = self._known.get(fingerprint, [])
+        for entry, past in candidates:
+            if entry is not None and self._file_matches(entry.output, past.sha256, past.size):
+                return RestoreSource("file", past.sha256, past.size, path=self.root / entry.output)
+        for _, past in candidates:
+            cached = self.state.cached_render_relative(past.sha256)
+            if self._file_matches(cached, past.sha256, past.size):
+                return RestoreSource("cache", past.sha256, past.size, path=self.root / cached)
+        for _, past in candidates:
+            expires = past.result_expires_at
+            if past.result_url and expires is not None and expires > self.now:
+                return RestoreSource("url", past.sha256, past.size, url=past.result_url)
+        return None
+
+    def _file_matches(self, relative: str, sha256: str, size: int | None) -> bool:
+        """True when `root/relative` is a file with this content."""
+        if relative.startswith(("/", "\\")) or ".." in relative.replace("\\", "/").split("/"):
+            return False  # a lockfile path never leads outside the project
+        found = self.files.relative_hash(relative)
+        return found is not None and found[0] == sha256 and (size is None or found[1] == size)
+
+
+def _restore_reason(source: RestoreSource) -> str:
+    if source.kind == "twin":
+        return f"copied from {source.twin} once it renders (free)"
+    if source.kind == "url":
+        return "restored from its result URL (free)"
+    if source.kind == "cache":
+        return "restored from the local cache (free)"
+    return f"copied from {source.path.name if source.path else 'an earlier output'} (free)"
+
+
+def change_reasons(entry: Entry, render: PlannedRender) -> list[str]:
+    """Which request fields differ from the locked render, and which assets' content changed."""
+    reasons: list[str] = []
+    old, new = entry.request, dict(render.body)
+    new_hashes = render.asset_hashes
+    for name in sorted(set(old) | set(new)):
+        before, after = old.get(name), new.get(name)
+        if plain_numbers(before) != plain_numbers(after):
+            if name == "prompt":
+                reasons.append("prompt changed")
+            elif before is None:
+                reasons.append(f"{name} added: {_short(after)}")
+            elif after is None:
+                reasons.append(f"{name} removed (was {_short(before)})")
+            else:
+                reasons.append(f"{name}: {_short(before)} → {_short(after)}")
+    for key in sorted(set(entry.assets) | set(new_hashes)):
+        before_hash, after_hash = entry.assets.get(key), new_hashes.get(key)
+        if before_hash and after_hash and before_hash != after_hash:
+            asset = render.assets.get(key)
+            label = asset.ref if asset else key
+            reasons.append(f"content of {label} changed ({key})")
+    if entry.take != render.take:
+        reasons.append(f"take {entry.take} → {render.take}")
+    return reasons or ["fingerprint changed"]
+
+
+def _short(value: Any) -> str:
+    text = str(plain_numbers(value))
+    return text if len(text) <= 40 else text[:37] + "..."

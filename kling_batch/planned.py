@@ -1,0 +1,98 @@
+"""What planning produces: each render validated and priced, and what a run would do with it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from kling_batch import kling_o3
+from kling_batch.assets import Asset
+from kling_batch.kling_o3 import KlingO3Request
+from kling_batch.pricing import Price
+
+Action = Literal["new", "changed", "retry", "resume", "restore", "unchanged", "uncertain"]
+PAID_ACTIONS: frozenset[str] = frozenset({"new", "changed", "retry"})
+ACTIONS: tuple[Action, ...] = (
+    "new",
+    "changed",
+    "retry",
+    "resume",
+    "restore",
+    "uncertain",
+    "unchanged",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedRender:
+    """One render, validated and priced: what would be sent and what it would cost."""
+
+    id: str
+    shot: str
+    take: int
+    request: KlingO3Request
+    body: Mapping[str, Any]
+    assets: Mapping[str, Asset]
+    workflow: kling_o3.ResolvedWorkflow
+    price: Price
+    fingerprint: str
+    output: PurePosixPath
+    tags: tuple[str, ...]
+    assumptions: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+    @property
+    def seconds(self) -> Decimal:
+        """Billed seconds."""
+        return self.price.seconds
+
+    @property
+    def cost(self) -> Decimal:
+        """Estimated cost in USD, to the tenth of a cent."""
+        return self.price.cost
+
+    @property
+    def asset_hashes(self) -> dict[str, str]:
+        """Field → content hash of each local asset, as the lockfile records them."""
+        return {key: a.sha256 for key, a in self.assets.items() if a.sha256 is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreSource:
+    """Where a free restore comes from: a local file, the local cache, a result URL, or
+    a twin: another render of this plan with the same fingerprint (copied once it lands;
+    its hash is not known yet)."""
+
+    kind: Literal["file", "cache", "url", "twin"]
+    sha256: str
+    size: int
+    path: Path | None = None
+    url: str | None = None
+    twin: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanItem:
+    """A render and what the run would do with it."""
+
+    render: PlannedRender
+    action: Action
+    reasons: tuple[str, ...] = ()
+    restore: RestoreSource | None = None
+
+    @property
+    def paid(self) -> bool:
+        """True when the run would pay for this render."""
+        return self.action in PAID_ACTIONS
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    """A lockfile entry whose render is no longer in the manifest."""
+
+    id: str
+    state: str
+    output: str
