@@ -90,7 +90,13 @@ class RunUI:
     ) -> None:
         self.stream = stream or sys.stderr
         self.live = interactive(self.stream) if live is None else live
-        self.console = Console(file=self.stream, highlight=False, no_color=not self.live or None)
+        # Off a terminal every line stays whole (soft wrap): CI logs are grepped by id.
+        self.console = Console(
+            file=self.stream,
+            highlight=False,
+            no_color=not self.live or None,
+            soft_wrap=not self.live,
+        )
         self.total = total
         self.counts: Counter[str] = Counter()
         self._started = time.monotonic()
@@ -135,9 +141,8 @@ class RunUI:
             self.counts[state] += 1
         if self._progress is None:
             stamp = time.strftime("%H:%M:%S")
-            self.console.print(
-                f"{stamp} {state:<10} {render_id}" + (f"  {detail}" if detail else "")
-            )
+            line = f"{stamp} {state:<10} {render_id}" + (f"  {detail}" if detail else "")
+            self.console.print(line, markup=False)  # an API message may hold [brackets]
             return
         if state in _FINAL:
             assert self._overall is not None
