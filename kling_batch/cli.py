@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,12 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @cli.command()
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
-@click.option("--only", multiple=True, metavar="GLOB", help="Plan only renders whose id matches.")
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="GLOB",
+    help="Plan only renders whose id (or tag:NAME) matches.",
+)
 @click.option("--force", multiple=True, metavar="GLOB", help="Re-render matching renders.")
 @click.option("--check", is_flag=True, help="Exit 1 when anything would render, 0 otherwise.")
 @click.option("--emulator", is_flag=True, help="Plan against the emulator's lockfile.")
@@ -66,6 +70,19 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     metavar="N",
     help=MAX_RENDERS_HELP,
 )
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    metavar="PLAN.json",
+    help="Also save the plan; `kling-batch run PLAN.json` renders exactly it.",
+)
+@click.option(
+    "--compare",
+    metavar="BASE",
+    default=None,
+    help="Compare with a git ref (e.g. origin/main) or a saved plan: cost and renders changed.",
+)
 def plan(
     manifest: Path,
     fmt: str,
@@ -74,28 +91,14 @@ def plan(
     check: bool,
     emulator: bool,
     max_renders: int,
+    out: Path | None,
+    compare: str | None,
 ) -> None:
     """Show what a run would render and what it would cost (no network)."""
-    from kling_batch import reports, ui
-    from kling_batch.plan import build_plan
+    from kling_batch.plan_command import PlanRequest, plan_command
 
-    result = build_plan(
-        manifest,
-        now=datetime.now(UTC),
-        only=only,
-        force=force,
-        emulator=emulator,
-        max_renders=max_renders,
-    )
-    if fmt == "json":
-        ui.write_data(reports.dumps_json(result))
-    elif fmt == "markdown":
-        ui.write_data(reports.render_markdown(result))
-    else:
-        reports.render_table(result, ui.stdout_console())
-    if check:
-        pending = sum(1 for item in result.items if item.action != "unchanged")
-        sys.exit(1 if pending else 0)
+    request = PlanRequest(manifest, fmt, only, force, check, emulator, max_renders, out, compare)
+    sys.exit(plan_command(request))
 
 
 @cli.command()
@@ -121,7 +124,9 @@ def plan(
     metavar="USD",
     help="Refuse (exit 3) if the cost to run exceeds this.",
 )
-@click.option("--only", multiple=True, metavar="GLOB", help="Run only renders whose id matches.")
+@click.option(
+    "--only", multiple=True, metavar="GLOB", help="Run only renders whose id (or tag:NAME) matches."
+)
 @click.option("--force", multiple=True, metavar="GLOB", help="Re-render matching renders.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before spending (needed off a TTY).")
 @click.option(
@@ -166,6 +171,14 @@ def plan(
     hidden=True,
     help="Real seconds per API second, to match `kling-batch emulator --time-scale`.",
 )
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="json: the end-of-run summary as JSON on stdout (progress stays on stderr).",
+)
 def run(
     manifest: Path,
     jobs: int,
@@ -181,9 +194,15 @@ def run(
     max_renders: int,
     resubmit_uncertain: bool,
     time_scale: float,
+    fmt: str,
 ) -> None:
-    """Render what the plan says is missing, recording every step in the lockfile."""
+    """Render what the plan says is missing, recording every step in the lockfile.
+
+    MANIFEST may be a plan saved by `plan --out`: then exactly that plan runs, and the run
+    is refused when anything it was made from has changed.
+    """
     from kling_batch.runner import RunRequest, run_command
+    from kling_batch.saved_plan import for_run
 
     request = RunRequest(
         manifest=manifest,
@@ -200,8 +219,9 @@ def run(
         time_scale=time_scale,
         allow_insecure_http=allow_insecure_http,
         max_renders=max_renders,
+        fmt=fmt,
     )
-    sys.exit(run_command(request))
+    sys.exit(run_command(for_run(request)))
 
 
 @cli.command()

@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 from collections import Counter
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 from rich.console import Console, Group
@@ -32,7 +32,10 @@ from rich.table import Table
 from rich.text import Text
 
 from kling_batch.outcomes import RunReport
-from kling_batch.reports import usd
+from kling_batch.reports import render_table, usd
+
+if TYPE_CHECKING:
+    from kling_batch.plan import Plan
 
 _FINAL = frozenset({"done", "failed", "uncertain", "pending", "skipped"})
 
@@ -67,6 +70,18 @@ def can_ask() -> bool:
 def confirm(question: str) -> bool:
     """Ask a yes/no question on stderr; no is the default."""
     return click.confirm(question, default=False, err=True)
+
+
+def show_plan(plan: Plan) -> None:
+    """The plan table on stderr, for a person about to confirm a run."""
+    terminal = sys.stderr.isatty()
+    console = Console(
+        file=sys.stderr,
+        width=None if terminal else int(os.environ.get("COLUMNS", "160")),
+        no_color=not interactive(sys.stderr) or None,
+        highlight=False,
+    )
+    render_table(plan, console)
 
 
 def stdout_console() -> Console:

@@ -84,6 +84,7 @@ def test_json_follows_design_key_for_key(examples: Path) -> None:
         "request",
         "reasons",
         "assumptions",
+        "tags",
     ]
     assert (data["manifest"], data["model"]) == ("quickstart.toml", "kling-o3")
 
