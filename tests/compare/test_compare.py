@@ -70,16 +70,21 @@ duration = 4
 """
 
 
+GIT = [
+    "git",
+    "-c",
+    "user.name=Test",
+    "-c",
+    "user.email=t@example.com",
+    "-c",
+    "commit.gpgsign=false",
+]
+
+
 def git(repo: Path, *args: str) -> str:
     """Run git in `repo` as a fixed author; its output."""
-    return subprocess.run(
-        ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com"]
-        + ["-c", "commit.gpgsign=false", *args],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    done = subprocess.run([*GIT, *args], cwd=repo, capture_output=True, text=True, check=True)
+    return done.stdout
 
 
 def kb(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
