@@ -406,6 +406,22 @@ def _check_faults(
     metavar="N",
     help="Pad every result MP4 to N bytes (streamed), for download memory tests.",
 )
+@click.option(
+    "--cancel-route/--no-cancel-route",
+    default=True,
+    show_default=True,
+    help="Offer POST /v1/jobs/{id}/cancel, or answer 404 as an API without it.",
+)
+@click.option(
+    "--drifted-schema",
+    is_flag=True,
+    help="Serve a kling-o3 description unlike the bundled one (for `kling-batch doctor`).",
+)
+@click.option(
+    "--rate-limit-headers",
+    is_flag=True,
+    help="Send x-ratelimit-limit-requests and x-ratelimit-remaining-requests headers.",
+)
 def emulator(
     host: str,
     port: int,
@@ -419,6 +435,9 @@ def emulator(
     poll_url: str,
     submit_status: str,
     large_output_bytes: int | None,
+    cancel_route: bool,
+    drifted_schema: bool,
+    rate_limit_headers: bool,
 ) -> None:
     """Serve a local emulator of the EmpirioLabs API."""
     from kling_batch.emulator.server import config_from_options, serve
@@ -434,6 +453,9 @@ def emulator(
         poll_url=poll_url,
         submit_status=int(submit_status),
         large_output_bytes=large_output_bytes,
+        cancel_route=cancel_route,
+        drifted_schema=drifted_schema,
+        rate_limit_headers=rate_limit_headers,
     )
     serve(host=host, port=port, config=config)
 
