@@ -240,6 +240,34 @@ def status(manifest: Path, fmt: str, emulator: bool) -> None:
 
 @cli.command()
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="GLOB",
+    help="Cancel only renders whose id (or tag:NAME) matches.",
+)
+@click.option(
+    "--api-base",
+    default=None,
+    metavar="URL",
+    help="API base URL (default $EMPIRIOLABS_BASE_URL or the public API).",
+)
+@click.option(
+    "--allow-insecure-http",
+    is_flag=True,
+    help="Allow a plain http:// API base off this machine (sends the key unencrypted).",
+)
+def cancel(
+    manifest: Path, only: tuple[str, ...], api_base: str | None, allow_insecure_http: bool
+) -> None:
+    """Cancel jobs still rendering on the API and record them in the lockfile as cancelled."""
+    from kling_batch.cancel import CancelRequest, cancel_command
+
+    sys.exit(cancel_command(CancelRequest(manifest, only, api_base, allow_insecure_http)))
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--emulator", is_flag=True, help="Review the emulator's renders instead.")
 @click.option(
     "--out",

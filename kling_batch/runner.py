@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import anyio
-import filelock
 
 from kling_batch import ui
 from kling_batch.atomic import sweep_temps
@@ -26,6 +25,7 @@ from kling_batch.outcomes import RunReport
 from kling_batch.plan import Plan, PlanItem, build_plan
 from kling_batch.reports import summary_line, usd
 from kling_batch.run_summary import summarise
+from kling_batch.runlock import hold_run_lock
 from kling_batch.shared_outputs import refuse_shared_outputs
 from kling_batch.state import StateDir
 from kling_batch.ui import RunUI
@@ -66,7 +66,7 @@ def run_command(request: RunRequest) -> int:
         insecure = request.allow_insecure_http
         resolve_base_url(request.api_base, allow_insecure_http=insecure, warn=_warn)
     lock_file = lock_path(request.manifest, emulator=request.emulator)
-    with _run_lock(StateDir(request.manifest.parent), lock_file):
+    with hold_run_lock(StateDir(request.manifest.parent), lock_file):
         sweep_temps(lock_file)  # a run killed mid-save leaves `.<lock>.*.tmp` behind
         plan = build_plan(
             request.manifest,
@@ -137,24 +137,6 @@ def _confirm(plan: Plan, request: RunRequest, cost: Decimal) -> None:
     ui.show_plan(plan)
     if not ui.confirm(question):
         raise RefusedError("not confirmed; nothing was submitted")
-
-
-@contextlib.contextmanager
-def _run_lock(state: StateDir, lock_file: Path) -> Iterator[None]:
-    """Refuse a second run on the same lockfile while this one holds it."""
-    state.ensure_for_run()
-    guard = filelock.FileLock(state.run_lock(lock_file))
-    try:
-        guard.acquire(timeout=0)
-    except filelock.Timeout:
-        raise RunError(
-            f"another kling-batch run is using {lock_file.name}; wait for it to finish "
-            "(or stop it) and run again"
-        ) from None
-    try:
-        yield
-    finally:
-        guard.release()
 
 
 async def _execute(plan: Plan, items: list[PlanItem], request: RunRequest) -> int:
