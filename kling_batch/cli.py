@@ -267,6 +267,26 @@ def cancel(
 
 
 @cli.command()
+@click.option("--emulator", is_flag=True, help="Examine the bundled emulator, in-process.")
+@click.option(
+    "--api-base",
+    default=None,
+    metavar="URL",
+    help="API base URL (default $EMPIRIOLABS_BASE_URL or the public API).",
+)
+@click.option(
+    "--allow-insecure-http",
+    is_flag=True,
+    help="Allow a plain http:// API base off this machine (sends the key unencrypted).",
+)
+def doctor(emulator: bool, api_base: str | None, allow_insecure_http: bool) -> None:
+    """Check the API key, base URL, reachability, rate limits and model schema drift."""
+    from kling_batch.doctor import DoctorRequest, doctor_command
+
+    sys.exit(doctor_command(DoctorRequest(emulator, api_base, allow_insecure_http)))
+
+
+@cli.command()
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--emulator", is_flag=True, help="Review the emulator's renders instead.")
 @click.option(
