@@ -152,20 +152,22 @@ def render_markdown(comparison: Comparison) -> str:
         f"**{summary_line(plan)}**",
     ]
     lines = markdown_head(plan, summary)
-    if comparison.changes:
+    listed = comparison.changes[: markdown.MAX_ROWS]
+    if listed:
         lines.extend(["| | render | change | cost |", "|---|---|---|--:|"])
-        for change in comparison.changes:
+        for change in listed:
             lines.append(
                 f"| {SYMBOLS[change.kind]} | {markdown.code(change.id)} "
                 f"| {markdown.escape(change_text(change))} | {change_cost(change)} |"
             )
         lines.append("")
+    lines.extend(markdown.not_listed(len(comparison.changes) - len(listed), "changed renders"))
     if comparison.unchanged:
         lines.extend([_unchanged(comparison.unchanged) + ".", ""])
-    for change in comparison.changes:
-        pieces = change.prompt_diff
-        if pieces is not None:
-            lines.extend(markdown.prompt_details(change.id, pieces))
+    diffs = [(c.id, pieces) for c in listed if (pieces := c.prompt_diff) is not None]
+    for render_id, pieces in diffs[: markdown.MAX_PROMPT_DIFFS]:
+        lines.extend(markdown.prompt_details(render_id, pieces))
+    lines.extend(markdown.not_listed(len(diffs) - markdown.MAX_PROMPT_DIFFS, "prompt diffs"))
     return markdown_tail(plan, lines)
 
 

@@ -9,7 +9,7 @@ any other: assets are hashed from their content, so a plan there matches one her
 from __future__ import annotations
 
 import contextlib
-import io
+import signal
 import subprocess
 import tarfile
 import tempfile
@@ -83,13 +83,29 @@ def _exists(folder: Path, commit: str, name: PurePosixPath) -> bool:
 
 
 def _unpack(top: Path, commit: str, relative: PurePosixPath, root: Path) -> None:
-    """Unpack `relative/` of `commit` into `root/relative/` (links leading outside refused)."""
-    archive = _git_bytes(top, "archive", "--format=tar", commit, "--", str(relative))
-    try:
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(root, filter="data")
-    except (tarfile.TarError, OSError) as exc:
-        raise UserError(f"cannot unpack the manifest's folder at {commit[:7]}: {exc}") from None
+    """Unpack `relative/` of `commit` into `root/relative/` (links leading outside refused).
+
+    The archive is streamed from git, never held whole in memory (assets can be large).
+    """
+    argv = ["git", "archive", "--format=tar", commit, "--", str(relative)]
+    with subprocess.Popen(argv, cwd=top, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as git:
+        assert git.stdout is not None and git.stderr is not None
+        problem: Exception | None = None
+        try:
+            with tarfile.open(fileobj=git.stdout, mode="r|") as tar:
+                tar.extractall(root, filter="data")
+        except (tarfile.TarError, OSError) as exc:
+            problem = exc
+            git.kill()
+        errors = git.stderr.read().decode("utf-8", "replace").strip()
+        status = git.wait(timeout=_GIT_TIMEOUT)
+    if errors and status not in (
+        0,
+        -signal.SIGKILL,
+    ):  # git's own refusal says more than an empty tar
+        raise UserError(f"git archive failed: {errors.splitlines()[-1]}")
+    if problem is not None or status != 0:
+        raise UserError(f"cannot unpack the manifest's folder at {commit[:7]}: {problem}")
 
 
 def _git(folder: Path, *args: str) -> str:

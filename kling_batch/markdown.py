@@ -13,6 +13,10 @@ from pathlib import Path
 from kling_batch import worddiff
 
 MARKER_PREFIX = "<!-- kling-batch-plan: "
+# A comment must stay far below GitHub's 65,536 characters: rows and prompt diffs beyond
+# these are counted, not shown (the JSON report lists everything).
+MAX_ROWS = 100
+MAX_PROMPT_DIFFS = 20
 
 
 def hidden_marker(manifest: Path) -> str:
@@ -59,3 +63,10 @@ def prompt_details(render_id: str, pieces: list[worddiff.Piece]) -> list[str]:
 
 def _html(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def not_listed(count: int, what: str) -> list[str]:
+    """`30 more <what> not shown here (`--format json` lists them all).`, or nothing."""
+    if count <= 0:
+        return []
+    return [f"{count:,} more {what} not shown here (`--format json` lists them all).", ""]

@@ -16,7 +16,7 @@ from kling_batch.canonical import json_number
 from kling_batch.lockfile import lock_path
 from kling_batch.plan import Plan, PlanItem
 from kling_batch.pricing import TENTH_OF_A_CENT
-from kling_batch.worddiff import word_diff
+from kling_batch.worddiff import Piece, word_diff
 
 SYMBOLS = {
     "new": "+",
@@ -164,7 +164,8 @@ def render_markdown(plan: Plan) -> str:
     """The plan as a pull-request comment: summary and budget first, then only what changes
     (unchanged renders as a count), prompt diffs collapsed, and the hidden marker last."""
     lines = markdown_head(plan, [f"**{summary_line(plan)}**"])
-    listed = [item for item in plan.items if item.action != "unchanged"]
+    changing = [item for item in plan.items if item.action != "unchanged"]
+    listed = changing[: markdown.MAX_ROWS]
     if listed:
         lines.append("| | id | workflow | tier | seconds | cost | notes |")
         lines.append("|---|---|---|---|--:|--:|---|")
@@ -177,16 +178,25 @@ def render_markdown(plan: Plan) -> str:
                 f"| {_md_escape(_notes(item))} |"
             )
         lines.append("")
-    unchanged = len(plan.items) - len(listed)
+    lines.extend(markdown.not_listed(len(changing) - len(listed), "renders to change"))
+    unchanged = len(plan.items) - len(changing)
     if unchanged:
         lines.extend([f"{unchanged:,} unchanged render{'s' if unchanged != 1 else ''}.", ""])
-    for item in listed:
-        entry = plan.lock.shots.get(item.render.id)
-        before = entry.request.get("prompt") if entry is not None else None
-        after = item.render.body.get("prompt")
-        if item.action == "changed" and isinstance(before, str) and before != after:
-            lines.extend(markdown.prompt_details(item.render.id, word_diff(before, str(after))))
+    diffs = [(item.render.id, diff) for item in listed if (diff := _prompt_diff(plan, item))]
+    for render_id, diff in diffs[: markdown.MAX_PROMPT_DIFFS]:
+        lines.extend(markdown.prompt_details(render_id, diff))
+    lines.extend(markdown.not_listed(len(diffs) - markdown.MAX_PROMPT_DIFFS, "prompt diffs"))
     return markdown_tail(plan, lines)
+
+
+def _prompt_diff(plan: Plan, item: PlanItem) -> list[Piece] | None:
+    """How a changed render's prompt differs from the one on record, if it does."""
+    entry = plan.lock.shots.get(item.render.id)
+    before = entry.request.get("prompt") if entry is not None else None
+    after = item.render.body.get("prompt")
+    if item.action != "changed" or not isinstance(before, str) or before == after:
+        return None
+    return word_diff(before, str(after))
 
 
 def is_emulator(plan: Plan) -> bool:
