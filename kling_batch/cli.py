@@ -59,7 +59,9 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     metavar="GLOB",
     help="Plan only renders whose id (or tag:NAME) matches.",
 )
-@click.option("--force", multiple=True, metavar="GLOB", help="Re-render matching renders.")
+@click.option(
+    "--force", multiple=True, metavar="GLOB", help="Re-render matching renders (id or tag:NAME)."
+)
 @click.option("--check", is_flag=True, help="Exit 1 when anything would render, 0 otherwise.")
 @click.option("--emulator", is_flag=True, help="Plan against the emulator's lockfile.")
 @click.option(
@@ -127,7 +129,9 @@ def plan(
 @click.option(
     "--only", multiple=True, metavar="GLOB", help="Run only renders whose id (or tag:NAME) matches."
 )
-@click.option("--force", multiple=True, metavar="GLOB", help="Re-render matching renders.")
+@click.option(
+    "--force", multiple=True, metavar="GLOB", help="Re-render matching renders (id or tag:NAME)."
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before spending (needed off a TTY).")
 @click.option(
     "--keep-going/--fail-fast",

@@ -143,8 +143,12 @@ async def _endpoint(
 ) -> AsyncIterator[tuple[str, str] | None]:
     """(base URL, key) to examine, with their checks written; None when there is no key."""
     if request.emulator:
-        from kling_batch.emulator import EmulatorConfig, running_async
-
+        try:
+            from kling_batch.emulator import EmulatorConfig, running_async
+        except ImportError as exc:
+            raise RunError(
+                f"--emulator needs the emulator extra: pip install 'kling-batch[emulator]' ({exc})"
+            ) from None
         async with running_async(EmulatorConfig()) as served:
             findings.ok(f"base URL: {served.base_url} (the bundled emulator, in-process)")
             findings.ok("API key: the emulator's")
@@ -153,14 +157,7 @@ async def _endpoint(
     base = resolve_base_url(
         request.api_base, allow_insecure_http=request.allow_insecure_http, warn=findings.info
     )
-    source = (
-        "--api-base"
-        if request.api_base
-        else f"${BASE_ENV}"
-        if os.environ.get(BASE_ENV)
-        else "default"
-    )
-    findings.ok(f"base URL: {base} ({source})")
+    findings.ok(f"base URL: {base} ({_source(request)})")
     try:
         key = api_key_from_env()
     except UserError as exc:
@@ -170,6 +167,13 @@ async def _endpoint(
         return
     findings.ok(f"API key: set in ${KEY_ENV} (not shown)")
     yield base, key
+
+
+def _source(request: DoctorRequest) -> str:
+    """Where the base URL came from."""
+    if request.api_base:
+        return "--api-base"
+    return f"${BASE_ENV}" if os.environ.get(BASE_ENV) else "default"
 
 
 async def _reach(
