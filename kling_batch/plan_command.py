@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kling_batch import reports, ui
+from kling_batch.errors import UserError
 from kling_batch.limits import MAX_RENDERS
 from kling_batch.plan import Plan, build_plan
-from kling_batch.saved_plan import PlanOptions, save_plan
+from kling_batch.saved_plan import PlanOptions, is_saved_plan, load_plan, save_plan
 from kling_batch.status import emulator_only_hint
 
 
@@ -41,6 +42,13 @@ class PlanRequest:
 
 def plan_command(request: PlanRequest) -> int:
     """Plan a manifest and report it; returns the exit code (`--check`: 1 if anything runs)."""
+    if is_saved_plan(request.manifest):
+        manifest = load_plan(request.manifest).manifest
+        raise UserError(
+            f"this is a saved plan, not a manifest: `kling-batch run {request.manifest}` "
+            f"renders it; to plan again, plan its manifest ({manifest})",
+            file=request.manifest,
+        )
     if not request.emulator:
         hint = emulator_only_hint(request.manifest, "plan")
         if hint is not None:

@@ -206,3 +206,17 @@ def test_an_emulator_plan_runs_against_the_emulator(project: Project) -> None:
     lock = load_lockfile(project.manifest.with_name("shots.emulator.lock"))
     assert list(lock.shots) == ["dusk"] and lock.shots["dusk"].state == "done"
     assert not project.lock.exists() and project.requests() == 0
+
+
+def test_planning_a_saved_plan_points_at_its_manifest(project: Project) -> None:
+    """`plan PLAN.json` is a mistake: exit 2, saying to run it or plan its manifest."""
+    plan = save_plan(project)
+    result = subprocess.run(
+        [sys.executable, "-m", "kling_batch", "plan", str(plan)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "this is a saved plan, not a manifest" in result.stderr
+    assert str(project.manifest) in result.stderr
