@@ -5,7 +5,8 @@ that key is how `run` tells a saved plan from a JSON manifest, which can never c
 (a manifest's unknown keys are errors). It holds the manifest's path relative to the plan
 file's folder, the options the plan was made with (`--only`, `--force`, `--emulator`,
 `--max-renders`), the inputs it was made from (`kling_batch.plan_inputs`: manifest,
-included files, assets, lockfile, model data, each by content hash) and the plan itself
+included files, assets, lockfile, model data, each by content hash) with one `digest` of
+them all (a plan whose inputs no longer match its digest is damaged), and the plan itself
 (the `plan --format json` object, each render with its assets' hashes).
 
 `run PLAN.json` plans again under the run lock, with the saved options, and goes on only
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kling_batch import safefiles
 from kling_batch.atomic import atomic_write
+from kling_batch.canonical import fingerprint_of
 from kling_batch.errors import UserError, validation_error
 from kling_batch.limits import LOCKFILE_MAX_BYTES, MAX_RENDERS
 from kling_batch.plan import Plan
@@ -56,6 +58,7 @@ class _PlanFile(BaseModel):
     kling_batch_plan: int = Field(ge=1)
     manifest: str
     options: PlanOptions
+    digest: str
     inputs: dict[str, dict[str, str | None]]
     plan: dict[str, Any]
 
@@ -95,11 +98,13 @@ def save_plan(plan: Plan, options: PlanOptions, out: Path) -> None:
     for shot, item in zip(document["shots"], plan.items, strict=True):
         shot["assets"] = dict(sorted(item.render.asset_hashes.items()))
     manifest = os.path.relpath(plan.loaded.path.resolve(), out.resolve().parent)
+    inputs = plan_inputs(plan)
     saved = {
         MARKER: FORMAT_VERSION,
         "manifest": Path(manifest).as_posix(),
         "options": options.model_dump(mode="json"),
-        "inputs": plan_inputs(plan),
+        "digest": fingerprint_of(inputs),
+        "inputs": inputs,
         "plan": document,
     }
     try:
@@ -138,6 +143,12 @@ def load_plan(path: Path) -> SavedPlan:
         parsed = _PlanFile.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc, file=path, template="damaged saved plan: {}") from None
+    if fingerprint_of(parsed.inputs) != parsed.digest:
+        raise UserError(
+            "damaged saved plan: its digest does not match the inputs it lists; plan again",
+            file=path,
+            field="digest",
+        )
     return SavedPlan(
         path=path,
         manifest=path.parent / parsed.manifest,

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from kling_batch.canonical import fingerprint_of
 from kling_batch.lockfile import load_lockfile
 from tests.run.conftest import PNG, Project
 
@@ -166,6 +167,7 @@ def test_other_model_data_makes_the_plan_stale(project: Project) -> None:
     plan = save_plan(project)
     data = saved(plan)
     data["inputs"]["model_data"]["schemas/kling-o3.json"] = "sha256:" + "0" * 64
+    data["digest"] = fingerprint_of(data["inputs"])  # as another kling-batch would write it
     plan.write_text(json.dumps(data))
     line = stale(project, plan)
     assert "stale plan: the model data (schemas/kling-o3.json) changed since" in line
@@ -220,3 +222,13 @@ def test_planning_a_saved_plan_points_at_its_manifest(project: Project) -> None:
     assert result.returncode == 2
     assert "this is a saved plan, not a manifest" in result.stderr
     assert str(project.manifest) in result.stderr
+
+
+def test_an_edited_plan_is_refused_as_damaged(project: Project) -> None:
+    """Inputs edited by hand no longer match the plan's digest: refused before any request."""
+    plan = save_plan(project)
+    data = saved(plan)
+    data["inputs"]["assets"]["still.png"] = "sha256:" + "1" * 64
+    plan.write_text(json.dumps(data))
+    line = stale(project, plan)
+    assert "damaged saved plan: its digest does not match the inputs it lists" in line
