@@ -157,7 +157,10 @@ def compare_with(base: str, plan: Plan, options: PlanOptions) -> Comparison:
     if candidate.is_file() and is_saved_plan(candidate):
         saved = load_plan(candidate)
         renders = [RenderFacts.saved(shot) for shot in saved.renders]
-        return _comparison(plan, base, "plan", renders, head)
+        note = None
+        if saved.manifest.resolve() != plan.loaded.path.resolve():
+            note = f"{base} was made from {saved.manifest}, not {plan.loaded.path}"
+        return _comparison(plan, base, "plan", renders, head, note)
     with checkout_at(base, plan.loaded.path) as checkout:
         if checkout.manifest is None:
             note = f"{checkout.name} is not in {checkout.label}: every render is added"

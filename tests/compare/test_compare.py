@@ -201,7 +201,7 @@ def test_compare_with_a_saved_plan(tmp_path: Path) -> None:
     result = kb("plan", manifest, "--compare", "base.json", "--format", "json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert (data["base"], data["base_kind"]) == ("base.json", "plan")
+    assert (data["base"], data["base_kind"], data["note"]) == ("base.json", "plan", None)
     assert data["cost_usd"] == {"base": 6.552, "head": 7.812, "diff": 1.26}
     assert [r["id"] for r in data["changed"]] == ["teaser", "story", "detail"]
 
