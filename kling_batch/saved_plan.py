@@ -97,7 +97,10 @@ def save_plan(plan: Plan, options: PlanOptions, out: Path) -> None:
     document = plan_json(plan)
     for shot, item in zip(document["shots"], plan.items, strict=True):
         shot["assets"] = dict(sorted(item.render.asset_hashes.items()))
-    manifest = os.path.relpath(plan.loaded.path.resolve(), out.resolve().parent)
+    try:
+        manifest = os.path.relpath(plan.loaded.path.resolve(), out.resolve().parent)
+    except ValueError:  # another drive (Windows): no relative path leads there
+        manifest = str(plan.loaded.path.resolve())
     inputs = plan_inputs(plan)
     saved = {
         MARKER: FORMAT_VERSION,
