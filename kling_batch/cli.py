@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -54,8 +53,15 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @cli.command()
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
-@click.option("--only", multiple=True, metavar="GLOB", help="Plan only renders whose id matches.")
-@click.option("--force", multiple=True, metavar="GLOB", help="Re-render matching renders.")
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="GLOB",
+    help="Plan only renders whose id (or tag:NAME) matches.",
+)
+@click.option(
+    "--force", multiple=True, metavar="GLOB", help="Re-render matching renders (id or tag:NAME)."
+)
 @click.option("--check", is_flag=True, help="Exit 1 when anything would render, 0 otherwise.")
 @click.option("--emulator", is_flag=True, help="Plan against the emulator's lockfile.")
 @click.option(
@@ -66,6 +72,19 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     metavar="N",
     help=MAX_RENDERS_HELP,
 )
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    metavar="PLAN.json",
+    help="Also save the plan; `kling-batch run PLAN.json` renders exactly it.",
+)
+@click.option(
+    "--compare",
+    metavar="BASE",
+    default=None,
+    help="Compare with a git ref (e.g. origin/main) or a saved plan: cost and renders changed.",
+)
 def plan(
     manifest: Path,
     fmt: str,
@@ -74,28 +93,14 @@ def plan(
     check: bool,
     emulator: bool,
     max_renders: int,
+    out: Path | None,
+    compare: str | None,
 ) -> None:
     """Show what a run would render and what it would cost (no network)."""
-    from kling_batch import reports, ui
-    from kling_batch.plan import build_plan
+    from kling_batch.plan_command import PlanRequest, plan_command
 
-    result = build_plan(
-        manifest,
-        now=datetime.now(UTC),
-        only=only,
-        force=force,
-        emulator=emulator,
-        max_renders=max_renders,
-    )
-    if fmt == "json":
-        ui.write_data(reports.dumps_json(result))
-    elif fmt == "markdown":
-        ui.write_data(reports.render_markdown(result))
-    else:
-        reports.render_table(result, ui.stdout_console())
-    if check:
-        pending = sum(1 for item in result.items if item.action != "unchanged")
-        sys.exit(1 if pending else 0)
+    request = PlanRequest(manifest, fmt, only, force, check, emulator, max_renders, out, compare)
+    sys.exit(plan_command(request))
 
 
 @cli.command()
@@ -121,8 +126,12 @@ def plan(
     metavar="USD",
     help="Refuse (exit 3) if the cost to run exceeds this.",
 )
-@click.option("--only", multiple=True, metavar="GLOB", help="Run only renders whose id matches.")
-@click.option("--force", multiple=True, metavar="GLOB", help="Re-render matching renders.")
+@click.option(
+    "--only", multiple=True, metavar="GLOB", help="Run only renders whose id (or tag:NAME) matches."
+)
+@click.option(
+    "--force", multiple=True, metavar="GLOB", help="Re-render matching renders (id or tag:NAME)."
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before spending (needed off a TTY).")
 @click.option(
     "--keep-going/--fail-fast",
@@ -174,6 +183,14 @@ def plan(
     hidden=True,
     help="Real seconds per API second, to match `kling-batch emulator --time-scale`.",
 )
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="json: the end-of-run summary as JSON on stdout (progress stays on stderr).",
+)
 def run(
     manifest: Path,
     jobs: int,
@@ -190,9 +207,15 @@ def run(
     resubmit_uncertain: bool,
     job_timeout: float | None,
     time_scale: float,
+    fmt: str,
 ) -> None:
-    """Render what the plan says is missing, recording every step in the lockfile."""
+    """Render what the plan says is missing, recording every step in the lockfile.
+
+    MANIFEST may be a plan saved by `plan --out`: then exactly that plan runs, and the run
+    is refused when anything it was made from has changed.
+    """
     from kling_batch.runner import RunRequest, run_command
+    from kling_batch.saved_plan import for_run
 
     request = RunRequest(
         manifest=manifest,
@@ -210,8 +233,9 @@ def run(
         time_scale=time_scale,
         allow_insecure_http=allow_insecure_http,
         max_renders=max_renders,
+        fmt=fmt,
     )
-    sys.exit(run_command(request))
+    sys.exit(run_command(for_run(request)))
 
 
 @cli.command()
@@ -226,6 +250,54 @@ def status(manifest: Path, fmt: str, emulator: bool) -> None:
     from kling_batch.status import show_status
 
     show_status(manifest, fmt=fmt, emulator=emulator, console=ui.stdout_console())
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="GLOB",
+    help="Cancel only renders whose id (or tag:NAME) matches.",
+)
+@click.option(
+    "--api-base",
+    default=None,
+    metavar="URL",
+    help="API base URL (default $EMPIRIOLABS_BASE_URL or the public API).",
+)
+@click.option(
+    "--allow-insecure-http",
+    is_flag=True,
+    help="Allow a plain http:// API base off this machine (sends the key unencrypted).",
+)
+def cancel(
+    manifest: Path, only: tuple[str, ...], api_base: str | None, allow_insecure_http: bool
+) -> None:
+    """Cancel jobs still rendering on the API and record them in the lockfile as cancelled."""
+    from kling_batch.cancel import CancelRequest, cancel_command
+
+    sys.exit(cancel_command(CancelRequest(manifest, only, api_base, allow_insecure_http)))
+
+
+@cli.command()
+@click.option("--emulator", is_flag=True, help="Examine the bundled emulator, in-process.")
+@click.option(
+    "--api-base",
+    default=None,
+    metavar="URL",
+    help="API base URL (default $EMPIRIOLABS_BASE_URL or the public API).",
+)
+@click.option(
+    "--allow-insecure-http",
+    is_flag=True,
+    help="Allow a plain http:// API base off this machine (sends the key unencrypted).",
+)
+def doctor(emulator: bool, api_base: str | None, allow_insecure_http: bool) -> None:
+    """Check the API key, base URL, reachability, rate limits and model schema drift."""
+    from kling_batch.doctor import DoctorRequest, doctor_command
+
+    sys.exit(doctor_command(DoctorRequest(emulator, api_base, allow_insecure_http)))
 
 
 @cli.command()
@@ -258,10 +330,11 @@ def review(
     sheet: Path | None,
 ) -> None:
     """Write a static gallery of the renders to judge and pick them (no network)."""
+    from kling_batch import ui
     from kling_batch.review import ReviewRequest, review_command
 
     request = ReviewRequest(manifest, emulator, out, open_browser, rows, cols, sheet)
-    click.echo(str(review_command(request)))
+    ui.write_data(f"{review_command(request)}\n")
 
 
 @cli.command()
@@ -403,6 +476,22 @@ def _check_faults(
     metavar="N",
     help="Pad every result MP4 to N bytes (streamed), for download memory tests.",
 )
+@click.option(
+    "--cancel-route/--no-cancel-route",
+    default=True,
+    show_default=True,
+    help="Offer POST /v1/jobs/{id}/cancel, or answer 404 as an API without it.",
+)
+@click.option(
+    "--drifted-schema",
+    is_flag=True,
+    help="Serve a kling-o3 description unlike the bundled one (for `kling-batch doctor`).",
+)
+@click.option(
+    "--rate-limit-headers",
+    is_flag=True,
+    help="Send x-ratelimit-limit-requests and x-ratelimit-remaining-requests headers.",
+)
 def emulator(
     host: str,
     port: int,
@@ -416,6 +505,9 @@ def emulator(
     poll_url: str,
     submit_status: str,
     large_output_bytes: int | None,
+    cancel_route: bool,
+    drifted_schema: bool,
+    rate_limit_headers: bool,
 ) -> None:
     """Serve a local emulator of the EmpirioLabs API."""
     from kling_batch.emulator.server import config_from_options, serve
@@ -431,6 +523,9 @@ def emulator(
         poll_url=poll_url,
         submit_status=int(submit_status),
         large_output_bytes=large_output_bytes,
+        cancel_route=cancel_route,
+        drifted_schema=drifted_schema,
+        rate_limit_headers=rate_limit_headers,
     )
     serve(host=host, port=port, config=config)
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import fnmatch
 import itertools
 import math
 import re
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -151,14 +150,6 @@ def _matching(axes: Mapping[str, list[Any]], entry: Mapping[str, Any]) -> int:
         sum(1 for value in values if value == entry[key]) if key in entry else len(values)
         for key, values in axes.items()
     )
-
-
-def select(specs: Iterable[RenderSpec], globs: Iterable[str]) -> list[RenderSpec]:
-    """The specs whose id matches any glob (all of them when no glob is given)."""
-    patterns = list(globs)
-    if not patterns:
-        return list(specs)
-    return [s for s in specs if any(fnmatch.fnmatchcase(s.id, p) for p in patterns)]
 
 
 def expand_matrix(sourced: SourcedShot) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ import json
 import logging
 import re
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
@@ -101,6 +101,7 @@ class Entry(BaseModel):
     assets: dict[str, str] = Field(default_factory=dict)
     cost_usd: Decimal
     output: str
+    tags: list[str] = Field(default_factory=list)
     job_id: str | None = None
     poll_url: str | None = None
     submitted_at: datetime | None = None
@@ -206,6 +207,8 @@ class RenderRecord(Protocol):
     def cost(self) -> Decimal: ...
     @property
     def output(self) -> PurePosixPath: ...
+    @property
+    def tags(self) -> Sequence[str]: ...
 
 
 def new_entry(render: RenderRecord, state: State, **fields: Any) -> Entry:
@@ -219,6 +222,7 @@ def new_entry(render: RenderRecord, state: State, **fields: Any) -> Entry:
         assets=dict(render.asset_hashes),
         cost_usd=render.cost,
         output=str(render.output),
+        tags=list(render.tags),
         **fields,
     )
 

@@ -9,7 +9,6 @@ argument: `plan` is exactly what `run` does. It writes only caches in the state 
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -23,7 +22,7 @@ from kling_batch import kling_o3
 from kling_batch.actions import Differ, FileFacts, change_reasons
 from kling_batch.assets import Asset, AssetStore
 from kling_batch.errors import AssetProblem, RequestRuleError, UserError, validation_error
-from kling_batch.expand import RenderSpec, expand_shots, select
+from kling_batch.expand import RenderSpec, expand_shots
 from kling_batch.kling_o3 import KlingO3Request
 from kling_batch.limits import MAX_RENDERS
 from kling_batch.lockfile import UNSETTLED, Lockfile, lock_path, read_lockfile
@@ -38,6 +37,7 @@ from kling_batch.planned import (
     RestoreSource,
 )
 from kling_batch.pricing import price
+from kling_batch.selection import matches_any, require_matches
 
 __all__ = [
     "ACTIONS",
@@ -132,13 +132,16 @@ def build_plan(
     store = AssetStore(loaded.root)
     store.state.check()
     specs = expand_shots(loaded, max_renders=max_renders)
+    only, force = list(only), list(force)
+    candidates = [(spec.id, spec.tags) for spec in specs]
+    require_matches(only, candidates, "--only")
+    require_matches(force, candidates, "--force")
     lock, save_lock_cache = read_lockfile(lock_file, cache=store.state.lock_cache(lock_file))
     # The facts first: every render validated, its assets hashed and probed, priced.
     renders = [plan_render(spec, store) for spec in _chosen(specs, lock, only)]
     # Then the decisions, from those facts, the lockfile, the files' hashes and `now`.
     differ = Differ(lock, store, now, root=loaded.root, state=store.state)
-    force_globs = list(force)
-    items = [differ.item(r, _matches(r.id, force_globs)) for r in renders]
+    items = [differ.item(r, matches_any(r.id, r.tags, force)) for r in renders]
     orphans = _orphans(lock, {spec.id for spec in specs})
     # Written last, so a manifest error above leaves nothing behind. Neither is needed:
     # a read-only checkout plans without them (only slower next time).
@@ -157,12 +160,15 @@ def _load(manifest_path: Path, *, emulator: bool) -> LoadedManifest:
     return replace(loaded, manifest=manifest)
 
 
-def _chosen(specs: Sequence[RenderSpec], lock: Lockfile, only: Iterable[str]) -> list[RenderSpec]:
-    """The renders `--only` selects, plus every render whose job may be paid for: those
-    are always followed, whatever `--only` says."""
+def _chosen(specs: Sequence[RenderSpec], lock: Lockfile, only: Sequence[str]) -> list[RenderSpec]:
+    """The renders `--only` selects (by id glob or `tag:NAME`), plus every render whose job
+    may be paid for: those are always followed, whatever `--only` says."""
     unsettled = {key for key, entry in lock.shots.items() if entry.state in UNSETTLED}
-    chosen = {spec.id for spec in select(specs, only)} | unsettled
-    return [spec for spec in specs if spec.id in chosen]
+    return [
+        spec
+        for spec in specs
+        if not only or matches_any(spec.id, spec.tags, only) or spec.id in unsettled
+    ]
 
 
 def _orphans(lock: Lockfile, ids: set[str]) -> list[Orphan]:
@@ -348,7 +354,3 @@ def _video_edit_seconds(
 
 def _secs(seconds: Decimal) -> str:
     return f"{seconds.normalize():f}s"
-
-
-def _matches(render_id: str, globs: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(render_id, glob) for glob in globs)

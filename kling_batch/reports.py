@@ -11,9 +11,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from kling_batch import markdown
 from kling_batch.canonical import json_number
+from kling_batch.lockfile import lock_path
 from kling_batch.plan import Plan, PlanItem
 from kling_batch.pricing import TENTH_OF_A_CENT
+from kling_batch.worddiff import Piece, word_diff
 
 SYMBOLS = {
     "new": "+",
@@ -158,13 +161,11 @@ def _grouped_warnings(plan: Plan) -> list[str]:
 
 
 def render_markdown(plan: Plan) -> str:
-    """The plan as a pull-request comment: summary, budget, and a table of what changes."""
-    name = plan.loaded.manifest.name
-    lines = [f"### kling-batch plan: `{name}`", "", f"**{summary_line(plan)}**", ""]
-    lines.extend(f"> {line}" for line in budget_lines(plan))
-    if plan.budget is not None:
-        lines.append("")
-    listed, hidden = _listed(plan)
+    """The plan as a pull-request comment: summary and budget first, then only what changes
+    (unchanged renders as a count), prompt diffs collapsed, and the hidden marker last."""
+    lines = markdown_head(plan, [f"**{summary_line(plan)}**"])
+    changing = [item for item in plan.items if item.action != "unchanged"]
+    listed = changing[: markdown.MAX_ROWS]
     if listed:
         lines.append("| | id | workflow | tier | seconds | cost | notes |")
         lines.append("|---|---|---|---|--:|--:|---|")
@@ -177,8 +178,47 @@ def render_markdown(plan: Plan) -> str:
                 f"| {_md_escape(_notes(item))} |"
             )
         lines.append("")
-    if hidden:
-        lines.extend([f"{hidden:,} unchanged renders not listed.", ""])
+    lines.extend(markdown.not_listed(len(changing) - len(listed), "renders to change"))
+    unchanged = len(plan.items) - len(changing)
+    if unchanged:
+        lines.extend([f"{unchanged:,} unchanged render{'s' if unchanged != 1 else ''}.", ""])
+    diffs = [(item.render.id, diff) for item in listed if (diff := _prompt_diff(plan, item))]
+    for render_id, diff in diffs[: markdown.MAX_PROMPT_DIFFS]:
+        lines.extend(markdown.prompt_details(render_id, diff))
+    lines.extend(markdown.not_listed(len(diffs) - markdown.MAX_PROMPT_DIFFS, "prompt diffs"))
+    return markdown_tail(plan, lines)
+
+
+def _prompt_diff(plan: Plan, item: PlanItem) -> list[Piece] | None:
+    """How a changed render's prompt differs from the one on record, if it does."""
+    entry = plan.lock.shots.get(item.render.id)
+    before = entry.request.get("prompt") if entry is not None else None
+    after = item.render.body.get("prompt")
+    if item.action != "changed" or not isinstance(before, str) or before == after:
+        return None
+    return word_diff(before, str(after))
+
+
+def is_emulator(plan: Plan) -> bool:
+    """True when the plan is against the emulator's lockfile."""
+    return plan.lock_path == lock_path(plan.loaded.path, emulator=True)
+
+
+def markdown_head(plan: Plan, summary: list[str]) -> list[str]:
+    """Title, the emulator marker when it applies, the summary lines and the budget."""
+    lines = [f"### kling-batch plan: {markdown.code(plan.loaded.manifest.name)}", ""]
+    if is_emulator(plan):
+        lines.extend([markdown.emulator_marker(plan.lock_path.name), ""])
+    for line in summary:
+        lines.extend([line, ""])
+    budget = budget_lines(plan)
+    if budget:
+        lines.extend([*(f"> {line}" for line in budget), ""])
+    return lines
+
+
+def markdown_tail(plan: Plan, lines: list[str]) -> str:
+    """`lines` with the orphans, the warnings and the hidden marker added: the comment."""
     if plan.orphans:
         lines.append(
             "Orphaned lockfile entries (no longer in the manifest): "
@@ -191,11 +231,12 @@ def render_markdown(plan: Plan) -> str:
         lines.append("")
         lines.extend(f"- {_md_escape(w)}" for w in warnings)
         lines.extend(["", "</details>", ""])
-    return "\n".join(lines).rstrip() + "\n"
+    lines.append(markdown.hidden_marker(plan.loaded.path))
+    return "\n".join(lines) + "\n"
 
 
 def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return markdown.escape(text)
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:
@@ -210,8 +251,8 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "totals": {
             "shots": totals.renders,
             "to_run": totals.to_run,
-            "cost_usd": _number(totals.cost),
-            "to_run_cost_usd": _number(totals.to_run_cost),
+            "cost_usd": json_amount(totals.cost),
+            "to_run_cost_usd": json_amount(totals.to_run_cost),
         },
     }
 
@@ -226,18 +267,19 @@ def _item_json(plan: Plan, item: PlanItem) -> dict[str, Any]:
         "workflow": render.workflow,
         "model_tier": render.request.model_tier,
         "sound": render.request.sound,
-        "seconds": _number(render.seconds),
-        "rate_usd_per_s": _number(render.price.rate),
-        "cost_usd": _number(render.cost),
+        "seconds": json_amount(render.seconds),
+        "rate_usd_per_s": json_amount(render.price.rate),
+        "cost_usd": json_amount(render.cost),
         "output": str(render.output),
         "fingerprint": render.fingerprint,
         "request": dict(render.body),
         "reasons": list(item.reasons),
         "assumptions": list(render.assumptions),
+        "tags": list(render.tags),
     }
 
 
-def _number(value: Decimal) -> int | float:
+def json_amount(value: Decimal) -> int | float:
     """A JSON number with at most three decimals."""
     return json_number(value.quantize(TENTH_OF_A_CENT))
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import anyio
-import filelock
 
 from kling_batch import ui
 from kling_batch.atomic import sweep_temps
@@ -25,9 +24,11 @@ from kling_batch.lockfile import LockWriter, lock_path
 from kling_batch.outcomes import RunReport
 from kling_batch.plan import Plan, PlanItem, build_plan
 from kling_batch.reports import summary_line, usd
+from kling_batch.run_summary import summarise
+from kling_batch.runlock import hold_run_lock
 from kling_batch.shared_outputs import refuse_shared_outputs
 from kling_batch.state import StateDir
-from kling_batch.ui import RunUI, print_summary
+from kling_batch.ui import RunUI
 
 # Emulator runs go fast: one modelled minute of rendering lasts 0.6 real seconds.
 EMULATOR_TIME_SCALE = 0.01
@@ -53,6 +54,11 @@ class RunRequest:
     time_scale: float = 1.0
     allow_insecure_http: bool = False
     max_renders: int = MAX_RENDERS
+    # Called with the plan made under the run lock, before anything is spent: a saved
+    # plan (`run PLAN.json`) refuses there when what it was made from has changed.
+    check_plan: Callable[[Plan], None] | None = None
+    # "json": the end-of-run summary as JSON on stdout (people's lines stay on stderr).
+    fmt: str = "table"
 
 
 def run_command(request: RunRequest) -> int:
@@ -61,7 +67,7 @@ def run_command(request: RunRequest) -> int:
         insecure = request.allow_insecure_http
         resolve_base_url(request.api_base, allow_insecure_http=insecure, warn=_warn)
     lock_file = lock_path(request.manifest, emulator=request.emulator)
-    with _run_lock(StateDir(request.manifest.parent), lock_file):
+    with hold_run_lock(StateDir(request.manifest.parent), lock_file):
         sweep_temps(lock_file)  # a run killed mid-save leaves `.<lock>.*.tmp` behind
         plan = build_plan(
             request.manifest,
@@ -71,13 +77,18 @@ def run_command(request: RunRequest) -> int:
             emulator=request.emulator,
             max_renders=request.max_renders,
         )
+        if request.check_plan is not None:
+            request.check_plan(plan)
         items = [item for item in plan.items if item.action != "unchanged"]
         if not items:
             ui.say(f"{summary_line(plan)}. Nothing to do.")
+            summarise(plan, [], RunReport(), plan.lock, fmt=request.fmt)
             return 0
         refuse_shared_outputs(plan, items)
         cost = _cost_to_run(plan, request)
         _refuse_over_budget(plan, request, cost)
+        if not request.emulator:
+            api_key_from_env()  # a missing key is said before the question, not after
         _confirm(plan, request, cost)
         return anyio.run(_execute, plan, items, request)
 
@@ -124,26 +135,9 @@ def _confirm(plan: Plan, request: RunRequest, cost: Decimal) -> None:
     question = f"Render {count} shot{'s' if count != 1 else ''} for {usd(cost)}?"
     if not ui.can_ask():
         raise RefusedError(f"{question} Not a terminal: pass --yes to confirm.")
+    ui.show_plan(plan)
     if not ui.confirm(question):
         raise RefusedError("not confirmed; nothing was submitted")
-
-
-@contextlib.contextmanager
-def _run_lock(state: StateDir, lock_file: Path) -> Iterator[None]:
-    """Refuse a second run on the same lockfile while this one holds it."""
-    state.ensure_for_run()
-    guard = filelock.FileLock(state.run_lock(lock_file))
-    try:
-        guard.acquire(timeout=0)
-    except filelock.Timeout:
-        raise RunError(
-            f"another kling-batch run is using {lock_file.name}; wait for it to finish "
-            "(or stop it) and run again"
-        ) from None
-    try:
-        yield
-    finally:
-        guard.release()
 
 
 async def _execute(plan: Plan, items: list[PlanItem], request: RunRequest) -> int:
@@ -167,7 +161,7 @@ async def _execute(plan: Plan, items: list[PlanItem], request: RunRequest) -> in
                 # the run stops; what was recorded before stays valid.
                 first = group.exceptions[0]
                 raise RunError(f"cannot write to disk: {first}") from None
-    print_summary(report)
+    summarise(plan, items, report, writer.lock, fmt=request.fmt)
     return report.exit_code
 
 

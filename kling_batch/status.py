@@ -16,7 +16,7 @@ from kling_batch.errors import UserError
 from kling_batch.lockfile import Entry, load_lockfile, lock_path
 from kling_batch.manifest import Manifest, read_document
 from kling_batch.reports import usd
-from kling_batch.ui import write_data
+from kling_batch.ui import say, write_data
 
 STATE_STYLES = {
     "done": "green",
@@ -59,6 +59,7 @@ def status_rows(manifest: Path, *, emulator: bool = False) -> list[dict[str, Any
                 "billed_usd": entry.billed_usd,
                 "job_id": entry.job_id,
                 "error": entry.error,
+                "tags": list(entry.tags),
             }
         )
     store.save()
@@ -75,9 +76,23 @@ def _output_dir(manifest: Path, *, emulator: bool) -> str:
     return output_dir.rstrip("/") + "-emulator" if emulator else output_dir
 
 
+def emulator_only_hint(manifest: Path, command: str) -> str | None:
+    """A note when the manifest has emulator renders (`X.emulator.lock`) but no `X.lock`."""
+    real, emulated = lock_path(manifest), lock_path(manifest, emulator=True)
+    if real.exists() or not emulated.is_file():
+        return None
+    return (
+        f"note: {manifest.name} has only emulator renders ({emulated.name}, no {real.name}); "
+        f"add --emulator to see them: kling-batch {command} {manifest} --emulator"
+    )
+
+
 def show_status(manifest: Path, *, fmt: str, emulator: bool, console: Console) -> None:
     """Print the status table (or JSON) of a manifest's lockfile."""
     rows = status_rows(manifest, emulator=emulator)
+    hint = None if emulator else emulator_only_hint(manifest, "status")
+    if hint is not None:
+        say(hint)
     if fmt == "json":
         payload = {"manifest": manifest.name, "renders": rows}
         write_data(json.dumps(payload, indent=2, default=float) + "\n")
@@ -91,8 +106,12 @@ def show_status(manifest: Path, *, fmt: str, emulator: bool, console: Console) -
     console.print(
         f"{manifest.name}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     )
+    tagged = any(row["tags"] for row in rows)
+    columns = ["id", "state", "file", "output", "cost", "job", "note"] + (
+        ["tags"] if tagged else []
+    )
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for name in ("id", "state", "file", "output", "cost", "job", "note"):
+    for name in columns:
         table.add_column(name, overflow="fold")
     for row in rows:
         style = STATE_STYLES.get(row["state"], "")
@@ -105,5 +124,6 @@ def show_status(manifest: Path, *, fmt: str, emulator: bool, console: Console) -
             usd(row["cost_usd"]),
             row["job_id"] or "",
             row["error"] or "",
+            *([", ".join(row["tags"])] if tagged else []),
         )
     console.print(table)

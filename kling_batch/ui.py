@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 from collections import Counter
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 from rich.console import Console, Group
@@ -32,7 +32,10 @@ from rich.table import Table
 from rich.text import Text
 
 from kling_batch.outcomes import RunReport
-from kling_batch.reports import usd
+from kling_batch.reports import render_table, usd
+
+if TYPE_CHECKING:
+    from kling_batch.plan import Plan
 
 _FINAL = frozenset({"done", "failed", "uncertain", "pending", "skipped"})
 
@@ -69,6 +72,18 @@ def confirm(question: str) -> bool:
     return click.confirm(question, default=False, err=True)
 
 
+def show_plan(plan: Plan) -> None:
+    """The plan table on stderr, for a person about to confirm a run."""
+    terminal = sys.stderr.isatty()
+    console = Console(
+        file=sys.stderr,
+        width=None if terminal else int(os.environ.get("COLUMNS", "160")),
+        no_color=not interactive(sys.stderr) or None,
+        highlight=False,
+    )
+    render_table(plan, console)
+
+
 def stdout_console() -> Console:
     """A rich console on stdout: colour only on a terminal and without NO_COLOR."""
     terminal = sys.stdout.isatty()
@@ -90,7 +105,13 @@ class RunUI:
     ) -> None:
         self.stream = stream or sys.stderr
         self.live = interactive(self.stream) if live is None else live
-        self.console = Console(file=self.stream, highlight=False, no_color=not self.live or None)
+        # Off a terminal every line stays whole (soft wrap): CI logs are grepped by id.
+        self.console = Console(
+            file=self.stream,
+            highlight=False,
+            no_color=not self.live or None,
+            soft_wrap=not self.live,
+        )
         self.total = total
         self.counts: Counter[str] = Counter()
         self._started = time.monotonic()
@@ -135,9 +156,8 @@ class RunUI:
             self.counts[state] += 1
         if self._progress is None:
             stamp = time.strftime("%H:%M:%S")
-            self.console.print(
-                f"{stamp} {state:<10} {render_id}" + (f"  {detail}" if detail else "")
-            )
+            line = f"{stamp} {state:<10} {render_id}" + (f"  {detail}" if detail else "")
+            self.console.print(line, markup=False)  # an API message may hold [brackets]
             return
         if state in _FINAL:
             assert self._overall is not None

@@ -84,6 +84,7 @@ def test_json_follows_design_key_for_key(examples: Path) -> None:
         "request",
         "reasons",
         "assumptions",
+        "tags",
     ]
     assert (data["manifest"], data["model"]) == ("quickstart.toml", "kling-o3")
 
@@ -133,6 +134,14 @@ def test_markdown_is_a_pr_comment(examples: Path) -> None:
     assert out.startswith("### kling-batch plan: `quickstart`")
     assert "**Plan: 3 to render ($5.32)**" in out
     assert out.count("| + new |") == 3
+
+
+def test_markdown_stays_comment_sized(project: Callable[..., Path]) -> None:
+    """Beyond 100 renders to change, the Markdown lists 100 and counts the rest."""
+    shots = "".join(f'[[shots]]\nid = "s{n:03d}"\nprompt = "scene {n}"\n' for n in range(130))
+    out = kb("plan", project(shots), "--format", "markdown").stdout
+    assert out.count("| + new |") == 100
+    assert "30 more renders to change not shown here (`--format json` lists them all)." in out
 
 
 def test_check_exit_codes(project: Callable[..., Path], tmp_path: Path) -> None:

@@ -71,6 +71,9 @@ class EmulatorConfig:
     max_video_bytes: int = 200 * 1024 * 1024
     max_audio_bytes: int = 50 * 1024 * 1024
     journal_max_entries: int | None = 200_000  # oldest entries fall off past this
+    cancel_route: bool = True  # False: cancelling answers 404, as an API without the route
+    drifted_schema: bool = False  # serve a kling-o3 description unlike schemas/kling-o3.json
+    rate_limit_headers: bool = False  # x-ratelimit-limit/remaining-requests on counted answers
 
     def __post_init__(self) -> None:
         if not self.time_scale > 0:

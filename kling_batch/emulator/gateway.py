@@ -86,6 +86,7 @@ class _Exchange:
         self.dropped = False
         self.truncate_keep: float | None = None
         self.hide_length = False  # `length=none`: no Content-Length; a cut ends cleanly
+        self.extra_headers: list[tuple[bytes, bytes]] = []
         self._limit: int | None = None
         self._sent = 0
 
@@ -120,6 +121,8 @@ class _Exchange:
             return
         if message["type"] == "http.response.start":
             await self.read_rest()
+            if self.extra_headers:
+                message = {**message, "headers": [*message.get("headers", []), *self.extra_headers]}
             if self.truncate_keep is not None and self.scope["method"] != "HEAD":
                 length = _content_length(message)
                 if length is not None:
@@ -283,6 +286,12 @@ class Gateway:
                 headers=retry_after(wait),
             )
         ex.counted = True
+        if self.config.rate_limit_headers:
+            remaining = self.limiter.remaining(ex.context.account, self.clock.now())
+            ex.extra_headers = [
+                (b"x-ratelimit-limit-requests", str(self.config.rpm).encode()),
+                (b"x-ratelimit-remaining-requests", str(remaining).encode()),
+            ]
 
     async def _inject(self, ex: _Exchange, request_class: str) -> bool:
         """Apply storm, slow, drop and 5xx faults; True when the request was answered."""

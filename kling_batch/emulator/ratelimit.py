@@ -32,3 +32,12 @@ class RateLimiter:
                 times.append(now)
                 return None
             return times[0] - horizon
+
+    def remaining(self, account: str, now: float) -> int | None:
+        """Requests the account may still make in the window now; None when there is no limit."""
+        if self._limit <= 0:
+            return None
+        with self._lock:
+            horizon = now - self._window
+            times = self._admitted.get(account, deque())
+            return self._limit - sum(1 for t in times if t > horizon)

@@ -4,9 +4,11 @@
 ``POST /v1/videos/generations``             validate, create a job (200, or 202)
 ``GET  /v1/jobs/{job_id}``                  the job; 404 once dropped (1 h after the end)
 ``GET  /v1/jobs?status=&limit=``            newest first; limit 25 by default, 100 at most
-``POST /v1/jobs/{job_id}/cancel``           cancel a queued or processing job (not billed)
+``POST /v1/jobs/{job_id}/cancel``           cancel a queued or processing job (not billed);
+                                            404 with ``cancel_route=False``
 ``POST /v1/files/upload``                   multipart ``file`` → a ``bunny://`` path
-``GET  /v1/models``, ``/v1/models/{id}``    the model list; kling-o3's schema file
+``GET  /v1/models``, ``/v1/models/{id}``    the model list; kling-o3's schema file (a
+                                            drifted one with ``drifted_schema=True``)
 ``GET  /livez``                             ``{"status": "ok"}``
 ``GET  /cdn/{sig}/{job_id}.mp4?expires=``   signed result file (no auth, not rate limited)
 ``GET  /cdn/{sig}/uploads/{uid}/{name}``    signed uploaded file
@@ -37,6 +39,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from kling_batch.emulator.clock import iso
+from kling_batch.emulator.drift import drifted_model_text
 from kling_batch.emulator.errors import ApiError, invalid
 from kling_batch.emulator.gateway import CONTEXT_KEY, SWAP_KEY, RequestContext
 from kling_batch.emulator.jobs import STATUSES, Job
@@ -156,6 +159,8 @@ class _Routes:
         return JSONResponse({"object": "list", "data": data, "has_more": more})
 
     async def cancel(self, request: Request) -> Response:
+        if not self.config.cancel_route:  # as an API that does not offer it: no such route
+            raise ApiError(404, "not_found", "Not Found")
         now = self.emu.clock.now()
         job = self.emu.jobs.cancel(request.path_params["job_id"], now)
         if job is None:
@@ -244,7 +249,8 @@ class _Routes:
             raise ApiError(
                 404, "model_not_found", f"The model {model_id!r} does not exist.", param="model"
             )
-        return Response(model_json_text(), media_type="application/json")
+        text = drifted_model_text() if self.config.drifted_schema else model_json_text()
+        return Response(text, media_type="application/json")
 
     async def livez(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})

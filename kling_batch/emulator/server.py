@@ -55,6 +55,9 @@ def config_from_options(
     poll_url: str = "absolute",
     submit_status: int = 200,
     large_output_bytes: int | None = None,
+    cancel_route: bool = True,
+    drifted_schema: bool = False,
+    rate_limit_headers: bool = False,
 ) -> EmulatorConfig:
     """An `EmulatorConfig` from command-line style values; `UserError` names a bad option."""
     try:
@@ -82,6 +85,9 @@ def config_from_options(
             poll_url_style=style,
             submit_status=submit_status,
             large_output_bytes=large_output_bytes,
+            cancel_route=cancel_route,
+            drifted_schema=drifted_schema,
+            rate_limit_headers=rate_limit_headers,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None

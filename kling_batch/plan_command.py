@@ -1,0 +1,96 @@
+"""The `plan` command: plan, report (or compare with a base), save, check."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from kling_batch import reports, ui
+from kling_batch.errors import UserError
+from kling_batch.limits import MAX_RENDERS
+from kling_batch.plan import Plan, build_plan
+from kling_batch.saved_plan import PlanOptions, is_saved_plan, load_plan, save_plan
+from kling_batch.status import emulator_only_hint
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """Everything the `plan` command was asked to do."""
+
+    manifest: Path
+    fmt: str = "table"
+    only: Sequence[str] = ()
+    force: Sequence[str] = ()
+    check: bool = False
+    emulator: bool = False
+    max_renders: int = MAX_RENDERS
+    out: Path | None = None
+    compare: str | None = None
+
+    @property
+    def options(self) -> PlanOptions:
+        """The options that shape the plan (saved with it by --out)."""
+        return PlanOptions(
+            only=tuple(self.only),
+            force=tuple(self.force),
+            emulator=self.emulator,
+            max_renders=self.max_renders,
+        )
+
+
+def plan_command(request: PlanRequest) -> int:
+    """Plan a manifest and report it; returns the exit code (`--check`: 1 if anything runs)."""
+    if is_saved_plan(request.manifest):
+        manifest = load_plan(request.manifest).manifest
+        raise UserError(
+            f"this is a saved plan, not a manifest: `kling-batch run {request.manifest}` "
+            f"renders it; to plan again, plan its manifest ({manifest})",
+            file=request.manifest,
+        )
+    if not request.emulator:
+        hint = emulator_only_hint(request.manifest, "plan")
+        if hint is not None:
+            ui.say(hint)
+    plan = build_plan(
+        request.manifest,
+        now=datetime.now(UTC),
+        only=request.only,
+        force=request.force,
+        emulator=request.emulator,
+        max_renders=request.max_renders,
+    )
+    if request.compare is not None:
+        _report_comparison(plan, request)
+    else:
+        _report(plan, request.fmt)
+    if request.out is not None:
+        save_plan(plan, request.options, request.out)
+        ui.say(f"Saved the plan to {request.out}; `kling-batch run {request.out}` renders it.")
+    if request.check:
+        return 1 if any(item.action != "unchanged" for item in plan.items) else 0
+    return 0
+
+
+def _report(plan: Plan, fmt: str) -> None:
+    if fmt == "json":
+        ui.write_data(reports.dumps_json(plan))
+    elif fmt == "markdown":
+        ui.write_data(reports.render_markdown(plan))
+    else:
+        reports.render_table(plan, ui.stdout_console())
+
+
+def _report_comparison(plan: Plan, request: PlanRequest) -> None:
+    from kling_batch import compare_reports
+    from kling_batch.compare import compare_with
+
+    assert request.compare is not None
+    comparison = compare_with(request.compare, plan, request.options)
+    if request.fmt == "json":
+        ui.write_data(compare_reports.dumps_json(comparison))
+    elif request.fmt == "markdown":
+        ui.write_data(compare_reports.render_markdown(comparison))
+    else:
+        compare_reports.render_table(comparison, ui.stdout_console())

@@ -1,0 +1,54 @@
+"""Emulator switches for account operations: cancel route, drifted schema, rate-limit headers."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+from kling_batch.emulator import Latency
+from kling_batch.model_data import model_json_text
+from tests.emulator.conftest import error_of
+
+
+def test_cancel_releases_the_credit_hold(make_api):
+    """Cancelling a processing job gives its held estimate back to the balance."""
+    api = make_api(latency=Latency.realistic(), credits=Decimal(10))
+    job_id = api.submit_ok(duration=5, model_tier="pro")["job_id"]
+    assert api.emu.ledger.available == Decimal(10) - Decimal("0.28") * 5
+    response = api.client.post(f"/v1/jobs/{job_id}/cancel")
+    assert response.json()["status"] == "cancelled"
+    assert api.emu.ledger.available == Decimal(10)
+    assert api.emu.ledger.held == 0
+
+
+def test_without_the_cancel_route_cancelling_is_an_unknown_route(make_api):
+    """`cancel_route=False` answers 404 `not_found`, as an API that has no such route; the job
+    goes on."""
+    api = make_api(latency=Latency.realistic(), cancel_route=False)
+    job_id = api.submit_ok()["job_id"]
+    response = api.client.post(f"/v1/jobs/{job_id}/cancel")
+    assert (response.status_code, error_of(response)["code"]) == (404, "not_found")
+    assert api.job(job_id)["status"] in {"queued", "processing"}
+
+
+def test_drifted_schema_differs_from_the_bundled_one(make_api):
+    """`drifted_schema=True` serves a description whose parameters and prices moved."""
+    bundled = json.loads(model_json_text())
+    drifted = make_api(drifted_schema=True).client.get("/v1/models/kling-o3").json()
+    assert drifted != bundled
+    names = {p["name"] for p in drifted["supported_parameters"]}
+    assert "seed" in names and "image_end" not in names
+    rows = {r["label"]: r["price"] for r in drifted["pricing_rows"]}
+    assert rows["Pro T2V/I2V Sound"] != 0.28
+    assert make_api().client.get("/v1/models/kling-o3").json() == bundled
+
+
+def test_rate_limit_headers_count_down(make_api):
+    """`rate_limit_headers=True` sends the limit and what is left of it on each answer."""
+    api = make_api(rpm=5, rate_limit_headers=True)
+    first = api.client.get("/v1/models/kling-o3").headers
+    second = api.client.get("/v1/models/kling-o3").headers
+    assert first["x-ratelimit-limit-requests"] == "5"
+    assert int(first["x-ratelimit-remaining-requests"]) == 4
+    assert int(second["x-ratelimit-remaining-requests"]) == 3
+    assert "x-ratelimit-limit-requests" not in make_api(rpm=5).client.get("/livez").headers

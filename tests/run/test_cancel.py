@@ -1,0 +1,189 @@
+"""`kling-batch cancel` through the real CLI against the emulator."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import filelock
+import httpx
+import pytest
+
+from kling_batch.canonical import json_default
+from kling_batch.emulator import EmulatorConfig, RunningEmulator, running
+from kling_batch.lockfile import Lockfile, load_lockfile, new_entry
+from kling_batch.plan import build_plan
+from tests.run.conftest import many_shots
+
+# Real time: a job waits 5 to 20 s in the queue, so it is still in flight when cancelled.
+IN_FLIGHT = {"time_scale": 1.0, "rpm": 0}
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., RunningEmulator]]:
+    """Start emulators whose jobs stay in flight; each stops at teardown."""
+    with contextlib.ExitStack() as stack:
+
+        def start(**fields: object) -> RunningEmulator:
+            return stack.enter_context(running(EmulatorConfig(**{**IN_FLIGHT, **fields})))
+
+        yield start
+
+
+def in_flight(root: Path, served: RunningEmulator, count: int = 3) -> Path:
+    """A manifest whose renders were submitted to `served` and recorded as `submitted`, as a
+    run stopped by two Ctrl-C leaves them; the manifest's path."""
+    manifest = root / "shots.toml"
+    manifest.write_text(many_shots(count).replace('output_dir = "renders"', 'output_dir = "r"'))
+    plan = build_plan(manifest, now=datetime.now(UTC))
+    headers = {"Authorization": f"Bearer {served.api_key}", "Content-Type": "application/json"}
+    lock = Lockfile()
+    for item in plan.items:
+        body = json.dumps(dict(item.render.body), default=json_default)
+        answer = httpx.post(
+            f"{served.base_url}/v1/videos/generations", content=body, headers=headers
+        )
+        job_id = answer.json()["job_id"]
+        lock.shots[item.render.id] = new_entry(item.render, "submitted", job_id=job_id)
+    lock.save(manifest.with_suffix(".lock"))
+    return manifest
+
+
+def cancel(manifest: Path, served: RunningEmulator, *args: str) -> subprocess.CompletedProcess[str]:
+    """`kling-batch cancel MANIFEST --api-base <emulator> ARGS`."""
+    env = {**os.environ, "EMPIRIOLABS_API_KEY": served.api_key, "NO_COLOR": "1"}
+    argv = [sys.executable, "-m", "kling_batch", "cancel", str(manifest), "--api-base"]
+    return subprocess.run(
+        [*argv, served.base_url, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=60,
+    )
+
+
+def job_status(served: RunningEmulator, job_id: str | None) -> str:
+    emu = served.emulator
+    job = emu.jobs.get(job_id or "", emu.clock.now())
+    assert job is not None
+    return job.view(emu.clock.now()).status
+
+
+def test_cancel_stops_every_job_in_flight_and_records_it(
+    serve: Callable[..., RunningEmulator], tmp_path: Path
+) -> None:
+    """Each submitted job is cancelled on the API, its hold released, and recorded as failed
+    "cancelled by the user"; the next plan prices them as retries."""
+    served = serve()
+    manifest = in_flight(tmp_path, served)
+    assert served.emulator.ledger.held > 0
+    result = cancel(manifest, served)
+    assert result.returncode == 0, result.stderr
+    lock = load_lockfile(manifest.with_suffix(".lock"))
+    for entry in lock.shots.values():
+        assert entry.state == "failed"
+        assert entry.error == f"cancelled by the user (job {entry.job_id})"
+        assert job_status(served, entry.job_id) == "cancelled"
+    assert served.emulator.ledger.held == 0 and served.emulator.ledger.total == 0
+    assert "Cancelled 3 of 3 job(s) in flight; recorded in shots.lock." in result.stderr
+    plan = build_plan(manifest, now=datetime.now(UTC))
+    assert {item.action for item in plan.items} == {"retry"}
+
+
+def test_only_cancels_the_chosen_renders(
+    serve: Callable[..., RunningEmulator], tmp_path: Path
+) -> None:
+    """`--only s01` cancels that job alone; the others keep rendering and stay recorded."""
+    served = serve()
+    manifest = in_flight(tmp_path, served)
+    result = cancel(manifest, served, "--only", "s01")
+    assert result.returncode == 0, result.stderr
+    lock = load_lockfile(manifest.with_suffix(".lock"))
+    assert {k: e.state for k, e in lock.shots.items()} == {
+        "s00": "submitted",
+        "s01": "failed",
+        "s02": "submitted",
+    }
+    assert job_status(served, lock.shots["s00"].job_id) in {"queued", "processing"}
+
+
+def test_a_completed_job_is_not_cancelled(
+    serve: Callable[..., RunningEmulator], tmp_path: Path
+) -> None:
+    """An entry whose job finished rendering is left alone, and the command says why."""
+    served = serve()
+    manifest = in_flight(tmp_path, served, count=1)
+    lock_file = manifest.with_suffix(".lock")
+    lock = load_lockfile(lock_file)
+    lock.shots["s00"] = lock.shots["s00"].model_copy(update={"state": "completed"})
+    lock.save(lock_file)
+    result = cancel(manifest, served)
+    assert result.returncode == 0, result.stderr
+    assert "s00: job" in result.stderr and "has finished rendering" in result.stderr
+    assert "Nothing to cancel" in result.stderr
+    assert load_lockfile(lock_file).shots["s00"].state == "completed"
+
+
+def test_an_api_without_cancelling_is_said_plainly(
+    serve: Callable[..., RunningEmulator], tmp_path: Path
+) -> None:
+    """When the API has no cancel route: exit 1, a plain sentence, the lockfile untouched."""
+    served = serve(cancel_route=False)
+    manifest = in_flight(tmp_path, served)
+    before = manifest.with_suffix(".lock").read_bytes()
+    result = cancel(manifest, served)
+    assert result.returncode == 1
+    assert "The API does not offer cancelling jobs" in result.stderr
+    assert manifest.with_suffix(".lock").read_bytes() == before
+    lock = load_lockfile(manifest.with_suffix(".lock"))
+    assert all(job_status(served, e.job_id) != "cancelled" for e in lock.shots.values())
+
+
+def test_cancel_waits_for_no_run(serve: Callable[..., RunningEmulator], tmp_path: Path) -> None:
+    """While a run holds the lockfile's run lock, cancel is refused and asks nothing of the API."""
+    served = serve()
+    manifest = in_flight(tmp_path, served)
+    requests = len(served.emulator.journal.entries())
+    (tmp_path / ".kling-batch").mkdir(exist_ok=True)
+    with filelock.FileLock(tmp_path / ".kling-batch" / "shots.lock.run-lock"):
+        result = cancel(manifest, served)
+    assert result.returncode == 1
+    assert "another kling-batch run is using shots.lock" in result.stderr
+    assert len(served.emulator.journal.entries()) == requests
+
+
+def test_plain_http_off_this_machine_is_refused(
+    serve: Callable[..., RunningEmulator], tmp_path: Path
+) -> None:
+    """The key is never sent over plain http to another host: exit 2 before any request."""
+    served = serve()
+    manifest = in_flight(tmp_path, served, count=1)
+    env = {**os.environ, "EMPIRIOLABS_API_KEY": served.api_key}
+    argv = [sys.executable, "-m", "kling_batch", "cancel", str(manifest)]
+    result = subprocess.run(
+        [*argv, "--api-base", "http://api.example.com"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "plain http would send the API key unencrypted" in result.stderr
+
+
+def test_only_matching_nothing_exits_2(
+    serve: Callable[..., RunningEmulator], tmp_path: Path
+) -> None:
+    """A cancel `--only` that matches no recorded render is refused, naming the closest."""
+    served = serve()
+    manifest = in_flight(tmp_path, served, count=2)
+    result = cancel(manifest, served, "--only", "s1")
+    assert result.returncode == 2
+    assert "--only 's1' matches no render; closest ids: s01" in result.stderr
