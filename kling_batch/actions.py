@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -14,10 +15,13 @@ from kling_batch.state import StateDir
 
 
 class FileFacts(Protocol):
-    """What planning knows of the files under the project (an `AssetStore` in a run)."""
+    """What planning knows of the files under the project."""
 
     def relative_hash(self, relative: str) -> tuple[str, int] | None:
         """(sha256, size) of `root/relative`, or None when it is not a file."""
+
+    def remembered_render(self, fingerprint: str) -> tuple[str, int] | None:
+        """(sha256, size) the render cache's index holds for a fingerprint, if any."""
 
 
 class Differ:
@@ -30,7 +34,14 @@ class Differ:
     """
 
     def __init__(
-        self, lock: Lockfile, files: FileFacts, now: datetime, *, root: Path, state: StateDir
+        self,
+        lock: Lockfile,
+        files: FileFacts,
+        now: datetime,
+        *,
+        root: Path,
+        state: StateDir,
+        ids: Collection[str] = (),
     ) -> None:
         self.root = root
         self.lock = lock
@@ -41,10 +52,19 @@ class Differ:
         self._known: dict[str, list[tuple[Entry | None, PastRender]]] = {}
         for entry, past in lock.finished():
             self._known.setdefault(past.fingerprint, []).append((entry, past))
+        # Entries of ids no longer in the manifest whose job may be paid for, by request.
+        self._strays: dict[str, list[str]] = {}
+        for key, entry in sorted(lock.shots.items()):
+            if key not in ids and entry.state in UNSETTLED:
+                self._strays.setdefault(entry.fingerprint, []).append(key)
+        self.adopted: dict[str, str] = {}  # stray id → the render that takes its job over
 
     def item(self, render: PlannedRender, forced: bool) -> PlanItem:
         """The action for one render; a second paid render of one fingerprint copies the first."""
         decided = self._decide(render, forced)
+        if decided.adopt is not None:  # later renders of this request copy the adopter
+            self._paid.setdefault(render.fingerprint, render)
+            return decided
         if not decided.paid:
             return decided
         first = self._paid.setdefault(render.fingerprint, render)
@@ -54,8 +74,38 @@ class Differ:
         reason = f"same request as {first.id}: copied from it once it renders (free)"
         return PlanItem(render, "restore", (reason,), source)
 
+    def strays(self) -> list[str]:
+        """Stray ids (not in the manifest, job maybe paid for) no render took over."""
+        return sorted(key for keys in self._strays.values() for key in keys)
+
+    def _adopt(self, render: PlannedRender, entry: Entry | None) -> PlanItem | None:
+        """Take over the in-flight job of a stray entry with this exact request: a renamed
+        shot, a take renumbered, an output moved. Paying again would pay twice."""
+        own = entry is not None and entry.fingerprint == render.fingerprint
+        if own and entry is not None and entry.state != "failed":
+            return None  # its own record already covers this request
+        strays = self._strays.get(render.fingerprint)
+        if not strays:
+            return None
+        key = strays.pop(0)
+        self.adopted[key] = render.id
+        stray = self.lock.shots[key]
+        if stray.state in ("submitted", "completed"):
+            phase = "in flight" if stray.state == "submitted" else "done, download pending"
+            reason = f"job of renamed shot {key}, {phase}: no new cost"
+            return PlanItem(render, "resume", (reason,), adopt=key)
+        reason = (
+            f"submission of renamed shot {key} may have reached the API: looked up in the "
+            "job list, no new cost"
+        )
+        return PlanItem(render, "uncertain", (reason,), adopt=key)
+
     def _decide(self, render: PlannedRender, forced: bool) -> PlanItem:
         entry = self.lock.shots.get(render.id)
+        if not forced and (entry is None or entry.state not in UNSETTLED):
+            adopted = self._adopt(render, entry)
+            if adopted is not None:
+                return adopted
         if entry is not None and entry.state in UNSETTLED:
             # A job that may be paid for is followed to its end before anything replaces
             # its entry (not even --force): replacing it would lose the job id.
@@ -137,7 +187,19 @@ class Differ:
             expires = past.result_expires_at
             if past.result_url and expires is not None and expires > self.now:
                 return RestoreSource("url", past.sha256, past.size, url=past.result_url)
-        return None
+        return self._remembered(fingerprint)
+
+    def _remembered(self, fingerprint: str) -> RestoreSource | None:
+        """The render cache's own index: a render whose record was lost (a lockfile
+        reverted or deleted) is still restored from the cache."""
+        remembered = self.files.remembered_render(fingerprint)
+        if remembered is None:
+            return None
+        sha256, size = remembered
+        cached = self.state.cached_render_relative(sha256)
+        if not self._file_matches(cached, sha256, size):
+            return None
+        return RestoreSource("cache", sha256, size, path=self.root / cached)
 
     def _file_matches(self, relative: str, sha256: str, size: int | None) -> bool:
         """True when `root/relative` is a file with this content."""

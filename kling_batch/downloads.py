@@ -5,6 +5,7 @@ fresh result URL asked of the job when a signed one has expired."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -13,9 +14,22 @@ from typing import Protocol
 import anyio.to_thread
 
 from kling_batch.atomic import discard
-from kling_batch.errors import ApiError, JobNotFound, RunFatal, TryLater
+from kling_batch.errors import (
+    ApiError,
+    BadOutput,
+    JobNotFound,
+    ResultExpired,
+    RunFatal,
+    TryLater,
+)
 from kling_batch.lockfile import Entry
-from kling_batch.outputs import detach_cache, place_copy, temp_beside, verify_and_place
+from kling_batch.outputs import (
+    detach_cache,
+    place_copy,
+    temp_beside,
+    verify_and_place,
+    verify_into_cache,
+)
 from kling_batch.payloads import Download, JobState
 from kling_batch.plan import RestoreSource
 from kling_batch.state import StateDir
@@ -31,12 +45,23 @@ class ResultClient(Protocol):
     async def download(self, url: str, dest: Path) -> Download: ...
 
 
+@dataclass(frozen=True)
+class Collected:
+    """How collecting a completed job's result ended: the download, or why not."""
+
+    download: Download | None = None
+    url: str | None = None  # a fresh result URL the job gave, to record
+    failed: str | None = None  # the job is gone with its video: the plan prices a re-render
+    pending: str | None = None  # not now: the job is paid for, the next run tries again
+
+
 class Downloads:
     """Puts results and restores at their output paths under `state.root`."""
 
-    def __init__(self, client: ResultClient, state: StateDir) -> None:
+    def __init__(self, client: ResultClient, state: StateDir, lock_file: Path) -> None:
         self.client = client
         self.state = state
+        self.lock_file = lock_file
 
     async def fetch(
         self,
@@ -69,6 +94,68 @@ class Downloads:
         finally:
             await anyio.to_thread.run_sync(discard, temp)
         return download
+
+    async def collect(
+        self,
+        entry: Entry,
+        output: PurePosixPath | None,
+        *,
+        seconds: Decimal | None,
+        attempts: int,
+    ) -> Collected:
+        """Download a completed job's result to `output` (None: into the render cache
+        only), asking the job for a fresh URL when the signed one is refused."""
+        assert entry.result_url is not None
+        url, fresh, last_error = entry.result_url, None, ""
+        for _ in range(attempts):
+            try:
+                download = await self._fetch_once(url, output, seconds)
+            except ResultExpired as exc:
+                try:
+                    fresh = await self.fresh_url(entry)
+                except TryLater as later:
+                    why = f"result URL refused and the job could not be asked ({later})"
+                    return Collected(pending=why)
+                if fresh is None:
+                    return Collected(failed=_gone(entry, exc))
+                url = fresh
+                continue
+            except RunFatal:
+                raise
+            except (ApiError, BadOutput, OSError) as exc:
+                last_error = str(exc)
+                continue
+            self.remember(entry.fingerprint, download.sha256, download.size)
+            return Collected(download=download, url=fresh)
+        why = f"download failed ({last_error}); rerun to resume, the job is paid for"
+        return Collected(url=fresh, pending=why)
+
+    async def _fetch_once(
+        self, url: str, output: PurePosixPath | None, seconds: Decimal | None
+    ) -> Download:
+        if output is None:
+            return await self.fetch_to_cache(url, seconds=seconds)
+        return await self.fetch(url, output, seconds=seconds)
+
+    async def fetch_to_cache(self, url: str, *, seconds: Decimal | None = None) -> Download:
+        """Download a render that has no output path any more into the render cache only."""
+        self.state.render_cache.mkdir(parents=True, exist_ok=True)
+        temp = await anyio.to_thread.run_sync(temp_beside, self.state.render_cache / "download")
+        try:
+            download = await self.client.download(url, temp)
+            cache = self.state.cached_render
+            verify = partial(verify_into_cache, temp, download, cache, seconds=seconds)
+            await anyio.to_thread.run_sync(verify)
+        finally:
+            await anyio.to_thread.run_sync(discard, temp)
+        return download
+
+    def remember(self, fingerprint: str, sha256: str, size: int) -> None:
+        """Index the cached render of a request (best effort: the index only saves money)."""
+        try:
+            self.state.remember_render(self.lock_file, fingerprint, sha256, size)
+        except OSError as exc:
+            log.debug("could not index the cached render %s: %s", sha256, exc)
 
     async def place(self, output: PurePosixPath, source: RestoreSource) -> None:
         """Copy or download an earlier render to `output`, checked against its hash."""
@@ -108,3 +195,10 @@ class Downloads:
         if job.status == "succeeded":
             raise TryLater(f"job {job.job_id} answered without a video URL")
         return None
+
+
+def _gone(entry: Entry, exc: ApiError) -> str:
+    return (
+        f"result URL expired and job {entry.job_id} is gone ({exc}); "
+        "the next plan prices a re-render"
+    )

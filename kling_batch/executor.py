@@ -39,12 +39,17 @@ from kling_batch.errors import (
     ApiError,
     BadOutput,
     LockWriteError,
-    ResultExpired,
     RunFatal,
-    TryLater,
     UploadFailed,
 )
-from kling_batch.lockfile import UNSETTLED, Entry, LockWriter, inherited, new_entry
+from kling_batch.lockfile import (
+    UNSETTLED,
+    Entry,
+    LockWriter,
+    adopted_entry,
+    inherited,
+    new_entry,
+)
 from kling_batch.outcomes import Events, Outcome, OutcomeState, RunReport
 from kling_batch.pacing import JobWatch, PollPacing, job_deadline, longest_first
 from kling_batch.payloads import JobState
@@ -103,7 +108,7 @@ class Executor:
         self._slots = anyio.CapacityLimiter(self.options.jobs)
         self._uploads = Uploads(client, writer, self.clock)
         self._finder = JobFinder(client, writer)
-        self._downloads = Downloads(client, self.state)
+        self._downloads = Downloads(client, self.state, writer.path)
         self._submitter = Submitter(
             client,
             writer,
@@ -182,6 +187,8 @@ class Executor:
             return _outcome(item, "done", "unchanged")
         if action == "restore":
             return await self._restore(item)
+        if item.adopt is not None:
+            await self._take_over(item)
         entry = self.writer.get(item.render.id)
         if action == "resume" and entry is not None:
             return await self._follow(item, entry)
@@ -190,6 +197,19 @@ class Executor:
         if action in PAID_ACTIONS:
             return await self._render(item, entry)
         return _outcome(item, "skipped", f"nothing to do for {action}")
+
+    async def _take_over(self, item: PlanItem) -> None:
+        """Move a stray entry (its shot renamed, its take renumbered) under this render's
+        id, in one save: the job always has exactly one owner on record."""
+        assert item.adopt is not None
+        render, stray = item.render, self.writer.get(item.adopt)
+        if stray is None:
+            return
+        self.writer.set(render.id, adopted_entry(stray, self.writer.get(render.id), render))
+        self.writer.remove(item.adopt)
+        await self.writer.commit()
+        job = stray.job_id or "its unanswered submission"
+        self.events.event(render.id, "adopted", f"{job} of {item.adopt}")
 
     async def _record(
         self, item: PlanItem, outcome: OutcomeState, detail: str, **fields: Any
@@ -314,46 +334,25 @@ class Executor:
     # -- download -----------------------------------------------------------------------
 
     async def _download_result(self, item: PlanItem, entry: Entry) -> Outcome:
-        """Fetch a completed render into place; on expiry, ask the job for a fresh URL."""
-        assert entry.result_url is not None
-        render, url, last_error = item.render, entry.result_url, ""
-        for _ in range(self.options.download_attempts):
-            try:
-                download = await self._downloads.fetch(
-                    url, render.output, seconds=_known_seconds(render, entry)
-                )
-            except ResultExpired as exc:
-                fresh = await self._refreshed_url(item, entry, exc)
-                if isinstance(fresh, Outcome):
-                    return fresh
-                url = fresh
-                entry = self.writer.update(render.id, result_url=fresh)
-                continue
-            except RunFatal:
-                raise
-            except (ApiError, BadOutput, OSError) as exc:
-                last_error = str(exc)
-                continue
-            done = {"output_sha256": download.sha256, "output_size": download.size, "error": None}
-            output = str(render.output)
-            return await self._record(item, "done", output, state="done", output=output, **done)
-        detail = f"download failed ({last_error}); rerun to resume, the job is paid for"
-        return await self._record(item, "pending", detail, error=detail)
-
-    async def _refreshed_url(self, item: PlanItem, entry: Entry, exc: ApiError) -> str | Outcome:
-        """A fresh result URL after an expired one, or how the render ends here."""
-        try:
-            fresh = await self._downloads.fresh_url(entry)
-        except TryLater as later:
-            detail = f"result URL refused and the job could not be asked ({later})"
-            return await self._record(item, "pending", detail, error=detail)
-        if fresh is None:
-            error = (
-                f"result URL expired and job {entry.job_id} is gone ({exc}); "
-                "the next plan prices a re-render"
-            )
-            return await self._record(item, "failed", error, state="failed", error=error)
-        return fresh
+        """Fetch a completed render into place (a stray's into the render cache only)."""
+        output = None if item.stray else item.render.output
+        seconds = _known_seconds(item.render, entry)
+        attempts = self.options.download_attempts
+        got = await self._downloads.collect(entry, output, seconds=seconds, attempts=attempts)
+        fresh = {"result_url": got.url} if got.url else {}
+        if got.failed is not None:
+            return await self._record(item, "failed", got.failed, state="failed", error=got.failed)
+        if got.download is None:
+            pending = got.pending or "download failed; rerun to resume, the job is paid for"
+            return await self._record(item, "pending", pending, error=pending, **fresh)
+        done = {"output_sha256": got.download.sha256, "output_size": got.download.size}
+        if output is None:
+            detail = "no longer in the manifest: its video is kept in the render cache"
+            return await self._record(item, "done", detail, state="done", error=None, **done)
+        path = str(output)
+        return await self._record(
+            item, "done", path, state="done", output=path, error=None, **done, **fresh
+        )
 
     # -- restore and uncertain ----------------------------------------------------------
 
@@ -371,6 +370,7 @@ class Executor:
             await self._downloads.place(render.output, source)
         except (ApiError, BadOutput, OSError) as exc:
             return _outcome(item, "failed", f"restore failed: {exc}")
+        self._downloads.remember(render.fingerprint, source.sha256, source.size)
         past = self.writer.past_render(render.fingerprint)
         entry = new_entry(
             render,
@@ -414,6 +414,12 @@ class Executor:
             await self.writer.commit()
             self.events.event(render.id, "submitted", f"found {job.job_id} in the job list")
             return await self._follow(item, adopted)
+        if item.stray:
+            detail = (
+                "no longer in the manifest and not found in the job list; never sent again "
+                "(put the shot back to decide)"
+            )
+            return _outcome(item, "uncertain", detail)
         if not self.options.resubmit_uncertain:
             detail = entry.error or "the submission may have reached the API"
             return _outcome(item, "uncertain", detail)

@@ -245,6 +245,22 @@ def inherited(previous: Entry | None) -> dict[str, Any]:
     return {"history": history[-HISTORY_LIMIT:], "submissions": list(previous.submissions)}
 
 
+def adopted_entry(stray: Entry, previous: Entry | None, render: RenderRecord) -> Entry:
+    """`stray`'s job and record under `render`'s id: its shot, take, output and tags, with
+    the history and every submission of both entries kept."""
+    kept = inherited(previous)
+    return stray.model_copy(
+        update={
+            "shot": render.shot,
+            "take": render.take,
+            "output": str(render.output),
+            "tags": list(render.tags),
+            "history": [*kept["history"], *stray.history][-HISTORY_LIMIT:],
+            "submissions": [*kept["submissions"], *stray.submissions],
+        }
+    )
+
+
 def lock_path(manifest: Path, *, emulator: bool = False) -> Path:
     """`launch.toml` → `launch.lock` (or `launch.emulator.lock` for emulator renders)."""
     suffix = ".emulator.lock" if emulator else ".lock"
@@ -424,7 +440,8 @@ class LockWriter:
         return entry
 
     def remove(self, shot_id: str) -> None:
-        """Drop one shot's entry (only ever one whose POST was never sent)."""
+        """Drop one shot's entry: one whose POST was never sent, or one just moved under
+        another id (saved together with the move)."""
         self.lock.shots.pop(shot_id, None)
         self._fragments.pop(shot_id, None)
         self._changes += 1

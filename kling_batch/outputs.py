@@ -99,6 +99,23 @@ def _check_length(temp: Path, target: Path, seconds: Decimal) -> None:
         )
 
 
+def verify_into_cache(
+    temp: Path, download: Download, cache: Callable[[str], Path], *, seconds: Decimal | None
+) -> Path:
+    """Verify a download as `verify_and_place` does and keep it only in the render cache
+    (the render has no output path any more); returns the cached file."""
+    cached = cache(download.sha256)
+    problem = mp4_problem(temp)
+    if problem is not None:
+        raise BadOutput(f"{cached.name}: the download {problem}")
+    if sha256_file(temp) != download.sha256 or temp.stat().st_size != download.size:
+        raise BadOutput(f"{cached.name}: the file on disk does not match what was received")
+    if seconds is not None and not download.length_declared:
+        _check_length(temp, cached, seconds)
+    keep_in_cache(temp, cached, download.sha256)
+    return cached
+
+
 def keep_in_cache(path: Path, cached: Path, sha256: str) -> None:
     """Keep a read-only, content-addressed copy of `path` (hash `sha256`) for free restores.
 

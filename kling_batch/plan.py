@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import ValidationError
@@ -25,7 +25,7 @@ from kling_batch.errors import AssetProblem, RequestRuleError, UserError, valida
 from kling_batch.expand import RenderSpec, expand_shots
 from kling_batch.kling_o3 import KlingO3Request
 from kling_batch.limits import MAX_RENDERS
-from kling_batch.lockfile import UNSETTLED, Lockfile, lock_path, read_lockfile
+from kling_batch.lockfile import UNSETTLED, Entry, Lockfile, lock_path, read_lockfile
 from kling_batch.manifest import LoadedManifest, load_manifest
 from kling_batch.planned import (
     ACTIONS,
@@ -36,7 +36,7 @@ from kling_batch.planned import (
     PlannedRender,
     RestoreSource,
 )
-from kling_batch.pricing import price
+from kling_batch.pricing import Price, price, select_row
 from kling_batch.selection import matches_any, require_matches
 
 __all__ = [
@@ -84,6 +84,14 @@ class Plan:
     items: Sequence[PlanItem]
     orphans: Sequence[Orphan]
     warnings: Sequence[str] = field(default_factory=list)
+    # Orphaned entries whose job may be paid for: followed to their end by a run, their
+    # videos kept in the render cache (no new cost; not counted among the renders).
+    followups: Sequence[PlanItem] = ()
+
+    @property
+    def has_work(self) -> bool:
+        """True when a run would do anything at all."""
+        return bool(self.followups) or any(i.action != "unchanged" for i in self.items)
 
     @property
     def totals(self) -> Totals:
@@ -140,14 +148,33 @@ def build_plan(
     # The facts first: every render validated, its assets hashed and probed, priced.
     renders = [plan_render(spec, store) for spec in _chosen(specs, lock, only)]
     # Then the decisions, from those facts, the lockfile, the files' hashes and `now`.
-    differ = Differ(lock, store, now, root=loaded.root, state=store.state)
+    ids = {spec.id for spec in specs}
+    files = _ProjectFiles(store, lock_file)
+    differ = Differ(lock, files, now, root=loaded.root, state=store.state, ids=ids)
     items = [differ.item(r, matches_any(r.id, r.tags, force)) for r in renders]
-    orphans = _orphans(lock, {spec.id for spec in specs})
+    orphans = _orphans(lock, ids, adopted=differ.adopted)
+    followups = [stray_item(key, lock.shots[key]) for key in differ.strays()]
     # Written last, so a manifest error above leaves nothing behind. Neither is needed:
     # a read-only checkout plans without them (only slower next time).
     save_lock_cache()
     store.save()
-    return Plan(loaded, lock_file, lock, items, orphans, _warnings(renders, orphans))
+    warnings = _warnings(renders, orphans)
+    return Plan(loaded, lock_file, lock, items, orphans, warnings, followups)
+
+
+class _ProjectFiles:
+    """`FileFacts` of a project: file hashes from the asset store's stat cache, and the
+    render cache's index."""
+
+    def __init__(self, store: AssetStore, lock_file: Path) -> None:
+        self.store = store
+        self.lock_file = lock_file
+
+    def relative_hash(self, relative: str) -> tuple[str, int] | None:
+        return self.store.relative_hash(relative)
+
+    def remembered_render(self, fingerprint: str) -> tuple[str, int] | None:
+        return self.store.state.remembered_render(self.lock_file, fingerprint)
 
 
 def _load(manifest_path: Path, *, emulator: bool) -> LoadedManifest:
@@ -171,24 +198,67 @@ def _chosen(specs: Sequence[RenderSpec], lock: Lockfile, only: Sequence[str]) ->
     ]
 
 
-def _orphans(lock: Lockfile, ids: set[str]) -> list[Orphan]:
-    """Lockfile entries whose render is no longer in the manifest."""
+def _orphans(lock: Lockfile, ids: set[str], *, adopted: Mapping[str, str]) -> list[Orphan]:
+    """Lockfile entries whose render is no longer in the manifest (and whose job no render
+    of the manifest takes over)."""
     return [
         Orphan(key, entry.state, entry.output)
         for key, entry in sorted(lock.shots.items())
-        if key not in ids
+        if key not in ids and key not in adopted
     ]
 
 
 def _warnings(renders: Sequence[PlannedRender], orphans: Sequence[Orphan]) -> list[str]:
     warnings = [f"{r.id}: {text}" for r in renders for text in r.warnings]
-    warnings.extend(
-        f"{o.id}: removed from the manifest while its job is {o.state} (it may be paid for); "
-        "put the shot back and run again to collect it"
-        for o in orphans
-        if o.state in UNSETTLED
-    )
+    warnings.extend(stray_warning(o.id, o.state) for o in orphans if o.state in UNSETTLED)
     return warnings
+
+
+def stray_warning(render_id: str, state: str) -> str:
+    """What the plan, its reports and the run say of an orphaned job that may be paid for."""
+    return (
+        f"{render_id}: removed from the manifest while its job is {state} (it may be paid "
+        "for); the run follows it to its end and keeps the video in the render cache "
+        "(no new cost; put the shot back to get it as an output)"
+    )
+
+
+def stray_item(render_id: str, entry: Entry) -> PlanItem:
+    """A run's follow-up of an orphaned entry: its job followed to its end, no new cost."""
+    request = entry.request
+    tier = str(request.get("model_tier", "pro"))
+    workflow = str(request.get("workflow", "t2v"))
+    video_input = workflow == "video_edit" or bool(request.get("reference_videos"))
+    row = select_row(tier, video_input=video_input, sound=bool(request.get("sound", True)))
+    seconds = entry.cost_usd / row.rate if row.rate else Decimal(0)
+    render = PlannedRender(
+        id=render_id,
+        shot=entry.shot,
+        take=entry.take,
+        request=_stray_request(request),
+        body=request,
+        assets={},
+        workflow=workflow,  # type: ignore[arg-type]
+        price=Price(row, seconds, entry.cost_usd),
+        fingerprint=entry.fingerprint,
+        output=PurePosixPath(entry.output),
+        tags=tuple(entry.tags),
+        assumptions=(),
+        warnings=(),
+    )
+    action: Action = "resume" if entry.state in ("submitted", "completed") else "uncertain"
+    reason = stray_warning(render_id, entry.state).partition(": ")[2]
+    return PlanItem(render, action, (reason,), stray=True)
+
+
+def _stray_request(request: Mapping[str, Any]) -> KlingO3Request:
+    """The recorded request as a model (for its tier and settings); a lenient reading."""
+    fields = {k: v for k, v in request.items() if k in KlingO3Request.model_fields}
+    try:
+        return KlingO3Request.model_validate(fields)
+    except ValidationError:  # an older record: only its tier matters to a follow-up
+        tier = fields.get("model_tier")
+        return KlingO3Request(prompt="-", model_tier=tier if tier in ("standard", "4k") else "pro")
 
 
 def plan_render(spec: RenderSpec, store: AssetStore) -> PlannedRender:

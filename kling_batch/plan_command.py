@@ -69,7 +69,7 @@ def plan_command(request: PlanRequest) -> int:
         save_plan(plan, request.options, request.out)
         ui.say(f"Saved the plan to {request.out}; `kling-batch run {request.out}` renders it.")
     if request.check:
-        return 1 if any(item.action != "unchanged" for item in plan.items) else 0
+        return 1 if plan.has_work else 0
     return 0
 
 

@@ -82,6 +82,11 @@ class PlanItem:
     action: Action
     reasons: tuple[str, ...] = ()
     restore: RestoreSource | None = None
+    # The id whose in-flight job this render takes over (a renamed shot, a new take).
+    adopt: str | None = None
+    # A lockfile entry no longer in the manifest whose job is followed to its end; its
+    # video goes to the render cache only.
+    stray: bool = False
 
     @property
     def paid(self) -> bool:

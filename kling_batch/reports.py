@@ -13,8 +13,8 @@ from rich.text import Text
 
 from kling_batch import markdown
 from kling_batch.canonical import json_number
-from kling_batch.lockfile import lock_path
-from kling_batch.plan import Plan, PlanItem
+from kling_batch.lockfile import UNSETTLED, lock_path
+from kling_batch.plan import Plan, PlanItem, stray_warning
 from kling_batch.pricing import TENTH_OF_A_CENT
 from kling_batch.worddiff import Piece, word_diff
 
@@ -68,7 +68,8 @@ def summary_line(plan: Plan) -> str:
     ]
     parts.extend(f"{counts[action]} {label}" for action, label in labelled if counts[action])
     if plan.orphans:
-        parts.append(f"{len(plan.orphans)} orphaned")
+        followed = f", {len(plan.followups)} followed to its end" if plan.followups else ""
+        parts.append(f"{len(plan.orphans)} orphaned{followed}")
     return "Plan: " + ", ".join(parts)
 
 
@@ -137,7 +138,10 @@ def render_table(plan: Plan, console: Console) -> None:
     if any(item.render.assumptions for item in listed):
         console.print("* seconds assumed; see notes")
     for orphan in plan.orphans:
-        console.print(f"- {orphan.id} ({orphan.state}): in the lockfile, no longer in the manifest")
+        if orphan.state not in UNSETTLED:
+            console.print(
+                f"- {orphan.id} ({orphan.state}): in the lockfile, no longer in the manifest"
+            )
     for warning in _grouped_warnings(plan):
         console.print(Text(f"warning: {warning}", style="yellow"))
     console.print(
@@ -157,6 +161,8 @@ def _grouped_warnings(plan: Plan) -> list[str]:
     for text, ids in groups.items():
         shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
         lines.append(f"{shown}: {text}")
+    # Orphaned jobs that may be paid for: said in every format, not only in JSON.
+    lines.extend(stray_warning(o.id, o.state) for o in plan.orphans if o.state in UNSETTLED)
     return lines
 
 

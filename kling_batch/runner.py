@@ -80,6 +80,7 @@ def run_command(request: RunRequest) -> int:
         if request.check_plan is not None:
             request.check_plan(plan)
         items = [item for item in plan.items if item.action != "unchanged"]
+        items += plan.followups  # orphaned jobs that may be paid for: followed to their end
         if not items:
             ui.say(f"{summary_line(plan)}. Nothing to do.")
             summarise(plan, [], RunReport(), plan.lock, fmt=request.fmt)

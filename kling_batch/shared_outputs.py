@@ -25,6 +25,8 @@ def refuse_shared_outputs(plan: Plan, items: Sequence[PlanItem]) -> None:
     """
     others = recorded_outputs(plan.lock_path)
     for item in items:
+        if item.stray:
+            continue  # an orphaned job's video goes to the render cache, not to an output
         output = str(item.render.output)
         found = others.get(output.casefold())
         if found is not None:

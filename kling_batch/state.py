@@ -7,8 +7,14 @@ Every path under the folder is built here and nowhere else:
      ├── assets.json             stat → sha256 (and video length) of input files (plan)
      ├── <lock name>.json        parse cache of a lockfile, keyed by its sha256 (plan)
      ├── <lock name>.run-lock    held by the one run writing that lockfile (run)
-     └── cache/<hex>             finished renders by content, read-only copies of their
-                                 own, for free restores (run)
+     ├── cache/<hex>             finished renders by content, read-only copies of their
+     │                           own, for free restores (run)
+     └── cache-index/<lock name>/<hex>
+                                 which content each render (by fingerprint) produced for
+                                 that lockfile: `sha256:<hex> <size>`, so a lockfile
+                                 reverted or lost still restores what the cache holds;
+                                 per lockfile, so emulator renders never stand in for
+                                 paid ones (run)
 
 Everything in it can be rebuilt from the manifest, the lockfile and the files, except the
 render cache, which only saves money. A folder that is a symlink, or that resolves outside
@@ -19,12 +25,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kling_batch import safefiles
 from kling_batch.atomic import atomic_write
 from kling_batch.canonical import untagged
 from kling_batch.errors import UserError
 
 NAME = ".kling-batch"
 _RENDERS = "cache"
+_INDEX = "cache-index"
 _GITIGNORE = "# kling-batch state: caches, never committed\n*\n"
 
 
@@ -60,6 +68,25 @@ class StateDir:
     def cached_render_relative(self, sha256: str) -> str:
         """`cached_render` relative to the project root, as a POSIX path."""
         return f"{NAME}/{_RENDERS}/{untagged(sha256)}"
+
+    def remember_render(self, lock_file: Path, fingerprint: str, sha256: str, size: int) -> None:
+        """Index a cached render of `lock_file`'s under the fingerprint of its request."""
+        atomic_write(self._index(lock_file, fingerprint), f"{sha256} {size}\n")
+
+    def remembered_render(self, lock_file: Path, fingerprint: str) -> tuple[str, int] | None:
+        """(sha256, size) the cache index holds for `lock_file` and `fingerprint`, if any."""
+        index = self._index(lock_file, fingerprint)
+        try:  # a regular file only: a FIFO planted in a shipped folder must not block
+            text = safefiles.read_text(index, limit=256, what="a cache")
+        except (OSError, UnicodeDecodeError, UserError):
+            return None
+        sha256, _, size = text.strip().partition(" ")
+        if not sha256.startswith("sha256:") or not size.isdigit():
+            return None  # a cache, not a record: a damaged index entry is no entry
+        return sha256, int(size)
+
+    def _index(self, lock_file: Path, fingerprint: str) -> Path:
+        return self.path / _INDEX / lock_file.name / untagged(fingerprint)
 
     def check(self) -> None:
         """Refuse a state folder that is a symlink or lies outside the project folder."""

@@ -20,13 +20,21 @@ VIDEO = ("sha256:" + "a" * 64, 1000)
 class Files:
     """The folder as a dictionary: relative path → (sha256, size)."""
 
-    def __init__(self, files: dict[str, tuple[str, int]] | None = None) -> None:
+    def __init__(
+        self,
+        files: dict[str, tuple[str, int]] | None = None,
+        remembered: dict[str, tuple[str, int]] | None = None,
+    ) -> None:
         self.files = files or {}
+        self.remembered = remembered or {}
         self.asked: list[str] = []
 
     def relative_hash(self, relative: str) -> tuple[str, int] | None:
         self.asked.append(relative)
         return self.files.get(relative)
+
+    def remembered_render(self, fingerprint: str) -> tuple[str, int] | None:
+        return self.remembered.get(fingerprint)
 
 
 def render(shot: str = "a", prompt: str = "a lighthouse", output: str = "") -> PlannedRender:
@@ -49,8 +57,17 @@ def done(planned: PlannedRender, **fields: object) -> Entry:
     )
 
 
-def decide(lock: Lockfile, files: Files, planned: PlannedRender, *, now: datetime = NOW) -> tuple:
-    item = Differ(lock, files, now, root=ROOT, state=STATE).item(planned, forced=False)
+def decide(
+    lock: Lockfile,
+    files: Files,
+    planned: PlannedRender,
+    *,
+    now: datetime = NOW,
+    ids: tuple[str, ...] | None = None,
+) -> tuple:
+    manifest_ids = ids if ids is not None else (planned.id,)
+    differ = Differ(lock, files, now, root=ROOT, state=STATE, ids=manifest_ids)
+    item = differ.item(planned, forced=False)
     return item.action, item.reasons, item.restore.kind if item.restore else None
 
 
@@ -121,3 +138,44 @@ def test_a_job_in_flight_is_followed_even_when_the_request_changed() -> None:
     action, reasons, _ = decide(Lockfile(shots={"a": entry}), Files(), edited)
     assert action == "resume"
     assert "job j9 in flight" in reasons[0] and "renders on the run after it lands" in reasons[1]
+
+
+def test_a_renamed_shot_adopts_the_job_in_flight_of_its_old_id() -> None:
+    """A new id with the request of a stray submitted job resumes that job: no new cost."""
+    old, new = render("hero"), render("hero-take1")
+    lock = Lockfile(shots={"hero": new_entry(old, "submitted", job_id="j7")})
+    differ = Differ(lock, Files(), NOW, root=ROOT, state=STATE, ids=("hero-take1",))
+    item = differ.item(new, forced=False)
+    assert (item.action, item.adopt) == ("resume", "hero")
+    assert item.reasons == ("job of renamed shot hero, in flight: no new cost",)
+    assert differ.strays() == [] and differ.adopted == {"hero": "hero-take1"}
+
+
+def test_a_stray_job_nobody_adopts_is_left_to_follow() -> None:
+    """A stray job whose request no render has is reported for the run to follow."""
+    old, other = render("hero"), render("other", prompt="something else")
+    lock = Lockfile(shots={"hero": new_entry(old, "completed", job_id="j7")})
+    differ = Differ(lock, Files(), NOW, root=ROOT, state=STATE, ids=("other",))
+    assert differ.item(other, forced=False).action == "new"
+    assert differ.strays() == ["hero"]
+
+
+def test_a_second_render_of_the_adopted_request_copies_the_adopter() -> None:
+    """Two renders of the stray's request: one adopts its job, the other copies it (free)."""
+    old = render("hero")
+    first, second = render("hero-a"), render("hero-b", output="renders/b.mp4")
+    lock = Lockfile(shots={"hero": new_entry(old, "submitted", job_id="j7")})
+    differ = Differ(lock, Files(), NOW, root=ROOT, state=STATE, ids=("hero-a", "hero-b"))
+    assert differ.item(first, forced=False).adopt == "hero"
+    copy = differ.item(second, forced=False)
+    assert copy.action == "restore" and copy.restore is not None
+    assert copy.restore.kind == "twin" and copy.restore.twin == "hero-a"
+
+
+def test_the_render_cache_index_restores_a_render_the_lockfile_forgot() -> None:
+    """With no record at all (a lockfile lost), the cache's own index restores for free."""
+    a = render()
+    cached = STATE.cached_render_relative(VIDEO[0])
+    files = Files({cached: VIDEO}, remembered={a.fingerprint: VIDEO})
+    assert decide(Lockfile(), files, a)[::2] == ("restore", "cache")
+    assert decide(Lockfile(), Files(remembered={a.fingerprint: VIDEO}), a)[0] == "new"

@@ -1,0 +1,116 @@
+"""A job in flight follows its request, not its id (issue 8, point 1), and the render cache
+remembers what the lockfile forgets (point 10). Real CLI against the emulator."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+
+from kling_batch.lockfile import load_lockfile
+from tests.run.conftest import Project
+
+HEADER = 'version = 1\nname = "adopt"\noutput_dir = "renders"\n'
+HERO = HEADER + '\n[[shots]]\nid = "hero"\nprompt = "the hero lands"\nmodel_tier = "standard"\n'
+
+
+def leave_in_flight(project: Project) -> str:
+    """Run with a 1-second job deadline: the job is submitted and left in flight."""
+    result = project.run("--job-timeout", "1")
+    assert result.returncode == 1, result.stderr
+    (entry,) = load_lockfile(project.lock).shots.values()
+    assert entry.state == "submitted" and entry.job_id
+    return entry.job_id
+
+
+def plan_text(project: Project, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "kling_batch", "plan", str(project.manifest), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.stdout
+
+
+def test_a_renamed_shot_adopts_its_job_in_flight(make_project: Callable[..., Project]) -> None:
+    """Renamed while its job renders: the new id resumes that job; nothing is paid twice."""
+    project = make_project(HERO)
+    job = leave_in_flight(project)
+    project.edit('id = "hero"', 'id = "hero-landing"')
+    (shot,) = project.plan_json()["shots"]  # type: ignore[misc]
+    assert shot["action"] == "resume"
+    assert shot["reasons"] == ["job of renamed shot hero, in flight: no new cost"]
+    result = project.run()
+    assert result.returncode == 0, result.stderr
+    assert project.submissions() == 1
+    lock = load_lockfile(project.lock)
+    assert list(lock.shots) == ["hero-landing"]
+    entry = lock.shots["hero-landing"]
+    assert entry.state == "done" and entry.job_id == job
+    assert (project.root / "renders" / "hero-landing.mp4").is_file()
+
+
+def test_one_take_adopts_and_only_the_new_one_is_paid(
+    make_project: Callable[..., Project],
+) -> None:
+    """`takes = 1` → `2` while in flight: take 1 adopts the job, take 2 is the only new POST."""
+    project = make_project(HERO)
+    leave_in_flight(project)
+    project.edit('model_tier = "standard"', 'model_tier = "standard"\ntakes = 2')
+    actions = {s["id"]: s["action"] for s in project.plan_json()["shots"]}  # type: ignore[attr-defined]
+    assert actions == {"hero-take1": "resume", "hero-take2": "new"}
+    assert project.run().returncode == 0
+    assert project.submissions() == 2
+    ledger = project.served.emulator.ledger.total
+    assert ledger == 2 * load_lockfile(project.lock).shots["hero-take1"].cost_usd
+
+
+def test_an_output_moved_while_in_flight_lands_at_its_new_path(
+    make_project: Callable[..., Project],
+) -> None:
+    """Only the output changed: the same job is followed and its video lands at the new path."""
+    project = make_project(HERO)
+    leave_in_flight(project)
+    project.edit('id = "hero"', 'id = "hero"\noutput = "finals/hero.mp4"')
+    assert project.run().returncode == 0
+    assert project.submissions() == 1
+    assert (project.root / "renders" / "finals" / "hero.mp4").is_file()
+    assert not (project.root / "renders" / "hero.mp4").exists()
+
+
+def test_a_removed_shot_in_flight_is_followed_and_kept_in_the_cache(
+    make_project: Callable[..., Project],
+) -> None:
+    """Removed while rendering: plan and run say so, the video lands in the render cache."""
+    other = '\n[[shots]]\nid = "bay"\nprompt = "a calm bay"\nmodel_tier = "standard"\n'
+    project = make_project(HERO + other)
+    project.run("--only", "hero", "--job-timeout", "1")
+    project.edit('id = "hero"\nprompt = "the hero lands"', 'id = "gone"\nprompt = "elsewhere"')
+    table, markdown = plan_text(project), plan_text(project, "--format", "markdown")
+    for report in (table, markdown):
+        assert "hero: removed from the manifest while its job is submitted" in report
+        assert "keeps the video in the render cache" in report
+    result = project.run("--only", "bay")
+    assert result.returncode == 0, result.stderr
+    assert "kept in the render cache" in result.stdout + result.stderr
+    entry = load_lockfile(project.lock).shots["hero"]
+    assert entry.state == "done" and entry.output_sha256
+    cached = project.root / ".kling-batch" / "cache" / entry.output_sha256.removeprefix("sha256:")
+    assert cached.is_file()
+    assert project.submissions() == 2  # hero once, bay once; nothing paid twice
+
+
+def test_a_lost_lockfile_restores_renders_the_cache_holds(
+    make_project: Callable[..., Project],
+) -> None:
+    """The lockfile deleted after a run: the next plan restores from the cache for free."""
+    project = make_project(HERO)
+    assert project.run().returncode == 0
+    project.lock.unlink()
+    (project.root / "renders" / "hero.mp4").unlink()
+    (shot,) = project.plan_json()["shots"]  # type: ignore[misc]
+    assert shot["action"] == "restore"
+    assert project.run().returncode == 0
+    assert project.submissions() == 1
+    assert (project.root / "renders" / "hero.mp4").is_file()
