@@ -22,7 +22,7 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
 from kling_batch.emulator.app import Emulator
-from kling_batch.emulator.config import EmulatorConfig, Latency, PollUrlStyle
+from kling_batch.emulator.config import EmulatorConfig, JobListStyle, Latency, PollUrlStyle
 from kling_batch.emulator.faults import parse_fault
 from kling_batch.errors import UserError
 
@@ -55,6 +55,7 @@ def config_from_options(
     poll_url: str = "absolute",
     submit_status: int = 200,
     large_output_bytes: int | None = None,
+    job_list: str = "cursor",
 ) -> EmulatorConfig:
     """An `EmulatorConfig` from command-line style values; `UserError` names a bad option."""
     try:
@@ -70,6 +71,9 @@ def config_from_options(
     if poll_url not in ("absolute", "relative", "absent"):
         raise UserError("expected 'absolute', 'relative' or 'absent'", field="--poll-url")
     style: PollUrlStyle = poll_url  # type: ignore[assignment]
+    if job_list not in ("cursor", "no-cursor", "absent"):
+        raise UserError("expected 'cursor', 'no-cursor' or 'absent'", field="--job-list")
+    listing: JobListStyle = job_list  # type: ignore[assignment]
     try:
         return EmulatorConfig(
             api_key=api_key,
@@ -82,6 +86,7 @@ def config_from_options(
             poll_url_style=style,
             submit_status=submit_status,
             large_output_bytes=large_output_bytes,
+            job_list=listing,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None
