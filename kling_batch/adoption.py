@@ -1,34 +1,78 @@
 """Adopting jobs from the API's job list: a submission that went unanswered may have
 created a job, and if the list shows one with exactly that request, it is that job.
 
-A job is adopted once: job ids already on record, or adopted or created in this run, are
-never matched again, so two uncertain renders of one request cannot share one job.
+A job is adopted once: job ids already on record (current or in a render's submissions),
+or adopted or created in this run, are never matched again, so two uncertain renders of
+one request cannot share one job.
+
+Not finding the job proves it was never created only after a complete look (issue 8):
+the list was read, newest first and page by page, back past the submission (less
+`CLOCK_SKEW`) or to its end, and the submission is recent enough that the API still lists
+any job it made (it keeps a job an hour after the job ends). A `Look` says what was
+found, or why not finding it proves nothing; `--resubmit-uncertain` resends only after a
+complete look, `--resubmit-uncertain=blind` after any look.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import timedelta
-from typing import Any, Protocol
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, Protocol
 
 import anyio
 
 from kling_batch import kling_o3
 from kling_batch.canonical import canonical_json
+from kling_batch.clock import Clock
 from kling_batch.errors import ApiError, RunFatal
+from kling_batch.joblist import JobPage, NextPage
 from kling_batch.lockfile import Entry, LockWriter
 from kling_batch.payloads import JobState
+from kling_batch.polling import JOB_RETENTION, model_age
 
 # How far a job's creation time may precede the recorded submission (clock skew).
 CLOCK_SKEW = timedelta(minutes=5)
+# A submission younger than this has its job, if any, still in the list (kept an hour after
+# it ends; five minutes' margin for the API's own notion of an hour).
+LISTED_FOR = JOB_RETENTION - timedelta(minutes=5)
+PAGE_SIZE = 100
+MAX_PAGES = 50
+
+# What `run` does with an unanswered submission the job list does not show: keep it
+# uncertain ("off"), send it again after a complete look ("look"), or after any ("blind").
+Resubmit = Literal["off", "look", "blind"]
+RESUBMIT_MODES: tuple[Resubmit, ...] = ("off", "look", "blind")
 
 
 class JobLister(Protocol):
-    """The one API call this module needs."""
+    """What this module needs of the API client."""
 
-    async def list_jobs(
-        self, status: str | None = None, limit: int = 100
-    ) -> list[JobState] | None: ...
+    @property
+    def clock(self) -> Clock: ...
+
+    async def list_jobs_page(
+        self, *, status: str | None = None, limit: int = 100, page: NextPage | None = None
+    ) -> JobPage | None: ...
+
+
+@dataclass(frozen=True)
+class Look:
+    """What the job list told about one unanswered submission: its job, or, when the job
+    was not found, why that does not prove it was never created (`gap`; None when it does).
+    """
+
+    job: JobState | None = None
+    gap: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """True when not finding the job proves the submission created none."""
+        return self.gap is None
+
+    def may_resend(self, mode: Resubmit) -> bool:
+        """Whether `mode` sends the render again after this look."""
+        return self.job is None and (mode == "blind" or (mode == "look" and self.complete))
 
 
 class JobFinder:
@@ -37,29 +81,31 @@ class JobFinder:
     def __init__(self, client: JobLister, writer: LockWriter) -> None:
         self.client = client
         self.writer = writer
-        self._claimed = writer.job_ids()
-        self._listed: list[JobState] | None = None
+        self._claimed = writer.job_ids() | _charged_jobs(writer)
+        self._pages = _Pages(client)
         self._lock = anyio.Lock()
 
     def claim(self, job_id: str) -> None:
         """Never adopt this job: a render of this run already owns it."""
         self._claimed.add(job_id)
 
-    async def find(self, entry: Entry) -> JobState | None:
-        """A listed job with the entry's exact request, created since it was submitted."""
+    async def find(self, entry: Entry) -> Look:
+        """A listed job with the entry's exact request, created since it was submitted,
+        read as far back as that needs; or why its absence proves nothing."""
         async with self._lock:
-            wanted = canonical_json(self.sent_body(entry))
-            since = entry.updated_at - CLOCK_SKEW if entry.updated_at else None
-            for job in await self._jobs():
-                if job.job_id in self._claimed or job.status == "failed":
-                    continue
-                if job.request is None or comparable(job.request) != wanted:
-                    continue
-                if since is not None and job.created_at is not None and job.created_at < since:
-                    continue
+            sent = sent_at(entry)
+            since = sent - CLOCK_SKEW if sent is not None else None
+            short = await self._pages.back_to(since)
+            job, opaque = self._match(entry, since)
+            if job is not None:
                 self._claimed.add(job.job_id)
-                return job
-        return None
+                return Look(job=job)
+            if opaque and not short:
+                short = (
+                    f"the job list does not say what {opaque} job(s) since then were asked "
+                    "for, so it cannot rule it out"
+                )
+            return Look(gap=short or self._unlisted(sent))
 
     def sent_body(self, entry: Entry) -> dict[str, Any]:
         """What was POSTed for an entry: its request with local assets as upload paths."""
@@ -70,16 +116,119 @@ class JobFinder:
                 paths[key] = upload.path
         return kling_o3.with_media(entry.request, paths)
 
-    async def _jobs(self) -> list[JobState]:
-        """The job list, read once per run (an unreadable list reads as empty)."""
-        if self._listed is None:
-            try:
-                self._listed = await self.client.list_jobs(limit=100) or []
-            except RunFatal:
-                raise
-            except ApiError:
-                self._listed = []
-        return self._listed
+    def _match(self, entry: Entry, since: datetime | None) -> tuple[JobState | None, int]:
+        """The first unclaimed job since `since` with the entry's request, and how many
+        such jobs the list shows without their request (any of them may be the one)."""
+        wanted = canonical_json(self.sent_body(entry))
+        opaque = 0
+        for job in self._pages.jobs:
+            if job.job_id in self._claimed or job.status == "failed":
+                continue
+            if since is not None and job.created_at is not None and job.created_at < since:
+                continue
+            if job.request is None:
+                opaque += 1
+            elif comparable(job.request) == wanted:
+                return job, opaque
+        return None, opaque
+
+    def _unlisted(self, sent: datetime | None) -> str | None:
+        """Why the list may no longer show a job made by a submission sent at `sent`."""
+        if sent is None:
+            return "no time of the submission is recorded, so the job list cannot rule it out"
+        if model_age(self.client.clock, sent) < LISTED_FOR.total_seconds():
+            return None
+        return (
+            "it was sent over an hour ago and the API lists a job only until an hour after "
+            "it ends, so the job list cannot rule it out"
+        )
+
+
+class _Pages:
+    """The job list as read so far in this run, newest first, a page at a time."""
+
+    def __init__(self, client: JobLister) -> None:
+        self.client = client
+        self.jobs: list[JobState] = []
+        self.ended = False  # every job the API lists has been read
+        self.stuck: str | None = None  # why no further page can be read
+        self._seen: set[str] = set()
+        self._oldest: datetime | None = None
+        self._next: NextPage | None = None
+        self._pages = 0
+
+    async def back_to(self, since: datetime | None) -> str | None:
+        """Read pages until the list reaches a job created before `since`, or its end.
+
+        None when it did; else why it stopped short (kept for the rest of the run).
+        """
+        while self.stuck is None and not self.ended and not self._reaches(since):
+            await self._read_page()
+        return None if self.ended or self._reaches(since) else self.stuck
+
+    def _reaches(self, since: datetime | None) -> bool:
+        return since is not None and self._oldest is not None and self._oldest < since
+
+    async def _read_page(self) -> None:
+        if self._pages >= MAX_PAGES:
+            self.stuck = f"the job list goes on past the {MAX_PAGES * PAGE_SIZE} newest jobs"
+            return
+        try:
+            page = await self.client.list_jobs_page(limit=PAGE_SIZE, page=self._next)
+        except RunFatal:
+            raise
+        except ApiError as exc:
+            self.stuck = f"the API's job list could not be read ({exc})"
+            return
+        if page is None:
+            self.stuck = "the API offers no job list (GET /v1/jobs answered 404 or 405)"
+            return
+        self._pages += 1
+        fresh = [job for job in page.jobs if job.job_id not in self._seen]
+        if page.jobs and not fresh:
+            self.stuck = "the API's job list answered the same page again instead of the next"
+            return
+        self._add(fresh)
+        if page.ended:
+            self.ended = True
+        elif page.next is None:
+            self.stuck = "the API's job list says more jobs follow but gives no way to read them"
+        self._next = page.next
+
+    def _add(self, jobs: list[JobState]) -> None:
+        for job in jobs:
+            self._seen.add(job.job_id)
+            self.jobs.append(job)
+            if job.created_at is not None and (
+                self._oldest is None or job.created_at < self._oldest
+            ):
+                self._oldest = job.created_at
+
+
+def sent_at(entry: Entry) -> datetime | None:
+    """When the entry's unanswered submission was sent (its charge still without a job)."""
+    for charge in reversed(entry.submissions):
+        if charge.job_id is None:
+            return charge.submitted_at
+    return entry.submitted_at or entry.updated_at
+
+
+def unsettled_detail(entry: Entry, look: Look, mode: Resubmit) -> str:
+    """Why a render stays uncertain after `look`, and what the user can check or do."""
+    said = entry.error or "the submission may have reached the API"
+    if look.gap is None:
+        return f"{said}; the API's job list does not show it: --resubmit-uncertain sends it again"
+    sent = sent_at(entry)
+    when = f" around {sent.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC" if sent is not None else ""
+    prompt = str(entry.request.get("prompt", ""))
+    shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
+    check = (
+        f"check the EmpirioLabs dashboard for a job created{when} with the prompt {shown!r}; "
+        "rerun with --resubmit-uncertain=blind to send it again anyway (it may be paid twice)"
+    )
+    if mode == "look":
+        return f"not sent again: {look.gap}; {check}"
+    return f"{said}; {look.gap}; {check}"
 
 
 def comparable(request: Mapping[str, Any]) -> str:
@@ -88,3 +237,13 @@ def comparable(request: Mapping[str, Any]) -> str:
         key: ",".join(value) if isinstance(value, list) else value for key, value in request.items()
     }
     return canonical_json(normal)
+
+
+def _charged_jobs(writer: LockWriter) -> set[str]:
+    """Job ids of every submission on record, earlier ones of each render included."""
+    return {
+        charge.job_id
+        for entry in writer.lock.shots.values()
+        for charge in entry.submissions
+        if charge.job_id
+    }

@@ -4,17 +4,53 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from kling_batch.errors import KlingBatchError
 from kling_batch.limits import MAX_RENDERS
 
+if TYPE_CHECKING:
+    from kling_batch.adoption import Resubmit
+
 FORMATS = click.Choice(["table", "markdown", "json"])
 MAX_RENDERS_HELP = "Refuse a manifest that expands to more renders than this."
+
+
+def _resubmit_mode(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """`--resubmit-uncertain[=blind]`: an option whose value is optional (and attached)."""
+    if value in ("off", "look", "blind"):
+        return value
+    raise click.BadParameter(
+        f"{value!r} is not a mode: give none (look in the API's job list, send again only "
+        "what a complete look does not find) or attach =blind (send again anyway: it may "
+        "be paid twice); name MANIFEST before this option"
+    )
+
+
+def _resubmit_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--resubmit-uncertain",
+        "resubmit_uncertain",
+        type=str,
+        callback=_resubmit_mode,
+        is_flag=False,
+        flag_value="look",
+        default="off",
+        metavar="[=blind]",
+        help=help_text,
+    )
+
+
+RESUBMIT_HELP = (
+    "Send again uncertain submissions a complete look at the API's job list does not find; "
+    "=blind: also when the look could not be complete (each may be paid twice). Their "
+    "price counts in the cost to run and the budget."
+)
 
 
 class _Group(click.Group):
@@ -85,6 +121,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     default=None,
     help="Compare with a git ref (e.g. origin/main) or a saved plan: cost and renders changed.",
 )
+@_resubmit_option("Also show the cost to run with `run --resubmit-uncertain[=blind]`.")
 def plan(
     manifest: Path,
     fmt: str,
@@ -95,11 +132,23 @@ def plan(
     max_renders: int,
     out: Path | None,
     compare: str | None,
+    resubmit_uncertain: Resubmit,
 ) -> None:
     """Show what a run would render and what it would cost (no network)."""
     from kling_batch.plan_command import PlanRequest, plan_command
 
-    request = PlanRequest(manifest, fmt, only, force, check, emulator, max_renders, out, compare)
+    request = PlanRequest(
+        manifest,
+        fmt,
+        only,
+        force,
+        check,
+        emulator,
+        max_renders,
+        out,
+        compare,
+        resubmit_uncertain,
+    )
     sys.exit(plan_command(request))
 
 
@@ -163,11 +212,7 @@ def plan(
     metavar="N",
     help=MAX_RENDERS_HELP,
 )
-@click.option(
-    "--resubmit-uncertain",
-    is_flag=True,
-    help="Send again uncertain submissions not found in the API's job list.",
-)
+@_resubmit_option(RESUBMIT_HELP)
 @click.option(
     "--job-timeout",
     default=None,
@@ -204,7 +249,7 @@ def run(
     api_base: str | None,
     allow_insecure_http: bool,
     max_renders: int,
-    resubmit_uncertain: bool,
+    resubmit_uncertain: Resubmit,
     job_timeout: float | None,
     time_scale: float,
     fmt: str,
@@ -376,7 +421,8 @@ def schema_manifest() -> None:
 
 _FAULT_HELP = """\b
 Fault SPEC: KIND=WHEN[,OPTION=VALUE]...  WHEN is a probability per matching
-request (0.1 or 10%) or firstN (the first N matching requests).
+request (0.1 or 10%), firstN (the first N matching requests) or afterN
+(every matching request after the first N).
   storm=SECONDS   429 + Retry-After to every /v1 request for SECONDS
                   (modelled), from at=SECONDS after start (default 0)
   5xx=WHEN        answer 500/502/503 (status=503 fixes one; 503=WHEN too)
@@ -392,6 +438,8 @@ request (0.1 or 10%) or firstN (the first N matching requests).
                   the job's status reads word=WORD (rendering), a word
                   clients do not know; it renders and bills as usual
   slow=WHEN       answer after delay=SECONDS (modelled, default 5)
+  revoke=WHEN     answer 401 invalid_api_key, as for a revoked key;
+                  afterN: the key works for N requests, then never
 on=TARGET picks requests: v1 (default), submit, poll, list, cancel, upload,
 models, download, any.  Examples: --fault 5xx=0.1 --fault drop=first1,on=poll
 --fault storm=30,at=60 --fault fail=0.05 --fault truncate=first1,length=none
@@ -492,6 +540,14 @@ def _check_faults(
     is_flag=True,
     help="Send x-ratelimit-limit-requests and x-ratelimit-remaining-requests headers.",
 )
+@click.option(
+    "--job-list",
+    default="cursor",
+    show_default=True,
+    type=click.Choice(["cursor", "no-cursor", "absent"]),
+    help="GET /v1/jobs: pages with last_id and after=, pages that say has_more with no way "
+    "on, or no list (404).",
+)
 def emulator(
     host: str,
     port: int,
@@ -508,6 +564,7 @@ def emulator(
     cancel_route: bool,
     drifted_schema: bool,
     rate_limit_headers: bool,
+    job_list: str,
 ) -> None:
     """Serve a local emulator of the EmpirioLabs API."""
     from kling_batch.emulator.server import config_from_options, serve
@@ -526,6 +583,7 @@ def emulator(
         cancel_route=cancel_route,
         drifted_schema=drifted_schema,
         rate_limit_headers=rate_limit_headers,
+        job_list=job_list,
     )
     serve(host=host, port=port, config=config)
 

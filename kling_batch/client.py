@@ -19,6 +19,8 @@ import json
 import logging
 import mimetypes
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
@@ -45,6 +47,7 @@ from kling_batch.errors import (
     ConnectionFailed,
     CreditsError,
     JobNotFound,
+    KeyRefused,
     MalformedResponse,
     RateLimited,
     ResultExpired,
@@ -53,6 +56,7 @@ from kling_batch.errors import (
     ShotRejected,
     TruncatedDownload,
 )
+from kling_batch.joblist import JobPage, NextPage, parse_job_page
 from kling_batch.payloads import (
     Download,
     ErrorInfo,
@@ -134,6 +138,9 @@ class EmpirioClient:
             if limiter is not None
             else RateLimiter(rpm, clock=self._clock, period=60.0 * RATE_HEADROOM)
         )
+        # The first 401, after which nothing more is sent, and the requests waiting to go.
+        self._key_refusal: AuthError | None = None
+        self._waiting: set[anyio.CancelScope] = set()
         self._http = httpx.AsyncClient(
             transport=transport,
             limits=limits or httpx.Limits(max_connections=256, max_keepalive_connections=64),
@@ -212,23 +219,38 @@ class EmpirioClient:
         return await self._call("job", lambda _: self._build("GET", url, "poll"), handle)
 
     async def list_jobs(self, status: str | None = None, limit: int = 100) -> list[JobState] | None:
-        """Recent jobs from `GET /v1/jobs` (provisional path); None if the API has no list."""
-        params: dict[str, str | int] = {"limit": limit}
-        if status:
-            params["status"] = status
-        url = self._api_url("v1/jobs")
+        """The first page of recent jobs from `GET /v1/jobs`; None if the API has no list."""
+        page = await self.list_jobs_page(status=status, limit=limit)
+        return page.jobs if page is not None else None
 
-        async def handle(response: httpx.Response) -> list[JobState]:
+    async def list_jobs_page(
+        self, *, status: str | None = None, limit: int = 100, page: NextPage | None = None
+    ) -> JobPage | None:
+        """One page of `GET /v1/jobs` (provisional path), newest first; None (404 or 405)
+        when the API offers no list. `page` is the previous page's `JobPage.next`.
+
+        A next-page URL off the API origin is never followed (it reads as no way on).
+        """
+        query: dict[str, str | int] = {"limit": limit, **(page.params if page else {})}
+        if status:
+            query["status"] = status
+        url = self._api_url("v1/jobs")
+        params: dict[str, str | int] | None = query
+        if page is not None and page.url is not None:
+            url, params = httpx.URL(page.url), None  # the link carries its own query
+
+        async def handle(response: httpx.Response) -> JobPage:
             await response.aread()
             try:
                 payload = json.loads(response.content)
             except ValueError as exc:
                 raise MalformedResponse("the job list is not JSON") from exc
-            if isinstance(payload, Mapping):
-                payload = payload.get("data", payload.get("jobs"))
-            if not isinstance(payload, list):
-                raise MalformedResponse("the response holds no list of jobs")
-            return [parse_job(item) for item in payload if isinstance(item, Mapping)]
+            link = response.links.get("next", {}).get("url")
+            found = parse_job_page(payload, limit=limit, link_next=link)
+            if found.next is not None and found.next.url is not None:
+                own = self._own_url(found.next.url)
+                found = replace(found, next=NextPage(url=str(own)) if own else None)
+            return found
 
         try:
             return await self._call(
@@ -323,15 +345,20 @@ class EmpirioClient:
         make: Callable[[contextlib.ExitStack], httpx.Request],
         handle: Callable[[httpx.Response], Awaitable[T]],
     ) -> T:
-        """Send with retries; return `handle(response)` of the first usable 2xx."""
+        """Send with retries; return `handle(response)` of the first usable 2xx.
+
+        After the API's first 401 no request to its origin goes out again: each later one,
+        and each one waiting for its turn or a retry, raises `KeyRefused` (issue 9).
+        """
         attempt = 0
         while True:
             attempt += 1
             cause: BaseException | None = None
             with contextlib.ExitStack() as stack:
                 request = make(stack)
-                if self._is_limited(request.url):
-                    await self._limiter.acquire()
+                keyed = self._same_origin(request.url)
+                limited = self._is_limited(request.url)
+                await self._unless_refused(keyed, self._limiter.acquire if limited else None)
                 try:
                     response = await self._http.send(
                         request, stream=True, follow_redirects=op == "download"
@@ -352,20 +379,69 @@ class EmpirioClient:
                         cause = exc.__cause__
                     finally:
                         await response.aclose()
-            error.attempts = attempt
-            log.debug(
-                "%s %s failed (attempt %d): %s", request.method, _safe_url(request), attempt, error
+            delay = self._retry_delay(request, error, attempt, cause)
+            await self._unless_refused(keyed, partial(self._clock.sleep, delay))
+
+    def _retry_delay(
+        self, request: httpx.Request, error: ApiError, attempt: int, cause: BaseException | None
+    ) -> float:
+        """How long to wait before trying again; raises `error` when it is not worth it."""
+        error.attempts = attempt
+        self._note_refusal(error)
+        log.debug(
+            "%s %s failed (attempt %d): %s", request.method, _safe_url(request), attempt, error
+        )
+        if not error.retryable or attempt >= self._retry.max_attempts:
+            raise error from self._safe_cause(cause)
+        delay = self._retry.delay(attempt, error.retry_after)
+        if isinstance(error, RateLimited) or error.retry_after is not None:
+            # One 429 slows the whole client, so the other callers do not hit it too.
+            self._limiter.pause_for(delay if error.retry_after is None else error.retry_after)
+        log.info("retrying %s %s in %.1fs: %s", request.method, _safe_url(request), delay, error)
+        return delay
+
+    async def _unless_refused(
+        self, keyed: bool, wait: Callable[[], Awaitable[None]] | None
+    ) -> None:
+        """Await `wait` (a turn of the rate limiter, a retry's backoff), then return, unless
+        the key has been refused: a request carrying it then raises `KeyRefused`, at once,
+        even while it waits (requests queued behind the limiter must not go out)."""
+        if keyed:
+            self._check_key()
+        if wait is None:
+            return
+        if not keyed:
+            await wait()
+            return
+        with anyio.CancelScope() as scope:
+            self._waiting.add(scope)
+            try:
+                await wait()
+            finally:
+                self._waiting.discard(scope)
+        self._check_key()
+
+    def _check_key(self) -> None:
+        """Raise `KeyRefused` (the first 401's words) once the API has refused the key."""
+        first = self._key_refusal
+        if first is not None:
+            refused = KeyRefused(
+                first.message, status=first.status, code=first.code, type=first.type
             )
-            if not error.retryable or attempt >= self._retry.max_attempts:
-                raise error from self._safe_cause(cause)
-            delay = self._retry.delay(attempt, error.retry_after)
-            if isinstance(error, RateLimited) or error.retry_after is not None:
-                # One 429 slows the whole client, so the other callers do not hit it too.
-                self._limiter.pause_for(delay if error.retry_after is None else error.retry_after)
-            log.info(
-                "retrying %s %s in %.1fs: %s", request.method, _safe_url(request), delay, error
-            )
-            await self._clock.sleep(delay)
+            refused.attempts = 0  # nothing was sent
+            raise refused
+
+    def _note_refusal(self, error: ApiError) -> None:
+        """The first 401 refuses the key for good: wake every request waiting to be sent.
+
+        Only 401 (the key is missing, invalid or revoked): a 403 says the key was read and
+        this one request is not allowed, so polls of paid jobs may still succeed.
+        """
+        if self._key_refusal is not None or not isinstance(error, AuthError) or error.status != 401:
+            return
+        self._key_refusal = error
+        for scope in list(self._waiting):
+            scope.cancel()
 
     def _classify(
         self,
@@ -522,6 +598,14 @@ class EmpirioClient:
 
     def _api_url(self, path: str) -> httpx.URL:
         return self._base.join(path)
+
+    def _own_url(self, raw: str) -> httpx.URL | None:
+        """A next-page link (absolute, or relative to the job list) if on the API origin."""
+        try:
+            url = self._api_url("v1/jobs").join(raw)
+        except httpx.InvalidURL:
+            return None
+        return url if self._same_origin(url) else None
 
     def _poll_url(self, raw: str | None, job_id: str) -> str:
         """Where to poll: the API's poll URL if it is on the API origin, else `/v1/jobs/{id}`."""

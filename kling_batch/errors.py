@@ -16,6 +16,7 @@
                │    └── TruncatedDownload  a download cut short or of the wrong size
                ├── RunFatal         stop submitting for the whole run
                │    ├── AuthError          401 / 403 on the API
+               │    │    └── KeyRefused    not sent: the key was refused (401) earlier
                │    └── CreditsError       402: out of credits
                ├── ShotRejected     400, 404, 422, other 4xx: this request never succeeds
                ├── JobNotFound      404 on a job: unknown id or its state expired
@@ -169,6 +170,10 @@ class RunFatal(ApiError):
 
 class AuthError(RunFatal):
     """401/403: the API key is missing, invalid or not allowed."""
+
+
+class KeyRefused(AuthError):
+    """Not sent: the API answered 401 to this client's key earlier, so nothing more goes out."""
 
 
 class CreditsError(RunFatal):

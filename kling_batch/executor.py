@@ -33,7 +33,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from kling_batch.adoption import JobFinder, JobLister
+from kling_batch.adoption import JobFinder, JobLister, Resubmit, unsettled_detail
 from kling_batch.downloads import Downloads, ResultClient
 from kling_batch.errors import (
     ApiError,
@@ -50,7 +50,7 @@ from kling_batch.lockfile import (
     inherited,
     new_entry,
 )
-from kling_batch.outcomes import Events, Outcome, OutcomeState, RunReport
+from kling_batch.outcomes import Events, Outcome, OutcomeState, RunReport, stop_reason
 from kling_batch.pacing import JobWatch, PollPacing, job_deadline, longest_first
 from kling_batch.payloads import JobState
 from kling_batch.plan import PAID_ACTIONS, PlanItem, PlannedRender, RestoreSource
@@ -74,7 +74,7 @@ class RunOptions:
 
     jobs: int = 4
     fail_fast: bool = False
-    resubmit_uncertain: bool = False
+    resubmit_uncertain: Resubmit = "off"
     pacer: PollPacing = field(default_factory=lambda: PollPacing())
     # Give up polling a job that stays unreachable this long; it stays `submitted`.
     poll_patience: float = 1800.0
@@ -159,7 +159,7 @@ class Executor:
         try:
             return await self._dispatch(item)
         except RunFatal as exc:
-            self.stop(f"the API refused the account: {exc}")
+            self.stop(stop_reason(exc))
             # Refused at submit: failed (nothing was created). Refused while polling: the
             # job is still recorded and the next run resumes it.
             entry = self.writer.get(render.id)
@@ -396,9 +396,11 @@ class Executor:
         return replace(source, sha256=twin.output_sha256, size=size, path=self.root / twin.output)
 
     async def _settle_uncertain(self, item: PlanItem, entry: Entry) -> Outcome:
-        """Adopt the job if the API's job list shows it; resubmit only when asked to."""
+        """Adopt the job if the API's job list shows it; resubmit only when asked to, and
+        without `blind` only after a complete look (`adoption.Look`)."""
         render = item.render
-        job = await self._finder.find(entry)
+        look = await self._finder.find(entry)
+        job = look.job
         if job is not None:
             now = self.clock.now()
             adopted = self.writer.update(
@@ -420,9 +422,9 @@ class Executor:
                 "(put the shot back to decide)"
             )
             return _outcome(item, "uncertain", detail)
-        if not self.options.resubmit_uncertain:
-            detail = entry.error or "the submission may have reached the API"
-            return _outcome(item, "uncertain", detail)
+        mode = self.options.resubmit_uncertain
+        if not look.may_resend(mode):
+            return _outcome(item, "uncertain", unsettled_detail(entry, look, mode))
         return await self._render(PlanItem(render, "retry", item.reasons), entry)
 
 

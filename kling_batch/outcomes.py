@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal, Protocol
 
+from kling_batch.errors import AuthError, RunFatal
 from kling_batch.pricing import round_cost
 
 OutcomeState = Literal["done", "failed", "uncertain", "pending", "skipped"]
@@ -77,3 +78,14 @@ class RunReport:
         if self.stopped or any(o.state != "done" for o in self.outcomes):
             return 1
         return 0
+
+
+def stop_reason(exc: RunFatal) -> str:
+    """Why a refusal of the account stops the run, and what the user can do about it."""
+    if isinstance(exc, AuthError) and exc.status == 401:
+        return (
+            f"the API refused the API key ({exc}); no request was sent after that. Renders "
+            "already submitted stay recorded: run again with a valid EMPIRIOLABS_API_KEY to "
+            "resume them"
+        )
+    return f"the API refused the account: {exc}"

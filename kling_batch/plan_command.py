@@ -8,9 +8,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kling_batch import reports, ui
+from kling_batch.adoption import Resubmit
 from kling_batch.errors import UserError
 from kling_batch.limits import MAX_RENDERS
 from kling_batch.plan import Plan, build_plan
+from kling_batch.resend import plan_json_text, resend
 from kling_batch.saved_plan import PlanOptions, is_saved_plan, load_plan, save_plan
 from kling_batch.status import emulator_only_hint
 
@@ -28,6 +30,7 @@ class PlanRequest:
     max_renders: int = MAX_RENDERS
     out: Path | None = None
     compare: str | None = None
+    resubmit_uncertain: Resubmit = "off"
 
     @property
     def options(self) -> PlanOptions:
@@ -64,7 +67,7 @@ def plan_command(request: PlanRequest) -> int:
     if request.compare is not None:
         _report_comparison(plan, request)
     else:
-        _report(plan, request.fmt)
+        _report(plan, request.fmt, request.resubmit_uncertain)
     if request.out is not None:
         save_plan(plan, request.options, request.out)
         ui.say(f"Saved the plan to {request.out}; `kling-batch run {request.out}` renders it.")
@@ -73,13 +76,19 @@ def plan_command(request: PlanRequest) -> int:
     return 0
 
 
-def _report(plan: Plan, fmt: str) -> None:
+def _report(plan: Plan, fmt: str, mode: Resubmit = "off") -> None:
+    """The plan in `fmt`; with a resubmit mode, also the cost to run under it."""
+    again = resend(plan, mode) if mode != "off" else None
     if fmt == "json":
-        ui.write_data(reports.dumps_json(plan))
+        ui.write_data(plan_json_text(plan, mode) if again else reports.dumps_json(plan))
     elif fmt == "markdown":
-        ui.write_data(reports.render_markdown(plan))
+        extra = f"\n**{again.line()}**\n" if again else ""
+        ui.write_data(reports.render_markdown(plan) + extra)
     else:
-        reports.render_table(plan, ui.stdout_console())
+        console = ui.stdout_console()
+        reports.render_table(plan, console)
+        if again:
+            console.print(again.line())
 
 
 def _report_comparison(plan: Plan, request: PlanRequest) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 
 from kling_batch import ui
+from kling_batch.adoption import Resubmit
 from kling_batch.atomic import sweep_temps
 from kling_batch.client import EmpirioClient
 from kling_batch.clock import ScaledClock
@@ -24,6 +25,7 @@ from kling_batch.lockfile import LockWriter, lock_path
 from kling_batch.outcomes import RunReport
 from kling_batch.plan import Plan, PlanItem, build_plan
 from kling_batch.reports import summary_line, usd
+from kling_batch.resend import Resend, resend
 from kling_batch.run_summary import summarise
 from kling_batch.runlock import hold_run_lock
 from kling_batch.shared_outputs import refuse_shared_outputs
@@ -48,7 +50,7 @@ class RunRequest:
     fail_fast: bool = False
     emulator: bool = False
     api_base: str | None = None
-    resubmit_uncertain: bool = False
+    resubmit_uncertain: Resubmit = "off"
     job_timeout: float | None = None  # API seconds after submission; None: per tier
     # Real seconds per API second: only for an emulator started with --time-scale.
     time_scale: float = 1.0
@@ -86,28 +88,16 @@ def run_command(request: RunRequest) -> int:
             summarise(plan, [], RunReport(), plan.lock, fmt=request.fmt)
             return 0
         refuse_shared_outputs(plan, items)
-        cost = _cost_to_run(plan, request)
-        _refuse_over_budget(plan, request, cost)
+        again = resend(plan, request.resubmit_uncertain)  # counted in cost, budget, question
+        _refuse_over_budget(plan, request, again.to_run_cost)
         if not request.emulator:
             api_key_from_env()  # a missing key is said before the question, not after
-        _confirm(plan, request, cost)
+        _confirm(plan, again, request)
         return anyio.run(_execute, plan, items, request)
 
 
 def _warn(message: str) -> None:
     ui.say(f"warning: {message}")
-
-
-def _cost_to_run(plan: Plan, request: RunRequest) -> Decimal:
-    cost = plan.totals.to_run_cost
-    if request.resubmit_uncertain:
-        cost += sum((i.render.cost for i in plan.items if i.action == "uncertain"), Decimal(0))
-    return cost
-
-
-def _paid_count(plan: Plan, request: RunRequest) -> int:
-    extra = {"uncertain"} if request.resubmit_uncertain else set()
-    return sum(1 for item in plan.items if item.paid or item.action in extra)
 
 
 def _refuse_over_budget(plan: Plan, request: RunRequest, cost: Decimal) -> None:
@@ -125,15 +115,14 @@ def _refuse_over_budget(plan: Plan, request: RunRequest, cost: Decimal) -> None:
         )
 
 
-def _confirm(plan: Plan, request: RunRequest, cost: Decimal) -> None:
+def _confirm(plan: Plan, again: Resend, request: RunRequest) -> None:
     """Ask on a terminal before spending; without one, --yes is required.
 
     Emulator runs spend nothing and are not asked about (their budget still applies).
     """
-    count = _paid_count(plan, request)
-    if count == 0 or request.yes or request.emulator:
+    if again.paid == 0 or request.yes or request.emulator:
         return  # nothing to pay, already confirmed, or the emulator (no real money)
-    question = f"Render {count} shot{'s' if count != 1 else ''} for {usd(cost)}?"
+    question = again.question()
     if not ui.can_ask():
         raise RefusedError(f"{question} Not a terminal: pass --yes to confirm.")
     ui.show_plan(plan)

@@ -16,7 +16,7 @@ import anyio
 import anyio.lowlevel
 
 from kling_batch.clock import Clock
-from kling_batch.errors import AmbiguousSubmit, ApiError, RunFatal, ShotRejected
+from kling_batch.errors import AmbiguousSubmit, ApiError, KeyRefused, RunFatal, ShotRejected
 from kling_batch.lockfile import Charge, Entry, LockWriter, inherited, new_entry
 from kling_batch.outcomes import Events, RunReport
 from kling_batch.payloads import Submission
@@ -63,12 +63,17 @@ class Submitter:
         """Record `submitting`, POST, record the answer; returns the entry as it ends up.
 
         None, with the previous record put back, when the run was stopped or cancelled
-        after `submitting` was saved but before the POST went out.
+        after `submitting` was saved but before the POST went out, or when the client
+        refused to send it (`KeyRefused`: the API refused the key earlier in the run).
         """
         if not await self._save_submitting(render, previous):
             return None
         self.events.event(render.id, "submitting")
-        entry = await self._post(render, body)
+        try:
+            entry = await self._post(render, body)
+        except KeyRefused:
+            await self._unsubmit(render.id, previous)  # never sent: the record goes back
+            return None
         await self.writer.commit()
         if entry.state == "submitted":
             self.events.event(render.id, "submitted", entry.job_id or "")
@@ -132,6 +137,8 @@ class Submitter:
             )
         except ShotRejected as exc:
             return self._refused(render, f"rejected: {exc}")
+        except KeyRefused:
+            raise
         except RunFatal as exc:
             self._refused(render, f"not submitted: {exc}")
             await self.writer.commit()

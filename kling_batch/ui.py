@@ -202,7 +202,7 @@ def print_summary(report: RunReport, out: IO[str] | None = None) -> None:
     if billed is not None:
         console.print(f"Billed by the API: {usd(billed)}")
     for outcome in report.outcomes:
-        if outcome.state in {"failed", "pending"}:
+        if outcome.state in {"failed", "pending", "uncertain"}:
             console.print(f"- {outcome.state} {outcome.id}: {outcome.detail}")
     uncertain = [o for o in report.outcomes if o.state == "uncertain"]
     if uncertain:
@@ -212,7 +212,8 @@ def print_summary(report: RunReport, out: IO[str] | None = None) -> None:
         )
         console.print(
             "  Check your EmpirioLabs dashboard; `kling-batch run --resubmit-uncertain` looks "
-            "them up in the job list and sends again only those it cannot find."
+            "them up in the job list and sends again only those a complete look does not "
+            "find; `--resubmit-uncertain=blind` sends them again anyway (each may be paid twice)."
         )
     if report.stopped:
         console.print(f"Stopped early: {report.stopped}")

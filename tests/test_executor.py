@@ -13,6 +13,7 @@ import anyio
 from kling_batch.clock import ScaledClock
 from kling_batch.errors import ConnectionFailed, JobNotFound, ResultExpired, RunFatal
 from kling_batch.executor import Executor, RunOptions
+from kling_batch.joblist import JobPage
 from kling_batch.lockfile import LockWriter, load_lockfile, new_entry
 from kling_batch.outcomes import Quiet, RunReport
 from kling_batch.payloads import Download, JobState, Submission, Upload
@@ -64,8 +65,8 @@ class FakeApi:
             billed_usd=Decimal("1.4"),
         )
 
-    async def list_jobs(self, status: str | None = None, limit: int = 100) -> list[JobState]:
-        return []
+    async def list_jobs_page(self, **_: Any) -> JobPage:
+        return JobPage([], ended=True)
 
     async def upload(self, path: Path, *, content_type: str | None = None) -> Upload:
         size = await anyio.Path(path).stat()

@@ -11,6 +11,9 @@ from kling_batch.emulator.faults import Fault
 
 PollUrlStyle = Literal["absolute", "relative", "absent"]
 UnknownFields = Literal["reject", "ignore"]
+# The job list: pages with `last_id` and `after=` ("cursor"), pages that say `has_more` but
+# offer no way on ("no-cursor"), or no list at all, 404 ("absent").
+JobListStyle = Literal["cursor", "no-cursor", "absent"]
 
 DEFAULT_API_KEY = "sk-empiriolabs-emulator"
 
@@ -63,6 +66,7 @@ class EmulatorConfig:
     submit_status: int = 200  # 200, 201 or 202
     poll_url_style: PollUrlStyle = "absolute"  # or "relative", or "absent" (no key)
     unknown_fields: UnknownFields = "reject"  # a 400 naming the field, or "ignore"
+    job_list: JobListStyle = "cursor"  # or "no-cursor", or "absent" (GET /v1/jobs is 404)
     large_output_bytes: int | None = None  # pad every result to this size (streamed)
     job_retention_seconds: float = _HOUR  # job state kept after its end, then 404
     url_ttl_seconds: float = 7 * _DAY  # result and upload URLs stop working after this

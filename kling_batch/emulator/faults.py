@@ -2,8 +2,9 @@
 
 Syntax: ``KIND=WHEN[,OPTION=VALUE]...``
 
-``WHEN`` is a probability per matching request (``0.1`` or ``10%``) or ``firstN`` (the first
-N matching requests, deterministic). Storms take a length in modelled seconds instead.
+``WHEN`` is a probability per matching request (``0.1`` or ``10%``), ``firstN`` (the first
+N matching requests, deterministic) or ``afterN`` (every matching request after the first
+N). Storms take a length in modelled seconds instead.
 
 ======================  ==============================================================
 ``storm=SECONDS``       every matching request gets 429 + ``Retry-After`` for SECONDS
@@ -27,14 +28,16 @@ N matching requests, deterministic). Storms take a length in modelled seconds in
                         outside the API's vocabulary, in every answer; it renders and
                         bills as usual
 ``slow=WHEN``           delay the answer by ``delay=`` modelled seconds (default 5)
+``revoke=WHEN``         answer 401 ``invalid_api_key`` as if the key had been revoked
+                        (``revoke=after3``: the key works for three requests, then never)
 ======================  ==============================================================
 
 ``on=`` picks the requests a fault applies to: ``v1`` (every ``/v1`` request, the default
 for all but ``ambiguous`` and ``truncate``), ``submit``, ``poll``, ``list``, ``cancel``,
 ``upload``, ``models``, ``download`` or ``any``. Examples: ``5xx=0.1``, ``drop=first1,on=poll``,
 ``storm=30,at=60``, ``slow=0.2,delay=10``, ``fail=0.05``, ``truncate=first1,length=none``,
-``status-word=1,word=finished``. ``fail``, ``stall`` and ``status-word`` strike jobs as
-they are created (``on=`` does not apply).
+``status-word=1,word=finished``, ``revoke=after3``. ``fail``, ``stall`` and ``status-word``
+strike jobs as they are created (``on=`` does not apply).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ KINDS = (
     "stall",
     "status-word",
     "slow",
+    "revoke",
 )
 TARGETS = ("v1", "submit", "poll", "list", "cancel", "upload", "models", "download", "any")
 _V1_CLASSES = frozenset({"submit", "poll", "list", "cancel", "upload", "models", "v1"})
@@ -63,6 +67,7 @@ _DOWNLOAD_KINDS = frozenset({"truncate", "swap"})
 JOB_KINDS = frozenset({"fail", "stall", "status-word"})
 _STATUS_SHORTHANDS = {"500": 500, "502": 502, "503": 503}
 _FIRST = re.compile(r"first(\d+)")
+_AFTER = re.compile(r"after(\d+)")
 _OPTIONS = ("on", "at", "status", "code", "delay", "keep", "length", "seconds", "word")
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,39}")
 
@@ -74,6 +79,7 @@ class Fault:
     kind: str
     rate: float = 1.0
     first: int | None = None
+    after: int | None = None  # `afterN`: every matching request after the first N
     on: str | None = None
     at: float = 0.0
     length: float = 0.0
@@ -138,11 +144,13 @@ def parse_fault(spec: str) -> Fault:
     status = _STATUS_SHORTHANDS.get(kind)
     if status is not None:
         kind = "5xx"
-    rate, first, length = 1.0, None, 0.0
+    rate, first, after, length = 1.0, None, None, 0.0
     if kind == "storm":
         length = _number(spec, "storm length", when)
     elif match := _FIRST.fullmatch(when):
         first = int(match.group(1))
+    elif match := _AFTER.fullmatch(when):
+        after = int(match.group(1))
     elif when.endswith("%"):
         rate = _number(spec, "rate", when[:-1]) / 100
     else:
@@ -160,6 +168,7 @@ def parse_fault(spec: str) -> Fault:
             kind=kind,
             rate=rate,
             first=first,
+            after=after,
             length=length,
             on=opts.get("on"),
             code=opts.get("code", "content_moderation"),
@@ -263,8 +272,8 @@ class FaultPlan:
         return self.strike("status-word", "job")
 
     def _draw(self, index: int, fault: Fault) -> bool:
-        if fault.first is not None:
+        if fault.first is not None or fault.after is not None:
             seen = self._hits.get(index, 0)
             self._hits[index] = seen + 1
-            return seen < fault.first
+            return seen < fault.first if fault.first is not None else seen >= (fault.after or 0)
         return self._rng.random() < fault.rate

@@ -237,6 +237,8 @@ class Gateway:
         if scope["path"].startswith("/v1/"):
             try:
                 ex.context = RequestContext(account=self._authenticate(scope))
+                if self._strike("revoke", request_class, ex) is not None:
+                    raise ApiError(401, "invalid_api_key", "The API key was revoked.")
                 self._admit(ex)
             except ApiError as error:
                 await ex.answer(error)

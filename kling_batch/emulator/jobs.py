@@ -204,12 +204,21 @@ class JobTable:
             heapq.heappush(self._to_drop, (drop_at, job.seq, job.id))
             return job
 
-    def recent(self, now: float, *, status: str | None, limit: int) -> tuple[list[Job], bool]:
-        """Newest jobs first, optionally of one status; and whether more would match."""
+    def recent(
+        self, now: float, *, status: str | None, limit: int, after: str | None = None
+    ) -> tuple[list[Job], bool] | None:
+        """Newest jobs first, optionally of one status, starting after the job `after` (a
+        cursor); and whether more would match. None when `after` is no job on the list."""
         found: list[Job] = []
         with self._lock:
             self.settle(now)
+            if after is not None and after not in self._jobs:
+                return None
+            skipping = after is not None
             for job in reversed(self._jobs.values()):
+                if skipping:
+                    skipping = job.id != after
+                    continue
                 if status is None or job.view(now).status == status:
                     if len(found) == limit:
                         return found, True

@@ -3,7 +3,9 @@
 ==========================================  ============================================
 ``POST /v1/videos/generations``             validate, create a job (200, or 202)
 ``GET  /v1/jobs/{job_id}``                  the job; 404 once dropped (1 h after the end)
-``GET  /v1/jobs?status=&limit=``            newest first; limit 25 by default, 100 at most
+``GET  /v1/jobs?status=&limit=&after=``     newest first; limit 25 by default, 100 at most;
+                                            ``last_id`` + ``has_more``, ``after=<last_id>``
+                                            (or ``starting_after=``) for the next page
 ``POST /v1/jobs/{job_id}/cancel``           cancel a queued or processing job (not billed);
                                             404 with ``cancel_route=False``
 ``POST /v1/files/upload``                   multipart ``file`` → a ``bunny://`` path
@@ -142,6 +144,9 @@ class _Routes:
         return JSONResponse(self._job_json(job, now, _base(request)))
 
     async def list_jobs(self, request: Request) -> Response:
+        style = self.config.job_list
+        if style == "absent":
+            raise ApiError(404, "not_found", "Not Found")
         status = request.query_params.get("status") or None
         if status is not None and status not in STATUSES:
             raise invalid(f"'status' must be one of {', '.join(STATUSES)}.", "status")
@@ -152,11 +157,20 @@ class _Routes:
             raise invalid("'limit' must be an integer.", "limit") from None
         if not 1 <= limit <= _LIST_MAX:
             raise invalid(f"'limit' must be within 1–{_LIST_MAX}.", "limit")
+        query = request.query_params
+        after = (query.get("after") or query.get("starting_after")) if style == "cursor" else None
         now = self.emu.clock.now()
-        jobs, more = self.emu.jobs.recent(now, status=status, limit=limit)
+        listed = self.emu.jobs.recent(now, status=status, limit=limit, after=after or None)
+        if listed is None:
+            raise invalid(f"No job {after!r} to list after (it may have expired).", "after")
+        jobs, more = listed
         base = _base(request)
         data = [self._job_json(job, now, base) for job in jobs]
-        return JSONResponse({"object": "list", "data": data, "has_more": more})
+        payload: dict[str, Any] = {"object": "list", "data": data, "has_more": more}
+        if style == "cursor":
+            payload["first_id"] = jobs[0].id if jobs else None
+            payload["last_id"] = jobs[-1].id if jobs else None
+        return JSONResponse(payload)
 
     async def cancel(self, request: Request) -> Response:
         if not self.config.cancel_route:  # as an API that does not offer it: no such route

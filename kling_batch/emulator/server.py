@@ -22,8 +22,8 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
 from kling_batch.emulator.app import Emulator
-from kling_batch.emulator.config import EmulatorConfig, Latency, PollUrlStyle
-from kling_batch.emulator.faults import parse_fault
+from kling_batch.emulator.config import EmulatorConfig, JobListStyle, Latency, PollUrlStyle
+from kling_batch.emulator.faults import Fault, parse_fault
 from kling_batch.errors import UserError
 
 _START_TIMEOUT = 10.0
@@ -43,6 +43,20 @@ class RunningEmulator:
         return self.emulator.api_key
 
 
+def _credits(credits: str | Decimal | None) -> Decimal | None:
+    try:
+        return None if credits is None else Decimal(str(credits))
+    except InvalidOperation:
+        raise UserError(f"not an amount in USD: {credits!r}", field="--credits") from None
+
+
+def _faults(faults: Sequence[str]) -> tuple[Fault, ...]:
+    try:
+        return tuple(parse_fault(spec) for spec in faults)
+    except ValueError as exc:
+        raise UserError(str(exc), field="--fault") from None
+
+
 def config_from_options(
     *,
     api_key: str,
@@ -58,21 +72,18 @@ def config_from_options(
     cancel_route: bool = True,
     drifted_schema: bool = False,
     rate_limit_headers: bool = False,
+    job_list: str = "cursor",
 ) -> EmulatorConfig:
     """An `EmulatorConfig` from command-line style values; `UserError` names a bad option."""
-    try:
-        balance = None if credits is None else Decimal(str(credits))
-    except InvalidOperation:
-        raise UserError(f"not an amount in USD: {credits!r}", field="--credits") from None
-    try:
-        parsed = tuple(parse_fault(spec) for spec in faults)
-    except ValueError as exc:
-        raise UserError(str(exc), field="--fault") from None
+    balance, parsed = _credits(credits), _faults(faults)
     if latency not in ("realistic", "zero"):
         raise UserError("expected 'realistic' or 'zero'", field="--latency")
     if poll_url not in ("absolute", "relative", "absent"):
         raise UserError("expected 'absolute', 'relative' or 'absent'", field="--poll-url")
     style: PollUrlStyle = poll_url  # type: ignore[assignment]
+    if job_list not in ("cursor", "no-cursor", "absent"):
+        raise UserError("expected 'cursor', 'no-cursor' or 'absent'", field="--job-list")
+    listing: JobListStyle = job_list  # type: ignore[assignment]
     try:
         return EmulatorConfig(
             api_key=api_key,
@@ -88,6 +99,7 @@ def config_from_options(
             cancel_route=cancel_route,
             drifted_schema=drifted_schema,
             rate_limit_headers=rate_limit_headers,
+            job_list=listing,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None

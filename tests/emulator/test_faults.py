@@ -34,6 +34,7 @@ BODY = {"model": "kling-o3", "prompt": "a fox"}
         ("swap=first1,seconds=4.5", Fault(kind="swap", first=1, seconds=4.5)),
         ("stall=0.5", Fault(kind="stall", rate=0.5)),
         ("status-word=1,word=finished", Fault(kind="status-word", word="finished")),
+        ("revoke=after3", Fault(kind="revoke", after=3)),
     ],
 )
 def test_fault_specs_parse(spec, expected):
@@ -125,6 +126,15 @@ def test_first_n_strikes_only_the_first_requests(make_api):
     api = make_api(faults=(parse_fault("500=first2,on=models"),))
     statuses = [api.client.get("/v1/models").status_code for _ in range(4)]
     assert statuses == [500, 500, 200, 200]
+
+
+def test_revoked_key_works_for_n_requests_then_never(make_api):
+    """`revoke=afterN` accepts the key N times, then answers 401 `invalid_api_key`."""
+    api = make_api(faults=(parse_fault("revoke=after2"),))
+    responses = [api.client.get("/v1/models") for _ in range(2)] + [api.submit() for _ in range(2)]
+    assert [r.status_code for r in responses] == [200, 200, 401, 401]
+    assert responses[-1].json()["error"]["code"] == "invalid_api_key"
+    assert len(api.emu.jobs) == 0
 
 
 def test_5xx_on_submit_creates_no_job(make_api):

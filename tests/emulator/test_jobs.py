@@ -188,6 +188,34 @@ def test_list_is_newest_first_with_limit(api):
     assert body["has_more"] is True
 
 
+@pytest.mark.parametrize("cursor", ["after", "starting_after"])
+def test_list_pages_after_its_last_id(api, cursor):
+    """Each page names its `last_id`; `after=` it gives the next page, to the end."""
+    ids = [api.submit_ok()["job_id"] for _ in range(5)][::-1]
+    first = api.client.get("/v1/jobs", params={"limit": 2}).json()
+    second = api.client.get("/v1/jobs", params={"limit": 2, cursor: first["last_id"]}).json()
+    third = api.client.get("/v1/jobs", params={"limit": 2, cursor: second["last_id"]}).json()
+    pages = [[job["job_id"] for job in page["data"]] for page in (first, second, third)]
+    assert pages == [ids[:2], ids[2:4], ids[4:]]
+    assert [page["has_more"] for page in (first, second, third)] == [True, True, False]
+    assert first["last_id"] == ids[1]
+
+
+def test_list_without_cursor_says_more_but_offers_no_way_on(make_api):
+    """`job_list="no-cursor"`: `has_more` with no `last_id`, and `after=` is ignored."""
+    api = make_api(job_list="no-cursor")
+    ids = [api.submit_ok()["job_id"] for _ in range(3)][::-1]
+    body = api.client.get("/v1/jobs", params={"limit": 2, "after": ids[1]}).json()
+    assert ([job["job_id"] for job in body["data"]], body["has_more"]) == (ids[:2], True)
+    assert "last_id" not in body
+
+
+def test_list_can_be_absent(make_api):
+    """`job_list="absent"`: the API offers no job list, 404."""
+    api = make_api(job_list="absent")
+    assert api.client.get("/v1/jobs").status_code == 404
+
+
 def test_list_filters_by_status(make_api):
     """`status=` keeps only jobs in that state."""
     api = make_api(latency=Latency.realistic())

@@ -1,0 +1,80 @@
+"""Looking for an unanswered submission's job: when not finding it proves nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from kling_batch.adoption import JobFinder, Look
+from kling_batch.clock import ScaledClock
+from kling_batch.joblist import JobPage, NextPage
+from kling_batch.lockfile import Charge, Lockfile, LockWriter, new_entry
+from kling_batch.payloads import JobState
+from kling_batch.plan import build_plan
+
+ONE = '[[shots]]\nid = "a"\nprompt = "a lighthouse"\n'
+SENT = datetime.now(UTC) - timedelta(seconds=30)
+
+
+def job(n: int, *, minutes_before: float = 0, request: dict[str, Any] | None = None) -> JobState:
+    """A listed job created `minutes_before` the submission."""
+    created = SENT - timedelta(minutes=minutes_before)
+    return JobState(
+        f"j{n}",
+        "pending",
+        "processing",
+        request=request or {"prompt": f"other {n}"},
+        created_at=created,
+    )
+
+
+class Pages:
+    """A job list answering `pages` in turn, each pointing on to the next."""
+
+    def __init__(self, *pages: list[JobState], ended: bool = True) -> None:
+        self.clock = ScaledClock(1.0)
+        self.pages = list(pages)
+        self.asked: list[NextPage | None] = []
+        self.ended = ended
+
+    async def list_jobs_page(self, *, page: NextPage | None = None, **_: Any) -> JobPage:
+        self.asked.append(page)
+        index = min(len(self.asked), len(self.pages)) - 1
+        last = index == len(self.pages) - 1
+        following = None if last else NextPage(params={"after": f"p{index + 1}"})
+        return JobPage(self.pages[index], ended=last and self.ended, next=following)
+
+
+def look(project: Callable[..., Path], lister: Pages) -> Look:
+    """Look for render `a`, recorded uncertain, sent at SENT."""
+    plan = build_plan(project(ONE), now=SENT)
+    render = plan.items[0].render
+    charge = Charge(fingerprint=render.fingerprint, submitted_at=SENT, cost_usd=render.cost)
+    entry = new_entry(render, "uncertain", updated_at=SENT, submissions=[charge])
+    writer = LockWriter(plan.lock_path, Lockfile(shots={"a": entry}))
+    return anyio.run(JobFinder(lister, writer).find, entry)
+
+
+def test_reading_stops_once_the_list_is_older_than_the_submission(project) -> None:
+    """A page reaching past the submission (and its clock skew) ends the look: complete."""
+    lister = Pages([job(1), job(2, minutes_before=6)], [job(3, minutes_before=30)])
+    found = look(project, lister)
+    assert (found.job, found.complete, len(lister.asked)) == (None, True, 1)
+
+
+def test_a_page_repeated_instead_of_the_next_proves_nothing(project) -> None:
+    """An API ignoring the cursor answers the first page again: the look is not complete."""
+    page = [job(1), job(2)]
+    found = look(project, Pages(page, page))
+    assert not found.complete and "same page again" in (found.gap or "")
+
+
+def test_jobs_listed_without_their_request_prove_nothing(project) -> None:
+    """A list that does not echo requests cannot rule out that one job is ours."""
+    opaque = JobState("j9", "pending", "processing", created_at=SENT)
+    found = look(project, Pages([job(1), opaque]))
+    assert not found.complete and "does not say what 1 job(s)" in (found.gap or "")
