@@ -160,6 +160,9 @@ class Lockfile(BaseModel):
 
     version: int = LOCK_VERSION
     model: str = "kling-o3"
+    # Which API rendered what this file records: "emulator", or the API's origin
+    # (`https://api.empiriolabs.ai`). Set by the first run; a run against another refuses.
+    api: str | None = None
     shots: dict[str, Entry] = Field(default_factory=dict)
     uploads: dict[str, UploadedAsset] = Field(default_factory=dict)
 
@@ -261,10 +264,38 @@ def adopted_entry(stray: Entry, previous: Entry | None, render: RenderRecord) ->
     )
 
 
+EMULATOR_API = "emulator"
+
+
 def lock_path(manifest: Path, *, emulator: bool = False) -> Path:
-    """`launch.toml` → `launch.lock` (or `launch.emulator.lock` for emulator renders)."""
+    """`launch.toml` → `launch.lock` (or `launch.emulator.lock` for emulator renders).
+
+    A manifest named `*.emulator.toml` is refused: its lockfile would be another
+    manifest's emulator lockfile, and emulator renders must never pass for paid ones.
+    """
+    if manifest.stem.lower().endswith(".emulator"):
+        raise UserError(
+            f"a manifest named {manifest.name} would share its lockfile with the emulator "
+            f"renders of {manifest.stem.removesuffix('.emulator')}{manifest.suffix}; "
+            "rename it",
+            file=manifest,
+        )
     suffix = ".emulator.lock" if emulator else ".lock"
     return manifest.with_name(manifest.stem + suffix)
+
+
+def check_api(lock: Lockfile, path: Path, api: str) -> None:
+    """Refuse to run `api` on a lockfile recorded against another API (`UserError`)."""
+    if lock.api is None or lock.api == api:
+        return
+    against = "the emulator" if api == EMULATOR_API else api
+    recorded = "the emulator" if lock.api == EMULATOR_API else lock.api
+    raise UserError(
+        f"this lockfile records renders of {recorded}; a run against {against} would mix "
+        f"them (use the matching API, or another manifest for {against})",
+        file=path,
+        field="api",
+    )
 
 
 def load_lockfile(path: Path, *, cache: Path | None = None) -> Lockfile:
@@ -412,6 +443,12 @@ class LockWriter:
         self._saved = 0
         self._saving = anyio.Lock()
 
+    def claim_api(self, api: str) -> None:
+        """Record which API this lockfile's renders come from (saved by the next commit)."""
+        if self.lock.api != api:
+            self.lock.api = api
+            self._changes += 1
+
     def get(self, shot_id: str) -> Entry | None:
         """One shot's entry as it stands in this run."""
         return self.lock.shots.get(shot_id)
@@ -481,7 +518,8 @@ class LockWriter:
 
 def _compose(lock: Lockfile, entry_toml: Callable[[str, Entry], str]) -> str:
     """Header, version, then one `[shots."<id>"]` table per shot and the uploads, sorted."""
-    parts = [HEADER + tomli_w.dumps({"model": lock.model, "version": lock.version})]
+    head = {"api": lock.api, "model": lock.model, "version": lock.version}
+    parts = [HEADER + tomli_w.dumps({k: v for k, v in head.items() if v is not None})]
     parts.extend(entry_toml(shot_id, lock.shots[shot_id]) for shot_id in sorted(lock.shots))
     if lock.uploads:
         uploads = {

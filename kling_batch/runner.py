@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import anyio
+import httpx
 
 from kling_batch import ui
 from kling_batch.adoption import Resubmit
@@ -21,7 +22,7 @@ from kling_batch.endpoint import api_key_from_env, resolve_base_url
 from kling_batch.errors import LockWriteError, RefusedError, RunError
 from kling_batch.executor import Executor, RunOptions
 from kling_batch.limits import MAX_RENDERS
-from kling_batch.lockfile import LockWriter, lock_path
+from kling_batch.lockfile import EMULATOR_API, LockWriter, check_api, lock_path
 from kling_batch.outcomes import RunReport
 from kling_batch.plan import Plan, PlanItem, build_plan
 from kling_batch.reports import summary_line, usd
@@ -88,12 +89,22 @@ def run_command(request: RunRequest) -> int:
             summarise(plan, [], RunReport(), plan.lock, fmt=request.fmt)
             return 0
         refuse_shared_outputs(plan, items)
+        check_api(plan.lock, plan.lock_path, _api_identity(request))
         again = resend(plan, request.resubmit_uncertain)  # counted in cost, budget, question
         _refuse_over_budget(plan, request, again.to_run_cost)
         if not request.emulator:
             api_key_from_env()  # a missing key is said before the question, not after
         _confirm(plan, again, request)
         return anyio.run(_execute, plan, items, request)
+
+
+def _api_identity(request: RunRequest) -> str:
+    """What the lockfile records as its API: the emulator, or the API's origin."""
+    if request.emulator:
+        return EMULATOR_API
+    url = httpx.URL(resolve_base_url(request.api_base, allow_insecure_http=True))
+    port = f":{url.port}" if url.port else ""
+    return f"{url.scheme}://{url.host}{port}"
 
 
 def _warn(message: str) -> None:
@@ -132,6 +143,7 @@ def _confirm(plan: Plan, again: Resend, request: RunRequest) -> None:
 
 async def _execute(plan: Plan, items: list[PlanItem], request: RunRequest) -> int:
     writer = LockWriter(plan.lock_path, plan.lock)
+    writer.claim_api(_api_identity(request))
     options = RunOptions(
         jobs=request.jobs,
         fail_fast=request.fail_fast,

@@ -7,8 +7,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+from kling_batch.emulator import Latency
 from kling_batch.lockfile import load_lockfile
 from tests.run.conftest import Project
+
+# Jobs wait 450 modelled seconds (0.9 real seconds) in the queue: a run with a 1-second job
+# deadline always leaves its job in flight, however loaded the machine is.
+SLOW = Latency(queue_seconds=(450.0, 450.0), jitter=0.0)
 
 HEADER = 'version = 1\nname = "adopt"\noutput_dir = "renders"\n'
 HERO = HEADER + '\n[[shots]]\nid = "hero"\nprompt = "the hero lands"\nmodel_tier = "standard"\n'
@@ -35,7 +40,7 @@ def plan_text(project: Project, *args: str) -> str:
 
 def test_a_renamed_shot_adopts_its_job_in_flight(make_project: Callable[..., Project]) -> None:
     """Renamed while its job renders: the new id resumes that job; nothing is paid twice."""
-    project = make_project(HERO)
+    project = make_project(HERO, latency=SLOW)
     job = leave_in_flight(project)
     project.edit('id = "hero"', 'id = "hero-landing"')
     (shot,) = project.plan_json()["shots"]  # type: ignore[misc]
@@ -55,7 +60,7 @@ def test_one_take_adopts_and_only_the_new_one_is_paid(
     make_project: Callable[..., Project],
 ) -> None:
     """`takes = 1` → `2` while in flight: take 1 adopts the job, take 2 is the only new POST."""
-    project = make_project(HERO)
+    project = make_project(HERO, latency=SLOW)
     leave_in_flight(project)
     project.edit('model_tier = "standard"', 'model_tier = "standard"\ntakes = 2')
     actions = {s["id"]: s["action"] for s in project.plan_json()["shots"]}  # type: ignore[attr-defined]
@@ -70,7 +75,7 @@ def test_an_output_moved_while_in_flight_lands_at_its_new_path(
     make_project: Callable[..., Project],
 ) -> None:
     """Only the output changed: the same job is followed and its video lands at the new path."""
-    project = make_project(HERO)
+    project = make_project(HERO, latency=SLOW)
     leave_in_flight(project)
     project.edit('id = "hero"', 'id = "hero"\noutput = "finals/hero.mp4"')
     assert project.run().returncode == 0
@@ -84,7 +89,7 @@ def test_a_removed_shot_in_flight_is_followed_and_kept_in_the_cache(
 ) -> None:
     """Removed while rendering: plan and run say so, the video lands in the render cache."""
     other = '\n[[shots]]\nid = "bay"\nprompt = "a calm bay"\nmodel_tier = "standard"\n'
-    project = make_project(HERO + other)
+    project = make_project(HERO + other, latency=SLOW)
     project.run("--only", "hero", "--job-timeout", "1")
     project.edit('id = "hero"\nprompt = "the hero lands"', 'id = "gone"\nprompt = "elsewhere"')
     table, markdown = plan_text(project), plan_text(project, "--format", "markdown")
