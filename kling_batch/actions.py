@@ -12,6 +12,7 @@ from kling_batch.canonical import plain_numbers
 from kling_batch.lockfile import UNSETTLED, Entry, Lockfile, PastRender
 from kling_batch.planned import PlanItem, PlannedRender, RestoreSource
 from kling_batch.state import StateDir
+from kling_batch.urls import KnownUrl
 
 
 class FileFacts(Protocol):
@@ -22,6 +23,9 @@ class FileFacts(Protocol):
 
     def remembered_render(self, fingerprint: str) -> tuple[str, int] | None:
         """(sha256, size) the render cache's index holds for a fingerprint, if any."""
+
+    def result_url(self, sha256: str) -> KnownUrl | None:
+        """The signed URL a downloaded render can be fetched from again, if one is known."""
 
 
 class Differ:
@@ -184,10 +188,17 @@ class Differ:
             if self._file_matches(cached, past.sha256, past.size):
                 return RestoreSource("cache", past.sha256, past.size, path=self.root / cached)
         for _, past in candidates:
-            expires = past.result_expires_at
-            if past.result_url and expires is not None and expires > self.now:
-                return RestoreSource("url", past.sha256, past.size, url=past.result_url)
+            known = self._url_of(past)
+            if known is not None and known.expires_at > self.now:
+                url, job = known.url, known.job_id
+                return RestoreSource("url", past.sha256, past.size, url=url, job_id=job)
         return self._remembered(fingerprint)
+
+    def _url_of(self, past: PastRender) -> KnownUrl | None:
+        """A finished render's URL: in the URL store, or in the lockfile (older records)."""
+        if past.result_url and past.result_expires_at is not None:
+            return KnownUrl(past.result_url, past.result_expires_at)
+        return self.files.result_url(past.sha256)
 
     def _remembered(self, fingerprint: str) -> RestoreSource | None:
         """The render cache's own index: a render whose record was lost (a lockfile

@@ -5,7 +5,8 @@ fresh result URL asked of the job when a signed one has expired."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -33,8 +34,11 @@ from kling_batch.outputs import (
 from kling_batch.payloads import Download, JobState
 from kling_batch.plan import RestoreSource
 from kling_batch.state import StateDir
+from kling_batch.urls import KnownUrl, ResultUrls
 
 log = logging.getLogger(__name__)
+
+RESULT_RETENTION = timedelta(days=7)  # signed result URLs (API reference §3.1)
 
 
 class ResultClient(Protocol):
@@ -62,6 +66,7 @@ class Downloads:
         self.client = client
         self.state = state
         self.lock_file = lock_file
+        self.urls = ResultUrls(state.result_urls(lock_file))
 
     async def fetch(
         self,
@@ -178,12 +183,46 @@ class Downloads:
         except OSError as exc:
             log.debug("could not detach the render cache: %s", exc)
 
+    async def restore(self, output: PurePosixPath, source: RestoreSource) -> str | None:
+        """Put an earlier render in place; None when done, else why not.
+
+        A result URL the API refuses (or that serves other bytes) is not tried again: its
+        job is asked for a fresh one while it is retained, else the URL is forgotten so the
+        next plan prices a re-render honestly instead of promising this restore again.
+        """
+        try:
+            await self.place(output, source)
+            return None
+        except (ResultExpired, BadOutput) as exc:
+            if source.kind != "url":
+                return f"restore failed: {exc}"
+            problem: Exception = exc
+        except (ApiError, OSError) as exc:
+            return f"restore failed: {exc}"
+        try:
+            fresh = await self.fresh_job_url(source.job_id)
+            if fresh is not None:
+                await self.place(output, replace(source, url=fresh))
+                self.urls.put(source.sha256, KnownUrl(fresh, _expiry(), source.job_id))
+                return None
+        except (TryLater, ApiError, BadOutput, OSError) as exc:
+            problem = exc
+        self.urls.forget(source.sha256)
+        return (
+            f"restore from its result URL failed ({problem}); the URL is forgotten and the "
+            "next plan prices a re-render"
+        )
+
     async def fresh_url(self, entry: Entry) -> str | None:
-        """A new result URL from the job, None if the job is gone; `TryLater` if unsure."""
-        if entry.job_id is None:
+        """A new result URL from the entry's job, None if it is gone; `TryLater` if unsure."""
+        return await self.fresh_job_url(entry.job_id, entry.poll_url)
+
+    async def fresh_job_url(self, job_id: str | None, poll_url: str | None = None) -> str | None:
+        """A new result URL from a job, None if the job is gone; `TryLater` if unsure."""
+        if job_id is None:
             return None
         try:
-            job = await self.client.get_job(entry.job_id, entry.poll_url)
+            job = await self.client.get_job(job_id, poll_url)
         except JobNotFound:
             return None
         except RunFatal:
@@ -202,3 +241,8 @@ def _gone(entry: Entry, exc: ApiError) -> str:
         f"result URL expired and job {entry.job_id} is gone ({exc}); "
         "the next plan prices a re-render"
     )
+
+
+def _expiry() -> datetime:
+    """When a URL the API just gave expires, when it does not say: the documented week."""
+    return datetime.now(UTC) + RESULT_RETENTION

@@ -36,8 +36,6 @@ import anyio.to_thread
 from kling_batch.adoption import JobFinder, JobLister, Resubmit, unsettled_detail
 from kling_batch.downloads import Downloads, ResultClient
 from kling_batch.errors import (
-    ApiError,
-    BadOutput,
     LockWriteError,
     RunFatal,
     UploadFailed,
@@ -58,10 +56,12 @@ from kling_batch.polling import Lost, model_age, poll_job
 from kling_batch.state import StateDir
 from kling_batch.submission import Poster, Submitter
 from kling_batch.uploads import Uploader, Uploads
+from kling_batch.urls import KnownUrl
 
 log = logging.getLogger(__name__)
 
 RESULT_RETENTION = timedelta(days=7)  # signed result URLs (API reference §3.1)
+_NO_URL: dict[str, Any] = {"result_url": None, "result_expires_at": None}
 
 
 class ApiClient(Poster, Uploader, JobLister, ResultClient, Protocol):
@@ -129,12 +129,14 @@ class Executor:
         """Run every item; returns when each has an outcome (or the run was cancelled)."""
         self.state.ensure()
         await self._downloads.detach_cache()
+        self._downloads.urls.absorb(self.writer)
         try:
             async with anyio.create_task_group() as group:
                 for item in longest_first(items):
                     group.start_soon(self._run_item, item)
         finally:
             await self.writer.commit()
+            self._downloads.urls.save()
         return self.report
 
     # -- one render ---------------------------------------------------------------------
@@ -345,14 +347,13 @@ class Executor:
         if got.download is None:
             pending = got.pending or "download failed; rerun to resume, the job is paid for"
             return await self._record(item, "pending", pending, error=pending, **fresh)
-        done = {"output_sha256": got.download.sha256, "output_size": got.download.size}
-        if output is None:
-            detail = "no longer in the manifest: its video is kept in the render cache"
-            return await self._record(item, "done", detail, state="done", error=None, **done)
-        path = str(output)
-        return await self._record(
-            item, "done", path, state="done", output=path, error=None, **done, **fresh
-        )
+        sha256, url = got.download.sha256, got.url or entry.result_url
+        if url and entry.result_expires_at:  # out of the lockfile, into the URL store
+            self._downloads.urls.put(sha256, KnownUrl(url, entry.result_expires_at, entry.job_id))
+        done = {"output_sha256": sha256, "output_size": got.download.size, **_NO_URL}
+        detail = str(output) if output is not None else "kept in the render cache (orphaned)"
+        paths = {"output": str(output)} if output is not None else {}
+        return await self._record(item, "done", detail, state="done", error=None, **done, **paths)
 
     # -- restore and uncertain ----------------------------------------------------------
 
@@ -366,19 +367,15 @@ class Executor:
                 detail = f"{source.twin} (same request) did not finish; the next run plans it"
                 return _outcome(item, "skipped", detail)
             source = twin
-        try:
-            await self._downloads.place(render.output, source)
-        except (ApiError, BadOutput, OSError) as exc:
-            return _outcome(item, "failed", f"restore failed: {exc}")
+        problem = await self._downloads.restore(render.output, source)
+        if problem is not None:
+            return _outcome(item, "failed", problem)
         self._downloads.remember(render.fingerprint, source.sha256, source.size)
-        past = self.writer.past_render(render.fingerprint)
         entry = new_entry(
             render,
             "done",
             output_sha256=source.sha256,
             output_size=source.size,
-            result_url=past.result_url if past else None,
-            result_expires_at=past.result_expires_at if past else None,
             updated_at=self.clock.now(),
             **inherited(self.writer.get(render.id)),
         )

@@ -38,6 +38,7 @@ from kling_batch.planned import (
 )
 from kling_batch.pricing import Price, price, select_row
 from kling_batch.selection import matches_any, require_matches
+from kling_batch.urls import KnownUrl, ResultUrls
 
 __all__ = [
     "ACTIONS",
@@ -169,12 +170,18 @@ class _ProjectFiles:
     def __init__(self, store: AssetStore, lock_file: Path) -> None:
         self.store = store
         self.lock_file = lock_file
+        self._urls: ResultUrls | None = None
 
     def relative_hash(self, relative: str) -> tuple[str, int] | None:
         return self.store.relative_hash(relative)
 
     def remembered_render(self, fingerprint: str) -> tuple[str, int] | None:
         return self.store.state.remembered_render(self.lock_file, fingerprint)
+
+    def result_url(self, sha256: str) -> KnownUrl | None:
+        if self._urls is None:  # read only when a restore is in question
+            self._urls = ResultUrls(self.store.state.result_urls(self.lock_file))
+        return self._urls.get(sha256)
 
 
 def _load(manifest_path: Path, *, emulator: bool) -> LoadedManifest:

@@ -72,6 +72,7 @@ class RestoreSource:
     path: Path | None = None
     url: str | None = None
     twin: str | None = None
+    job_id: str | None = None  # a URL's job, asked for a fresh URL if the URL is refused
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from kling_batch.lockfile import load_lockfile
+from kling_batch.state import StateDir
+from kling_batch.urls import ResultUrls
 from tests.run.conftest import TIME_SCALE, Project
 
 HOUR = 3600.0
@@ -19,6 +21,12 @@ def rewind(project: Project, shot: str, state: str) -> None:
     update: dict[str, object] = {"state": state, "output_sha256": None, "output_size": None}
     if state == "submitted":
         update.update(result_url=None, result_expires_at=None, completed_at=None)
+    else:  # a completed job's URL is in the lockfile until its video is downloaded
+        assert entry.output_sha256 is not None and entry.result_url is None
+        stored = ResultUrls(StateDir(project.root).result_urls(project.lock))
+        known = stored.get(entry.output_sha256)
+        assert known is not None
+        update.update(result_url=known.url, result_expires_at=known.expires_at)
     lock.shots[shot] = entry.model_copy(update=update)
     lock.save(project.lock)
     (project.root / entry.output).unlink()

@@ -10,6 +10,7 @@ from kling_batch.expand import RenderSpec
 from kling_batch.lockfile import Entry, Lockfile, PastRender, new_entry
 from kling_batch.plan import Differ, PlannedRender, plan_render
 from kling_batch.state import StateDir
+from kling_batch.urls import KnownUrl
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 ROOT = Path("/nowhere/project")  # never touched: the facts below stand for its files
@@ -27,6 +28,7 @@ class Files:
     ) -> None:
         self.files = files or {}
         self.remembered = remembered or {}
+        self.urls: dict[str, KnownUrl] = {}
         self.asked: list[str] = []
 
     def relative_hash(self, relative: str) -> tuple[str, int] | None:
@@ -35,6 +37,9 @@ class Files:
 
     def remembered_render(self, fingerprint: str) -> tuple[str, int] | None:
         return self.remembered.get(fingerprint)
+
+    def result_url(self, sha256: str) -> KnownUrl | None:
+        return self.urls.get(sha256)
 
 
 def render(shot: str = "a", prompt: str = "a lighthouse", output: str = "") -> PlannedRender:
@@ -179,3 +184,15 @@ def test_the_render_cache_index_restores_a_render_the_lockfile_forgot() -> None:
     files = Files({cached: VIDEO}, remembered={a.fingerprint: VIDEO})
     assert decide(Lockfile(), files, a)[::2] == ("restore", "cache")
     assert decide(Lockfile(), Files(remembered={a.fingerprint: VIDEO}), a)[0] == "new"
+
+
+def test_a_url_kept_out_of_the_lockfile_still_restores_until_it_expires() -> None:
+    """The URL store (not the committed lockfile) holds the URL of a downloaded render."""
+    a = render()
+    files = Files()
+    files.urls[VIDEO[0]] = KnownUrl("https://cdn/a", NOW + timedelta(hours=1), "j1")
+    action, _, kind = decide(Lockfile(shots={"a": done(a)}), files, a)
+    assert (action, kind) == ("restore", "url")
+    assert decide(Lockfile(shots={"a": done(a)}), files, a, now=NOW + timedelta(hours=2))[0] == (
+        "changed"
+    )

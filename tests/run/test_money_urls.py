@@ -1,0 +1,92 @@
+"""Signed result URLs stay out of the committed lockfile (issue 9), and a free restore that
+fails stops being free (issue 8, point 9). Real CLI against the emulator."""
+
+from __future__ import annotations
+
+import json
+import stat
+from collections.abc import Callable
+
+from kling_batch.lockfile import load_lockfile
+from kling_batch.state import StateDir
+from tests.run.conftest import Project
+
+HOUR = 3600.0
+HEADER = 'version = 1\nname = "urls"\noutput_dir = "renders"\n'
+ONE = HEADER + '\n[[shots]]\nid = "bay"\nprompt = "a bay"\nmodel_tier = "standard"\n'
+
+
+def url_store(project: Project) -> dict[str, dict[str, str]]:
+    path = StateDir(project.root).result_urls(project.lock)
+    data: dict[str, dict[str, str]] = json.loads(path.read_text())
+    return data
+
+
+def lose_output_and_cache(project: Project) -> str:
+    """Delete the rendered file and its cached copy; returns its content hash."""
+    entry = load_lockfile(project.lock).shots["bay"]
+    assert entry.output_sha256 is not None
+    (project.root / entry.output).unlink()
+    cached = StateDir(project.root).cached_render(entry.output_sha256)
+    cached.chmod(0o644)
+    cached.unlink()
+    return entry.output_sha256
+
+
+def break_signature(project: Project, sha256: str) -> None:
+    """Make the stored URL one the API refuses long before its expiry (a bad signature)."""
+    path = StateDir(project.root).result_urls(project.lock)
+    data = json.loads(path.read_text())
+    url = data[sha256]["url"]
+    data[sha256]["url"] = url.replace("/cdn/", "/cdn/0000", 1)
+    path.write_text(json.dumps(data))
+
+
+def test_the_committed_lockfile_holds_no_signed_url(make_project: Callable[..., Project]) -> None:
+    """After a run the lockfile names no result URL; the user-only URL store does."""
+    project = make_project(ONE)
+    assert project.run().returncode == 0
+    text = project.lock.read_text()
+    assert "result_url" not in text and "/cdn/" not in text
+    entry = load_lockfile(project.lock).shots["bay"]
+    assert entry.output_sha256 in url_store(project)
+    mode = StateDir(project.root).result_urls(project.lock).stat().st_mode
+    assert stat.S_IMODE(mode) == 0o600
+
+
+def test_a_restore_from_the_stored_url_is_free(make_project: Callable[..., Project]) -> None:
+    """Output and cache gone: the plan restores from the stored URL; the run pays nothing."""
+    project = make_project(ONE)
+    assert project.run().returncode == 0
+    lose_output_and_cache(project)
+    (shot,) = project.plan_json()["shots"]  # type: ignore[misc]
+    assert shot["action"] == "restore" and "result URL" in shot["reasons"][0]
+    assert project.run().returncode == 0
+    assert project.submissions() == 1
+    assert (project.root / "renders" / "bay.mp4").is_file()
+
+
+def test_a_refused_url_asks_its_job_for_a_fresh_one(make_project: Callable[..., Project]) -> None:
+    """A URL refused before its expiry, the job still kept: a fresh URL restores it, free."""
+    project = make_project(ONE)
+    assert project.run().returncode == 0
+    break_signature(project, lose_output_and_cache(project))
+    result = project.run()
+    assert result.returncode == 0, result.stderr
+    assert project.submissions() == 1
+    assert (project.root / "renders" / "bay.mp4").is_file()
+
+
+def test_a_dead_url_stops_being_a_free_restore(make_project: Callable[..., Project]) -> None:
+    """The job gone and its URL refused: the run says so once, and the plan prices a render."""
+    project = make_project(ONE)
+    assert project.run().returncode == 0
+    break_signature(project, lose_output_and_cache(project))
+    project.served.emulator.advance(2 * HOUR)  # the job's state is kept one hour
+    failed = project.run()
+    assert failed.returncode == 1
+    assert "the URL is forgotten and the next plan prices a re-render" in failed.stdout
+    (shot,) = project.plan_json()["shots"]  # type: ignore[misc]
+    assert shot["action"] == "changed" and shot["cost_usd"] > 0
+    assert project.run().returncode == 0
+    assert project.submissions() == 2
