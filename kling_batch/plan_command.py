@@ -6,15 +6,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kling_batch import reports, ui
-from kling_batch.adoption import Resubmit
 from kling_batch.errors import UserError
 from kling_batch.limits import MAX_RENDERS
 from kling_batch.plan import Plan, build_plan
-from kling_batch.resend import plan_json_text, resend
-from kling_batch.saved_plan import PlanOptions, is_saved_plan, load_plan, save_plan
 from kling_batch.status import emulator_only_hint
+
+# The run's modules (HTTP client, executor, job list) load only when a plan needs them:
+# `plan --check` on every save must not pay for importing them (issue 13).
+if TYPE_CHECKING:
+    from kling_batch.adoption import Resubmit
+    from kling_batch.saved_plan import PlanOptions
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ class PlanRequest:
     @property
     def options(self) -> PlanOptions:
         """The options that shape the plan (saved with it by --out)."""
+        from kling_batch.saved_plan import PlanOptions
+
         return PlanOptions(
             only=tuple(self.only),
             force=tuple(self.force),
@@ -45,13 +51,8 @@ class PlanRequest:
 
 def plan_command(request: PlanRequest) -> int:
     """Plan a manifest and report it; returns the exit code (`--check`: 1 if anything runs)."""
-    if is_saved_plan(request.manifest):
-        manifest = load_plan(request.manifest).manifest
-        raise UserError(
-            f"this is a saved plan, not a manifest: `kling-batch run {request.manifest}` "
-            f"renders it; to plan again, plan its manifest ({manifest})",
-            file=request.manifest,
-        )
+    if request.manifest.suffix.lower() == ".json":
+        _refuse_saved_plan(request.manifest)
     if not request.emulator:
         hint = emulator_only_hint(request.manifest, "plan")
         if hint is not None:
@@ -69,6 +70,8 @@ def plan_command(request: PlanRequest) -> int:
     else:
         _report(plan, request.fmt, request.resubmit_uncertain)
     if request.out is not None:
+        from kling_batch.saved_plan import save_plan
+
         save_plan(plan, request.options, request.out)
         ui.say(f"Saved the plan to {request.out}; `kling-batch run {request.out}` renders it.")
     if request.check:
@@ -76,11 +79,33 @@ def plan_command(request: PlanRequest) -> int:
     return 0
 
 
+def _refuse_saved_plan(path: Path) -> None:
+    """A saved plan given to `plan` is refused, naming the manifest to plan instead."""
+    from kling_batch.saved_plan import is_saved_plan, load_plan
+
+    if is_saved_plan(path):
+        manifest = load_plan(path).manifest
+        raise UserError(
+            f"this is a saved plan, not a manifest: `kling-batch run {path}` "
+            f"renders it; to plan again, plan its manifest ({manifest})",
+            file=path,
+        )
+
+
 def _report(plan: Plan, fmt: str, mode: Resubmit = "off") -> None:
     """The plan in `fmt`; with a resubmit mode, also the cost to run under it."""
-    again = resend(plan, mode) if mode != "off" else None
+    again = None
+    if mode != "off":
+        from kling_batch.resend import resend
+
+        again = resend(plan, mode)
     if fmt == "json":
-        ui.write_data(plan_json_text(plan, mode) if again else reports.dumps_json(plan))
+        if again:
+            from kling_batch.resend import plan_json_text
+
+            ui.write_data(plan_json_text(plan, mode))
+        else:
+            ui.write_data(reports.dumps_json(plan))
     elif fmt == "markdown":
         extra = f"\n**{again.line()}**\n" if again else ""
         ui.write_data(reports.render_markdown(plan) + extra)
