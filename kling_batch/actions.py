@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kling_batch.canonical import plain_numbers
-from kling_batch.lockfile import UNSETTLED, Entry, Lockfile, PastRender
+from kling_batch.lock_facts import EntryRecord, LockRecords, PastRecord
+from kling_batch.lockfile import UNSETTLED
 from kling_batch.planned import PlanItem, PlannedRender, RestoreSource
 from kling_batch.state import StateDir
 from kling_batch.urls import KnownUrl
@@ -39,7 +40,7 @@ class Differ:
 
     def __init__(
         self,
-        lock: Lockfile,
+        lock: LockRecords,
         files: FileFacts,
         now: datetime,
         *,
@@ -53,9 +54,7 @@ class Differ:
         self.state = state
         self.now = now
         self._paid: dict[str, PlannedRender] = {}
-        self._known: dict[str, list[tuple[Entry | None, PastRender]]] = {}
-        for entry, past in lock.finished():
-            self._known.setdefault(past.fingerprint, []).append((entry, past))
+        self._finished: dict[str, list[tuple[EntryRecord | None, PastRecord]]] | None = None
         # Entries of ids no longer in the manifest whose job may be paid for, by request.
         self._strays: dict[str, list[str]] = {}
         for key, entry in sorted(lock.shots.items()):
@@ -82,7 +81,17 @@ class Differ:
         """Stray ids (not in the manifest, job maybe paid for) no render took over."""
         return sorted(key for keys in self._strays.values() for key in keys)
 
-    def _adopt(self, render: PlannedRender, entry: Entry | None) -> PlanItem | None:
+    @property
+    def _known(self) -> dict[str, list[tuple[EntryRecord | None, PastRecord]]]:
+        """Finished renders on record by fingerprint (gathered when a restore is first in
+        question: a no-op plan never asks)."""
+        if self._finished is None:
+            self._finished = {}
+            for entry, past in self.lock.finished():
+                self._finished.setdefault(past.fingerprint, []).append((entry, past))
+        return self._finished
+
+    def _adopt(self, render: PlannedRender, entry: EntryRecord | None) -> PlanItem | None:
         """Take over the in-flight job of a stray entry with this exact request: a renamed
         shot, a take renumbered, an output moved. Paying again would pay twice."""
         own = entry is not None and entry.fingerprint == render.fingerprint
@@ -137,7 +146,7 @@ class Differ:
             return PlanItem(render, "changed", tuple(change_reasons(entry, render)))
         return self._same_fingerprint(render, entry)
 
-    def _same_fingerprint(self, render: PlannedRender, entry: Entry) -> PlanItem:
+    def _same_fingerprint(self, render: PlannedRender, entry: EntryRecord) -> PlanItem:
         if entry.state == "failed":
             failed = f"last attempt failed: {entry.error or 'unknown'}"
             source = self._restore_source(render.fingerprint)
@@ -194,7 +203,7 @@ class Differ:
                 return RestoreSource("url", past.sha256, past.size, url=url, job_id=job)
         return self._remembered(fingerprint)
 
-    def _url_of(self, past: PastRender) -> KnownUrl | None:
+    def _url_of(self, past: PastRecord) -> KnownUrl | None:
         """A finished render's URL: in the URL store, or in the lockfile (older records)."""
         if past.result_url and past.result_expires_at is not None:
             return KnownUrl(past.result_url, past.result_expires_at)
@@ -230,7 +239,7 @@ def _restore_reason(source: RestoreSource) -> str:
     return f"copied from {source.path.name if source.path else 'an earlier output'} (free)"
 
 
-def change_reasons(entry: Entry, render: PlannedRender) -> list[str]:
+def change_reasons(entry: EntryRecord, render: PlannedRender) -> list[str]:
     """Which request fields differ from the locked render, and which assets' content changed."""
     reasons: list[str] = []
     old, new = entry.request, dict(render.body)

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from stat import S_ISREG
+from stat import S_ISDIR, S_ISREG
 from typing import Any, Literal
 
 from kling_batch import safefiles
@@ -68,6 +68,9 @@ class AssetStore:
         self._entries = self._load()
         self._dirty = False
         self._resolved: dict[str, Asset] = {}
+        self._real_dirs: dict[str, str] = {}
+        # Stats taken while expanding (is an output a folder?), reused by its hash check.
+        self._stats: dict[str, os.stat_result | None] = {}
 
     def resolve(self, ref: str) -> Asset:
         """The asset behind `ref`; raises `AssetProblem` for refused or missing ones."""
@@ -88,11 +91,24 @@ class AssetStore:
         The fast path for thousands of outputs: no `resolve()`, one `stat()` when cached.
         """
         path = self._root_text + relative
+        known = self._stats.pop(relative, None)
         try:
-            entry = self._entry(relative, path)
+            entry = self._entry(relative, path, known)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         return entry.sha256, entry.size
+
+    def is_dir(self, relative: str) -> bool:
+        """True when `root/relative` is a folder (symlinks followed); the stat is kept for
+        `relative_hash` of the same path."""
+        try:
+            stat = os.stat(self._root_text + relative)  # noqa: PTH116 - hot path, str path
+        except (OSError, ValueError):
+            return False
+        if S_ISDIR(stat.st_mode):
+            return True
+        self._stats[relative] = stat if S_ISREG(stat.st_mode) else None
+        return False
 
     def video_seconds(self, asset: Asset) -> Decimal:
         """Length of a local video in seconds (to the millisecond), probed once per content."""
@@ -148,6 +164,9 @@ class AssetStore:
         problem = safefiles.path_problem(ref)  # a NUL or an over-long name: no such file
         if problem is not None:
             raise AssetProblem(f"{safefiles.shown(ref)} {problem}")
+        fast = self._resolve_plain(ref)
+        if fast is not None:
+            return fast
         candidate = self.root / ref
         resolved = candidate.resolve()
         if not resolved.is_relative_to(self.root):
@@ -157,8 +176,37 @@ class AssetStore:
         sha256, size = self.file_hash(resolved)
         return Asset(ref, "local", resolved, sha256, size)
 
-    def _entry(self, key: str, path: Path | str) -> _Entry:
-        stat = os.stat(path)  # noqa: PTH116 - a str path on the hot path; no Path objects
+    def _resolve_plain(self, ref: str) -> Asset | None:
+        """A local file that is no symlink, in a folder inside the root: resolved with one
+        `lstat` and the folder's real path (looked up once per folder). None for anything
+        else (missing, a link, a folder, outside): `_resolve` decides those slowly.
+
+        Issue 13: `Path.resolve()` of 10,000 images took longer than a whole plan may.
+        """
+        joined = os.path.join(self._root_text, ref)  # noqa: PTH118 - str paths: hot path
+        head, name = os.path.split(joined)
+        if name in ("", ".", ".."):
+            return None
+        try:
+            stat = os.lstat(joined)
+        except (OSError, ValueError):
+            return None
+        if not S_ISREG(stat.st_mode):
+            return None
+        real = self._real_dirs.get(head)
+        if real is None:
+            real = os.path.realpath(head)
+            self._real_dirs[head] = real
+        if not (real + os.sep).startswith(self._root_text):
+            return None
+        resolved = os.path.join(real, name)  # noqa: PTH118
+        key = resolved[len(self._root_text) :].replace(os.sep, "/")
+        entry = self._entry(key, resolved, stat)
+        return Asset(ref, "local", Path(resolved), entry.sha256, entry.size)
+
+    def _entry(self, key: str, path: Path | str, known: os.stat_result | None = None) -> _Entry:
+        # A str path on the hot path; no Path objects.
+        stat = known if known is not None else os.stat(path)  # noqa: PTH116
         if not S_ISREG(stat.st_mode):
             raise IsADirectoryError(path)
         entry = self._entries.get(key)

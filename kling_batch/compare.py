@@ -52,7 +52,7 @@ class RenderFacts:
             cost=render.cost,
             rate=render.price.rate,
             seconds=render.seconds,
-            model_tier=render.request.model_tier,
+            model_tier=render.tier,
             workflow=render.workflow,
             request=render.body,
             assets=render.asset_hashes,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -58,47 +58,102 @@ def expand_shots(
     Refused before any work when the manifest would expand to over `max_renders` renders.
     """
     check_render_count(loaded, max_renders)
-    templates = templates or Templates(loaded.root)
-    renderer = _CachedRenderer(templates)
-    manifest = loaded.manifest
-    defaults = manifest.defaults.model_dump(exclude_none=True)
-    field_names = set(REQUEST_FIELD_NAMES)
-    base_context = templates.context({**manifest.vars, "manifest": ManifestContext(manifest.name)})
-    specs: list[RenderSpec] = []
-    seen_ids: dict[str, SourcedShot] = {}
-    outputs = _Outputs()
-    dirs = _SafeDirs(loaded)
-    index = 0
-    for sourced in loaded.shots:
+    expansion = Expansion(loaded, templates)
+    return [spec for sourced in loaded.shots for spec in expansion.shot(sourced)]
+
+
+class Expansion:
+    """Expands a manifest's shots one at a time, in order, keeping what spans shots: the
+    render index, the ids and outputs claimed so far, the output folders checked.
+
+    The template engine starts only when a shot is expanded: a plan whose shots all come
+    from the plan cache (`claim` instead of `shot`) renders no template.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedManifest,
+        templates: Templates | None = None,
+        is_dir: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self._templates = templates
+        self._renderer: _CachedRenderer | None = None
+        self._base_context: dict[str, Any] | None = None
+        manifest = loaded.manifest
+        self._defaults = manifest.defaults.model_dump(exclude_none=True)
+        self._field_names = set(REQUEST_FIELD_NAMES)
+        self._seen_ids: dict[str, SourcedShot] = {}
+        self._outputs = _Outputs()
+        self.dirs = _SafeDirs(loaded, is_dir)
+        self.index = 0  # the next render's index (`shot.index` in templates)
+
+    @property
+    def renderer(self) -> _CachedRenderer:
+        """The template renderer, started on first use."""
+        if self._renderer is None:
+            templates = self._templates or Templates(self.loaded.root)
+            self._templates = templates
+            self._renderer = _CachedRenderer(templates)
+        return self._renderer
+
+    @property
+    def templates(self) -> Templates | None:
+        """The template engine, if a shot was expanded."""
+        return self._templates
+
+    def _context(self) -> dict[str, Any]:
+        if self._base_context is None:
+            manifest = self.loaded.manifest
+            values = {**manifest.vars, "manifest": ManifestContext(manifest.name)}
+            self._base_context = self.renderer.templates.context(values)
+        return self._base_context
+
+    def shot(self, sourced: SourcedShot) -> list[RenderSpec]:
+        """The renders of one shot (none when it is disabled), its ids and outputs claimed."""
         shot = sourced.shot
         if not shot.enabled:
-            continue
-        shot_fields = shot.model_dump(include=field_names, exclude_none=True)
+            return []
+        renderer = self.renderer
+        shot_fields = shot.model_dump(include=self._field_names, exclude_none=True)
+        specs: list[RenderSpec] = []
         for combo in expand_matrix(sourced):
-            context = {**base_context, **combo}
-            raw_fields = _raw_fields(shot_fields, combo, defaults)
+            context = {**self._context(), **combo}
+            raw_fields = _raw_fields(shot_fields, combo, self._defaults)
             base_id = _render_id(renderer, sourced, context)
             for take in range(1, shot.takes + 1):
                 render_id = base_id if shot.takes == 1 else f"{base_id}-take{take}"
-                if render_id in seen_ids:
-                    first = seen_ids[render_id]
-                    raise UserError(
-                        f"duplicate id after expansion (also made by shot #{first.index + 1}"
-                        f" in {first.file.name})",
-                        file=sourced.file,
-                        shot=render_id,
-                        field="id",
-                    )
-                seen_ids[render_id] = sourced
-                shot_ctx = ShotContext(render_id, base_id, index, take)
+                self.claim_id(sourced, render_id)
+                shot_ctx = ShotContext(render_id, base_id, self.index, take)
                 context_take = {**context, "id": render_id, "shot": shot_ctx}
                 spec = _render_spec(
-                    renderer, loaded, sourced, raw_fields, context_take, shot_ctx, dirs
+                    renderer, self.loaded, sourced, raw_fields, context_take, shot_ctx, self.dirs
                 )
-                outputs.claim(spec)
+                self._outputs.claim(spec.output, spec.id, sourced.file)
                 specs.append(spec)
-                index += 1
-    return specs
+                self.index += 1
+        return specs
+
+    def claim_id(self, sourced: SourcedShot, render_id: str) -> None:
+        """Take `render_id` for a render of `sourced`; refuse one already taken."""
+        if render_id in self._seen_ids:
+            first = self._seen_ids[render_id]
+            raise UserError(
+                f"duplicate id after expansion (also made by shot #{first.index + 1}"
+                f" in {first.file.name})",
+                file=sourced.file,
+                shot=render_id,
+                field="id",
+            )
+        self._seen_ids[render_id] = sourced
+
+    def claim(self, sourced: SourcedShot, renders: list[tuple[str, PurePosixPath]]) -> None:
+        """Take the ids and outputs of a shot expanded before (the plan cache's renders),
+        with the checks `shot` makes across shots."""
+        for render_id, output in renders:
+            self.claim_id(sourced, render_id)
+            self._outputs.claim(output, render_id, sourced.file)
+            self.index += 1
 
 
 def check_render_count(loaded: LoadedManifest, limit: int) -> None:
@@ -255,33 +310,35 @@ class _Outputs:
     def __init__(self) -> None:
         self._owners: dict[str, tuple[PurePosixPath, str]] = {}
 
-    def claim(self, spec: RenderSpec) -> None:
-        """Record `spec`'s output; refuse one another render already writes."""
-        key = str(spec.output).casefold()
+    def claim(self, output: PurePosixPath, render_id: str, file: Path) -> None:
+        """Record a render's output; refuse one another render already writes."""
+        key = str(output).casefold()
         owner = self._owners.get(key)
         if owner is not None:
-            path, render_id = owner
-            same = f"output {spec.output} is also the output of {render_id!r}"
+            path, other = owner
+            same = f"output {output} is also the output of {other!r}"
             folded = (
-                f"output {spec.output} and {path}, the output of {render_id!r}, differ only "
+                f"output {output} and {path}, the output of {other!r}, differ only "
                 "in letter case: one file on macOS and Windows"
             )
             raise UserError(
-                same if path == spec.output else folded,
-                file=spec.file,
-                shot=spec.id,
+                same if path == output else folded,
+                file=file,
+                shot=render_id,
                 field="output",
             )
-        self._owners[key] = (spec.output, spec.id)
+        self._owners[key] = (output, render_id)
 
 
 class _SafeDirs:
     """Checks output paths stay inside output_dir, resolving each folder only once."""
 
-    def __init__(self, loaded: LoadedManifest) -> None:
+    def __init__(self, loaded: LoadedManifest, is_dir: Callable[[str], bool] | None = None) -> None:
         self.root = loaded.root.resolve()
+        self._is_dir = is_dir or (lambda relative: (self.root / relative).is_dir())
         self.output_dir = PurePosixPath(loaded.manifest.output_dir)
         self._answers: dict[str, bool] = {}
+        self._parents: dict[str, bool] = {}
         problem = safefiles.path_problem(loaded.manifest.output_dir)
         if problem is not None:
             raise UserError(
@@ -325,7 +382,7 @@ class _SafeDirs:
                 field="output",
             )
         output = self.output_dir / relative
-        if (self.root / output).is_dir():
+        if self._is_dir(str(output)):
             raise UserError(
                 f"output {output} is an existing folder; a render cannot be written there",
                 file=sourced.file,
@@ -333,6 +390,16 @@ class _SafeDirs:
                 field="output",
             )
         return output
+
+    def still_fine(self, output: PurePosixPath) -> bool:
+        """True when an output path checked by an earlier plan still passes the checks
+        that depend on the folder: its folder does not lead out, it is not a folder."""
+        parent = str(output.parent)
+        inside = self._parents.get(parent)
+        if inside is None:
+            inside = (self.root / parent).resolve().is_relative_to(self.target)
+            self._parents[parent] = inside
+        return inside and not self._is_dir(str(output))
 
     def _inside(self, folder: str) -> bool:
         answer = self._answers.get(folder)
@@ -357,6 +424,9 @@ class _CachedRenderer:
         # text → None for plain strings, () for templates that include others (never
         # cached), else the sorted names the template reads.
         self._names: dict[str, tuple[str, ...] | None] = {}
+        # Set when a template read `shot` (its index moves when shots before it change)
+        # or included another (which may read anything); the plan cache reads and resets it.
+        self.reads_shot = False
 
     def render(
         self,
@@ -372,6 +442,8 @@ class _CachedRenderer:
             names = self._learn(sourced, text, field, render_id)
         if names is None:
             return text
+        if not names or "shot" in names:
+            self.reads_shot = True
         key = _cache_key(text, names, context) if names else None
         if key is not None:
             cached = self._results.get(key)

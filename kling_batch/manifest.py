@@ -8,13 +8,16 @@ import tomllib
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kling_batch import safefiles
 from kling_batch.errors import Loc, UserError, validation_error
 from kling_batch.limits import MANIFEST_MAX_BYTES
+
+if TYPE_CHECKING:
+    from kling_batch.manifest_cache import ParseCache
 
 # A string holding Jinja syntax: lets an enum or number field be set from a template.
 Template = Annotated[
@@ -97,11 +100,13 @@ class IncludedShots(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class SourcedShot:
-    """A shot with the file it came from, for error messages."""
+    """A shot with the file it came from, for error messages, and the digest of its
+    source text when the parse cache read it (what the plan cache knows it by)."""
 
     shot: Shot
     file: Path
     index: int
+    digest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,15 +130,28 @@ class LoadedManifest:
             return str(path)
 
 
-def load_manifest(path: Path) -> LoadedManifest:
-    """Read a manifest and its includes; raise `UserError` naming file, shot and field."""
+def load_manifest(path: Path, cache: ParseCache | None = None) -> LoadedManifest:
+    """Read a manifest and its includes; raise `UserError` naming file, shot and field.
+
+    With `cache`, TOML files are parsed shot table by shot table, unchanged ones from it.
+    """
     path = Path(path)
-    manifest = _validate(Manifest, path, read_document(path))
-    shots = [SourcedShot(shot, path, index) for index, shot in enumerate(manifest.shots)]
+    data, digests = _read(path, "a manifest", cache)
+    manifest = _validate(Manifest, path, data)
+    shots = _sourced(manifest.shots, path, digests)
     for included in _included_files(path, manifest.include):
-        extra = _validate(IncludedShots, included, read_document(included, "a shot file"))
-        shots.extend(SourcedShot(shot, included, index) for index, shot in enumerate(extra.shots))
+        data, digests = _read(included, "a shot file", cache)
+        shots.extend(_sourced(_validate(IncludedShots, included, data).shots, included, digests))
     return LoadedManifest(path, manifest, tuple(shots))
+
+
+def _sourced(shots: list[Shot], path: Path, digests: list[str] | None) -> list[SourcedShot]:
+    if digests is None or len(digests) != len(shots):
+        return [SourcedShot(shot, path, index) for index, shot in enumerate(shots)]
+    return [
+        SourcedShot(shot, path, index, digest)
+        for index, (shot, digest) in enumerate(zip(shots, digests, strict=True))
+    ]
 
 
 def read_document(path: Path, what: str = "a manifest") -> dict[str, Any]:
@@ -141,6 +159,13 @@ def read_document(path: Path, what: str = "a manifest") -> dict[str, Any]:
 
     Only a regular file of at most `MANIFEST_MAX_BYTES` is read; a leading BOM is dropped.
     """
+    return _read(path, what, None)[0]
+
+
+def _read(
+    path: Path, what: str, cache: ParseCache | None
+) -> tuple[dict[str, Any], list[str] | None]:
+    """`read_document`, with each shot's chunk digest when the parse cache read it."""
     try:
         text = safefiles.read_text(path, limit=MANIFEST_MAX_BYTES, what=what)
     except FileNotFoundError:
@@ -148,6 +173,14 @@ def read_document(path: Path, what: str = "a manifest") -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read: {exc}", file=path) from None
     suffix = path.suffix.lower()
+    if suffix == ".toml" and cache is not None:
+        chunked = cache.parse_toml(text)
+        if chunked is not None:
+            return chunked
+    return _parse(path, text, suffix), None
+
+
+def _parse(path: Path, text: str, suffix: str) -> dict[str, Any]:
     if suffix == ".toml":
         try:
             return tomllib.loads(text)

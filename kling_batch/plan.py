@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
@@ -22,11 +23,14 @@ from kling_batch import kling_o3
 from kling_batch.actions import Differ, FileFacts, change_reasons
 from kling_batch.assets import Asset, AssetStore
 from kling_batch.errors import AssetProblem, RequestRuleError, UserError, validation_error
-from kling_batch.expand import RenderSpec, expand_shots
+from kling_batch.expand import Expansion, RenderSpec, check_render_count
 from kling_batch.kling_o3 import KlingO3Request
 from kling_batch.limits import MAX_RENDERS
-from kling_batch.lockfile import UNSETTLED, Entry, Lockfile, lock_path, read_lockfile
-from kling_batch.manifest import LoadedManifest, load_manifest
+from kling_batch.lock_facts import EntryRecord, LockFacts, LockRecords, read_facts
+from kling_batch.lockfile import UNSETTLED, Lockfile, lock_path
+from kling_batch.manifest import LoadedManifest, SourcedShot, load_manifest
+from kling_batch.manifest_cache import ParseCache
+from kling_batch.plan_cache import PlanCache, context_key, decode, unit_key
 from kling_batch.planned import (
     ACTIONS,
     PAID_ACTIONS,
@@ -38,6 +42,7 @@ from kling_batch.planned import (
 )
 from kling_batch.pricing import Price, price, select_row
 from kling_batch.selection import matches_any, require_matches
+from kling_batch.state import StateDir
 from kling_batch.urls import KnownUrl, ResultUrls
 
 __all__ = [
@@ -77,17 +82,30 @@ class Totals:
 
 @dataclass(frozen=True)
 class Plan:
-    """The whole plan for one manifest."""
+    """The whole plan for one manifest.
+
+    `records` is what planning read of the lockfile; `lock`, the whole lockfile, is read
+    when first asked for (a run, the gallery), from the same bytes.
+    """
 
     loaded: LoadedManifest
     lock_path: Path
-    lock: Lockfile
+    records: LockRecords
     items: Sequence[PlanItem]
     orphans: Sequence[Orphan]
     warnings: Sequence[str] = field(default_factory=list)
     # Orphaned entries whose job may be paid for: followed to their end by a run, their
     # videos kept in the render cache (no new cost; not counted among the renders).
     followups: Sequence[PlanItem] = ()
+    full_lock: Callable[[], Lockfile] | None = None
+
+    @cached_property
+    def lock(self) -> Lockfile:
+        """The whole lockfile the plan was made against."""
+        if isinstance(self.records, Lockfile):
+            return self.records
+        assert self.full_lock is not None
+        return self.full_lock()
 
     @property
     def has_work(self) -> bool:
@@ -134,33 +152,142 @@ def build_plan(
 
     `emulator` plans renders against the bundled emulator: their own lockfile
     (`<stem>.emulator.lock`) and output folder (`<output_dir>-emulator`), so they can
-    never be mistaken for paid renders.
+    never be mistaken for paid renders. Shots unchanged since the last plan come from the
+    plan cache (`kling_batch.plan_cache`) instead of being planned again.
     """
-    loaded = _load(manifest_path, emulator=emulator)
+    manifest_path = Path(manifest_path)
+    state = StateDir(manifest_path.parent)
+    usable = state.usable()
+    parses = ParseCache(state.parse_cache(manifest_path) if usable else None)
+    loaded = _load(manifest_path, emulator=emulator, cache=parses)
     lock_file = lockfile or lock_path(loaded.path, emulator=emulator)
-    store = AssetStore(loaded.root)
+    store = AssetStore(loaded.root, state)
     store.state.check()
-    specs = expand_shots(loaded, max_renders=max_renders)
+    check_render_count(loaded, max_renders)
+    cache_file = state.plan_cache(lock_file) if usable else None
+    cache = PlanCache(cache_file, context_key(loaded), loaded.root)
+    expansion = Expansion(loaded, is_dir=store.is_dir)
+    shots = [_expand(shot, loaded, store, cache, expansion) for shot in loaded.shots]
     only, force = list(only), list(force)
-    candidates = [(spec.id, spec.tags) for spec in specs]
+    candidates = [(render_id, tags) for shot in shots for render_id, tags in shot.ids()]
     require_matches(only, candidates, "--only")
     require_matches(force, candidates, "--force")
-    lock, save_lock_cache = read_lockfile(lock_file, cache=store.state.lock_cache(lock_file))
+    lock, full, save_lock_caches = read_facts(
+        lock_file,
+        state.lock_facts(lock_file) if usable else None,
+        state.lock_cache(lock_file),
+    )
     # The facts first: every render validated, its assets hashed and probed, priced.
-    renders = [plan_render(spec, store) for spec in _chosen(specs, lock, only)]
+    renders = _planned(shots, store, cache, _chosen_ids(lock, only))
     # Then the decisions, from those facts, the lockfile, the files' hashes and `now`.
-    ids = {spec.id for spec in specs}
+    ids = {render_id for render_id, _ in candidates}
     files = _ProjectFiles(store, lock_file)
     differ = Differ(lock, files, now, root=loaded.root, state=store.state, ids=ids)
     items = [differ.item(r, matches_any(r.id, r.tags, force)) for r in renders]
     orphans = _orphans(lock, ids, adopted=differ.adopted)
     followups = [stray_item(key, lock.shots[key]) for key in differ.strays()]
-    # Written last, so a manifest error above leaves nothing behind. Neither is needed:
+    # Written last, so a manifest error above leaves nothing behind. None is needed:
     # a read-only checkout plans without them (only slower next time).
-    save_lock_cache()
     store.save()
+    if _writable(state):
+        save_lock_caches()
+        parses.save()
+        templates = expansion.templates
+        cache.save(templates.loader.read if templates is not None else {})
     warnings = _warnings(renders, orphans)
-    return Plan(loaded, lock_file, lock, items, orphans, warnings, followups)
+    return Plan(
+        loaded,
+        lock_file,
+        full or lock,
+        items,
+        orphans,
+        warnings,
+        followups,
+        _full_lock(lock, state, lock_file),
+    )
+
+
+def _full_lock(
+    records: LockRecords, state: StateDir, lock_file: Path
+) -> Callable[[], Lockfile] | None:
+    """How the plan reads the whole lockfile when it planned from the facts cache."""
+    if not isinstance(records, LockFacts):
+        return None
+    facts = records
+    return lambda: facts.full(state.lock_cache(lock_file))
+
+
+@dataclass
+class _Shot:
+    """One shot of the manifest while planning: its renders from the plan cache, or its
+    specs to plan (`start`: the index of its first render; `reads_shot`: a template of
+    it reads `shot`, so its renders depend on that index)."""
+
+    key: str
+    start: int
+    cached: list[PlannedRender] | None = None
+    specs: list[RenderSpec] = field(default_factory=list)
+    reads_shot: bool = False
+
+    def ids(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(id, tags) of each render."""
+        if self.cached is not None:
+            return [(render.id, render.tags) for render in self.cached]
+        return [(spec.id, spec.tags) for spec in self.specs]
+
+
+def _expand(
+    sourced: SourcedShot,
+    loaded: LoadedManifest,
+    store: AssetStore,
+    cache: PlanCache,
+    expansion: Expansion,
+) -> _Shot:
+    """A shot's renders from the plan cache when nothing they came from changed, else its
+    specs, expanded now."""
+    key, start = unit_key(loaded, sourced), expansion.index
+    if not sourced.shot.enabled:
+        return _Shot(key, start)
+    hit = cache.get(key, start)
+    if hit is not None:
+        outputs = hit.outputs()
+        renders = [decode(record, store) for record in hit.records]
+        fine = all(expansion.dirs.still_fine(output) for _, output in outputs)
+        if fine and all(render is not None for render in renders):
+            expansion.claim(sourced, outputs)
+            cache.keep(key)
+            return _Shot(key, start, cached=[r for r in renders if r is not None])
+    expansion.renderer.reads_shot = False
+    specs = expansion.shot(sourced)
+    return _Shot(key, start, specs=specs, reads_shot=expansion.renderer.reads_shot)
+
+
+def _planned(
+    shots: Sequence[_Shot],
+    store: AssetStore,
+    cache: PlanCache,
+    chosen: Callable[[str, tuple[str, ...]], bool],
+) -> list[PlannedRender]:
+    """Every chosen render, planned (or from the cache); a shot planned whole is cached."""
+    renders: list[PlannedRender] = []
+    for shot in shots:
+        if shot.cached is not None:
+            renders.extend(r for r in shot.cached if chosen(r.id, r.tags))
+            continue
+        planned = [plan_render(spec, store) for spec in shot.specs if chosen(spec.id, spec.tags)]
+        renders.extend(planned)
+        if len(planned) == len(shot.specs):
+            cache.learn(shot.key, shot.start if shot.reads_shot else None, planned)
+    return renders
+
+
+def _writable(state: StateDir) -> bool:
+    """Make the state folder (ignoring itself in git) for the caches; False if it cannot be."""
+    try:
+        state.ensure()
+    except OSError:
+        return False
+    return True
 
 
 class _ProjectFiles:
@@ -184,9 +311,11 @@ class _ProjectFiles:
         return self._urls.get(sha256)
 
 
-def _load(manifest_path: Path, *, emulator: bool) -> LoadedManifest:
+def _load(
+    manifest_path: Path, *, emulator: bool, cache: ParseCache | None = None
+) -> LoadedManifest:
     """The manifest; for the emulator, with outputs in `<output_dir>-emulator`."""
-    loaded = load_manifest(manifest_path)
+    loaded = load_manifest(manifest_path, cache)
     if not emulator:
         return loaded
     output_dir = loaded.manifest.output_dir.rstrip("/") + "-emulator"
@@ -194,18 +323,18 @@ def _load(manifest_path: Path, *, emulator: bool) -> LoadedManifest:
     return replace(loaded, manifest=manifest)
 
 
-def _chosen(specs: Sequence[RenderSpec], lock: Lockfile, only: Sequence[str]) -> list[RenderSpec]:
-    """The renders `--only` selects (by id glob or `tag:NAME`), plus every render whose job
-    may be paid for: those are always followed, whatever `--only` says."""
+def _chosen_ids(lock: LockRecords, only: Sequence[str]) -> Callable[[str, tuple[str, ...]], bool]:
+    """Which renders `--only` selects (by id glob or `tag:NAME`), plus every render whose
+    job may be paid for: those are always followed, whatever `--only` says."""
     unsettled = {key for key, entry in lock.shots.items() if entry.state in UNSETTLED}
-    return [
-        spec
-        for spec in specs
-        if not only or matches_any(spec.id, spec.tags, only) or spec.id in unsettled
-    ]
+
+    def chosen(render_id: str, tags: tuple[str, ...]) -> bool:
+        return not only or matches_any(render_id, tags, only) or render_id in unsettled
+
+    return chosen
 
 
-def _orphans(lock: Lockfile, ids: set[str], *, adopted: Mapping[str, str]) -> list[Orphan]:
+def _orphans(lock: LockRecords, ids: set[str], *, adopted: Mapping[str, str]) -> list[Orphan]:
     """Lockfile entries whose render is no longer in the manifest (and whose job no render
     of the manifest takes over)."""
     return [
@@ -230,7 +359,7 @@ def stray_warning(render_id: str, state: str) -> str:
     )
 
 
-def stray_item(render_id: str, entry: Entry) -> PlanItem:
+def stray_item(render_id: str, entry: EntryRecord) -> PlanItem:
     """A run's follow-up of an orphaned entry: its job followed to its end, no new cost."""
     request = entry.request
     tier = str(request.get("model_tier", "pro"))
@@ -242,7 +371,7 @@ def stray_item(render_id: str, entry: Entry) -> PlanItem:
         id=render_id,
         shot=entry.shot,
         take=entry.take,
-        request=_stray_request(request),
+        fields=request,
         body=request,
         assets={},
         workflow=workflow,  # type: ignore[arg-type]
@@ -252,6 +381,7 @@ def stray_item(render_id: str, entry: Entry) -> PlanItem:
         tags=tuple(entry.tags),
         assumptions=(),
         warnings=(),
+        model=_stray_request(request),
     )
     action: Action = "resume" if entry.state in ("submitted", "completed") else "uncertain"
     reason = stray_warning(render_id, entry.state).partition(": ")[2]
@@ -293,7 +423,7 @@ def plan_render(spec: RenderSpec, store: AssetStore) -> PlannedRender:
         id=spec.id,
         shot=spec.shot,
         take=spec.take,
-        request=request,
+        fields=spec.fields,
         body=body,
         assets=sent,
         workflow=workflow,
@@ -303,6 +433,7 @@ def plan_render(spec: RenderSpec, store: AssetStore) -> PlannedRender:
         tags=spec.tags,
         assumptions=tuple(assumptions),
         warnings=tuple(warnings),
+        model=request,
     )
 
 

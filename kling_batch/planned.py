@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -28,12 +28,17 @@ ACTIONS: tuple[Action, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class PlannedRender:
-    """One render, validated and priced: what would be sent and what it would cost."""
+    """One render, validated and priced: what would be sent and what it would cost.
+
+    `fields` are the request fields as the manifest gave them (templates rendered); the
+    `request` model is built from them when first asked for, so a plan whose renders come
+    from the plan cache builds no model for renders nobody looks at (issue 13).
+    """
 
     id: str
     shot: str
     take: int
-    request: KlingO3Request
+    fields: Mapping[str, Any]
     body: Mapping[str, Any]
     assets: Mapping[str, Asset]
     workflow: kling_o3.ResolvedWorkflow
@@ -43,6 +48,29 @@ class PlannedRender:
     tags: tuple[str, ...]
     assumptions: tuple[str, ...]
     warnings: tuple[str, ...]
+    model: KlingO3Request | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def request(self) -> KlingO3Request:
+        """The validated request (built from `fields` on first use)."""
+        if self.model is None:
+            object.__setattr__(self, "model", KlingO3Request.model_validate(self.fields))
+        assert self.model is not None
+        return self.model
+
+    @property
+    def tier(self) -> str:
+        """The model tier, without building the request model."""
+        if self.model is not None:
+            return self.model.model_tier
+        return str(self.body.get("model_tier", "pro"))
+
+    @property
+    def sound(self) -> bool:
+        """Whether the render has sound, without building the request model."""
+        if self.model is not None:
+            return self.model.sound
+        return bool(self.body.get("sound", True))
 
     @property
     def seconds(self) -> Decimal:

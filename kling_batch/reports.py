@@ -127,7 +127,7 @@ def render_table(plan: Plan, console: Console) -> None:
                 Text(SYMBOLS[item.action], style=style),
                 Text(render.id, style=style),
                 render.workflow,
-                render.request.model_tier,
+                render.tier,
                 seconds,
                 cost,
                 _notes(item),
@@ -180,7 +180,7 @@ def render_markdown(plan: Plan) -> str:
             cost = usd(render.cost) if item.paid else f"({usd(render.cost)})"
             lines.append(
                 f"| {SYMBOLS[item.action]} {item.action} | `{render.id}` | {render.workflow} "
-                f"| {render.request.model_tier} | {seconds_text(render.seconds)} | {cost} "
+                f"| {render.tier} | {seconds_text(render.seconds)} | {cost} "
                 f"| {_md_escape(_notes(item))} |"
             )
         lines.append("")
@@ -197,7 +197,7 @@ def render_markdown(plan: Plan) -> str:
 
 def _prompt_diff(plan: Plan, item: PlanItem) -> list[Piece] | None:
     """How a changed render's prompt differs from the one on record, if it does."""
-    entry = plan.lock.shots.get(item.render.id)
+    entry = plan.records.shots.get(item.render.id)
     before = entry.request.get("prompt") if entry is not None else None
     after = item.render.body.get("prompt")
     if item.action != "changed" or not isinstance(before, str) or before == after:
@@ -271,8 +271,8 @@ def _item_json(plan: Plan, item: PlanItem) -> dict[str, Any]:
         "take": render.take,
         "action": item.action,
         "workflow": render.workflow,
-        "model_tier": render.request.model_tier,
-        "sound": render.request.sound,
+        "model_tier": render.tier,
+        "sound": render.sound,
         "seconds": json_amount(render.seconds),
         "rate_usd_per_s": json_amount(render.price.rate),
         "cost_usd": json_amount(render.cost),

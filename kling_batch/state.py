@@ -6,6 +6,12 @@ Every path under the folder is built here and nowhere else:
      ├── .gitignore              `*`: the folder ignores itself in git
      ├── assets.json             stat → sha256 (and video length) of input files (plan)
      ├── <lock name>.json        parse cache of a lockfile, keyed by its sha256 (plan)
+     ├── <lock name>.facts.json  what planning reads of a lockfile, keyed by its sha256
+     │                           (plan; `kling_batch.lock_facts`)
+     ├── <lock name>.plan.json   each shot's planned renders (plan; `kling_batch.plan_cache`)
+     ├── <manifest name>.parse.json
+     │                           parsed TOML shot tables by digest (plan;
+     │                           `kling_batch.manifest_cache`)
      ├── <lock name>.run-lock    held by the one run writing that lockfile (run)
      ├── <lock name>.urls.json   signed result URLs of downloaded renders, kept out of
      │                           the committed lockfile (run; `kling_batch.urls`)
@@ -53,6 +59,26 @@ class StateDir:
     def lock_cache(self, lock_file: Path) -> Path:
         """The parse cache of one lockfile."""
         return self.path / f"{lock_file.name}.json"
+
+    def lock_facts(self, lock_file: Path) -> Path:
+        """What planning reads of one lockfile."""
+        return self.path / f"{lock_file.name}.facts.json"
+
+    def plan_cache(self, lock_file: Path) -> Path:
+        """Each shot's planned renders, for the plans of one lockfile."""
+        return self.path / f"{lock_file.name}.plan.json"
+
+    def parse_cache(self, manifest: Path) -> Path:
+        """Parsed TOML shot tables of one manifest and its included files."""
+        return self.path / f"{manifest.name}.parse.json"
+
+    def usable(self) -> bool:
+        """True when `check` passes: caches may be read from the folder."""
+        try:
+            self.check()
+        except UserError:
+            return False
+        return True
 
     def result_urls(self, lock_file: Path) -> Path:
         """The signed result URLs of one lockfile's downloaded renders."""

@@ -14,9 +14,9 @@ from typing import Any
 import jinja2
 from jinja2 import meta
 
-from kling_batch import safefiles
 from kling_batch.errors import TemplateProblem, UserError
-from kling_batch.limits import FIELD_MAX_CHARS, PARTIAL_MAX_BYTES, RENDER_SECONDS, TEMPLATES_SECONDS
+from kling_batch.limits import FIELD_MAX_CHARS, RENDER_SECONDS, TEMPLATES_SECONDS
+from kling_batch.partials import partial_digest_of, partial_source
 from kling_batch.sandbox import GuardedEnvironment, TemplateLimit
 
 _SLUG_DROP = re.compile(r"[^a-z0-9]+")
@@ -30,28 +30,28 @@ def slug(value: object) -> str:
 
 
 class FolderLoader(jinja2.BaseLoader):
-    """Loads `{% include %}` targets from one folder; nothing outside it, symlinks included."""
+    """Loads `{% include %}` targets from one folder; nothing outside it, symlinks included.
+
+    Every name asked for is remembered with its `partial_digest` (`read`): the plan cache
+    keeps shots expanded with these partials only while each is still the same.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
+        self.read: dict[str, str] = {}
 
     def get_source(
         self, environment: jinja2.Environment, template: str
     ) -> tuple[str, str, Callable[[], bool]]:
-        problem = safefiles.path_problem(template)
-        if problem is not None:
-            raise jinja2.TemplateNotFound(f"{safefiles.shown(template)} {problem}")
-        candidate = (self.root / template).resolve()
-        if not candidate.is_relative_to(self.root):
-            raise jinja2.TemplateNotFound(
-                f"{template} (includes must stay inside {self.root.name}/)"
-            )
-        if not candidate.is_file():
-            raise jinja2.TemplateNotFound(template)
+        self.read[template] = "refused"
         try:
-            source = safefiles.read_text(candidate, limit=PARTIAL_MAX_BYTES, what="a template")
+            candidate, source = partial_source(self.root, template)
         except UserError as exc:
             raise TemplateLimit(f"include {template!r}: {exc.message}") from None
+        if candidate is None:
+            self.read[template] = "missing"
+            raise jinja2.TemplateNotFound(source)
+        self.read[template] = partial_digest_of(source)
         mtime = candidate.stat().st_mtime_ns
 
         def uptodate() -> bool:
@@ -67,8 +67,9 @@ class Templates:
     """Compiles each distinct template once and renders it against a context."""
 
     def __init__(self, root: Path) -> None:
+        self.loader = FolderLoader(root)
         self.env = GuardedEnvironment(
-            loader=FolderLoader(root),
+            loader=self.loader,
             undefined=jinja2.StrictUndefined,
             autoescape=False,
             keep_trailing_newline=False,

@@ -310,7 +310,13 @@ def test_planning_writes_only_its_cache(
     before = set(tmp_path.rglob("*"))
     build_plan(path, now=NOW)
     created = {p.relative_to(tmp_path).as_posix() for p in set(tmp_path.rglob("*")) - before}
-    assert created == {".kling-batch", ".kling-batch/assets.json", ".kling-batch/.gitignore"}
+    assert created == {
+        ".kling-batch",
+        ".kling-batch/assets.json",
+        ".kling-batch/.gitignore",
+        ".kling-batch/manifest.toml.parse.json",
+        ".kling-batch/manifest.lock.plan.json",
+    }
     assert (tmp_path / ".kling-batch" / ".gitignore").read_text().strip().endswith("*")
 
 

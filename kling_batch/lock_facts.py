@@ -1,0 +1,258 @@
+"""What planning reads of a lockfile, cached by the lockfile's sha256.
+
+A plan decides from a few fields of each entry (fingerprint, state, output and its hash,
+job id, error, finished renders on record); validating the whole lockfile into pydantic
+models took longer than a whole warm plan may (issue 13). So `plan` keeps those fields in
+`.kling-batch/<lock name>.facts.json`, keyed by the sha256 of the lockfile's bytes: a
+lockfile changed in any way (a run, a merge, an edit by hand) is read and validated in
+full again, and its facts written anew. The full `Lockfile` is read only when something
+needs it (a run, the gallery), and must still be the file the facts came from.
+
+Entries and finished renders are read through the `EntryRecord` and `PastRecord`
+protocols, which the lockfile's own models and these facts both satisfy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+from kling_batch import safefiles
+from kling_batch.cachefile import read_cache, write_cache
+from kling_batch.canonical import tagged
+from kling_batch.errors import UserError
+from kling_batch.limits import LOCKFILE_MAX_BYTES
+from kling_batch.lockfile import Entry, Lockfile, PastRender, read_lockfile
+
+_VERSION = "lock-facts-1"
+
+
+class PastRecord(Protocol):
+    """A finished render on record."""
+
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def result_url(self) -> str | None: ...
+    @property
+    def result_expires_at(self) -> datetime | None: ...
+
+
+class EntryRecord(Protocol):
+    """One render's record, as planning reads it."""
+
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def shot(self) -> str: ...
+    @property
+    def take(self) -> int: ...
+    @property
+    def output(self) -> str: ...
+    @property
+    def output_sha256(self) -> str | None: ...
+    @property
+    def output_size(self) -> int | None: ...
+    @property
+    def job_id(self) -> str | None: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def request(self) -> dict[str, Any]: ...
+    @property
+    def assets(self) -> dict[str, str]: ...
+    @property
+    def cost_usd(self) -> Decimal: ...
+    @property
+    def tags(self) -> list[str]: ...
+
+
+class LockRecords(Protocol):
+    """A lockfile's entries, as planning reads them."""
+
+    @property
+    def shots(self) -> Mapping[str, EntryRecord]: ...
+
+    def finished(self) -> Iterator[tuple[EntryRecord | None, PastRecord]]: ...
+
+
+class PastFacts(NamedTuple):
+    """A finished render, from the facts cache."""
+
+    fingerprint: str
+    sha256: str
+    size: int
+    result_url: str | None
+    expires: str | None
+
+    @property
+    def result_expires_at(self) -> datetime | None:
+        """When the result URL expires."""
+        return datetime.fromisoformat(self.expires) if self.expires else None
+
+
+class EntryFacts(NamedTuple):
+    """An entry's fields that planning reads, from the facts cache."""
+
+    fingerprint: str
+    state: str
+    shot: str
+    take: int
+    output: str
+    output_sha256: str | None
+    output_size: int | None
+    job_id: str | None
+    error: str | None
+    cost: str
+    tags: list[str]
+    assets: dict[str, str]
+    past: list[list[Any]]
+    request_json: str
+    done: list[Any] | None
+
+    @property
+    def request(self) -> dict[str, Any]:
+        """The request on record (decoded when asked for: only changed renders ask)."""
+        value: dict[str, Any] = json.loads(self.request_json, object_hook=_untag)
+        return value
+
+    @property
+    def cost_usd(self) -> Decimal:
+        """The estimated cost on record."""
+        return Decimal(self.cost)
+
+    def as_past(self) -> PastFacts | None:
+        """This entry as a finished render, if it is one."""
+        return PastFacts(*self.done) if self.done is not None else None
+
+    @property
+    def history(self) -> list[PastFacts]:
+        """Earlier finished renders, oldest first."""
+        return [PastFacts(*past) for past in self.past]
+
+
+class LockFacts:
+    """`LockRecords` from the facts cache; the full `Lockfile` read only when asked for."""
+
+    def __init__(self, path: Path, digest: str, shots: dict[str, EntryFacts]) -> None:
+        self.path = path
+        self.digest = digest
+        self.shots: dict[str, EntryFacts] = shots
+
+    def finished(self) -> Iterator[tuple[EntryFacts | None, PastFacts]]:
+        """Every finished render on record: each done entry (with itself), then its history."""
+        for entry in self.shots.values():
+            past = entry.as_past()
+            if past is not None:
+                yield entry, past
+            for earlier in entry.history:
+                yield None, earlier
+
+    def full(self, cache: Path | None) -> Lockfile:
+        """The whole lockfile; refused if it changed since its facts were read."""
+        lock, save = read_lockfile(self.path, cache=cache)
+        if _digest_of(self.path) != self.digest:
+            raise UserError(
+                "the lockfile changed while it was being planned; plan again", file=self.path
+            )
+        save()
+        return lock
+
+
+def read_facts(
+    lock_file: Path, facts_file: Path | None, lock_cache: Path | None
+) -> tuple[LockRecords, Lockfile | None, Callable[[], None]]:
+    """The lockfile's records for planning, the full `Lockfile` when it had to be read,
+    and what writes the caches (call it last)."""
+    digest = _digest_of(lock_file)
+    if digest is None:
+        return Lockfile(), Lockfile(), _nothing
+    cached = read_cache(facts_file, _VERSION) if facts_file is not None else None
+    if cached is not None and cached.get("digest") == digest:
+        shots = _facts_from(cached.get("shots"))
+        if shots is not None:
+            return LockFacts(lock_file, digest, shots), None, _nothing
+    lock, save_lock_cache = read_lockfile(lock_file, cache=lock_cache)
+    rows = {key: _row(entry) for key, entry in lock.shots.items()}
+
+    def save() -> None:
+        save_lock_cache()
+        if facts_file is not None:
+            write_cache(facts_file, _VERSION, {"digest": digest, "shots": rows})
+
+    return lock, lock, save
+
+
+def _facts_from(rows: Any) -> dict[str, EntryFacts] | None:
+    if not isinstance(rows, dict):
+        return None
+    try:
+        return {key: EntryFacts._make(row) for key, row in rows.items()}
+    except TypeError:
+        return None  # a cache, not a record
+
+
+def _row(entry: Entry) -> list[Any]:
+    """An entry as the facts cache keeps it (an `EntryFacts`)."""
+    done = entry.as_past()
+    return [
+        entry.fingerprint,
+        entry.state,
+        entry.shot,
+        entry.take,
+        entry.output,
+        entry.output_sha256,
+        entry.output_size,
+        entry.job_id,
+        entry.error,
+        str(entry.cost_usd),
+        list(entry.tags),
+        dict(entry.assets),
+        [_past(past) for past in entry.history],
+        json.dumps(entry.request, default=_tag, sort_keys=True),
+        _past(done) if done is not None else None,
+    ]
+
+
+def _past(past: PastRender) -> list[Any]:
+    expires = past.result_expires_at.isoformat() if past.result_expires_at else None
+    return [past.fingerprint, past.output_sha256, past.output_size, past.result_url, expires]
+
+
+def _digest_of(path: Path) -> str | None:
+    """`sha256:` of the lockfile's bytes; None when there is none."""
+    try:
+        raw = safefiles.read_bytes(path, limit=LOCKFILE_MAX_BYTES, what="the lockfile")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UserError(f"cannot read the lockfile: {exc}", file=path) from None
+    return tagged(hashlib.sha256(raw).hexdigest())
+
+
+def _nothing() -> None:
+    """No cache to write."""
+
+
+def _tag(value: Any) -> Any:
+    # JSON has no Decimal: tag it so numbers on record come back exact.
+    if isinstance(value, Decimal):
+        return {"$decimal": str(value)}
+    raise TypeError(f"cannot cache {type(value).__name__}")
+
+
+def _untag(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and "$decimal" in obj:
+        return Decimal(obj["$decimal"])
+    return obj

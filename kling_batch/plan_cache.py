@@ -1,0 +1,218 @@
+"""The plan cache: each shot's planned renders, reused while nothing they came from changed.
+
+Expanding, validating, pricing and fingerprinting 10,000 renders takes seconds; a plan
+run on every save must take a fraction of one (issue 13). So `plan` keeps each shot's
+renders (ids, request fields and body, assets, price, fingerprint, output, warnings) in
+`.kling-batch/<lockfile name>.plan.json` and reuses them while all of these are the same:
+
+- the shot's source: the digest of its TOML table (`kling_batch.manifest_cache`) or of
+  its data, the file it is in and its place there;
+- everything shared (the context key): kling-batch's version and the stat facts of its
+  modules, the model data (prices, rules), the project's folder, and the manifest's head
+  (name, output folder, vars, defaults);
+- the template partials any shot included: each must still hold what it held (read
+  again, cheaply, by `kling_batch.partials`), or nothing in the cache is used;
+- the index of its first render, when one of its templates reads `shot` (or includes a
+  partial, which may);
+- each local asset's content: resolved again through the asset store (a `stat`, the hash
+  cache), compared with the hash the renders were planned with;
+- each output path's folder and kind (not a folder; its folder does not lead out).
+
+Any difference plans the shot from scratch, as without a cache. The cache records facts
+about renders, never decisions: every action is decided afresh from the lockfile and
+the files. Like every cache it may be damaged or missing (`kling_batch.cachefile`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import cache
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from kling_batch import __version__
+from kling_batch.assets import Asset, AssetStore
+from kling_batch.cachefile import read_cache, write_cache
+from kling_batch.errors import AssetProblem
+from kling_batch.manifest import LoadedManifest, SourcedShot
+from kling_batch.model_data import data_file
+from kling_batch.partials import partial_digest
+from kling_batch.planned import PlannedRender
+from kling_batch.pricing import Price, price_rows
+
+_VERSION = "plan-units-1"
+_PACKAGE = Path(__file__).resolve().parent
+
+
+@cache
+def tool_identity() -> str:
+    """kling-batch's version, the size and time of each of its modules, and the model
+    data's hash: what planning itself is made of."""
+    modules = sorted(
+        (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
+        for entry in os.scandir(_PACKAGE)
+        if entry.name.endswith(".py")
+    )
+    model = hashlib.sha256(data_file("kling-o3.json").read_bytes()).hexdigest()
+    return _digest(json.dumps([__version__, modules, model]))
+
+
+def context_key(loaded: LoadedManifest) -> str:
+    """What every shot's renders depend on besides the shot itself."""
+    head = loaded.manifest.model_dump(mode="python", exclude={"shots", "include"})
+    shared = {"tool": tool_identity(), "root": str(loaded.root.resolve()), "head": head}
+    return _digest(json.dumps(shared, sort_keys=True, default=_typed))
+
+
+def unit_key(loaded: LoadedManifest, sourced: SourcedShot) -> str:
+    """A shot's identity in the cache: its source's digest, its file and place there."""
+    digest = sourced.digest
+    if digest is None:  # not read through the TOML parse cache: digest its data
+        data = sourced.shot.model_dump(mode="python")
+        digest = _digest(json.dumps(data, sort_keys=True, default=_typed))
+    return f"{digest}|{loaded.display(sourced.file)}|{sourced.index}"
+
+
+@dataclass(frozen=True, slots=True)
+class CachedShot:
+    """A shot's renders as the cache holds them, and the render index they started at
+    (None when no template of the shot reads it)."""
+
+    start: int | None
+    records: Sequence[Sequence[Any]]
+
+    def outputs(self) -> list[tuple[str, PurePosixPath]]:
+        """Each render's id and output path."""
+        return [(str(record[0]), PurePosixPath(record[11])) for record in self.records]
+
+
+class PlanCache:
+    """The plan cache of one lockfile's plans (see the module docstring)."""
+
+    def __init__(self, path: Path | None, context: str, root: Path) -> None:
+        self.path = path
+        self.root = root.resolve()
+        data = read_cache(path, _VERSION) if path is not None else None
+        if data is None or data.get("context") != context or not self._intact(data):
+            data = {"units": {}, "partials": {}}
+        self.context = context
+        self._units: dict[str, Any] = data["units"]
+        self.partials: dict[str, str] = data["partials"]
+        self._kept: dict[str, Any] = {}
+        self._learnt = False
+
+    def _intact(self, data: Mapping[str, Any]) -> bool:
+        units, partials = data.get("units"), data.get("partials")
+        if not isinstance(units, dict) or not isinstance(partials, dict):
+            return False
+        return all(partial_digest(self.root, name) == got for name, got in partials.items())
+
+    def get(self, key: str, start: int) -> CachedShot | None:
+        """The cached renders of a shot whose first render would have index `start`."""
+        unit = self._units.get(key)
+        if not isinstance(unit, dict):
+            return None
+        first, records = unit.get("start"), unit.get("renders")
+        if (first is not None and first != start) or not isinstance(records, list):
+            return None
+        return CachedShot(first, records)
+
+    def keep(self, key: str) -> None:
+        """Keep a reused shot for the next plan."""
+        self._kept[key] = self._units[key]
+
+    def learn(self, key: str, start: int | None, renders: Sequence[PlannedRender]) -> None:
+        """Remember a shot planned from scratch (`start` None: its templates do not read
+        the render index)."""
+        self._kept[key] = {"start": start, "renders": [encode(render) for render in renders]}
+        self._learnt = True
+
+    def save(self, partials: Mapping[str, str]) -> None:
+        """Write the shots of this plan (and only those) when anything changed."""
+        if self.path is None:
+            return
+        if not self._learnt and len(self._kept) == len(self._units) and not partials:
+            return
+        merged = {**self.partials, **partials}
+        payload = {"context": self.context, "partials": merged, "units": self._kept}
+        write_cache(self.path, _VERSION, payload)
+
+
+def encode(render: PlannedRender) -> list[Any]:
+    """A planned render as a JSON list (`decode` reads it back)."""
+    assets = {
+        key: [asset.ref, asset.kind, asset.sha256, asset.size]
+        for key, asset in render.assets.items()
+    }
+    return [
+        render.id,
+        render.shot,
+        render.take,
+        dict(render.fields),
+        dict(render.body),
+        assets,
+        render.workflow,
+        price_rows().index(render.price.row),
+        str(render.price.seconds),
+        str(render.price.cost),
+        render.fingerprint,
+        str(render.output),
+        list(render.tags),
+        list(render.assumptions),
+        list(render.warnings),
+    ]
+
+
+def decode(record: Sequence[Any], store: AssetStore) -> PlannedRender | None:
+    """A cached render, or None when one of its local assets is no longer what it was
+    planned with (or the record is not one this version wrote)."""
+    try:
+        (id_, shot, take, fields, body, assets, workflow, row, seconds, cost) = record[:10]
+        fingerprint, output, tags, assumptions, warnings = record[10:]
+        resolved = {key: _asset(store, *value) for key, value in assets.items()}
+        if any(asset is None for asset in resolved.values()):
+            return None
+        price_row = price_rows()[row]
+        return PlannedRender(
+            id=id_,
+            shot=shot,
+            take=take,
+            fields=fields,
+            body=body,
+            assets={key: asset for key, asset in resolved.items() if asset is not None},
+            workflow=workflow,
+            price=Price(price_row, Decimal(seconds), Decimal(cost)),
+            fingerprint=fingerprint,
+            output=PurePosixPath(output),
+            tags=tuple(tags),
+            assumptions=tuple(assumptions),
+            warnings=tuple(warnings),
+        )
+    except (TypeError, ValueError, LookupError, ArithmeticError):
+        return None  # a cache, not a record: a record of another shape is no record
+
+
+def _asset(
+    store: AssetStore, ref: str, kind: str, sha256: str | None, size: int | None
+) -> Asset | None:
+    if kind != "local":
+        return Asset(ref, "https" if kind == "https" else "bunny")
+    try:
+        asset = store.resolve(ref)
+    except AssetProblem:
+        return None
+    return asset if asset.sha256 == sha256 and asset.size == size else None
+
+
+def _typed(value: Any) -> str:
+    """JSON for values JSON has no type for (TOML dates in vars): type and repr."""
+    return f"{type(value).__name__}:{value!r}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
