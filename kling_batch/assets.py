@@ -24,7 +24,7 @@ from kling_batch.state import StateDir
 
 log = logging.getLogger(__name__)
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 _CACHE_MAX = 1024 * 1024 * 1024  # read only a regular file (never block on a FIFO)
 # A file changed within this window of being hashed may change again in the same mtime tick.
 _RACY_NS = 2_000_000_000
@@ -39,9 +39,14 @@ class Asset:
 
     ref: str
     kind: AssetKind
-    path: Path | None = None
+    location: str | None = None  # the resolved file of a local asset
     sha256: str | None = None
     size: int | None = None
+
+    @property
+    def path(self) -> Path | None:
+        """The resolved file of a local asset."""
+        return Path(self.location) if self.location is not None else None
 
     @property
     def identity(self) -> str:
@@ -65,7 +70,8 @@ class AssetStore:
         self.root = root.resolve()
         self._root_text = os.fspath(self.root) + os.sep
         self.state = state if state is not None else StateDir(root)
-        self._entries = self._load()
+        self._rows = self._load()
+        self._entries: dict[str, _Entry | None] = {}
         self._dirty = False
         self._resolved: dict[str, Asset] = {}
         self._real_dirs: dict[str, str] = {}
@@ -135,19 +141,20 @@ class AssetStore:
             self.state.ensure(create=False)
             return
         self.state.ensure()
-        files = {
-            key: {
-                "size": e.size,
-                "mtime_ns": e.mtime_ns,
-                "sha256": e.sha256,
-                "hashed_ns": e.hashed_ns,
-                **({"seconds": e.seconds} if e.seconds is not None else {}),
-            }
-            for key, e in sorted(self._entries.items())
-        }
+        # One row per file, [size, mtime_ns, sha256, hashed_ns(, seconds)]: rows read
+        # several times faster than objects (issue 13).
+        rows = ((key, self._row(key)) for key in sorted({*self._rows, *self._entries}))
+        files = {key: row for key, row in rows if row is not None}
         payload = {"version": _CACHE_VERSION, "files": files}
-        atomic_write(self.state.hash_cache, json.dumps(payload, indent=0) + "\n")
+        atomic_write(self.state.hash_cache, json.dumps(payload, separators=(",", ":")) + "\n")
         self._dirty = False
+
+    def _row(self, key: str) -> list[Any] | None:
+        entry = self._entries.get(key)
+        if entry is None:  # never asked for (kept as it was), or damaged (dropped)
+            return None if key in self._entries else self._rows[key]
+        row: list[Any] = [entry.size, entry.mtime_ns, entry.sha256, entry.hashed_ns]
+        return row if entry.seconds is None else [*row, entry.seconds]
 
     def _resolve(self, ref: str) -> Asset:
         lowered = ref.lower()
@@ -174,7 +181,7 @@ class AssetStore:
         if not resolved.is_file():
             raise AssetProblem(f"{ref!r}: no such file")
         sha256, size = self.file_hash(resolved)
-        return Asset(ref, "local", resolved, sha256, size)
+        return Asset(ref, "local", str(resolved), sha256, size)
 
     def _resolve_plain(self, ref: str) -> Asset | None:
         """A local file that is no symlink, in a folder inside the root: resolved with one
@@ -202,7 +209,7 @@ class AssetStore:
         resolved = os.path.join(real, name)  # noqa: PTH118
         key = resolved[len(self._root_text) :].replace(os.sep, "/")
         entry = self._entry(key, resolved, stat)
-        return Asset(ref, "local", Path(resolved), entry.sha256, entry.size)
+        return Asset(ref, "local", resolved, entry.sha256, entry.size)
 
     def _entry(self, key: str, path: Path | str, known: os.stat_result | None = None) -> _Entry:
         # A str path on the hot path; no Path objects.
@@ -210,6 +217,8 @@ class AssetStore:
         if not S_ISREG(stat.st_mode):
             raise IsADirectoryError(path)
         entry = self._entries.get(key)
+        if entry is None and key in self._rows:
+            entry = self._entries[key] = _from_row(self._rows[key])
         if (
             entry is not None
             and entry.size == stat.st_size
@@ -230,16 +239,29 @@ class AssetStore:
         except ValueError:
             return str(resolved)
 
-    def _load(self) -> dict[str, _Entry]:
+    def _load(self) -> dict[str, list[Any]]:
+        """The cache's rows by file; each becomes an `_Entry` when its file is asked for."""
         try:
             text = safefiles.read_text(self.state.hash_cache, limit=_CACHE_MAX, what="a cache")
             data: Any = json.loads(text)
-            if data.get("version") != _CACHE_VERSION:
+            if data.get("version") != _CACHE_VERSION or not isinstance(data["files"], dict):
                 return {}
-            return {key: _Entry(**value) for key, value in data["files"].items()}
+            return data["files"]
         except (OSError, ValueError, TypeError, KeyError, AttributeError, UserError):
             # A cache, not a record: a damaged one is rebuilt from the files themselves.
             return {}
+
+
+def _from_row(row: Any) -> _Entry | None:
+    """A cache row as an entry; None for a damaged one (it is hashed again)."""
+    try:
+        size, mtime_ns, sha256, hashed_ns, *rest = row
+        entry = _Entry(int(size), int(mtime_ns), str(sha256), int(hashed_ns))
+        if rest:
+            entry.seconds = str(rest[0])
+    except (TypeError, ValueError):
+        return None
+    return entry
 
 
 def _probe_seconds(path: Path) -> Decimal:

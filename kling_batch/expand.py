@@ -8,13 +8,15 @@ import re
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kling_batch import safefiles
 from kling_batch.errors import TemplateProblem, UserError
 from kling_batch.limits import MAX_RENDERS
 from kling_batch.manifest import REQUEST_FIELD_NAMES, LoadedManifest, SourcedShot
-from kling_batch.templating import Templates
+
+if TYPE_CHECKING:  # the template engine loads only when a shot is expanded (issue 13)
+    from kling_batch.templating import Templates
 
 _ID = re.compile(r"[A-Za-z0-9._-]+")
 _MATRIX_KEYWORDS = ("include", "exclude")
@@ -92,6 +94,8 @@ class Expansion:
     def renderer(self) -> _CachedRenderer:
         """The template renderer, started on first use."""
         if self._renderer is None:
+            from kling_batch.templating import Templates
+
             templates = self._templates or Templates(self.loaded.root)
             self._templates = templates
             self._renderer = _CachedRenderer(templates)

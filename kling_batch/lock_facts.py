@@ -29,7 +29,7 @@ from kling_batch.errors import UserError
 from kling_batch.limits import LOCKFILE_MAX_BYTES
 from kling_batch.lockfile import Entry, Lockfile, PastRender, read_lockfile
 
-_VERSION = "lock-facts-1"
+_VERSION = "lock-facts-2"
 
 
 class PastRecord(Protocol):
@@ -103,43 +103,79 @@ class PastFacts(NamedTuple):
 
 
 class EntryFacts(NamedTuple):
-    """An entry's fields that planning reads, from the facts cache."""
+    """An entry's fields that planning reads, from the facts cache: those every plan
+    reads, then the rest as JSON text, decoded when asked for (a changed render, a
+    restore, a job in flight)."""
 
     fingerprint: str
     state: str
-    shot: str
-    take: int
     output: str
     output_sha256: str | None
     output_size: int | None
-    job_id: str | None
-    error: str | None
-    cost: str
-    tags: list[str]
-    assets: dict[str, str]
-    past: list[list[Any]]
-    request_json: str
-    done: list[Any] | None
+    rest: str
+
+    def _rest(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.rest, object_hook=_untag)
+        return value
+
+    @property
+    def shot(self) -> str:
+        """The shot the render belongs to."""
+        return str(self._rest()["shot"])
+
+    @property
+    def take(self) -> int:
+        """The take number."""
+        return int(self._rest()["take"])
+
+    @property
+    def job_id(self) -> str | None:
+        """The job on record, if any."""
+        value = self._rest().get("job_id")
+        return str(value) if value is not None else None
+
+    @property
+    def error(self) -> str | None:
+        """The last error on record, if any."""
+        value = self._rest().get("error")
+        return str(value) if value is not None else None
 
     @property
     def request(self) -> dict[str, Any]:
-        """The request on record (decoded when asked for: only changed renders ask)."""
-        value: dict[str, Any] = json.loads(self.request_json, object_hook=_untag)
+        """The request on record."""
+        value: dict[str, Any] = self._rest()["request"]
+        return value
+
+    @property
+    def assets(self) -> dict[str, str]:
+        """The assets' content hashes on record."""
+        value: dict[str, str] = self._rest()["assets"]
         return value
 
     @property
     def cost_usd(self) -> Decimal:
         """The estimated cost on record."""
-        return Decimal(self.cost)
+        return Decimal(self._rest()["cost"])
+
+    @property
+    def tags(self) -> list[str]:
+        """The shot's tags on record."""
+        value: list[str] = self._rest()["tags"]
+        return value
 
     def as_past(self) -> PastFacts | None:
         """This entry as a finished render, if it is one."""
-        return PastFacts(*self.done) if self.done is not None else None
+        if self.state != "done" or not self.output_sha256 or self.output_size is None:
+            return None
+        rest = self._rest()
+        return PastFacts(
+            self.fingerprint, self.output_sha256, self.output_size, rest["url"], rest["expires"]
+        )
 
     @property
     def history(self) -> list[PastFacts]:
         """Earlier finished renders, oldest first."""
-        return [PastFacts(*past) for past in self.past]
+        return [PastFacts(*past) for past in self._rest()["history"]]
 
 
 class LockFacts:
@@ -205,23 +241,27 @@ def _facts_from(rows: Any) -> dict[str, EntryFacts] | None:
 
 def _row(entry: Entry) -> list[Any]:
     """An entry as the facts cache keeps it (an `EntryFacts`)."""
-    done = entry.as_past()
+    expires = entry.result_expires_at.isoformat() if entry.result_expires_at else None
+    rest = {
+        "shot": entry.shot,
+        "take": entry.take,
+        "job_id": entry.job_id,
+        "error": entry.error,
+        "cost": str(entry.cost_usd),
+        "tags": list(entry.tags),
+        "assets": dict(entry.assets),
+        "request": entry.request,
+        "url": entry.result_url,
+        "expires": expires,
+        "history": [_past(past) for past in entry.history],
+    }
     return [
         entry.fingerprint,
         entry.state,
-        entry.shot,
-        entry.take,
         entry.output,
         entry.output_sha256,
         entry.output_size,
-        entry.job_id,
-        entry.error,
-        str(entry.cost_usd),
-        list(entry.tags),
-        dict(entry.assets),
-        [_past(past) for past in entry.history],
-        json.dumps(entry.request, default=_tag, sort_keys=True),
-        _past(done) if done is not None else None,
+        json.dumps(rest, default=_tag),
     ]
 
 

@@ -30,7 +30,7 @@ from kling_batch.lock_facts import EntryRecord, LockFacts, LockRecords, read_fac
 from kling_batch.lockfile import UNSETTLED, Lockfile, lock_path
 from kling_batch.manifest import LoadedManifest, SourcedShot, load_manifest
 from kling_batch.manifest_cache import ParseCache
-from kling_batch.plan_cache import PlanCache, context_key, decode, unit_key
+from kling_batch.plan_cache import CachedShot, PlanCache, context_key, decode
 from kling_batch.planned import (
     ACTIONS,
     PAID_ACTIONS,
@@ -245,21 +245,29 @@ def _expand(
 ) -> _Shot:
     """A shot's renders from the plan cache when nothing they came from changed, else its
     specs, expanded now."""
-    key, start = unit_key(loaded, sourced), expansion.index
+    key, start = cache.key(loaded, sourced), expansion.index
     if not sourced.shot.enabled:
         return _Shot(key, start)
     hit = cache.get(key, start)
-    if hit is not None:
-        outputs = hit.outputs()
-        renders = [decode(record, store) for record in hit.records]
-        fine = all(expansion.dirs.still_fine(output) for _, output in outputs)
-        if fine and all(render is not None for render in renders):
-            expansion.claim(sourced, outputs)
-            cache.keep(key)
-            return _Shot(key, start, cached=[r for r in renders if r is not None])
+    renders = _reused(hit, store, expansion) if hit is not None else None
+    if renders is not None:
+        expansion.claim(sourced, [(render.id, render.output) for render in renders])
+        cache.keep(key)
+        return _Shot(key, start, cached=renders)
     expansion.renderer.reads_shot = False
     specs = expansion.shot(sourced)
     return _Shot(key, start, specs=specs, reads_shot=expansion.renderer.reads_shot)
+
+
+def _reused(hit: CachedShot, store: AssetStore, expansion: Expansion) -> list[PlannedRender] | None:
+    """A cached shot's renders, if each one's assets and output path still check out."""
+    renders = []
+    for record in hit.records:
+        render = decode(record, store)
+        if render is None or not expansion.dirs.still_fine(render.output):
+            return None
+        renders.append(render)
+    return renders
 
 
 def _planned(
@@ -371,8 +379,8 @@ def stray_item(render_id: str, entry: EntryRecord) -> PlanItem:
         id=render_id,
         shot=entry.shot,
         take=entry.take,
-        fields=request,
-        body=request,
+        fields_data=request,
+        body_data=request,
         assets={},
         workflow=workflow,  # type: ignore[arg-type]
         price=Price(row, seconds, entry.cost_usd),
@@ -423,8 +431,8 @@ def plan_render(spec: RenderSpec, store: AssetStore) -> PlannedRender:
         id=spec.id,
         shot=spec.shot,
         take=spec.take,
-        fields=spec.fields,
-        body=body,
+        fields_data=spec.fields,
+        body_data=body,
         assets=sent,
         workflow=workflow,
         price=priced,

@@ -69,15 +69,6 @@ def context_key(loaded: LoadedManifest) -> str:
     return _digest(json.dumps(shared, sort_keys=True, default=_typed))
 
 
-def unit_key(loaded: LoadedManifest, sourced: SourcedShot) -> str:
-    """A shot's identity in the cache: its source's digest, its file and place there."""
-    digest = sourced.digest
-    if digest is None:  # not read through the TOML parse cache: digest its data
-        data = sourced.shot.model_dump(mode="python")
-        digest = _digest(json.dumps(data, sort_keys=True, default=_typed))
-    return f"{digest}|{loaded.display(sourced.file)}|{sourced.index}"
-
-
 @dataclass(frozen=True, slots=True)
 class CachedShot:
     """A shot's renders as the cache holds them, and the render index they started at
@@ -85,10 +76,6 @@ class CachedShot:
 
     start: int | None
     records: Sequence[Sequence[Any]]
-
-    def outputs(self) -> list[tuple[str, PurePosixPath]]:
-        """Each render's id and output path."""
-        return [(str(record[0]), PurePosixPath(record[11])) for record in self.records]
 
 
 class PlanCache:
@@ -105,6 +92,18 @@ class PlanCache:
         self.partials: dict[str, str] = data["partials"]
         self._kept: dict[str, Any] = {}
         self._learnt = False
+        self._shown: dict[Path, str] = {}
+
+    def key(self, loaded: LoadedManifest, sourced: SourcedShot) -> str:
+        """A shot's identity in the cache: its source's digest, its file and place there."""
+        digest = sourced.digest
+        if digest is None:  # not read through the TOML parse cache: digest its data
+            data = sourced.shot.model_dump(mode="python")
+            digest = _digest(json.dumps(data, sort_keys=True, default=_typed))
+        shown = self._shown.get(sourced.file)
+        if shown is None:
+            shown = self._shown[sourced.file] = loaded.display(sourced.file)
+        return f"{digest}|{shown}|{sourced.index}"
 
     def _intact(self, data: Mapping[str, Any]) -> bool:
         units, partials = data.get("units"), data.get("partials")
@@ -145,26 +144,26 @@ class PlanCache:
 
 def encode(render: PlannedRender) -> list[Any]:
     """A planned render as a JSON list (`decode` reads it back)."""
-    assets = {
-        key: [asset.ref, asset.kind, asset.sha256, asset.size]
+    assets = [
+        [key, asset.ref, asset.kind, asset.sha256, asset.size]
         for key, asset in render.assets.items()
-    }
+    ]
     return [
         render.id,
         render.shot,
         render.take,
-        dict(render.fields),
-        dict(render.body),
-        assets,
         render.workflow,
-        price_rows().index(render.price.row),
-        str(render.price.seconds),
-        str(render.price.cost),
         render.fingerprint,
         str(render.output),
+        str(render.price.cost),
+        str(render.price.seconds),
+        price_rows().index(render.price.row),
         list(render.tags),
         list(render.assumptions),
         list(render.warnings),
+        assets,
+        json.dumps(render.fields),
+        json.dumps(render.body),
     ]
 
 
@@ -172,26 +171,28 @@ def decode(record: Sequence[Any], store: AssetStore) -> PlannedRender | None:
     """A cached render, or None when one of its local assets is no longer what it was
     planned with (or the record is not one this version wrote)."""
     try:
-        (id_, shot, take, fields, body, assets, workflow, row, seconds, cost) = record[:10]
-        fingerprint, output, tags, assumptions, warnings = record[10:]
-        resolved = {key: _asset(store, *value) for key, value in assets.items()}
-        if any(asset is None for asset in resolved.values()):
-            return None
-        price_row = price_rows()[row]
+        id_, shot, take, workflow, fingerprint, output, cost, seconds, row = record[:9]
+        tags, assumptions, warnings, assets, fields, body = record[9:]
+        resolved = {}
+        for key, ref, kind, sha256, size in assets:
+            asset = _asset(store, ref, kind, sha256, size)
+            if asset is None:
+                return None
+            resolved[key] = asset
         return PlannedRender(
             id=id_,
             shot=shot,
             take=take,
-            fields=fields,
-            body=body,
-            assets={key: asset for key, asset in resolved.items() if asset is not None},
+            fields_data=fields,
+            body_data=body,
+            assets=resolved,
             workflow=workflow,
-            price=Price(price_row, Decimal(seconds), Decimal(cost)),
+            price=Price(price_rows()[row], Decimal(seconds), Decimal(cost)),
             fingerprint=fingerprint,
             output=PurePosixPath(output),
-            tags=tuple(tags),
-            assumptions=tuple(assumptions),
-            warnings=tuple(warnings),
+            tags=tuple(tags) if tags else (),
+            assumptions=tuple(assumptions) if assumptions else (),
+            warnings=tuple(warnings) if warnings else (),
         )
     except (TypeError, ValueError, LookupError, ArithmeticError):
         return None  # a cache, not a record: a record of another shape is no record

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -32,14 +33,15 @@ class PlannedRender:
 
     `fields` are the request fields as the manifest gave them (templates rendered); the
     `request` model is built from them when first asked for, so a plan whose renders come
-    from the plan cache builds no model for renders nobody looks at (issue 13).
+    from the plan cache builds no model for renders nobody looks at (issue 13). For the
+    same reason `fields_data` and `body_data` may be JSON text, decoded on first use.
     """
 
     id: str
     shot: str
     take: int
-    fields: Mapping[str, Any]
-    body: Mapping[str, Any]
+    fields_data: Mapping[str, Any] | str
+    body_data: Mapping[str, Any] | str
     assets: Mapping[str, Asset]
     workflow: kling_o3.ResolvedWorkflow
     price: Price
@@ -49,6 +51,22 @@ class PlannedRender:
     assumptions: tuple[str, ...]
     warnings: tuple[str, ...]
     model: KlingO3Request | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def fields(self) -> Mapping[str, Any]:
+        """The request fields as the manifest gave them, templates rendered."""
+        if isinstance(self.fields_data, str):
+            object.__setattr__(self, "fields_data", json.loads(self.fields_data))
+        assert not isinstance(self.fields_data, str)
+        return self.fields_data
+
+    @property
+    def body(self) -> Mapping[str, Any]:
+        """The request as sent (before local media become upload paths)."""
+        if isinstance(self.body_data, str):
+            object.__setattr__(self, "body_data", json.loads(self.body_data))
+        assert not isinstance(self.body_data, str)
+        return self.body_data
 
     @property
     def request(self) -> KlingO3Request:
