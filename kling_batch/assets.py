@@ -86,6 +86,15 @@ class AssetStore:
             self._resolved[ref] = asset
         return asset
 
+    def resolve_local(self, ref: str) -> Asset:
+        """`resolve` for a reference already known to name a local file (the plan cache's):
+        its text is not checked again, only where it leads and what it holds now."""
+        asset = self._resolved.get(ref)
+        if asset is None:
+            asset = self._resolve_plain(ref) or self._resolve(ref)
+            self._resolved[ref] = asset
+        return asset
+
     def file_hash(self, path: Path) -> tuple[str, int]:
         """(sha256, size) of a file under the root, from the cache when its stat is unchanged."""
         entry = self._entry(self._key(path), path)
@@ -190,8 +199,11 @@ class AssetStore:
 
         Issue 13: `Path.resolve()` of 10,000 images took longer than a whole plan may.
         """
-        joined = os.path.join(self._root_text, ref)  # noqa: PTH118 - str paths: hot path
-        head, name = os.path.split(joined)
+        if os.sep != "/" or ref.startswith("/"):
+            return None
+        joined = self._root_text + ref
+        cut = ref.rfind("/")
+        head, name = self._root_text + ref[: cut + 1], ref[cut + 1 :]
         if name in ("", ".", ".."):
             return None
         try:
@@ -206,7 +218,7 @@ class AssetStore:
             self._real_dirs[head] = real
         if not (real + os.sep).startswith(self._root_text):
             return None
-        resolved = os.path.join(real, name)  # noqa: PTH118
+        resolved = real + os.sep + name
         key = resolved[len(self._root_text) :].replace(os.sep, "/")
         entry = self._entry(key, resolved, stat)
         return Asset(ref, "local", resolved, entry.sha256, entry.size)

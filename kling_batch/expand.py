@@ -398,12 +398,13 @@ class _SafeDirs:
     def still_fine(self, output: PurePosixPath) -> bool:
         """True when an output path checked by an earlier plan still passes the checks
         that depend on the folder: its folder does not lead out, it is not a folder."""
-        parent = str(output.parent)
+        text = str(output)
+        parent = text.rpartition("/")[0]
         inside = self._parents.get(parent)
         if inside is None:
             inside = (self.root / parent).resolve().is_relative_to(self.target)
             self._parents[parent] = inside
-        return inside and not self._is_dir(str(output))
+        return inside and not self._is_dir(text)
 
     def _inside(self, folder: str) -> bool:
         answer = self._answers.get(folder)

@@ -59,7 +59,7 @@ class KlingO3Request(BaseModel):
     the executor swaps local paths for upload paths before sending.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     model: Literal["kling-o3"] = "kling-o3"
     prompt: str = Field(min_length=1)

@@ -29,7 +29,7 @@ from kling_batch.errors import UserError
 from kling_batch.limits import LOCKFILE_MAX_BYTES
 from kling_batch.lockfile import Entry, Lockfile, PastRender, read_lockfile
 
-_VERSION = "lock-facts-2"
+_VERSION = "lock-facts-3"
 
 
 class PastRecord(Protocol):
@@ -112,7 +112,7 @@ class EntryFacts(NamedTuple):
     output: str
     output_sha256: str | None
     output_size: int | None
-    rest: str
+    rest: bytes
 
     def _rest(self) -> dict[str, Any]:
         value: dict[str, Any] = json.loads(self.rest, object_hook=_untag)
@@ -215,32 +215,42 @@ def read_facts(
     if digest is None:
         return Lockfile(), Lockfile(), _nothing
     cached = read_cache(facts_file, _VERSION) if facts_file is not None else None
-    if cached is not None and cached.get("digest") == digest:
-        shots = _facts_from(cached.get("shots"))
+    if cached is not None and cached[0].get("digest") == digest:
+        shots = _facts_from(cached[0].get("shots"), cached[1])
         if shots is not None:
             return LockFacts(lock_file, digest, shots), None, _nothing
     lock, save_lock_cache = read_lockfile(lock_file, cache=lock_cache)
-    rows = {key: _row(entry) for key, entry in lock.shots.items()}
 
     def save() -> None:
         save_lock_cache()
-        if facts_file is not None:
-            write_cache(facts_file, _VERSION, {"digest": digest, "shots": rows})
+        if facts_file is None:
+            return
+        rows: dict[str, list[Any]] = {}
+        lines: list[bytes] = []
+        for key, entry in lock.shots.items():
+            row, rest = _row(entry)
+            rows[key] = [*row, len(lines)]
+            lines.append(rest)
+        write_cache(facts_file, _VERSION, {"digest": digest, "shots": rows}, lines)
 
     return lock, lock, save
 
 
-def _facts_from(rows: Any) -> dict[str, EntryFacts] | None:
+def _facts_from(rows: Any, lines: list[bytes]) -> dict[str, EntryFacts] | None:
     if not isinstance(rows, dict):
         return None
     try:
-        return {key: EntryFacts._make(row) for key, row in rows.items()}
-    except TypeError:
+        return {
+            key: EntryFacts(row[0], row[1], row[2], row[3], row[4], lines[row[5]])
+            for key, row in rows.items()
+        }
+    except (TypeError, LookupError):
         return None  # a cache, not a record
 
 
-def _row(entry: Entry) -> list[Any]:
-    """An entry as the facts cache keeps it (an `EntryFacts`)."""
+def _row(entry: Entry) -> tuple[list[Any], bytes]:
+    """An entry as the facts cache keeps it (an `EntryFacts`): what every plan reads,
+    and the JSON text of the rest."""
     expires = entry.result_expires_at.isoformat() if entry.result_expires_at else None
     rest = {
         "shot": entry.shot,
@@ -255,14 +265,8 @@ def _row(entry: Entry) -> list[Any]:
         "expires": expires,
         "history": [_past(past) for past in entry.history],
     }
-    return [
-        entry.fingerprint,
-        entry.state,
-        entry.output,
-        entry.output_sha256,
-        entry.output_size,
-        json.dumps(rest, default=_tag),
-    ]
+    row = [entry.fingerprint, entry.state, entry.output, entry.output_sha256, entry.output_size]
+    return row, json.dumps(rest, default=_tag).encode()
 
 
 def _past(past: PastRender) -> list[Any]:

@@ -50,7 +50,7 @@ UNSETTLED: frozenset[str] = frozenset({"submitting", "submitted", "completed", "
 # Earlier finished renders kept per entry, newest last.
 HISTORY_LIMIT = 20
 
-_MODEL = ConfigDict(extra="forbid")
+_MODEL = ConfigDict(extra="forbid", defer_build=True)
 
 
 class PastRender(BaseModel):

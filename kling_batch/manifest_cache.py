@@ -36,7 +36,7 @@ class ParseCache:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         cached = read_cache(path, _VERSION) if path is not None else None
-        chunks = cached.get("chunks") if cached is not None else None
+        chunks = cached[0].get("chunks") if cached is not None else None
         self._known: dict[str, Any] = chunks if isinstance(chunks, dict) else {}
         self._used: dict[str, Any] = {}
         self._learnt = False

@@ -169,9 +169,10 @@ def build_plan(
     expansion = Expansion(loaded, is_dir=store.is_dir)
     shots = [_expand(shot, loaded, store, cache, expansion) for shot in loaded.shots]
     only, force = list(only), list(force)
-    candidates = [(render_id, tags) for shot in shots for render_id, tags in shot.ids()]
-    require_matches(only, candidates, "--only")
-    require_matches(force, candidates, "--force")
+    if only or force:
+        candidates = [candidate for shot in shots for candidate in shot.ids()]
+        require_matches(only, candidates, "--only")
+        require_matches(force, candidates, "--force")
     lock, full, save_lock_caches = read_facts(
         lock_file,
         state.lock_facts(lock_file) if usable else None,
@@ -180,7 +181,7 @@ def build_plan(
     # The facts first: every render validated, its assets hashed and probed, priced.
     renders = _planned(shots, store, cache, _chosen_ids(lock, only))
     # Then the decisions, from those facts, the lockfile, the files' hashes and `now`.
-    ids = {render_id for render_id, _ in candidates}
+    ids = {render_id for shot in shots for render_id in shot.render_ids()}
     files = _ProjectFiles(store, lock_file)
     differ = Differ(lock, files, now, root=loaded.root, state=store.state, ids=ids)
     items = [differ.item(r, matches_any(r.id, r.tags, force)) for r in renders]
@@ -229,6 +230,12 @@ class _Shot:
     specs: list[RenderSpec] = field(default_factory=list)
     reads_shot: bool = False
 
+    def render_ids(self) -> list[str]:
+        """The id of each render."""
+        if self.cached is not None:
+            return [render.id for render in self.cached]
+        return [spec.id for spec in self.specs]
+
     def ids(self) -> list[tuple[str, tuple[str, ...]]]:
         """(id, tags) of each render."""
         if self.cached is not None:
@@ -252,7 +259,8 @@ def _expand(
     renders = _reused(hit, store, expansion) if hit is not None else None
     if renders is not None:
         expansion.claim(sourced, [(render.id, render.output) for render in renders])
-        cache.keep(key)
+        assert hit is not None
+        cache.keep(key, hit)
         return _Shot(key, start, cached=renders)
     expansion.renderer.reads_shot = False
     specs = expansion.shot(sourced)
@@ -263,7 +271,7 @@ def _reused(hit: CachedShot, store: AssetStore, expansion: Expansion) -> list[Pl
     """A cached shot's renders, if each one's assets and output path still check out."""
     renders = []
     for record in hit.records:
-        render = decode(record, store)
+        render = decode(record, store, hit.lines)
         if render is None or not expansion.dirs.still_fine(render.output):
             return None
         renders.append(render)

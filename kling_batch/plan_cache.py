@@ -45,7 +45,7 @@ from kling_batch.partials import partial_digest
 from kling_batch.planned import PlannedRender
 from kling_batch.pricing import Price, price_rows
 
-_VERSION = "plan-units-1"
+_VERSION = "plan-units-2"
 _PACKAGE = Path(__file__).resolve().parent
 
 
@@ -76,6 +76,12 @@ class CachedShot:
 
     start: int | None
     records: Sequence[Sequence[Any]]
+    lines: Sequence[bytes]
+
+
+# A cached shot to write: its first render's index and each render's record with the
+# JSON texts of its fields and body.
+_Unit = tuple[int | None, list[tuple[list[Any], bytes, bytes]]]
 
 
 class PlanCache:
@@ -84,13 +90,15 @@ class PlanCache:
     def __init__(self, path: Path | None, context: str, root: Path) -> None:
         self.path = path
         self.root = root.resolve()
-        data = read_cache(path, _VERSION) if path is not None else None
-        if data is None or data.get("context") != context or not self._intact(data):
-            data = {"units": {}, "partials": {}}
+        cached = read_cache(path, _VERSION) if path is not None else None
+        data, lines = cached if cached is not None else ({}, [])
+        if data.get("context") != context or not self._intact(data):
+            data, lines = {"units": {}, "partials": {}}, []
         self.context = context
         self._units: dict[str, Any] = data["units"]
+        self._lines = lines
         self.partials: dict[str, str] = data["partials"]
-        self._kept: dict[str, Any] = {}
+        self._kept: dict[str, _Unit] = {}
         self._learnt = False
         self._shown: dict[Path, str] = {}
 
@@ -119,36 +127,45 @@ class PlanCache:
         first, records = unit.get("start"), unit.get("renders")
         if (first is not None and first != start) or not isinstance(records, list):
             return None
-        return CachedShot(first, records)
+        return CachedShot(first, records, self._lines)
 
-    def keep(self, key: str) -> None:
+    def keep(self, key: str, shot: CachedShot) -> None:
         """Keep a reused shot for the next plan."""
-        self._kept[key] = self._units[key]
+        records = [(list(r[:-2]), self._lines[r[-2]], self._lines[r[-1]]) for r in shot.records]
+        self._kept[key] = (shot.start, records)
 
     def learn(self, key: str, start: int | None, renders: Sequence[PlannedRender]) -> None:
         """Remember a shot planned from scratch (`start` None: its templates do not read
         the render index)."""
-        self._kept[key] = {"start": start, "renders": [encode(render) for render in renders]}
+        self._kept[key] = (start, [encode(render) for render in renders])
         self._learnt = True
 
     def save(self, partials: Mapping[str, str]) -> None:
         """Write the shots of this plan (and only those) when anything changed."""
         if self.path is None:
             return
-        if not self._learnt and len(self._kept) == len(self._units) and not partials:
-            return
         merged = {**self.partials, **partials}
-        payload = {"context": self.context, "partials": merged, "units": self._kept}
-        write_cache(self.path, _VERSION, payload)
+        if not self._learnt and len(self._kept) == len(self._units) and merged == self.partials:
+            return
+        units: dict[str, Any] = {}
+        lines: list[bytes] = []
+        for key, (start, records) in self._kept.items():
+            hot = []
+            for record, fields, body in records:
+                hot.append([*record, len(lines), len(lines) + 1])
+                lines.extend((fields, body))
+            units[key] = {"start": start, "renders": hot}
+        payload = {"context": self.context, "partials": merged, "units": units}
+        write_cache(self.path, _VERSION, payload, lines)
 
 
-def encode(render: PlannedRender) -> list[Any]:
-    """A planned render as a JSON list (`decode` reads it back)."""
+def encode(render: PlannedRender) -> tuple[list[Any], bytes, bytes]:
+    """A planned render as a JSON list and the JSON texts of its fields and body."""
     assets = [
         [key, asset.ref, asset.kind, asset.sha256, asset.size]
         for key, asset in render.assets.items()
     ]
-    return [
+    record = [
         render.id,
         render.shot,
         render.take,
@@ -162,12 +179,13 @@ def encode(render: PlannedRender) -> list[Any]:
         list(render.assumptions),
         list(render.warnings),
         assets,
-        json.dumps(render.fields),
-        json.dumps(render.body),
     ]
+    return record, json.dumps(render.fields).encode(), json.dumps(render.body).encode()
 
 
-def decode(record: Sequence[Any], store: AssetStore) -> PlannedRender | None:
+def decode(
+    record: Sequence[Any], store: AssetStore, lines: Sequence[bytes]
+) -> PlannedRender | None:
     """A cached render, or None when one of its local assets is no longer what it was
     planned with (or the record is not one this version wrote)."""
     try:
@@ -183,8 +201,8 @@ def decode(record: Sequence[Any], store: AssetStore) -> PlannedRender | None:
             id=id_,
             shot=shot,
             take=take,
-            fields_data=fields,
-            body_data=body,
+            fields_data=lines[fields],
+            body_data=lines[body],
             assets=resolved,
             workflow=workflow,
             price=Price(price_rows()[row], Decimal(seconds), Decimal(cost)),
@@ -204,7 +222,7 @@ def _asset(
     if kind != "local":
         return Asset(ref, "https" if kind == "https" else "bunny")
     try:
-        asset = store.resolve(ref)
+        asset = store.resolve_local(ref)
     except AssetProblem:
         return None
     return asset if asset.sha256 == sha256 and asset.size == size else None

@@ -40,8 +40,8 @@ class PlannedRender:
     id: str
     shot: str
     take: int
-    fields_data: Mapping[str, Any] | str
-    body_data: Mapping[str, Any] | str
+    fields_data: Mapping[str, Any] | str | bytes
+    body_data: Mapping[str, Any] | str | bytes
     assets: Mapping[str, Asset]
     workflow: kling_o3.ResolvedWorkflow
     price: Price
@@ -55,17 +55,17 @@ class PlannedRender:
     @property
     def fields(self) -> Mapping[str, Any]:
         """The request fields as the manifest gave them, templates rendered."""
-        if isinstance(self.fields_data, str):
+        if isinstance(self.fields_data, str | bytes):
             object.__setattr__(self, "fields_data", json.loads(self.fields_data))
-        assert not isinstance(self.fields_data, str)
+        assert not isinstance(self.fields_data, str | bytes)
         return self.fields_data
 
     @property
     def body(self) -> Mapping[str, Any]:
         """The request as sent (before local media become upload paths)."""
-        if isinstance(self.body_data, str):
+        if isinstance(self.body_data, str | bytes):
             object.__setattr__(self, "body_data", json.loads(self.body_data))
-        assert not isinstance(self.body_data, str)
+        assert not isinstance(self.body_data, str | bytes)
         return self.body_data
 
     @property
