@@ -164,20 +164,14 @@ def build_plan(
     store = AssetStore(loaded.root, state)
     store.state.check()
     check_render_count(loaded, max_renders)
-    cache_file = state.plan_cache(lock_file) if usable else None
-    cache = PlanCache(cache_file, context_key(loaded), loaded.root)
-    expansion = Expansion(loaded, is_dir=store.is_dir)
-    shots = [_expand(shot, loaded, store, cache, expansion) for shot in loaded.shots]
-    only, force = list(only), list(force)
-    if only or force:
-        candidates = [candidate for shot in shots for candidate in shot.ids()]
-        require_matches(only, candidates, "--only")
-        require_matches(force, candidates, "--force")
-    lock, full, save_lock_caches = read_facts(
-        lock_file,
-        state.lock_facts(lock_file) if usable else None,
-        state.lock_cache(lock_file),
+    cache = PlanCache(
+        state.plan_cache(lock_file) if usable else None, context_key(loaded), loaded.root
     )
+    expansion, shots = _expand_all(loaded, store, cache)
+    only, force = list(only), list(force)
+    _require_matches(shots, only, force)
+    facts = state.lock_facts(lock_file) if usable else None
+    lock, full, save_lock_caches = read_facts(lock_file, facts, state.lock_cache(lock_file))
     # The facts first: every render validated, its assets hashed and probed, priced.
     renders = _planned(shots, store, cache, _chosen_ids(lock, only))
     # Then the decisions, from those facts, the lockfile, the files' hashes and `now`.
@@ -190,22 +184,39 @@ def build_plan(
     # Written last, so a manifest error above leaves nothing behind. None is needed:
     # a read-only checkout plans without them (only slower next time).
     store.save()
-    if _writable(state):
-        save_lock_caches()
-        parses.save()
-        templates = expansion.templates
-        cache.save(templates.loader.read if templates is not None else {})
+    partials = expansion.templates.loader.read if expansion.templates else {}
+    _save_caches(state, save_lock_caches, parses.save, lambda: cache.save(partials))
     warnings = _warnings(renders, orphans)
-    return Plan(
-        loaded,
-        lock_file,
-        full or lock,
-        items,
-        orphans,
-        warnings,
-        followups,
-        _full_lock(lock, state, lock_file),
-    )
+    records = full if full is not None else lock
+    full_lock = _full_lock(lock, state, lock_file)
+    return Plan(loaded, lock_file, records, items, orphans, warnings, followups, full_lock)
+
+
+def _expand_all(
+    loaded: LoadedManifest, store: AssetStore, cache: PlanCache
+) -> tuple[Expansion, list[_Shot]]:
+    """Every shot, from the plan cache or expanded now, in manifest order."""
+    expansion = Expansion(loaded, is_dir=store.is_dir)
+    return expansion, [_expand(shot, loaded, store, cache, expansion) for shot in loaded.shots]
+
+
+def _require_matches(shots: Sequence[_Shot], only: list[str], force: list[str]) -> None:
+    """Refuse an --only or --force pattern that matches no render."""
+    if only or force:
+        candidates = [candidate for shot in shots for candidate in shot.ids()]
+        require_matches(only, candidates, "--only")
+        require_matches(force, candidates, "--force")
+
+
+def _save_caches(state: StateDir, *savers: Callable[[], None]) -> None:
+    """Write the caches into the state folder (made, ignoring itself in git, if needed);
+    none when it cannot be written."""
+    try:
+        state.ensure()
+    except OSError:
+        return
+    for save in savers:
+        save()
 
 
 def _full_lock(
@@ -295,15 +306,6 @@ def _planned(
         if len(planned) == len(shot.specs):
             cache.learn(shot.key, shot.start if shot.reads_shot else None, planned)
     return renders
-
-
-def _writable(state: StateDir) -> bool:
-    """Make the state folder (ignoring itself in git) for the caches; False if it cannot be."""
-    try:
-        state.ensure()
-    except OSError:
-        return False
-    return True
 
 
 class _ProjectFiles:
