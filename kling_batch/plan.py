@@ -150,10 +150,9 @@ def build_plan(
 ) -> Plan:
     """Load, expand, validate, price and diff one manifest against its lockfile.
 
-    `emulator` plans renders against the bundled emulator: their own lockfile
-    (`<stem>.emulator.lock`) and output folder (`<output_dir>-emulator`), so they can
-    never be mistaken for paid renders. Shots unchanged since the last plan come from the
-    plan cache (`kling_batch.plan_cache`) instead of being planned again.
+    `emulator` plans against the bundled emulator: its own lockfile (`<stem>.emulator.lock`)
+    and outputs (`<output_dir>-emulator`), never mistaken for paid renders. Shots unchanged
+    since the last plan come from the plan cache (`kling_batch.plan_cache`).
     """
     manifest_path = Path(manifest_path)
     state = StateDir(manifest_path.parent)
