@@ -181,10 +181,13 @@ class EntryFacts(NamedTuple):
 class LockFacts:
     """`LockRecords` from the facts cache; the full `Lockfile` read only when asked for."""
 
-    def __init__(self, path: Path, digest: str, shots: dict[str, EntryFacts]) -> None:
+    def __init__(
+        self, path: Path, digest: str, shots: dict[str, EntryFacts], cache: Path | None
+    ) -> None:
         self.path = path
         self.digest = digest
         self.shots: dict[str, EntryFacts] = shots
+        self.cache = cache
 
     def finished(self) -> Iterator[tuple[EntryFacts | None, PastFacts]]:
         """Every finished render on record: each done entry (with itself), then its history."""
@@ -195,9 +198,9 @@ class LockFacts:
             for earlier in entry.history:
                 yield None, earlier
 
-    def full(self, cache: Path | None) -> Lockfile:
+    def full(self) -> Lockfile:
         """The whole lockfile; refused if it changed since its facts were read."""
-        lock, save = read_lockfile(self.path, cache=cache)
+        lock, save = read_lockfile(self.path, cache=self.cache)
         if _digest_of(self.path) != self.digest:
             raise UserError(
                 "the lockfile changed while it was being planned; plan again", file=self.path
@@ -208,17 +211,17 @@ class LockFacts:
 
 def read_facts(
     lock_file: Path, facts_file: Path | None, lock_cache: Path | None
-) -> tuple[LockRecords, Lockfile | None, Callable[[], None]]:
-    """The lockfile's records for planning, the full `Lockfile` when it had to be read,
+) -> tuple[Lockfile | LockFacts, Callable[[], None]]:
+    """The lockfile's records for planning (the whole `Lockfile` when it had to be read)
     and what writes the caches (call it last)."""
     digest = _digest_of(lock_file)
     if digest is None:
-        return Lockfile(), Lockfile(), _nothing
+        return Lockfile(), _nothing
     cached = read_cache(facts_file, _VERSION) if facts_file is not None else None
     if cached is not None and cached[0].get("digest") == digest:
         shots = _facts_from(cached[0].get("shots"), cached[1])
         if shots is not None:
-            return LockFacts(lock_file, digest, shots), None, _nothing
+            return LockFacts(lock_file, digest, shots, lock_cache), _nothing
     lock, save_lock_cache = read_lockfile(lock_file, cache=lock_cache)
 
     def save() -> None:
@@ -233,7 +236,7 @@ def read_facts(
             lines.append(rest)
         write_cache(facts_file, _VERSION, {"digest": digest, "shots": rows}, lines)
 
-    return lock, lock, save
+    return lock, save
 
 
 def _facts_from(rows: Any, lines: list[bytes]) -> dict[str, EntryFacts] | None:

@@ -90,22 +90,20 @@ class Plan:
 
     loaded: LoadedManifest
     lock_path: Path
-    records: LockRecords
+    records: Lockfile | LockFacts
     items: Sequence[PlanItem]
     orphans: Sequence[Orphan]
     warnings: Sequence[str] = field(default_factory=list)
     # Orphaned entries whose job may be paid for: followed to their end by a run, their
     # videos kept in the render cache (no new cost; not counted among the renders).
     followups: Sequence[PlanItem] = ()
-    full_lock: Callable[[], Lockfile] | None = None
 
     @cached_property
     def lock(self) -> Lockfile:
         """The whole lockfile the plan was made against."""
         if isinstance(self.records, Lockfile):
             return self.records
-        assert self.full_lock is not None
-        return self.full_lock()
+        return self.records.full()
 
     @property
     def has_work(self) -> bool:
@@ -169,8 +167,9 @@ def build_plan(
     expansion, shots = _expand_all(loaded, store, cache)
     only, force = list(only), list(force)
     _require_matches(shots, only, force)
-    facts = state.lock_facts(lock_file) if usable else None
-    lock, full, save_lock_caches = read_facts(lock_file, facts, state.lock_cache(lock_file))
+    lock, save_lock_caches = read_facts(
+        lock_file, state.lock_facts(lock_file) if usable else None, state.lock_cache(lock_file)
+    )
     # The facts first: every render validated, its assets hashed and probed, priced.
     renders = _planned(shots, store, cache, _chosen_ids(lock, only))
     # Then the decisions, from those facts, the lockfile, the files' hashes and `now`.
@@ -186,9 +185,7 @@ def build_plan(
     partials = expansion.templates.loader.read if expansion.templates else {}
     _save_caches(state, save_lock_caches, parses.save, lambda: cache.save(partials))
     warnings = _warnings(renders, orphans)
-    records = full if full is not None else lock
-    full_lock = _full_lock(lock, state, lock_file)
-    return Plan(loaded, lock_file, records, items, orphans, warnings, followups, full_lock)
+    return Plan(loaded, lock_file, lock, items, orphans, warnings, followups)
 
 
 def _expand_all(
@@ -216,16 +213,6 @@ def _save_caches(state: StateDir, *savers: Callable[[], None]) -> None:
         return
     for save in savers:
         save()
-
-
-def _full_lock(
-    records: LockRecords, state: StateDir, lock_file: Path
-) -> Callable[[], Lockfile] | None:
-    """How the plan reads the whole lockfile when it planned from the facts cache."""
-    if not isinstance(records, LockFacts):
-        return None
-    facts = records
-    return lambda: facts.full(state.lock_cache(lock_file))
 
 
 @dataclass
