@@ -1,0 +1,282 @@
+"""Plans with warm caches (issue 13): every change is still caught, with its reason.
+
+Each test plans once to fill the caches (the plan cache, the TOML parse cache, the
+lockfile's facts, the hash cache), marks everything done, plans again so the caches hold
+the done state, changes one thing and plans a third time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kling_batch.cli import cli
+from kling_batch.lockfile import lock_path, new_entry
+from kling_batch.plan import Plan, build_plan
+from kling_batch.state import StateDir
+from tests.conftest import NOW
+from tests.hostile.test_state_dir import kling, read_only
+
+SHOTS = """
+    [vars]
+    mood = "misty"
+
+    [[shots]]
+    id = "a"
+    prompt = "{{ mood }} lighthouse, {% include 'style.j2' %}"
+    image = "a.png"
+
+    [[shots]]
+    id = "b"
+    prompt = "a fox in the snow"
+    image = "b.png"
+
+    [[shots]]
+    id = "c-{{ n }}"
+    matrix = { n = [1, 2, 3] }
+    prompt = "scene {{ n }} of three"
+"""
+
+Actions = dict[str, tuple[str, tuple[str, ...]]]
+
+
+def actions(plan: Plan) -> Actions:
+    """id → (action, reasons)."""
+    return {item.render.id: (item.action, item.reasons) for item in plan.items}
+
+
+def write(path: Path, content: bytes) -> None:
+    """Write a file and move its mtime on, as an edit seconds later would."""
+    before = path.stat().st_mtime_ns if path.exists() else 0
+    path.write_bytes(content)
+    os.utime(path, ns=(before + 5_000_000_000, before + 5_000_000_000))
+
+
+@pytest.fixture
+def warm(project: Callable[..., Path], image: Callable[[str], Path], tmp_path: Path) -> Path:
+    """A manifest whose renders are all done, planned twice since so every cache is warm."""
+    image("a.png")
+    write(image("b.png"), b"another picture")
+    (tmp_path / "style.j2").write_text("golden hour")
+    path = project(SHOTS)
+    plan = build_plan(path, now=NOW)
+    for item in plan.items:
+        render = item.render
+        content = render.id.encode()
+        target = plan.loaded.root / render.output
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+        digest = "sha256:" + hashlib.sha256(content).hexdigest()
+        plan.lock.shots[render.id] = new_entry(
+            render, "done", output_sha256=digest, output_size=len(content)
+        )
+    plan.lock.save(lock_path(path))
+    assert set(actions(build_plan(path, now=NOW)).values()) == {("unchanged", ())}
+    return path
+
+
+def plan_again(path: Path) -> Plan:
+    """A plan with every cache warm: the renders it did not replan come from the plan cache."""
+    state = StateDir(path.parent)
+    assert state.plan_cache(lock_path(path)).is_file()
+    assert state.lock_facts(lock_path(path)).is_file()
+    assert state.parse_cache(path).is_file()
+    return build_plan(path, now=NOW)
+
+
+def test_unchanged_renders_come_from_the_cache(warm: Path) -> None:
+    """A warm no-op plan builds no request model: its renders come from the plan cache."""
+    plan = plan_again(warm)
+    assert all(item.action == "unchanged" for item in plan.items)
+    assert all(item.render.model is None for item in plan.items)
+    assert plan.items[0].render.request.prompt == "misty lighthouse, golden hour"
+    assert plan.items[0].render.tier == "pro"
+
+
+def test_one_edit_is_flagged_with_its_reason(warm: Path) -> None:
+    """Editing one shot's prompt changes that render only, with the reason."""
+    text = warm.read_text().replace("a fox in the snow", "a fox in the rain")
+    warm.write_text(text)
+    plan = plan_again(warm)
+    assert actions(plan)["b"] == ("changed", ("prompt changed",))
+    others = {key: value for key, value in actions(plan).items() if key != "b"}
+    assert set(others.values()) == {("unchanged", ())}
+    assert [item.render.model is None for item in plan.items] == [True, False, True, True, True]
+
+
+def test_changed_asset_content_is_caught(warm: Path, tmp_path: Path) -> None:
+    """An input image whose content changed changes its render, naming the file."""
+    write(tmp_path / "b.png", b"yet another picture")
+    assert actions(plan_again(warm))["b"] == ("changed", ("content of b.png changed (image)",))
+
+
+def test_missing_output_is_caught(warm: Path, tmp_path: Path) -> None:
+    """A deleted output is no longer unchanged."""
+    (tmp_path / "renders" / "c-2.mp4").unlink()
+    action, reasons = actions(plan_again(warm))["c-2"]
+    assert action == "changed"
+    assert reasons[0].startswith("output missing or modified")
+
+
+def test_modified_output_is_caught(warm: Path, tmp_path: Path) -> None:
+    """An output edited in place (same size) is no longer unchanged."""
+    write(tmp_path / "renders" / "a.mp4", b"x")
+    action, reasons = actions(plan_again(warm))["a"]
+    assert action == "changed"
+    assert reasons[0].startswith("output missing or modified")
+
+
+def test_lockfile_edited_by_hand_is_read_again(warm: Path) -> None:
+    """A lockfile edited by hand is read again, not its cached facts."""
+    lock = lock_path(warm)
+    text = lock.read_text()
+    assert 'state = "done"' in text
+    lock.write_text(text.replace('state = "done"', 'state = "failed"', 1))
+    action, reasons = actions(plan_again(warm))["a"]
+    assert action == "retry"
+    assert reasons == ("last attempt failed: unknown",)
+
+
+def test_damaged_lockfile_is_refused_even_warm(warm: Path) -> None:
+    """A lockfile damaged by hand is an error, whatever the caches hold."""
+    lock = lock_path(warm)
+    lock.write_text(lock.read_text().replace('state = "done"', 'state = "finished"', 1))
+    with pytest.raises(Exception, match="damaged lockfile"):
+        plan_again(warm)
+
+
+def test_edited_variable_is_caught(warm: Path) -> None:
+    """A var the templates read, edited in the manifest's head, changes what reads it."""
+    warm.write_text(warm.read_text().replace('mood = "misty"', 'mood = "stormy"'))
+    assert actions(plan_again(warm))["a"] == ("changed", ("prompt changed",))
+
+
+def test_edited_partial_is_caught(warm: Path, tmp_path: Path) -> None:
+    """An included template edited changes the prompts that include it."""
+    (tmp_path / "style.j2").write_text("blue hour")
+    plan = plan_again(warm)
+    assert actions(plan)["a"] == ("changed", ("prompt changed",))
+    assert plan.items[0].render.body["prompt"] == "misty lighthouse, blue hour"
+
+
+def test_partial_created_where_one_was_missing_is_caught(
+    project: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A partial that did not exist and then does: the shot that included it plans again."""
+    path = project('[[shots]]\nid = "a"\nprompt = "{% include \'x.j2\' ignore missing %}sea"\n')
+    assert build_plan(path, now=NOW).items[0].render.body["prompt"] == "sea"
+    (tmp_path / "x.j2").write_text("calm ")
+    assert build_plan(path, now=NOW).items[0].render.body["prompt"] == "calm sea"
+
+
+def test_edited_included_shot_file_is_caught(project: Callable[..., Path], tmp_path: Path) -> None:
+    """A shot file named by `include` is cached like the manifest and caught when edited."""
+    (tmp_path / "shots").mkdir()
+    shots = tmp_path / "shots" / "more.toml"
+    shots.write_text('[[shots]]\nid = "x"\nprompt = "one"\n[[shots]]\nid = "y"\nprompt = "two"\n')
+    path = project('include = ["shots/*.toml"]\n')
+    build_plan(path, now=NOW)
+    assert build_plan(path, now=NOW).items[1].render.model is None
+    shots.write_text(shots.read_text().replace('"two"', '"three"'))
+    plan = build_plan(path, now=NOW)
+    assert plan.items[1].render.body["prompt"] == "three"
+    assert plan.items[0].render.model is None
+
+
+def test_render_index_moves_with_the_shots_before(project: Callable[..., Path]) -> None:
+    """A template that reads `shot.index` is planned again when a shot before it is added."""
+    body = '[[shots]]\nid = "z"\nprompt = "render number {{ shot.index }}"\n'
+    path = project(body)
+    assert build_plan(path, now=NOW).items[0].render.body["prompt"] == "render number 0"
+    path.write_text(
+        path.read_text().replace("[[shots]]", '[[shots]]\nid = "y"\nprompt = "p"\n\n[[shots]]', 1)
+    )
+    plan = build_plan(path, now=NOW)
+    assert [item.render.id for item in plan.items] == ["y", "z"]
+    assert plan.items[1].render.body["prompt"] == "render number 1"
+
+
+def test_asset_replaced_by_a_link_outside_is_refused(warm: Path, tmp_path: Path) -> None:
+    """An image swapped for a symlink leading out of the project is refused, warm or not."""
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.png"
+    shutil.copy(tmp_path / "b.png", outside)
+    (tmp_path / "b.png").unlink()
+    (tmp_path / "b.png").symlink_to(outside)
+    with pytest.raises(Exception, match="lies outside the manifest's folder"):
+        plan_again(warm)
+
+
+def test_output_turned_folder_is_refused(warm: Path, tmp_path: Path) -> None:
+    """An output path that became a folder is an error, warm or not."""
+    output = tmp_path / "renders" / "b.mp4"
+    output.unlink()
+    output.mkdir()
+    with pytest.raises(Exception, match="is an existing folder"):
+        plan_again(warm)
+
+
+def test_damaged_caches_are_ignored(warm: Path) -> None:
+    """Caches cut short or scribbled over are no caches: the plan is the same."""
+    state = StateDir(warm.parent)
+    before = actions(build_plan(warm, now=NOW))
+    for cache in (state.plan_cache(lock_path(warm)), state.lock_facts(lock_path(warm))):
+        data = cache.read_bytes()
+        cache.write_bytes(data[: len(data) // 2])
+    state.parse_cache(warm).write_text("{not json")
+    assert actions(build_plan(warm, now=NOW)) == before
+
+
+def test_forged_cache_with_a_wrong_checksum_is_ignored(warm: Path) -> None:
+    """A cache whose content does not match its checksum line is not believed."""
+    cache = StateDir(warm.parent).plan_cache(lock_path(warm))
+    first, _, rest = cache.read_bytes().partition(b"\n")
+    cache.write_bytes(first + b"\n" + rest.replace(b"a fox in the snow", b"a fox in the sand"))
+    plan = build_plan(warm, now=NOW)
+    assert plan.items[1].render.body["prompt"] == "a fox in the snow"
+    assert actions(plan)["b"] == ("unchanged", ())
+
+
+def test_bad_manifest_writes_no_cache(project: Callable[..., Path], tmp_path: Path) -> None:
+    """A manifest that fails to plan leaves no cache behind."""
+    path = project('[[shots]]\nid = "a"\nprompt = "{{ nope }}"\n')
+    with pytest.raises(Exception, match="undefined"):
+        build_plan(path, now=NOW)
+    assert not (tmp_path / ".kling-batch").exists()
+
+
+def test_read_only_checkout_plans_with_its_warm_caches(warm: Path, tmp_path: Path) -> None:
+    """A read-only checkout reads its caches, catches the edit and writes nothing."""
+    warm.write_text(warm.read_text().replace("a fox in the snow", "a fox in the rain"))
+    state = tmp_path / ".kling-batch"
+    before = {path.name: path.read_bytes() for path in state.iterdir()}
+    result = kling("plan", warm.name, "--check", cwd=tmp_path, prefix=read_only(tmp_path))
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.startswith("Plan: 1 to render"), result.stdout
+    assert "prompt changed" in result.stdout
+    assert {path.name: path.read_bytes() for path in state.iterdir()} == before
+
+
+def test_one_edit_through_the_command_line(warm: Path) -> None:
+    """`plan --format json` with warm caches names the edited render and its reason."""
+    warm.write_text(warm.read_text().replace("scene {{ n }} of three", "scene {{ n }} of 3"))
+    result = CliRunner().invoke(cli, ["plan", str(warm), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    shots = {shot["id"]: shot for shot in json.loads(result.stdout)["shots"]}
+    assert {key: shot["action"] for key, shot in shots.items()} == {
+        "a": "unchanged",
+        "b": "unchanged",
+        "c-1": "changed",
+        "c-2": "changed",
+        "c-3": "changed",
+    }
+    assert shots["c-2"]["reasons"] == ["prompt changed"]
+    assert shots["c-2"]["request"]["prompt"] == "scene 2 of 3"
+    check = CliRunner().invoke(cli, ["plan", str(warm), "--check"])
+    assert check.exit_code == 1
