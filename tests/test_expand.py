@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from kling_batch.errors import UserError
+from kling_batch.errors import TemplateProblem, UserError
 from kling_batch.expand import expand_shots
 from kling_batch.manifest import load_manifest
+from kling_batch.templating import Templates
 
 
 def ids(path: Path) -> list[str]:
@@ -221,3 +222,44 @@ def test_list_var_with_changing_context_renders_each_time(project: Callable[...,
     """)
     prompts = [spec.fields["prompt"] for spec in expand_shots(load_manifest(path))]
     assert prompts == ["wild sea, take 1", "calm sea, take 2", "wild sea, take 3"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{{ brand }} shot 7 on a misty ridge | 4s: close-up",
+        "{{brand}}{{n}}",
+        "{{\tbrand }} and {{ flag }} and {{ nothing }} and {{ ratio }}",
+        "{ {{ brand }} }} {",
+        "{{{ brand }}",
+        "{{ brand }}\n",
+        "line one\r\n{{ brand }}",
+        "{{ true }} {{ none }} {{ loop }}",
+        "{{ items }} {{ table }} {{ brand | upper }}",
+        "{{- brand }}",
+        "{# a comment #}{{ brand }}",
+    ],
+)
+def test_simple_templates_render_as_jinja_does(text: str, tmp_path: Path) -> None:
+    """Templates of text and bare names, rendered without Jinja, equal Jinja's rendering
+    (or fail as Jinja fails)."""
+    values = {"brand": "Northwind", "n": 3, "flag": True, "nothing": None, "ratio": 1.5}
+    values = {**values, "items": [1, "x"], "table": {"k": 2}}
+
+    def outcome(render: Callable[[Templates, dict[str, object]], str]) -> str:
+        templates = Templates(tmp_path)
+        try:
+            return render(templates, templates.context(values))
+        except Exception as problem:  # Jinja's own errors, or ours wrapping them
+            return f"error: {problem}"
+
+    jinja = outcome(lambda t, context: t._compile(text)[0].render(context))
+    fast = outcome(lambda t, context: t.render(text, context))
+    assert fast == jinja or (jinja.startswith("error") and fast.startswith("error"))
+
+
+def test_simple_template_with_an_undefined_name_says_so(tmp_path: Path) -> None:
+    """An undefined name in a simple template is Jinja's error, with its wording."""
+    templates = Templates(tmp_path)
+    with pytest.raises(TemplateProblem, match="'brnad' is undefined"):
+        templates.render("{{ brnad }} shoes", templates.context({"brand": "Northwind"}))
