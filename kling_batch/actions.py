@@ -57,8 +57,9 @@ class Differ:
         self._finished: dict[str, list[tuple[EntryRecord | None, PastRecord]]] | None = None
         # Entries of ids no longer in the manifest whose job may be paid for, by request.
         self._strays: dict[str, list[str]] = {}
-        for key, entry in sorted(lock.shots.items()):
-            if key not in ids and entry.state in UNSETTLED:
+        for key in sorted(key for key in lock.shots if key not in ids):
+            entry = lock.shots[key]
+            if entry.state in UNSETTLED:
                 self._strays.setdefault(entry.fingerprint, []).append(key)
         self.adopted: dict[str, str] = {}  # stray id → the render that takes its job over
 

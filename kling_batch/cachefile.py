@@ -3,8 +3,8 @@
 A cache only saves time, so anything wrong with one (missing, not a regular file, too
 big, truncated, of another format or version) reads as no cache at all. The first line
 is the sha256 of the rest: a damaged file is noticed before any of it is believed. The
-second is the payload; any further lines are JSON texts the payload refers to by number,
-which the reader decodes only when it needs them (most plans need few of them).
+second is the payload; after it comes a blob of JSON texts the payload refers to by
+offset and length (`Cold`), read from the file only when needed (most plans need few).
 Written atomically (`kling_batch.atomic`), by `plan` last, and never needed: a folder that
 cannot be written (a read-only checkout) leaves planning only slower.
 """
@@ -14,52 +14,128 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+import os
+import stat
+import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from kling_batch import safefiles
 from kling_batch.atomic import atomic_write
-from kling_batch.errors import UserError
 
 log = logging.getLogger(__name__)
 
-_MAX_BYTES = 1024 * 1024 * 1024
+_MAX_BYTES = 4 * 1024 * 1024 * 1024
+_CHUNK = 1 << 20
 
 
-def read_cache(path: Path, version: str) -> tuple[dict[str, Any], list[bytes]] | None:
-    """The payload of an intact cache file written with `version` and its further lines
-    (undecoded), else None."""
+class Blob:
+    """The part of a cache file after its payload, read piece by piece when needed.
+
+    The file stays open (a later cache written over it replaces the file, so this one
+    keeps reading the bytes its checksum covered) and nothing of it is held in memory.
+    """
+
+    def __init__(self, file: BinaryIO | None, base: int) -> None:
+        self._file = file
+        self._base = base
+        if file is not None:  # closed with the last piece that may still read from it
+            weakref.finalize(self, file.close)
+
+    def read(self, offset: int, length: int) -> bytes:
+        """`length` bytes from `offset` (counted from the start of the part)."""
+        if self._file is None:
+            return b""
+        return os.pread(self._file.fileno(), length, self._base + offset)
+
+
+class Cold:
+    """One JSON text in a cache's `Blob`, decoded only by whoever needs it."""
+
+    __slots__ = ("_blob", "_length", "_offset")
+
+    def __init__(self, blob: Blob, offset: int, length: int) -> None:
+        self._blob = blob
+        self._offset = offset
+        self._length = length
+
+    def read(self) -> bytes:
+        """The text's bytes."""
+        return self._blob.read(self._offset, self._length)
+
+
+class BlobWriter:
+    """Collects JSON texts for a cache's blob; `add` says where each one lands."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, text: bytes) -> list[int]:
+        """Append `text`; its [offset, length] for the payload to keep."""
+        where = [self.size, len(text)]
+        self.parts.append(text)
+        self.size += len(text)
+        return where
+
+
+def read_cache(path: Path, version: str) -> tuple[dict[str, Any], Blob] | None:
+    """The payload of an intact cache file written with `version` and its blob, else None.
+
+    Only a regular file is opened (never blocking on a FIFO); its checksum is computed
+    while streaming it, so a cache of any size costs little memory.
+    """
     try:
-        raw = safefiles.read_bytes(path, limit=_MAX_BYTES, what="a cache")
-    except (OSError, UserError):
+        file = _open_regular(path)
+    except OSError:
         return None
-    digest, _, rest = raw.partition(b"\n")
-    if digest.decode("ascii", "replace") != hashlib.sha256(rest).hexdigest():
-        return None
-    head, _, tail = rest.partition(b"\n")
+    keep = False
     try:
+        expected = file.readline(128).strip().decode("ascii", "replace")
+        head = file.readline()
+        digest = hashlib.sha256(head)
+        base = file.tell()
+        while chunk := file.read(_CHUNK):
+            digest.update(chunk)
+        if digest.hexdigest() != expected:
+            return None
         data = json.loads(head)
-    except (ValueError, RecursionError):
+        if not isinstance(data, dict) or data.get("version") != version:
+            return None
+        keep = file.tell() > base
+        return data, Blob(file if keep else None, base)
+    except (OSError, ValueError, RecursionError):
         return None
-    if not isinstance(data, dict) or data.get("version") != version:
-        return None
-    return data, tail.split(b"\n") if tail else []
+    finally:
+        if not keep:
+            file.close()
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    file = os.fdopen(fd, "rb")
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_BYTES:
+        file.close()
+        raise OSError(f"{path.name} is not a cache file")
+    return file
 
 
 def write_cache(
-    path: Path, version: str, payload: dict[str, Any], lines: Sequence[bytes] = ()
+    path: Path, version: str, payload: dict[str, Any], blob: BlobWriter | None = None
 ) -> None:
-    """Write `payload` (and `lines`, JSON texts) as the cache at `path`; a failure is
+    """Write `payload` (and the texts of `blob`) as the cache at `path`; a failure is
     only logged."""
     try:
-        body = json.dumps({"version": version, **payload}, separators=(",", ":")).encode()
+        head = json.dumps({"version": version, **payload}, separators=(",", ":")).encode()
     except (TypeError, ValueError) as exc:  # a value JSON cannot hold: no cache this time
         log.info("cache %s not written (%s)", path.name, exc)
         return
-    data = b"\n".join([body, *lines])
+    parts = [head, b"\n", *(blob.parts if blob is not None else ())]
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, hashlib.sha256(data).hexdigest().encode() + b"\n" + data)
+        atomic_write(path, b"".join([digest.hexdigest().encode(), b"\n", *parts]))
     except OSError as exc:  # a read-only checkout still plans, only slower next time
         log.info("cache %s not written (%s)", path.name, exc)

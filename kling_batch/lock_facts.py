@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from kling_batch import safefiles
-from kling_batch.cachefile import read_cache, write_cache
+from kling_batch.cachefile import Blob, BlobWriter, Cold, read_cache, write_cache
 from kling_batch.canonical import tagged
 from kling_batch.errors import UserError
 from kling_batch.limits import LOCKFILE_MAX_BYTES
 from kling_batch.lockfile import Entry, Lockfile, PastRender, read_lockfile
 
-_VERSION = "lock-facts-3"
+_VERSION = "lock-facts-4"
 
 
 class PastRecord(Protocol):
@@ -112,10 +112,10 @@ class EntryFacts(NamedTuple):
     output: str
     output_sha256: str | None
     output_size: int | None
-    rest: bytes
+    rest: Cold
 
     def _rest(self) -> dict[str, Any]:
-        value: dict[str, Any] = json.loads(self.rest, object_hook=_untag)
+        value: dict[str, Any] = json.loads(self.rest.read(), object_hook=_untag)
         return value
 
     @property
@@ -229,22 +229,21 @@ def read_facts(
         if facts_file is None:
             return
         rows: dict[str, list[Any]] = {}
-        lines: list[bytes] = []
+        blob = BlobWriter()
         for key, entry in lock.shots.items():
             row, rest = _row(entry)
-            rows[key] = [*row, len(lines)]
-            lines.append(rest)
-        write_cache(facts_file, _VERSION, {"digest": digest, "shots": rows}, lines)
+            rows[key] = [*row, *blob.add(rest)]
+        write_cache(facts_file, _VERSION, {"digest": digest, "shots": rows}, blob)
 
     return lock, save
 
 
-def _facts_from(rows: Any, lines: list[bytes]) -> dict[str, EntryFacts] | None:
+def _facts_from(rows: Any, blob: Blob) -> dict[str, EntryFacts] | None:
     if not isinstance(rows, dict):
         return None
     try:
         return {
-            key: EntryFacts(row[0], row[1], row[2], row[3], row[4], lines[row[5]])
+            key: EntryFacts(row[0], row[1], row[2], row[3], row[4], Cold(blob, row[5], row[6]))
             for key, row in rows.items()
         }
     except (TypeError, LookupError):

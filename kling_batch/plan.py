@@ -30,7 +30,7 @@ from kling_batch.lock_facts import EntryRecord, LockFacts, LockRecords, read_fac
 from kling_batch.lockfile import UNSETTLED, Lockfile, lock_path
 from kling_batch.manifest import LoadedManifest, SourcedShot, load_manifest
 from kling_batch.manifest_cache import ParseCache
-from kling_batch.plan_cache import CachedShot, PlanCache, context_key, decode
+from kling_batch.plan_cache import PlanCache, context_key, decode
 from kling_batch.planned import (
     ACTIONS,
     PAID_ACTIONS,
@@ -253,26 +253,15 @@ def _expand(
     if not sourced.shot.enabled:
         return _Shot(key, start)
     hit = cache.get(key, start)
-    renders = _reused(hit, store, expansion) if hit is not None else None
-    if renders is not None:
+    renders = decode(hit, store) if hit is not None else None
+    fine = renders is not None and all(expansion.dirs.still_fine(r.output) for r in renders)
+    if hit is not None and renders is not None and fine:
         expansion.claim(sourced, [(render.id, render.output) for render in renders])
-        assert hit is not None
-        cache.keep(key, hit)
+        cache.keep(key, hit.start, renders)
         return _Shot(key, start, cached=renders)
     expansion.renderer.reads_shot = False
     specs = expansion.shot(sourced)
     return _Shot(key, start, specs=specs, reads_shot=expansion.renderer.reads_shot)
-
-
-def _reused(hit: CachedShot, store: AssetStore, expansion: Expansion) -> list[PlannedRender] | None:
-    """A cached shot's renders, if each one's assets and output path still check out."""
-    renders = []
-    for record in hit.records:
-        render = decode(record, store, hit.lines)
-        if render is None or not expansion.dirs.still_fine(render.output):
-            return None
-        renders.append(render)
-    return renders
 
 
 def _planned(
@@ -341,11 +330,8 @@ def _chosen_ids(lock: LockRecords, only: Sequence[str]) -> Callable[[str, tuple[
 def _orphans(lock: LockRecords, ids: set[str], *, adopted: Mapping[str, str]) -> list[Orphan]:
     """Lockfile entries whose render is no longer in the manifest (and whose job no render
     of the manifest takes over)."""
-    return [
-        Orphan(key, entry.state, entry.output)
-        for key, entry in sorted(lock.shots.items())
-        if key not in ids and key not in adopted
-    ]
+    gone = sorted(key for key in lock.shots if key not in ids and key not in adopted)
+    return [Orphan(key, lock.shots[key].state, lock.shots[key].output) for key in gone]
 
 
 def _warnings(renders: Sequence[PlannedRender], orphans: Sequence[Orphan]) -> list[str]:

@@ -37,15 +37,15 @@ from typing import Any
 
 from kling_batch import __version__
 from kling_batch.assets import Asset, AssetStore
-from kling_batch.cachefile import read_cache, write_cache
+from kling_batch.cachefile import Blob, BlobWriter, Cold, read_cache, write_cache
 from kling_batch.errors import AssetProblem
 from kling_batch.manifest import LoadedManifest, SourcedShot
 from kling_batch.model_data import data_file
 from kling_batch.partials import partial_digest
-from kling_batch.planned import PlannedRender
+from kling_batch.planned import Deferred, PlannedRender
 from kling_batch.pricing import Price, price_rows
 
-_VERSION = "plan-units-2"
+_VERSION = "plan-units-5"
 _PACKAGE = Path(__file__).resolve().parent
 
 
@@ -71,17 +71,16 @@ def context_key(loaded: LoadedManifest) -> str:
 
 @dataclass(frozen=True, slots=True)
 class CachedShot:
-    """A shot's renders as the cache holds them, and the render index they started at
-    (None when no template of the shot reads it)."""
+    """A shot's renders as the cache holds them: what renders share (`common`: take,
+    workflow, price, tags, notes and assets, once per distinct combination) and each
+    render's own (id, shot id, fingerprint, output, its `common`, where its fields and body
+    lie in the blob); and the render index they started at (None when no template reads
+    it)."""
 
     start: int | None
-    records: Sequence[Sequence[Any]]
-    lines: Sequence[bytes]
-
-
-# A cached shot to write: its first render's index and each render's record with the
-# JSON texts of its fields and body.
-_Unit = tuple[int | None, list[tuple[list[Any], bytes, bytes]]]
+    common: Sequence[Sequence[Any]]
+    renders: Sequence[Sequence[Any]]
+    blob: Blob
 
 
 class PlanCache:
@@ -91,14 +90,15 @@ class PlanCache:
         self.path = path
         self.root = root.resolve()
         cached = read_cache(path, _VERSION) if path is not None else None
-        data, lines = cached if cached is not None else ({}, [])
+        data, blob = cached if cached is not None else ({}, Blob(None, 0))
         if data.get("context") != context or not self._intact(data):
-            data, lines = {"units": {}, "partials": {}}, []
+            data = {"units": {}, "partials": {}}
         self.context = context
         self._units: dict[str, Any] = data["units"]
-        self._lines = lines
+        self._read = len(self._units)
+        self._blob = blob
         self.partials: dict[str, str] = data["partials"]
-        self._kept: dict[str, _Unit] = {}
+        self._kept: dict[str, tuple[int | None, Sequence[PlannedRender]]] = {}
         self._learnt = False
         self._shown: dict[Path, str] = {}
 
@@ -120,24 +120,26 @@ class PlanCache:
         return all(partial_digest(self.root, name) == got for name, got in partials.items())
 
     def get(self, key: str, start: int) -> CachedShot | None:
-        """The cached renders of a shot whose first render would have index `start`."""
-        unit = self._units.get(key)
+        """The cached renders of a shot whose first render would have index `start` (each
+        shot is asked for once: its record leaves memory with the answer)."""
+        unit = self._units.pop(key, None)
         if not isinstance(unit, dict):
             return None
-        first, records = unit.get("start"), unit.get("renders")
-        if (first is not None and first != start) or not isinstance(records, list):
+        first, common, renders = unit.get("start"), unit.get("common"), unit.get("renders")
+        if (first is not None and first != start) or not isinstance(renders, list):
             return None
-        return CachedShot(first, records, self._lines)
+        if not isinstance(common, list):
+            return None
+        return CachedShot(first, common, renders, self._blob)
 
-    def keep(self, key: str, shot: CachedShot) -> None:
-        """Keep a reused shot for the next plan."""
-        records = [(list(r[:-2]), self._lines[r[-2]], self._lines[r[-1]]) for r in shot.records]
-        self._kept[key] = (shot.start, records)
+    def keep(self, key: str, start: int | None, renders: Sequence[PlannedRender]) -> None:
+        """Keep a shot's renders for the next plan: reused (`start` as the cache had it) or
+        planned from scratch (`start` None when its templates do not read the index)."""
+        self._kept[key] = (start, renders)
 
     def learn(self, key: str, start: int | None, renders: Sequence[PlannedRender]) -> None:
-        """Remember a shot planned from scratch (`start` None: its templates do not read
-        the render index)."""
-        self._kept[key] = (start, [encode(render) for render in renders])
+        """Remember a shot planned from scratch."""
+        self.keep(key, start, renders)
         self._learnt = True
 
     def save(self, partials: Mapping[str, str]) -> None:
@@ -145,75 +147,85 @@ class PlanCache:
         if self.path is None:
             return
         merged = {**self.partials, **partials}
-        if not self._learnt and len(self._kept) == len(self._units) and merged == self.partials:
+        if not self._learnt and len(self._kept) == self._read and merged == self.partials:
             return
-        units: dict[str, Any] = {}
-        lines: list[bytes] = []
-        for key, (start, records) in self._kept.items():
-            hot = []
-            for record, fields, body in records:
-                hot.append([*record, len(lines), len(lines) + 1])
-                lines.extend((fields, body))
-            units[key] = {"start": start, "renders": hot}
+        blob = BlobWriter()
+        units = {key: _encode(start, renders, blob) for key, (start, renders) in self._kept.items()}
         payload = {"context": self.context, "partials": merged, "units": units}
-        write_cache(self.path, _VERSION, payload, lines)
+        write_cache(self.path, _VERSION, payload, blob)
 
 
-def encode(render: PlannedRender) -> tuple[list[Any], bytes, bytes]:
-    """A planned render as a JSON list and the JSON texts of its fields and body."""
-    assets = [
-        [key, asset.ref, asset.kind, asset.sha256, asset.size]
-        for key, asset in render.assets.items()
-    ]
-    record = [
-        render.id,
-        render.shot,
-        render.take,
-        render.workflow,
-        render.fingerprint,
-        str(render.output),
-        str(render.price.cost),
-        str(render.price.seconds),
-        price_rows().index(render.price.row),
-        list(render.tags),
-        list(render.assumptions),
-        list(render.warnings),
-        assets,
-    ]
-    return record, json.dumps(render.fields).encode(), json.dumps(render.body).encode()
-
-
-def decode(
-    record: Sequence[Any], store: AssetStore, lines: Sequence[bytes]
-) -> PlannedRender | None:
-    """A cached render, or None when one of its local assets is no longer what it was
-    planned with (or the record is not one this version wrote)."""
-    try:
-        id_, shot, take, workflow, fingerprint, output, cost, seconds, row = record[:9]
-        tags, assumptions, warnings, assets, fields, body = record[9:]
-        resolved = {}
-        for key, ref, kind, sha256, size in assets:
-            asset = _asset(store, ref, kind, sha256, size)
-            if asset is None:
-                return None
-            resolved[key] = asset
-        return PlannedRender(
-            id=id_,
-            shot=shot,
-            take=take,
-            fields_data=lines[fields],
-            body_data=lines[body],
-            assets=resolved,
-            workflow=workflow,
-            price=Price(price_rows()[row], Decimal(seconds), Decimal(cost)),
-            fingerprint=fingerprint,
-            output=PurePosixPath(output),
-            tags=tuple(tags) if tags else (),
-            assumptions=tuple(assumptions) if assumptions else (),
-            warnings=tuple(warnings) if warnings else (),
+def _encode(start: int | None, renders: Sequence[PlannedRender], blob: BlobWriter) -> Any:
+    """A shot's renders as the cache keeps them (`CachedShot`)."""
+    common: dict[tuple[Any, ...], int] = {}
+    rows = []
+    for render in renders:
+        shared = (
+            render.take,
+            render.workflow,
+            str(render.price.cost),
+            str(render.price.seconds),
+            price_rows().index(render.price.row),
+            render.tags,
+            render.assumptions,
+            render.warnings,
+            tuple((key, a.ref, a.kind, a.sha256, a.size) for key, a in render.assets.items()),
         )
+        index = common.setdefault(shared, len(common))
+        fields, body = blob.add(_text(render.fields_data)), blob.add(_text(render.body_data))
+        row = [render.id, render.shot, render.fingerprint, str(render.output), index]
+        rows.append([*row, *fields, *body])
+    return {"start": start, "common": list(common), "renders": rows}
+
+
+def _text(value: Mapping[str, Any] | Deferred) -> bytes:
+    return value.read() if not isinstance(value, Mapping) else json.dumps(value).encode()
+
+
+def decode(shot: CachedShot, store: AssetStore) -> list[PlannedRender] | None:
+    """A cached shot's renders, or None when one of their local assets is no longer what
+    it was planned with (or the record is not one this version wrote)."""
+    try:
+        commons = [_common(values, store) for values in shot.common]
+        renders = []
+        for id_, shot_id, fingerprint, output, index, *where in shot.renders:
+            common = commons[index]
+            if common is None:
+                return None
+            renders.append(
+                PlannedRender(
+                    id=id_,
+                    shot=shot_id,
+                    fingerprint=fingerprint,
+                    output=PurePosixPath(output),
+                    fields_data=Cold(shot.blob, where[0], where[1]),
+                    body_data=Cold(shot.blob, where[2], where[3]),
+                    **common,
+                )
+            )
+        return renders
     except (TypeError, ValueError, LookupError, ArithmeticError):
         return None  # a cache, not a record: a record of another shape is no record
+
+
+def _common(values: Sequence[Any], store: AssetStore) -> dict[str, Any] | None:
+    """What renders share, as `PlannedRender` fields; None when an asset changed."""
+    take, workflow, cost, seconds, row, tags, assumptions, warnings, assets = values
+    resolved = {}
+    for key, ref, kind, sha256, size in assets:
+        asset = _asset(store, ref, kind, sha256, size)
+        if asset is None:
+            return None
+        resolved[key] = asset
+    return {
+        "take": take,
+        "workflow": workflow,
+        "price": Price(price_rows()[row], Decimal(seconds), Decimal(cost)),
+        "tags": tuple(tags),
+        "assumptions": tuple(assumptions),
+        "warnings": tuple(warnings),
+        "assets": resolved,
+    }
 
 
 def _asset(

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from kling_batch import kling_o3
 from kling_batch.assets import Asset
@@ -27,6 +27,13 @@ ACTIONS: tuple[Action, ...] = (
 )
 
 
+class Deferred(Protocol):
+    """JSON text to read when first needed."""
+
+    def read(self) -> bytes:
+        """The text."""
+
+
 @dataclass(frozen=True, slots=True)
 class PlannedRender:
     """One render, validated and priced: what would be sent and what it would cost.
@@ -34,14 +41,15 @@ class PlannedRender:
     `fields` are the request fields as the manifest gave them (templates rendered); the
     `request` model is built from them when first asked for, so a plan whose renders come
     from the plan cache builds no model for renders nobody looks at (issue 13). For the
-    same reason `fields_data` and `body_data` may be JSON text, decoded on first use.
+    same reason `fields_data` and `body_data` may be JSON text kept in the plan cache's
+    file (`Deferred`), read and decoded on first use.
     """
 
     id: str
     shot: str
     take: int
-    fields_data: Mapping[str, Any] | str | bytes
-    body_data: Mapping[str, Any] | str | bytes
+    fields_data: Mapping[str, Any] | Deferred
+    body_data: Mapping[str, Any] | Deferred
     assets: Mapping[str, Asset]
     workflow: kling_o3.ResolvedWorkflow
     price: Price
@@ -55,17 +63,17 @@ class PlannedRender:
     @property
     def fields(self) -> Mapping[str, Any]:
         """The request fields as the manifest gave them, templates rendered."""
-        if isinstance(self.fields_data, str | bytes):
-            object.__setattr__(self, "fields_data", json.loads(self.fields_data))
-        assert not isinstance(self.fields_data, str | bytes)
+        if not isinstance(self.fields_data, Mapping):
+            object.__setattr__(self, "fields_data", json.loads(self.fields_data.read()))
+        assert isinstance(self.fields_data, Mapping)
         return self.fields_data
 
     @property
     def body(self) -> Mapping[str, Any]:
         """The request as sent (before local media become upload paths)."""
-        if isinstance(self.body_data, str | bytes):
-            object.__setattr__(self, "body_data", json.loads(self.body_data))
-        assert not isinstance(self.body_data, str | bytes)
+        if not isinstance(self.body_data, Mapping):
+            object.__setattr__(self, "body_data", json.loads(self.body_data.read()))
+        assert isinstance(self.body_data, Mapping)
         return self.body_data
 
     @property
