@@ -40,6 +40,7 @@ from kling_batch.errors import (
     RunFatal,
     UploadFailed,
 )
+from kling_batch.jobboard import JobBoard
 from kling_batch.lockfile import (
     UNSETTLED,
     Entry,
@@ -52,7 +53,7 @@ from kling_batch.outcomes import Events, Outcome, OutcomeState, RunReport, stop_
 from kling_batch.pacing import JobWatch, PollPacing, job_deadline, longest_first
 from kling_batch.payloads import JobState
 from kling_batch.plan import PAID_ACTIONS, PlanItem, PlannedRender, RestoreSource
-from kling_batch.polling import Lost, model_age, poll_job
+from kling_batch.polling import Lost, follow_job, model_age
 from kling_batch.state import StateDir
 from kling_batch.submission import Poster, Submitter
 from kling_batch.uploads import Uploader, Uploads
@@ -118,6 +119,7 @@ class Executor:
             on_job=self._finder.claim,
         )
         self._done_events: dict[str, anyio.Event] = {}
+        self._board = JobBoard(client, window=self.options.pacer.list_window)
 
     def stop(self, reason: str) -> None:
         """Submit nothing new; renders already submitted are still followed to the end."""
@@ -278,7 +280,9 @@ class Executor:
             patience=self.options.poll_patience,
             deadline=timeout if timeout is not None else job_deadline(tier, render.seconds),
         )
-        job = await poll_job(self.client, entry, watch, partial(self.events.progress, render.id))
+        job = await follow_job(
+            self._board, self.client, entry, watch, partial(self.events.progress, render.id)
+        )
         if isinstance(job, Lost):
             if job.forgotten:
                 return await self._forgotten(item, entry)

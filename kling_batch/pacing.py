@@ -68,13 +68,17 @@ class PollPacing:
         min_delay: float = 1.0,
         max_delay: float = 120.0,
         early: float = 0.85,
-        margin: float = 0.5,
+        margin: float = 0.2,
+        list_window: float = 10.0,
     ) -> None:
         self.first_delay = first_delay
         self.min_delay = min_delay
         self.max_delay = max_delay
         self.early = early
         self.margin = margin
+        # How long a round of the job list waits for other jobs due to join it
+        # (`kling_batch.jobboard`).
+        self.list_window = list_window
         self._total: dict[str, list[float]] = {}
         self._render: dict[str, list[float]] = {}
 
@@ -177,21 +181,27 @@ class JobWatch:
     async def wait(self) -> None:
         """Sleep until the job is worth asking about again (no later than its deadline,
         if that is still ahead: the last poll lands on it)."""
+        await self.clock.sleep(self.delay())
+
+    def delay(self) -> float:
+        """Model seconds until the job is worth asking about again (see `wait`)."""
         delay = self.pacer.next_delay(self.tier, self.seconds, self.elapsed, self.readings)
         if self.deadline is not None and self.elapsed < self.deadline:
             delay = min(delay, self.deadline - self.elapsed)
-        await self.clock.sleep(delay)
+        return delay
 
     @property
     def overdue(self) -> bool:
         """True once the job's deadline has passed."""
         return self.deadline is not None and self.elapsed >= self.deadline
 
-    def answered(self, progress: float | None) -> None:
-        """The job answered, with its progress if it reported one."""
+    def answered(self, progress: float | None, at: float | None = None) -> None:
+        """The job answered, with its progress if it reported one; `at` is when (the
+        clock's monotonic time), if not now (a line of the job list read earlier)."""
         self._unreachable_since = None
         if progress is not None:
-            self.readings.append((self.elapsed, progress))
+            elapsed = self.elapsed if at is None else at - self._started
+            self.readings.append((elapsed, progress))
 
     def unreachable(self) -> bool:
         """The job could not be asked; True once that has lasted past `patience`."""

@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+import anyio
+
 from kling_batch.clock import Clock
 from kling_batch.errors import ApiError, JobNotFound, RetryableError, RunFatal
+from kling_batch.jobboard import Follower, JobBoard
 from kling_batch.lockfile import Entry
-from kling_batch.pacing import JobWatch
+from kling_batch.pacing import JobWatch, measured_speed
 from kling_batch.payloads import JobState, is_known_status
 
 JOB_RETENTION = timedelta(hours=1)  # job state after completion (API reference §3.1)
@@ -25,6 +28,87 @@ class JobReader(Protocol):
     """The one API call this module needs."""
 
     async def get_job(self, job_id: str, poll_url: str | None = None) -> JobState: ...
+
+
+async def follow_job(
+    board: JobBoard,
+    client: JobReader,
+    entry: Entry,
+    watch: JobWatch,
+    progress: Callable[[float | None], None],
+) -> JobState | Lost:
+    """`poll_job` through the job board: each poll joins a round of the API's job list,
+    and a round that shows the job ended wakes it at once. Polls the job on its own when
+    the list does not show it (or the API has none), and to complete a list line of a
+    finished job that lacks its result URL."""
+    assert entry.job_id is not None
+    if not board.open:
+        return await poll_job(client, entry, watch, progress)
+    follower = board.follow(entry.job_id)
+    try:
+        while True:
+            listed = await _next_reading(board, follower, watch, progress)
+            job: JobState | Lost | None = listed
+            if listed is None or (listed.status == "succeeded" and not listed.video_url):
+                job = await _read(client, entry, watch)
+                if isinstance(job, JobState) and job.status == "pending":
+                    watch.answered(job.progress)
+                    progress(job.progress)
+            if job is None:
+                continue  # unreachable for now: ask again later
+            if isinstance(job, Lost) or job.status != "pending":
+                return job
+            if watch.overdue:
+                return Lost(False, overdue_detail(entry.job_id, watch, job))
+    finally:
+        board.leave(entry.job_id)
+
+
+async def _next_reading(
+    board: JobBoard, follower: Follower, watch: JobWatch, progress: Callable[[float | None], None]
+) -> JobState | None:
+    """Wait until the job is due, or a round shows it ended; the last line rounds read of
+    it meanwhile (no request), else its line in a round asked for now (None if the list
+    does not show it)."""
+    delay = watch.delay()
+    follower.due = board.clock.monotonic() + delay
+    follower.predicted = measured_speed(watch.readings) is not None
+    await _due(board.clock, delay, follower.ended)
+    seen = _apply(follower, watch, progress)
+    if seen is not None:
+        return seen
+    listed = await board.ask(follower.job_id) if board.open else None
+    return _apply(follower, watch, progress) or listed
+
+
+def _apply(
+    follower: Follower, watch: JobWatch, progress: Callable[[float | None], None]
+) -> JobState | None:
+    """Take the job's lines read so far as readings; the line that ends it, else the
+    last one (None when there is none)."""
+    last = None
+    for line in follower.take():
+        if line.job.status != "pending":
+            return line.job
+        watch.answered(line.job.progress, at=line.at)
+        progress(line.job.progress)
+        last = line.job
+    return last
+
+
+async def _due(clock: Clock, delay: float, ended: anyio.Event) -> None:
+    """Sleep `delay` model seconds, or less if `ended` is set meanwhile."""
+    if ended.is_set():
+        return
+    async with anyio.create_task_group() as group:
+
+        async def alarm() -> None:
+            await clock.sleep(delay)
+            group.cancel_scope.cancel()
+
+        group.start_soon(alarm)
+        await ended.wait()
+        group.cancel_scope.cancel()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,170 @@
+"""The job board: every job in flight followed through the API's job list, one request
+for all of them (issue 13).
+
+Polling each job with its own `GET /v1/jobs/{id}` costs a request per job per poll, out of
+a budget that submits and uploads share (50 a minute by default). Where the API lists
+jobs (`GET /v1/jobs`, newest first), one page reports every job in flight at once: its
+status, progress and, once done, its result. So a job due for a poll joins the board's
+next round instead of asking alone; a round waits `window` model seconds for others to
+join, then reads the first page of the list once, and hands each job followed its line.
+A job whose line says it ended is woken at once, whenever it meant to ask next: the
+round that was due for one job often finds several done.
+
+The list is probed by the first round of the run. When the API does not offer it (404 or
+405) the board is closed for the run and every job is polled on its own, as before. A job
+the page does not show (too many newer jobs) is polled on its own for that poll, and so
+is every job while the list answers with errors; after `_FAILURES` rounds in a row that
+fail, the board closes for the run. A list line of a completed job without its result
+URL is completed by the job's own `GET`, which the download needs anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import anyio
+
+from kling_batch.clock import Clock
+from kling_batch.errors import ApiError, RunFatal
+from kling_batch.joblist import JobPage, NextPage
+from kling_batch.payloads import JobState
+
+log = logging.getLogger(__name__)
+
+_PAGE = 100  # the most the API reference lets one page hold
+_FAILURES = 3
+
+
+class JobListReader(Protocol):
+    """What the board needs of the API client."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+    async def list_jobs_page(
+        self, *, status: str | None = None, limit: int = 100, page: NextPage | None = None
+    ) -> JobPage | None: ...
+
+
+@dataclass
+class Line:
+    """What one round of the list said of a job, and when (monotonic model seconds)."""
+
+    job: JobState
+    at: float
+
+
+@dataclass
+class Follower:
+    """One job followed on the board: the lines read of it since it last looked, and an
+    event set when one says it ended."""
+
+    job_id: str
+    lines: list[Line] = field(default_factory=list)
+    ended: anyio.Event = field(default_factory=anyio.Event)
+    # When the job means to ask next (monotonic), and whether that is its predicted end
+    # (measured from its progress) rather than a first look.
+    due: float | None = None
+    predicted: bool = False
+
+    def take(self) -> list[Line]:
+        """The lines read since the last call (and a fresh `ended` event)."""
+        lines, self.lines = self.lines, []
+        if self.ended.is_set():
+            self.ended = anyio.Event()
+        return lines
+
+
+@dataclass
+class _Round:
+    """One read of the list, shared by every job that asked for it."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    jobs: dict[str, JobState] = field(default_factory=dict)
+
+
+class JobBoard:
+    """Follows jobs through the API's job list (see the module docstring)."""
+
+    def __init__(self, client: JobListReader, *, window: float) -> None:
+        self.client = client
+        self.clock = client.clock
+        self.window = window
+        self.offered: bool | None = None  # None until the first round tells
+        self.rounds = 0
+        self._followers: dict[str, Follower] = {}
+        self._next: _Round | None = None
+        self._failures = 0
+
+    @property
+    def open(self) -> bool:
+        """False once the run polls every job on its own."""
+        return self.offered is not False
+
+    def follow(self, job_id: str) -> Follower:
+        """Start following a job (`leave` when it is no longer polled)."""
+        follower = self._followers.setdefault(job_id, Follower(job_id))
+        return follower
+
+    def leave(self, job_id: str) -> None:
+        """Stop following a job."""
+        self._followers.pop(job_id, None)
+
+    async def ask(self, job_id: str) -> JobState | None:
+        """The job as the next round of the list shows it; None when the list does not
+        (the job is not on its first page, the list failed, or the API offers none)."""
+        if not self.open:
+            return None
+        pending = self._next
+        if pending is not None:
+            await pending.done.wait()
+            return pending.jobs.get(job_id)
+        pending = self._next = _Round()
+        try:
+            await self.clock.sleep(self._gather())  # let the jobs due soon join
+            self._next = None  # whoever asks from now on starts the next round
+            await self._read(pending)
+        finally:
+            self._next = None if self._next is pending else self._next
+            pending.done.set()  # also when cancelled: nobody waits for a round never read
+        return pending.jobs.get(job_id)
+
+    def _gather(self) -> float:
+        """How long a new round waits: until the last predicted end of a job followed
+        that falls within `window` from now, so one read finds them all ended."""
+        now = self.clock.monotonic()
+        ends = [
+            f.due
+            for f in self._followers.values()
+            if f.predicted and f.due is not None and now <= f.due <= now + self.window
+        ]
+        return max(ends, default=now) - now
+
+    async def _read(self, pending: _Round) -> None:
+        """Read the first page of the list into `pending` and every follower's lines."""
+        try:
+            page = await self.client.list_jobs_page(limit=_PAGE)
+        except RunFatal:
+            raise
+        except ApiError as exc:
+            self._failures += 1
+            if self._failures >= _FAILURES:
+                log.info("job list failing (%s); polling each job on its own", exc)
+                self.offered = False
+            return
+        self.rounds += 1
+        self._failures = 0
+        if page is None:
+            self.offered = False  # the API has no list: each job is polled on its own
+            return
+        self.offered = True
+        now = self.clock.monotonic()
+        for job in page.jobs:
+            pending.jobs[job.job_id] = job
+            follower = self._followers.get(job.job_id)
+            if follower is not None:
+                follower.lines.append(Line(job, now))
+                if job.status != "pending":
+                    follower.ended.set()

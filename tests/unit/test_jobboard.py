@@ -1,0 +1,135 @@
+"""`polling.follow_job` through the job board: one list read serves many jobs, and a job
+the list cannot serve is polled on its own (issue 13)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from types import SimpleNamespace
+from typing import cast
+
+import anyio
+
+from kling_batch.clock import VirtualClock
+from kling_batch.errors import ServerError
+from kling_batch.jobboard import JobBoard
+from kling_batch.joblist import JobPage, NextPage
+from kling_batch.lockfile import Entry
+from kling_batch.pacing import JobWatch, PollPacing
+from kling_batch.payloads import JobState
+from kling_batch.polling import Lost, follow_job
+
+URL = "https://cdn.example.com/out.mp4"
+
+
+class FakeApi:
+    """Jobs that end at set model times; a list that shows some of them (or fails, or is
+    not offered); every request counted."""
+
+    def __init__(
+        self, clock: VirtualClock, ends: dict[str, float], *, listed: set[str] | None = None
+    ) -> None:
+        self.clock = clock
+        self.ends = ends
+        self.listed = set(ends) if listed is None else listed
+        self.lists = 0
+        self.gets: list[str] = []
+        self.offered = True
+        self.failing = False
+        self.with_url = True
+
+    def state(self, job_id: str, *, listing: bool) -> JobState:
+        now, end = self.clock.monotonic(), self.ends[job_id]
+        if now < end:
+            return JobState(job_id, "pending", "processing", progress=round(now / end, 3))
+        url = URL if self.with_url or not listing else None
+        return JobState(job_id, "succeeded", "completed", progress=1.0, video_url=url)
+
+    async def get_job(self, job_id: str, poll_url: str | None = None) -> JobState:
+        self.gets.append(job_id)
+        return self.state(job_id, listing=False)
+
+    async def list_jobs_page(
+        self, *, status: str | None = None, limit: int = 100, page: NextPage | None = None
+    ) -> JobPage | None:
+        self.lists += 1
+        if not self.offered:
+            return None
+        if self.failing:
+            raise ServerError("503 from the list")
+        jobs = [self.state(job_id, listing=True) for job_id in sorted(self.listed)]
+        return JobPage(jobs, ended=True)
+
+
+def follow_all(api: FakeApi, window: float = 3.0) -> dict[str, JobState | Lost]:
+    """Follow every job of `api` at once through one board; each one's end."""
+    board = JobBoard(api, window=window)
+    pacer = PollPacing(list_window=window)
+    ended: dict[str, JobState | Lost] = {}
+
+    async def one(job_id: str) -> None:
+        entry = cast(Entry, SimpleNamespace(job_id=job_id, poll_url=None, submitted_at=None))
+        watch = JobWatch(api.clock, pacer, tier="standard", seconds=Decimal(5), patience=1800.0)
+        ended[job_id] = await follow_job(board, api, entry, watch, lambda _: None)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            for job_id in api.ends:
+                group.start_soon(one, job_id)
+
+    anyio.run(main)
+    return ended
+
+
+def test_one_list_read_serves_every_job_in_flight() -> None:
+    """Jobs ending together are all seen ended by list reads: no job is asked about alone."""
+    clock = VirtualClock()
+    api = FakeApi(clock, {f"job_{n}": 60.0 + n for n in range(8)})
+    ended = follow_all(api)
+    assert all(isinstance(job, JobState) and job.video_url == URL for job in ended.values())
+    assert api.gets == []
+    assert api.lists < 8
+
+
+def test_a_job_the_list_does_not_show_is_polled_on_its_own() -> None:
+    """A job missing from the list's page is asked about with its own request."""
+    clock = VirtualClock()
+    api = FakeApi(clock, {"job_a": 50.0, "job_b": 52.0}, listed={"job_a"})
+    ended = follow_all(api)
+    assert {job_id: job.status for job_id, job in ended.items() if isinstance(job, JobState)} == {
+        "job_a": "succeeded",
+        "job_b": "succeeded",
+    }
+    assert "job_a" not in api.gets
+    assert "job_b" in api.gets
+
+
+def test_a_listed_end_without_its_result_url_is_fetched() -> None:
+    """A completed job whose list line lacks the result URL is fetched on its own."""
+    clock = VirtualClock()
+    api = FakeApi(clock, {"job_a": 40.0})
+    api.with_url = False
+    ended = follow_all(api)
+    assert isinstance(ended["job_a"], JobState) and ended["job_a"].video_url == URL
+    assert api.gets == ["job_a"]
+
+
+def test_no_job_list_means_polling_each_job_as_before() -> None:
+    """An API without a list is probed once; every job is then polled on its own."""
+    clock = VirtualClock()
+    api = FakeApi(clock, {"job_a": 40.0, "job_b": 45.0})
+    api.offered = False
+    ended = follow_all(api)
+    assert all(isinstance(job, JobState) and job.status == "succeeded" for job in ended.values())
+    assert api.lists == 1
+    assert set(api.gets) == {"job_a", "job_b"}
+
+
+def test_a_failing_list_falls_back_to_own_polls() -> None:
+    """While the list answers errors each job is polled on its own; the board then closes."""
+    clock = VirtualClock()
+    api = FakeApi(clock, {"job_a": 200.0})
+    api.failing = True
+    ended = follow_all(api)
+    assert isinstance(ended["job_a"], JobState) and ended["job_a"].status == "succeeded"
+    assert api.lists == 3
+    assert api.gets
