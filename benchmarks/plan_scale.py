@@ -1,10 +1,21 @@
-"""Plan at scale: 10,000 renders over 50 local assets, all done in the lockfile.
+"""Plan at scale: a make-style no-op check of 10,000 and 100,000 renders, beside GNU make's.
 
-Prints wall time and peak memory (max RSS of the child process) of a cold plan (no hash
-cache), a warm plan (hash cache filled) and `plan --check`, each a fresh
-`python -m kling_batch` process as a user would run it.
+Two shapes of project, every render done in the lockfile with its output on disk:
 
-    python benchmarks/plan_scale.py [--renders 10000] [--assets 50] [--repeat 3]
+- matrix: one shot whose matrix expands to N renders over 50 local images;
+- listed: N `[[shots]]`, each with its own prompt and its own local image (at 100,000,
+  spread over ten included shot files: a manifest holds at most 10 MB).
+
+For each, each a fresh `python -m kling_batch` process as a user would run it: a cold
+plan (no `.kling-batch/` caches), then with warm caches `plan --check` (nothing to do),
+and a one-edit `plan` (matrix: one of the 50 images edited, its renders flagged; listed:
+one shot's prompt edited, it alone flagged), each restored afterwards. Wall time and peak
+memory (max RSS of the child). Beside them, GNU make's no-op check of N up-to-date
+targets made from N sources (generated here), and the ratio of kling-batch's warm check
+to make's (issue 13: at most 0.2 at 10,000).
+
+    python benchmarks/plan_scale.py [--renders 10000 100000] [--shapes matrix listed]
+                                    [--repeat 3]
 """
 
 from __future__ import annotations
@@ -13,10 +24,12 @@ import argparse
 import hashlib
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,19 +40,7 @@ PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
     "1f15c4890000000d4944415478da636460f80f0001040100a5f1d1b70000000049454e44ae426082"
 )
-
-
-def build_project(root: Path, renders: int, assets: int) -> Path:
-    """A manifest whose matrix expands to `renders` renders over `assets` images."""
-    variants = renders // assets
-    (root / "assets").mkdir(parents=True)
-    for n in range(assets):
-        # Distinct content per asset, ~200 KB each, so cold hashing does real work.
-        (root / "assets" / f"product-{n:02d}.png").write_bytes(PNG + os.urandom(200_000))
-    products = ", ".join(f'"{n:02d}"' for n in range(assets))
-    manifest = root / "big.toml"
-    manifest.write_text(
-        f"""version = 1
+HEAD = """version = 1
 name = "scale"
 output_dir = "renders"
 
@@ -49,7 +50,24 @@ brand = "Northwind"
 [defaults]
 model_tier = "standard"
 aspect_ratio = "9:16"
+"""
+# Listed shots per included file at 100,000 (a manifest holds at most 10 MB).
+PER_FILE = 10_000
+AN_HOUR = 3600 * 1_000_000_000
 
+
+def matrix_project(root: Path, renders: int) -> tuple[Path, Callable[[], None]]:
+    """One matrix shot of `renders` renders over 50 images (~200 KB each); the edit
+    rewrites one image."""
+    assets, variants = 50, renders // 50
+    (root / "assets").mkdir(parents=True)
+    for n in range(assets):
+        (root / "assets" / f"product-{n:02d}.png").write_bytes(PNG + os.urandom(200_000))
+    products = ", ".join(f'"{n:02d}"' for n in range(assets))
+    manifest = root / "big.toml"
+    manifest.write_text(
+        HEAD
+        + f"""
 [[shots]]
 id = "p{{{{ product }}}}-v{{{{ variant }}}}"
 matrix = {{ product = [{products}], variant = {list(range(variants))} }}
@@ -58,7 +76,39 @@ image = "assets/product-{{{{ product }}}}.png"
 output = "{{{{ product }}}}/{{{{ variant }}}}.mp4"
 """
     )
-    return manifest
+    image = root / "assets" / "product-07.png"
+    return manifest, lambda: image.write_bytes(PNG + os.urandom(200_000))
+
+
+def listed_project(root: Path, renders: int) -> tuple[Path, Callable[[], None]]:
+    """`renders` listed shots, each with its own prompt and image (~1 KB); the edit
+    rewrites one shot's prompt."""
+    (root / "assets").mkdir(parents=True)
+    files = [root / "big.toml"]
+    if renders > PER_FILE:
+        (root / "shots").mkdir()
+        files = [root / "shots" / f"part-{n:02d}.toml" for n in range(renders // PER_FILE)]
+    per_file = renders // len(files)
+    for number, path in enumerate(files):
+        shots = []
+        for n in range(number * per_file, (number + 1) * per_file):
+            (root / "assets" / f"shot-{n:06d}.png").write_bytes(PNG + os.urandom(1000))
+            shots.append(
+                f'[[shots]]\nid = "shot-{n:06d}"\n'
+                f'prompt = "{{{{ brand }}}} shot {n} on a misty ridge | 4s: close-up"\n'
+                f'image = "assets/shot-{n:06d}.png"\n'
+            )
+        path.write_text(("" if path.parent.name == "shots" else HEAD) + "\n".join(shots))
+    manifest = root / "big.toml"
+    if renders > PER_FILE:
+        manifest.write_text(HEAD + 'include = ["shots/*.toml"]\n')
+    edited = files[len(files) // 2]
+    target = f"shot {len(files) // 2 * per_file + per_file // 2} on a misty ridge"
+
+    def edit() -> None:
+        edited.write_text(edited.read_text().replace(target, target + " at dawn"))
+
+    return manifest, edit
 
 
 def mark_all_done(manifest: Path) -> int:
@@ -81,47 +131,114 @@ def mark_all_done(manifest: Path) -> int:
     return len(plan.items)
 
 
-def measure(args: list[str]) -> tuple[float, float, float, int]:
-    """Wall and CPU seconds, peak RSS in MB and exit code of one `python -m kling_batch`."""
+def backdate(root: Path) -> None:
+    """Move every file's mtime an hour back, as a checkout is by the time anyone plans: the
+    hash cache trusts no stat of a file changed within two seconds of hashing it."""
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = Path(folder) / name
+            mtime = path.stat().st_mtime_ns - AN_HOUR
+            os.utime(path, ns=(mtime, mtime))
+
+
+def measure(argv: list[str], cwd: Path | None = None) -> tuple[float, float, int]:
+    """Wall seconds, peak RSS in MB and exit code of one child process."""
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kling_batch", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode not in (0, 1):
-        sys.exit(f"plan failed: {proc.stderr.read().decode() if proc.stderr else ''}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0, 1):
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        sys.exit(f"{' '.join(argv)} failed: {err}")
+    return wall, usage.ru_maxrss / 1024, code
+
+
+def plan(manifest: Path, *args: str) -> tuple[float, float, int]:
+    """One `python -m kling_batch plan MANIFEST ...`."""
+    return measure([sys.executable, "-m", "kling_batch", "plan", str(manifest), *args])
+
+
+def make_check(root: Path, files: int) -> list[tuple[float, float, int]] | None:
+    """GNU make's no-op check of `files` up-to-date targets (each made from its own
+    source), three times; None without make."""
+    make = shutil.which("make")
+    if make is None:
+        return None
+    folder = root / "make"
+    (folder / "src").mkdir(parents=True)
+    (folder / "out").mkdir()
+    for n in range(files):
+        (folder / "src" / f"{n}.txt").write_text("x")
+        (folder / "out" / f"{n}.txt").write_text("x")
+    rules = "\n".join(f"out/{n}.txt: src/{n}.txt\n\tcp $< $@" for n in range(files))
+    outputs = " ".join(f"out/{n}.txt" for n in range(files))
+    (folder / "Makefile").write_text(f"all: {outputs}\n\n{rules}\n")
+    backdate(folder / "src")
+    return [measure([make, "-q", "-C", str(folder)]) for _ in range(3)]
+
+
+def row(name: str, runs: list[tuple[float, float, int]]) -> str:
+    walls = [wall for wall, _, _ in runs]
+    shown = f"{min(walls):6.2f} {statistics.median(walls):6.2f} {max(walls):6.2f}"
+    return f"{name:34} {shown} {max(rss for _, rss, _ in runs):8.1f} {runs[-1][2]:4d}"
+
+
+def bench(shape: str, renders: int, repeat: int) -> float:
+    """Print one shape at one size; returns the median warm `plan --check` wall time."""
+    root = Path(tempfile.mkdtemp(prefix=f"kb-plan-{shape}-"))
+    try:
+        build = matrix_project if shape == "matrix" else listed_project
+        manifest, edit = build(root, renders)
+        count = mark_all_done(manifest)
+        shutil.rmtree(root / ".kling-batch")
+        backdate(root)
+        print(f"\n{shape}: {count:,} renders, lockfile {lock_path(manifest).stat().st_size / 1e6:.1f} MB")
+        print(f"{'':34} {'min':>6} {'median':>6} {'max':>6} {'peak MB':>8} {'exit':>4}")
+        print(row("cold plan (no caches)", [plan(manifest)]))
+        plan(manifest, "--check")  # the caches now hold the done state
+        checks = [plan(manifest, "--check") for _ in range(repeat)]
+        print(row("warm plan --check (no-op)", checks))
+        saved = {path: path.read_bytes() for path in root.rglob("*.toml")}
+        saved.update({path: path.read_bytes() for path in (root / "assets").glob("*-07.png")})
+        edits = []
+        for _ in range(repeat):
+            edit()
+            edits.append(plan(manifest))
+            for path, data in saved.items():
+                path.write_bytes(data)
+            backdate(root / "assets")
+            plan(manifest, "--check")  # back to the warm no-op state
+        print(row("warm one-edit plan", edits))
+        return statistics.median(wall for wall, _, _ in checks)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--renders", type=int, default=10_000)
-    parser.add_argument("--assets", type=int, default=50)
+    parser.add_argument("--renders", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--shapes", nargs="+", default=["matrix", "listed"])
     parser.add_argument("--repeat", type=int, default=3)
     options = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="kb-plan-scale-"))
-    try:
-        manifest = build_project(root, options.renders, options.assets)
-        count = mark_all_done(manifest)
-        lock_size = lock_path(manifest).stat().st_size
-        print(f"{count:,} renders, {options.assets} assets, lockfile {lock_size / 1e6:.1f} MB")
-        shutil.rmtree(root / ".kling-batch")
-        rows = [("cold plan (no hash cache)", *measure(["plan", str(manifest)]))]
-        for name, args in [
-            ("warm plan", ["plan", str(manifest)]),
-            ("plan --check", ["plan", str(manifest), "--check"]),
-            ("plan --format json", ["plan", str(manifest), "--format", "json"]),
-        ]:
-            rows.extend((name, *measure(args)) for _ in range(options.repeat))
-        print(f"{'':28} {'wall s':>7} {'cpu s':>6} {'peak MB':>8} {'exit':>4}")
-        for name, wall, cpu, rss, code in rows:
-            print(f"{name:28} {wall:7.2f} {cpu:6.2f} {rss:8.1f} {code:4d}")
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    for renders in options.renders:
+        checks = [bench(shape, renders, options.repeat) for shape in options.shapes]
+        root = Path(tempfile.mkdtemp(prefix="kb-make-"))
+        try:
+            made = make_check(root, renders)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        if made is None:
+            print("\nGNU make not found: no comparison")
+            continue
+        print(f"\nGNU make -q, {renders:,} up-to-date targets")
+        print(row("make no-op check", made))
+        make_wall = statistics.median(wall for wall, _, _ in made)
+        ratios = ", ".join(
+            f"{shape} {check / make_wall:.2f}"
+            for shape, check in zip(options.shapes, checks, strict=True)
+        )
+        print(f"warm plan --check / make (medians): {ratios}")
 
 
 if __name__ == "__main__":

@@ -217,27 +217,22 @@ def _save_caches(state: StateDir, *savers: Callable[[], None]) -> None:
 
 @dataclass
 class _Shot:
-    """One shot of the manifest while planning: its renders from the plan cache, or its
-    specs to plan (`start`: the index of its first render; `reads_shot`: a template of
-    it reads `shot`, so its renders depend on that index)."""
+    """One shot of the manifest while planning: its renders, each from the plan cache or a
+    spec to plan (`start`: the index of its first render, as the cache keeps it: None when
+    no template of it reads `shot`; `whole`: every render came from the cache)."""
 
     key: str
-    start: int
-    cached: list[PlannedRender] | None = None
-    specs: list[RenderSpec] = field(default_factory=list)
-    reads_shot: bool = False
+    start: int | None
+    items: list[PlannedRender | RenderSpec] = field(default_factory=list)
+    whole: bool = False
 
     def render_ids(self) -> list[str]:
         """The id of each render."""
-        if self.cached is not None:
-            return [render.id for render in self.cached]
-        return [spec.id for spec in self.specs]
+        return [item.id for item in self.items]
 
     def ids(self) -> list[tuple[str, tuple[str, ...]]]:
         """(id, tags) of each render."""
-        if self.cached is not None:
-            return [(render.id, render.tags) for render in self.cached]
-        return [(spec.id, spec.tags) for spec in self.specs]
+        return [(item.id, item.tags) for item in self.items]
 
 
 def _expand(
@@ -247,21 +242,23 @@ def _expand(
     cache: PlanCache,
     expansion: Expansion,
 ) -> _Shot:
-    """A shot's renders from the plan cache when nothing they came from changed, else its
-    specs, expanded now."""
+    """A shot's renders from the plan cache when nothing they came from changed (those
+    whose assets changed as specs to plan again), else its specs, expanded now."""
     key, start = cache.key(loaded, sourced), expansion.index
     if not sourced.shot.enabled:
-        return _Shot(key, start)
+        return _Shot(key, None, whole=True)
     hit = cache.get(key, start)
-    renders = decode(hit, store) if hit is not None else None
-    fine = renders is not None and all(expansion.dirs.still_fine(r.output) for r in renders)
-    if hit is not None and renders is not None and fine:
-        expansion.claim(sourced, [(render.id, render.output) for render in renders])
-        cache.keep(key, hit.start, renders)
-        return _Shot(key, start, cached=renders)
+    items = decode(hit, store, sourced.file) if hit is not None else None
+    fine = items is not None and all(expansion.dirs.still_fine(i.output) for i in items)
+    if hit is not None and items is not None and fine:
+        expansion.claim(sourced, [(item.id, item.output) for item in items])
+        whole = all(isinstance(item, PlannedRender) for item in items)
+        if whole:
+            cache.keep(key, hit.start, [i for i in items if isinstance(i, PlannedRender)])
+        return _Shot(key, hit.start, items, whole)
     expansion.renderer.reads_shot = False
-    specs = expansion.shot(sourced)
-    return _Shot(key, start, specs=specs, reads_shot=expansion.renderer.reads_shot)
+    specs: list[PlannedRender | RenderSpec] = list(expansion.shot(sourced))
+    return _Shot(key, start if expansion.renderer.reads_shot else None, specs)
 
 
 def _planned(
@@ -273,13 +270,14 @@ def _planned(
     """Every chosen render, planned (or from the cache); a shot planned whole is cached."""
     renders: list[PlannedRender] = []
     for shot in shots:
-        if shot.cached is not None:
-            renders.extend(r for r in shot.cached if chosen(r.id, r.tags))
-            continue
-        planned = [plan_render(spec, store) for spec in shot.specs if chosen(spec.id, spec.tags)]
+        planned = [
+            item if isinstance(item, PlannedRender) else plan_render(item, store)
+            for item in shot.items
+            if chosen(item.id, item.tags)
+        ]
         renders.extend(planned)
-        if len(planned) == len(shot.specs):
-            cache.learn(shot.key, shot.start if shot.reads_shot else None, planned)
+        if not shot.whole and len(planned) == len(shot.items):
+            cache.learn(shot.key, shot.start, planned)
     return renders
 
 

@@ -39,6 +39,7 @@ from kling_batch import __version__
 from kling_batch.assets import Asset, AssetStore
 from kling_batch.cachefile import Blob, BlobWriter, Cold, read_cache, write_cache
 from kling_batch.errors import AssetProblem
+from kling_batch.expand import RenderSpec
 from kling_batch.manifest import LoadedManifest, SourcedShot
 from kling_batch.model_data import data_file
 from kling_batch.partials import partial_digest
@@ -182,16 +183,23 @@ def _text(value: Mapping[str, Any] | Deferred) -> bytes:
     return value.read() if not isinstance(value, Mapping) else json.dumps(value).encode()
 
 
-def decode(shot: CachedShot, store: AssetStore) -> list[PlannedRender] | None:
-    """A cached shot's renders, or None when one of their local assets is no longer what
-    it was planned with (or the record is not one this version wrote)."""
+def decode(
+    shot: CachedShot, store: AssetStore, file: Path
+) -> list[PlannedRender | RenderSpec] | None:
+    """A cached shot's renders; as a spec to plan again, each render one of whose local
+    assets is no longer what it was planned with (what templates made of it does not
+    depend on what its assets hold). None for a record this version did not write."""
     try:
         commons = [_common(values, store) for values in shot.common]
-        renders = []
+        renders: list[PlannedRender | RenderSpec] = []
         for id_, shot_id, fingerprint, output, index, *where in shot.renders:
             common = commons[index]
             if common is None:
-                return None
+                take, tags = shot.common[index][0], shot.common[index][5]
+                fields = json.loads(Cold(shot.blob, where[0], where[1]).read())
+                path = PurePosixPath(output)
+                renders.append(RenderSpec(id_, shot_id, take, fields, path, tuple(tags), file))
+                continue
             renders.append(
                 PlannedRender(
                     id=id_,

@@ -280,3 +280,35 @@ def test_one_edit_through_the_command_line(warm: Path) -> None:
     assert shots["c-2"]["request"]["prompt"] == "scene 2 of 3"
     check = CliRunner().invoke(cli, ["plan", str(warm), "--check"])
     assert check.exit_code == 1
+
+
+def test_one_image_of_a_matrix_changed_replans_only_its_renders(
+    project: Callable[..., Path], image: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """In a matrix over images, editing one image flags only the renders that use it;
+    the others still come from the cache."""
+    image("x.png")
+    write(image("y.png"), b"a picture of y")
+    body = '[[shots]]\nid = "m-{{ i }}-{{ n }}"\nmatrix = { i = ["x", "y"], n = [1, 2] }\n'
+    path = project(body + 'prompt = "take {{ n }}"\nimage = "{{ i }}.png"\n')
+    plan = build_plan(path, now=NOW)
+    for item in plan.items:
+        content = item.render.id.encode()
+        (tmp_path / item.render.output).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / item.render.output).write_bytes(content)
+        digest = "sha256:" + hashlib.sha256(content).hexdigest()
+        plan.lock.shots[item.render.id] = new_entry(
+            item.render, "done", output_sha256=digest, output_size=len(content)
+        )
+    plan.lock.save(lock_path(path))
+    build_plan(path, now=NOW)
+    write(tmp_path / "y.png", b"y, edited")
+    plan = plan_again(path)
+    assert actions(plan) == {
+        "m-x-1": ("unchanged", ()),
+        "m-x-2": ("unchanged", ()),
+        "m-y-1": ("changed", ("content of y.png changed (image)",)),
+        "m-y-2": ("changed", ("content of y.png changed (image)",)),
+    }
+    assert [item.render.model is None for item in plan.items] == [True, True, False, False]
+    assert actions(build_plan(path, now=NOW)) == actions(plan)
