@@ -141,17 +141,25 @@ def backdate(root: Path) -> None:
             os.utime(path, ns=(mtime, mtime))
 
 
-def measure(argv: list[str], cwd: Path | None = None) -> tuple[float, float, int]:
-    """Wall seconds, peak RSS in MB and exit code of one child process."""
+def measure(argv: list[str]) -> tuple[float, float, int]:
+    """Wall seconds, peak RSS in MB and exit code of one child process.
+
+    The peak comes from GNU time when there is one: a child forked from this (large)
+    process would count this process's memory as its own until it execs.
+    """
+    timer = shutil.which("time") or ("/usr/bin/time" if Path("/usr/bin/time").exists() else None)
+    prefix = [timer, "-f", "%M"] if timer else []
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*prefix, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
+    err = proc.stderr.read().decode() if proc.stderr else ""
     code = os.waitstatus_to_exitcode(status)
     if code not in (0, 1):
-        err = proc.stderr.read().decode() if proc.stderr else ""
         sys.exit(f"{' '.join(argv)} failed: {err}")
-    return wall, usage.ru_maxrss / 1024, code
+    lines = err.strip().splitlines()
+    peak = int(lines[-1]) / 1024 if timer and lines and lines[-1].isdigit() else None
+    return wall, peak if peak is not None else usage.ru_maxrss / 1024, code
 
 
 def plan(manifest: Path, *args: str) -> tuple[float, float, int]:
@@ -193,7 +201,8 @@ def bench(shape: str, renders: int, repeat: int) -> float:
         count = mark_all_done(manifest)
         shutil.rmtree(root / ".kling-batch")
         backdate(root)
-        print(f"\n{shape}: {count:,} renders, lockfile {lock_path(manifest).stat().st_size / 1e6:.1f} MB")
+        size = lock_path(manifest).stat().st_size / 1e6
+        print(f"\n{shape}: {count:,} renders, lockfile {size:.1f} MB")
         print(f"{'':34} {'min':>6} {'median':>6} {'max':>6} {'peak MB':>8} {'exit':>4}")
         print(row("cold plan (no caches)", [plan(manifest)]))
         plan(manifest, "--check")  # the caches now hold the done state

@@ -1,17 +1,25 @@
 """Run efficiency: makespan and requests per render against a realistic emulator.
 
 500 renders (60% standard, 30% pro, 10% 4k; 5-10 s each; a fifth animate one of five local
-images) at `--jobs 16` under a 50-requests-per-minute budget, against the emulator's
-realistic latency model (queue 5-20 s, then 8/14/36 s of rendering per video second for
-standard/pro/4k, ±20% jitter). Both sides run on one scaled clock (`--time-scale`), so
-minutes of modelled render time pass in seconds; every number below is in modelled time.
+images) at `--jobs 16` and `--jobs 64` under a 50-requests-per-minute budget, against the
+emulator's realistic latency model (queue 5-20 s, then 8/14/36 s of rendering per video
+second for standard/pro/4k, ±20% jitter). Both sides run on one scaled clock
+(`--time-scale`), so minutes of modelled render time pass in seconds; every number below
+is in modelled time.
 
-Prints, for kling-batch's progress-paced poller and for a naive fixed-5-second poller run the
-same way: makespan, the lower bound (the larger of: total job time / jobs, the longest job,
-and 2 requests per render / rpm), the ratio, API requests per completed render (submits +
-polls + uploads), 429s received, and peak memory (RSS of this process, emulator included).
+Each setting runs against an API that lists jobs (polled through the list, issue 13) and
+one that does not (`job_list="absent"`: each job polled on its own), and optionally a naive
+fixed-5-second poller. Prints the makespan; its two lower bounds, render latency (the
+larger of total job time / jobs and the longest job) and the request budget (the run's
+requests / rpm); the ratio to the larger; API requests per completed render (submits,
+list reads, job polls and uploads) with list reads and job polls apart; 429s received;
+and peak memory (RSS of this process, emulator included).
 
-    python benchmarks/run_efficiency.py [--renders 500] [--jobs 16] [--rpm 50] [--time-scale 0.01]
+`--memory` instead runs 1,000 and 10,000 renders (each in a process of its own, no
+request budget, a faster clock) and prints the peak memory of each: it should stay flat.
+
+    python benchmarks/run_efficiency.py [--renders 500] [--jobs 16 64] [--rpm 50]
+                                        [--time-scale 0.01] [--naive] [--memory]
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from __future__ import annotations
 import argparse
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -65,12 +75,19 @@ class FixedPoller(PollPacing):
 class Result:
     name: str
     makespan: float
-    bound: float
+    latency_bound: float
+    budget_bound: float
     requests_per_render: float
+    lists_per_render: float
     polls_per_render: float
     rate_limited: int
     done: int
     peak_mb: float
+
+    @property
+    def bound(self) -> float:
+        """The larger lower bound."""
+        return max(self.latency_bound, self.budget_bound)
 
 
 def write_manifest(root: Path, renders: int) -> Path:
@@ -95,12 +112,19 @@ image = "{{{{ 'still-' ~ (n // 5 % 5) ~ '.png' if n % 5 == 0 else '' }}}}"
     return manifest
 
 
-def run_once(name: str, pacer: PollPacing, options: argparse.Namespace) -> Result:
+def run_once(
+    name: str, pacer: PollPacing, options: argparse.Namespace, *, jobs: int, job_list: str
+) -> Result:
     root = Path(tempfile.mkdtemp(prefix="kb-run-eff-"))
     try:
         manifest = write_manifest(root, options.renders)
         plan = build_plan(manifest, now=datetime.now(UTC))
-        config = EmulatorConfig(time_scale=options.time_scale, rpm=options.rpm, seed=7)
+        config = EmulatorConfig(
+            time_scale=options.time_scale,
+            rpm=options.rpm,
+            seed=7,
+            job_list=job_list,  # type: ignore[arg-type]
+        )
         with running(config) as served:
             emulator = served.emulator
             writer = LockWriter(plan.lock_path, plan.lock)
@@ -119,7 +143,7 @@ def run_once(name: str, pacer: PollPacing, options: argparse.Namespace) -> Resul
                         client=client,
                         writer=writer,
                         events=Quiet(),
-                        options=RunOptions(jobs=options.jobs, pacer=pacer),
+                        options=RunOptions(jobs=jobs, pacer=pacer),
                     )
                     await executor.run(list(plan.items))
 
@@ -133,17 +157,16 @@ def run_once(name: str, pacer: PollPacing, options: argparse.Namespace) -> Resul
                 if job is not None:
                     durations.append((job.finishes - job.created) / options.time_scale)
         done = sum(1 for e in writer.lock.shots.values() if e.state == "done")
-        bound = max(
-            sum(durations) / options.jobs,
-            max(durations, default=0.0),
-            2 * options.renders / options.rpm * 60,
-        )
         polls = sum(1 for e in entries if e.method == "GET" and e.path.startswith("/v1/jobs/"))
+        lists = sum(1 for e in entries if e.method == "GET" and e.path == "/v1/jobs")
+        budget = len(entries) / options.rpm * 60 if options.rpm else 0.0
         return Result(
             name=name,
             makespan=makespan,
-            bound=bound,
+            latency_bound=max(sum(durations) / jobs, max(durations, default=0.0)),
+            budget_bound=budget,
             requests_per_render=len(entries) / max(done, 1),
+            lists_per_render=lists / max(done, 1),
             polls_per_render=polls / max(done, 1),
             rate_limited=sum(1 for e in entries if e.status == 429),
             done=done,
@@ -153,33 +176,54 @@ def run_once(name: str, pacer: PollPacing, options: argparse.Namespace) -> Resul
         shutil.rmtree(root, ignore_errors=True)
 
 
+def memory(options: argparse.Namespace) -> None:
+    """Peak memory of runs of 1,000 and 10,000 renders, each in a process of its own."""
+    print("peak memory (RSS of the process, emulator included), no request budget:")
+    for renders in (1_000, 10_000):
+        argv = [sys.executable, __file__, "--renders", str(renders), "--jobs", "64"]
+        argv += ["--rpm", "0", "--time-scale", str(options.time_scale / 20), "--quiet"]
+        result = subprocess.run(argv, capture_output=True, text=True, check=True)
+        print(f"  {renders:6,} renders: {result.stdout.strip()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--renders", type=int, default=500)
-    parser.add_argument("--jobs", type=int, default=16)
+    parser.add_argument("--jobs", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--rpm", type=int, default=50)
     parser.add_argument("--time-scale", type=float, default=0.01)
-    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--naive", action="store_true", help="also a fixed 5 s poller")
+    parser.add_argument("--memory", action="store_true", help="peak memory at 1k and 10k")
+    parser.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args()
-    runs = [("kling-batch (progress-paced)", PollPacing())]
-    if not options.skip_naive:
-        runs.append(("naive fixed 5 s poller", FixedPoller(5.0)))
+    if options.memory:
+        memory(options)
+        return
+    if options.quiet:  # one run, its done count and peak memory only (for --memory)
+        r = run_once("", PollPacing(), options, jobs=options.jobs[0], job_list="cursor")
+        print(f"{r.done:,} done, peak {r.peak_mb:.1f} MB")
+        return
+    runs = [("job list", PollPacing(), "cursor"), ("no job list", PollPacing(), "absent")]
+    if options.naive:
+        runs.append(("naive fixed 5 s poller", FixedPoller(5.0), "absent"))
     print(
-        f"{options.renders} renders, --jobs {options.jobs}, {options.rpm} rpm, "
-        f"time scale {options.time_scale} (all times in modelled seconds)"
+        f"{options.renders} renders, {options.rpm} rpm, time scale {options.time_scale} "
+        "(all times in modelled seconds)"
     )
     header = (
-        f"{'poller':30} {'done':>5} {'makespan':>9} {'bound':>8} {'ratio':>6} "
-        f"{'req/render':>10} {'polls/r':>8} {'429s':>5} {'peak MB':>8}"
+        f"{'jobs':>4} {'API':24} {'done':>5} {'makespan':>9} {'latency':>8} {'budget':>7} "
+        f"{'ratio':>6} {'req/r':>6} {'lists/r':>7} {'polls/r':>7} {'429s':>5} {'peak MB':>8}"
     )
     print(header)
-    for name, pacer in runs:
-        r = run_once(name, pacer, options)
-        print(
-            f"{r.name:30} {r.done:5d} {r.makespan:9.0f} {r.bound:8.0f} "
-            f"{r.makespan / r.bound:6.3f} {r.requests_per_render:10.2f} "
-            f"{r.polls_per_render:8.2f} {r.rate_limited:5d} {r.peak_mb:8.1f}"
-        )
+    for jobs in options.jobs:
+        for name, pacer, job_list in runs:
+            r = run_once(name, pacer, options, jobs=jobs, job_list=job_list)
+            print(
+                f"{jobs:4d} {r.name:24} {r.done:5d} {r.makespan:9.0f} {r.latency_bound:8.0f} "
+                f"{r.budget_bound:7.0f} {r.makespan / r.bound:6.3f} "
+                f"{r.requests_per_render:6.2f} {r.lists_per_render:7.2f} "
+                f"{r.polls_per_render:7.2f} {r.rate_limited:5d} {r.peak_mb:8.1f}"
+            )
 
 
 if __name__ == "__main__":
