@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 _PAGE = 100  # the most the API reference lets one page hold
 _FAILURES = 3
+_GATHER = 2
 
 
 class JobListReader(Protocol):
@@ -124,7 +125,8 @@ class JobBoard:
         pending = self._next = _Round()
         try:
             await self.clock.sleep(self._gather())  # let the jobs due soon join
-            self._next = None  # whoever asks from now on starts the next round
+            if self.offered is not None:  # the first read probes the list: all wait for it
+                self._next = None  # whoever asks from now on starts the next round
             await self._read(pending)
         finally:
             self._next = None if self._next is pending else self._next
@@ -132,15 +134,16 @@ class JobBoard:
         return pending.jobs.get(job_id)
 
     def _gather(self) -> float:
-        """How long a new round waits: until the last predicted end of a job followed
-        that falls within `window` from now, so one read finds them all ended."""
+        """How long a new round waits: until the next `_GATHER` predicted ends of jobs
+        followed that fall within `window` from now, so one read finds them ended too
+        (more would keep jobs that already ended waiting)."""
         now = self.clock.monotonic()
-        ends = [
+        ends = sorted(
             f.due
             for f in self._followers.values()
             if f.predicted and f.due is not None and now <= f.due <= now + self.window
-        ]
-        return max(ends, default=now) - now
+        )
+        return max(ends[:_GATHER], default=now) - now
 
     async def _read(self, pending: _Round) -> None:
         """Read the first page of the list into `pending` and every follower's lines."""
