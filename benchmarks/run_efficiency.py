@@ -15,8 +15,9 @@ requests / rpm); the ratio to the larger; API requests per completed render (sub
 list reads, job polls and uploads) with list reads and job polls apart; 429s received;
 and peak memory (RSS of this process, emulator included).
 
-`--memory` instead runs 1,000 and 10,000 renders (each in a process of its own, no
-request budget, a faster clock) and prints the peak memory of each: it should stay flat.
+`--memory` instead runs `kling-batch run` of 1,000 and 10,000 renders (the command line,
+against an emulator in a process of its own, no request budget, a faster clock) and prints
+the peak memory of each: it should stay flat.
 
     python benchmarks/run_efficiency.py [--renders 500] [--jobs 16 64] [--rpm 50]
                                         [--time-scale 0.01] [--naive] [--memory]
@@ -25,8 +26,10 @@ request budget, a faster clock) and prints the peak memory of each: it should st
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -177,13 +180,32 @@ def run_once(
 
 
 def memory(options: argparse.Namespace) -> None:
-    """Peak memory of runs of 1,000 and 10,000 renders, each in a process of its own."""
-    print("peak memory (RSS of the process, emulator included), no request budget:")
+    """Peak memory of `kling-batch run` of 1,000 and 10,000 renders (the command line, as a
+    user runs it, against an emulator in a process of its own; no request budget)."""
+    scale = options.time_scale / 20
+    print(f"peak memory of `kling-batch run --jobs 64` (time scale {scale}):")
     for renders in (1_000, 10_000):
-        argv = [sys.executable, __file__, "--renders", str(renders), "--jobs", "64"]
-        argv += ["--rpm", "0", "--time-scale", str(options.time_scale / 20), "--quiet"]
-        result = subprocess.run(argv, capture_output=True, text=True, check=True)
-        print(f"  {renders:6,} renders: {result.stdout.strip()}")
+        root = Path(tempfile.mkdtemp(prefix="kb-run-mem-"))
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        serve = [sys.executable, "-m", "kling_batch", "emulator", "--port", str(port)]
+        serve += ["--time-scale", str(scale), "--rpm", "0"]
+        emulator = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            manifest = write_manifest(root, renders)
+            time.sleep(2)  # the emulator starts listening
+            argv = ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "kling_batch", "run"]
+            argv += [str(manifest), "--api-base", f"http://127.0.0.1:{port}", "--yes"]
+            argv += ["--jobs", "64", "--rpm", "100000", "--time-scale", str(scale)]
+            env = {**os.environ, "EMPIRIOLABS_API_KEY": "sk-empiriolabs-emulator"}
+            done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+            peak = int(done.stderr.strip().splitlines()[-1]) / 1024
+            print(f"  {renders:6,} renders: exit {done.returncode}, peak {peak:.1f} MB")
+        finally:
+            emulator.terminate()
+            emulator.wait()
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:
@@ -194,14 +216,9 @@ def main() -> None:
     parser.add_argument("--time-scale", type=float, default=0.01)
     parser.add_argument("--naive", action="store_true", help="also a fixed 5 s poller")
     parser.add_argument("--memory", action="store_true", help="peak memory at 1k and 10k")
-    parser.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.memory:
         memory(options)
-        return
-    if options.quiet:  # one run, its done count and peak memory only (for --memory)
-        r = run_once("", PollPacing(), options, jobs=options.jobs[0], job_list="cursor")
-        print(f"{r.done:,} done, peak {r.peak_mb:.1f} MB")
         return
     runs = [("job list", PollPacing(), "cursor"), ("no job list", PollPacing(), "absent")]
     if options.naive:
