@@ -1,7 +1,9 @@
 """Crash harness: SIGKILL `kling-batch run` at a chosen request, then rerun until it is done.
 
 A `KillPoint` names the n-th request of a run (or the n-th of one request class: `submit`,
-`poll`, `download`, `upload`, `list`, as `kling_batch.emulator.faults.classify` names them).
+`poll`, `download`, `upload`, `list`, as `kling_batch.emulator.faults.classify` names them;
+jobs in flight are polled through the job list, so `list` kills of a first run land in
+polling).
 The emulator journal calls its listeners on the server thread just before an answer goes
 out, so with `delay=0` the run dies with the request served but its answer unseen (a submit
 has created and billed its job; a download has its temp file open). With `delay > 0` a
@@ -79,8 +81,9 @@ aspect_ratio = "16:9"
 duration = 5
 """
 RENDERS = 7
-# Every run of CRASH_MANIFEST sends at least 7 submits, 7 polls, 7 downloads and 1 upload.
-MIN_REQUESTS = 22
+# Every run of CRASH_MANIFEST sends at least 7 submits, 6 reads of the job list (polling
+# every job in flight at once), 7 downloads and 1 upload.
+MIN_REQUESTS = 21
 MAX_RERUNS = 6
 RUN_ARGS = ("--jobs", "3")
 RESUME_ARGS = ("--jobs", "3", "--resubmit-uncertain")
@@ -120,6 +123,7 @@ class Kill:
 
     point: KillPoint
     entry_class: str  # class of the request that triggered it
+    first_run: bool  # in the first run (job-list reads poll), or a rerun (they adopt first)
     lock_error: str | None  # a lockfile that would not load
     states: dict[str, str]  # render id → lockfile state right after the kill
     unsent_submits: int  # renders left `submitting` whose POST never reached the server
@@ -137,7 +141,7 @@ class Kill:
             "submit": "between POST and answer",
             "poll": "polling",
             "download": "download",
-            "list": "job-list adoption",
+            "list": "polling" if self.first_run else "job-list adoption",
         }.get(self.entry_class, self.entry_class)
 
     @property
@@ -208,12 +212,12 @@ def scenarios(seed: int) -> list[Scenario]:
     # Submits whose answer is lost (the job exists), downloads mid-transfer, polls, the upload.
     points += [Scenario(KillPoint(k, "submit")) for k in sorted(rng.sample(range(1, 8), 6))]
     points += [Scenario(KillPoint(k, "download")) for k in sorted(rng.sample(range(1, 8), 4))]
-    points += [Scenario(KillPoint(k, "poll")) for k in sorted(rng.sample(range(1, 8), 3))]
+    points += [Scenario(KillPoint(k, "list")) for k in sorted(rng.sample(range(1, 7), 3))]
     points.append(Scenario(KillPoint(1, "upload")))
     # After an answer arrived: in the lockfile commit or the download that follows it.
-    for on in ("upload", "submit", "submit", "poll", "download"):
+    for on in ("upload", "submit", "submit", "list", "download"):
         delay = round(rng.uniform(0.001, 0.02), 4)
-        points.append(Scenario(KillPoint(1 if on == "upload" else rng.randint(1, 7), on, delay)))
+        points.append(Scenario(KillPoint(1 if on == "upload" else rng.randint(1, 6), on, delay)))
     # Crash during resume: lose a submit's answer, then kill the rerun that settles it.
     for resume in (
         KillPoint(1, "list"),
@@ -340,11 +344,13 @@ def _run_and_kill(
             killer.timer.join()
     if killer is not None and killer.entry is not None and proc.returncode == -signal.SIGKILL:
         killer.dead.wait(10)
-        return _inspect_kill(project, killer.point, killer.entry)
+        return _inspect_kill(project, killer.point, killer.entry, first_run=args == RUN_ARGS)
     return proc.returncode, stderr
 
 
-def _inspect_kill(project: Project, point: KillPoint, entry: JournalEntry) -> Kill:
+def _inspect_kill(
+    project: Project, point: KillPoint, entry: JournalEntry, *, first_run: bool
+) -> Kill:
     lock_error: str | None = None
     states: dict[str, str] = {}
     unsent = 0
@@ -361,6 +367,7 @@ def _inspect_kill(project: Project, point: KillPoint, entry: JournalEntry) -> Ki
     return Kill(
         point=point,
         entry_class=classify(entry.method, entry.path),
+        first_run=first_run,
         lock_error=lock_error,
         unsent_submits=unsent,
         states=states,
