@@ -101,7 +101,8 @@ def listed_project(root: Path, renders: int) -> tuple[Path, Callable[[], None]]:
         path.write_text(("" if path.parent.name == "shots" else HEAD) + "\n".join(shots))
     manifest = root / "big.toml"
     if renders > PER_FILE:
-        manifest.write_text(HEAD + 'include = ["shots/*.toml"]\n')
+        top = 'output_dir = "renders"\ninclude = ["shots/*.toml"]\n'
+        manifest.write_text(HEAD.replace('output_dir = "renders"\n', top))
     edited = files[len(files) // 2]
     target = f"shot {len(files) // 2 * per_file + per_file // 2} on a misty ridge"
 
