@@ -78,9 +78,10 @@ class Look:
 class JobFinder:
     """Finds, in the API's job list, the job an unanswered submission created."""
 
-    def __init__(self, client: JobLister, writer: LockWriter) -> None:
+    def __init__(self, client: JobLister, writer: LockWriter, *, scope: str = "") -> None:
         self.client = client
         self.writer = writer
+        self.scope = scope  # the upload scope of this run's API and account
         self._claimed = writer.job_ids() | _charged_jobs(writer)
         self._pages = _Pages(client)
         self._lock = anyio.Lock()
@@ -111,7 +112,7 @@ class JobFinder:
         """What was POSTed for an entry: its request with local assets as upload paths."""
         paths = {}
         for key, sha256 in entry.assets.items():
-            upload = self.writer.upload(sha256)
+            upload = self.writer.any_upload(sha256, prefer=self.scope)
             if upload is not None:
                 paths[key] = upload.path
         return kling_o3.with_media(entry.request, paths)

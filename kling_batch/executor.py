@@ -107,7 +107,7 @@ class Executor:
         self.stop_submitting = anyio.Event()
         self._slots = anyio.CapacityLimiter(self.options.jobs)
         self._uploads = Uploads(client, writer, self.clock)
-        self._finder = JobFinder(client, writer)
+        self._finder = JobFinder(client, writer, scope=self._uploads.scope)
         self._downloads = Downloads(client, self.state, writer.path)
         self._submitter = Submitter(
             client,
@@ -239,7 +239,8 @@ class Executor:
                 return _outcome(item, "failed", str(exc))
             if self.stop_submitting.is_set():
                 return _outcome(item, "skipped", "not submitted")
-            entry = await self._submitter.submit(render, previous, body)
+            rewire = partial(self._uploads.rewire, render.body, render.assets)
+            entry = await self._submitter.submit(render, previous, body, rewire=rewire)
             if entry is None:
                 return _outcome(item, "skipped", "not submitted")
             if entry.state != "submitted":

@@ -144,7 +144,8 @@ class Entry(BaseModel):
 
 
 class UploadedAsset(BaseModel):
-    """A local file already uploaded: its `bunny://` path, reused while the content matches."""
+    """A local file already uploaded: its `bunny://` path, reused while the content matches
+    (and while the API still knows the path: one it refuses is uploaded again)."""
 
     model_config = _MODEL
 
@@ -164,7 +165,9 @@ class Lockfile(BaseModel):
     # (`https://api.empiriolabs.ai`). Set by the first run; a run against another refuses.
     api: str | None = None
     shots: dict[str, Entry] = Field(default_factory=dict)
-    uploads: dict[str, UploadedAsset] = Field(default_factory=dict)
+    # Upload paths belong to one API and account: scope (`upload_scope`) → content hash →
+    # upload. Another account, or another emulator, uploads again.
+    uploads: dict[str, dict[str, UploadedAsset]] = Field(default_factory=dict)
 
     def dumps(self) -> str:
         """Deterministic TOML: the same content always gives the same bytes."""
@@ -173,7 +176,8 @@ class Lockfile(BaseModel):
     def copy_tables(self) -> Lockfile:
         """A copy whose tables can change without touching this one (entries are shared:
         they are replaced, never changed in place)."""
-        return self.model_copy(update={"shots": dict(self.shots), "uploads": dict(self.uploads)})
+        uploads = {scope: dict(table) for scope, table in self.uploads.items()}
+        return self.model_copy(update={"shots": dict(self.shots), "uploads": uploads})
 
     def finished(self) -> Iterator[tuple[Entry | None, PastRender]]:
         """Every finished render on record: each done entry (with itself), then its history."""
@@ -457,9 +461,16 @@ class LockWriter:
         """Every job id on record."""
         return {entry.job_id for entry in self.lock.shots.values() if entry.job_id}
 
-    def upload(self, sha256: str) -> UploadedAsset | None:
-        """The recorded upload of a file's content, if any."""
-        return self.lock.uploads.get(sha256)
+    def upload(self, scope: str, sha256: str) -> UploadedAsset | None:
+        """The recorded upload of a file's content to the API and account of `scope`."""
+        return self.lock.uploads.get(scope, {}).get(sha256)
+
+    def any_upload(self, sha256: str, prefer: str) -> UploadedAsset | None:
+        """An upload of a file's content: in scope `prefer` if there is one, else any."""
+        found = self.upload(prefer, sha256)
+        if found is not None:
+            return found
+        return next((t[sha256] for t in self.lock.uploads.values() if sha256 in t), None)
 
     def past_render(self, fingerprint: str) -> PastRender | None:
         """The first finished render on record with this fingerprint."""
@@ -483,10 +494,15 @@ class LockWriter:
         self._fragments.pop(shot_id, None)
         self._changes += 1
 
-    def add_upload(self, sha256: str, upload: UploadedAsset) -> None:
+    def add_upload(self, scope: str, sha256: str, upload: UploadedAsset) -> None:
         """Remember an uploaded asset (saved by the next commit)."""
-        self.lock.uploads[sha256] = upload
+        self.lock.uploads.setdefault(scope, {})[sha256] = upload
         self._changes += 1
+
+    def drop_upload(self, scope: str, sha256: str) -> None:
+        """Forget an upload the API no longer knows (saved by the next commit)."""
+        if self.lock.uploads.get(scope, {}).pop(sha256, None) is not None:
+            self._changes += 1
 
     async def commit(self) -> None:
         """Save unless a save already holds every change so far; shielded from cancellation."""
@@ -521,11 +537,12 @@ def _compose(lock: Lockfile, entry_toml: Callable[[str, Entry], str]) -> str:
     head = {"api": lock.api, "model": lock.model, "version": lock.version}
     parts = [HEADER + tomli_w.dumps({k: v for k, v in head.items() if v is not None})]
     parts.extend(entry_toml(shot_id, lock.shots[shot_id]) for shot_id in sorted(lock.shots))
-    if lock.uploads:
-        uploads = {
-            key: lock.uploads[key].model_dump(mode="python", exclude_none=True)
-            for key in sorted(lock.uploads)
-        }
+    uploads = {
+        scope: {sha: asset.model_dump(mode="python", exclude_none=True) for sha, asset in t.items()}
+        for scope, t in lock.uploads.items()
+        if t
+    }
+    if uploads:
         parts.append(tomli_w.dumps(_sorted({"uploads": uploads})))
     return "\n".join(parts)
 

@@ -12,7 +12,9 @@ fingerprint are recomputed from the recorded request, its assets' hashes and its
 so a render that was done stays done. Fingerprints in an entry's history cannot be
 recomputed (their requests were not recorded); where the wire form did not change they
 still match. Entries now list every submission (`submissions`): a v1 entry's one known
-submission (its job, estimate and bill) becomes the first.
+submission (its job, estimate and bill) becomes the first. Uploads are kept per API and
+account (`[uploads."<scope>"."<sha256>"]`); v1's unscoped ones go under `unscoped`, where
+they still help match an uncertain submission in the job list but are never reused.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ def migrate(data: dict[str, Any], current: int) -> dict[str, Any]:
 
 
 def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    uploads = data.get("uploads")
+    if isinstance(uploads, dict) and uploads:
+        data["uploads"] = {"unscoped": uploads}
     shots = data.get("shots")
     if isinstance(shots, dict):
         for entry in shots.values():

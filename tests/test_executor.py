@@ -38,6 +38,7 @@ class FakeApi:
 
     def __init__(self) -> None:
         self.clock = ScaledClock(1e-5)
+        self.upload_scope = "fake-account"
         self.submits: list[Mapping[str, Any]] = []
         self.polls = 0
         self.downloads = 0

@@ -51,7 +51,9 @@ def sample_lock(order: list[int]) -> Lockfile:
     for n in order:
         lock.shots[f"shot-{n}"] = sample_entry(n)
     for n in order:
-        lock.uploads[f"sha256:{n:064x}"] = UploadedAsset(path=f"bunny://u/{n}.png", size=n)
+        lock.uploads.setdefault("acct", {})[f"sha256:{n:064x}"] = UploadedAsset(
+            path=f"bunny://u/{n}.png", size=n
+        )
     return lock
 
 
