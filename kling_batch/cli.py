@@ -300,6 +300,19 @@ def status(manifest: Path, fmt: str, emulator: bool) -> None:
 @cli.command()
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.option("--emulator", is_flag=True, help="Read the emulator's lockfile instead.")
+def spend(manifest: Path, fmt: str, emulator: bool) -> None:
+    """Show billed and estimated spend per render, shot, tag and day (no network)."""
+    from kling_batch.spend import spend_command
+
+    sys.exit(spend_command(manifest, fmt=fmt, emulator=emulator))
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
     "--only",
     multiple=True,
     metavar="GLOB",
