@@ -278,7 +278,7 @@ def render_spend(report: SpendReport, console: Console) -> None:
         console.print(f"No submissions recorded in {report.lock_file.name}.")
         return
     for line in summary_lines(report):
-        console.print(line)
+        console.print(line, soft_wrap=True)  # whole lines: a log is grepped for totals
     console.print()
     console.print(_submissions_table(report))
     for title, keys in (

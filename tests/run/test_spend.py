@@ -54,7 +54,7 @@ def spend(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "kling_batch", "spend", str(project.manifest), *args],
         capture_output=True,
         text=True,
-        env=project.env(),
+        env=project.env({"COLUMNS": "200"}),  # tables as wide as their rows
         check=False,
         timeout=60,
     )
