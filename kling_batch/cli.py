@@ -312,6 +312,18 @@ def spend(manifest: Path, fmt: str, emulator: bool) -> None:
 
 @cli.command()
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--emulator", is_flag=True, help="Clean up after the emulator's renders instead.")
+@click.option("--yes", "-y", is_flag=True, help="Remove what is listed (else only list it).")
+def gc(manifest: Path, emulator: bool, yes: bool) -> None:
+    """List orphaned outputs, settled orphaned lockfile entries and unreferenced cache files;
+    remove them with --yes."""
+    from kling_batch.gc import gc_command
+
+    sys.exit(gc_command(manifest, emulator=emulator, remove=yes))
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
     "--only",
     multiple=True,
