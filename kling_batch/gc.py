@@ -182,6 +182,13 @@ def _run_locks(manifest: Path, *, emulator: bool) -> Iterator[None]:
 
 def find_garbage(project: Project) -> Garbage:
     """What nothing needs any more (see the module docstring); reads, never writes."""
+    try:
+        return _find_garbage(project)
+    except OSError as exc:
+        raise RunError(f"cannot read {exc.filename or 'a file'}: {exc.strerror or exc}") from None
+
+
+def _find_garbage(project: Project) -> Garbage:
     garbage = Garbage()
     _orphaned_entries(project, garbage)
     remaining = project.entries(without=garbage.entries)
@@ -264,7 +271,7 @@ def _holds(path: Path, sha256: str) -> bool:
 def _index_files(state: StateDir) -> Iterator[tuple[Found, str | None]]:
     """Every cache-index file with the render it names (None: unreadable, or a temp file)."""
     folder = state.cache_index
-    if not folder.is_dir():
+    if folder.is_symlink() or not folder.is_dir():
         return
     for lock_dir in sorted(folder.iterdir()):
         if lock_dir.is_symlink() or not lock_dir.is_dir():
@@ -287,8 +294,13 @@ def _unreferenced_cache(state: StateDir, referenced: set[str]) -> Iterator[Found
 
 def _regular_files(folder: Path) -> Iterator[tuple[Path, int]]:
     """(path, size) of each regular file directly in `folder` (no symlinks), sorted."""
+    if folder.is_symlink():
+        return  # a folder kling-batch made is never a link: not ours to empty
     for path in sorted(folder.iterdir()):
-        info = path.lstat()
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            continue  # removed meanwhile (a run finishing a temp file)
         if stat.S_ISREG(info.st_mode):
             yield path, info.st_size
 
@@ -315,13 +327,16 @@ def _orphaned_outputs(
         shown = path.relative_to(project.root).as_posix()
         if shown.casefold() in recorded or path.resolve() in project.inventory.inputs:
             continue
-        sha256 = sha256_file(path)
+        try:
+            sha256, size = sha256_file(path), path.stat().st_size
+        except FileNotFoundError:
+            continue
         if sha256 in inputs:
             continue  # an input of a render on record
         if sha256 in referenced and not _holds(project.state.cached_render(sha256), sha256):
             kept.append(f"{shown}: the only copy of a render on record (the render cache has none)")
             continue
-        found.append(Found(path, shown, path.stat().st_size))
+        found.append(Found(path, shown, size))
     return found
 
 

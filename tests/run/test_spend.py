@@ -194,3 +194,19 @@ def test_spend_refuses_a_damaged_lockfile(make_project: Callable[..., Project]) 
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: ") and "shots.lock" in line
+
+
+def test_spend_reads_the_emulator_lockfile_with_emulator(
+    make_project: Callable[..., Project],
+) -> None:
+    """`--emulator` reads `<stem>.emulator.lock`; without it, spend says where renders are."""
+    project = make_project(MANIFEST)
+    assert project.run().returncode == 0
+    project.lock.rename(project.root / "shots.emulator.lock")
+    plain = spend(project)
+    assert plain.returncode == 0
+    assert "No submissions recorded in shots.lock." in plain.stdout
+    assert "--emulator" in plain.stderr
+    data = json.loads(spend(project, "--emulator", "--format", "json").stdout)
+    assert data["lockfile"] == "shots.emulator.lock"
+    assert money(data["totals"]["billed_usd"]) == BAY + NIGHT + FOG
