@@ -225,3 +225,15 @@ def test_gc_says_when_there_is_nothing_to_clean_up(make_project: Callable[..., P
     assert result.returncode == 0, result.stderr
     assert "Nothing to clean up for shots.toml." in result.stdout
     assert files(project.root) == before
+
+
+def test_gc_leaves_a_disabled_shot_alone(make_project: Callable[..., Project]) -> None:
+    """A shot turned off with `enabled = false` is still in the manifest: not an orphan."""
+    project = make_project(manifest("dawn", "night"))
+    assert project.run().returncode == 0
+    project.edit('id = "night"', 'id = "night"\nenabled = false')
+    before = files(project.root)
+    result = gc(project, "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "Nothing to clean up for shots.toml." in result.stdout
+    assert files(project.root) == before
