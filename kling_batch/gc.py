@@ -6,7 +6,8 @@ Three kinds, each with its size:
   `output_dir` that no kling-batch lockfile in the manifest's folder records as an output.
   Left alone: the review gallery's folder `<output_dir>/review/` (`review` rewrites it),
   hidden files (a run's temp files), the manifest's own inputs and any file a lockfile
-  records as an input; and nothing is looked for when `output_dir` is the manifest's folder;
+  records as an input; and nothing is looked for when `output_dir` is the manifest's folder
+  or the manifest has no lockfile (a lost lockfile must not turn every render into garbage);
 - lockfile entries of renders no longer in the manifest whose jobs are settled (`done` or
   `failed`); one whose job may still be paid for is left for `run` to follow to its end;
 - render-cache files nothing refers to (no entry, no entry's history, no cache-index file
@@ -320,6 +321,13 @@ def _orphaned_outputs(
             "not look there for orphaned outputs"
         )
         return []
+    if not project.lock_file.exists():
+        if base.is_dir():
+            kept.append(
+                f"no {project.lock_file.name} beside the manifest: with no record of its "
+                "renders, gc treats no output as orphaned"
+            )
+        return []
     recorded = {entry.output.casefold() for entry in entries}
     inputs = {sha for entry in project.entries() for sha in entry.assets.values()}
     found = []
@@ -425,7 +433,9 @@ def report(project: Project, garbage: Garbage, console: Console, *, removing: bo
         )
         for key in garbage.entries:
             _print(console, f"  {key} ({project.lock.shots[key].state})")
-        _print(console, "  " + _spend_note(project.lock.shots[key] for key in garbage.entries))
+        note = _spend_note(project.lock.shots[key] for key in garbage.entries)
+        if note is not None:
+            _print(console, f"  {note}")
     _section(console, "render-cache files nothing refers to", garbage.cache)
     _section(console, "cache-index files whose render is gone", garbage.index)
     for line in garbage.kept:
@@ -449,9 +459,11 @@ def _section(console: Console, title: str, found: list[Found]) -> None:
         _print(console, f"  {item.shown}  {size_text(item.size)}")
 
 
-def _spend_note(entries: Iterable[Entry]) -> str:
-    """How much recorded spend leaves `kling-batch spend` with these entries."""
+def _spend_note(entries: Iterable[Entry]) -> str | None:
+    """How much recorded spend leaves `kling-batch spend` with these entries, if any."""
     charges = [charge for entry in entries for charge in entry.submissions]
+    if not charges:
+        return None
     billed = sum(
         (round_cost(c.billed_usd) for c in charges if c.billed_usd is not None), Decimal(0)
     )

@@ -237,3 +237,17 @@ def test_gc_leaves_a_disabled_shot_alone(make_project: Callable[..., Project]) -
     assert result.returncode == 0, result.stderr
     assert "Nothing to clean up for shots.toml." in result.stdout
     assert files(project.root) == before
+
+
+def test_gc_treats_no_output_as_orphaned_without_a_lockfile(
+    make_project: Callable[..., Project],
+) -> None:
+    """With the lockfile lost, nothing records the renders: gc removes none of them."""
+    project = make_project(manifest("dawn", "night"))
+    assert project.run().returncode == 0
+    project.lock.unlink()
+    before = files(project.root)
+    result = gc(project, "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "no shots.lock beside the manifest" in result.stdout
+    assert files(project.root) == before
