@@ -128,8 +128,8 @@ def gc_command(manifest: Path, *, emulator: bool, remove: bool) -> int:
     if hint is not None:
         ui.say(hint)
     console = ui.stdout_console()
+    project = read_project(manifest, emulator=emulator)  # bad input stops here, unlocked
     if not remove:
-        project = read_project(manifest, emulator=emulator)
         garbage = find_garbage(project)
         report(project, garbage, console, removing=False)
         if not garbage.empty:
@@ -137,7 +137,7 @@ def gc_command(manifest: Path, *, emulator: bool, remove: bool) -> int:
             _print(console, f"Run `{again}` to remove them.")
         return 0
     with _run_locks(manifest, emulator=emulator):
-        project = read_project(manifest, emulator=emulator)
+        project = read_project(manifest, emulator=emulator)  # again: a run may have ended
         garbage = find_garbage(project)
         report(project, garbage, console, removing=True)
         reclaimed, failures = remove_garbage(project, garbage)
