@@ -300,6 +300,31 @@ def status(manifest: Path, fmt: str, emulator: bool) -> None:
 @cli.command()
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.option("--emulator", is_flag=True, help="Read the emulator's lockfile instead.")
+def spend(manifest: Path, fmt: str, emulator: bool) -> None:
+    """Show billed and estimated spend per render, shot, tag and day (no network)."""
+    from kling_batch.spend import spend_command
+
+    sys.exit(spend_command(manifest, fmt=fmt, emulator=emulator))
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--emulator", is_flag=True, help="Clean up after the emulator's renders instead.")
+@click.option("--yes", "-y", is_flag=True, help="Remove what is listed (else only list it).")
+def gc(manifest: Path, emulator: bool, yes: bool) -> None:
+    """List orphaned outputs, settled orphaned lockfile entries and unreferenced cache files;
+    remove them with --yes."""
+    from kling_batch.gc import gc_command
+
+    sys.exit(gc_command(manifest, emulator=emulator, remove=yes))
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
     "--only",
     multiple=True,
     metavar="GLOB",

@@ -91,6 +91,20 @@ class StateDir:
             return None  # a cache, not a record: a damaged index entry is no entry
         return sha256, int(size)
 
+    @property
+    def cache_index(self) -> Path:
+        """The folder of the render cache's per-lockfile indexes (`cache-index/<lock name>/`)."""
+        return self.path / _INDEX
+
+    def run_locks(self) -> list[Path]:
+        """The lockfiles (beside the manifest) whose run lock file is in the folder: every
+        lockfile a run or a cancel has used here (`gc` holds them all)."""
+        suffix = ".run-lock"
+        if not self.path.is_dir():
+            return []
+        found = self.path.glob(f"*{suffix}")
+        return sorted(self.root / lock.name.removesuffix(suffix) for lock in found)
+
     def _index(self, lock_file: Path, fingerprint: str) -> Path:
         return self.path / _INDEX / lock_file.name / untagged(fingerprint)
 
