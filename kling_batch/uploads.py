@@ -119,7 +119,7 @@ def stale_paths(error: ShotRejected, body: Mapping[str, Any]) -> set[str]:
         return set()
     sent = {p for value in body.values() if isinstance(value, str) for p in _BUNNY.findall(value)}
     named = set(_BUNNY.findall(error.message))
-    if named & sent:
+    if named:  # the message names the paths: only those we sent count
         return named & sent
     param = (error.param or "").partition(".")[0].partition("[")[0]
     value = body.get(param)
