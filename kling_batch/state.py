@@ -25,6 +25,7 @@ the manifest's folder, is refused: a repository must not make kling-batch write 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from kling_batch import safefiles
@@ -109,7 +110,9 @@ class StateDir:
         return self.path / _INDEX / lock_file.name / untagged(fingerprint)
 
     def check(self) -> None:
-        """Refuse a state folder that is a symlink or lies outside the project folder."""
+        """Refuse a state folder that is a symlink or lies outside the project folder, or
+        holds a symlink where kling-batch writes (its own entries, the render cache's
+        and the cache index's folders): a repository must not make it write elsewhere."""
         if self.path.is_symlink():
             raise UserError(
                 f"{NAME} is a symlink; kling-batch keeps its caches and run lock only in a "
@@ -120,6 +123,15 @@ class StateDir:
             raise UserError(
                 f"{NAME} resolves outside the manifest's folder; remove it", file=self.path
             )
+        for folder in (self.path, self.path / _INDEX):
+            for entry in _entries(folder):
+                if entry.is_symlink():
+                    where = Path(entry.path).relative_to(self.root)
+                    raise UserError(
+                        f"{where} is a symlink; kling-batch writes only real files and "
+                        f"folders inside {NAME} (remove the link)",
+                        file=where,
+                    )
 
     def ensure(self, *, create: bool = True) -> None:
         """Make the folder (if asked) and its `.gitignore`; raises OSError if it cannot."""
@@ -143,3 +155,12 @@ class StateDir:
                 "lock and render cache: run from a writable checkout",
                 file=self.path,
             ) from None
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    """A folder's entries (none when it does not exist or is not a folder)."""
+    try:
+        with os.scandir(folder) as found:
+            return list(found)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
