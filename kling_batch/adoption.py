@@ -15,7 +15,6 @@ complete look, `--resubmit-uncertain=blind` after any look.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -23,7 +22,6 @@ from typing import Any, Literal, Protocol
 import anyio
 
 from kling_batch import kling_o3
-from kling_batch.canonical import canonical_json
 from kling_batch.clock import Clock
 from kling_batch.errors import ApiError, RunFatal
 from kling_batch.joblist import JobPage, NextPage
@@ -109,7 +107,9 @@ class JobFinder:
             return Look(gap=short or self._unlisted(sent))
 
     def sent_body(self, entry: Entry) -> dict[str, Any]:
-        """What was POSTed for an entry: its request with local assets as upload paths."""
+        """What an entry's POST most likely carried, for a submission that did not record
+        its digest (older lockfiles): its request with local assets as the upload paths
+        on record (this run's account first)."""
         paths = {}
         for key, sha256 in entry.assets.items():
             upload = self.writer.any_upload(sha256, prefer=self.scope)
@@ -118,9 +118,11 @@ class JobFinder:
         return kling_o3.with_media(entry.request, paths)
 
     def _match(self, entry: Entry, since: datetime | None) -> tuple[JobState | None, int]:
-        """The first unclaimed job since `since` with the entry's request, and how many
-        such jobs the list shows without their request (any of them may be the one)."""
-        wanted = canonical_json(self.sent_body(entry))
+        """The first unclaimed job since `since` with the entry's request as sent, and how
+        many such jobs the list shows without their request (any of them may be the one)."""
+        charge = entry.unanswered()
+        wanted = charge.sent if charge is not None and charge.sent else None
+        wanted = wanted or kling_o3.sent_digest(self.sent_body(entry))
         opaque = 0
         for job in self._pages.jobs:
             if job.job_id in self._claimed or job.status == "failed":
@@ -129,7 +131,7 @@ class JobFinder:
                 continue
             if job.request is None:
                 opaque += 1
-            elif comparable(job.request) == wanted:
+            elif kling_o3.sent_digest(job.request) == wanted:
                 return job, opaque
         return None, opaque
 
@@ -230,14 +232,6 @@ def unsettled_detail(entry: Entry, look: Look, mode: Resubmit) -> str:
     if mode == "look":
         return f"not sent again: {look.gap}; {check}"
     return f"{said}; {look.gap}; {check}"
-
-
-def comparable(request: Mapping[str, Any]) -> str:
-    """Canonical text of a listed job's request; list fields compared comma-joined."""
-    normal = {
-        key: ",".join(value) if isinstance(value, list) else value for key, value in request.items()
-    }
-    return canonical_json(normal)
 
 
 def _charged_jobs(writer: LockWriter) -> set[str]:

@@ -86,6 +86,9 @@ class Charge(BaseModel):
     cost_usd: Decimal
     job_id: str | None = None
     billed_usd: Decimal | None = None
+    # `sha256:` of the body exactly as POSTed (upload paths and all; `kling_o3.sent_digest`):
+    # what an unanswered submission is looked up by in the API's job list.
+    sent: str | None = None
 
 
 class Entry(BaseModel):
@@ -117,6 +120,10 @@ class Entry(BaseModel):
     history: list[PastRender] = Field(default_factory=list)
     # Every submission ever made under this id, oldest first: nothing paid is forgotten.
     submissions: list[Charge] = Field(default_factory=list)
+
+    def unanswered(self) -> Charge | None:
+        """The newest submission still waiting for its job id (an uncertain one), if any."""
+        return next((c for c in reversed(self.submissions) if c.job_id is None), None)
 
     def charged(self, job_id: str | None, **fields: Any) -> list[Charge]:
         """`submissions` with one charge changed: the one of `job_id`, else the newest

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.lowlevel
 
+from kling_batch import kling_o3
 from kling_batch.clock import Clock
 from kling_batch.errors import (
     AmbiguousSubmit,
@@ -84,7 +85,7 @@ class Submitter:
         sent once more with the body `rewire` makes after uploading again (a refused
         request is not billed).
         """
-        if not await self._save_submitting(render, previous):
+        if not await self._save_submitting(render, previous, body):
             return None
         self.events.event(render.id, "submitting")
         try:
@@ -114,11 +115,22 @@ class Submitter:
         self.writer.set(render.id, entry)
         await self.writer.commit()
 
-    async def _save_submitting(self, render: PlannedRender, previous: Entry | None) -> bool:
-        """Save `submitting` before the POST; False (record put back) if stopped meanwhile."""
+    async def _save_submitting(
+        self, render: PlannedRender, previous: Entry | None, body: dict[str, Any]
+    ) -> bool:
+        """Save `submitting` before the POST; False (record put back) if stopped meanwhile.
+
+        The charge records the digest of the exact body: if the answer is lost, that is
+        what the API's job list is searched for.
+        """
         now = self.clock.now()
         kept = inherited(previous)
-        charge = Charge(fingerprint=render.fingerprint, submitted_at=now, cost_usd=render.cost)
+        charge = Charge(
+            fingerprint=render.fingerprint,
+            submitted_at=now,
+            cost_usd=render.cost,
+            sent=kling_o3.sent_digest(body),
+        )
         entry = new_entry(
             render,
             "submitting",
@@ -197,6 +209,12 @@ class Submitter:
             return self._refused(render, str(exc))
         if body is None:
             return None
+        entry = self.writer.get(render.id)
+        assert entry is not None
+        self.writer.update(
+            render.id, submissions=entry.charged(None, sent=kling_o3.sent_digest(body))
+        )
+        await self.writer.commit()  # the digest of the body about to go out, first
         self.events.event(render.id, "submitting", "inputs uploaded again (paths expired)")
         return await self._post(render, body)
 

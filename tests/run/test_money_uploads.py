@@ -76,3 +76,37 @@ def test_an_expired_upload_path_is_uploaded_again_and_billed_once(
     (scope,) = lock.uploads.values()
     (upload,) = scope.values()
     assert upload.path == project.served.emulator.jobs.requests()[-1]["image"]
+
+
+TWO_STILLS = (
+    STILL
+    + """
+[[shots]]
+id = "other"
+prompt = "The harbour at noon"
+image = "still.png"
+model_tier = "standard"
+"""
+)
+
+
+def test_an_unanswered_submission_is_found_by_the_body_it_sent(
+    make_project: Callable[..., Project],
+) -> None:
+    """Its upload path expired and was replaced since: the look still finds its job by
+    what was sent, so `--resubmit-uncertain` adopts it instead of paying again."""
+    # The list fails all through the second run (six attempts at its first page), so the
+    # look is made only in the third.
+    faults = ("ambiguous=first1,on=submit", "5xx=first6,on=list")  # 6: one look, retried
+    project = make_project(TWO_STILLS, faults=faults, upload_ttl_seconds=600.0)
+    assert project.run("--only", "still").returncode == 1  # answer lost: uncertain
+    assert load_lockfile(project.lock).shots["still"].state == "uncertain"
+    project.served.emulator.advance(700)  # the upload path expires; the job is still listed
+    project.run("--only", "other")  # uploads the image again; still's look cannot be made
+    assert load_lockfile(project.lock).shots["other"].state == "done"
+    assert load_lockfile(project.lock).shots["still"].state == "uncertain"
+    result = project.run("--only", "still", "--resubmit-uncertain")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(project.served.emulator.jobs.requests()) == 2  # one job per render
+    lock = load_lockfile(project.lock)
+    assert project.served.emulator.ledger.total == sum(e.cost_usd for e in lock.shots.values())
