@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -46,26 +46,31 @@ class Differ:
         root: Path,
         state: StateDir,
         ids: Collection[str] = (),
+        renders: Sequence[PlannedRender] = (),
+        forced: Collection[str] = (),
     ) -> None:
         self.root = root
         self.lock = lock
         self.files = files
         self.state = state
         self.now = now
+        self.forced = frozenset(forced)
+        self.ids = frozenset(ids)
         self._paid: dict[str, PlannedRender] = {}
         self._known: dict[str, list[tuple[Entry | None, PastRender]]] = {}
         for entry, past in lock.finished():
             self._known.setdefault(past.fingerprint, []).append((entry, past))
-        # Entries of ids no longer in the manifest whose job may be paid for, by request.
-        self._strays: dict[str, list[str]] = {}
-        for key, entry in sorted(lock.shots.items()):
-            if key not in ids and entry.state in UNSETTLED:
-                self._strays.setdefault(entry.fingerprint, []).append(key)
-        self.adopted: dict[str, str] = {}  # stray id → the render that takes its job over
+        self._takes = takeovers(lock, renders, self.forced)  # render id → entry id
+        self.adopted = {key: render for render, key in self._takes.items()}  # and back
+        self._strays = [
+            key
+            for key, entry in sorted(lock.shots.items())
+            if key not in ids and entry.state in UNSETTLED and key not in self.adopted
+        ]
 
-    def item(self, render: PlannedRender, forced: bool) -> PlanItem:
+    def item(self, render: PlannedRender) -> PlanItem:
         """The action for one render; a second paid render of one fingerprint copies the first."""
-        decided = self._decide(render, forced)
+        decided = self._decide(render, render.id in self.forced)
         if decided.adopt is not None:  # later renders of this request copy the adopter
             self._paid.setdefault(render.fingerprint, render)
             return decided
@@ -80,36 +85,35 @@ class Differ:
 
     def strays(self) -> list[str]:
         """Stray ids (not in the manifest, job maybe paid for) no render took over."""
-        return sorted(key for keys in self._strays.values() for key in keys)
+        return list(self._strays)
 
-    def _adopt(self, render: PlannedRender, entry: Entry | None) -> PlanItem | None:
-        """Take over the in-flight job of a stray entry with this exact request: a renamed
-        shot, a take renumbered, an output moved. Paying again would pay twice."""
-        own = entry is not None and entry.fingerprint == render.fingerprint
-        if own and entry is not None and entry.state != "failed":
-            return None  # its own record already covers this request
-        strays = self._strays.get(render.fingerprint)
-        if not strays:
-            return None
-        key = strays.pop(0)
-        self.adopted[key] = render.id
+    def _adopt(self, render: PlannedRender, key: str) -> PlanItem:
+        """Take over entry `key`'s job in flight: the same request under another id."""
         stray = self.lock.shots[key]
+        shot = "shot" if key in self.ids else "renamed shot"
         if stray.state in ("submitted", "completed"):
             phase = "in flight" if stray.state == "submitted" else "done, download pending"
-            reason = f"job of renamed shot {key}, {phase}: no new cost"
+            reason = f"job of {shot} {key}, {phase}: no new cost"
             return PlanItem(render, "resume", (reason,), adopt=key)
         reason = (
-            f"submission of renamed shot {key} may have reached the API: looked up in the "
-            "job list, no new cost"
+            f"submission of {shot} {key} may have reached the API: looked up in the job "
+            "list, no new cost"
         )
         return PlanItem(render, "uncertain", (reason,), adopt=key)
 
     def _decide(self, render: PlannedRender, forced: bool) -> PlanItem:
+        key = self._takes.get(render.id)
+        if key is not None:
+            return self._adopt(render, key)
         entry = self.lock.shots.get(render.id)
-        if not forced and (entry is None or entry.state not in UNSETTLED):
-            adopted = self._adopt(render, entry)
-            if adopted is not None:
-                return adopted
+        if entry is not None and render.id in self.adopted:
+            # Its job, for the request it had before, goes to the render now asking for it.
+            item = self._decide_from(render, None, forced)
+            note = f"its job in flight (for its earlier request) goes to {self.adopted[render.id]}"
+            return replace(item, reasons=(*item.reasons, note))
+        return self._decide_from(render, entry, forced)
+
+    def _decide_from(self, render: PlannedRender, entry: Entry | None, forced: bool) -> PlanItem:
         if entry is not None and entry.state in UNSETTLED:
             # A job that may be paid for is followed to its end before anything replaces
             # its entry (not even --force): replacing it would lose the job id.
@@ -260,3 +264,46 @@ def change_reasons(entry: Entry, render: PlannedRender) -> list[str]:
 def _short(value: Any) -> str:
     text = str(plain_numbers(value))
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def takeovers(
+    lock: Lockfile, renders: Sequence[PlannedRender], forced: Collection[str]
+) -> dict[str, str]:
+    """Which render takes over which entry's job in flight (render id → entry id).
+
+    An unsettled entry whose request no render of its own id still asks for (a renamed
+    shot, a take renumbered, an output moved, an id reused for another request) goes to the
+    first render asking for exactly that request that has no job of its own to follow and
+    was not forced: paying again for the same request would pay twice.
+    """
+    current = {render.id: render.fingerprint for render in renders}
+    takes: dict[str, str] = {}
+    for key, entry in sorted(lock.shots.items()):
+        if entry.state not in UNSETTLED or current.get(key) == entry.fingerprint:
+            continue  # settled, or followed by its own render
+        for render in renders:
+            if render.fingerprint == entry.fingerprint and _free_to_adopt(
+                render, key, lock, takes, forced
+            ):
+                takes[render.id] = key
+                break
+    return takes
+
+
+def _free_to_adopt(
+    render: PlannedRender,
+    key: str,
+    lock: Lockfile,
+    takes: Mapping[str, str],
+    forced: Collection[str],
+) -> bool:
+    """True when `render` can take over entry `key`'s job: it has none of its own to
+    follow (nor a finished render of this request), adopts nothing else, was not forced."""
+    if render.id == key or render.id in takes or render.id in forced:
+        return False
+    own = lock.shots.get(render.id)
+    if own is None:
+        return True
+    if own.state in UNSETTLED:
+        return False  # it follows its own job first
+    return own.fingerprint != render.fingerprint or own.state == "failed"

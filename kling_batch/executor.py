@@ -130,6 +130,7 @@ class Executor:
         self.state.ensure()
         await self._downloads.detach_cache()
         self._downloads.urls.absorb(self.writer)
+        await self._take_over(items)
         try:
             async with anyio.create_task_group() as group:
                 for item in longest_first(items):
@@ -189,8 +190,6 @@ class Executor:
             return _outcome(item, "done", "unchanged")
         if action == "restore":
             return await self._restore(item)
-        if item.adopt is not None:
-            await self._take_over(item)
         entry = self.writer.get(item.render.id)
         if action == "resume" and entry is not None:
             return await self._follow(item, entry)
@@ -200,18 +199,21 @@ class Executor:
             return await self._render(item, entry)
         return _outcome(item, "skipped", f"nothing to do for {action}")
 
-    async def _take_over(self, item: PlanItem) -> None:
-        """Move a stray entry (its shot renamed, its take renumbered) under this render's
-        id, in one save: the job always has exactly one owner on record."""
-        assert item.adopt is not None
-        render, stray = item.render, self.writer.get(item.adopt)
-        if stray is None:
-            return
-        self.writer.set(render.id, adopted_entry(stray, self.writer.get(render.id), render))
-        self.writer.remove(item.adopt)
+    async def _take_over(self, items: Sequence[PlanItem]) -> None:
+        """Move every entry whose job another render takes over (a renamed shot, a take
+        renumbered, an id reused for another request) under that render's id, in one save
+        before any render starts: a job always has exactly one owner on record."""
+        moves = [item for item in items if item.adopt is not None]
+        for item in moves:
+            assert item.adopt is not None
+            render, stray = item.render, self.writer.get(item.adopt)
+            if stray is None:
+                continue
+            self.writer.set(render.id, adopted_entry(stray, self.writer.get(render.id), render))
+            self.writer.remove(item.adopt)  # never another's target: only free ids adopt
         await self.writer.commit()
-        job = stray.job_id or "its unanswered submission"
-        self.events.event(render.id, "adopted", f"{job} of {item.adopt}")
+        for item in moves:
+            self.events.event(item.render.id, "adopted", f"the job of {item.adopt}")
 
     async def _record(
         self, item: PlanItem, outcome: OutcomeState, detail: str, **fields: Any

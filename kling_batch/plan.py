@@ -151,8 +151,18 @@ def build_plan(
     # Then the decisions, from those facts, the lockfile, the files' hashes and `now`.
     ids = {spec.id for spec in specs}
     files = _ProjectFiles(store, lock_file)
-    differ = Differ(lock, files, now, root=loaded.root, state=store.state, ids=ids)
-    items = [differ.item(r, matches_any(r.id, r.tags, force)) for r in renders]
+    forced = {r.id for r in renders if matches_any(r.id, r.tags, force)}
+    differ = Differ(
+        lock,
+        files,
+        now,
+        root=loaded.root,
+        state=store.state,
+        ids=ids,
+        renders=renders,
+        forced=forced,
+    )
+    items = [differ.item(r) for r in renders]
     orphans = _orphans(lock, ids, adopted=differ.adopted)
     followups = [stray_item(key, lock.shots[key]) for key in differ.strays()]
     # Written last, so a manifest error above leaves nothing behind. Neither is needed:

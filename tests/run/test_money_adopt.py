@@ -119,3 +119,24 @@ def test_a_lost_lockfile_restores_renders_the_cache_holds(
     assert project.run().returncode == 0
     assert project.submissions() == 1
     assert (project.root / "renders" / "hero.mp4").is_file()
+
+
+def test_an_id_reused_while_its_job_is_in_flight_pays_each_request_once(
+    make_project: Callable[..., Project],
+) -> None:
+    """`hero` renamed `hero-wide` mid-flight and a new `hero` added with another prompt: the
+    job goes to `hero-wide`, only the new `hero` is paid: two requests, two charges."""
+    project = make_project(HERO, latency=SLOW)
+    job = leave_in_flight(project)
+    project.edit('id = "hero"', 'id = "hero-wide"')
+    with project.manifest.open("a") as f:
+        f.write(
+            '\n[[shots]]\nid = "hero"\nprompt = "the hero takes off"\nmodel_tier = "standard"\n'
+        )
+    actions = {s["id"]: s["action"] for s in project.plan_json()["shots"]}  # type: ignore[attr-defined]
+    assert actions == {"hero-wide": "resume", "hero": "new"}
+    assert project.run().returncode == 0
+    lock = load_lockfile(project.lock)
+    assert lock.shots["hero-wide"].job_id == job
+    assert project.submissions() == 2
+    assert project.served.emulator.ledger.total == sum(e.cost_usd for e in lock.shots.values())
