@@ -131,6 +131,7 @@ class Executor:
         await self._downloads.detach_cache()
         self._downloads.urls.absorb(self.writer)
         await self._take_over(items)
+        items = [await self._staged(item) for item in items]
         try:
             async with anyio.create_task_group() as group:
                 for item in longest_first(items):
@@ -198,6 +199,13 @@ class Executor:
         if action in PAID_ACTIONS:
             return await self._render(item, entry)
         return _outcome(item, "skipped", f"nothing to do for {action}")
+
+    async def _staged(self, item: PlanItem) -> PlanItem:
+        """A restore whose source is another output, copied into the cache first: when two
+        renders swap names, neither copy may read a file the other has just replaced."""
+        if item.restore is None or item.restore.kind != "file":
+            return item
+        return replace(item, restore=await self._downloads.stage(item.restore))
 
     async def _take_over(self, items: Sequence[PlanItem]) -> None:
         """Move every entry whose job another render takes over (a renamed shot, a take

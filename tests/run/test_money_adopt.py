@@ -3,6 +3,7 @@ remembers what the lockfile forgets (point 10). Real CLI against the emulator.""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -140,3 +141,29 @@ def test_an_id_reused_while_its_job_is_in_flight_pays_each_request_once(
     assert lock.shots["hero-wide"].job_id == job
     assert project.submissions() == 2
     assert project.served.emulator.ledger.total == sum(e.cost_usd for e in lock.shots.values())
+
+
+def test_two_shots_swapping_names_keep_both_renders(
+    make_project: Callable[..., Project],
+) -> None:
+    """`a` and `b` swap ids on a clone without the render cache: each is restored from the
+    other's output, free, and neither copy reads a file the other has just replaced."""
+    shots = HEADER + (
+        '\n[[shots]]\nid = "a"\nprompt = "four seconds"\nduration = 4\nmodel_tier = "standard"\n'
+        '\n[[shots]]\nid = "b"\nprompt = "six seconds"\nduration = 6\nmodel_tier = "standard"\n'
+    )
+    project = make_project(shots)
+    assert project.run().returncode == 0
+    renders = project.root / "renders"
+    before = {name: (renders / f"{name}.mp4").read_bytes() for name in ("a", "b")}
+    for _ in range(3):  # the copies race: a few rounds make a lost one likely without staging
+        swapped = project.manifest.read_text()
+        swapped = swapped.replace('id = "a"', 'id = "tmp"').replace('id = "b"', 'id = "a"')
+        project.manifest.write_text(swapped.replace('id = "tmp"', 'id = "b"'))
+        shutil.rmtree(project.root / ".kling-batch")  # as on a fresh clone: no cache
+        result = project.run()
+        assert result.returncode == 0, result.stdout + result.stderr
+        before = {"a": before["b"], "b": before["a"]}
+        after = {name: (renders / f"{name}.mp4").read_bytes() for name in ("a", "b")}
+        assert after == before
+    assert project.submissions() == 2
