@@ -64,10 +64,13 @@ class Collected:
 class Downloads:
     """Puts results and restores at their output paths under `state.root`."""
 
-    def __init__(self, client: ResultClient, state: StateDir, lock_file: Path) -> None:
+    def __init__(
+        self, client: ResultClient, state: StateDir, lock_file: Path, api: str | None = None
+    ) -> None:
         self.client = client
         self.state = state
         self.lock_file = lock_file
+        self.api = api  # which API this run renders with: recorded beside what it caches
         self.urls = ResultUrls(state.result_urls(lock_file))
 
     async def fetch(
@@ -160,7 +163,7 @@ class Downloads:
     def remember(self, fingerprint: str, sha256: str, size: int) -> None:
         """Index the cached render of a request (best effort: the index only saves money)."""
         try:
-            self.state.remember_render(self.lock_file, fingerprint, sha256, size)
+            self.state.remember_render(self.lock_file, fingerprint, sha256, size, self.api)
         except OSError as exc:
             log.debug("could not index the cached render %s: %s", sha256, exc)
 
@@ -215,7 +218,8 @@ class Downloads:
             fresh = await self.fresh_job_url(source.job_id)
             if fresh is not None:
                 await self.place(output, replace(source, url=fresh))
-                self.urls.put(source.sha256, KnownUrl(fresh, _expiry(), source.job_id))
+                known = KnownUrl(fresh, _expiry(), source.job_id, self.api)
+                self.urls.put(source.sha256, known)
                 return None
         except (TryLater, ApiError, BadOutput, OSError) as exc:
             problem = exc

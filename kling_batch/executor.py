@@ -108,7 +108,7 @@ class Executor:
         self._slots = anyio.CapacityLimiter(self.options.jobs)
         self._uploads = Uploads(client, writer, self.clock)
         self._finder = JobFinder(client, writer, scope=self._uploads.scope)
-        self._downloads = Downloads(client, self.state, writer.path)
+        self._downloads = Downloads(client, self.state, writer.path, writer.lock.api)
         self._submitter = Submitter(
             client,
             writer,
@@ -360,7 +360,8 @@ class Executor:
             return await self._record(item, "pending", pending, error=pending, **fresh)
         sha256, url = got.download.sha256, got.url or entry.result_url
         if url and entry.result_expires_at:  # out of the lockfile, into the URL store
-            self._downloads.urls.put(sha256, KnownUrl(url, entry.result_expires_at, entry.job_id))
+            known = KnownUrl(url, entry.result_expires_at, entry.job_id, self.writer.lock.api)
+            self._downloads.urls.put(sha256, known)
         done = {"output_sha256": sha256, "output_size": got.download.size, **_NO_URL}
         detail = str(output) if output is not None else "kept in the render cache (orphaned)"
         paths = {"output": str(output)} if output is not None else {}

@@ -129,12 +129,15 @@ def build_plan(
     lockfile: Path | None = None,
     emulator: bool = False,
     max_renders: int = MAX_RENDERS,
+    api: str | None = None,
 ) -> Plan:
     """Load, expand, validate, price and diff one manifest against its lockfile.
 
     `emulator` plans renders against the bundled emulator: their own lockfile
     (`<stem>.emulator.lock`) and output folder (`<output_dir>-emulator`), so they can
-    never be mistaken for paid renders.
+    never be mistaken for paid renders. `api` is the API the run would use
+    (`endpoint.api_identity`): only renders it made are restored from the cache index or
+    the URL store; None offers none of those.
     """
     loaded = _load(manifest_path, emulator=emulator)
     lock_file = lockfile or lock_path(loaded.path, emulator=emulator)
@@ -150,7 +153,7 @@ def build_plan(
     renders = [plan_render(spec, store) for spec in _chosen(specs, lock, only)]
     # Then the decisions, from those facts, the lockfile, the files' hashes and `now`.
     ids = {spec.id for spec in specs}
-    files = _ProjectFiles(store, lock_file)
+    files = _ProjectFiles(store, lock_file, api)
     forced = {r.id for r in renders if matches_any(r.id, r.tags, force)}
     differ = Differ(
         lock,
@@ -177,21 +180,25 @@ class _ProjectFiles:
     """`FileFacts` of a project: file hashes from the asset store's stat cache, and the
     render cache's index."""
 
-    def __init__(self, store: AssetStore, lock_file: Path) -> None:
+    def __init__(self, store: AssetStore, lock_file: Path, api: str | None) -> None:
         self.store = store
         self.lock_file = lock_file
+        self.api = api
         self._urls: ResultUrls | None = None
 
     def relative_hash(self, relative: str) -> tuple[str, int] | None:
         return self.store.relative_hash(relative)
 
     def remembered_render(self, fingerprint: str) -> tuple[str, int] | None:
-        return self.store.state.remembered_render(self.lock_file, fingerprint)
+        if self.api is None:
+            return None
+        return self.store.state.remembered_render(self.lock_file, fingerprint, self.api)
 
     def result_url(self, sha256: str) -> KnownUrl | None:
         if self._urls is None:  # read only when a restore is in question
             self._urls = ResultUrls(self.store.state.result_urls(self.lock_file))
-        return self._urls.get(sha256)
+        known = self._urls.get(sha256)
+        return known if known is not None and known.api == self.api else None
 
 
 def _load(manifest_path: Path, *, emulator: bool) -> LoadedManifest:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from kling_batch import reports, ui
 from kling_batch.adoption import Resubmit
+from kling_batch.endpoint import api_identity
 from kling_batch.errors import UserError
 from kling_batch.limits import MAX_RENDERS
 from kling_batch.plan import Plan, build_plan
@@ -63,6 +64,7 @@ def plan_command(request: PlanRequest) -> int:
         force=request.force,
         emulator=request.emulator,
         max_renders=request.max_renders,
+        api=_expected_api(request.emulator),
     )
     if request.compare is not None:
         _report_comparison(plan, request)
@@ -74,6 +76,15 @@ def plan_command(request: PlanRequest) -> int:
     if request.check:
         return 1 if plan.has_work else 0
     return 0
+
+
+def _expected_api(emulator: bool) -> str | None:
+    """The API a run would use (the environment's base URL, or the emulator), so the plan
+    offers the restores that run would make; None when it cannot be told."""
+    try:
+        return api_identity(emulator=emulator)
+    except UserError:
+        return None
 
 
 def _report(plan: Plan, fmt: str, mode: Resubmit = "off") -> None:

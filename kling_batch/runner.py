@@ -11,18 +11,17 @@ from decimal import Decimal
 from pathlib import Path
 
 import anyio
-import httpx
 
 from kling_batch import ui
 from kling_batch.adoption import Resubmit
 from kling_batch.atomic import sweep_temps
 from kling_batch.client import EmpirioClient
 from kling_batch.clock import ScaledClock
-from kling_batch.endpoint import api_key_from_env, resolve_base_url
+from kling_batch.endpoint import api_identity, api_key_from_env, resolve_base_url
 from kling_batch.errors import LockWriteError, RefusedError, RunError
 from kling_batch.executor import Executor, RunOptions
 from kling_batch.limits import MAX_RENDERS
-from kling_batch.lockfile import EMULATOR_API, LockWriter, check_api, lock_path
+from kling_batch.lockfile import LockWriter, check_api, lock_path
 from kling_batch.outcomes import RunReport
 from kling_batch.plan import Plan, PlanItem, build_plan
 from kling_batch.reports import summary_line, usd
@@ -74,6 +73,7 @@ def run_command(request: RunRequest) -> int:
         sweep_temps(lock_file)  # a run killed mid-save leaves `.<lock>.*.tmp` behind
         plan = build_plan(
             request.manifest,
+            api=_api_identity(request),
             now=datetime.now(UTC),
             only=request.only,
             force=request.force,
@@ -100,11 +100,7 @@ def run_command(request: RunRequest) -> int:
 
 def _api_identity(request: RunRequest) -> str:
     """What the lockfile records as its API: the emulator, or the API's origin."""
-    if request.emulator:
-        return EMULATOR_API
-    url = httpx.URL(resolve_base_url(request.api_base, allow_insecure_http=True))
-    port = f":{url.port}" if url.port else ""
-    return f"{url.scheme}://{url.host}{port}"
+    return api_identity(emulator=request.emulator, api_base=request.api_base)
 
 
 def _warn(message: str) -> None:

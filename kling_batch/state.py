@@ -76,20 +76,29 @@ class StateDir:
         """`cached_render` relative to the project root, as a POSIX path."""
         return f"{NAME}/{_RENDERS}/{untagged(sha256)}"
 
-    def remember_render(self, lock_file: Path, fingerprint: str, sha256: str, size: int) -> None:
-        """Index a cached render of `lock_file`'s under the fingerprint of its request."""
-        atomic_write(self._index(lock_file, fingerprint), f"{sha256} {size}\n")
+    def remember_render(
+        self, lock_file: Path, fingerprint: str, sha256: str, size: int, api: str | None = None
+    ) -> None:
+        """Index a cached render of `lock_file`'s under the fingerprint of its request,
+        with the API that rendered it (`lockfile.Lockfile.api`)."""
+        line = " ".join(part for part in (sha256, str(size), api) if part)
+        atomic_write(self._index(lock_file, fingerprint), line + "\n")
 
-    def remembered_render(self, lock_file: Path, fingerprint: str) -> tuple[str, int] | None:
-        """(sha256, size) the cache index holds for `lock_file` and `fingerprint`, if any."""
+    def remembered_render(
+        self, lock_file: Path, fingerprint: str, api: str | None = None
+    ) -> tuple[str, int] | None:
+        """(sha256, size) the cache index holds for `lock_file` and `fingerprint`, if any;
+        with `api`, only a render that API made (emulator videos never pass for paid ones)."""
         index = self._index(lock_file, fingerprint)
         try:  # a regular file only: a FIFO planted in a shipped folder must not block
             text = safefiles.read_text(index, limit=256, what="a cache")
         except (OSError, UnicodeDecodeError, UserError):
             return None
-        sha256, _, size = text.strip().partition(" ")
+        sha256, size, made_by = [*text.split(maxsplit=2), "", "", ""][:3]
         if not sha256.startswith("sha256:") or not size.isdigit():
             return None  # a cache, not a record: a damaged index entry is no entry
+        if api is not None and made_by.strip() != api:
+            return None
         return sha256, int(size)
 
     @property

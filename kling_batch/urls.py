@@ -38,6 +38,7 @@ class KnownUrl:
     url: str
     expires_at: datetime
     job_id: str | None = None
+    api: str | None = None  # the API that rendered it (`endpoint.api_identity`)
 
 
 class ResultUrls:
@@ -68,7 +69,12 @@ class ResultUrls:
         if not self._dirty:
             return
         data = {
-            sha: {"url": u.url, "expires_at": u.expires_at.isoformat(), "job_id": u.job_id}
+            sha: {
+                "url": u.url,
+                "expires_at": u.expires_at.isoformat(),
+                "job_id": u.job_id,
+                "api": u.api,
+            }
             for sha, u in sorted(self._urls.items())
         }
         try:
@@ -84,12 +90,16 @@ class ResultUrls:
             past = [p for p in entry.history if p.result_url and p.result_expires_at]
             for earlier in past:
                 assert earlier.result_url is not None and earlier.result_expires_at is not None
-                known = KnownUrl(earlier.result_url, earlier.result_expires_at)
+                known = KnownUrl(
+                    earlier.result_url, earlier.result_expires_at, None, writer.lock.api
+                )
                 self.put(earlier.output_sha256, known)
             done = entry.state == "done" and entry.output_sha256 and entry.result_url
             if done and entry.result_expires_at is not None:
                 assert entry.output_sha256 is not None and entry.result_url is not None
-                known = KnownUrl(entry.result_url, entry.result_expires_at, entry.job_id)
+                known = KnownUrl(
+                    entry.result_url, entry.result_expires_at, entry.job_id, writer.lock.api
+                )
                 self.put(entry.output_sha256, known)
             if past or done:
                 history = [p.model_copy(update=_NO_URL) for p in entry.history]
@@ -111,6 +121,11 @@ def _load(path: Path) -> dict[str, KnownUrl]:
             continue
         expires = parse_time(item.get("expires_at"))
         if expires is not None:
-            job = item.get("job_id")
-            urls[sha] = KnownUrl(item["url"], expires, job if isinstance(job, str) else None)
+            job, api = item.get("job_id"), item.get("api")
+            urls[sha] = KnownUrl(
+                item["url"],
+                expires,
+                job if isinstance(job, str) else None,
+                api if isinstance(api, str) else None,
+            )
     return urls
