@@ -377,7 +377,11 @@ def remove_garbage(project: Project, garbage: Garbage) -> tuple[int, list[str]]:
     try:
         for indexed in garbage.reindex.values():
             project.state.remember_render(
-                project.lock_file, indexed.fingerprint, indexed.sha256, indexed.size
+                project.lock_file,
+                indexed.fingerprint,
+                indexed.sha256,
+                indexed.size,
+                project.lock.api,  # the API that made it: only its runs restore it
             )
     except OSError as exc:
         raise RunError(f"cannot write the render cache index, nothing removed: {exc}") from None
