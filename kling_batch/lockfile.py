@@ -291,6 +291,17 @@ def lock_path(manifest: Path, *, emulator: bool = False) -> Path:
             "rename it",
             file=manifest,
         )
+    twins = [
+        other
+        for other in (manifest.with_suffix(".toml"), manifest.with_suffix(".json"))
+        if other.name != manifest.name and other.is_file()
+    ]
+    if twins:
+        raise UserError(
+            f"{manifest.name} and {twins[0].name} would share one lockfile "
+            f"({manifest.stem}.lock) and overwrite each other's records; rename one",
+            file=manifest,
+        )
     suffix = ".emulator.lock" if emulator else ".lock"
     return manifest.with_name(manifest.stem + suffix)
 
