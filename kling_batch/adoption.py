@@ -84,6 +84,27 @@ class JobFinder:
         self._pages = _Pages(client)
         self._lock = anyio.Lock()
 
+    def record(self, render_id: str, entry: Entry, look: Look, now: datetime) -> Entry:
+        """What a look teaches, recorded (saved by the caller's commit): a job found is the
+        render's job from the time it was really submitted; a complete look that found
+        none marks the unanswered charge as having made no job (nothing can be billed)."""
+        charge = entry.unanswered()
+        if look.job is not None:
+            sent = charge.submitted_at if charge else entry.updated_at
+            return self.writer.update(
+                render_id,
+                state="submitted",
+                job_id=look.job.job_id,
+                poll_url=None,
+                submitted_at=sent or now,
+                updated_at=now,
+                error=None,
+                submissions=entry.charged(look.job.job_id),
+            )
+        if look.complete and charge is not None:
+            return self.writer.update(render_id, submissions=entry.charged(None, no_job=True))
+        return entry
+
     def claim(self, job_id: str) -> None:
         """Never adopt this job: a render of this run already owns it."""
         self._claimed.add(job_id)
@@ -242,3 +263,16 @@ def _charged_jobs(writer: LockWriter) -> set[str]:
         for charge in entry.submissions
         if charge.job_id
     }
+
+
+def stray_detail(look: Look) -> str:
+    """Why an orphaned unanswered submission ends as it does (it is never sent again)."""
+    if look.complete:
+        return (
+            "no longer in the manifest, and a complete look at the job list shows its "
+            "submission made no job: nothing was paid, the record is settled"
+        )
+    return (
+        "no longer in the manifest and not found in the job list; never sent again "
+        f"({look.gap}; put the shot back to decide)"
+    )

@@ -33,7 +33,14 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from kling_batch.adoption import JobFinder, JobLister, Resubmit, unsettled_detail
+from kling_batch.adoption import (
+    JobFinder,
+    JobLister,
+    Look,
+    Resubmit,
+    stray_detail,
+    unsettled_detail,
+)
 from kling_batch.downloads import Downloads, ResultClient
 from kling_batch.errors import (
     LockWriteError,
@@ -44,7 +51,6 @@ from kling_batch.lockfile import (
     UNSETTLED,
     Entry,
     LockWriter,
-    adopted_entry,
     inherited,
     new_entry,
 )
@@ -214,11 +220,7 @@ class Executor:
         moves = [item for item in items if item.adopt is not None]
         for item in moves:
             assert item.adopt is not None
-            render, stray = item.render, self.writer.get(item.adopt)
-            if stray is None:
-                continue
-            self.writer.set(render.id, adopted_entry(stray, self.writer.get(render.id), render))
-            self.writer.remove(item.adopt)  # never another's target: only free ids adopt
+            self.writer.move(item.adopt, item.render.id, item.render)
         await self.writer.commit()
         for item in moves:
             self.events.event(item.render.id, "adopted", f"the job of {item.adopt}")
@@ -409,32 +411,26 @@ class Executor:
         without `blind` only after a complete look (`adoption.Look`)."""
         render = item.render
         look = await self._finder.find(entry)
-        job = look.job
-        if job is not None:
-            now = self.clock.now()
-            adopted = self.writer.update(
-                render.id,
-                state="submitted",
-                job_id=job.job_id,
-                poll_url=None,
-                submitted_at=now,
-                updated_at=now,
-                error=None,
-                submissions=entry.charged(job.job_id),
-            )
-            await self.writer.commit()
-            self.events.event(render.id, "submitted", f"found {job.job_id} in the job list")
-            return await self._follow(item, adopted)
+        recorded = self._finder.record(render.id, entry, look, self.clock.now())
+        await self.writer.commit()
+        if look.job is not None:
+            self.events.event(render.id, "submitted", f"found {look.job.job_id} in the job list")
+            return await self._follow(item, recorded)
         if item.stray:
-            detail = (
-                "no longer in the manifest and not found in the job list; never sent again "
-                "(put the shot back to decide)"
-            )
-            return _outcome(item, "uncertain", detail)
+            return await self._settle_stray(item, look)
         mode = self.options.resubmit_uncertain
         if not look.may_resend(mode):
             return _outcome(item, "uncertain", unsettled_detail(entry, look, mode))
-        return await self._render(PlanItem(render, "retry", item.reasons), entry)
+        return await self._render(PlanItem(render, "retry", item.reasons), recorded)
+
+    async def _settle_stray(self, item: PlanItem, look: Look) -> Outcome:
+        """An orphaned unanswered submission: settled (failed, nothing paid) once a complete
+        look proves it made no job; else left uncertain. Never sent again."""
+        detail = stray_detail(look)
+        if not look.complete:
+            return _outcome(item, "uncertain", detail)
+        await self._record(item, "done", detail, state="failed", error=detail)
+        return _outcome(item, "done", detail)
 
 
 def _known_seconds(render: PlannedRender, entry: Entry) -> Decimal | None:

@@ -89,6 +89,9 @@ class Charge(BaseModel):
     # `sha256:` of the body exactly as POSTed (upload paths and all; `kling_o3.sent_digest`):
     # what an unanswered submission is looked up by in the API's job list.
     sent: str | None = None
+    # True once a complete look at the job list proved this unanswered submission made no
+    # job: nothing can be billed for it.
+    no_job: bool = False
 
 
 class Entry(BaseModel):
@@ -123,7 +126,8 @@ class Entry(BaseModel):
 
     def unanswered(self) -> Charge | None:
         """The newest submission still waiting for its job id (an uncertain one), if any."""
-        return next((c for c in reversed(self.submissions) if c.job_id is None), None)
+        waiting = (c for c in reversed(self.submissions) if c.job_id is None and not c.no_job)
+        return next(waiting, None)
 
     def charged(self, job_id: str | None, **fields: Any) -> list[Charge]:
         """`submissions` with one charge changed: the one of `job_id`, else the newest
@@ -511,6 +515,14 @@ class LockWriter:
         self.lock.shots.pop(shot_id, None)
         self._fragments.pop(shot_id, None)
         self._changes += 1
+
+    def move(self, source: str, target: str, render: RenderRecord) -> None:
+        """Move entry `source` (its job in flight) under id `target` for `render`, keeping
+        both entries' history and submissions (`adopted_entry`); saved by the next commit."""
+        entry = self.get(source)
+        if entry is not None:
+            self.set(target, adopted_entry(entry, self.get(target), render))
+            self.remove(source)
 
     def add_upload(self, scope: str, sha256: str, upload: UploadedAsset) -> None:
         """Remember an uploaded asset (saved by the next commit)."""

@@ -37,7 +37,7 @@ from kling_batch.pricing import round_cost
 from kling_batch.reports import json_amount, usd
 from kling_batch.status import emulator_only_hint
 
-Status = Literal["billed", "failed", "rendering", "unreported", "no bill", "uncertain"]
+Status = Literal["billed", "failed", "rendering", "unreported", "no bill", "uncertain", "no job"]
 _NO_AMOUNT = "-"
 _NUMBERS = frozenset({"submissions", "estimated", "billed", "without bill", "may be billed"})
 
@@ -85,6 +85,8 @@ class Sums:
     def add(self, line: Line) -> None:
         """Count one submission."""
         self.submissions += 1
+        if line.status == "no job":
+            return  # nothing was made, so nothing is or will be billed
         if line.status == "uncertain":
             self.uncertain += 1
             self.may_be_billed += line.estimate
@@ -192,6 +194,8 @@ def charge_status(entry: Entry, charge: Charge) -> Status:
     """What is known of one submission's bill (see the module docstring)."""
     if charge.billed_usd is not None:
         return "billed"
+    if charge.no_job:
+        return "no job"  # a complete look at the job list proved none was made
     if charge.job_id is None:
         return "uncertain"
     if charge.job_id != entry.job_id:

@@ -167,3 +167,33 @@ def test_two_shots_swapping_names_keep_both_renders(
         after = {name: (renders / f"{name}.mp4").read_bytes() for name in ("a", "b")}
         assert after == before
     assert project.submissions() == 2
+
+
+def test_an_orphaned_unanswered_submission_settles_after_a_complete_look(
+    make_project: Callable[..., Project],
+) -> None:
+    """A shot whose POST went unanswered, then removed: once the job list proves no job was
+    made, the record settles (nothing paid) and the plan has nothing left to do."""
+    other = '\n[[shots]]\nid = "bay"\nprompt = "a calm bay"\nmodel_tier = "standard"\n'
+    project = make_project(HERO + other, faults=("drop=first1,on=submit",))
+    assert project.run("--only", "hero").returncode == 1
+    assert load_lockfile(project.lock).shots["hero"].state == "uncertain"
+    project.manifest.write_text(HEADER + other)  # hero removed
+    result = project.run()
+    assert result.returncode == 0, result.stdout + result.stderr
+    entry = load_lockfile(project.lock).shots["hero"]
+    assert entry.state == "failed" and "made no job" in (entry.error or "")
+    (charge,) = entry.submissions
+    assert charge.no_job and charge.job_id is None
+    check = subprocess.run(
+        [sys.executable, "-m", "kling_batch", "plan", str(project.manifest), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**project.env(), "EMPIRIOLABS_BASE_URL": project.served.base_url},
+    )
+    assert check.returncode == 0, check.stdout
+    assert (
+        project.served.emulator.ledger.total
+        == entry.cost_usd * 0 + load_lockfile(project.lock).shots["bay"].cost_usd
+    )
