@@ -433,11 +433,10 @@ def _video_edit_seconds(
     """Billed seconds of an edit: the source's length, capped at 10 s."""
     cap = Decimal(kling_o3.VIDEO_INPUT_CAP_SECONDS)
     if video.kind != "local":
-        seconds = Decimal(str(request.duration))
-        assumptions.append(
-            f"remote video: length unknown, priced at duration={seconds}s (capped at {cap}s)"
-        )
-        return min(seconds, cap)
+        # The edit bills the clip's own length, up to the cap, whatever `duration` says: an
+        # unknown length is priced at the most it can cost, never less.
+        assumptions.append(f"remote video: length unknown, priced at the {cap}s cap")
+        return cap
     length = _seconds_of(store, video, fail, "video")
     if length > cap:
         warnings.append(
