@@ -7,7 +7,7 @@ Every path under the folder is built here and nowhere else:
      ├── assets.json             stat → sha256 (and video length) of input files (plan)
      ├── <lock name>.json        parse cache of a lockfile, keyed by its sha256 (plan)
      ├── <lock name>.run-lock    held by the one run writing that lockfile (run)
-     ├── <lock name>.urls.json   signed result URLs of downloaded renders, kept out of
+     ├── <lock name>.urls.jsonl  signed result URLs of downloaded renders, kept out of
      │                           the committed lockfile (run; `kling_batch.urls`)
      ├── cache/<hex>             finished renders by content, read-only copies of their
      │                           own, for free restores (run)
@@ -57,7 +57,7 @@ class StateDir:
 
     def result_urls(self, lock_file: Path) -> Path:
         """The signed result URLs of one lockfile's downloaded renders."""
-        return self.path / f"{lock_file.name}.urls.json"
+        return self.path / f"{lock_file.name}.urls.jsonl"
 
     def run_lock(self, lock_file: Path) -> Path:
         """The file lock one run of `lock_file` holds."""
