@@ -46,8 +46,10 @@ class Differ:
         root: Path,
         state: StateDir,
         ids: Collection[str] = (),
+        remote: bool = False,
     ) -> None:
         self.root = root
+        self.remote = remote  # a shared store is configured: renders pushed there restore
         self.lock = lock
         self.files = files
         self.state = state
@@ -192,7 +194,15 @@ class Differ:
             if known is not None and known.expires_at > self.now:
                 url, job = known.url, known.job_id
                 return RestoreSource("url", past.sha256, past.size, url=url, job_id=job)
-        return self._remembered(fingerprint)
+        return self._remembered(fingerprint) or self._in_remote(candidates)
+
+    def _in_remote(self, candidates: list[tuple[Entry | None, PastRender]]) -> RestoreSource | None:
+        """A finished render the lockfile says the team's shared store holds."""
+        if self.remote:
+            for _, past in candidates:
+                if past.in_remote:
+                    return RestoreSource("remote", past.sha256, past.size)
+        return None
 
     def _url_of(self, past: PastRender) -> KnownUrl | None:
         """A finished render's URL: in the URL store, or in the lockfile (older records)."""
@@ -227,6 +237,8 @@ def _restore_reason(source: RestoreSource) -> str:
         return "restored from its result URL (free)"
     if source.kind == "cache":
         return "restored from the local cache (free)"
+    if source.kind == "remote":
+        return "restored from the remote store (free)"
     return f"copied from {source.path.name if source.path else 'an earlier output'} (free)"
 
 

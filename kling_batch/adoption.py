@@ -90,14 +90,16 @@ class JobFinder:
         """Never adopt this job: a render of this run already owns it."""
         self._claimed.add(job_id)
 
-    async def find(self, entry: Entry) -> Look:
-        """A listed job with the entry's exact request, created since it was submitted,
-        read as far back as that needs; or why its absence proves nothing."""
+    async def find(self, entry: Entry, *, body: Mapping[str, Any] | None = None) -> Look:
+        """A listed job with the entry's exact request (or exactly `body`, when another
+        run sent it), created since it was submitted, read as far back as that needs; or
+        why its absence proves nothing."""
         async with self._lock:
             sent = sent_at(entry)
             since = sent - CLOCK_SKEW if sent is not None else None
             short = await self._pages.back_to(since)
-            job, opaque = self._match(entry, since)
+            wanted = comparable(body) if body is not None else canonical_json(self.sent_body(entry))
+            job, opaque = self._match(wanted, since)
             if job is not None:
                 self._claimed.add(job.job_id)
                 return Look(job=job)
@@ -117,10 +119,9 @@ class JobFinder:
                 paths[key] = upload.path
         return kling_o3.with_media(entry.request, paths)
 
-    def _match(self, entry: Entry, since: datetime | None) -> tuple[JobState | None, int]:
-        """The first unclaimed job since `since` with the entry's request, and how many
-        such jobs the list shows without their request (any of them may be the one)."""
-        wanted = canonical_json(self.sent_body(entry))
+    def _match(self, wanted: str, since: datetime | None) -> tuple[JobState | None, int]:
+        """The first unclaimed job since `since` whose request is `wanted` (canonical), and
+        how many such jobs the list shows without their request (any may be the one)."""
         opaque = 0
         for job in self._pages.jobs:
             if job.job_id in self._claimed or job.status == "failed":

@@ -37,6 +37,7 @@ from kling_batch.planned import (
     RestoreSource,
 )
 from kling_batch.pricing import Price, price, select_row
+from kling_batch.remote import RemoteUrl, resolve_remote
 from kling_batch.selection import matches_any, require_matches
 from kling_batch.urls import KnownUrl, ResultUrls
 
@@ -88,6 +89,8 @@ class Plan:
     # Orphaned entries whose job may be paid for: followed to their end by a run, their
     # videos kept in the render cache (no new cost; not counted among the renders).
     followups: Sequence[PlanItem] = ()
+    # The team's shared store (`kling_batch.remote`), if one is configured.
+    remote: RemoteUrl | None = None
 
     @property
     def has_work(self) -> bool:
@@ -129,14 +132,18 @@ def build_plan(
     lockfile: Path | None = None,
     emulator: bool = False,
     max_renders: int = MAX_RENDERS,
+    remote: str | None = None,
 ) -> Plan:
     """Load, expand, validate, price and diff one manifest against its lockfile.
 
     `emulator` plans renders against the bundled emulator: their own lockfile
     (`<stem>.emulator.lock`) and output folder (`<output_dir>-emulator`), so they can
-    never be mistaken for paid renders.
+    never be mistaken for paid renders. `remote` (`--remote`, `KLING_BATCH_REMOTE`)
+    overrides the manifest's shared store; renders the lockfile says it holds restore
+    from it (no network: the lockfile says what was pushed).
     """
     loaded = _load(manifest_path, emulator=emulator)
+    shared = resolve_remote(loaded.manifest.remote, remote, file=loaded.path)
     lock_file = lockfile or lock_path(loaded.path, emulator=emulator)
     store = AssetStore(loaded.root)
     store.state.check()
@@ -151,7 +158,9 @@ def build_plan(
     # Then the decisions, from those facts, the lockfile, the files' hashes and `now`.
     ids = {spec.id for spec in specs}
     files = _ProjectFiles(store, lock_file)
-    differ = Differ(lock, files, now, root=loaded.root, state=store.state, ids=ids)
+    differ = Differ(
+        lock, files, now, root=loaded.root, state=store.state, ids=ids, remote=shared is not None
+    )
     items = [differ.item(r, matches_any(r.id, r.tags, force)) for r in renders]
     orphans = _orphans(lock, ids, adopted=differ.adopted)
     followups = [stray_item(key, lock.shots[key]) for key in differ.strays()]
@@ -160,7 +169,7 @@ def build_plan(
     save_lock_cache()
     store.save()
     warnings = _warnings(renders, orphans)
-    return Plan(loaded, lock_file, lock, items, orphans, warnings, followups)
+    return Plan(loaded, lock_file, lock, items, orphans, warnings, followups, shared)
 
 
 class _ProjectFiles:

@@ -31,6 +31,7 @@ class PlanRequest:
     out: Path | None = None
     compare: str | None = None
     resubmit_uncertain: Resubmit = "off"
+    remote: str | None = None  # --remote / KLING_BATCH_REMOTE
 
     @property
     def options(self) -> PlanOptions:
@@ -63,6 +64,7 @@ def plan_command(request: PlanRequest) -> int:
         force=request.force,
         emulator=request.emulator,
         max_renders=request.max_renders,
+        remote=request.remote,
     )
     if request.compare is not None:
         _report_comparison(plan, request)
