@@ -169,7 +169,8 @@ class Pusher:
         return True
 
     async def _retry_while_running(self) -> None:
-        """Probe a failing store with backoff; once it answers, push what waits again."""
+        """Retry the oldest waiting push with backoff; once the store takes it, queue the
+        rest again."""
         pause = FIRST_RETRY
         while not self._finishing.is_set():
             with anyio.move_on_after(pause):
@@ -177,7 +178,7 @@ class Pusher:
             if self._finishing.is_set() or not self._waiting:
                 pause = FIRST_RETRY
                 continue
-            if not await self._probe():
+            if not await self._retry_one():
                 pause = min(pause * 2, LAST_RETRY)
             elif not self._finishing.is_set():  # else the last round takes them
                 pause = FIRST_RETRY
@@ -185,18 +186,13 @@ class Pusher:
                 for job in waiting:
                     self._send.send_nowait(job)
 
-    async def _probe(self) -> bool:
-        try:
-            await self.store.probe()
-        except RemoteError as exc:
-            self.health.down(str(exc))
-            return False
-        self.health.up()
-        return True
+    async def _retry_one(self) -> bool:
+        """Push the oldest waiting render again; False when the store still fails."""
+        return await self._attempt(self._waiting.pop(0))
 
     async def _last_round(self) -> None:
-        """One more try for each waiting render, if the store answers at all."""
-        if not await self._probe():
+        """One more try for each waiting render, if the store takes the first of them."""
+        if not await self._retry_one():
             return
         waiting, self._waiting = self._waiting, []
         limiter = anyio.CapacityLimiter(self.workers)
@@ -215,7 +211,8 @@ def describe_unpushed(unpushed: Sequence[Unpushed], store: str, command: str) ->
     names = ", ".join(item.render_id for item in unpushed)
     last = next((item.error for item in reversed(unpushed) if item.error), "")
     tries = max((item.attempts for item in unpushed), default=0)
-    why = f" (tried {tries} time{'s' if tries != 1 else ''}; last error: {last})" if last else ""
+    times = f"{tries} time{'s' if tries != 1 else ''}"
+    why = f" (the store was tried {times}; last error: {last})" if last else ""
     return (
         f"warning: {len(unpushed)} render(s) not yet pushed to {store}: {names}{why}; "
         f"`{command}` pushes them"

@@ -33,11 +33,11 @@ import hashlib
 import ipaddress
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -51,6 +51,7 @@ from kling_batch.payloads import Download
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
 
+T = TypeVar("T")
 SCHEMES = ("s3", "gs", "az", "file")
 ENV_VAR = "KLING_BATCH_REMOTE"
 # Multipart part size: a file up to this size goes in one PUT, a larger one streams in
@@ -58,6 +59,7 @@ ENV_VAR = "KLING_BATCH_REMOTE"
 CHUNK = 8 * 1024 * 1024
 _PARTS_IN_FLIGHT = 2
 _READ_CHUNK = 1024 * 1024
+_THREADS = 16  # store calls at once (claims, records, pushes, restores)
 # Claims and records are small JSON; anything bigger under their keys is not ours.
 SMALL_LIMIT = 1024 * 1024
 _HEX = re.compile(r"[0-9a-f]{64}")
@@ -184,65 +186,89 @@ class Stored:
 
 
 class RemoteStore:
-    """The operations kling-batch makes on a remote; every failure is a `RemoteError`."""
+    """The operations kling-batch makes on a remote; every failure is a `RemoteError`.
+
+    Each runs obstore's blocking call in a worker thread of its own limiter (so a store
+    that hangs never takes the threads file operations need), not its asyncio API: the
+    latter resolves futures from Rust threads that can outlive the interpreter, and a
+    process exiting while one does aborts (a known race in pyo3-async-runtimes).
+    """
 
     def __init__(self, url: RemoteUrl, meta: ObjectStore, data: ObjectStore) -> None:
         self.url = url
         self._meta = meta  # claims and records: short timeouts, few retries
         self._data = data  # render bytes: long transfers
+        self._threads = anyio.CapacityLimiter(_THREADS)
+
+    async def _call(self, what: str, key: str, call: Callable[[], T]) -> T:
+        """`call()` in a worker thread, its failure as a `RemoteError`."""
+        try:
+            return await anyio.to_thread.run_sync(
+                call, limiter=self._threads, abandon_on_cancel=True
+            )
+        except (RemoteError, BadOutput):
+            raise
+        except _failures() as exc:
+            if isinstance(exc.__cause__, BadOutput):  # our refusal, wrapped by obstore
+                raise exc.__cause__ from None
+            raise RemoteError(
+                f"{self.url}: {what} {key}: {redact(str(exc)) or type(exc).__name__}"
+            ) from exc
 
     async def probe(self) -> None:
         """Raise `RemoteError` unless the store answers a listing."""
         obs = _obstore()
-        folder = Path(self.url.bucket)
-        if self.url.scheme == "file" and not await anyio.to_thread.run_sync(folder.is_dir):
-            raise RemoteError(f"{self.url}: no such folder (is the shared folder mounted?)")
-        try:
-            stream = obs.list(self._meta, prefix="renders/", chunk_size=1)
-            async for _ in stream:
+
+        def listing() -> None:
+            if self.url.scheme == "file" and not Path(self.url.bucket).is_dir():
+                raise RemoteError(f"{self.url}: no such folder (is the shared folder mounted?)")
+            for _ in obs.list(self._meta, prefix="renders/", chunk_size=1):
                 break
-        except _failures() as exc:
-            raise self._error("cannot list", "renders/", exc) from exc
+
+        await self._call("cannot list", "renders/", listing)
 
     async def read(self, key: str) -> Stored | None:
         """A small object and its version tag; None when there is none."""
         obs = _obstore()
-        try:
-            result = await obs.get_async(self._meta, key)
+
+        def get() -> Stored | None:
+            try:
+                result = obs.get(self._meta, key)
+            except _missing():
+                return None
             if result.meta["size"] > SMALL_LIMIT:
                 raise RemoteError(f"{self.url}/{key} is too large to be kling-batch's")
-            data = bytes(await result.bytes_async())
-        except _missing():
-            return None
-        except _failures() as exc:
-            raise self._error("cannot read", key, exc) from exc
-        return Stored(data, result.meta.get("e_tag"))
+            return Stored(bytes(result.bytes()), result.meta.get("e_tag"))
+
+        return await self._call("cannot read", key, get)
 
     async def create(self, key: str, data: bytes) -> str | None:
         """Write `key` only if it does not exist (If-None-Match); its version tag, or None
         when it already exists."""
         obs = _obstore()
-        try:
-            result = await obs.put_async(self._meta, key, data, mode="create")
-        except _taken():
-            return None
-        except _failures() as exc:
-            raise self._error("cannot create", key, exc) from exc
-        return result["e_tag"] or ""
+
+        def put() -> str | None:
+            try:
+                return obs.put(self._meta, key, data, mode="create")["e_tag"] or ""
+            except _taken():
+                return None
+
+        return await self._call("cannot create", key, put)
 
     async def replace(self, key: str, data: bytes, etag: str | None) -> str | None:
         """Overwrite `key` only if it is still at version `etag` (If-Match); the new version
         tag, or None when another writer changed or removed it first."""
-        if self.url.scheme == "file":
-            return await anyio.to_thread.run_sync(self._replace_file, key, data, etag)
         obs = _obstore()
-        try:
-            result = await obs.put_async(self._meta, key, data, mode={"e_tag": etag})
-        except (*_taken(), *_missing()):
-            return None
-        except _failures() as exc:
-            raise self._error("cannot update", key, exc) from exc
-        return result["e_tag"] or ""
+
+        def put() -> str | None:
+            if self.url.scheme == "file":
+                return self._replace_file(key, data, etag)
+            try:
+                return obs.put(self._meta, key, data, mode={"e_tag": etag})["e_tag"] or ""
+            except (*_taken(), *_missing()):
+                return None
+
+        return await self._call("cannot update", key, put)
 
     def _replace_file(self, key: str, data: bytes, etag: str | None) -> str | None:
         """Compare-and-swap on a shared folder, which object_store does not offer: the
@@ -258,19 +284,18 @@ class RemoteStore:
             return None
         except filelock.Timeout as exc:
             raise RemoteError(f"{self.url}/{key}: its lock file stays held ({exc})") from None
-        except _failures() as exc:
-            raise self._error("cannot update", key, exc) from exc
 
     async def size_of(self, key: str) -> int | None:
         """The size of the object at `key`, or None when there is none."""
         obs = _obstore()
-        try:
-            meta = await obs.head_async(self._meta, key)
-        except _missing():
-            return None
-        except _failures() as exc:
-            raise self._error("cannot look up", key, exc) from exc
-        return int(meta["size"])
+
+        def head() -> int | None:
+            try:
+                return int(obs.head(self._meta, key)["size"])
+            except _missing():
+                return None
+
+        return await self._call("cannot look up", key, head)
 
     async def upload(self, key: str, source: Path, sha256: str, size: int) -> None:
         """Stream a file to `key` in constant memory (parts of `CHUNK` for a large one).
@@ -279,42 +304,36 @@ class RemoteStore:
         changed under us, and a content-addressed key must never hold other bytes.
         """
         obs = _obstore()
-        try:
+
+        def put() -> None:
             if size <= CHUNK:
-                body = await anyio.to_thread.run_sync(_read_checked, source, sha256)
-                await obs.put_async(self._data, key, body, use_multipart=False)
+                body = _read_checked(source, sha256)
+                obs.put(self._data, key, body, use_multipart=False)
                 return
             chunks = _checked_chunks(source, sha256)
-            await obs.put_async(
-                self._data, key, chunks, chunk_size=CHUNK, max_concurrency=_PARTS_IN_FLIGHT
-            )
-        except BadOutput:
-            raise
-        except _failures() as exc:
-            if isinstance(exc.__cause__, BadOutput):  # our refusal, wrapped by obstore
-                raise exc.__cause__ from None
-            raise self._error("cannot upload", key, exc) from exc
+            obs.put(self._data, key, chunks, chunk_size=CHUNK, max_concurrency=_PARTS_IN_FLIGHT)
+
+        await self._call("cannot upload", key, put)
 
     async def download(self, key: str, dest: Path) -> Download | None:
         """Stream `key` into `dest` (truncated first), hashing it; None when it is absent."""
         obs = _obstore()
-        digest, size = hashlib.sha256(), 0
-        try:
-            result = await obs.get_async(self._data, key)
-            async with await anyio.open_file(dest, "wb") as out:
-                async for chunk in result.stream(min_chunk_size=_READ_CHUNK):
+
+        def get() -> Download | None:
+            digest, size = hashlib.sha256(), 0
+            try:
+                result = obs.get(self._data, key)
+            except _missing():
+                return None
+            with open(dest, "wb") as out:
+                for chunk in result.stream(min_chunk_size=_READ_CHUNK):
                     view = memoryview(chunk)
                     digest.update(view)
-                    await out.write(view)
+                    out.write(view)
                     size += len(view)
-        except _missing():
-            return None
-        except _failures() as exc:
-            raise self._error("cannot download", key, exc) from exc
-        return Download(size=size, sha256=tagged(digest.hexdigest()))
+            return Download(size=size, sha256=tagged(digest.hexdigest()))
 
-    def _error(self, what: str, key: str, exc: BaseException) -> RemoteError:
-        return RemoteError(f"{self.url}: {what} {key}: {redact(str(exc)) or type(exc).__name__}")
+        return await self._call("cannot download", key, get)
 
 
 def open_store(url: RemoteUrl) -> RemoteStore:
@@ -440,14 +459,14 @@ def _read_checked(source: Path, sha256: str) -> bytes:
     return body
 
 
-async def _checked_chunks(source: Path, sha256: str) -> AsyncIterator[bytes]:
+def _checked_chunks(source: Path, sha256: str) -> Iterator[bytes]:
     """A file's bytes in chunks; raises before the last one when they hash otherwise."""
     digest = hashlib.sha256()
-    async with await anyio.open_file(source, "rb") as stream:
-        chunk = await stream.read(_READ_CHUNK)
+    with open(source, "rb") as stream:
+        chunk = stream.read(_READ_CHUNK)
         while chunk:
             digest.update(chunk)
-            following = await stream.read(_READ_CHUNK)
+            following = stream.read(_READ_CHUNK)
             if not following and tagged(digest.hexdigest()) != sha256:
                 # Before the last part goes: the upload is abandoned, nothing is stored.
                 raise BadOutput(f"{source.name} changed while it was pushed")
