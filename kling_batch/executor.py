@@ -153,7 +153,8 @@ class Executor:
             outcome = await self._outcome_of(item)
             if self.team is not None:
                 render = item.render
-                self.team.settled(render.id, render.fingerprint, self.writer.get(render.id))
+                entry, done = self.writer.get(render.id), outcome.state == "done"
+                self.team.settled(render.id, render.fingerprint, entry, done=done)
             self.report.outcomes.append(outcome)
             self.events.event(outcome.id, outcome.state, outcome.detail)
             if outcome.state == "failed" and self.options.fail_fast:

@@ -80,21 +80,26 @@ _SECRET_VARIABLES = (
 
 @dataclass(frozen=True, slots=True)
 class RemoteUrl:
-    """A parsed remote: scheme, bucket (container; for `file://` the folder) and prefix."""
+    """A parsed remote: scheme, bucket (container; for `file://` the shared folder, which
+    must exist) and prefix (a path below it)."""
 
     scheme: str
     bucket: str
     prefix: str = ""
 
     def __str__(self) -> str:
+        below = f"/{self.prefix}" if self.prefix else ""
         if self.scheme == "file":
-            return f"file://{self.bucket}"
-        return f"{self.scheme}://{self.bucket}" + (f"/{self.prefix}" if self.prefix else "")
+            return f"file://{self.bucket.rstrip('/')}{below}"
+        return f"{self.scheme}://{self.bucket}{below}"
+
+    @property
+    def folder(self) -> Path:
+        """Where a `file://` remote's objects are."""
+        return Path(self.bucket, self.prefix)
 
     def below(self, name: str) -> RemoteUrl:
         """The same store, one folder further down (`emulator/` for emulator renders)."""
-        if self.scheme == "file":
-            return RemoteUrl("file", f"{self.bucket.rstrip('/')}/{name}")
         return RemoteUrl(self.scheme, self.bucket, f"{self.prefix}/{name}".strip("/"))
 
 
@@ -220,8 +225,8 @@ class RemoteStore:
         obs = _obstore()
 
         def listing() -> None:
-            if self.url.scheme == "file" and not Path(self.url.bucket).is_dir():
-                raise RemoteError(f"{self.url}: no such folder (is the shared folder mounted?)")
+            if self.url.scheme == "file":
+                _check_folder(self.url)
             for _ in obs.list(self._meta, prefix="renders/", chunk_size=1):
                 break
 
@@ -274,7 +279,7 @@ class RemoteStore:
         """Compare-and-swap on a shared folder, which object_store does not offer: the
         version is checked and the file replaced (atomically) under a lock file beside it."""
         obs = _obstore()
-        guard = filelock.FileLock(Path(self.url.bucket, key + ".lock"), timeout=30)
+        guard = filelock.FileLock(self.url.folder / (key + ".lock"), timeout=30)
         try:
             with guard:
                 if obs.head(self._meta, key).get("e_tag") != etag:
@@ -343,7 +348,7 @@ def open_store(url: RemoteUrl) -> RemoteStore:
     try:
         meta = _make_store(url, timeout="20s", retries=2)
         data = _make_store(url, timeout="1h", retries=3)
-    except obs.exceptions.BaseError as exc:
+    except (obs.exceptions.BaseError, OSError) as exc:
         raise RemoteError(f"{url}: {redact(str(exc))}") from None
     return RemoteStore(url, meta, data)
 
@@ -352,7 +357,8 @@ def _make_store(url: RemoteUrl, *, timeout: str, retries: int) -> ObjectStore:
     from obstore.store import AzureStore, GCSStore, LocalStore, S3Store
 
     if url.scheme == "file":
-        return LocalStore(prefix=url.bucket)
+        _check_folder(url)
+        return LocalStore(prefix=url.folder, mkdir=True)
     client: dict[str, Any] = {
         "connect_timeout": "5s",
         "timeout": timeout,
@@ -379,6 +385,13 @@ def _make_store(url: RemoteUrl, *, timeout: str, retries: int) -> ObjectStore:
     if provider is not None:
         options["credential_provider"] = provider
     return S3Store(url.bucket, **options)
+
+
+def _check_folder(url: RemoteUrl) -> None:
+    """A shared folder must exist: a missing one is more often an unmounted share than a
+    new store, and creating it would hide renders on one machine."""
+    if not Path(url.bucket).is_dir():
+        raise RemoteError(f"{url}: no such folder (is the shared folder mounted?)")
 
 
 def _aws_profile_credentials() -> Any:

@@ -241,11 +241,12 @@ class Team:
         if self.claims.holds(fingerprint):
             self._soon(self.claims.set_job, fingerprint, job_id)
 
-    def settled(self, render_id: str, fingerprint: str, entry: Entry | None) -> None:
-        """A render's task ended: push it if it is done, release a claim on it that has
-        nothing left to pay for; a job in flight or uncertain keeps its claim."""
-        done = entry is not None and entry.state == "done" and entry.fingerprint == fingerprint
-        if done and entry is not None:
+    def settled(self, render_id: str, fingerprint: str, entry: Entry | None, *, done: bool) -> None:
+        """A render's task ended (`done`: with its video in place): push it, or release a
+        claim on it that has nothing left to pay for; a job in flight or uncertain keeps its
+        claim."""
+        done = done and entry is not None and entry.fingerprint == fingerprint
+        if done and entry is not None and entry.state == "done":
             if entry.in_remote:
                 if self.claims.holds(fingerprint):
                     self._soon(self.claims.finish, fingerprint)
