@@ -280,9 +280,7 @@ def run(
     job_timeout: float | None,
     time_scale: float,
     fmt: str,
-    remote: str | None,
-    require_remote: bool,
-    claim_lease: float,
+    **team: Any,
 ) -> None:
     """Render what the plan says is missing, recording every step in the lockfile.
 
@@ -309,9 +307,7 @@ def run(
         allow_insecure_http=allow_insecure_http,
         max_renders=max_renders,
         fmt=fmt,
-        remote=remote,
-        require_remote=require_remote,
-        claim_lease=claim_lease,
+        **team,  # --remote, --require-remote, --claim-lease: the shared store
     )
     sys.exit(run_command(for_run(request)))
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from kling_batch import ui
 from kling_batch.claims import RunIdentity
@@ -90,7 +90,7 @@ class Pusher:
         self.workers = workers
         self.pushed = 0  # renders whose bytes or record went up
         self.uploaded_bytes = 0
-        self._send, self._receive = anyio.create_memory_object_stream[PushJob](math.inf)
+        self._send: MemoryObjectSendStream[PushJob] | None = None  # made by `work`
         self._waiting: list[PushJob] = []
         self._pending: set[str] = set()  # queued, waiting or being pushed
         self._attempts: dict[str, int] = {}
@@ -102,28 +102,32 @@ class Pusher:
     def push(self, job: PushJob) -> None:
         """Queue a finished render (never waits)."""
         self._pending.add(job.render_id)
-        if self._finishing.is_set():
-            self._waiting.append(job)  # for the last round
+        if self._send is None or self._finishing.is_set():
+            self._waiting.append(job)  # for the retries, or the last round
         else:
             self._send.send_nowait(job)
 
     async def work(self) -> None:
         """The workers and the retry loop; returns once `finish` drained the queue."""
+        send, receive = anyio.create_memory_object_stream[PushJob](math.inf)
+        self._send = send
         try:
             async with anyio.create_task_group() as group:
                 for _ in range(self.workers):
-                    group.start_soon(self._worker, self._receive.clone())
-                self._receive.close()
+                    group.start_soon(self._worker, receive.clone())
+                receive.close()
                 group.start_soon(self._retry_while_running)
         finally:
+            send.close()
             self._drained.set()
 
     async def finish(self) -> list[Unpushed]:
         """Stop taking renders, let the queue drain, try what waits once more; what the
         store still lacks."""
         self._finishing.set()
-        self._send.close()
-        await self._drained.wait()
+        if self._send is not None:
+            self._send.close()
+            await self._drained.wait()
         if self._waiting:
             await self._last_round()
         return self.unpushed()
@@ -180,7 +184,7 @@ class Pusher:
                 continue
             if not await self._retry_one():
                 pause = min(pause * 2, LAST_RETRY)
-            elif not self._finishing.is_set():  # else the last round takes them
+            elif not self._finishing.is_set() and self._send is not None:  # else: last round
                 pause = FIRST_RETRY
                 waiting, self._waiting = self._waiting, []
                 for job in waiting:
