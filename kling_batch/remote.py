@@ -10,7 +10,7 @@ below it for emulator renders, which must never pass for paid ones):
                                       by which run (`record_key`, `remote_files`)
     claims/<fingerprint hex>          which run is paying for it now (`claim_key`, `claims`)
 
-`RemoteStore` is the one door to it: the few operations the rest needs, asynchronous, on
+`RemoteStore` is the one door to it: the few operations the rest needs, awaitable, on
 obstore (the Python binding of Rust's object_store: one code path for S3, GCS, Azure and
 local folders, conditional creates and updates, streaming multipart uploads). Why not
 fsspec: a claim needs an atomic create-if-absent and a compare-and-swap, and fsspec offers

@@ -265,6 +265,8 @@ async def _run_with_signals(executor: Executor, items: list[PlanItem], ui: RunUI
                         "Press Ctrl-C again to leave now (they stay recorded for the next run)."
                     )
                     continue
+                if executor.team is not None:
+                    executor.team.abandon()  # leave now: no waiting for pushes either
                 scope.cancel()
 
     async with anyio.create_task_group() as group:

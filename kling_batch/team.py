@@ -127,6 +127,7 @@ class Team:
         self.pusher = Pusher(store, self.health, self._pushed)
         self.unpushed: list[Unpushed] = []
         self._warned = False
+        self._abandoned = False
         self._group: anyio.abc.TaskGroup | None = None
 
     @property
@@ -143,10 +144,16 @@ class Team:
             group.start_soon(self.pusher.work)
             try:
                 yield self
-                self.unpushed = await self.pusher.finish()
+                if not self._abandoned:
+                    self.unpushed = await self.pusher.finish()
             finally:
                 self.unpushed = self.unpushed or self.pusher.unpushed()
                 group.cancel_scope.cancel()
+
+    def abandon(self) -> None:
+        """The run is leaving now (a second Ctrl-C): end the session without waiting for
+        pushes; what was not pushed is reported, for `push` to finish."""
+        self._abandoned = True
 
     # -- before paying --------------------------------------------------------------------
 
