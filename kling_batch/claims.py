@@ -58,6 +58,7 @@ Failure cases:
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
@@ -69,6 +70,7 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from kling_batch.canonical import canonical_json
 from kling_batch.remote import RemoteStore, claim_key
 
 LEASE_SECONDS = 120.0
@@ -256,7 +258,7 @@ class ClaimBook:
             host=self.me.host,
             pid=self.me.pid,
             scope=self.me.scope,
-            body=dict(body) if body is not None else None,
+            body=json.loads(canonical_json(body)) if body is not None else None,  # plain JSON
             claimed_at=now,
             expires_at=now + self.lease,
         )

@@ -12,6 +12,7 @@ never took is reported by name, for `kling-batch push` to finish later.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,23 +35,33 @@ from kling_batch.state import StateDir
 WORKERS = 4
 FIRST_RETRY = 1.0
 LAST_RETRY = 30.0
+RECHECK = 15.0  # seconds after a failure before a claim asks the store again
 
 
 class Health:
     """Whether the store answered last time, and if not, why (shared by a run's claims and
     pushes, so a store found down is not asked again by every render)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, recheck: float = RECHECK) -> None:
         self.problem: str | None = None
+        self.recheck = recheck
+        self._since = 0.0
 
     @property
     def ok(self) -> bool:
         """True unless the store failed since it last answered."""
         return self.problem is None
 
+    @property
+    def worth_asking(self) -> bool:
+        """True when the store answered last time, or failed long enough ago (`recheck`
+        seconds) that it may be back."""
+        return self.ok or time.monotonic() - self._since >= self.recheck
+
     def down(self, problem: str) -> None:
         """The store failed: say why."""
         self.problem = problem
+        self._since = time.monotonic()
 
     def up(self) -> None:
         """The store answered."""

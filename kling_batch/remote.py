@@ -346,7 +346,7 @@ def open_store(url: RemoteUrl) -> RemoteStore:
     configuration (no request is sent yet)."""
     obs = _obstore()
     try:
-        meta = _make_store(url, timeout="20s", retries=2)
+        meta = _make_store(url, timeout="5s", retries=2)
         data = _make_store(url, timeout="1h", retries=3)
     except (obs.exceptions.BaseError, OSError) as exc:
         raise RemoteError(f"{url}: {redact(str(exc))}") from None

@@ -161,11 +161,12 @@ class Team:
         self, render: PlannedRender, body: Mapping[str, Any] | None, *, read_first: bool = False
     ) -> Verdict:
         """Claim a render before paying for it (see the module's docstring)."""
-        if not self.health.ok:
+        if not self.health.worth_asking:
             return self._alone()
         fingerprint = render.fingerprint
         try:
             taken = await self.claims.take(fingerprint, body, read_first=read_first)
+            self.health.up()
             recorded = await self._recorded(fingerprint)
             if isinstance(taken, Busy):
                 return recorded or self._adoptable(taken.claim) or Wait(taken.claim, body)
