@@ -132,3 +132,22 @@ def test_a_store_that_fails_means_rendering_alone_said_once(tmp_path: Path) -> N
     assert isinstance(first, Pay) and isinstance(second, Pay)
     assert len(said) == 1 and "rendering on this machine alone" in said[0]
     assert isinstance(refused, Later) and "--require-remote" in refused.reason
+
+
+def test_a_store_that_comes_back_is_claimed_through_again(tmp_path: Path) -> None:
+    """After a failure the store is asked again (here at once): claims resume."""
+    shared = open_store(parse_remote(f"file://{tmp_path}"))
+    blocker = tmp_path / "claims"
+    blocker.write_text("a file where a folder should be")
+    render = planned(tmp_path)
+    member = team(shared, tmp_path, "mine")
+    member.health.recheck = 0
+
+    async def main() -> list[object]:
+        first = await member.arbitrate(render, BODY)
+        blocker.unlink()
+        return [first, await member.arbitrate(render, BODY)]
+
+    first, second = anyio.run(main)
+    assert isinstance(first, Pay) and isinstance(second, Pay)
+    assert member.claims.holds(render.fingerprint) and member.health.ok
