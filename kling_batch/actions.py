@@ -37,6 +37,10 @@ class Differ:
     the render cache).
     """
 
+    # A shared store is configured (`kling_batch.remote`): renders the lockfile says it
+    # holds restore from it.
+    remote = False
+
     def __init__(
         self,
         lock: Lockfile,
@@ -46,10 +50,8 @@ class Differ:
         root: Path,
         state: StateDir,
         ids: Collection[str] = (),
-        remote: bool = False,
     ) -> None:
         self.root = root
-        self.remote = remote  # a shared store is configured: renders pushed there restore
         self.lock = lock
         self.files = files
         self.state = state

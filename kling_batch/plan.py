@@ -158,9 +158,8 @@ def build_plan(
     # Then the decisions, from those facts, the lockfile, the files' hashes and `now`.
     ids = {spec.id for spec in specs}
     files = _ProjectFiles(store, lock_file)
-    differ = Differ(
-        lock, files, now, root=loaded.root, state=store.state, ids=ids, remote=shared is not None
-    )
+    differ = Differ(lock, files, now, root=loaded.root, state=store.state, ids=ids)
+    differ.remote = shared is not None  # renders the lockfile says the store holds restore
     items = [differ.item(r, matches_any(r.id, r.tags, force)) for r in renders]
     orphans = _orphans(lock, ids, adopted=differ.adopted)
     followups = [stray_item(key, lock.shots[key]) for key in differ.strays()]
