@@ -158,11 +158,18 @@ class Team:
     # -- before paying --------------------------------------------------------------------
 
     async def arbitrate(
-        self, render: PlannedRender, body: Mapping[str, Any] | None, *, read_first: bool = False
+        self,
+        render: PlannedRender,
+        body: Mapping[str, Any] | None,
+        *,
+        read_first: bool = False,
+        waiting: bool = False,
     ) -> Verdict:
-        """Claim a render before paying for it (see the module's docstring)."""
+        """Claim a render before paying for it (see the module's docstring). `waiting`:
+        another run was seen holding it, so a store that fails now means `Later`, not
+        rendering alone (that run is likely paying for it)."""
         if not self.health.worth_asking:
-            return self._alone()
+            return self._alone(waiting)
         fingerprint = render.fingerprint
         try:
             taken = await self.claims.take(fingerprint, body, read_first=read_first)
@@ -175,7 +182,7 @@ class Team:
                 return recorded
         except RemoteError as exc:
             self.health.down(str(exc))
-            return self._alone()
+            return self._alone(waiting)
         if taken.expired is not None:
             return self._taken_over(taken.expired)
         return Pay()
@@ -189,7 +196,7 @@ class Team:
                 holder = verdict.claim.holder if verdict.claim else "another run"
                 return Later(f"still claimed by {holder}; the next run looks again")
             await anyio.sleep(self._pause(verdict.claim))
-            verdict = await self.arbitrate(render, verdict.body, read_first=True)
+            verdict = await self.arbitrate(render, verdict.body, read_first=True, waiting=True)
         return verdict
 
     async def _recorded(self, fingerprint: str) -> FromStore | None:
@@ -216,9 +223,14 @@ class Team:
             return Follow(expired, expired.job_id, takeover=True)
         return Unsure(expired, None)
 
-    def _alone(self) -> Verdict:
+    def _alone(self, waiting: bool = False) -> Verdict:
         """What a render does when the store cannot be reached."""
         problem = self.health.problem or "no answer"
+        if waiting:
+            return Later(
+                f"another run holds its claim and the remote store stopped answering "
+                f"({problem}); not submitted, the next run looks again"
+            )
         if self.require:
             return Later(
                 f"not submitted: the remote store cannot be reached ({problem}) and "

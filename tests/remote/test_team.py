@@ -11,6 +11,7 @@ import pytest
 
 from kling_batch.assets import AssetStore
 from kling_batch.claims import ClaimBook, RunIdentity
+from kling_batch.errors import RemoteError
 from kling_batch.expand import RenderSpec
 from kling_batch.lockfile import Lockfile, LockWriter
 from kling_batch.plan import PlannedRender, plan_render
@@ -151,3 +152,26 @@ def test_a_store_that_comes_back_is_claimed_through_again(tmp_path: Path) -> Non
     first, second = anyio.run(main)
     assert isinstance(first, Pay) and isinstance(second, Pay)
     assert member.claims.holds(render.fingerprint) and member.health.ok
+
+
+def test_a_store_lost_while_waiting_on_a_claim_never_means_paying(
+    tmp_path: Path, store: RemoteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another run holds the claim and the store then fails: not submitted (that run is
+    likely paying for it); the next run looks again."""
+    render = planned(tmp_path)
+    mine = team(store, tmp_path, "mine")
+    theirs = ClaimBook(store, RunIdentity("theirs", "their-host", 2, "theirs"), lease=600)
+
+    async def unreachable(key: str) -> None:
+        raise RemoteError(f"{store.url}: cannot read {key}: connection refused")
+
+    async def main() -> tuple[object, object]:
+        await theirs.take(render.fingerprint, BODY)
+        first = await mine.arbitrate(render, BODY)
+        monkeypatch.setattr(store, "read", unreachable)
+        return first, await mine.settle(render, first, patience=60)  # type: ignore[arg-type]
+
+    first, settled = anyio.run(main)
+    assert isinstance(first, Wait)
+    assert isinstance(settled, Later) and "stopped answering" in settled.reason
