@@ -40,8 +40,10 @@ A run that finds a claim it does not hold:
 Failure cases:
 
 - The store cannot be reached when a claim is due: the run renders alone and says so
-  once (`--require-remote` refuses to submit instead). Two machines that both fall back
-  may both pay: that is what the warning is for.
+  once (`--require-remote` refuses to submit instead), and asks the store again with the
+  first claim due fifteen seconds later. Two machines that both fall back may both pay:
+  that is what the warning is for. A run already waiting on another run's claim does not
+  fall back: it leaves the render for the next run (the other run is likely paying).
 - The store is lost while a claim is held: renewals fail quietly and the lease runs out;
   a teammate then adopts the job (same account: no second charge) or leaves the render
   uncertain. The holder finishes its own job; its record is pushed once the store is back.
