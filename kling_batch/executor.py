@@ -55,7 +55,17 @@ from kling_batch.plan import PAID_ACTIONS, PlanItem, PlannedRender, RestoreSourc
 from kling_batch.polling import Lost, model_age, poll_job
 from kling_batch.state import StateDir
 from kling_batch.submission import Poster, Submitter
-from kling_batch.team import Follow, FromStore, Later, Pay, Team, Verdict, Wait, claimed_entry
+from kling_batch.team import (
+    Follow,
+    FromStore,
+    Later,
+    Pay,
+    Team,
+    Verdict,
+    Wait,
+    claimed_entry,
+    claimed_uploads,
+)
 from kling_batch.uploads import Uploader, Uploads
 from kling_batch.urls import KnownUrl
 
@@ -300,6 +310,9 @@ class Executor:
             detail = f"{verdict.job_id}, {how} {verdict.claim.holder}"
             self.events.event(render.id, "adopted", detail)
             return await self._follow(item, entry)
+        if verdict.gap is None:  # same account: later looks compare with what it sent
+            for sha256, upload in claimed_uploads(render, verdict.claim).items():
+                self.writer.add_upload(self._uploads.scope, sha256, upload)
         body = verdict.claim.body if verdict.gap is None else None
         return await self._settle_uncertain(item, entry, body=body, gap=verdict.gap)
 

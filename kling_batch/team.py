@@ -35,7 +35,15 @@ import anyio.abc
 from kling_batch import ui
 from kling_batch.claims import Busy, Claim, ClaimBook, RunIdentity
 from kling_batch.errors import RefusedError, RemoteError
-from kling_batch.lockfile import UNSETTLED, Charge, Entry, LockWriter, inherited, new_entry
+from kling_batch.lockfile import (
+    UNSETTLED,
+    Charge,
+    Entry,
+    LockWriter,
+    UploadedAsset,
+    inherited,
+    new_entry,
+)
 from kling_batch.planned import PlannedRender, RestoreSource
 from kling_batch.push import Health, Pusher, PushJob, Unpushed
 from kling_batch.remote import RemoteStore, RemoteUrl, open_store
@@ -398,6 +406,26 @@ def claimed_entry(
         submissions=[*kept["submissions"], _charge(render, claim, None)],
         attempts=previous.attempts if previous else 0,
     )
+
+
+def claimed_uploads(render: PlannedRender, claim: Claim) -> dict[str, UploadedAsset]:
+    """The uploads a dead run's claimed body used for this render's local inputs, by
+    content hash: recorded as this account's own, so every later look in the job list
+    compares against what that run sent (another machine's upload paths)."""
+    found: dict[str, UploadedAsset] = {}
+    body = claim.body or {}
+    for key, asset in render.assets.items():
+        field_name, _, index = key.partition(".")
+        value = body.get(field_name)
+        if asset.sha256 is None or asset.size is None or not isinstance(value, str):
+            continue
+        paths = value.split(",") if index else [value]
+        path = paths[int(index)] if index and int(index) < len(paths) else paths[0]
+        if path.startswith("bunny://"):
+            found[asset.sha256] = UploadedAsset(
+                path=path, size=asset.size, uploaded_at=claim.claimed_at
+            )
+    return found
 
 
 def _charge(render: PlannedRender, claim: Claim, job_id: str | None) -> Charge:

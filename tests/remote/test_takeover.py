@@ -144,3 +144,52 @@ def test_a_claim_without_a_job_id_is_not_sent_again_without_the_flag(
     states = {e.fingerprint: e.state for e in lock.shots.values()}
     assert states.pop(claim["fingerprint"]) == "uncertain"
     assert set(states.values()) == {"done"}
+
+
+STILL = """\
+version = 1
+name = "still"
+output_dir = "renders"
+
+[[shots]]
+id = "still"
+prompt = "The harbour wakes"
+image = "still.png"
+model_tier = "standard"
+duration = 4
+"""
+
+
+@pytest.mark.timeout(300)
+def test_a_dead_runs_upload_paths_are_what_later_looks_compare_with(
+    tmp_path: Path, store: Store
+) -> None:
+    """Left uncertain (no job list to look in), the render keeps the dead run's upload of
+    its image on record: a later look compares with what that run sent, not with an
+    upload of this machine's."""
+    with emulator(job_retention_seconds=RETAINED, job_list="absent") as served:
+        doomed = machine(tmp_path / "alice", served, store, STILL)
+        process = doomed.start("--claim-lease", LEASE)
+        posted = threading.Event()
+
+        def on_request(entry: JournalEntry) -> None:
+            if classify(entry.method, entry.path) == "submit" and not posted.is_set():
+                posted.set()
+                process.send_signal(signal.SIGKILL)
+
+        unsubscribe = served.emulator.journal.subscribe(on_request)
+        try:
+            finish(process)
+        finally:
+            unsubscribe()
+        (claim,) = store.claims().values()
+        wait_until(lambda: expired(store), "the dead machine's lease to run out")
+        heir = machine(tmp_path / "bob", served, store, STILL)
+        result = heir.run()
+        assert result.returncode == 1 and "uncertain" in result.stdout
+        assert len(jobs_per_render(served)[claim["fingerprint"]]) == 1
+    lock = load_lockfile(heir.project.lock)
+    (entry,) = lock.shots.values()
+    assert entry.state == "uncertain"
+    recorded = {u.path for table in lock.uploads.values() for u in table.values()}
+    assert claim["body"]["image"] in recorded
