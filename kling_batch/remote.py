@@ -16,7 +16,8 @@ local folders, conditional creates and updates, streaming multipart uploads). Wh
 fsspec: a claim needs an atomic create-if-absent and a compare-and-swap, and fsspec offers
 neither uniformly (no If-None-Match put in s3fs, no exclusive create for a local folder);
 object_store has both on S3, GCS and Azure, and the create on a local folder, whose
-compare-and-swap is made here under a file lock.
+compare-and-swap is made here under a file lock (on a network file system, as sound as its
+locking; the create itself is a hard link, atomic there too).
 
 Credentials come from each provider's own chain and are never passed, written or shown:
 S3 through boto3 when it is installed and the environment holds no key (profiles, SSO,

@@ -5,7 +5,10 @@ A render goes up as two objects, bytes first: `objects/sha256/<hex>` (streamed f
 read-only render cache, or the output, hash-checked on the way) and then its record,
 `renders/<fingerprint hex>.json` (`StoredRender`), created only if absent (If-None-Match),
 so the first record of a fingerprint stays and a record always names bytes that are
-there. It comes down the way a download does: streamed to a temp file beside the output,
+there. Bytes already under their key (of the recorded size) are not sent again: checking
+their hash would mean reading them back, and every fetch checks it anyway.
+
+A render comes down the way a download does: streamed to a temp file beside the output,
 verified as every download is (`outputs.verify_and_place`: a whole MP4, the recorded
 hash), kept in the render cache, renamed into place.
 """
