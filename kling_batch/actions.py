@@ -37,6 +37,10 @@ class Differ:
     the render cache).
     """
 
+    # A shared store is configured (`kling_batch.remote`): renders the lockfile says it
+    # holds restore from it.
+    remote = False
+
     def __init__(
         self,
         lock: Lockfile,
@@ -48,6 +52,7 @@ class Differ:
         ids: Collection[str] = (),
         renders: Sequence[PlannedRender] = (),
         forced: Collection[str] = (),
+        remote: bool = False,
     ) -> None:
         self.root = root
         self.lock = lock
@@ -55,6 +60,7 @@ class Differ:
         self.state = state
         self.now = now
         self.forced = frozenset(forced)
+        self.remote = remote
         self.ids = frozenset(ids)
         self._paid: dict[str, PlannedRender] = {}
         self._known: dict[str, list[tuple[Entry | None, PastRender]]] = {}
@@ -196,7 +202,15 @@ class Differ:
             if known is not None and known.expires_at > self.now:
                 url, job = known.url, known.job_id
                 return RestoreSource("url", past.sha256, past.size, url=url, job_id=job)
-        return self._remembered(fingerprint)
+        return self._remembered(fingerprint) or self._in_remote(candidates)
+
+    def _in_remote(self, candidates: list[tuple[Entry | None, PastRender]]) -> RestoreSource | None:
+        """A finished render the lockfile says the team's shared store holds."""
+        if self.remote:
+            for _, past in candidates:
+                if past.in_remote:
+                    return RestoreSource("remote", past.sha256, past.size)
+        return None
 
     def _url_of(self, past: PastRender) -> KnownUrl | None:
         """A finished render's URL: in the URL store, or in the lockfile (older records)."""
@@ -231,6 +245,8 @@ def _restore_reason(source: RestoreSource) -> str:
         return "restored from its result URL (free)"
     if source.kind == "cache":
         return "restored from the local cache (free)"
+    if source.kind == "remote":
+        return "restored from the remote store (free)"
     return f"copied from {source.path.name if source.path else 'an earlier output'} (free)"
 
 

@@ -15,6 +15,7 @@ complete look, `--resubmit-uncertain=blind` after any look.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -109,14 +110,15 @@ class JobFinder:
         """Never adopt this job: a render of this run already owns it."""
         self._claimed.add(job_id)
 
-    async def find(self, entry: Entry) -> Look:
-        """A listed job with the entry's exact request, created since it was submitted,
-        read as far back as that needs; or why its absence proves nothing."""
+    async def find(self, entry: Entry, *, body: Mapping[str, Any] | None = None) -> Look:
+        """A listed job with the entry's exact request (or exactly `body`, when another
+        run sent it), created since it was submitted, read as far back as that needs; or
+        why its absence proves nothing."""
         async with self._lock:
             sent = sent_at(entry)
             since = sent - CLOCK_SKEW if sent is not None else None
             short = await self._pages.back_to(since)
-            job, opaque = self._match(entry, since)
+            job, opaque = self._match(self._wanted(entry, body), since)
             if job is not None:
                 self._claimed.add(job.job_id)
                 return Look(job=job)
@@ -138,12 +140,20 @@ class JobFinder:
                 paths[key] = upload.path
         return kling_o3.with_media(entry.request, paths)
 
-    def _match(self, entry: Entry, since: datetime | None) -> tuple[JobState | None, int]:
-        """The first unclaimed job since `since` with the entry's request as sent, and how
-        many such jobs the list shows without their request (any of them may be the one)."""
+    def _wanted(self, entry: Entry, body: Mapping[str, Any] | None) -> str:
+        """The digest of what the unanswered submission sent: `body` when another run sent
+        it (a claim taken over), else what its charge recorded, else a reconstruction."""
+        if body is not None:
+            return kling_o3.sent_digest(body)
         charge = entry.unanswered()
-        wanted = charge.sent if charge is not None and charge.sent else None
-        wanted = wanted or kling_o3.sent_digest(self.sent_body(entry))
+        if charge is not None and charge.sent:
+            return charge.sent
+        return kling_o3.sent_digest(self.sent_body(entry))
+
+    def _match(self, wanted: str, since: datetime | None) -> tuple[JobState | None, int]:
+        """The first unclaimed job since `since` whose request as sent is `wanted` (its
+        `kling_o3.sent_digest`), and how many such jobs the list shows without their request
+        (any of them may be the one)."""
         opaque = 0
         for job in self._pages.jobs:
             if job.job_id in self._claimed or job.status == "failed":

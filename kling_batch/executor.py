@@ -21,7 +21,7 @@ the job list); this module decides and records.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from decimal import Decimal
@@ -61,6 +61,17 @@ from kling_batch.plan import PAID_ACTIONS, PlanItem, PlannedRender, RestoreSourc
 from kling_batch.polling import Lost, model_age, poll_job
 from kling_batch.state import StateDir
 from kling_batch.submission import Poster, Submitter
+from kling_batch.team import (
+    Follow,
+    FromStore,
+    Later,
+    Pay,
+    Team,
+    Verdict,
+    Wait,
+    claimed_entry,
+    claimed_uploads,
+)
 from kling_batch.uploads import Uploader, Uploads
 from kling_batch.urls import KnownUrl
 
@@ -101,8 +112,10 @@ class Executor:
         writer: LockWriter,
         events: Events,
         options: RunOptions | None = None,
+        team: Team | None = None,
     ) -> None:
         self.root = root
+        self.team = team  # the shared store's claims and pushes (`kling_batch.team`)
         self.client = client
         self.clock = client.clock
         self.writer = writer
@@ -156,6 +169,10 @@ class Executor:
     async def _run_item(self, item: PlanItem) -> None:
         try:
             outcome = await self._outcome_of(item)
+            if self.team is not None:
+                render = item.render
+                entry, done = self.writer.get(render.id), outcome.state == "done"
+                self.team.settled(render.id, render.fingerprint, entry, done=done)
             self.report.outcomes.append(outcome)
             self.events.event(outcome.id, outcome.state, outcome.detail)
             if outcome.state == "failed" and self.options.fail_fast:
@@ -235,12 +252,15 @@ class Executor:
         return _outcome(item, outcome, detail)
 
     async def _render(self, item: PlanItem, previous: Entry | None) -> Outcome:
-        """Upload, submit and poll a render in a job slot, then download it outside one.
+        """Upload, claim (with a shared store), submit and poll a render in a job slot, then
+        download it outside one.
 
         The slot is held from before the upload until the job completes on the API, so the
-        next render can be submitted while this one downloads.
+        next render can be submitted while this one downloads. A render another run claimed
+        is waited for outside any slot (`_elsewhere`).
         """
         render = item.render
+        verdict: Verdict = Pay()
         async with self._slots:
             if self.stop_submitting.is_set():
                 return _outcome(item, "skipped", "not submitted")
@@ -249,17 +269,64 @@ class Executor:
             except UploadFailed as exc:
                 await self._submitter.record_failure(render, previous, str(exc))
                 return _outcome(item, "failed", str(exc))
-            if self.stop_submitting.is_set():
-                return _outcome(item, "skipped", "not submitted")
-            rewire = partial(self._uploads.rewire, render.body, render.assets)
-            entry = await self._submitter.submit(render, previous, body, rewire=rewire)
-            if entry is None:
-                return _outcome(item, "skipped", "not submitted")
-            if entry.state != "submitted":
-                state: OutcomeState = "uncertain" if entry.state == "uncertain" else "failed"
-                return _outcome(item, state, entry.error or "")
-            polled = await self._poll(item, entry)
+            if self.team is not None:  # the claim is taken before `submitting` is saved
+                verdict = await self.team.arbitrate(render, body)
+            if isinstance(verdict, Pay):
+                polled = await self._submit(item, previous, body)
+        if not isinstance(verdict, Pay):
+            return await self._elsewhere(item, previous, verdict)
         return await self._collect(item, polled)
+
+    async def _submit(
+        self, item: PlanItem, previous: Entry | None, body: dict[str, Any]
+    ) -> Entry | Outcome:
+        """Submit and poll (in the caller's job slot): the completed entry, or how it ended."""
+        render = item.render
+        if self.stop_submitting.is_set():
+            return _outcome(item, "skipped", "not submitted")
+        rewire = partial(self._uploads.rewire, render.body, render.assets)
+        entry = await self._submitter.submit(render, previous, body, rewire=rewire)
+        if entry is None:
+            return _outcome(item, "skipped", "not submitted")
+        if entry.state != "submitted":
+            state: OutcomeState = "uncertain" if entry.state == "uncertain" else "failed"
+            return _outcome(item, state, entry.error or "")
+        if self.team is not None and entry.job_id:
+            self.team.submitted(render.fingerprint, entry.job_id)
+        return await self._poll(item, entry)
+
+    async def _elsewhere(self, item: PlanItem, previous: Entry | None, verdict: Verdict) -> Outcome:
+        """A render another run claimed (`kling_batch.claims`): wait while it holds it, then
+        restore its record, follow its job, or settle a dead run's claim as uncertain."""
+        assert self.team is not None
+        render = item.render
+        if isinstance(verdict, Wait):
+            self.events.event(render.id, "waiting", verdict.detail)
+            patience = job_deadline(render.request.model_tier, render.seconds)
+            patience = patience * self.clock.time_scale + 2 * self.team.lease
+            verdict = await self.team.settle(render, verdict, patience=patience)
+        if isinstance(verdict, Pay):  # the claim came free and is this run's now
+            return await self._render(item, previous)
+        if isinstance(verdict, FromStore):
+            reason = "rendered by a teammate: restored from the remote store (free)"
+            return await self._restore(PlanItem(render, "restore", (reason,), verdict.source))
+        if isinstance(verdict, Later):
+            return _outcome(item, "pending", verdict.reason)
+        if isinstance(verdict, Wait):  # `settle` ends every wait; kept for the type
+            return _outcome(item, "pending", verdict.detail)
+        entry = claimed_entry(render, previous, verdict, now=self.clock.now())
+        self.writer.set(render.id, entry)
+        await self.writer.commit()
+        if isinstance(verdict, Follow):
+            how = "taken over from" if verdict.takeover else "claimed by"
+            detail = f"{verdict.job_id}, {how} {verdict.claim.holder}"
+            self.events.event(render.id, "adopted", detail)
+            return await self._follow(item, entry)
+        if verdict.gap is None:  # same account: later looks compare with what it sent
+            for sha256, upload in claimed_uploads(render, verdict.claim).items():
+                self.writer.add_upload(self._uploads.scope, sha256, upload)
+        body = verdict.claim.body if verdict.gap is None else None
+        return await self._settle_uncertain(item, entry, body=body, gap=verdict.gap)
 
     async def _follow(self, item: PlanItem, entry: Entry) -> Outcome:
         """Finish a job submitted earlier (resumed or adopted): poll it, then download."""
@@ -381,7 +448,7 @@ class Executor:
                 detail = f"{source.twin} (same request) did not finish; the next run plans it"
                 return _outcome(item, "skipped", detail)
             source = twin
-        problem = await self._downloads.restore(render.output, source)
+        problem = await self._place(render, source)
         if problem is not None:
             return _outcome(item, "failed", problem)
         self._downloads.remember(render.fingerprint, source.sha256, source.size)
@@ -391,10 +458,19 @@ class Executor:
             output_sha256=source.sha256,
             output_size=source.size,
             updated_at=self.clock.now(),
+            in_remote=True if source.kind == "remote" else None,
             **inherited(self.writer.get(render.id)),
         )
         self.writer.set(render.id, entry)
         return await self._record(item, "done", f"restored from {source.kind}")
+
+    async def _place(self, render: PlannedRender, source: RestoreSource) -> str | None:
+        """Put a restore's bytes in place; None when done, else why not."""
+        if source.kind != "remote":
+            return await self._downloads.restore(render.output, source)
+        if self.team is None:
+            return "the remote store is not reachable in this run; the next run tries again"
+        return await self.team.restore(render, source)
 
     async def _twin_source(self, source: RestoreSource) -> RestoreSource | None:
         """The finished twin's output as a source, once its task ended; None if it failed."""
@@ -406,11 +482,22 @@ class Executor:
         size = twin.output_size or 0
         return replace(source, sha256=twin.output_sha256, size=size, path=self.root / twin.output)
 
-    async def _settle_uncertain(self, item: PlanItem, entry: Entry) -> Outcome:
+    async def _settle_uncertain(
+        self,
+        item: PlanItem,
+        entry: Entry,
+        *,
+        body: Mapping[str, Any] | None = None,
+        gap: str | None = None,
+    ) -> Outcome:
         """Adopt the job if the API's job list shows it; resubmit only when asked to, and
-        without `blind` only after a complete look (`adoption.Look`)."""
+        without `blind` only after a complete look (`adoption.Look`).
+
+        `body`: what was sent, when another run sent it (a claim taken over); `gap`: why
+        this run's job list cannot settle it at all (another API account's submission).
+        """
         render = item.render
-        look = await self._finder.find(entry)
+        look = Look(gap=gap) if gap is not None else await self._finder.find(entry, body=body)
         recorded = self._finder.record(render.id, entry, look, self.clock.now())
         await self.writer.commit()
         if look.job is not None:

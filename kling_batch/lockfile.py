@@ -63,6 +63,8 @@ class PastRender(BaseModel):
     output_size: int
     result_url: str | None = None
     result_expires_at: datetime | None = None
+    # The team's shared store holds it (`kling_batch.remote`): a clone restores it free.
+    in_remote: bool | None = None
 
     @property
     def sha256(self) -> str:
@@ -123,6 +125,8 @@ class Entry(BaseModel):
     history: list[PastRender] = Field(default_factory=list)
     # Every submission ever made under this id, oldest first: nothing paid is forgotten.
     submissions: list[Charge] = Field(default_factory=list)
+    # The team's shared store holds this render and its record (`kling_batch.remote`).
+    in_remote: bool | None = None
 
     def unanswered(self) -> Charge | None:
         """The newest submission still waiting for its job id (an uncertain one), if any."""
@@ -151,6 +155,7 @@ class Entry(BaseModel):
             output_size=self.output_size,
             result_url=self.result_url,
             result_expires_at=self.result_expires_at,
+            in_remote=self.in_remote,
         )
 
 
@@ -523,6 +528,28 @@ class LockWriter:
         if entry is not None:
             self.set(target, adopted_entry(entry, self.get(target), render))
             self.remove(source)
+
+    def mark_in_remote(self, fingerprint: str, sha256: str, held: bool = True) -> int:
+        """Record that the team's store holds (or, `held=False`, no longer holds) the render
+        of `fingerprint` with content `sha256`, on every entry and history item of it;
+        returns how many changed (saved by the next commit)."""
+        flag = True if held else None
+        changed = 0
+        for shot_id, entry in list(self.lock.shots.items()):
+            history = [
+                past.model_copy(update={"in_remote": flag})
+                if past.fingerprint == fingerprint and past.sha256 == sha256
+                else past
+                for past in entry.history
+            ]
+            mine = entry.fingerprint == fingerprint and entry.output_sha256 == sha256
+            fields: dict[str, Any] = {"in_remote": flag} if mine else {}
+            if history != entry.history:
+                fields["history"] = history
+            if fields and any(getattr(entry, k) != v for k, v in fields.items()):
+                self.update(shot_id, **fields)
+                changed += 1
+        return changed
 
     def add_upload(self, scope: str, sha256: str, upload: UploadedAsset) -> None:
         """Remember an uploaded asset (saved by the next commit)."""

@@ -37,6 +37,7 @@ from kling_batch.planned import (
     RestoreSource,
 )
 from kling_batch.pricing import Price, price, select_row
+from kling_batch.remote import RemoteUrl, resolve_remote
 from kling_batch.selection import matches_any, require_matches
 from kling_batch.urls import KnownUrl, ResultUrls
 
@@ -88,6 +89,8 @@ class Plan:
     # Orphaned entries whose job may be paid for: followed to their end by a run, their
     # videos kept in the render cache (no new cost; not counted among the renders).
     followups: Sequence[PlanItem] = ()
+    # The team's shared store (`kling_batch.remote`), if one is configured.
+    remote: RemoteUrl | None = None
 
     @property
     def has_work(self) -> bool:
@@ -130,50 +133,46 @@ def build_plan(
     emulator: bool = False,
     max_renders: int = MAX_RENDERS,
     api: str | None = None,
+    remote: str | None = None,
 ) -> Plan:
     """Load, expand, validate, price and diff one manifest against its lockfile.
 
-    `emulator` plans renders against the bundled emulator: their own lockfile
-    (`<stem>.emulator.lock`) and output folder (`<output_dir>-emulator`), so they can
-    never be mistaken for paid renders. `api` is the API the run would use
-    (`endpoint.api_identity`): only renders it made are restored from the cache index or
-    the URL store; None offers none of those.
+    `emulator`: renders of the bundled emulator (their own lockfile and output folder).
+    `api`: the API the run would use (`endpoint.api_identity`); only its renders restore
+    from the cache index or the URL store (None: none do). `remote` overrides the
+    manifest's shared store, whose renders (as the lockfile records them) restore free.
     """
     loaded = _load(manifest_path, emulator=emulator)
+    shared = resolve_remote(loaded.manifest.remote, remote, file=loaded.path)
     lock_file = lockfile or lock_path(loaded.path, emulator=emulator)
     store = AssetStore(loaded.root)
     store.state.check()
     specs = expand_shots(loaded, max_renders=max_renders)
-    only, force = list(only), list(force)
-    candidates = [(spec.id, spec.tags) for spec in specs]
-    require_matches(only, candidates, "--only")
-    require_matches(force, candidates, "--force")
+    only, force = _selection(specs, only, force)
     lock, save_lock_cache = read_lockfile(lock_file, cache=store.state.lock_cache(lock_file))
     # The facts first: every render validated, its assets hashed and probed, priced.
     renders = [plan_render(spec, store) for spec in _chosen(specs, lock, only)]
     # Then the decisions, from those facts, the lockfile, the files' hashes and `now`.
-    ids = {spec.id for spec in specs}
-    files = _ProjectFiles(store, lock_file, api)
-    forced = {r.id for r in renders if matches_any(r.id, r.tags, force)}
     differ = Differ(
         lock,
-        files,
+        _ProjectFiles(store, lock_file, api),
         now,
         root=loaded.root,
         state=store.state,
-        ids=ids,
+        ids={spec.id for spec in specs},
         renders=renders,
-        forced=forced,
+        forced={r.id for r in renders if matches_any(r.id, r.tags, force)},
+        remote=shared is not None,  # renders the lockfile says the store holds restore
     )
     items = [differ.item(r) for r in renders]
-    orphans = _orphans(lock, ids, adopted=differ.adopted)
+    orphans = _orphans(lock, set(differ.ids), adopted=differ.adopted)
     followups = [stray_item(key, lock.shots[key]) for key in differ.strays()]
     # Written last, so a manifest error above leaves nothing behind. Neither is needed:
     # a read-only checkout plans without them (only slower next time).
     save_lock_cache()
     store.save()
     warnings = _warnings(renders, orphans)
-    return Plan(loaded, lock_file, lock, items, orphans, warnings, followups)
+    return Plan(loaded, lock_file, lock, items, orphans, warnings, followups, shared)
 
 
 class _ProjectFiles:
@@ -199,6 +198,17 @@ class _ProjectFiles:
             self._urls = ResultUrls(self.store.state.result_urls(self.lock_file))
         known = self._urls.get(sha256)
         return known if known is not None and known.api == self.api else None
+
+
+def _selection(
+    specs: Sequence[RenderSpec], only: Iterable[str], force: Iterable[str]
+) -> tuple[list[str], list[str]]:
+    """`--only` and `--force` patterns, each refused (exit 2) when it matches no render."""
+    only, force = list(only), list(force)
+    candidates = [(spec.id, spec.tags) for spec in specs]
+    require_matches(only, candidates, "--only")
+    require_matches(force, candidates, "--force")
+    return only, force
 
 
 def _load(manifest_path: Path, *, emulator: bool) -> LoadedManifest:

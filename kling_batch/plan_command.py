@@ -32,6 +32,7 @@ class PlanRequest:
     out: Path | None = None
     compare: str | None = None
     resubmit_uncertain: Resubmit = "off"
+    remote: str | None = None  # --remote / KLING_BATCH_REMOTE
 
     @property
     def options(self) -> PlanOptions:
@@ -65,6 +66,7 @@ def plan_command(request: PlanRequest) -> int:
         emulator=request.emulator,
         max_renders=request.max_renders,
         api=_expected_api(request.emulator),
+        remote=request.remote,
     )
     if request.compare is not None:
         _report_comparison(plan, request)
