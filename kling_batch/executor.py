@@ -6,7 +6,7 @@ change goes to the lockfile before the next step (`LockWriter.commit`), so a cra
 point leaves a lockfile the next run resumes from without paying twice:
 
     submitting ─POST─▶ submitted ─poll─▶ completed ─download─▶ done
-        │ no answer         │ job failed     │ URL expired
+        │ no answer         │ job failed     │ URL refused, the job gone
         ▼                   ▼                ▼
      uncertain            failed           failed
 
@@ -14,17 +14,16 @@ Expected per-render failures are values (`Outcome`), never exceptions, so one ba
 never cancels its siblings. An unexpected error fails only its own render (its record is
 kept); only a lockfile that cannot be written stops the run. The steps' mechanics live
 beside it: `uploads` (inputs, once per content), `polling` and `pacing` (following a job),
-`downloads` (results and restores into place), `adoption` (unanswered submissions found in
-the job list); this module decides and records.
+`following` (a job polled, its result downloaded, each step recorded), `downloads`
+(results and restores into place), `adoption` (unanswered submissions found in the job
+list), `team` (claims on a shared store); this module decides what each render needs.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import timedelta
-from decimal import Decimal
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,7 +36,6 @@ from kling_batch.adoption import (
     JobFinder,
     JobLister,
     Look,
-    Resubmit,
     stray_detail,
     unsettled_detail,
 )
@@ -47,6 +45,7 @@ from kling_batch.errors import (
     RunFatal,
     UploadFailed,
 )
+from kling_batch.following import Follower, RunOptions, outcome_of
 from kling_batch.lockfile import (
     UNSETTLED,
     Entry,
@@ -55,10 +54,8 @@ from kling_batch.lockfile import (
     new_entry,
 )
 from kling_batch.outcomes import Events, Outcome, OutcomeState, RunReport, stop_reason
-from kling_batch.pacing import JobWatch, PollPacing, job_deadline, longest_first
-from kling_batch.payloads import JobState
+from kling_batch.pacing import job_deadline, longest_first
 from kling_batch.plan import PAID_ACTIONS, PlanItem, PlannedRender, RestoreSource
-from kling_batch.polling import Lost, model_age, poll_job
 from kling_batch.state import StateDir
 from kling_batch.submission import Poster, Submitter
 from kling_batch.team import (
@@ -73,32 +70,12 @@ from kling_batch.team import (
     claimed_uploads,
 )
 from kling_batch.uploads import Uploader, Uploads
-from kling_batch.urls import KnownUrl
 
 log = logging.getLogger(__name__)
-
-RESULT_RETENTION = timedelta(days=7)  # signed result URLs (API reference §3.1)
-_NO_URL: dict[str, Any] = {"result_url": None, "result_expires_at": None}
 
 
 class ApiClient(Poster, Uploader, JobLister, ResultClient, Protocol):
     """What the executor needs of `EmpirioClient` (tests may pass a fake)."""
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How a run behaves; all durations in model seconds."""
-
-    jobs: int = 4
-    fail_fast: bool = False
-    resubmit_uncertain: Resubmit = "off"
-    pacer: PollPacing = field(default_factory=lambda: PollPacing())
-    # Give up polling a job that stays unreachable this long; it stays `submitted`.
-    poll_patience: float = 1800.0
-    # Stop polling a job this long after its submission; it stays `submitted`. None: a
-    # multiple of its expected duration (`pacing.job_deadline`).
-    job_timeout: float | None = None
-    download_attempts: int = 3
 
 
 class Executor:
@@ -135,6 +112,15 @@ class Executor:
             report=self.report,
             stopped=self.stop_submitting,
             on_job=self._finder.claim,
+        )
+        self._follower = Follower(
+            client,
+            writer,
+            events=events,
+            report=self.report,
+            options=self.options,
+            downloads=self._downloads,
+            slots=self._slots,
         )
         self._done_events: dict[str, anyio.Event] = {}
 
@@ -216,7 +202,7 @@ class Executor:
             return await self._restore(item)
         entry = self.writer.get(item.render.id)
         if action == "resume" and entry is not None:
-            return await self._follow(item, entry)
+            return await self._follower.follow(item, entry)
         if action == "uncertain" and entry is not None:
             return await self._settle_uncertain(item, entry)
         if action in PAID_ACTIONS:
@@ -242,15 +228,6 @@ class Executor:
         for item in moves:
             self.events.event(item.render.id, "adopted", f"the job of {item.adopt}")
 
-    async def _record(
-        self, item: PlanItem, outcome: OutcomeState, detail: str, **fields: Any
-    ) -> Outcome:
-        """Update the render's entry with `fields` (stamped now), save, say how it ended."""
-        if fields:
-            self.writer.update(item.render.id, updated_at=self.clock.now(), **fields)
-        await self.writer.commit()
-        return _outcome(item, outcome, detail)
-
     async def _render(self, item: PlanItem, previous: Entry | None) -> Outcome:
         """Upload, claim (with a shared store), submit and poll a render in a job slot, then
         download it outside one.
@@ -275,7 +252,7 @@ class Executor:
                 polled = await self._submit(item, previous, body)
         if not isinstance(verdict, Pay):
             return await self._elsewhere(item, previous, verdict)
-        return await self._collect(item, polled)
+        return await self._follower.collect(item, polled)
 
     async def _submit(
         self, item: PlanItem, previous: Entry | None, body: dict[str, Any]
@@ -293,7 +270,7 @@ class Executor:
             return _outcome(item, state, entry.error or "")
         if self.team is not None and entry.job_id:
             self.team.submitted(render.fingerprint, entry.job_id)
-        return await self._poll(item, entry)
+        return await self._follower.poll(item, entry)
 
     async def _elsewhere(self, item: PlanItem, previous: Entry | None, verdict: Verdict) -> Outcome:
         """A render another run claimed (`kling_batch.claims`): wait while it holds it, then
@@ -321,120 +298,12 @@ class Executor:
             how = "taken over from" if verdict.takeover else "claimed by"
             detail = f"{verdict.job_id}, {how} {verdict.claim.holder}"
             self.events.event(render.id, "adopted", detail)
-            return await self._follow(item, entry)
+            return await self._follower.follow(item, entry)
         if verdict.gap is None:  # same account: later looks compare with what it sent
             for sha256, upload in claimed_uploads(render, verdict.claim).items():
                 self.writer.add_upload(self._uploads.scope, sha256, upload)
         body = verdict.claim.body if verdict.gap is None else None
         return await self._settle_uncertain(item, entry, body=body, gap=verdict.gap)
-
-    async def _follow(self, item: PlanItem, entry: Entry) -> Outcome:
-        """Finish a job submitted earlier (resumed or adopted): poll it, then download."""
-        polled: Entry | Outcome = entry
-        if entry.state == "submitted":
-            async with self._slots:
-                polled = await self._poll(item, entry)
-        return await self._collect(item, polled)
-
-    async def _collect(self, item: PlanItem, polled: Entry | Outcome) -> Outcome:
-        """Download a completed job's result, or pass on how polling ended."""
-        if isinstance(polled, Outcome):
-            return polled
-        return await self._download_result(item, polled)
-
-    # -- poll ---------------------------------------------------------------------------
-
-    async def _poll(self, item: PlanItem, entry: Entry) -> Entry | Outcome:
-        """Poll a submitted job until it ends: the completed entry, or how it ended."""
-        render = item.render
-        age = model_age(self.clock, entry.submitted_at) if entry.submitted_at else 0.0
-        tier, timeout = render.request.model_tier, self.options.job_timeout
-        watch = JobWatch(
-            self.clock,
-            self.options.pacer,
-            tier=tier,
-            seconds=render.seconds,
-            age=age,
-            patience=self.options.poll_patience,
-            deadline=timeout if timeout is not None else job_deadline(tier, render.seconds),
-        )
-        job = await poll_job(self.client, entry, watch, partial(self.events.progress, render.id))
-        if isinstance(job, Lost):
-            if job.forgotten:
-                return await self._forgotten(item, entry)
-            return await self._record(item, "pending", job.detail, error=job.detail)
-        if job.status == "failed":
-            reason = job.error.message if job.error else job.raw_status
-            code = f" [{job.error.code}]" if job.error and job.error.code else ""
-            error = f"job {job.job_id} {job.raw_status}: {reason}{code}"
-            return await self._record(item, "failed", error, state="failed", error=error)
-        watch.finished()
-        return await self._completed(item, job)
-
-    async def _completed(self, item: PlanItem, job: JobState) -> Entry | Outcome:
-        """Record a finished job's result URL and bill; the entry, ready to download."""
-        render = item.render
-        if render.id in self.report.submitted and job.billed_usd is not None:
-            self.report.billed[render.id] = job.billed_usd
-        if not job.video_url:
-            # Paid for: keep the job on record (the next run asks again) rather than fail
-            # it into a paid re-render.
-            error = (
-                f"job {job.job_id} completed but no video URL was found in its answer; "
-                "the next run asks again"
-            )
-            return await self._record(item, "pending", error, error=error)
-        now = self.clock.now()
-        recorded = self.writer.get(render.id)
-        assert recorded is not None
-        entry = self.writer.update(
-            render.id,
-            state="completed",
-            result_url=job.video_url,
-            result_expires_at=job.expires_at or now + RESULT_RETENTION,
-            completed_at=now,
-            updated_at=now,
-            billed_usd=job.billed_usd,
-            error=None,
-            submissions=recorded.charged(job.job_id, billed_usd=job.billed_usd),
-        )
-        await self.writer.commit()
-        self.events.progress(render.id, 1.0)
-        self.events.event(render.id, "completed", job.job_id)
-        return entry
-
-    async def _forgotten(self, item: PlanItem, entry: Entry) -> Entry | Outcome:
-        """The API dropped the job: its recorded URL may still serve the video."""
-        if entry.result_url:
-            return entry
-        error = (
-            f"the API no longer knows job {entry.job_id} (job state is kept one hour after "
-            "completion) and no result URL was recorded; the next plan prices a re-render"
-        )
-        return await self._record(item, "failed", error, state="failed", error=error)
-
-    # -- download -----------------------------------------------------------------------
-
-    async def _download_result(self, item: PlanItem, entry: Entry) -> Outcome:
-        """Fetch a completed render into place (a stray's into the render cache only)."""
-        output = None if item.stray else item.render.output
-        seconds = _known_seconds(item.render, entry)
-        attempts = self.options.download_attempts
-        got = await self._downloads.collect(entry, output, seconds=seconds, attempts=attempts)
-        fresh = {"result_url": got.url} if got.url else {}
-        if got.failed is not None:
-            return await self._record(item, "failed", got.failed, state="failed", error=got.failed)
-        if got.download is None:
-            pending = got.pending or "download failed; rerun to resume, the job is paid for"
-            return await self._record(item, "pending", pending, error=pending, **fresh)
-        sha256, url = got.download.sha256, got.url or entry.result_url
-        if url and entry.result_expires_at:  # out of the lockfile, into the URL store
-            known = KnownUrl(url, entry.result_expires_at, entry.job_id, self.writer.lock.api)
-            self._downloads.urls.put(sha256, known)
-        done = {"output_sha256": sha256, "output_size": got.download.size, **_NO_URL}
-        detail = str(output) if output is not None else "kept in the render cache (orphaned)"
-        paths = {"output": str(output)} if output is not None else {}
-        return await self._record(item, "done", detail, state="done", error=None, **done, **paths)
 
     # -- restore and uncertain ----------------------------------------------------------
 
@@ -462,7 +331,7 @@ class Executor:
             **inherited(self.writer.get(render.id)),
         )
         self.writer.set(render.id, entry)
-        return await self._record(item, "done", f"restored from {source.kind}")
+        return await self._follower.record(item, "done", f"restored from {source.kind}")
 
     async def _place(self, render: PlannedRender, source: RestoreSource) -> str | None:
         """Put a restore's bytes in place; None when done, else why not."""
@@ -502,7 +371,7 @@ class Executor:
         await self.writer.commit()
         if look.job is not None:
             self.events.event(render.id, "submitted", f"found {look.job.job_id} in the job list")
-            return await self._follow(item, recorded)
+            return await self._follower.follow(item, recorded)
         if item.stray:
             return await self._settle_stray(item, look)
         mode = self.options.resubmit_uncertain
@@ -516,17 +385,9 @@ class Executor:
         detail = stray_detail(look)
         if not look.complete:
             return _outcome(item, "uncertain", detail)
-        await self._record(item, "done", detail, state="failed", error=detail)
+        await self._follower.record(item, "done", detail, state="failed", error=detail)
         return _outcome(item, "done", detail)
 
 
-def _known_seconds(render: PlannedRender, entry: Entry) -> Decimal | None:
-    """The length the entry's job renders: the planned one, unless the plan only assumed
-    it (a remote source video) or the job was made for an earlier request."""
-    if render.assumptions or entry.fingerprint != render.fingerprint:
-        return None
-    return render.seconds
-
-
 def _outcome(item: PlanItem, state: OutcomeState, detail: str = "") -> Outcome:
-    return Outcome(item.render.id, item.action, state, detail)
+    return outcome_of(item, state, detail)

@@ -20,7 +20,8 @@ from kling_batch.client import EmpirioClient
 from kling_batch.clock import ScaledClock
 from kling_batch.endpoint import api_identity, api_key_from_env, resolve_base_url
 from kling_batch.errors import LockWriteError, RefusedError, RunError
-from kling_batch.executor import Executor, RunOptions
+from kling_batch.executor import Executor
+from kling_batch.following import RunOptions
 from kling_batch.limits import MAX_RENDERS
 from kling_batch.lockfile import LockWriter, check_api, lock_path
 from kling_batch.outcomes import RunReport

@@ -13,7 +13,8 @@ import pytest
 
 from kling_batch.clock import ScaledClock
 from kling_batch.errors import ConnectionFailed, JobNotFound, ResultExpired, RunFatal
-from kling_batch.executor import Executor, RunOptions
+from kling_batch.executor import Executor
+from kling_batch.following import RunOptions
 from kling_batch.joblist import JobPage
 from kling_batch.lockfile import LockWriter, load_lockfile, new_entry
 from kling_batch.outcomes import Quiet, RunReport
