@@ -45,7 +45,8 @@ import anyio
 from kling_batch.client import EmpirioClient
 from kling_batch.clock import ScaledClock
 from kling_batch.emulator import EmulatorConfig, running
-from kling_batch.executor import Executor, RunOptions
+from kling_batch.executor import Executor
+from kling_batch.following import RunOptions
 from kling_batch.lockfile import LockWriter
 from kling_batch.outcomes import Quiet
 from kling_batch.pacing import PollPacing

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +38,10 @@ class Differ:
     the render cache).
     """
 
+    # A shared store is configured (`kling_batch.remote`): renders the lockfile says it
+    # holds restore from it.
+    remote = False
+
     def __init__(
         self,
         lock: LockRecords,
@@ -47,25 +51,31 @@ class Differ:
         root: Path,
         state: StateDir,
         ids: Collection[str] = (),
+        renders: Sequence[PlannedRender] = (),
+        forced: Collection[str] = (),
+        remote: bool = False,
     ) -> None:
         self.root = root
         self.lock = lock
         self.files = files
         self.state = state
         self.now = now
+        self.forced = frozenset(forced)
+        self.remote = remote
+        self.ids = frozenset(ids)
         self._paid: dict[str, PlannedRender] = {}
         self._finished: dict[str, list[tuple[EntryRecord | None, PastRecord]]] | None = None
-        # Entries of ids no longer in the manifest whose job may be paid for, by request.
-        self._strays: dict[str, list[str]] = {}
-        for key in sorted(key for key in lock.shots if key not in ids):
-            entry = lock.shots[key]
-            if entry.state in UNSETTLED:
-                self._strays.setdefault(entry.fingerprint, []).append(key)
-        self.adopted: dict[str, str] = {}  # stray id → the render that takes its job over
+        self._takes = takeovers(lock, renders, self.forced)  # render id → entry id
+        self.adopted = {key: render for render, key in self._takes.items()}  # and back
+        self._strays = [
+            key
+            for key in sorted(key for key in lock.shots if key not in ids)
+            if lock.shots[key].state in UNSETTLED and key not in self.adopted
+        ]
 
-    def item(self, render: PlannedRender, forced: bool) -> PlanItem:
+    def item(self, render: PlannedRender) -> PlanItem:
         """The action for one render; a second paid render of one fingerprint copies the first."""
-        decided = self._decide(render, forced)
+        decided = self._decide(render, render.id in self.forced)
         if decided.adopt is not None:  # later renders of this request copy the adopter
             self._paid.setdefault(render.fingerprint, render)
             return decided
@@ -80,7 +90,7 @@ class Differ:
 
     def strays(self) -> list[str]:
         """Stray ids (not in the manifest, job maybe paid for) no render took over."""
-        return sorted(key for keys in self._strays.values() for key in keys)
+        return list(self._strays)
 
     @property
     def _known(self) -> dict[str, list[tuple[EntryRecord | None, PastRecord]]]:
@@ -92,34 +102,35 @@ class Differ:
                 self._finished.setdefault(past.fingerprint, []).append((entry, past))
         return self._finished
 
-    def _adopt(self, render: PlannedRender, entry: EntryRecord | None) -> PlanItem | None:
-        """Take over the in-flight job of a stray entry with this exact request: a renamed
-        shot, a take renumbered, an output moved. Paying again would pay twice."""
-        own = entry is not None and entry.fingerprint == render.fingerprint
-        if own and entry is not None and entry.state != "failed":
-            return None  # its own record already covers this request
-        strays = self._strays.get(render.fingerprint)
-        if not strays:
-            return None
-        key = strays.pop(0)
-        self.adopted[key] = render.id
+    def _adopt(self, render: PlannedRender, key: str) -> PlanItem:
+        """Take over entry `key`'s job in flight: the same request under another id."""
         stray = self.lock.shots[key]
+        shot = "shot" if key in self.ids else "renamed shot"
         if stray.state in ("submitted", "completed"):
             phase = "in flight" if stray.state == "submitted" else "done, download pending"
-            reason = f"job of renamed shot {key}, {phase}: no new cost"
+            reason = f"job of {shot} {key}, {phase}: no new cost"
             return PlanItem(render, "resume", (reason,), adopt=key)
         reason = (
-            f"submission of renamed shot {key} may have reached the API: looked up in the "
-            "job list, no new cost"
+            f"submission of {shot} {key} may have reached the API: looked up in the job "
+            "list, no new cost"
         )
         return PlanItem(render, "uncertain", (reason,), adopt=key)
 
     def _decide(self, render: PlannedRender, forced: bool) -> PlanItem:
+        key = self._takes.get(render.id)
+        if key is not None:
+            return self._adopt(render, key)
         entry = self.lock.shots.get(render.id)
-        if not forced and (entry is None or entry.state not in UNSETTLED):
-            adopted = self._adopt(render, entry)
-            if adopted is not None:
-                return adopted
+        if entry is not None and render.id in self.adopted:
+            # Its job, for the request it had before, goes to the render now asking for it.
+            item = self._decide_from(render, None, forced)
+            note = f"its job in flight (for its earlier request) goes to {self.adopted[render.id]}"
+            return replace(item, reasons=(*item.reasons, note))
+        return self._decide_from(render, entry, forced)
+
+    def _decide_from(
+        self, render: PlannedRender, entry: EntryRecord | None, forced: bool
+    ) -> PlanItem:
         if entry is not None and entry.state in UNSETTLED:
             # A job that may be paid for is followed to its end before anything replaces
             # its entry (not even --force): replacing it would lose the job id.
@@ -202,7 +213,17 @@ class Differ:
             if known is not None and known.expires_at > self.now:
                 url, job = known.url, known.job_id
                 return RestoreSource("url", past.sha256, past.size, url=url, job_id=job)
-        return self._remembered(fingerprint)
+        return self._remembered(fingerprint) or self._in_remote(candidates)
+
+    def _in_remote(
+        self, candidates: list[tuple[EntryRecord | None, PastRecord]]
+    ) -> RestoreSource | None:
+        """A finished render the lockfile says the team's shared store holds."""
+        if self.remote:
+            for _, past in candidates:
+                if past.in_remote:
+                    return RestoreSource("remote", past.sha256, past.size)
+        return None
 
     def _url_of(self, past: PastRecord) -> KnownUrl | None:
         """A finished render's URL: in the URL store, or in the lockfile (older records)."""
@@ -237,6 +258,8 @@ def _restore_reason(source: RestoreSource) -> str:
         return "restored from its result URL (free)"
     if source.kind == "cache":
         return "restored from the local cache (free)"
+    if source.kind == "remote":
+        return "restored from the remote store (free)"
     return f"copied from {source.path.name if source.path else 'an earlier output'} (free)"
 
 
@@ -270,3 +293,50 @@ def change_reasons(entry: EntryRecord, render: PlannedRender) -> list[str]:
 def _short(value: Any) -> str:
     text = str(plain_numbers(value))
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def takeovers(
+    lock: LockRecords, renders: Sequence[PlannedRender], forced: Collection[str]
+) -> dict[str, str]:
+    """Which render takes over which entry's job in flight (render id → entry id).
+
+    An unsettled entry whose request no render of its own id still asks for (a renamed
+    shot, a take renumbered, an output moved, an id reused for another request) goes to the
+    first render asking for exactly that request that has no job of its own to follow and
+    was not forced: paying again for the same request would pay twice.
+    """
+    current = {render.id: render.fingerprint for render in renders}
+    takes: dict[str, str] = {}
+    asking: dict[str, list[PlannedRender]] | None = None  # by request, in plan order
+    for key in sorted(lock.shots):
+        entry = lock.shots[key]
+        if entry.state not in UNSETTLED or current.get(key) == entry.fingerprint:
+            continue  # settled, or followed by its own render
+        if asking is None:
+            asking = {}
+            for render in renders:
+                asking.setdefault(render.fingerprint, []).append(render)
+        for render in asking.get(entry.fingerprint, ()):
+            if _free_to_adopt(render, key, lock, takes, forced):
+                takes[render.id] = key
+                break
+    return takes
+
+
+def _free_to_adopt(
+    render: PlannedRender,
+    key: str,
+    lock: LockRecords,
+    takes: Mapping[str, str],
+    forced: Collection[str],
+) -> bool:
+    """True when `render` can take over entry `key`'s job: it has none of its own to
+    follow (nor a finished render of this request), adopts nothing else, was not forced."""
+    if render.id == key or render.id in takes or render.id in forced:
+        return False
+    own = lock.shots.get(render.id)
+    if own is None:
+        return True
+    if own.state in UNSETTLED:
+        return False  # it follows its own job first
+    return own.fingerprint != render.fingerprint or own.state == "failed"

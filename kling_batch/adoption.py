@@ -23,7 +23,6 @@ from typing import Any, Literal, Protocol
 import anyio
 
 from kling_batch import kling_o3
-from kling_batch.canonical import canonical_json
 from kling_batch.clock import Clock
 from kling_batch.errors import ApiError, RunFatal
 from kling_batch.joblist import JobPage, NextPage
@@ -78,25 +77,48 @@ class Look:
 class JobFinder:
     """Finds, in the API's job list, the job an unanswered submission created."""
 
-    def __init__(self, client: JobLister, writer: LockWriter) -> None:
+    def __init__(self, client: JobLister, writer: LockWriter, *, scope: str = "") -> None:
         self.client = client
         self.writer = writer
+        self.scope = scope  # the upload scope of this run's API and account
         self._claimed = writer.job_ids() | _charged_jobs(writer)
         self._pages = _Pages(client)
         self._lock = anyio.Lock()
+
+    def record(self, render_id: str, entry: Entry, look: Look, now: datetime) -> Entry:
+        """What a look teaches, recorded (saved by the caller's commit): a job found is the
+        render's job from the time it was really submitted; a complete look that found
+        none marks the unanswered charge as having made no job (nothing can be billed)."""
+        charge = entry.unanswered()
+        if look.job is not None:
+            sent = charge.submitted_at if charge else entry.updated_at
+            return self.writer.update(
+                render_id,
+                state="submitted",
+                job_id=look.job.job_id,
+                poll_url=None,
+                submitted_at=sent or now,
+                updated_at=now,
+                error=None,
+                submissions=entry.charged(look.job.job_id),
+            )
+        if look.complete and charge is not None:
+            return self.writer.update(render_id, submissions=entry.charged(None, no_job=True))
+        return entry
 
     def claim(self, job_id: str) -> None:
         """Never adopt this job: a render of this run already owns it."""
         self._claimed.add(job_id)
 
-    async def find(self, entry: Entry) -> Look:
-        """A listed job with the entry's exact request, created since it was submitted,
-        read as far back as that needs; or why its absence proves nothing."""
+    async def find(self, entry: Entry, *, body: Mapping[str, Any] | None = None) -> Look:
+        """A listed job with the entry's exact request (or exactly `body`, when another
+        run sent it), created since it was submitted, read as far back as that needs; or
+        why its absence proves nothing."""
         async with self._lock:
             sent = sent_at(entry)
             since = sent - CLOCK_SKEW if sent is not None else None
             short = await self._pages.back_to(since)
-            job, opaque = self._match(entry, since)
+            job, opaque = self._match(self._wanted(entry, body), since)
             if job is not None:
                 self._claimed.add(job.job_id)
                 return Look(job=job)
@@ -108,18 +130,30 @@ class JobFinder:
             return Look(gap=short or self._unlisted(sent))
 
     def sent_body(self, entry: Entry) -> dict[str, Any]:
-        """What was POSTed for an entry: its request with local assets as upload paths."""
+        """What an entry's POST most likely carried, for a submission that did not record
+        its digest (older lockfiles): its request with local assets as the upload paths
+        on record (this run's account first)."""
         paths = {}
         for key, sha256 in entry.assets.items():
-            upload = self.writer.upload(sha256)
+            upload = self.writer.any_upload(sha256, prefer=self.scope)
             if upload is not None:
                 paths[key] = upload.path
         return kling_o3.with_media(entry.request, paths)
 
-    def _match(self, entry: Entry, since: datetime | None) -> tuple[JobState | None, int]:
-        """The first unclaimed job since `since` with the entry's request, and how many
-        such jobs the list shows without their request (any of them may be the one)."""
-        wanted = canonical_json(self.sent_body(entry))
+    def _wanted(self, entry: Entry, body: Mapping[str, Any] | None) -> str:
+        """The digest of what the unanswered submission sent: `body` when another run sent
+        it (a claim taken over), else what its charge recorded, else a reconstruction."""
+        if body is not None:
+            return kling_o3.sent_digest(body)
+        charge = entry.unanswered()
+        if charge is not None and charge.sent:
+            return charge.sent
+        return kling_o3.sent_digest(self.sent_body(entry))
+
+    def _match(self, wanted: str, since: datetime | None) -> tuple[JobState | None, int]:
+        """The first unclaimed job since `since` whose request as sent is `wanted` (its
+        `kling_o3.sent_digest`), and how many such jobs the list shows without their request
+        (any of them may be the one)."""
         opaque = 0
         for job in self._pages.jobs:
             if job.job_id in self._claimed or job.status == "failed":
@@ -128,7 +162,7 @@ class JobFinder:
                 continue
             if job.request is None:
                 opaque += 1
-            elif comparable(job.request) == wanted:
+            elif kling_o3.sent_digest(job.request) == wanted:
                 return job, opaque
         return None, opaque
 
@@ -231,14 +265,6 @@ def unsettled_detail(entry: Entry, look: Look, mode: Resubmit) -> str:
     return f"{said}; {look.gap}; {check}"
 
 
-def comparable(request: Mapping[str, Any]) -> str:
-    """Canonical text of a listed job's request; list fields compared comma-joined."""
-    normal = {
-        key: ",".join(value) if isinstance(value, list) else value for key, value in request.items()
-    }
-    return canonical_json(normal)
-
-
 def _charged_jobs(writer: LockWriter) -> set[str]:
     """Job ids of every submission on record, earlier ones of each render included."""
     return {
@@ -247,3 +273,16 @@ def _charged_jobs(writer: LockWriter) -> set[str]:
         for charge in entry.submissions
         if charge.job_id
     }
+
+
+def stray_detail(look: Look) -> str:
+    """Why an orphaned unanswered submission ends as it does (it is never sent again)."""
+    if look.complete:
+        return (
+            "no longer in the manifest, and a complete look at the job list shows its "
+            "submission made no job: nothing was paid, the record is settled"
+        )
+    return (
+        "no longer in the manifest and not found in the job list; never sent again "
+        f"({look.gap}; put the shot back to decide)"
+    )

@@ -19,6 +19,16 @@ if TYPE_CHECKING:
 
 FORMATS = click.Choice(["table", "markdown", "json"])
 MAX_RENDERS_HELP = "Refuse a manifest that expands to more renders than this."
+REMOTE_HELP = (
+    "The team's shared render store (s3://bucket/prefix, gs://, az://, file:///folder); "
+    "overrides the manifest's `remote`; `none` turns it off."
+)
+
+
+def _remote_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--remote", envvar="KLING_BATCH_REMOTE", default=None, metavar="URL", help=REMOTE_HELP
+    )
 
 
 def _resubmit_mode(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -122,6 +132,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     help="Compare with a git ref (e.g. origin/main) or a saved plan: cost and renders changed.",
 )
 @_resubmit_option("Also show the cost to run with `run --resubmit-uncertain[=blind]`.")
+@_remote_option()
 def plan(
     manifest: Path,
     fmt: str,
@@ -133,6 +144,7 @@ def plan(
     out: Path | None,
     compare: str | None,
     resubmit_uncertain: Resubmit,
+    remote: str | None,
 ) -> None:
     """Show what a run would render and what it would cost (no network)."""
     from kling_batch.plan_command import PlanRequest, plan_command
@@ -148,6 +160,7 @@ def plan(
         out,
         compare,
         resubmit_uncertain,
+        remote,
     )
     sys.exit(plan_command(request))
 
@@ -236,6 +249,20 @@ def plan(
     show_default=True,
     help="json: the end-of-run summary as JSON on stdout (progress stays on stderr).",
 )
+@_remote_option()
+@click.option(
+    "--require-remote",
+    is_flag=True,
+    help="Refuse to render without the remote store's claims when it cannot be reached "
+    "(default: render alone, with a warning).",
+)
+@click.option(
+    "--claim-lease",
+    default=120.0,
+    type=click.FloatRange(min=0.5),
+    hidden=True,
+    help="Seconds a claim in the remote store lasts unless renewed.",
+)
 def run(
     manifest: Path,
     jobs: int,
@@ -253,6 +280,7 @@ def run(
     job_timeout: float | None,
     time_scale: float,
     fmt: str,
+    **team: Any,
 ) -> None:
     """Render what the plan says is missing, recording every step in the lockfile.
 
@@ -279,6 +307,7 @@ def run(
         allow_insecure_http=allow_insecure_http,
         max_renders=max_renders,
         fmt=fmt,
+        **team,  # --remote, --require-remote, --claim-lease: the shared store
     )
     sys.exit(run_command(for_run(request)))
 
@@ -295,6 +324,53 @@ def status(manifest: Path, fmt: str, emulator: bool) -> None:
     from kling_batch.status import show_status
 
     show_status(manifest, fmt=fmt, emulator=emulator, console=ui.stdout_console())
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+@click.option("--emulator", is_flag=True, help="Read the emulator's lockfile instead.")
+def spend(manifest: Path, fmt: str, emulator: bool) -> None:
+    """Show billed and estimated spend per render, shot, tag and day (no network)."""
+    from kling_batch.spend import spend_command
+
+    sys.exit(spend_command(manifest, fmt=fmt, emulator=emulator))
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--emulator", is_flag=True, help="Push the emulator's renders instead.")
+@_remote_option()
+def push(manifest: Path, emulator: bool, remote: str | None) -> None:
+    """Upload every finished render on record that the team's remote store lacks."""
+    from kling_batch.push import push_command
+
+    sys.exit(push_command(manifest, emulator=emulator, remote=remote))
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--emulator", is_flag=True, help="Pull the emulator's renders instead.")
+@_remote_option()
+def pull(manifest: Path, emulator: bool, remote: str | None) -> None:
+    """Fetch the output of every done render from the team's remote store."""
+    from kling_batch.pull import pull_command
+
+    sys.exit(pull_command(manifest, emulator=emulator, remote=remote))
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--emulator", is_flag=True, help="Clean up after the emulator's renders instead.")
+@click.option("--yes", "-y", is_flag=True, help="Remove what is listed (else only list it).")
+def gc(manifest: Path, emulator: bool, yes: bool) -> None:
+    """List orphaned outputs, settled orphaned lockfile entries and unreferenced cache files;
+    remove them with --yes."""
+    from kling_batch.gc import gc_command
+
+    sys.exit(gc_command(manifest, emulator=emulator, remove=yes))
 
 
 @cli.command()

@@ -172,6 +172,12 @@ class EmpirioClient:
         return str(self._base).rstrip("/")
 
     @property
+    def upload_scope(self) -> str:
+        """Which API and account this client's upload paths belong to: a short hash of the
+        base URL and the key (the key itself never leaves this object)."""
+        return hashlib.sha256(f"{self.base_url}\n{self._key}".encode()).hexdigest()[:16]
+
+    @property
     def clock(self) -> Clock:
         """The clock every wait of this client uses."""
         return self._clock

@@ -15,6 +15,7 @@ from typing import Protocol
 import anyio.to_thread
 
 from kling_batch.atomic import discard
+from kling_batch.canonical import sha256_file
 from kling_batch.errors import (
     ApiError,
     BadOutput,
@@ -26,6 +27,7 @@ from kling_batch.errors import (
 from kling_batch.lockfile import Entry
 from kling_batch.outputs import (
     detach_cache,
+    keep_in_cache,
     place_copy,
     temp_beside,
     verify_and_place,
@@ -62,10 +64,13 @@ class Collected:
 class Downloads:
     """Puts results and restores at their output paths under `state.root`."""
 
-    def __init__(self, client: ResultClient, state: StateDir, lock_file: Path) -> None:
+    def __init__(
+        self, client: ResultClient, state: StateDir, lock_file: Path, api: str | None = None
+    ) -> None:
         self.client = client
         self.state = state
         self.lock_file = lock_file
+        self.api = api  # which API this run renders with: recorded beside what it caches
         self.urls = ResultUrls(state.result_urls(lock_file))
 
     async def fetch(
@@ -158,7 +163,7 @@ class Downloads:
     def remember(self, fingerprint: str, sha256: str, size: int) -> None:
         """Index the cached render of a request (best effort: the index only saves money)."""
         try:
-            self.state.remember_render(self.lock_file, fingerprint, sha256, size)
+            self.state.remember_render(self.lock_file, fingerprint, sha256, size, self.api)
         except OSError as exc:
             log.debug("could not index the cached render %s: %s", sha256, exc)
 
@@ -183,6 +188,16 @@ class Downloads:
         except OSError as exc:
             log.debug("could not detach the render cache: %s", exc)
 
+    async def stage(self, source: RestoreSource) -> RestoreSource:
+        """A restore source that no other restore of the run can overwrite: a file source
+        (another render's output, which this run may be about to replace) is first copied
+        into the render cache; other sources are returned as they are."""
+        if source.kind != "file" or source.path is None:
+            return source
+        cached = self.state.cached_render(source.sha256)
+        staged = await anyio.to_thread.run_sync(_stage, source.path, cached, source.sha256)
+        return replace(source, kind="cache", path=cached) if staged else source
+
     async def restore(self, output: PurePosixPath, source: RestoreSource) -> str | None:
         """Put an earlier render in place; None when done, else why not.
 
@@ -203,7 +218,8 @@ class Downloads:
             fresh = await self.fresh_job_url(source.job_id)
             if fresh is not None:
                 await self.place(output, replace(source, url=fresh))
-                self.urls.put(source.sha256, KnownUrl(fresh, _expiry(), source.job_id))
+                known = KnownUrl(fresh, _expiry(), source.job_id, self.api)
+                self.urls.put(source.sha256, known)
                 return None
         except (TryLater, ApiError, BadOutput, OSError) as exc:
             problem = exc
@@ -246,3 +262,13 @@ def _gone(entry: Entry, exc: ApiError) -> str:
 def _expiry() -> datetime:
     """When a URL the API just gave expires, when it does not say: the documented week."""
     return datetime.now(UTC) + RESULT_RETENTION
+
+
+def _stage(path: Path, cached: Path, sha256: str) -> bool:
+    """Keep `path` in the render cache as `cached` if it holds `sha256`; True when it is."""
+    try:
+        if not cached.exists() and sha256_file(path) == sha256:
+            keep_in_cache(path, cached, sha256)
+        return cached.exists() and sha256_file(cached) == sha256
+    except OSError:
+        return False

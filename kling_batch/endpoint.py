@@ -106,3 +106,15 @@ def check_api_key(key: str) -> str:
             f"the API key contains spaces or non-ASCII characters; check {KEY_ENV}", field=KEY_ENV
         )
     return key
+
+
+def api_identity(*, emulator: bool, api_base: str | None = None) -> str:
+    """Which API a run talks to, as lockfiles and caches record it: `emulator` for the
+    bundled one, else the API's origin (`https://api.empiriolabs.ai`)."""
+    if emulator:
+        from kling_batch.lockfile import EMULATOR_API
+
+        return EMULATOR_API
+    url = httpx.URL(resolve_base_url(api_base, allow_insecure_http=True))
+    port = f":{url.port}" if url.port else ""
+    return f"{url.scheme}://{url.host}{port}"

@@ -6,6 +6,9 @@
      ├── RefusedError               exit 3: over budget, not confirmed, no --yes off a TTY
      └── RunError                   exit 1: a runtime failure outside any one shot
           ├── LockWriteError        the lockfile cannot be written: the run stops
+          ├── RemoteError           the team's shared store failed (unreachable, refused,
+          │                         not set up); translated once in `remote`, credentials
+          │                         never in its message
           └── ApiError              an API call failed, classified once by the client;
                │                    `.retryable` says if trying later may help
                ├── RetryableError   transient; raised only once every attempt is spent
@@ -102,6 +105,10 @@ class RunError(KlingBatchError):
 
 class LockWriteError(RunError):
     """The lockfile could not be written; nothing more can be recorded, so the run stops."""
+
+
+class RemoteError(RunError):
+    """The shared render store failed; the message names the store, never a credential."""
 
 
 # -- the API ------------------------------------------------------------------------------

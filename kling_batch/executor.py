@@ -6,7 +6,7 @@ change goes to the lockfile before the next step (`LockWriter.commit`), so a cra
 point leaves a lockfile the next run resumes from without paying twice:
 
     submitting ─POST─▶ submitted ─poll─▶ completed ─download─▶ done
-        │ no answer         │ job failed     │ URL expired
+        │ no answer         │ job failed     │ URL refused, the job gone
         ▼                   ▼                ▼
      uncertain            failed           failed
 
@@ -14,17 +14,16 @@ Expected per-render failures are values (`Outcome`), never exceptions, so one ba
 never cancels its siblings. An unexpected error fails only its own render (its record is
 kept); only a lockfile that cannot be written stops the run. The steps' mechanics live
 beside it: `uploads` (inputs, once per content), `polling` and `pacing` (following a job),
-`downloads` (results and restores into place), `adoption` (unanswered submissions found in
-the job list); this module decides and records.
+`following` (a job polled, its result downloaded, each step recorded), `downloads`
+(results and restores into place), `adoption` (unanswered submissions found in the job
+list), `team` (claims on a shared store); this module decides what each render needs.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from datetime import timedelta
-from decimal import Decimal
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,56 +32,51 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from kling_batch.adoption import JobFinder, JobLister, Resubmit, unsettled_detail
+from kling_batch.adoption import (
+    JobFinder,
+    JobLister,
+    Look,
+    stray_detail,
+    unsettled_detail,
+)
 from kling_batch.downloads import Downloads, ResultClient
 from kling_batch.errors import (
     LockWriteError,
     RunFatal,
     UploadFailed,
 )
+from kling_batch.following import Follower, RunOptions, outcome_of
 from kling_batch.jobboard import JobBoard
 from kling_batch.lockfile import (
     UNSETTLED,
     Entry,
     LockWriter,
-    adopted_entry,
     inherited,
     new_entry,
 )
 from kling_batch.outcomes import Events, Outcome, OutcomeState, RunReport, stop_reason
-from kling_batch.pacing import JobWatch, PollPacing, job_deadline, longest_first
-from kling_batch.payloads import JobState
+from kling_batch.pacing import job_deadline, longest_first
 from kling_batch.plan import PAID_ACTIONS, PlanItem, PlannedRender, RestoreSource
-from kling_batch.polling import Lost, follow_job, model_age
 from kling_batch.state import StateDir
 from kling_batch.submission import Poster, Submitter
+from kling_batch.team import (
+    Follow,
+    FromStore,
+    Later,
+    Pay,
+    Team,
+    Verdict,
+    Wait,
+    claimed_entry,
+    claimed_uploads,
+)
 from kling_batch.uploads import Uploader, Uploads
-from kling_batch.urls import KnownUrl
 
 log = logging.getLogger(__name__)
-
-RESULT_RETENTION = timedelta(days=7)  # signed result URLs (API reference §3.1)
-_NO_URL: dict[str, Any] = {"result_url": None, "result_expires_at": None}
 
 
 class ApiClient(Poster, Uploader, JobLister, ResultClient, Protocol):
     """What the executor needs of `EmpirioClient` (tests may pass a fake)."""
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How a run behaves; all durations in model seconds."""
-
-    jobs: int = 4
-    fail_fast: bool = False
-    resubmit_uncertain: Resubmit = "off"
-    pacer: PollPacing = field(default_factory=lambda: PollPacing())
-    # Give up polling a job that stays unreachable this long; it stays `submitted`.
-    poll_patience: float = 1800.0
-    # Stop polling a job this long after its submission; it stays `submitted`. None: a
-    # multiple of its expected duration (`pacing.job_deadline`).
-    job_timeout: float | None = None
-    download_attempts: int = 3
 
 
 class Executor:
@@ -96,8 +90,10 @@ class Executor:
         writer: LockWriter,
         events: Events,
         options: RunOptions | None = None,
+        team: Team | None = None,
     ) -> None:
         self.root = root
+        self.team = team  # the shared store's claims and pushes (`kling_batch.team`)
         self.client = client
         self.clock = client.clock
         self.writer = writer
@@ -108,8 +104,8 @@ class Executor:
         self.stop_submitting = anyio.Event()
         self._slots = anyio.CapacityLimiter(self.options.jobs)
         self._uploads = Uploads(client, writer, self.clock)
-        self._finder = JobFinder(client, writer)
-        self._downloads = Downloads(client, self.state, writer.path)
+        self._finder = JobFinder(client, writer, scope=self._uploads.scope)
+        self._downloads = Downloads(client, self.state, writer.path, writer.lock.api)
         self._submitter = Submitter(
             client,
             writer,
@@ -118,8 +114,17 @@ class Executor:
             stopped=self.stop_submitting,
             on_job=self._finder.claim,
         )
+        self._follower = Follower(
+            client,
+            writer,
+            events=events,
+            report=self.report,
+            options=self.options,
+            downloads=self._downloads,
+            slots=self._slots,
+            board=JobBoard(client, window=self.options.pacer.list_window),
+        )
         self._done_events: dict[str, anyio.Event] = {}
-        self._board = JobBoard(client, window=self.options.pacer.list_window)
 
     def stop(self, reason: str) -> None:
         """Submit nothing new; renders already submitted are still followed to the end."""
@@ -132,6 +137,8 @@ class Executor:
         self.state.ensure()
         await self._downloads.detach_cache()
         self._downloads.urls.absorb(self.writer)
+        await self._take_over(items)
+        items = [await self._staged(item) for item in items]
         try:
             async with anyio.create_task_group() as group:
                 for item in longest_first(items):
@@ -150,6 +157,10 @@ class Executor:
     async def _run_item(self, item: PlanItem) -> None:
         try:
             outcome = await self._outcome_of(item)
+            if self.team is not None:
+                render = item.render
+                entry, done = self.writer.get(render.id), outcome.state == "done"
+                self.team.settled(render.id, render.fingerprint, entry, done=done)
             self.report.outcomes.append(outcome)
             self.events.event(outcome.id, outcome.state, outcome.detail)
             if outcome.state == "failed" and self.options.fail_fast:
@@ -191,46 +202,44 @@ class Executor:
             return _outcome(item, "done", "unchanged")
         if action == "restore":
             return await self._restore(item)
-        if item.adopt is not None:
-            await self._take_over(item)
         entry = self.writer.get(item.render.id)
         if action == "resume" and entry is not None:
-            return await self._follow(item, entry)
+            return await self._follower.follow(item, entry)
         if action == "uncertain" and entry is not None:
             return await self._settle_uncertain(item, entry)
         if action in PAID_ACTIONS:
             return await self._render(item, entry)
         return _outcome(item, "skipped", f"nothing to do for {action}")
 
-    async def _take_over(self, item: PlanItem) -> None:
-        """Move a stray entry (its shot renamed, its take renumbered) under this render's
-        id, in one save: the job always has exactly one owner on record."""
-        assert item.adopt is not None
-        render, stray = item.render, self.writer.get(item.adopt)
-        if stray is None:
-            return
-        self.writer.set(render.id, adopted_entry(stray, self.writer.get(render.id), render))
-        self.writer.remove(item.adopt)
-        await self.writer.commit()
-        job = stray.job_id or "its unanswered submission"
-        self.events.event(render.id, "adopted", f"{job} of {item.adopt}")
+    async def _staged(self, item: PlanItem) -> PlanItem:
+        """A restore whose source is another output, copied into the cache first: when two
+        renders swap names, neither copy may read a file the other has just replaced."""
+        if item.restore is None or item.restore.kind != "file":
+            return item
+        return replace(item, restore=await self._downloads.stage(item.restore))
 
-    async def _record(
-        self, item: PlanItem, outcome: OutcomeState, detail: str, **fields: Any
-    ) -> Outcome:
-        """Update the render's entry with `fields` (stamped now), save, say how it ended."""
-        if fields:
-            self.writer.update(item.render.id, updated_at=self.clock.now(), **fields)
+    async def _take_over(self, items: Sequence[PlanItem]) -> None:
+        """Move every entry whose job another render takes over (a renamed shot, a take
+        renumbered, an id reused for another request) under that render's id, in one save
+        before any render starts: a job always has exactly one owner on record."""
+        moves = [item for item in items if item.adopt is not None]
+        for item in moves:
+            assert item.adopt is not None
+            self.writer.move(item.adopt, item.render.id, item.render)
         await self.writer.commit()
-        return _outcome(item, outcome, detail)
+        for item in moves:
+            self.events.event(item.render.id, "adopted", f"the job of {item.adopt}")
 
     async def _render(self, item: PlanItem, previous: Entry | None) -> Outcome:
-        """Upload, submit and poll a render in a job slot, then download it outside one.
+        """Upload, claim (with a shared store), submit and poll a render in a job slot, then
+        download it outside one.
 
         The slot is held from before the upload until the job completes on the API, so the
-        next render can be submitted while this one downloads.
+        next render can be submitted while this one downloads. A render another run claimed
+        is waited for outside any slot (`_elsewhere`).
         """
         render = item.render
+        verdict: Verdict = Pay()
         async with self._slots:
             if self.stop_submitting.is_set():
                 return _outcome(item, "skipped", "not submitted")
@@ -239,125 +248,64 @@ class Executor:
             except UploadFailed as exc:
                 await self._submitter.record_failure(render, previous, str(exc))
                 return _outcome(item, "failed", str(exc))
-            if self.stop_submitting.is_set():
-                return _outcome(item, "skipped", "not submitted")
-            entry = await self._submitter.submit(render, previous, body)
-            if entry is None:
-                return _outcome(item, "skipped", "not submitted")
-            if entry.state != "submitted":
-                state: OutcomeState = "uncertain" if entry.state == "uncertain" else "failed"
-                return _outcome(item, state, entry.error or "")
-            polled = await self._poll(item, entry)
-        return await self._collect(item, polled)
+            if self.team is not None:  # the claim is taken before `submitting` is saved
+                verdict = await self.team.arbitrate(render, body)
+            if isinstance(verdict, Pay):
+                polled = await self._submit(item, previous, body)
+        if not isinstance(verdict, Pay):
+            return await self._elsewhere(item, previous, verdict)
+        return await self._follower.collect(item, polled)
 
-    async def _follow(self, item: PlanItem, entry: Entry) -> Outcome:
-        """Finish a job submitted earlier (resumed or adopted): poll it, then download."""
-        polled: Entry | Outcome = entry
-        if entry.state == "submitted":
-            async with self._slots:
-                polled = await self._poll(item, entry)
-        return await self._collect(item, polled)
-
-    async def _collect(self, item: PlanItem, polled: Entry | Outcome) -> Outcome:
-        """Download a completed job's result, or pass on how polling ended."""
-        if isinstance(polled, Outcome):
-            return polled
-        return await self._download_result(item, polled)
-
-    # -- poll ---------------------------------------------------------------------------
-
-    async def _poll(self, item: PlanItem, entry: Entry) -> Entry | Outcome:
-        """Poll a submitted job until it ends: the completed entry, or how it ended."""
+    async def _submit(
+        self, item: PlanItem, previous: Entry | None, body: dict[str, Any]
+    ) -> Entry | Outcome:
+        """Submit and poll (in the caller's job slot): the completed entry, or how it ended."""
         render = item.render
-        age = model_age(self.clock, entry.submitted_at) if entry.submitted_at else 0.0
-        tier, timeout = render.request.model_tier, self.options.job_timeout
-        watch = JobWatch(
-            self.clock,
-            self.options.pacer,
-            tier=tier,
-            seconds=render.seconds,
-            age=age,
-            patience=self.options.poll_patience,
-            deadline=timeout if timeout is not None else job_deadline(tier, render.seconds),
-        )
-        job = await follow_job(
-            self._board, self.client, entry, watch, partial(self.events.progress, render.id)
-        )
-        if isinstance(job, Lost):
-            if job.forgotten:
-                return await self._forgotten(item, entry)
-            return await self._record(item, "pending", job.detail, error=job.detail)
-        if job.status == "failed":
-            reason = job.error.message if job.error else job.raw_status
-            code = f" [{job.error.code}]" if job.error and job.error.code else ""
-            error = f"job {job.job_id} {job.raw_status}: {reason}{code}"
-            return await self._record(item, "failed", error, state="failed", error=error)
-        watch.finished()
-        return await self._completed(item, job)
+        if self.stop_submitting.is_set():
+            return _outcome(item, "skipped", "not submitted")
+        rewire = partial(self._uploads.rewire, render.body, render.assets)
+        entry = await self._submitter.submit(render, previous, body, rewire=rewire)
+        if entry is None:
+            return _outcome(item, "skipped", "not submitted")
+        if entry.state != "submitted":
+            state: OutcomeState = "uncertain" if entry.state == "uncertain" else "failed"
+            return _outcome(item, state, entry.error or "")
+        if self.team is not None and entry.job_id:
+            self.team.submitted(render.fingerprint, entry.job_id)
+        return await self._follower.poll(item, entry)
 
-    async def _completed(self, item: PlanItem, job: JobState) -> Entry | Outcome:
-        """Record a finished job's result URL and bill; the entry, ready to download."""
+    async def _elsewhere(self, item: PlanItem, previous: Entry | None, verdict: Verdict) -> Outcome:
+        """A render another run claimed (`kling_batch.claims`): wait while it holds it, then
+        restore its record, follow its job, or settle a dead run's claim as uncertain."""
+        assert self.team is not None
         render = item.render
-        if render.id in self.report.submitted and job.billed_usd is not None:
-            self.report.billed[render.id] = job.billed_usd
-        if not job.video_url:
-            # Paid for: keep the job on record (the next run asks again) rather than fail
-            # it into a paid re-render.
-            error = (
-                f"job {job.job_id} completed but no video URL was found in its answer; "
-                "the next run asks again"
-            )
-            return await self._record(item, "pending", error, error=error)
-        now = self.clock.now()
-        recorded = self.writer.get(render.id)
-        assert recorded is not None
-        entry = self.writer.update(
-            render.id,
-            state="completed",
-            result_url=job.video_url,
-            result_expires_at=job.expires_at or now + RESULT_RETENTION,
-            completed_at=now,
-            updated_at=now,
-            billed_usd=job.billed_usd,
-            error=None,
-            submissions=recorded.charged(job.job_id, billed_usd=job.billed_usd),
-        )
+        if isinstance(verdict, Wait):
+            self.events.event(render.id, "waiting", verdict.detail)
+            patience = job_deadline(render.request.model_tier, render.seconds)
+            patience = patience * self.clock.time_scale + 2 * self.team.lease
+            verdict = await self.team.settle(render, verdict, patience=patience)
+        if isinstance(verdict, Pay):  # the claim came free and is this run's now
+            return await self._render(item, previous)
+        if isinstance(verdict, FromStore):
+            reason = "rendered by a teammate: restored from the remote store (free)"
+            return await self._restore(PlanItem(render, "restore", (reason,), verdict.source))
+        if isinstance(verdict, Later):
+            return _outcome(item, "pending", verdict.reason)
+        if isinstance(verdict, Wait):  # `settle` ends every wait; kept for the type
+            return _outcome(item, "pending", verdict.detail)
+        entry = claimed_entry(render, previous, verdict, now=self.clock.now())
+        self.writer.set(render.id, entry)
         await self.writer.commit()
-        self.events.progress(render.id, 1.0)
-        self.events.event(render.id, "completed", job.job_id)
-        return entry
-
-    async def _forgotten(self, item: PlanItem, entry: Entry) -> Entry | Outcome:
-        """The API dropped the job: its recorded URL may still serve the video."""
-        if entry.result_url:
-            return entry
-        error = (
-            f"the API no longer knows job {entry.job_id} (job state is kept one hour after "
-            "completion) and no result URL was recorded; the next plan prices a re-render"
-        )
-        return await self._record(item, "failed", error, state="failed", error=error)
-
-    # -- download -----------------------------------------------------------------------
-
-    async def _download_result(self, item: PlanItem, entry: Entry) -> Outcome:
-        """Fetch a completed render into place (a stray's into the render cache only)."""
-        output = None if item.stray else item.render.output
-        seconds = _known_seconds(item.render, entry)
-        attempts = self.options.download_attempts
-        got = await self._downloads.collect(entry, output, seconds=seconds, attempts=attempts)
-        fresh = {"result_url": got.url} if got.url else {}
-        if got.failed is not None:
-            return await self._record(item, "failed", got.failed, state="failed", error=got.failed)
-        if got.download is None:
-            pending = got.pending or "download failed; rerun to resume, the job is paid for"
-            return await self._record(item, "pending", pending, error=pending, **fresh)
-        sha256, url = got.download.sha256, got.url or entry.result_url
-        if url and entry.result_expires_at:  # out of the lockfile, into the URL store
-            self._downloads.urls.put(sha256, KnownUrl(url, entry.result_expires_at, entry.job_id))
-        done = {"output_sha256": sha256, "output_size": got.download.size, **_NO_URL}
-        detail = str(output) if output is not None else "kept in the render cache (orphaned)"
-        paths = {"output": str(output)} if output is not None else {}
-        return await self._record(item, "done", detail, state="done", error=None, **done, **paths)
+        if isinstance(verdict, Follow):
+            how = "taken over from" if verdict.takeover else "claimed by"
+            detail = f"{verdict.job_id}, {how} {verdict.claim.holder}"
+            self.events.event(render.id, "adopted", detail)
+            return await self._follower.follow(item, entry)
+        if verdict.gap is None:  # same account: later looks compare with what it sent
+            for sha256, upload in claimed_uploads(render, verdict.claim).items():
+                self.writer.add_upload(self._uploads.scope, sha256, upload)
+        body = verdict.claim.body if verdict.gap is None else None
+        return await self._settle_uncertain(item, entry, body=body, gap=verdict.gap)
 
     # -- restore and uncertain ----------------------------------------------------------
 
@@ -371,7 +319,7 @@ class Executor:
                 detail = f"{source.twin} (same request) did not finish; the next run plans it"
                 return _outcome(item, "skipped", detail)
             source = twin
-        problem = await self._downloads.restore(render.output, source)
+        problem = await self._place(render, source)
         if problem is not None:
             return _outcome(item, "failed", problem)
         self._downloads.remember(render.fingerprint, source.sha256, source.size)
@@ -381,10 +329,19 @@ class Executor:
             output_sha256=source.sha256,
             output_size=source.size,
             updated_at=self.clock.now(),
+            in_remote=True if source.kind == "remote" else None,
             **inherited(self.writer.get(render.id)),
         )
         self.writer.set(render.id, entry)
-        return await self._record(item, "done", f"restored from {source.kind}")
+        return await self._follower.record(item, "done", f"restored from {source.kind}")
+
+    async def _place(self, render: PlannedRender, source: RestoreSource) -> str | None:
+        """Put a restore's bytes in place; None when done, else why not."""
+        if source.kind != "remote":
+            return await self._downloads.restore(render.output, source)
+        if self.team is None:
+            return "the remote store is not reachable in this run; the next run tries again"
+        return await self.team.restore(render, source)
 
     async def _twin_source(self, source: RestoreSource) -> RestoreSource | None:
         """The finished twin's output as a source, once its task ended; None if it failed."""
@@ -396,46 +353,43 @@ class Executor:
         size = twin.output_size or 0
         return replace(source, sha256=twin.output_sha256, size=size, path=self.root / twin.output)
 
-    async def _settle_uncertain(self, item: PlanItem, entry: Entry) -> Outcome:
+    async def _settle_uncertain(
+        self,
+        item: PlanItem,
+        entry: Entry,
+        *,
+        body: Mapping[str, Any] | None = None,
+        gap: str | None = None,
+    ) -> Outcome:
         """Adopt the job if the API's job list shows it; resubmit only when asked to, and
-        without `blind` only after a complete look (`adoption.Look`)."""
+        without `blind` only after a complete look (`adoption.Look`).
+
+        `body`: what was sent, when another run sent it (a claim taken over); `gap`: why
+        this run's job list cannot settle it at all (another API account's submission).
+        """
         render = item.render
-        look = await self._finder.find(entry)
-        job = look.job
-        if job is not None:
-            now = self.clock.now()
-            adopted = self.writer.update(
-                render.id,
-                state="submitted",
-                job_id=job.job_id,
-                poll_url=None,
-                submitted_at=now,
-                updated_at=now,
-                error=None,
-                submissions=entry.charged(job.job_id),
-            )
-            await self.writer.commit()
-            self.events.event(render.id, "submitted", f"found {job.job_id} in the job list")
-            return await self._follow(item, adopted)
+        look = Look(gap=gap) if gap is not None else await self._finder.find(entry, body=body)
+        recorded = self._finder.record(render.id, entry, look, self.clock.now())
+        await self.writer.commit()
+        if look.job is not None:
+            self.events.event(render.id, "submitted", f"found {look.job.job_id} in the job list")
+            return await self._follower.follow(item, recorded)
         if item.stray:
-            detail = (
-                "no longer in the manifest and not found in the job list; never sent again "
-                "(put the shot back to decide)"
-            )
-            return _outcome(item, "uncertain", detail)
+            return await self._settle_stray(item, look)
         mode = self.options.resubmit_uncertain
         if not look.may_resend(mode):
             return _outcome(item, "uncertain", unsettled_detail(entry, look, mode))
-        return await self._render(PlanItem(render, "retry", item.reasons), entry)
+        return await self._render(PlanItem(render, "retry", item.reasons), recorded)
 
-
-def _known_seconds(render: PlannedRender, entry: Entry) -> Decimal | None:
-    """The length the entry's job renders: the planned one, unless the plan only assumed
-    it (a remote source video) or the job was made for an earlier request."""
-    if render.assumptions or entry.fingerprint != render.fingerprint:
-        return None
-    return render.seconds
+    async def _settle_stray(self, item: PlanItem, look: Look) -> Outcome:
+        """An orphaned unanswered submission: settled (failed, nothing paid) once a complete
+        look proves it made no job; else left uncertain. Never sent again."""
+        detail = stray_detail(look)
+        if not look.complete:
+            return _outcome(item, "uncertain", detail)
+        await self._follower.record(item, "done", detail, state="failed", error=detail)
+        return _outcome(item, "done", detail)
 
 
 def _outcome(item: PlanItem, state: OutcomeState, detail: str = "") -> Outcome:
-    return Outcome(item.render.id, item.action, state, detail)
+    return outcome_of(item, state, detail)

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from kling_batch.canonical import fingerprint_of
+from kling_batch.canonical import canonical_json, fingerprint_of, sha256_text
 from kling_batch.errors import RequestRuleError
 
 MODEL_ID = "kling-o3"
@@ -315,3 +315,16 @@ def with_media(body: Mapping[str, Any], values: Mapping[str, str]) -> dict[str, 
         items[int(index)] = value
         replaced[name] = ",".join(items)
     return replaced
+
+
+def sent_digest(body: Mapping[str, Any]) -> str:
+    """`sha256:` of a request body as the job list compares it (`comparable`)."""
+    return sha256_text(comparable(body))
+
+
+def comparable(request: Mapping[str, Any]) -> str:
+    """Canonical text of a listed job's request; list fields compared comma-joined."""
+    normal = {
+        key: ",".join(value) if isinstance(value, list) else value for key, value in request.items()
+    }
+    return canonical_json(normal)

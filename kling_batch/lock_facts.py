@@ -29,7 +29,7 @@ from kling_batch.errors import UserError
 from kling_batch.limits import LOCKFILE_MAX_BYTES
 from kling_batch.lockfile import Entry, Lockfile, PastRender, read_lockfile
 
-_VERSION = "lock-facts-4"
+_VERSION = "lock-facts-5"
 
 
 class PastRecord(Protocol):
@@ -45,6 +45,8 @@ class PastRecord(Protocol):
     def result_url(self) -> str | None: ...
     @property
     def result_expires_at(self) -> datetime | None: ...
+    @property
+    def in_remote(self) -> bool | None: ...
 
 
 class EntryRecord(Protocol):
@@ -95,6 +97,7 @@ class PastFacts(NamedTuple):
     size: int
     result_url: str | None
     expires: str | None
+    in_remote: bool | None = None
 
     @property
     def result_expires_at(self) -> datetime | None:
@@ -169,7 +172,12 @@ class EntryFacts(NamedTuple):
             return None
         rest = self._rest()
         return PastFacts(
-            self.fingerprint, self.output_sha256, self.output_size, rest["url"], rest["expires"]
+            self.fingerprint,
+            self.output_sha256,
+            self.output_size,
+            rest["url"],
+            rest["expires"],
+            rest["in_remote"],
         )
 
     @property
@@ -265,6 +273,7 @@ def _row(entry: Entry) -> tuple[list[Any], bytes]:
         "request": entry.request,
         "url": entry.result_url,
         "expires": expires,
+        "in_remote": entry.in_remote,
         "history": [_past(past) for past in entry.history],
     }
     row = [entry.fingerprint, entry.state, entry.output, entry.output_sha256, entry.output_size]
@@ -273,7 +282,14 @@ def _row(entry: Entry) -> tuple[list[Any], bytes]:
 
 def _past(past: PastRender) -> list[Any]:
     expires = past.result_expires_at.isoformat() if past.result_expires_at else None
-    return [past.fingerprint, past.output_sha256, past.output_size, past.result_url, expires]
+    return [
+        past.fingerprint,
+        past.output_sha256,
+        past.output_size,
+        past.result_url,
+        expires,
+        past.in_remote,
+    ]
 
 
 def _digest_of(path: Path) -> str | None:

@@ -63,6 +63,8 @@ class PastRender(BaseModel):
     output_size: int
     result_url: str | None = None
     result_expires_at: datetime | None = None
+    # The team's shared store holds it (`kling_batch.remote`): a clone restores it free.
+    in_remote: bool | None = None
 
     @property
     def sha256(self) -> str:
@@ -86,6 +88,12 @@ class Charge(BaseModel):
     cost_usd: Decimal
     job_id: str | None = None
     billed_usd: Decimal | None = None
+    # `sha256:` of the body exactly as POSTed (upload paths and all; `kling_o3.sent_digest`):
+    # what an unanswered submission is looked up by in the API's job list.
+    sent: str | None = None
+    # True once a complete look at the job list proved this unanswered submission made no
+    # job: nothing can be billed for it.
+    no_job: bool = False
 
 
 class Entry(BaseModel):
@@ -117,6 +125,13 @@ class Entry(BaseModel):
     history: list[PastRender] = Field(default_factory=list)
     # Every submission ever made under this id, oldest first: nothing paid is forgotten.
     submissions: list[Charge] = Field(default_factory=list)
+    # The team's shared store holds this render and its record (`kling_batch.remote`).
+    in_remote: bool | None = None
+
+    def unanswered(self) -> Charge | None:
+        """The newest submission still waiting for its job id (an uncertain one), if any."""
+        waiting = (c for c in reversed(self.submissions) if c.job_id is None and not c.no_job)
+        return next(waiting, None)
 
     def charged(self, job_id: str | None, **fields: Any) -> list[Charge]:
         """`submissions` with one charge changed: the one of `job_id`, else the newest
@@ -140,11 +155,13 @@ class Entry(BaseModel):
             output_size=self.output_size,
             result_url=self.result_url,
             result_expires_at=self.result_expires_at,
+            in_remote=self.in_remote,
         )
 
 
 class UploadedAsset(BaseModel):
-    """A local file already uploaded: its `bunny://` path, reused while the content matches."""
+    """A local file already uploaded: its `bunny://` path, reused while the content matches
+    (and while the API still knows the path: one it refuses is uploaded again)."""
 
     model_config = _MODEL
 
@@ -164,7 +181,9 @@ class Lockfile(BaseModel):
     # (`https://api.empiriolabs.ai`). Set by the first run; a run against another refuses.
     api: str | None = None
     shots: dict[str, Entry] = Field(default_factory=dict)
-    uploads: dict[str, UploadedAsset] = Field(default_factory=dict)
+    # Upload paths belong to one API and account: scope (`upload_scope`) → content hash →
+    # upload. Another account, or another emulator, uploads again.
+    uploads: dict[str, dict[str, UploadedAsset]] = Field(default_factory=dict)
 
     def dumps(self) -> str:
         """Deterministic TOML: the same content always gives the same bytes."""
@@ -173,7 +192,8 @@ class Lockfile(BaseModel):
     def copy_tables(self) -> Lockfile:
         """A copy whose tables can change without touching this one (entries are shared:
         they are replaced, never changed in place)."""
-        return self.model_copy(update={"shots": dict(self.shots), "uploads": dict(self.uploads)})
+        uploads = {scope: dict(table) for scope, table in self.uploads.items()}
+        return self.model_copy(update={"shots": dict(self.shots), "uploads": uploads})
 
     def finished(self) -> Iterator[tuple[Entry | None, PastRender]]:
         """Every finished render on record: each done entry (with itself), then its history."""
@@ -278,6 +298,17 @@ def lock_path(manifest: Path, *, emulator: bool = False) -> Path:
             f"a manifest named {manifest.name} would share its lockfile with the emulator "
             f"renders of {manifest.stem.removesuffix('.emulator')}{manifest.suffix}; "
             "rename it",
+            file=manifest,
+        )
+    twins = [
+        other
+        for other in (manifest.with_suffix(".toml"), manifest.with_suffix(".json"))
+        if other.name != manifest.name and other.is_file()
+    ]
+    if twins:
+        raise UserError(
+            f"{manifest.name} and {twins[0].name} would share one lockfile "
+            f"({manifest.stem}.lock) and overwrite each other's records; rename one",
             file=manifest,
         )
     suffix = ".emulator.lock" if emulator else ".lock"
@@ -457,9 +488,16 @@ class LockWriter:
         """Every job id on record."""
         return {entry.job_id for entry in self.lock.shots.values() if entry.job_id}
 
-    def upload(self, sha256: str) -> UploadedAsset | None:
-        """The recorded upload of a file's content, if any."""
-        return self.lock.uploads.get(sha256)
+    def upload(self, scope: str, sha256: str) -> UploadedAsset | None:
+        """The recorded upload of a file's content to the API and account of `scope`."""
+        return self.lock.uploads.get(scope, {}).get(sha256)
+
+    def any_upload(self, sha256: str, prefer: str) -> UploadedAsset | None:
+        """An upload of a file's content: in scope `prefer` if there is one, else any."""
+        found = self.upload(prefer, sha256)
+        if found is not None:
+            return found
+        return next((t[sha256] for t in self.lock.uploads.values() if sha256 in t), None)
 
     def past_render(self, fingerprint: str) -> PastRender | None:
         """The first finished render on record with this fingerprint."""
@@ -483,10 +521,45 @@ class LockWriter:
         self._fragments.pop(shot_id, None)
         self._changes += 1
 
-    def add_upload(self, sha256: str, upload: UploadedAsset) -> None:
+    def move(self, source: str, target: str, render: RenderRecord) -> None:
+        """Move entry `source` (its job in flight) under id `target` for `render`, keeping
+        both entries' history and submissions (`adopted_entry`); saved by the next commit."""
+        entry = self.get(source)
+        if entry is not None:
+            self.set(target, adopted_entry(entry, self.get(target), render))
+            self.remove(source)
+
+    def mark_in_remote(self, fingerprint: str, sha256: str, held: bool = True) -> int:
+        """Record that the team's store holds (or, `held=False`, no longer holds) the render
+        of `fingerprint` with content `sha256`, on every entry and history item of it;
+        returns how many changed (saved by the next commit)."""
+        flag = True if held else None
+        changed = 0
+        for shot_id, entry in list(self.lock.shots.items()):
+            history = [
+                past.model_copy(update={"in_remote": flag})
+                if past.fingerprint == fingerprint and past.sha256 == sha256
+                else past
+                for past in entry.history
+            ]
+            mine = entry.fingerprint == fingerprint and entry.output_sha256 == sha256
+            fields: dict[str, Any] = {"in_remote": flag} if mine else {}
+            if history != entry.history:
+                fields["history"] = history
+            if fields and any(getattr(entry, k) != v for k, v in fields.items()):
+                self.update(shot_id, **fields)
+                changed += 1
+        return changed
+
+    def add_upload(self, scope: str, sha256: str, upload: UploadedAsset) -> None:
         """Remember an uploaded asset (saved by the next commit)."""
-        self.lock.uploads[sha256] = upload
+        self.lock.uploads.setdefault(scope, {})[sha256] = upload
         self._changes += 1
+
+    def drop_upload(self, scope: str, sha256: str) -> None:
+        """Forget an upload the API no longer knows (saved by the next commit)."""
+        if self.lock.uploads.get(scope, {}).pop(sha256, None) is not None:
+            self._changes += 1
 
     async def commit(self) -> None:
         """Save unless a save already holds every change so far; shielded from cancellation."""
@@ -521,11 +594,12 @@ def _compose(lock: Lockfile, entry_toml: Callable[[str, Entry], str]) -> str:
     head = {"api": lock.api, "model": lock.model, "version": lock.version}
     parts = [HEADER + tomli_w.dumps({k: v for k, v in head.items() if v is not None})]
     parts.extend(entry_toml(shot_id, lock.shots[shot_id]) for shot_id in sorted(lock.shots))
-    if lock.uploads:
-        uploads = {
-            key: lock.uploads[key].model_dump(mode="python", exclude_none=True)
-            for key in sorted(lock.uploads)
-        }
+    uploads = {
+        scope: {sha: asset.model_dump(mode="python", exclude_none=True) for sha, asset in t.items()}
+        for scope, t in lock.uploads.items()
+        if t
+    }
+    if uploads:
         parts.append(tomli_w.dumps(_sorted({"uploads": uploads})))
     return "\n".join(parts)
 

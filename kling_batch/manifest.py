@@ -81,6 +81,14 @@ class Manifest(BaseModel):
     budget_usd: Annotated[Decimal, Field(ge=0)] | None = Field(
         None, description="run refuses a plan whose cost to run exceeds it."
     )
+    remote: str | None = Field(
+        None,
+        pattern=r"^(s3|gs|az|file)://",
+        description=(
+            "The team's shared render store: s3://bucket/prefix, gs://, az:// or "
+            "file:///shared/folder; --remote and KLING_BATCH_REMOTE override it."
+        ),
+    )
     include: list[str] = Field(
         default_factory=list, description="Globs of shot files, relative to this file."
     )

@@ -12,7 +12,9 @@ fingerprint are recomputed from the recorded request, its assets' hashes and its
 so a render that was done stays done. Fingerprints in an entry's history cannot be
 recomputed (their requests were not recorded); where the wire form did not change they
 still match. Entries now list every submission (`submissions`): a v1 entry's one known
-submission (its job, estimate and bill) becomes the first.
+submission (its job, estimate and bill) becomes the first. Uploads are kept per API and
+account (`[uploads."<scope>"."<sha256>"]`); v1's unscoped ones go under `unscoped`, where
+they still help match an uncertain submission in the job list but are never reused.
 """
 
 from __future__ import annotations
@@ -37,12 +39,35 @@ def migrate(data: dict[str, Any], current: int) -> dict[str, Any]:
 
 
 def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    uploads = data.get("uploads")
+    paths = {
+        sha: item["path"]
+        for sha, item in (uploads.items() if isinstance(uploads, dict) else ())
+        if isinstance(item, dict) and isinstance(item.get("path"), str)
+    }
+    if isinstance(uploads, dict) and uploads:
+        data["uploads"] = {"unscoped": uploads}
     shots = data.get("shots")
     if isinstance(shots, dict):
         for entry in shots.values():
             if isinstance(entry, dict):
+                sent = _sent_v1(entry, paths)
                 _rewire_entry(entry)
+                _first_charge(entry, sent)
     return data
+
+
+def _sent_v1(entry: dict[str, Any], paths: dict[str, str]) -> str | None:
+    """The digest of the body a v1 entry's POST carried: its recorded request with its
+    local inputs as the upload paths v1 kept (matched against the job list if unanswered)."""
+    request, assets = entry.get("request"), entry.get("assets", {})
+    if not isinstance(request, dict) or not isinstance(assets, dict):
+        return None
+    media = {key: paths[sha] for key, sha in assets.items() if sha in paths}
+    try:
+        return kling_o3.sent_digest(kling_o3.with_media(request, media))
+    except (KeyError, IndexError, AttributeError, TypeError):
+        return None
 
 
 def _rewire_entry(entry: dict[str, Any]) -> None:
@@ -59,10 +84,9 @@ def _rewire_entry(entry: dict[str, Any]) -> None:
     entry["request"] = wired
     entry["assets"] = sent
     entry["fingerprint"] = kling_o3.request_fingerprint(wired, sent, take)
-    _first_charge(entry)
 
 
-def _first_charge(entry: dict[str, Any]) -> None:
+def _first_charge(entry: dict[str, Any], sent: str | None) -> None:
     """The v1 entry's submission, if it made one, as its first recorded charge."""
     when = entry.get("submitted_at") or entry.get("updated_at")
     submitted = entry.get("job_id") or entry.get("state") in ("uncertain", "submitting")
@@ -73,6 +97,8 @@ def _first_charge(entry: dict[str, Any]) -> None:
     for key in ("job_id", "billed_usd"):
         if entry.get(key) is not None:
             charge[key] = entry[key]
+    if sent is not None:
+        charge["sent"] = sent
     entry["submissions"] = [charge]
 
 

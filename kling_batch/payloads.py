@@ -152,7 +152,8 @@ def parse_job(payload: Mapping[str, Any], *, job_id: str | None = None) -> JobSt
     """A `JobState` from a job object (or one wrapped in `data`/`job`); `job_id` wins if given.
 
     An `error` object with a message or code makes the job `failed` whatever its status
-    word; an unknown word without one is `pending`.
+    word. An unknown word is `pending`, unless the job already offers its video: then it
+    is `succeeded` (a paid video must be collected while the API still keeps it).
     """
     raw = payload
     if "status" not in payload:
@@ -170,12 +171,15 @@ def parse_job(payload: Mapping[str, Any], *, job_id: str | None = None) -> JobSt
         # An error object means the job failed, whatever its status word says (issue 8):
         # a job reporting one would otherwise be polled as pending until its deadline.
         status = "failed"
+    video_url = find_video_url(payload)
+    if status == "pending" and video_url and not is_known_status(raw_status):
+        status = "succeeded"
     return JobState(
         job_id=job_id or find_job_id(payload) or "",
         status=status,
         raw_status=raw_status,
         progress=_progress(payload.get("progress")),
-        video_url=find_video_url(payload),
+        video_url=video_url,
         expires_at=find_expiry(payload),
         error=error,
         billed_usd=find_billed_usd(payload),

@@ -15,7 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -44,6 +44,12 @@ from kling_batch.pricing import Price, price, select_row
 from kling_batch.selection import matches_any, require_matches
 from kling_batch.state import StateDir
 from kling_batch.urls import KnownUrl, ResultUrls
+
+if TYPE_CHECKING:  # the shared store's module loads only when one is named
+    from kling_batch.remote import RemoteUrl
+
+# The API a plan restores the renders of (`build_plan`): its identity, or what tells it.
+ApiOf = str | Callable[[], str | None] | None
 
 __all__ = [
     "ACTIONS",
@@ -97,6 +103,8 @@ class Plan:
     # Orphaned entries whose job may be paid for: followed to their end by a run, their
     # videos kept in the render cache (no new cost; not counted among the renders).
     followups: Sequence[PlanItem] = ()
+    # The team's shared store (`kling_batch.remote`), if one is configured.
+    remote: RemoteUrl | None = None
 
     @cached_property
     def lock(self) -> Lockfile:
@@ -145,18 +153,23 @@ def build_plan(
     lockfile: Path | None = None,
     emulator: bool = False,
     max_renders: int = MAX_RENDERS,
+    api: ApiOf = None,
+    remote: str | None = None,
 ) -> Plan:
     """Load, expand, validate, price and diff one manifest against its lockfile.
 
-    `emulator` plans against the bundled emulator: its own lockfile (`<stem>.emulator.lock`)
-    and outputs (`<output_dir>-emulator`), never mistaken for paid renders. Shots unchanged
-    since the last plan come from the plan cache (`kling_batch.plan_cache`).
+    `emulator`: renders of the bundled emulator (their own lockfile and output folder).
+    `api`: the API the run would use (`endpoint.api_identity`; or what tells it, asked
+    only if a restore is in question); only its renders restore from the cache index or the
+    URL store (None: none do). `remote` overrides the manifest's shared store, whose
+    renders (as the lockfile records them) restore free.
+    Shots unchanged since the last plan come from the plan cache (`kling_batch.plan_cache`).
     """
-    manifest_path = Path(manifest_path)
-    state = StateDir(manifest_path.parent)
+    state = StateDir(Path(manifest_path).parent)
     usable = state.usable()
-    parses = ParseCache(state.parse_cache(manifest_path) if usable else None)
+    parses = ParseCache(state.parse_cache(Path(manifest_path)) if usable else None)
     loaded = _load(manifest_path, emulator=emulator, cache=parses)
+    shared = _shared_store(loaded, remote)
     lock_file = lockfile or lock_path(loaded.path, emulator=emulator)
     store = AssetStore(loaded.root, state)
     store.state.check()
@@ -165,19 +178,15 @@ def build_plan(
         state.plan_cache(lock_file) if usable else None, context_key(loaded), loaded.root
     )
     expansion, shots = _expand_all(loaded, store, cache)
-    only, force = list(only), list(force)
-    _require_matches(shots, only, force)
-    lock, save_lock_caches = read_facts(
-        lock_file, state.lock_facts(lock_file) if usable else None, state.lock_cache(lock_file)
-    )
+    only, force = _selection(shots, only, force)
+    lock, save_lock_caches = _read_lock(state, lock_file, usable)
     # The facts first: every render validated, its assets hashed and probed, priced.
     renders = _planned(shots, store, cache, _chosen_ids(lock, only))
     # Then the decisions, from those facts, the lockfile, the files' hashes and `now`.
-    ids = {render_id for shot in shots for render_id in shot.render_ids()}
-    files = _ProjectFiles(store, lock_file)
-    differ = Differ(lock, files, now, root=loaded.root, state=store.state, ids=ids)
-    items = [differ.item(r, matches_any(r.id, r.tags, force)) for r in renders]
-    orphans = _orphans(lock, ids, adopted=differ.adopted)
+    files = _ProjectFiles(store, lock_file, api)
+    differ = _differ(lock, files, now, loaded, shots, renders, force, shared is not None)
+    items = [differ.item(r) for r in renders]
+    orphans = _orphans(lock, set(differ.ids), adopted=differ.adopted)
     followups = [stray_item(key, lock.shots[key]) for key in differ.strays()]
     # Written last, so a manifest error above leaves nothing behind. None is needed:
     # a read-only checkout plans without them (only slower next time).
@@ -185,7 +194,51 @@ def build_plan(
     partials = expansion.templates.loader.read if expansion.templates else {}
     _save_caches(state, save_lock_caches, parses.save, lambda: cache.save(partials))
     warnings = _warnings(renders, orphans)
-    return Plan(loaded, lock_file, lock, items, orphans, warnings, followups)
+    return Plan(loaded, lock_file, lock, items, orphans, warnings, followups, shared)
+
+
+def _shared_store(loaded: LoadedManifest, remote: str | None) -> RemoteUrl | None:
+    """`remote.resolve_remote`: the override over the manifest's `remote` (refused when
+    malformed); None, without loading the store's module, when neither names one."""
+    if remote is None and loaded.manifest.remote is None:
+        return None
+    from kling_batch.remote import resolve_remote
+
+    return resolve_remote(loaded.manifest.remote, remote, file=loaded.path)
+
+
+def _read_lock(
+    state: StateDir, lock_file: Path, usable: bool
+) -> tuple[Lockfile | LockFacts, Callable[[], None]]:
+    """The lockfile's records for planning (`lock_facts.read_facts`) and what saves their
+    caches; no facts cache when the state folder is not usable."""
+    facts = state.lock_facts(lock_file) if usable else None
+    return read_facts(lock_file, facts, state.lock_cache(lock_file))
+
+
+def _differ(
+    lock: LockRecords,
+    files: _ProjectFiles,
+    now: datetime,
+    loaded: LoadedManifest,
+    shots: Sequence[_Shot],
+    renders: Sequence[PlannedRender],
+    force: Sequence[str],
+    remote: bool,
+) -> Differ:
+    """The `Differ` of a plan: every render of the manifest, those chosen, those forced;
+    `remote`: a shared store is configured (renders the lockfile says it holds restore)."""
+    return Differ(
+        lock,
+        files,
+        now,
+        root=loaded.root,
+        state=files.store.state,
+        ids={render_id for shot in shots for render_id in shot.render_ids()},
+        renders=renders,
+        forced={r.id for r in renders if matches_any(r.id, r.tags, force)},
+        remote=remote,
+    )
 
 
 def _expand_all(
@@ -196,12 +249,16 @@ def _expand_all(
     return expansion, [_expand(shot, loaded, store, cache, expansion) for shot in loaded.shots]
 
 
-def _require_matches(shots: Sequence[_Shot], only: list[str], force: list[str]) -> None:
-    """Refuse an --only or --force pattern that matches no render."""
+def _selection(
+    shots: Sequence[_Shot], only: Iterable[str], force: Iterable[str]
+) -> tuple[list[str], list[str]]:
+    """`--only` and `--force` patterns, each refused (exit 2) when it matches no render."""
+    only, force = list(only), list(force)
     if only or force:
         candidates = [candidate for shot in shots for candidate in shot.ids()]
         require_matches(only, candidates, "--only")
         require_matches(force, candidates, "--force")
+    return only, force
 
 
 def _save_caches(state: StateDir, *savers: Callable[[], None]) -> None:
@@ -283,23 +340,33 @@ def _planned(
 
 class _ProjectFiles:
     """`FileFacts` of a project: file hashes from the asset store's stat cache, and the
-    render cache's index."""
+    render cache's index. `api` may be what tells the API, asked when a restore is first
+    in question (a no-op plan never asks: telling it may load the HTTP client)."""
 
-    def __init__(self, store: AssetStore, lock_file: Path) -> None:
+    def __init__(self, store: AssetStore, lock_file: Path, api: ApiOf) -> None:
         self.store = store
         self.lock_file = lock_file
+        self._api = api
         self._urls: ResultUrls | None = None
+
+    @cached_property
+    def api(self) -> str | None:
+        """The API whose renders restore from the cache index or the URL store."""
+        return self._api() if callable(self._api) else self._api
 
     def relative_hash(self, relative: str) -> tuple[str, int] | None:
         return self.store.relative_hash(relative)
 
     def remembered_render(self, fingerprint: str) -> tuple[str, int] | None:
-        return self.store.state.remembered_render(self.lock_file, fingerprint)
+        if self.api is None:
+            return None
+        return self.store.state.remembered_render(self.lock_file, fingerprint, self.api)
 
     def result_url(self, sha256: str) -> KnownUrl | None:
         if self._urls is None:  # read only when a restore is in question
             self._urls = ResultUrls(self.store.state.result_urls(self.lock_file))
-        return self._urls.get(sha256)
+        known = self._urls.get(sha256)
+        return known if known is not None and known.api == self.api else None
 
 
 def _load(
@@ -535,11 +602,10 @@ def _video_edit_seconds(
     """Billed seconds of an edit: the source's length, capped at 10 s."""
     cap = Decimal(kling_o3.VIDEO_INPUT_CAP_SECONDS)
     if video.kind != "local":
-        seconds = Decimal(str(request.duration))
-        assumptions.append(
-            f"remote video: length unknown, priced at duration={seconds}s (capped at {cap}s)"
-        )
-        return min(seconds, cap)
+        # The edit bills the clip's own length, up to the cap, whatever `duration` says: an
+        # unknown length is priced at the most it can cost, never less.
+        assumptions.append(f"remote video: length unknown, priced at the {cap}s cap")
+        return cap
     length = _seconds_of(store, video, fail, "video")
     if length > cap:
         warnings.append(

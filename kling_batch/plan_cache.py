@@ -46,7 +46,7 @@ from kling_batch.partials import partial_digest
 from kling_batch.planned import Deferred, PlannedRender
 from kling_batch.pricing import Price, price_rows
 
-_VERSION = "plan-units-5"
+_VERSION = "plan-units-6"
 _PACKAGE = Path(__file__).resolve().parent
 
 

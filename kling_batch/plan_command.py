@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,7 @@ class PlanRequest:
     out: Path | None = None
     compare: str | None = None
     resubmit_uncertain: Resubmit = "off"
+    remote: str | None = None  # --remote / KLING_BATCH_REMOTE
 
     @property
     def options(self) -> PlanOptions:
@@ -64,6 +66,8 @@ def plan_command(request: PlanRequest) -> int:
         force=request.force,
         emulator=request.emulator,
         max_renders=request.max_renders,
+        api=partial(_expected_api, request.emulator),  # asked only if a restore is in question
+        remote=request.remote,
     )
     if request.compare is not None:
         _report_comparison(plan, request)
@@ -90,6 +94,17 @@ def _refuse_saved_plan(path: Path) -> None:
             f"renders it; to plan again, plan its manifest ({manifest})",
             file=path,
         )
+
+
+def _expected_api(emulator: bool) -> str | None:
+    """The API a run would use (the environment's base URL, or the emulator), so the plan
+    offers the restores that run would make; None when it cannot be told."""
+    from kling_batch.endpoint import api_identity
+
+    try:
+        return api_identity(emulator=emulator)
+    except UserError:
+        return None
 
 
 def _report(plan: Plan, fmt: str, mode: Resubmit = "off") -> None:

@@ -116,11 +116,11 @@ class PlannedRender:
 
 @dataclass(frozen=True, slots=True)
 class RestoreSource:
-    """Where a free restore comes from: a local file, the local cache, a result URL, or
-    a twin: another render of this plan with the same fingerprint (copied once it lands;
-    its hash is not known yet)."""
+    """Where a free restore comes from: a local file, the local cache, a result URL, the
+    team's shared store (`remote`), or a twin: another render of this plan with the same
+    fingerprint (copied once it lands; its hash is not known yet)."""
 
-    kind: Literal["file", "cache", "url", "twin"]
+    kind: Literal["file", "cache", "url", "remote", "twin"]
     sha256: str
     size: int
     path: Path | None = None

@@ -11,26 +11,29 @@ from decimal import Decimal
 from pathlib import Path
 
 import anyio
-import httpx
 
 from kling_batch import ui
 from kling_batch.adoption import Resubmit
 from kling_batch.atomic import sweep_temps
+from kling_batch.claims import LEASE_SECONDS, RunIdentity
 from kling_batch.client import EmpirioClient
 from kling_batch.clock import ScaledClock
-from kling_batch.endpoint import api_key_from_env, resolve_base_url
+from kling_batch.endpoint import api_identity, api_key_from_env, resolve_base_url
 from kling_batch.errors import LockWriteError, RefusedError, RunError
-from kling_batch.executor import Executor, RunOptions
+from kling_batch.executor import Executor
+from kling_batch.following import RunOptions
 from kling_batch.limits import MAX_RENDERS
-from kling_batch.lockfile import EMULATOR_API, LockWriter, check_api, lock_path
+from kling_batch.lockfile import LockWriter, check_api, lock_path
 from kling_batch.outcomes import RunReport
 from kling_batch.plan import Plan, PlanItem, build_plan
+from kling_batch.push import describe_unpushed
 from kling_batch.reports import summary_line, usd
 from kling_batch.resend import Resend, resend
 from kling_batch.run_summary import summarise
 from kling_batch.runlock import hold_run_lock
 from kling_batch.shared_outputs import refuse_shared_outputs
 from kling_batch.state import StateDir
+from kling_batch.team import Shared, Team, connect
 from kling_batch.ui import RunUI
 
 # Emulator runs go fast: one modelled minute of rendering lasts 0.6 real seconds.
@@ -62,6 +65,10 @@ class RunRequest:
     check_plan: Callable[[Plan], None] | None = None
     # "json": the end-of-run summary as JSON on stdout (people's lines stay on stderr).
     fmt: str = "table"
+    # The team's shared store: `--remote` / KLING_BATCH_REMOTE over the manifest's `remote`.
+    remote: str | None = None
+    require_remote: bool = False  # refuse to render alone when the store cannot be reached
+    claim_lease: float = LEASE_SECONDS
 
 
 def run_command(request: RunRequest) -> int:
@@ -74,11 +81,13 @@ def run_command(request: RunRequest) -> int:
         sweep_temps(lock_file)  # a run killed mid-save leaves `.<lock>.*.tmp` behind
         plan = build_plan(
             request.manifest,
+            api=_api_identity(request),
             now=datetime.now(UTC),
             only=request.only,
             force=request.force,
             emulator=request.emulator,
             max_renders=request.max_renders,
+            remote=request.remote,
         )
         if request.check_plan is not None:
             request.check_plan(plan)
@@ -94,17 +103,14 @@ def run_command(request: RunRequest) -> int:
         _refuse_over_budget(plan, request, again.to_run_cost)
         if not request.emulator:
             api_key_from_env()  # a missing key is said before the question, not after
+        shared = connect(plan.remote, emulator=request.emulator, require=request.require_remote)
         _confirm(plan, again, request)
-        return anyio.run(_execute, plan, items, request)
+        return anyio.run(_execute, plan, items, request, shared)
 
 
 def _api_identity(request: RunRequest) -> str:
     """What the lockfile records as its API: the emulator, or the API's origin."""
-    if request.emulator:
-        return EMULATOR_API
-    url = httpx.URL(resolve_base_url(request.api_base, allow_insecure_http=True))
-    port = f":{url.port}" if url.port else ""
-    return f"{url.scheme}://{url.host}{port}"
+    return api_identity(emulator=request.emulator, api_base=request.api_base)
 
 
 def _warn(message: str) -> None:
@@ -141,7 +147,9 @@ def _confirm(plan: Plan, again: Resend, request: RunRequest) -> None:
         raise RefusedError("not confirmed; nothing was submitted")
 
 
-async def _execute(plan: Plan, items: list[PlanItem], request: RunRequest) -> int:
+async def _execute(
+    plan: Plan, items: list[PlanItem], request: RunRequest, shared: Shared | None
+) -> int:
     writer = LockWriter(plan.lock_path, plan.lock)
     writer.claim_api(_api_identity(request))
     options = RunOptions(
@@ -150,21 +158,62 @@ async def _execute(plan: Plan, items: list[PlanItem], request: RunRequest) -> in
         resubmit_uncertain=request.resubmit_uncertain,
         job_timeout=request.job_timeout,
     )
+    team: Team | None = None
     with RunUI(len(items)) as ui:
         ui.note(summary_line(plan))
         async with _api(request) as client:
+            if shared is not None:
+                team = _team(shared, client, writer, plan, request, ui.say)
             executor = Executor(
-                root=plan.loaded.root, client=client, writer=writer, events=ui, options=options
+                root=plan.loaded.root,
+                client=client,
+                writer=writer,
+                events=ui,
+                options=options,
+                team=team,
             )
             try:
-                report = await _run_with_signals(executor, items, ui)
+                async with contextlib.AsyncExitStack() as stack:
+                    if team is not None:
+                        await stack.enter_async_context(team.session())
+                    report = await _run_with_signals(executor, items, ui)
+                await writer.commit()  # what the pushes marked as held by the store
             except* (LockWriteError, OSError) as group:
                 # The lockfile cannot be written: nothing more can be recorded safely, so
                 # the run stops; what was recorded before stays valid.
                 first = group.exceptions[0]
                 raise RunError(f"cannot write to disk: {first}") from None
     summarise(plan, items, report, writer.lock, fmt=request.fmt)
+    if team is not None and team.unpushed:
+        flag = " --emulator" if request.emulator else ""
+        command = f"kling-batch push {request.manifest}{flag}"
+        ui.say(describe_unpushed(team.unpushed, str(team.store.url), command))
     return report.exit_code
+
+
+def _team(
+    shared: Shared,
+    client: EmpirioClient,
+    writer: LockWriter,
+    plan: Plan,
+    request: RunRequest,
+    say: Callable[[str], None],
+) -> Team:
+    """This run's claims and pushes in the shared store, on the client's API account."""
+    me = RunIdentity.new(client.upload_scope)
+    team = Team(
+        shared.store,
+        me,
+        writer,
+        StateDir(plan.loaded.root),
+        lease=request.claim_lease,
+        require=request.require_remote,
+        api=_api_identity(request),
+        say=say,
+    )
+    if shared.problem is not None:
+        team.health.down(shared.problem)
+    return team
 
 
 @contextlib.asynccontextmanager
@@ -213,6 +262,8 @@ async def _run_with_signals(executor: Executor, items: list[PlanItem], ui: RunUI
                         "Press Ctrl-C again to leave now (they stay recorded for the next run)."
                     )
                     continue
+                if executor.team is not None:
+                    executor.team.abandon()  # leave now: no waiting for pushes either
                 scope.cancel()
 
     async with anyio.create_task_group() as group:

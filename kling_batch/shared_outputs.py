@@ -44,9 +44,16 @@ def recorded_outputs(lock_file: Path) -> dict[str, tuple[str, str]]:
     """Case-folded output → (lockfile name, output) of every other kling-batch lockfile
     beside `lock_file`; a damaged one is a `UserError` naming it."""
     found: dict[str, tuple[str, str]] = {}
-    for other in sorted(lock_file.parent.glob("*.lock")):
-        if other.name == lock_file.name or not safefiles.head(other).startswith(_MARK):
-            continue  # this run's own lockfile, or another tool's (poetry.lock, ...)
+    for other in lockfiles_in(lock_file.parent):
+        if other.name == lock_file.name:
+            continue  # this run's own lockfile
         for entry in load_lockfile(other).shots.values():
             found.setdefault(entry.output.casefold(), (other.name, entry.output))
     return found
+
+
+def lockfiles_in(folder: Path) -> list[Path]:
+    """Every kling-batch lockfile in `folder` (not another tool's: poetry.lock, ...)."""
+    return [
+        path for path in sorted(folder.glob("*.lock")) if safefiles.head(path).startswith(_MARK)
+    ]

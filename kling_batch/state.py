@@ -13,7 +13,7 @@ Every path under the folder is built here and nowhere else:
      │                           parsed TOML shot tables by digest (plan;
      │                           `kling_batch.manifest_cache`)
      ├── <lock name>.run-lock    held by the one run writing that lockfile (run)
-     ├── <lock name>.urls.json   signed result URLs of downloaded renders, kept out of
+     ├── <lock name>.urls.jsonl  signed result URLs of downloaded renders, kept out of
      │                           the committed lockfile (run; `kling_batch.urls`)
      ├── cache/<hex>             finished renders by content, read-only copies of their
      │                           own, for free restores (run)
@@ -31,6 +31,7 @@ the manifest's folder, is refused: a repository must not make kling-batch write 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from kling_batch import safefiles
@@ -82,7 +83,7 @@ class StateDir:
 
     def result_urls(self, lock_file: Path) -> Path:
         """The signed result URLs of one lockfile's downloaded renders."""
-        return self.path / f"{lock_file.name}.urls.json"
+        return self.path / f"{lock_file.name}.urls.jsonl"
 
     def run_lock(self, lock_file: Path) -> Path:
         """The file lock one run of `lock_file` holds."""
@@ -101,27 +102,52 @@ class StateDir:
         """`cached_render` relative to the project root, as a POSIX path."""
         return f"{NAME}/{_RENDERS}/{untagged(sha256)}"
 
-    def remember_render(self, lock_file: Path, fingerprint: str, sha256: str, size: int) -> None:
-        """Index a cached render of `lock_file`'s under the fingerprint of its request."""
-        atomic_write(self._index(lock_file, fingerprint), f"{sha256} {size}\n")
+    def remember_render(
+        self, lock_file: Path, fingerprint: str, sha256: str, size: int, api: str | None = None
+    ) -> None:
+        """Index a cached render of `lock_file`'s under the fingerprint of its request,
+        with the API that rendered it (`lockfile.Lockfile.api`)."""
+        line = " ".join(part for part in (sha256, str(size), api) if part)
+        atomic_write(self._index(lock_file, fingerprint), line + "\n")
 
-    def remembered_render(self, lock_file: Path, fingerprint: str) -> tuple[str, int] | None:
-        """(sha256, size) the cache index holds for `lock_file` and `fingerprint`, if any."""
+    def remembered_render(
+        self, lock_file: Path, fingerprint: str, api: str | None = None
+    ) -> tuple[str, int] | None:
+        """(sha256, size) the cache index holds for `lock_file` and `fingerprint`, if any;
+        with `api`, only a render that API made (emulator videos never pass for paid ones)."""
         index = self._index(lock_file, fingerprint)
         try:  # a regular file only: a FIFO planted in a shipped folder must not block
             text = safefiles.read_text(index, limit=256, what="a cache")
         except (OSError, UnicodeDecodeError, UserError):
             return None
-        sha256, _, size = text.strip().partition(" ")
+        sha256, size, made_by = [*text.split(maxsplit=2), "", "", ""][:3]
         if not sha256.startswith("sha256:") or not size.isdigit():
             return None  # a cache, not a record: a damaged index entry is no entry
+        if api is not None and made_by.strip() != api:
+            return None
         return sha256, int(size)
+
+    @property
+    def cache_index(self) -> Path:
+        """The folder of the render cache's per-lockfile indexes (`cache-index/<lock name>/`)."""
+        return self.path / _INDEX
+
+    def run_locks(self) -> list[Path]:
+        """The lockfiles (beside the manifest) whose run lock file is in the folder: every
+        lockfile a run or a cancel has used here (`gc` holds them all)."""
+        suffix = ".run-lock"
+        if not self.path.is_dir():
+            return []
+        found = self.path.glob(f"*{suffix}")
+        return sorted(self.root / lock.name.removesuffix(suffix) for lock in found)
 
     def _index(self, lock_file: Path, fingerprint: str) -> Path:
         return self.path / _INDEX / lock_file.name / untagged(fingerprint)
 
     def check(self) -> None:
-        """Refuse a state folder that is a symlink or lies outside the project folder."""
+        """Refuse a state folder that is a symlink or lies outside the project folder, or
+        holds a symlink where kling-batch writes (its own entries, the render cache's
+        and the cache index's folders): a repository must not make it write elsewhere."""
         if self.path.is_symlink():
             raise UserError(
                 f"{NAME} is a symlink; kling-batch keeps its caches and run lock only in a "
@@ -132,6 +158,15 @@ class StateDir:
             raise UserError(
                 f"{NAME} resolves outside the manifest's folder; remove it", file=self.path
             )
+        for folder in (self.path, self.path / _INDEX):
+            for entry in _entries(folder):
+                if entry.is_symlink():
+                    where = Path(entry.path).relative_to(self.root)
+                    raise UserError(
+                        f"{where} is a symlink; kling-batch writes only real files and "
+                        f"folders inside {NAME} (remove the link)",
+                        file=where,
+                    )
 
     def ensure(self, *, create: bool = True) -> None:
         """Make the folder (if asked) and its `.gitignore`; raises OSError if it cannot."""
@@ -155,3 +190,12 @@ class StateDir:
                 "lock and render cache: run from a writable checkout",
                 file=self.path,
             ) from None
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    """A folder's entries (none when it does not exist or is not a folder)."""
+    try:
+        with os.scandir(folder) as found:
+            return list(found)
+    except (FileNotFoundError, NotADirectoryError):
+        return []

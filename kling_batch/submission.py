@@ -9,20 +9,31 @@ saved but before the POST puts the previous record back.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
 
+from kling_batch import kling_o3
 from kling_batch.clock import Clock
-from kling_batch.errors import AmbiguousSubmit, ApiError, KeyRefused, RunFatal, ShotRejected
+from kling_batch.errors import (
+    AmbiguousSubmit,
+    ApiError,
+    KeyRefused,
+    RunFatal,
+    ShotRejected,
+    UploadFailed,
+)
 from kling_batch.lockfile import Charge, Entry, LockWriter, inherited, new_entry
 from kling_batch.outcomes import Events, RunReport
 from kling_batch.payloads import Submission
 from kling_batch.plan import PlannedRender
+from kling_batch.uploads import stale_paths
 
 FINGERPRINT_HEADER = "x-kling-batch-fingerprint"
+# Makes the body again once the given upload paths were found stale (uploads anew).
+Rewire = Callable[[set[str]], Awaitable[dict[str, Any] | None]]
 
 
 class Poster(Protocol):
@@ -58,19 +69,27 @@ class Submitter:
         self.on_job = on_job
 
     async def submit(
-        self, render: PlannedRender, previous: Entry | None, body: dict[str, Any]
+        self,
+        render: PlannedRender,
+        previous: Entry | None,
+        body: dict[str, Any],
+        *,
+        rewire: Rewire | None = None,
     ) -> Entry | None:
         """Record `submitting`, POST, record the answer; returns the entry as it ends up.
 
         None, with the previous record put back, when the run was stopped or cancelled
         after `submitting` was saved but before the POST went out, or when the client
         refused to send it (`KeyRefused`: the API refused the key earlier in the run).
+        With `rewire`, a POST refused because the API no longer knows an upload path is
+        sent once more with the body `rewire` makes after uploading again (a refused
+        request is not billed).
         """
-        if not await self._save_submitting(render, previous):
+        if not await self._save_submitting(render, previous, body):
             return None
         self.events.event(render.id, "submitting")
         try:
-            entry = await self._post(render, body)
+            entry = await self._post(render, body, rewire)
         except KeyRefused:
             await self._unsubmit(render.id, previous)  # never sent: the record goes back
             return None
@@ -96,11 +115,22 @@ class Submitter:
         self.writer.set(render.id, entry)
         await self.writer.commit()
 
-    async def _save_submitting(self, render: PlannedRender, previous: Entry | None) -> bool:
-        """Save `submitting` before the POST; False (record put back) if stopped meanwhile."""
+    async def _save_submitting(
+        self, render: PlannedRender, previous: Entry | None, body: dict[str, Any]
+    ) -> bool:
+        """Save `submitting` before the POST; False (record put back) if stopped meanwhile.
+
+        The charge records the digest of the exact body: if the answer is lost, that is
+        what the API's job list is searched for.
+        """
         now = self.clock.now()
         kept = inherited(previous)
-        charge = Charge(fingerprint=render.fingerprint, submitted_at=now, cost_usd=render.cost)
+        charge = Charge(
+            fingerprint=render.fingerprint,
+            submitted_at=now,
+            cost_usd=render.cost,
+            sent=kling_o3.sent_digest(body),
+        )
         entry = new_entry(
             render,
             "submitting",
@@ -122,7 +152,9 @@ class Submitter:
             return False
         return True
 
-    async def _post(self, render: PlannedRender, body: dict[str, Any]) -> Entry:
+    async def _post(
+        self, render: PlannedRender, body: dict[str, Any], rewire: Rewire | None = None
+    ) -> Entry:
         """The POST; returns the entry updated with its answer (saved by the caller)."""
         headers = {FINGERPRINT_HEADER: render.fingerprint}
         try:
@@ -136,7 +168,11 @@ class Submitter:
                 render.id, state="uncertain", error=error, updated_at=self.clock.now()
             )
         except ShotRejected as exc:
-            return self._refused(render, f"rejected: {exc}")
+            stale = stale_paths(exc, body) if rewire is not None else set()
+            rewired = await self._rewired(render, rewire, stale) if stale else None
+            if rewired is None:
+                return self._refused(render, f"rejected: {exc}")
+            return rewired
         except KeyRefused:
             raise
         except RunFatal as exc:
@@ -160,6 +196,27 @@ class Submitter:
             error=None,
             submissions=entry.charged(submission.job_id),
         )
+
+    async def _rewired(
+        self, render: PlannedRender, rewire: Rewire | None, stale: set[str]
+    ) -> Entry | None:
+        """Upload again the inputs whose paths the API forgot, then POST once more; None
+        when none of the refused paths was an upload of this run's (nothing to redo)."""
+        assert rewire is not None
+        try:
+            body = await rewire(stale)
+        except UploadFailed as exc:
+            return self._refused(render, str(exc))
+        if body is None:
+            return None
+        entry = self.writer.get(render.id)
+        assert entry is not None
+        self.writer.update(
+            render.id, submissions=entry.charged(None, sent=kling_o3.sent_digest(body))
+        )
+        await self.writer.commit()  # the digest of the body about to go out, first
+        self.events.event(render.id, "submitting", "inputs uploaded again (paths expired)")
+        return await self._post(render, body)
 
     def _refused(self, render: PlannedRender, error: str) -> Entry:
         """The API refused the POST: nothing was created, so its charge is dropped."""

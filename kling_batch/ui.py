@@ -150,6 +150,10 @@ class RunUI:
         """A free-form line for people (stderr)."""
         self.console.print(message)
 
+    def say(self, message: str) -> None:
+        """A line for people taken as it is (an error from elsewhere may hold [brackets])."""
+        self.console.print(message, markup=False)
+
     def event(self, render_id: str, state: str, detail: str = "") -> None:
         """A render changed state."""
         if state in _FINAL:

@@ -2,11 +2,15 @@
 
 A file's content hash is the key: two renders using the same image (or two names for the
 same bytes) upload it once, the second waiting for the first; a lockfile that already
-records an upload of that content reuses its `bunny://` path.
+records an upload of that content to the same API and account (`upload_scope`) reuses
+its `bunny://` path. Upload paths expire, and belong to one account: a submission the
+API refuses because it does not know a path (`stale_paths`) drops the cached path and
+uploads the file again (`Uploads.rewire`); a refused request is not billed.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,13 +20,21 @@ import anyio
 from kling_batch import kling_o3
 from kling_batch.assets import Asset
 from kling_batch.clock import Clock
-from kling_batch.errors import ApiError, RunFatal, UploadFailed
+from kling_batch.errors import ApiError, RunFatal, ShotRejected, UploadFailed
 from kling_batch.lockfile import LockWriter, UploadedAsset
 from kling_batch.payloads import Upload
 
+_BUNNY = re.compile(r"bunny://[^\s'\",;)]+")
+# What an API says of a path it does not know: unknown, expired, missing, not found.
+_UNKNOWN = re.compile(r"unknown|expired|not\s+found|no\s+such|missing|invalid", re.IGNORECASE)
+
 
 class Uploader(Protocol):
-    """The one API call this module needs."""
+    """What this module needs of the API client."""
+
+    @property
+    def upload_scope(self) -> str:
+        """Which API and account upload paths belong to (never the key itself)."""
 
     async def upload(self, path: Path, *, content_type: str | None = None) -> Upload: ...
 
@@ -34,6 +46,7 @@ class Uploads:
         self.client = client
         self.writer = writer
         self.clock = clock
+        self.scope = client.upload_scope
         self._pending: dict[str, anyio.Event] = {}
         self._errors: dict[str, str] = {}
 
@@ -51,9 +64,25 @@ class Uploads:
                 paths[key] = await self.path_of(asset.sha256, asset.path, asset.ref)
         return kling_o3.with_media(body, paths)
 
+    async def rewire(
+        self, body: Mapping[str, Any], assets: Mapping[str, Asset], stale: set[str]
+    ) -> dict[str, Any] | None:
+        """The body again after forgetting the `stale` upload paths (uploaded anew); None
+        when none of them is an upload of ours (a path the manifest gave, say)."""
+        forgot = False
+        for asset in assets.values():
+            if asset.sha256 is None:
+                continue
+            known = self.writer.upload(self.scope, asset.sha256)
+            if known is not None and known.path in stale:
+                self.writer.drop_upload(self.scope, asset.sha256)
+                self._pending.pop(asset.sha256, None)
+                forgot = True
+        return await self.wire_body(body, assets) if forgot else None
+
     async def path_of(self, sha256: str, path: Path, ref: str) -> str:
         """The `bunny://` path of a file's content, uploading it once per run and lockfile."""
-        known = self.writer.upload(sha256)
+        known = self.writer.upload(self.scope, sha256)
         if known is not None:
             return known.path
         pending = self._pending.get(sha256)
@@ -65,7 +94,7 @@ class Uploads:
                 pending.set()
         else:
             await pending.wait()
-        known = self.writer.upload(sha256)
+        known = self.writer.upload(self.scope, sha256)
         if known is None:
             raise UploadFailed(self._errors.get(sha256, f"upload of {ref} failed"))
         return known.path
@@ -79,5 +108,19 @@ class Uploads:
             self._errors[sha256] = f"upload of {ref} failed: {exc}"
             return
         recorded = UploadedAsset(path=upload.path, size=upload.size, uploaded_at=self.clock.now())
-        self.writer.add_upload(sha256, recorded)
+        self.writer.add_upload(self.scope, sha256, recorded)
         await self.writer.commit()
+
+
+def stale_paths(error: ShotRejected, body: Mapping[str, Any]) -> set[str]:
+    """The upload paths of `body` a 400 says the API does not know (expired, another
+    account's, never made): empty when the refusal is about something else."""
+    if error.status != 400 or not _UNKNOWN.search(error.message):
+        return set()
+    sent = {p for value in body.values() if isinstance(value, str) for p in _BUNNY.findall(value)}
+    named = set(_BUNNY.findall(error.message))
+    if named:  # the message names the paths: only those we sent count
+        return named & sent
+    param = (error.param or "").partition(".")[0].partition("[")[0]
+    value = body.get(param)
+    return set(_BUNNY.findall(value)) if isinstance(value, str) else set()

@@ -19,9 +19,10 @@ HEADER = 'version = 1\nname = "test"\noutput_dir = "renders"\n'
 
 @pytest.fixture(autouse=True)
 def no_api_settings_from_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A developer's EMPIRIOLABS_* variables (a real key, another base URL) never reach a test."""
+    """A developer's EMPIRIOLABS_* variables (a real key, another base URL) and shared
+    store (KLING_BATCH_REMOTE) never reach a test."""
     for name in list(os.environ):
-        if name.startswith("EMPIRIOLABS_"):
+        if name.startswith("EMPIRIOLABS_") or name == "KLING_BATCH_REMOTE":
             monkeypatch.delenv(name)
 
 

@@ -142,6 +142,7 @@ CASES: dict[str, Expect] = {
     ),
     # lockfiles
     "lock_not_toml": E(f"{L}:5", None, None, "not valid TOML"),
+    "manifest_toml_and_json_twins": E(T, None, None, "manifest.json would share one lockfile"),
     "lock_future_version": E(L, None, "version", "lockfile version 3", "newer kling-batch"),
     "lock_damaged_entry": E(L, "opener", "state", "damaged lockfile", "'done'"),
     # files that are not regular files (issue 9): refused without reading them
@@ -363,4 +364,6 @@ def test_plan_refuses_files_git_cannot_hold(case: str, tmp_path: Path) -> None:
     (work / "prompts" / "style.j2").write_text("Moody light.")
     (work / where).unlink(missing_ok=True)
     make(work / where)
+    if where == J:
+        (work / T).unlink()  # one manifest per name: the JSON one is planned
     assert_refused(tmp_path, work, J if where == J else T, expect)

@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 
 from kling_batch.clock import ScaledClock
 from kling_batch.errors import ConnectionFailed, JobNotFound, ResultExpired, RunFatal
-from kling_batch.executor import Executor, RunOptions
+from kling_batch.executor import Executor
+from kling_batch.following import RunOptions
 from kling_batch.joblist import JobPage
 from kling_batch.lockfile import LockWriter, load_lockfile, new_entry
 from kling_batch.outcomes import Quiet, RunReport
-from kling_batch.payloads import Download, JobState, Submission, Upload
+from kling_batch.payloads import Download, ErrorInfo, JobState, Submission, Upload
 from kling_batch.plan import Plan, build_plan
 from tests.conftest import NOW
 
@@ -38,6 +40,7 @@ class FakeApi:
 
     def __init__(self) -> None:
         self.clock = ScaledClock(1e-5)
+        self.upload_scope = "fake-account"
         self.submits: list[Mapping[str, Any]] = []
         self.polls = 0
         self.downloads = 0
@@ -240,3 +243,66 @@ def test_early_404_on_a_fresh_job_is_asked_again(project: Callable[..., Path]) -
     report = run(build_plan(path, now=NOW), api)
     assert [o.state for o in report.outcomes] == ["done"]
     assert len(api.submits) == 1 and api.polls == 2
+
+
+TWINS = ONE + '[[shots]]\nid = "twin"\nprompt = "a lighthouse"\n'
+
+
+def test_a_twin_whose_first_render_fails_is_skipped_not_paid(
+    project: Callable[..., Path],
+) -> None:
+    """The first of two identical renders fails: the copy is skipped, nothing paid twice."""
+    api = FakeApi()
+    api.script["get_job"] = lambda job_id: JobState(
+        job_id, "failed", "failed", error=ErrorInfo("refused", "moderation")
+    )
+    report = run(build_plan(project(TWINS), now=NOW), api)
+    outcomes = {o.id: (o.state, o.detail) for o in report.outcomes}
+    assert outcomes["a"][0] == "failed"
+    assert outcomes["twin"] == ("skipped", "a (same request) did not finish; the next run plans it")
+    assert len(api.submits) == 1
+
+
+def test_a_restore_from_the_cache_touches_no_api(project: Callable[..., Path]) -> None:
+    """An output deleted after its render: the run copies it from the cache, no request."""
+    path = project(ONE)
+    run(build_plan(path, now=NOW), FakeApi())
+    output = path.parent / "renders" / "a.mp4"
+    data = output.read_bytes()
+    output.unlink()
+    plan = build_plan(path, now=NOW)
+    (item,) = plan.items
+    assert item.action == "restore" and item.restore is not None
+    assert item.restore.kind == "cache"
+    api = FakeApi()
+    api.script["download"] = lambda url: pytest.fail(f"downloaded {url}")
+    report = run(plan, api)
+    assert [o.state for o in report.outcomes] == ["done"]
+    assert output.read_bytes() == data and api.submits == [] and api.polls == 0
+
+
+def test_a_refused_restore_url_whose_job_is_gone_is_forgotten(
+    project: Callable[..., Path],
+) -> None:
+    """Output and cache lost, its URL refused, its job gone: the next plan prices it."""
+    path = project(ONE)
+    run(build_plan(path, now=NOW), FakeApi())
+    (path.parent / "renders" / "a.mp4").unlink()
+    for cached in (path.parent / ".kling-batch" / "cache").iterdir():
+        cached.chmod(0o644)
+        cached.unlink()
+    plan = build_plan(path, now=NOW)
+    assert plan.items[0].action == "restore" and plan.items[0].restore.kind == "url"  # type: ignore[union-attr]
+    api = FakeApi()
+
+    def refused(url: str) -> None:
+        raise ResultExpired("signature refused", status=403)
+
+    def gone(job_id: str) -> None:
+        raise JobNotFound("no such job", status=404)
+
+    api.script.update(download=refused, get_job=gone)
+    report = run(plan, api)
+    (outcome,) = report.outcomes
+    assert outcome.state == "failed" and "the URL is forgotten" in outcome.detail
+    assert build_plan(path, now=NOW).items[0].action == "changed"

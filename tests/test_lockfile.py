@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from kling_batch import kling_o3
 from kling_batch.errors import UserError
 from kling_batch.lockfile import Entry, Lockfile, PastRender, UploadedAsset, load_lockfile
 
@@ -51,7 +52,9 @@ def sample_lock(order: list[int]) -> Lockfile:
     for n in order:
         lock.shots[f"shot-{n}"] = sample_entry(n)
     for n in order:
-        lock.uploads[f"sha256:{n:064x}"] = UploadedAsset(path=f"bunny://u/{n}.png", size=n)
+        lock.uploads.setdefault("acct", {})[f"sha256:{n:064x}"] = UploadedAsset(
+            path=f"bunny://u/{n}.png", size=n
+        )
     return lock
 
 
@@ -158,3 +161,49 @@ def test_damaged_cache_falls_back_to_the_lockfile(tmp_path: Path) -> None:
     digest = cache.read_text().splitlines()[0]
     cache.write_text(digest + "\n{not json")
     assert set(load_lockfile(path, cache=cache).shots) == {"shot-1"}
+
+
+V1_UNCERTAIN = """version = 1
+model = "kling-o3"
+
+[shots.a]
+cost_usd = 1.4
+fingerprint = "sha256:00"
+output = "renders/a.mp4"
+shot = "a"
+state = "uncertain"
+take = 1
+updated_at = 2026-11-25T12:00:00Z
+
+[shots.a.assets]
+image = "sha256:11"
+
+[shots.a.request]
+keep_original_sound = true
+model = "kling-o3"
+prompt = "5s: a fox | 4s: an owl"
+workflow = "i2v"
+image = "still.png"
+
+[uploads."sha256:11"]
+path = "bunny://up/still.png"
+size = 5
+"""
+
+
+def test_a_v1_unanswered_submission_keeps_the_body_it_really_sent(tmp_path: Path) -> None:
+    """Migrating rewrites the request, but the charge remembers the v1 body for the look."""
+    path = tmp_path / "m.lock"
+    path.write_text(V1_UNCERTAIN)
+    entry = load_lockfile(path).shots["a"]
+    (charge,) = entry.submissions
+    sent_v1 = {
+        "keep_original_sound": True,
+        "model": "kling-o3",
+        "prompt": "5s: a fox | 4s: an owl",
+        "workflow": "i2v",
+        "image": "bunny://up/still.png",
+    }
+    assert charge.job_id is None and charge.sent == kling_o3.sent_digest(sent_v1)
+    assert entry.request["prompt"] == "5s: a fox\n4s: an owl"
+    assert "keep_original_sound" not in entry.request

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from kling_batch.cli import cli
+from kling_batch.lock_facts import LockFacts
 from kling_batch.lockfile import lock_path, new_entry
 from kling_batch.plan import Plan, build_plan
 from kling_batch.state import StateDir
@@ -312,3 +313,46 @@ def test_one_image_of_a_matrix_changed_replans_only_its_renders(
     }
     assert [item.render.model is None for item in plan.items] == [True, True, False, False]
     assert actions(build_plan(path, now=NOW)) == actions(plan)
+
+
+def _rewrite_entry(path: Path, render_id: str, **fields: object) -> None:
+    """Change one lockfile entry, as a run or a push would."""
+    lock = build_plan(path, now=NOW).lock
+    lock.shots[render_id] = lock.shots[render_id].model_copy(update=fields)
+    lock.save(lock_path(path))
+
+
+def test_warm_facts_know_what_the_shared_store_holds(warm: Path, tmp_path: Path) -> None:
+    """`in_remote` is among the lockfile's cached facts: with a store configured, a warm plan
+    restores a missing output from it for free, as a plan from the whole lockfile does."""
+    _rewrite_entry(warm, "b", in_remote=True)
+    (tmp_path / "renders" / "b.mp4").unlink()
+    store = f"file://{tmp_path / 'store'}"
+    cold = build_plan(warm, now=NOW, remote=store)
+    plan = plan_again_with(warm, remote=store)
+    assert isinstance(plan.records, LockFacts) and not isinstance(cold.records, LockFacts)
+    for made in (cold, plan):
+        item = next(item for item in made.items if item.render.id == "b")
+        assert item.action == "restore"
+        assert item.restore is not None and item.restore.kind == "remote"
+    assert actions(build_plan(warm, now=NOW, remote="none"))["b"][0] == "changed"
+
+
+def test_warm_facts_hand_a_renamed_shots_job_over(warm: Path) -> None:
+    """A job in flight whose shot was renamed is taken over from the cached facts too:
+    never a second submission of the same request."""
+    _rewrite_entry(warm, "b", state="submitted", job_id="job-b")
+    build_plan(warm, now=NOW)  # the facts of the edited lockfile, cached
+    warm.write_text(warm.read_text().replace('id = "b"', 'id = "b-renamed"'))
+    plan = plan_again(warm)
+    assert isinstance(plan.records, LockFacts)
+    item = next(item for item in plan.items if item.render.id == "b-renamed")
+    assert (item.action, item.adopt) == ("resume", "b")
+    assert item.reasons == ("job of renamed shot b, in flight: no new cost",)
+    assert not plan.followups and not plan.totals.to_run_cost
+
+
+def plan_again_with(path: Path, *, remote: str) -> Plan:
+    """`plan_again` with a shared store named."""
+    plan_again(path)
+    return build_plan(path, now=NOW, remote=remote)

@@ -125,7 +125,7 @@ def test_table_shows_assumption_beside_seconds(project: Callable[..., Path]) -> 
     path = project('[[shots]]\nid = "e"\nprompt = "p"\nvideo = "https://x.test/v.mp4"\n')
     out = kb("plan", path).stdout
     row = next(line for line in out.splitlines() if " e " in line)
-    assert "5s*" in row and "assumes remote video" in row
+    assert "10s*" in row and "assumes remote video" in row
 
 
 def test_markdown_is_a_pr_comment(examples: Path) -> None:

@@ -143,7 +143,8 @@ def test_video_edit_clip_over_ten_seconds_is_capped(
 
 
 def test_remote_video_edit_is_an_assumption(project: Callable[..., Path]) -> None:
-    """A remote clip's length is unknown: priced at `duration`, flagged as an assumption."""
+    """A remote clip's length is unknown: priced at the 10 s cap it can bill at most (never
+    at `duration`, which an edit does not use), flagged as an assumption."""
     path = project("""
         [[shots]]
         id = "x"
@@ -153,8 +154,8 @@ def test_remote_video_edit_is_an_assumption(project: Callable[..., Path]) -> Non
     """)
     plan = build_plan(path, now=NOW)
     render = plan.items[0].render
-    assert render.cost == Decimal("0.336") * 8
-    assert render.assumptions and "duration" in render.assumptions[0]
+    assert render.cost == Decimal("0.336") * 10
+    assert render.assumptions == ("remote video: length unknown, priced at the 10s cap",)
 
 
 def test_reference_with_videos_uses_video_input_row(

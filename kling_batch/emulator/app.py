@@ -37,7 +37,9 @@ class Emulator:
                 "image": cfg.max_image_bytes,
                 "video": cfg.max_video_bytes,
                 "audio": cfg.max_audio_bytes,
-            }
+            },
+            clock=self.clock,
+            ttl=cfg.scaled(cfg.upload_ttl_seconds),
         )
         self.signer = Signer()
         self.limiter = RateLimiter(cfg.rpm, cfg.scaled(cfg.rate_window_seconds))

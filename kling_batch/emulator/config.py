@@ -70,6 +70,9 @@ class EmulatorConfig:
     large_output_bytes: int | None = None  # pad every result to this size (streamed)
     job_retention_seconds: float = _HOUR  # job state kept after its end, then 404
     url_ttl_seconds: float = 7 * _DAY  # result and upload URLs stop working after this
+    # A `bunny://` upload path is refused (400, unknown or expired) this long after upload;
+    # the real lifetime is unknown, so clients must upload again when a path is refused.
+    upload_ttl_seconds: float = _DAY
     rate_window_seconds: float = 60.0  # the sliding window of `rpm`
     max_image_bytes: int = 10 * 1024 * 1024  # upload limits: 413 above them
     max_video_bytes: int = 200 * 1024 * 1024

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import anyio
 
+from kling_batch.emulator.clock import Clock
 from kling_batch.emulator.errors import ApiError
 from kling_batch.emulator.media import probe_seconds
 
@@ -40,13 +41,18 @@ class Upload:
     content_type: str
     kind: str
     seconds: Decimal | None
+    created: float = 0.0  # the emulator clock's reading when it was uploaded
 
 
 class UploadStore:
     """Uploads in a private temp folder, removed by `close`."""
 
-    def __init__(self, limits: dict[str, int]) -> None:
+    def __init__(
+        self, limits: dict[str, int], clock: Clock | None = None, ttl: float | None = None
+    ) -> None:
         self._limits = limits
+        self._clock = clock
+        self._ttl = ttl  # real seconds a path stays valid; None: forever
         self._folder = Path(tempfile.mkdtemp(prefix="kling-emulator-"))
         self._by_path: dict[str, Upload] = {}
         self._by_uid: dict[str, Upload] = {}
@@ -107,6 +113,7 @@ class UploadStore:
             content_type=ctype,
             kind=kind,
             seconds=seconds,
+            created=self._clock.now() if self._clock is not None else 0.0,
         )
         with self._lock:
             self._by_path[upload.path] = upload
@@ -114,8 +121,11 @@ class UploadStore:
         return upload
 
     def get(self, path: str) -> Upload | None:
-        """The upload a `bunny://` path names, or None."""
-        return self._by_path.get(path)
+        """The upload a `bunny://` path names, or None (also once the path has expired)."""
+        upload = self._by_path.get(path)
+        if upload is None or self._clock is None or self._ttl is None:
+            return upload
+        return upload if self._clock.now() - upload.created <= self._ttl else None
 
     def by_uid(self, uid: str) -> Upload | None:
         """The upload with id `uid`, or None."""

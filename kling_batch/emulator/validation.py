@@ -202,7 +202,7 @@ def _media_list(name: str, value: Any) -> list[str]:
 def _check_media(name: str, value: str, uploads: UploadLookup) -> None:
     if value.startswith("bunny://"):
         if uploads(value) is None:
-            raise invalid(f"{name!r}: unknown upload path {value!r}.", name)
+            raise invalid(f"{name!r}: unknown or expired upload path {value!r}.", name)
         return
     if value.startswith("data:"):
         if "," not in value:

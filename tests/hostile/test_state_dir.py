@@ -98,3 +98,21 @@ def test_run_refuses_a_read_only_checkout_before_any_request(quickstart: Path) -
     assert len(lines) == 1 and "cannot write .kling-batch/" in lines[0], result.stderr
     assert not (quickstart / "quickstart.emulator.lock").exists()
     assert not (quickstart / "renders").exists()
+
+
+@pytest.mark.parametrize("planted", ["cache", "cache-index", "quickstart.emulator.lock.run-lock"])
+def test_a_symlink_inside_the_state_folder_is_refused(
+    quickstart: Path, tmp_path: Path, planted: str
+) -> None:
+    """A shipped `.kling-batch/cache` (or run lock) linking elsewhere: refused, untouched."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("mine")
+    (quickstart / ".kling-batch").mkdir()
+    (quickstart / ".kling-batch" / planted).symlink_to(victim)
+    result = kling("run", "quickstart.toml", "--emulator", cwd=quickstart)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f".kling-batch/{planted} is a symlink" in line
+    assert [p.name for p in victim.iterdir()] == ["notes.txt"]
+    assert (victim / "notes.txt").stat().st_mode & 0o777 == 0o644

@@ -122,7 +122,8 @@ class Project:
         }
 
     def plan_json(self) -> dict[str, object]:
-        """`kling-batch plan --format json` of the manifest."""
+        """`kling-batch plan --format json` of the manifest, planned for this emulator (its
+        base URL in the environment, as a user's would be)."""
         import json
 
         result = subprocess.run(
@@ -130,6 +131,7 @@ class Project:
             capture_output=True,
             text=True,
             check=True,
+            env={**os.environ, "EMPIRIOLABS_BASE_URL": self.served.base_url},
         )
         data: dict[str, object] = json.loads(result.stdout)
         return data

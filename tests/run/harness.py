@@ -81,6 +81,14 @@ aspect_ratio = "16:9"
 duration = 5
 """
 RENDERS = 7
+# What a user changes while renders are in flight (`Scenario.edit`): `dawn` renamed, `wide`
+# given a second take (its first take keeps the request), `night` moved to another output.
+EDITS = (
+    ('id = "dawn"', 'id = "dawn-renamed"'),
+    ("duration = 5\n", "duration = 5\ntakes = 2\n"),
+    ("sound = false\n", 'sound = false\noutput = "moved/night.mp4"\n'),
+)
+RENDERS_AFTER_EDITS = 8
 # Every run of CRASH_MANIFEST sends at least 7 submits, 6 reads of the job list (polling
 # every job in flight at once), 7 downloads and 1 upload.
 MIN_REQUESTS = 21
@@ -109,9 +117,12 @@ class Scenario:
 
     first: KillPoint
     resume: KillPoint | None = None
+    edit: bool = False  # apply `EDITS` to the manifest after the first run
 
     def __str__(self) -> str:
         text = f"kill at the {self.first}"
+        if self.edit:
+            text += "; rename a shot, add a take, move an output"
         if self.resume is not None:
             text += f"; kill the rerun at its {self.resume}"
         return text
@@ -240,6 +251,9 @@ def run_trial(root: Path, scenario: Scenario) -> Trial:
         if isinstance(first, Kill):
             trial.kills.append(first)
             trial.lost_answers |= _unrecorded_jobs(project)
+        if scenario.edit:
+            for old, new in EDITS:
+                project.edit(old, new)
         for attempt in range(MAX_RERUNS):
             point = scenario.resume if attempt == 0 else None
             result = _run_and_kill(project, RESUME_ARGS, point)

@@ -42,13 +42,27 @@ def test_a_job_that_never_finishes_is_left_submitted_past_its_deadline(
 def test_a_job_with_an_unknown_status_word_is_given_up_at_job_timeout(
     make_project: Callable[..., Project],
 ) -> None:
-    """`--job-timeout` bounds a job answering `finished`; the reason names the word."""
-    project = make_project(manifest=many_shots(1), faults=("status-word=1,word=finished",))
+    """`--job-timeout` bounds a job answering a word no client knows; the reason names it."""
+    faults = ("stall=first1", "status-word=1,word=rendering")
+    project = make_project(manifest=many_shots(1), faults=faults)
     result = project.run("--job-timeout", "300", timeout=PATIENCE)
     assert result.returncode == 1, result.stdout
     entry = load_lockfile(project.lock).shots["s00"]
     assert entry.state == "submitted"
-    assert entry.error and "'finished', a status kling-batch does not know" in entry.error
+    assert entry.error and "'rendering', a status kling-batch does not know" in entry.error
     assert "deadline of 300 s" in entry.error
     assert "pending s00" in result.stdout
+    assert project.submissions() == 1
+
+
+def test_a_video_offered_under_an_unknown_status_word_is_collected(
+    make_project: Callable[..., Project],
+) -> None:
+    """A job that says `finished` (a word no client knows) but offers its video: the paid
+    video is downloaded at once, not left to be lost when the API drops the job."""
+    project = make_project(manifest=many_shots(1), faults=("status-word=1,word=finished",))
+    result = project.run(timeout=PATIENCE)
+    assert result.returncode == 0, result.stdout
+    entry = load_lockfile(project.lock).shots["s00"]
+    assert entry.state == "done" and (project.root / entry.output).is_file()
     assert project.submissions() == 1

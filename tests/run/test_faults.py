@@ -258,7 +258,7 @@ def test_api_400_fails_only_that_render(make_project: Callable[..., Project]) ->
         "s01": "done",
     }
     error = lock.shots["ghost"].error or ""
-    assert "HTTP 400" in error and "unknown upload path" in error
+    assert "HTTP 400" in error and "unknown or expired upload path" in error
     assert submits_per_fingerprint(project)[lock.shots["ghost"].fingerprint] == 1
     assert "failed ghost" in result.stdout
 

@@ -3,6 +3,7 @@ remembers what the lockfile forgets (point 10). Real CLI against the emulator.""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -119,3 +120,80 @@ def test_a_lost_lockfile_restores_renders_the_cache_holds(
     assert project.run().returncode == 0
     assert project.submissions() == 1
     assert (project.root / "renders" / "hero.mp4").is_file()
+
+
+def test_an_id_reused_while_its_job_is_in_flight_pays_each_request_once(
+    make_project: Callable[..., Project],
+) -> None:
+    """`hero` renamed `hero-wide` mid-flight and a new `hero` added with another prompt: the
+    job goes to `hero-wide`, only the new `hero` is paid: two requests, two charges."""
+    project = make_project(HERO, latency=SLOW)
+    job = leave_in_flight(project)
+    project.edit('id = "hero"', 'id = "hero-wide"')
+    with project.manifest.open("a") as f:
+        f.write(
+            '\n[[shots]]\nid = "hero"\nprompt = "the hero takes off"\nmodel_tier = "standard"\n'
+        )
+    actions = {s["id"]: s["action"] for s in project.plan_json()["shots"]}  # type: ignore[attr-defined]
+    assert actions == {"hero-wide": "resume", "hero": "new"}
+    assert project.run().returncode == 0
+    lock = load_lockfile(project.lock)
+    assert lock.shots["hero-wide"].job_id == job
+    assert project.submissions() == 2
+    assert project.served.emulator.ledger.total == sum(e.cost_usd for e in lock.shots.values())
+
+
+def test_two_shots_swapping_names_keep_both_renders(
+    make_project: Callable[..., Project],
+) -> None:
+    """`a` and `b` swap ids on a clone without the render cache: each is restored from the
+    other's output, free, and neither copy reads a file the other has just replaced."""
+    shots = HEADER + (
+        '\n[[shots]]\nid = "a"\nprompt = "four seconds"\nduration = 4\nmodel_tier = "standard"\n'
+        '\n[[shots]]\nid = "b"\nprompt = "six seconds"\nduration = 6\nmodel_tier = "standard"\n'
+    )
+    project = make_project(shots)
+    assert project.run().returncode == 0
+    renders = project.root / "renders"
+    before = {name: (renders / f"{name}.mp4").read_bytes() for name in ("a", "b")}
+    for _ in range(3):  # the copies race: a few rounds make a lost one likely without staging
+        swapped = project.manifest.read_text()
+        swapped = swapped.replace('id = "a"', 'id = "tmp"').replace('id = "b"', 'id = "a"')
+        project.manifest.write_text(swapped.replace('id = "tmp"', 'id = "b"'))
+        shutil.rmtree(project.root / ".kling-batch")  # as on a fresh clone: no cache
+        result = project.run()
+        assert result.returncode == 0, result.stdout + result.stderr
+        before = {"a": before["b"], "b": before["a"]}
+        after = {name: (renders / f"{name}.mp4").read_bytes() for name in ("a", "b")}
+        assert after == before
+    assert project.submissions() == 2
+
+
+def test_an_orphaned_unanswered_submission_settles_after_a_complete_look(
+    make_project: Callable[..., Project],
+) -> None:
+    """A shot whose POST went unanswered, then removed: once the job list proves no job was
+    made, the record settles (nothing paid) and the plan has nothing left to do."""
+    other = '\n[[shots]]\nid = "bay"\nprompt = "a calm bay"\nmodel_tier = "standard"\n'
+    project = make_project(HERO + other, faults=("drop=first1,on=submit",))
+    assert project.run("--only", "hero").returncode == 1
+    assert load_lockfile(project.lock).shots["hero"].state == "uncertain"
+    project.manifest.write_text(HEADER + other)  # hero removed
+    result = project.run()
+    assert result.returncode == 0, result.stdout + result.stderr
+    entry = load_lockfile(project.lock).shots["hero"]
+    assert entry.state == "failed" and "made no job" in (entry.error or "")
+    (charge,) = entry.submissions
+    assert charge.no_job and charge.job_id is None
+    check = subprocess.run(
+        [sys.executable, "-m", "kling_batch", "plan", str(project.manifest), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**project.env(), "EMPIRIOLABS_BASE_URL": project.served.base_url},
+    )
+    assert check.returncode == 0, check.stdout
+    assert (
+        project.served.emulator.ledger.total
+        == entry.cost_usd * 0 + load_lockfile(project.lock).shots["bay"].cost_usd
+    )

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kling_batch.lockfile import load_lockfile
-from tests.run.conftest import Project, emulator
+from tests.run.conftest import TIME_SCALE, Project, emulator
 
 HEADER = 'version = 1\nname = "api"\noutput_dir = "renders"\n'
 ONE = HEADER + '\n[[shots]]\nid = "bay"\nprompt = "a bay"\nmodel_tier = "standard"\n'
@@ -73,3 +73,22 @@ def test_an_emulator_lockfile_is_never_a_paid_one(tmp_path: Path) -> None:
         (line,) = result.stderr.strip().splitlines()
         assert "would share its lockfile with the emulator renders of launch.toml" in line
     assert (root / "launch.emulator.lock").read_bytes() == before
+
+
+def test_a_cached_render_of_one_api_is_never_restored_for_another(
+    make_project: Callable[..., Project],
+) -> None:
+    """The lockfile deleted, a run against another API: the cache's video (from the first
+    API) is not passed off as this API's render; it is rendered there."""
+    project = make_project(ONE)
+    assert project.run().returncode == 0
+    project.lock.unlink()
+    (project.root / "renders" / "bay.mp4").unlink()
+    with emulator() as other:
+        env = {**project.env(), "EMPIRIOLABS_API_KEY": other.api_key}
+        base = ("--api-base", other.base_url, "--time-scale", str(TIME_SCALE))
+        run = [sys.executable, "-m", "kling_batch", "run", str(project.manifest), *base, "--yes"]
+        result = subprocess.run(run, capture_output=True, text=True, env=env, check=False)
+        assert result.returncode == 0, result.stderr
+        assert len(other.emulator.journal.submissions()) == 1
+    assert load_lockfile(project.lock).api == other.base_url

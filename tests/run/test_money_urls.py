@@ -10,6 +10,8 @@ from collections.abc import Callable
 from kling_batch.lockfile import load_lockfile
 from kling_batch.state import StateDir
 from tests.run.conftest import Project
+from tests.run.harness import Kill, KillPoint
+from tests.run.harness import _run_and_kill as run_and_kill
 
 HOUR = 3600.0
 HEADER = 'version = 1\nname = "urls"\noutput_dir = "renders"\n'
@@ -17,9 +19,10 @@ ONE = HEADER + '\n[[shots]]\nid = "bay"\nprompt = "a bay"\nmodel_tier = "standar
 
 
 def url_store(project: Project) -> dict[str, dict[str, str]]:
+    """The URL journal read as the store reads it: the last line on a hash wins."""
     path = StateDir(project.root).result_urls(project.lock)
-    data: dict[str, dict[str, str]] = json.loads(path.read_text())
-    return data
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return {line["sha256"]: line for line in lines}
 
 
 def lose_output_and_cache(project: Project) -> str:
@@ -36,10 +39,10 @@ def lose_output_and_cache(project: Project) -> str:
 def break_signature(project: Project, sha256: str) -> None:
     """Make the stored URL one the API refuses long before its expiry (a bad signature)."""
     path = StateDir(project.root).result_urls(project.lock)
-    data = json.loads(path.read_text())
-    url = data[sha256]["url"]
-    data[sha256]["url"] = url.replace("/cdn/", "/cdn/0000", 1)
-    path.write_text(json.dumps(data))
+    stored = url_store(project)[sha256]
+    broken = {**stored, "url": stored["url"].replace("/cdn/", "/cdn/0000", 1)}
+    with path.open("a") as journal:
+        journal.write(json.dumps(broken) + "\n")
 
 
 def test_the_committed_lockfile_holds_no_signed_url(make_project: Callable[..., Project]) -> None:
@@ -90,3 +93,16 @@ def test_a_dead_url_stops_being_a_free_restore(make_project: Callable[..., Proje
     assert shot["action"] == "changed" and shot["cost_usd"] > 0
     assert project.run().returncode == 0
     assert project.submissions() == 2
+
+
+def test_a_killed_run_keeps_the_urls_it_learnt(make_project: Callable[..., Project]) -> None:
+    """Each URL is journaled as its video lands: a run SIGKILLed before its end still
+    leaves the URL of every render it had downloaded."""
+    two = ONE + '\n[[shots]]\nid = "cove"\nprompt = "a cove"\nmodel_tier = "standard"\n'
+    project = make_project(two)
+    killed = run_and_kill(project, ("--jobs", "1"), KillPoint(2, "download"))
+    assert isinstance(killed, Kill), killed
+    lock = load_lockfile(project.lock)
+    done = [entry for entry in lock.shots.values() if entry.state == "done"]
+    assert len(done) == 1 and done[0].output_sha256 is not None
+    assert done[0].output_sha256 in url_store(project)

@@ -52,7 +52,7 @@ def test_image_is_uploaded_once_for_two_takes(make_project: Callable[..., Projec
     uploads = project.served.emulator.journal.entries(path="/v1/files/upload")
     assert len(uploads) == 1
     lock = load_lockfile(project.lock)
-    (upload,) = lock.uploads.values()
+    ((upload,),) = (table.values() for table in lock.uploads.values())
     assert upload.path.startswith("bunny://")
     emulator = project.served.emulator
     jobs = [

@@ -71,8 +71,8 @@ def decide(
     ids: tuple[str, ...] | None = None,
 ) -> tuple:
     manifest_ids = ids if ids is not None else (planned.id,)
-    differ = Differ(lock, files, now, root=ROOT, state=STATE, ids=manifest_ids)
-    item = differ.item(planned, forced=False)
+    differ = Differ(lock, files, now, root=ROOT, state=STATE, ids=manifest_ids, renders=[planned])
+    item = differ.item(planned)
     return item.action, item.reasons, item.restore.kind if item.restore else None
 
 
@@ -149,8 +149,8 @@ def test_a_renamed_shot_adopts_the_job_in_flight_of_its_old_id() -> None:
     """A new id with the request of a stray submitted job resumes that job: no new cost."""
     old, new = render("hero"), render("hero-take1")
     lock = Lockfile(shots={"hero": new_entry(old, "submitted", job_id="j7")})
-    differ = Differ(lock, Files(), NOW, root=ROOT, state=STATE, ids=("hero-take1",))
-    item = differ.item(new, forced=False)
+    differ = Differ(lock, Files(), NOW, root=ROOT, state=STATE, ids=("hero-take1",), renders=[new])
+    item = differ.item(new)
     assert (item.action, item.adopt) == ("resume", "hero")
     assert item.reasons == ("job of renamed shot hero, in flight: no new cost",)
     assert differ.strays() == [] and differ.adopted == {"hero": "hero-take1"}
@@ -160,8 +160,8 @@ def test_a_stray_job_nobody_adopts_is_left_to_follow() -> None:
     """A stray job whose request no render has is reported for the run to follow."""
     old, other = render("hero"), render("other", prompt="something else")
     lock = Lockfile(shots={"hero": new_entry(old, "completed", job_id="j7")})
-    differ = Differ(lock, Files(), NOW, root=ROOT, state=STATE, ids=("other",))
-    assert differ.item(other, forced=False).action == "new"
+    differ = Differ(lock, Files(), NOW, root=ROOT, state=STATE, ids=("other",), renders=[other])
+    assert differ.item(other).action == "new"
     assert differ.strays() == ["hero"]
 
 
@@ -170,9 +170,10 @@ def test_a_second_render_of_the_adopted_request_copies_the_adopter() -> None:
     old = render("hero")
     first, second = render("hero-a"), render("hero-b", output="renders/b.mp4")
     lock = Lockfile(shots={"hero": new_entry(old, "submitted", job_id="j7")})
-    differ = Differ(lock, Files(), NOW, root=ROOT, state=STATE, ids=("hero-a", "hero-b"))
-    assert differ.item(first, forced=False).adopt == "hero"
-    copy = differ.item(second, forced=False)
+    ids = ("hero-a", "hero-b")
+    differ = Differ(lock, Files(), NOW, root=ROOT, state=STATE, ids=ids, renders=[first, second])
+    assert differ.item(first).adopt == "hero"
+    copy = differ.item(second)
     assert copy.action == "restore" and copy.restore is not None
     assert copy.restore.kind == "twin" and copy.restore.twin == "hero-a"
 
@@ -196,3 +197,21 @@ def test_a_url_kept_out_of_the_lockfile_still_restores_until_it_expires() -> Non
     assert decide(Lockfile(shots={"a": done(a)}), files, a, now=NOW + timedelta(hours=2))[0] == (
         "changed"
     )
+
+
+def test_an_id_reused_for_another_request_hands_its_job_to_the_render_asking_for_it() -> None:
+    """`hero` renamed `hero-wide` mid-flight and a new `hero` added: the job goes to
+    `hero-wide` (no new cost) and the new `hero` is a new render."""
+    old = render("hero", prompt="the hero lands")
+    wide = render("hero-wide", prompt="the hero lands")
+    new_hero = render("hero", prompt="the hero takes off")
+    lock = Lockfile(shots={"hero": new_entry(old, "submitted", job_id="j7")})
+    renders = [new_hero, wide]
+    differ = Differ(
+        lock, Files(), NOW, root=ROOT, state=STATE, ids=("hero", "hero-wide"), renders=renders
+    )
+    first, second = differ.item(new_hero), differ.item(wide)
+    assert (first.action, first.adopt) == ("new", None)
+    assert "its job in flight (for its earlier request) goes to hero-wide" in first.reasons
+    assert (second.action, second.adopt) == ("resume", "hero")
+    assert second.reasons == ("job of shot hero, in flight: no new cost",)

@@ -1,0 +1,341 @@
+"""`kling-batch spend`: what a manifest's renders cost, read from the lockfile (no network).
+
+Every submission an entry records counts (`Entry.submissions`: forced and retried
+re-renders included), and so do entries no longer in the manifest: money spent is spent.
+The manifest is read only to mark those; when it does not load, spend is still read from
+the lockfile, with a warning.
+
+Each submission is one of: `billed` (the API reported its bill), `failed` (its job failed;
+failed jobs are not billed), `rendering` (its job is still in flight), `unreported` (its
+job finished but the API reported no bill), `no bill` (an earlier job of the render with no
+bill on record: it failed, or its bill was not reported) and `uncertain` (no job id came
+back: it may be billed). Totals: `billed_usd` sums the bills (each rounded up to the tenth
+of a cent, like every cost); `estimated_usd` sums the estimates of the submissions with a
+job; `missing_bills` counts those jobs without a bill; uncertain submissions are counted
+apart (`uncertain`, `may_be_billed_usd`), never as billed and never as $0.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from kling_batch import ui
+from kling_batch.errors import UserError
+from kling_batch.inventory import read_inventory
+from kling_batch.lockfile import UNSETTLED, Charge, Entry, Lockfile, load_lockfile, lock_path
+from kling_batch.pricing import round_cost
+from kling_batch.reports import json_amount, usd
+from kling_batch.status import emulator_only_hint
+
+Status = Literal["billed", "failed", "rendering", "unreported", "no bill", "uncertain", "no job"]
+_NO_AMOUNT = "-"
+_NUMBERS = frozenset({"submissions", "estimated", "billed", "without bill", "may be billed"})
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One submission, with the render it was made for."""
+
+    render: str
+    shot: str
+    tags: tuple[str, ...]
+    in_manifest: bool | None  # None: the manifest could not be read
+    charge: Charge
+    status: Status
+
+    @property
+    def estimate(self) -> Decimal:
+        """The submission's estimated cost."""
+        return round_cost(self.charge.cost_usd)
+
+    @property
+    def billed(self) -> Decimal | None:
+        """The bill the API reported, rounded as every cost is; None without one."""
+        bill = self.charge.billed_usd
+        return None if bill is None else round_cost(bill)
+
+    @property
+    def day(self) -> str:
+        """The UTC day it was submitted on, `YYYY-MM-DD`."""
+        return _utc(self.charge.submitted_at).date().isoformat()
+
+
+@dataclass(slots=True)
+class Sums:
+    """Spend over some submissions."""
+
+    submissions: int = 0
+    jobs: int = 0
+    estimated: Decimal = field(default_factory=Decimal)
+    bills: int = 0
+    billed: Decimal = field(default_factory=Decimal)
+    uncertain: int = 0
+    may_be_billed: Decimal = field(default_factory=Decimal)
+
+    def add(self, line: Line) -> None:
+        """Count one submission."""
+        self.submissions += 1
+        if line.status == "no job":
+            return  # nothing was made, so nothing is or will be billed
+        if line.status == "uncertain":
+            self.uncertain += 1
+            self.may_be_billed += line.estimate
+            return
+        self.jobs += 1
+        self.estimated += line.estimate
+        if line.billed is not None:
+            self.bills += 1
+            self.billed += line.billed
+
+    @property
+    def missing_bills(self) -> int:
+        """Submissions with a job and no bill on record."""
+        return self.jobs - self.bills
+
+    def as_json(self) -> dict[str, Any]:
+        """The sums as JSON numbers."""
+        return {
+            "submissions": self.submissions,
+            "billed_usd": json_amount(self.billed),
+            "bills": self.bills,
+            "estimated_usd": json_amount(self.estimated),
+            "missing_bills": self.missing_bills,
+            "uncertain": self.uncertain,
+            "may_be_billed_usd": json_amount(self.may_be_billed),
+        }
+
+
+@dataclass(frozen=True)
+class SpendReport:
+    """Every submission a lockfile records, and how to group them."""
+
+    manifest: Path
+    lock_file: Path
+    lines: list[Line]
+
+    def totals(self) -> Sums:
+        """Sums over every submission."""
+        return _summed(self.lines)
+
+    def by(self, keys: Callable[[Line], Iterable[str]]) -> dict[str, Sums]:
+        """Sums per key, sorted by key; a line counts under each of its keys."""
+        groups: dict[str, list[Line]] = {}
+        for line in self.lines:
+            for key in keys(line):
+                groups.setdefault(key, []).append(line)
+        return {key: _summed(groups[key]) for key in sorted(groups)}
+
+    def per_render(self) -> dict[str, list[Line]]:
+        """Each render's submissions, renders sorted by id."""
+        renders: dict[str, list[Line]] = {}
+        for line in sorted(self.lines, key=lambda line: line.render):
+            renders.setdefault(line.render, []).append(line)
+        return renders
+
+
+def spend_command(manifest: Path, *, fmt: str, emulator: bool) -> int:
+    """Print the spend report of a manifest's lockfile; the exit code."""
+    lock_file = lock_path(manifest, emulator=emulator)
+    if not manifest.exists() and not lock_file.exists():
+        raise UserError("no such manifest, and no lockfile beside it", file=manifest)
+    report = spend_report(manifest, emulator=emulator)
+    hint = None if emulator else emulator_only_hint(manifest, "spend")
+    if hint is not None:
+        ui.say(hint)
+    if fmt == "json":
+        ui.write_data(json.dumps(spend_json(report), indent=2, ensure_ascii=False) + "\n")
+    else:
+        render_spend(report, ui.stdout_console())
+    return 0
+
+
+def spend_report(manifest: Path, *, emulator: bool = False) -> SpendReport:
+    """Every submission recorded in the manifest's lockfile, marked present in the manifest
+    or not."""
+    lock_file = lock_path(manifest, emulator=emulator)
+    lock = load_lockfile(lock_file)
+    ids = _manifest_ids(manifest, emulator=emulator)
+    return SpendReport(manifest, lock_file, _lines(lock, ids))
+
+
+def _manifest_ids(manifest: Path, *, emulator: bool) -> frozenset[str] | None:
+    """The manifest's render ids; None (with a warning) when it does not load."""
+    try:
+        return read_inventory(manifest, emulator=emulator).ids
+    except UserError as exc:
+        ui.say(
+            f"warning: {exc}; spend is read from the lockfile alone (renders no longer in "
+            "the manifest are not marked)"
+        )
+        return None
+
+
+def _lines(lock: Lockfile, ids: frozenset[str] | None) -> list[Line]:
+    lines = []
+    for key, entry in sorted(lock.shots.items()):
+        present = None if ids is None else key in ids
+        for charge in entry.submissions:
+            status = charge_status(entry, charge)
+            lines.append(Line(key, entry.shot, tuple(entry.tags), present, charge, status))
+    return lines
+
+
+def charge_status(entry: Entry, charge: Charge) -> Status:
+    """What is known of one submission's bill (see the module docstring)."""
+    if charge.billed_usd is not None:
+        return "billed"
+    if charge.no_job:
+        return "no job"  # a complete look at the job list proved none was made
+    if charge.job_id is None:
+        return "uncertain"
+    if charge.job_id != entry.job_id:
+        return "no bill"
+    if entry.state == "failed":
+        return "failed"
+    return "rendering" if entry.state in UNSETTLED else "unreported"
+
+
+def _summed(lines: Iterable[Line]) -> Sums:
+    sums = Sums()
+    for line in lines:
+        sums.add(line)
+    return sums
+
+
+def _utc(moment: datetime) -> datetime:
+    """`moment` in UTC (a time recorded without an offset is taken as UTC)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+# -- reports ------------------------------------------------------------------------------
+
+
+def spend_json(report: SpendReport) -> dict[str, Any]:
+    """The report as one JSON object: per render (each submission listed), shot, tag, day."""
+    return {
+        "manifest": report.manifest.name,
+        "lockfile": report.lock_file.name,
+        "renders": [_render_json(lines) for lines in report.per_render().values()],
+        "shots": _groups_json("shot", report.by(lambda line: [line.shot])),
+        "tags": _groups_json("tag", report.by(lambda line: line.tags)),
+        "days": _groups_json("day", report.by(lambda line: [line.day])),
+        "totals": report.totals().as_json(),
+    }
+
+
+def _render_json(lines: list[Line]) -> dict[str, Any]:
+    first = lines[0]
+    return {
+        "id": first.render,
+        "shot": first.shot,
+        "tags": list(first.tags),
+        "in_manifest": first.in_manifest,
+        "submissions": [
+            {
+                "submitted_at": _utc(line.charge.submitted_at).isoformat(),
+                "job_id": line.charge.job_id,
+                "fingerprint": line.charge.fingerprint,
+                "status": line.status,
+                "estimated_usd": json_amount(line.estimate),
+                "billed_usd": None if line.billed is None else json_amount(line.billed),
+            }
+            for line in lines
+        ],
+        "totals": _summed(lines).as_json(),
+    }
+
+
+def _groups_json(name: str, groups: dict[str, Sums]) -> list[dict[str, Any]]:
+    return [{name: key, **sums.as_json()} for key, sums in groups.items()]
+
+
+def summary_lines(report: SpendReport) -> list[str]:
+    """The totals in words: billed, estimated, missing bills, and what may be billed."""
+    totals = report.totals()
+    lines = [
+        f"Spend recorded in {report.lock_file.name}: {usd(totals.billed)} billed by the API "
+        f"({_count(totals.bills, 'bill')}); {usd(totals.estimated)} estimated for "
+        f"{_count(totals.jobs, 'job')}, {totals.missing_bills} without a bill"
+    ]
+    if totals.uncertain:
+        lines.append(
+            f"May be billed: {usd(totals.may_be_billed)} estimated for "
+            f"{_count(totals.uncertain, 'uncertain submission')} (no job id came back; look "
+            "them up on the EmpirioLabs dashboard, or `kling-batch run --resubmit-uncertain`)"
+        )
+    return lines
+
+
+def render_spend(report: SpendReport, console: Console) -> None:
+    """The report for people: the totals, each submission, then per shot, tag and day."""
+    if not report.lines:
+        console.print(f"No submissions recorded in {report.lock_file.name}.")
+        return
+    for line in summary_lines(report):
+        console.print(line, soft_wrap=True)  # whole lines: a log is grepped for totals
+    console.print()
+    console.print(_submissions_table(report))
+    for title, keys in (
+        ("shot", lambda line: [line.shot]),
+        ("tag", lambda line: line.tags),
+        ("day (UTC)", lambda line: [line.day]),
+    ):
+        groups = report.by(keys)
+        if groups:
+            console.print()
+            console.print(_groups_table(title, groups))
+
+
+def _submissions_table(report: SpendReport) -> Table:
+    noted = any(line.in_manifest is False for line in report.lines)
+    columns = ["render", "submitted (UTC)", "job", "status", "estimated", "billed"]
+    table = _table([*columns, "note"] if noted else columns)
+    for render, lines in report.per_render().items():
+        for line in lines:
+            note = "no longer in the manifest" if line.in_manifest is False else ""
+            table.add_row(
+                render,
+                _utc(line.charge.submitted_at).strftime("%Y-%m-%d %H:%M:%S"),
+                line.charge.job_id or _NO_AMOUNT,
+                Text(line.status, style="" if line.status == "billed" else "yellow"),
+                usd(line.estimate),
+                _NO_AMOUNT if line.billed is None else usd(line.billed),
+                *([note] if noted else []),
+            )
+    return table
+
+
+def _groups_table(title: str, groups: dict[str, Sums]) -> Table:
+    columns = [title, "submissions", "estimated", "billed", "without bill", "may be billed"]
+    table = _table(columns)
+    for key, sums in groups.items():
+        table.add_row(
+            key,
+            str(sums.submissions),
+            usd(sums.estimated),
+            usd(sums.billed),
+            str(sums.missing_bills),
+            usd(sums.may_be_billed) if sums.uncertain else _NO_AMOUNT,
+        )
+    return table
+
+
+def _table(columns: list[str]) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in columns:
+        table.add_column(name, justify="right" if name in _NUMBERS else "left")
+    return table
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
