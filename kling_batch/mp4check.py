@@ -2,11 +2,13 @@
 
 `mp4_problem` walks the top-level boxes (ISO/IEC 14496-12 §4.2) from header to header,
 reading only the 8- or 16-byte headers: a complete file starts with `ftyp`, holds a `moov`
-(the index a player needs), and its box sizes add up to exactly the file's size. A body
-cut short ends inside a box (or before `moov`); extra bytes after the last box are not part
-of any box. It is tolerant of everything else: any box types in any order after `ftyp`,
-64-bit sizes (`size == 1`, then a `largesize`), and a last box of `size == 0` that runs to
-the end of the file.
+(the index a player needs) and an `mdat` (the media it indexes), and its box sizes add up to
+exactly the file's size. A body cut short ends inside a box (or before `moov`); extra bytes
+after the last box are not part of any box. A "fast start" file puts `moov` before `mdat`:
+cut right after `moov`, its sizes still add up, so the missing `mdat` is what gives it away.
+It is tolerant of everything else: any box types in any order after `ftyp`, 64-bit sizes
+(`size == 1`, then a `largesize`), and a last box of `size == 0` that runs to the end of the
+file.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def mp4_problem(path: Path) -> str | None:
             offset += size
     if b"moov" not in kinds:
         return "has no moov box (the index a player needs): it is cut short or incomplete"
+    if b"mdat" not in kinds:
+        return "has no mdat box (the media itself): it is cut short or incomplete"
     return None
 
 

@@ -81,3 +81,26 @@ def test_a_box_smaller_than_its_header_is_refused(tmp_path: Path) -> None:
 def test_length_of_a_file_mutagen_cannot_read_is_none(tmp_path: Path) -> None:
     """A structurally whole file without a readable movie header has no length."""
     assert mp4_seconds(written(tmp_path, FTYP + box(b"moov") + box(b"mdat"))) is None
+
+
+def top_level_boxes(data: bytes) -> dict[bytes, bytes]:
+    """The emulator video's top-level boxes by type (all have 32-bit sizes)."""
+    boxes, offset = {}, 0
+    while offset < len(data):
+        size = int.from_bytes(data[offset : offset + 4], "big")
+        boxes[data[offset + 4 : offset + 8]] = data[offset : offset + size]
+        offset += size
+    return boxes
+
+
+def test_a_fast_start_video_cut_anywhere_is_refused(tmp_path: Path) -> None:
+    """With `moov` before `mdat`, a cut right after `moov` leaves sizes that add up: the
+    missing media is refused all the same, as is every other cut."""
+    boxes = top_level_boxes(VIDEO)
+    fast_start = boxes[b"ftyp"] + boxes[b"moov"] + boxes[b"mdat"]
+    assert mp4_problem(written(tmp_path, fast_start)) is None
+    cut_after_moov = len(boxes[b"ftyp"]) + len(boxes[b"moov"])
+    problem = mp4_problem(written(tmp_path, fast_start[:cut_after_moov]))
+    assert problem is not None and "no mdat" in problem
+    for keep in range(len(fast_start)):
+        assert mp4_problem(written(tmp_path, fast_start[:keep])) is not None, keep
