@@ -67,7 +67,8 @@ def context_key(loaded: LoadedManifest) -> str:
     """What every shot's renders depend on besides the shot itself."""
     head = loaded.manifest.model_dump(mode="python", exclude={"shots", "include"})
     shared = {"tool": tool_identity(), "root": str(loaded.root.resolve()), "head": head}
-    return _digest(json.dumps(shared, sort_keys=True, default=_typed))
+    # Key order is kept: a table's order is what `.items()` or `{{ table }}` renders.
+    return _digest(json.dumps(shared, default=_typed))
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +109,7 @@ class PlanCache:
         digest = sourced.digest
         if digest is None:  # not read through the TOML parse cache: digest its data
             data = sourced.shot.model_dump(mode="python")
-            digest = _digest(json.dumps(data, sort_keys=True, default=_typed))
+            digest = _digest(json.dumps(data, default=_typed))  # order matters: see above
         shown = self._shown.get(sourced.file)
         if shown is None:
             shown = self._shown[sourced.file] = loaded.display(sourced.file)

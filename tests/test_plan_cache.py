@@ -204,6 +204,49 @@ def test_render_index_moves_with_the_shots_before(project: Callable[..., Path]) 
     assert plan.items[1].render.body["prompt"] == "render number 1"
 
 
+def _cold(path: Path) -> Plan:
+    """The same plan with the plan cache and the TOML parse cache gone: the reference."""
+    state = StateDir(path.parent)
+    state.plan_cache(lock_path(path)).unlink()
+    state.parse_cache(path).unlink(missing_ok=True)
+    return build_plan(path, now=NOW)
+
+
+def _prompts(plan: Plan) -> dict[str, str]:
+    return {item.render.id: item.render.body["prompt"] for item in plan.items}
+
+
+def test_reordered_var_table_is_caught(project: Callable[..., Path]) -> None:
+    """A table's key order is what `.items()` renders: reordering it changes the prompt,
+    warm or cold (a cache keyed by sorted keys would keep the old prompt)."""
+    path = project(
+        '[vars]\nstyle = { a = "red", b = "blue" }\n\n[[shots]]\nid = "fox"\n'
+        'prompt = "fox, {% for k, v in style.items() %}{{ v }} {% endfor %}"\n'
+    )
+    build_plan(path, now=NOW)
+    assert _prompts(build_plan(path, now=NOW)) == {"fox": "fox, red blue"}
+    path.write_text(path.read_text().replace('a = "red", b = "blue"', 'b = "blue", a = "red"'))
+    assert _prompts(build_plan(path, now=NOW)) == {"fox": "fox, blue red"}
+
+
+def test_reordered_matrix_axes_of_a_json_shot_file_are_caught(
+    project: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The axes' order sets the order of a matrix's renders and so each one's
+    `shot.index`: a warm plan after reordering them in a JSON shot file renders what a
+    cold plan renders."""
+    shots = tmp_path / "shots.json"
+    shot = {"id": "s-{{ x }}-{{ y }}", "prompt": "render number {{ shot.index }}"}
+    shots.write_text(json.dumps({"shots": [{**shot, "matrix": {"x": [1, 2], "y": ["p", "q"]}}]}))
+    path = project('include = ["shots.json"]\n')
+    build_plan(path, now=NOW)
+    before = _prompts(build_plan(path, now=NOW))
+    shots.write_text(json.dumps({"shots": [{**shot, "matrix": {"y": ["p", "q"], "x": [1, 2]}}]}))
+    warm = _prompts(build_plan(path, now=NOW))
+    assert warm != before
+    assert warm == _prompts(_cold(path))
+
+
 def test_asset_replaced_by_a_link_outside_is_refused(warm: Path, tmp_path: Path) -> None:
     """An image swapped for a symlink leading out of the project is refused, warm or not."""
     outside = tmp_path.parent / f"{tmp_path.name}-outside.png"
