@@ -14,7 +14,6 @@ protocols, which the lockfile's own models and these facts both satisfy.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
@@ -22,12 +21,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from kling_batch import safefiles
 from kling_batch.cachefile import Blob, BlobWriter, Cold, read_cache, write_cache
-from kling_batch.canonical import tagged
 from kling_batch.errors import UserError
-from kling_batch.limits import LOCKFILE_MAX_BYTES
-from kling_batch.lockfile import Entry, Lockfile, PastRender, read_lockfile
+from kling_batch.lockfile import (
+    Entry,
+    Lockfile,
+    PastRender,
+    lockfile_bytes,
+    lockfile_digest,
+    lockfile_from,
+)
 
 _VERSION = "lock-facts-5"
 
@@ -208,29 +211,33 @@ class LockFacts:
 
     def full(self) -> Lockfile:
         """The whole lockfile; refused if it changed since its facts were read."""
-        lock, save = read_lockfile(self.path, cache=self.cache)
-        if _digest_of(self.path) != self.digest:
+        raw = lockfile_bytes(self.path)
+        if raw is None or lockfile_digest(raw) != self.digest:
             raise UserError(
                 "the lockfile changed while it was being planned; plan again", file=self.path
             )
+        lock, save = lockfile_from(raw, self.path, cache=self.cache)
         save()
         return lock
 
 
 def read_facts(
-    lock_file: Path, facts_file: Path | None, lock_cache: Path | None
+    lock_file: Path, facts_file: Path | None, lock_cache: Path | None, *, tool: str
 ) -> tuple[Lockfile | LockFacts, Callable[[], None]]:
     """The lockfile's records for planning (the whole `Lockfile` when it had to be read)
-    and what writes the caches (call it last)."""
-    digest = _digest_of(lock_file)
-    if digest is None:
+    and what writes the caches (call it last). `tool`: what kling-batch is made of
+    (`plan_cache.tool_identity`): facts cached by another version are not believed."""
+    raw = lockfile_bytes(lock_file)
+    if raw is None:
         return Lockfile(), _nothing
+    digest = lockfile_digest(raw)  # the facts and the lockfile below come from `raw` alone
+    keyed = {"digest": digest, "tool": tool}
     cached = read_cache(facts_file, _VERSION) if facts_file is not None else None
-    if cached is not None and cached[0].get("digest") == digest:
+    if cached is not None and all(cached[0].get(name) == value for name, value in keyed.items()):
         shots = _facts_from(cached[0].get("shots"), cached[1])
         if shots is not None:
             return LockFacts(lock_file, digest, shots, lock_cache), _nothing
-    lock, save_lock_cache = read_lockfile(lock_file, cache=lock_cache)
+    lock, save_lock_cache = lockfile_from(raw, lock_file, cache=lock_cache)
 
     def save() -> None:
         save_lock_cache()
@@ -241,7 +248,7 @@ def read_facts(
         for key, entry in lock.shots.items():
             row, rest = _row(entry)
             rows[key] = [*row, *blob.add(rest)]
-        write_cache(facts_file, _VERSION, {"digest": digest, "shots": rows}, blob)
+        write_cache(facts_file, _VERSION, {**keyed, "shots": rows}, blob)
 
     return lock, save
 
@@ -290,17 +297,6 @@ def _past(past: PastRender) -> list[Any]:
         expires,
         past.in_remote,
     ]
-
-
-def _digest_of(path: Path) -> str | None:
-    """`sha256:` of the lockfile's bytes; None when there is none."""
-    try:
-        raw = safefiles.read_bytes(path, limit=LOCKFILE_MAX_BYTES, what="the lockfile")
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise UserError(f"cannot read the lockfile: {exc}", file=path) from None
-    return tagged(hashlib.sha256(raw).hexdigest())
 
 
 def _nothing() -> None:

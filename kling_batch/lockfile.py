@@ -343,13 +343,33 @@ def load_lockfile(path: Path, *, cache: Path | None = None) -> Lockfile:
 
 def read_lockfile(path: Path, *, cache: Path | None = None) -> tuple[Lockfile, Callable[[], None]]:
     """`load_lockfile` that leaves writing the parse cache to the caller (call it last)."""
-    try:
-        raw = safefiles.read_bytes(path, limit=LOCKFILE_MAX_BYTES, what="the lockfile")
-    except FileNotFoundError:
+    raw = lockfile_bytes(path)
+    if raw is None:
         return Lockfile(), _nothing
+    return lockfile_from(raw, path, cache=cache)
+
+
+def lockfile_bytes(path: Path) -> bytes | None:
+    """The lockfile's bytes; None when there is none, a `UserError` when unreadable."""
+    try:
+        return safefiles.read_bytes(path, limit=LOCKFILE_MAX_BYTES, what="the lockfile")
+    except FileNotFoundError:
+        return None
     except OSError as exc:
         raise UserError(f"cannot read the lockfile: {exc}", file=path) from None
-    digest = tagged(hashlib.sha256(raw).hexdigest())
+
+
+def lockfile_digest(raw: bytes) -> str:
+    """`sha256:` of a lockfile's bytes: what its caches are keyed by."""
+    return tagged(hashlib.sha256(raw).hexdigest())
+
+
+def lockfile_from(
+    raw: bytes, path: Path, *, cache: Path | None = None
+) -> tuple[Lockfile, Callable[[], None]]:
+    """`read_lockfile` of bytes already read from `path` (so a cache keyed by their digest
+    holds what they say, even if the file is rewritten meanwhile)."""
+    digest = lockfile_digest(raw)
     if cache is not None:
         cached = _read_cache(cache, digest)
         if cached is not None:
@@ -361,9 +381,9 @@ def read_lockfile(path: Path, *, cache: Path | None = None) -> tuple[Lockfile, C
     lock = parse_lockfile(text, path)
     if cache is None:
         return lock, _nothing
-    # Cached from a copy: the caller may change `lock` before it writes the cache.
-    snapshot = lock.model_copy(deep=True)
-    return lock, lambda: _write_cache(cache, digest, snapshot)
+    # Serialised now: the caller may change `lock` before it writes the cache.
+    payload = _cache_payload(lock)
+    return lock, lambda: _write_cache(cache, digest, payload)
 
 
 def _nothing() -> None:
@@ -381,8 +401,11 @@ def _read_cache(cache: Path, digest: str) -> Lockfile | None:
         return None  # a cache, not a record: fall back to the lockfile itself
 
 
-def _write_cache(cache: Path, digest: str, lock: Lockfile) -> None:
-    payload = json.dumps(lock.model_dump(mode="python", exclude_none=True), default=_tag)
+def _cache_payload(lock: Lockfile) -> str:
+    return json.dumps(lock.model_dump(mode="python", exclude_none=True), default=_tag)
+
+
+def _write_cache(cache: Path, digest: str, payload: str) -> None:
     try:
         atomic_write(cache, f"{digest}\n{payload}\n")
     except OSError as exc:  # a read-only checkout still plans, only slower

@@ -30,7 +30,7 @@ from kling_batch.lock_facts import EntryRecord, LockFacts, LockRecords, read_fac
 from kling_batch.lockfile import UNSETTLED, Lockfile, lock_path
 from kling_batch.manifest import LoadedManifest, SourcedShot, load_manifest
 from kling_batch.manifest_cache import ParseCache
-from kling_batch.plan_cache import PlanCache, context_key, decode
+from kling_batch.plan_cache import PlanCache, context_key, decode, tool_identity
 from kling_batch.planned import (
     ACTIONS,
     PAID_ACTIONS,
@@ -213,7 +213,7 @@ def _read_lock(
     """The lockfile's records for planning (`lock_facts.read_facts`) and what saves their
     caches; no facts cache when the state folder is not usable."""
     facts = state.lock_facts(lock_file) if usable else None
-    return read_facts(lock_file, facts, state.lock_cache(lock_file))
+    return read_facts(lock_file, facts, state.lock_cache(lock_file), tool=tool_identity())
 
 
 def _differ(

@@ -25,6 +25,7 @@ the files. Like every cache it may be damaged or missing (`kling_batch.cachefile
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -51,6 +52,7 @@ _PACKAGE = Path(__file__).resolve().parent
 
 
 @cache
+@functools.cache
 def tool_identity() -> str:
     """kling-batch's version, the size and time of each of its modules, and the model
     data's hash: what planning itself is made of."""

@@ -13,10 +13,13 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
+from kling_batch import plan as plan_module
+from kling_batch import safefiles
 from kling_batch.cli import cli
 from kling_batch.lock_facts import LockFacts
 from kling_batch.lockfile import lock_path, new_entry
@@ -399,3 +402,46 @@ def plan_again_with(path: Path, *, remote: str) -> Plan:
     """`plan_again` with a shared store named."""
     plan_again(path)
     return build_plan(path, now=NOW, remote=remote)
+
+
+def test_lockfile_rewritten_while_read_leaves_no_wrong_facts(
+    warm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run rewriting the lockfile while a plan reads it (a plan on save during a run):
+    the facts cached are those of the bytes their digest was taken from, so when the
+    lockfile comes back to those bytes (`git checkout`) the warm plan is the cold one."""
+    lock_file = lock_path(warm)
+    original = lock_file.read_bytes()
+    state = StateDir(warm.parent)
+    state.lock_facts(lock_file).unlink()
+    state.lock_cache(lock_file).unlink()
+    failed = original.replace(b'state = "done"', b'state = "failed"', 1)
+    assert failed != original
+    read_bytes = safefiles.read_bytes
+    reads: list[Path] = []
+
+    def rewritten_after_first_read(path: Path, **kwargs: Any) -> bytes:
+        raw = read_bytes(path, **kwargs)
+        if path == lock_file and not reads:
+            reads.append(path)
+            lock_file.write_bytes(failed)  # the run's next write lands after our read
+        return raw
+
+    monkeypatch.setattr(safefiles, "read_bytes", rewritten_after_first_read)
+    build_plan(warm, now=NOW)
+    monkeypatch.undo()
+    lock_file.write_bytes(original)
+    plan = plan_again(warm)
+    assert isinstance(plan.records, LockFacts)
+    assert set(actions(plan).values()) == {("unchanged", ())}
+
+
+def test_facts_of_another_kling_batch_are_not_believed(
+    warm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The facts cache is keyed by what kling-batch is made of: after an upgrade the
+    lockfile is read in full again (and its facts written anew)."""
+    assert isinstance(plan_again(warm).records, LockFacts)
+    monkeypatch.setattr(plan_module, "tool_identity", lambda: "another kling-batch")
+    assert not isinstance(build_plan(warm, now=NOW).records, LockFacts)
+    assert isinstance(build_plan(warm, now=NOW).records, LockFacts)
