@@ -11,11 +11,12 @@ A job whose line says it ended is woken at once, whenever it meant to ask next: 
 round that was due for one job often finds several done.
 
 The list is probed by the first round of the run. When the API does not offer it (404 or
-405) the board is closed for the run and every job is polled on its own, as before. A job
-the page does not show (too many newer jobs) is polled on its own for that poll, and so
-is every job while the list answers with errors; after `_FAILURES` rounds in a row that
-fail, the board closes for the run. A list line of a completed job without its result
-URL is completed by the job's own `GET`, which the download needs anyway.
+405, or 403: the key may not list jobs) the board is closed for the run and every job is
+polled on its own, as before. A job the page does not show (too many newer jobs) is polled
+on its own for that poll, and so is every job while the list answers with errors; after
+`_FAILURES` rounds in a row that fail, the board closes for the run. A list line that
+cannot stand for the job's own answer (`polling._Lines`: finished without its result URL,
+an unknown status word, the same line again and again) is checked with the job's own GET.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Protocol
 import anyio
 
 from kling_batch.clock import Clock
-from kling_batch.errors import ApiError, RunFatal
+from kling_batch.errors import ApiError, AuthError, RunFatal
 from kling_batch.joblist import JobPage, NextPage
 from kling_batch.payloads import JobState
 
@@ -149,6 +150,12 @@ class JobBoard:
         """Read the first page of the list into `pending` and every follower's lines."""
         try:
             page = await self.client.list_jobs_page(limit=_PAGE)
+        except AuthError as exc:
+            if exc.status == 401:
+                raise  # the key is refused: the run stops (`EmpirioClient`)
+            log.info("job list refused (%s); polling each job on its own", exc)
+            self.offered = False  # 403: this key may read jobs, not list them
+            return
         except RunFatal:
             raise
         except ApiError as exc:

@@ -45,11 +45,12 @@ async def follow_job(
     if not board.open:
         return await poll_job(client, entry, watch, progress)
     follower = board.follow(entry.job_id)
+    lines = _Lines()
     try:
         while True:
             listed = await _next_reading(board, follower, watch, progress)
             job: JobState | Lost | None = listed
-            if listed is None or (listed.status == "succeeded" and not listed.video_url):
+            if not lines.trusted(listed):
                 job = await _read(client, entry, watch)
                 if isinstance(job, JobState) and job.status == "pending":
                     watch.answered(job.progress)
@@ -62,6 +63,35 @@ async def follow_job(
                 return Lost(False, overdue_detail(entry.job_id, watch, job))
     finally:
         board.leave(entry.job_id)
+
+
+_STALE_LINES = 3  # list lines in a row that say the same before the job is asked itself
+
+
+class _Lines:
+    """Whether the job list's line of a job is enough, or the job must be asked on its
+    own: when the list does not show it, shows it finished without its video URL (the
+    download needs it), with a status word kling-batch does not know, or the same status
+    and progress `_STALE_LINES` times in a row (the list's shape is provisional: a list
+    that does not refresh a job must not keep it waiting until its deadline)."""
+
+    def __init__(self) -> None:
+        self._last: tuple[str, float | None] | None = None
+        self._same = 0
+
+    def trusted(self, line: JobState | None) -> bool:
+        """True when `line` can stand for the job's own answer."""
+        if line is None or not is_known_status(line.raw_status):
+            return False
+        if line.status == "succeeded":
+            return bool(line.video_url)
+        seen = (line.raw_status, line.progress)
+        self._same = self._same + 1 if seen == self._last else 0
+        self._last = seen
+        if self._same + 1 >= _STALE_LINES:
+            self._same = 0
+            return False
+        return True
 
 
 async def _next_reading(

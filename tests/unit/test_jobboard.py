@@ -10,7 +10,7 @@ from typing import cast
 import anyio
 
 from kling_batch.clock import VirtualClock
-from kling_batch.errors import ServerError
+from kling_batch.errors import AuthError, ServerError
 from kling_batch.jobboard import JobBoard
 from kling_batch.joblist import JobPage, NextPage
 from kling_batch.lockfile import Entry
@@ -36,6 +36,8 @@ class FakeApi:
         self.offered = True
         self.failing = False
         self.with_url = True
+        self.list_word: str | None = None  # every list line says this instead (frozen)
+        self.forbidden = False
 
     def state(self, job_id: str, *, listing: bool) -> JobState:
         now, end = self.clock.monotonic(), self.ends[job_id]
@@ -43,6 +45,11 @@ class FakeApi:
             return JobState(job_id, "pending", "processing", progress=round(now / end, 3))
         url = URL if self.with_url or not listing else None
         return JobState(job_id, "succeeded", "completed", progress=1.0, video_url=url)
+
+    def line(self, job_id: str) -> JobState:
+        if self.list_word is not None:  # a list that does not refresh its lines
+            return JobState(job_id, "pending", self.list_word, progress=0.0)
+        return self.state(job_id, listing=True)
 
     async def get_job(self, job_id: str, poll_url: str | None = None) -> JobState:
         self.gets.append(job_id)
@@ -56,7 +63,9 @@ class FakeApi:
             return None
         if self.failing:
             raise ServerError("503 from the list")
-        jobs = [self.state(job_id, listing=True) for job_id in sorted(self.listed)]
+        if self.forbidden:
+            raise AuthError("this key may not list jobs", status=403)
+        jobs = [self.line(job_id) for job_id in sorted(self.listed)]
         return JobPage(jobs, ended=True)
 
 
@@ -133,3 +142,36 @@ def test_a_failing_list_falls_back_to_own_polls() -> None:
     assert isinstance(ended["job_a"], JobState) and ended["job_a"].status == "succeeded"
     assert api.lists == 3
     assert api.gets
+
+
+def test_list_lines_that_never_change_are_checked_with_the_job_itself() -> None:
+    """A list that keeps saying "queued" (its shape is provisional) does not keep a job
+    waiting until its deadline: after a few identical lines the job is asked on its own."""
+    clock = VirtualClock()
+    api = FakeApi(clock, {"job_a": 60.0})
+    api.list_word = "queued"
+    ended = follow_all(api)
+    assert isinstance(ended["job_a"], JobState) and ended["job_a"].status == "succeeded"
+    assert api.gets and clock.monotonic() < 300.0
+
+
+def test_list_lines_with_an_unknown_status_are_checked_with_the_job_itself() -> None:
+    """A status word kling-batch does not know is never read as the job's answer."""
+    clock = VirtualClock()
+    api = FakeApi(clock, {"job_a": 60.0})
+    api.list_word = "weird"
+    ended = follow_all(api)
+    assert isinstance(ended["job_a"], JobState) and ended["job_a"].status == "succeeded"
+    assert api.gets[0] == "job_a" and clock.monotonic() < 300.0
+
+
+def test_a_list_the_key_may_not_read_closes_the_board() -> None:
+    """A 403 on the list (the key may read jobs, not list them) does not stop the run:
+    each job is polled on its own, and the list is not asked again."""
+    clock = VirtualClock()
+    api = FakeApi(clock, {"job_a": 40.0, "job_b": 45.0})
+    api.forbidden = True
+    ended = follow_all(api)
+    assert all(isinstance(job, JobState) and job.status == "succeeded" for job in ended.values())
+    assert api.lists == 1
+    assert set(api.gets) == {"job_a", "job_b"}
