@@ -32,7 +32,7 @@ from kling_batch.lockfile import (
     lockfile_from,
 )
 
-_VERSION = "lock-facts-5"
+_VERSION = "lock-facts-6"
 
 
 class PastRecord(Protocol):
@@ -118,75 +118,104 @@ class EntryFacts(NamedTuple):
     output: str
     output_sha256: str | None
     output_size: int | None
+    has_history: bool
     rest: Cold
 
-    def _rest(self) -> dict[str, Any]:
+    def decoded(self) -> dict[str, Any]:
+        """The rest of the entry's record, decoded from its JSON text."""
         value: dict[str, Any] = json.loads(self.rest.read(), object_hook=_untag)
         return value
 
     @property
     def shot(self) -> str:
         """The shot the render belongs to."""
-        return str(self._rest()["shot"])
+        return str(self.decoded()["shot"])
 
     @property
     def take(self) -> int:
         """The take number."""
-        return int(self._rest()["take"])
+        return int(self.decoded()["take"])
 
     @property
     def job_id(self) -> str | None:
         """The job on record, if any."""
-        value = self._rest().get("job_id")
+        value = self.decoded().get("job_id")
         return str(value) if value is not None else None
 
     @property
     def error(self) -> str | None:
         """The last error on record, if any."""
-        value = self._rest().get("error")
+        value = self.decoded().get("error")
         return str(value) if value is not None else None
 
     @property
     def request(self) -> dict[str, Any]:
         """The request on record."""
-        value: dict[str, Any] = self._rest()["request"]
+        value: dict[str, Any] = self.decoded()["request"]
         return value
 
     @property
     def assets(self) -> dict[str, str]:
         """The assets' content hashes on record."""
-        value: dict[str, str] = self._rest()["assets"]
+        value: dict[str, str] = self.decoded()["assets"]
         return value
 
     @property
     def cost_usd(self) -> Decimal:
         """The estimated cost on record."""
-        return Decimal(self._rest()["cost"])
+        return Decimal(self.decoded()["cost"])
 
     @property
     def tags(self) -> list[str]:
         """The shot's tags on record."""
-        value: list[str] = self._rest()["tags"]
+        value: list[str] = self.decoded()["tags"]
         return value
 
-    def as_past(self) -> PastFacts | None:
+    def as_past(self) -> DonePast | None:
         """This entry as a finished render, if it is one."""
         if self.state != "done" or not self.output_sha256 or self.output_size is None:
             return None
-        rest = self._rest()
-        return PastFacts(
-            self.fingerprint,
-            self.output_sha256,
-            self.output_size,
-            rest["url"],
-            rest["expires"],
-            rest["in_remote"],
-        )
+        return DonePast(self, self.output_sha256, self.output_size)
 
     @property
     def history(self) -> list[PastFacts]:
         """Earlier finished renders, oldest first."""
-        return [PastFacts(*past) for past in self._rest()["history"]]
+        if not self.has_history:
+            return []
+        return [PastFacts(*past) for past in self.decoded()["history"]]
+
+
+class DonePast(NamedTuple):
+    """A done entry as a finished render: its hash and size at once, the rest of its
+    record (result URL, whether the shared store holds it) decoded only when asked, so a
+    search of every finished render by fingerprint decodes none of them."""
+
+    entry: EntryFacts
+    sha256: str
+    size: int
+
+    @property
+    def fingerprint(self) -> str:
+        """The render's fingerprint."""
+        return self.entry.fingerprint
+
+    @property
+    def result_url(self) -> str | None:
+        """Its result URL on record (older lockfiles), if any."""
+        value = self.entry.decoded()["url"]
+        return str(value) if value is not None else None
+
+    @property
+    def result_expires_at(self) -> datetime | None:
+        """When that URL expires."""
+        expires = self.entry.decoded()["expires"]
+        return datetime.fromisoformat(expires) if expires else None
+
+    @property
+    def in_remote(self) -> bool | None:
+        """Whether the team's shared store holds it, as last recorded."""
+        value: bool | None = self.entry.decoded()["in_remote"]
+        return value
 
 
 class LockFacts:
@@ -200,7 +229,7 @@ class LockFacts:
         self.shots: dict[str, EntryFacts] = shots
         self.cache = cache
 
-    def finished(self) -> Iterator[tuple[EntryFacts | None, PastFacts]]:
+    def finished(self) -> Iterator[tuple[EntryFacts | None, PastRecord]]:
         """Every finished render on record: each done entry (with itself), then its history."""
         for entry in self.shots.values():
             past = entry.as_past()
@@ -258,7 +287,9 @@ def _facts_from(rows: Any, blob: Blob) -> dict[str, EntryFacts] | None:
         return None
     try:
         return {
-            key: EntryFacts(row[0], row[1], row[2], row[3], row[4], Cold(blob, row[5], row[6]))
+            key: EntryFacts(
+                row[0], row[1], row[2], row[3], row[4], bool(row[5]), Cold(blob, row[6], row[7])
+            )
             for key, row in rows.items()
         }
     except (TypeError, LookupError):
@@ -283,7 +314,14 @@ def _row(entry: Entry) -> tuple[list[Any], bytes]:
         "in_remote": entry.in_remote,
         "history": [_past(past) for past in entry.history],
     }
-    row = [entry.fingerprint, entry.state, entry.output, entry.output_sha256, entry.output_size]
+    row = [
+        entry.fingerprint,
+        entry.state,
+        entry.output,
+        entry.output_sha256,
+        entry.output_size,
+        bool(entry.history),
+    ]
     return row, json.dumps(rest, default=_tag).encode()
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from kling_batch import plan as plan_module
 from kling_batch import safefiles
 from kling_batch.cli import cli
 from kling_batch.lock_facts import LockFacts
-from kling_batch.lockfile import lock_path, new_entry
+from kling_batch.lockfile import PastRender, lock_path, new_entry
 from kling_batch.plan import Plan, build_plan
 from kling_batch.state import StateDir
 from tests.conftest import NOW
@@ -445,3 +446,24 @@ def test_facts_of_another_kling_batch_are_not_believed(
     monkeypatch.setattr(plan_module, "tool_identity", lambda: "another kling-batch")
     assert not isinstance(build_plan(warm, now=NOW).records, LockFacts)
     assert isinstance(build_plan(warm, now=NOW).records, LockFacts)
+
+
+def test_warm_facts_restore_an_earlier_render_from_history(warm: Path) -> None:
+    """A shot edited back to an earlier request restores that render from the entry's
+    history (here by its result URL) with the lockfile read through its cached facts too."""
+    first = build_plan(warm, now=NOW).lock.shots["b"]
+    earlier = PastRender(
+        fingerprint=first.fingerprint,
+        output_sha256=first.output_sha256 or "",
+        output_size=first.output_size or 0,
+        result_url="https://cdn.example.com/b-earlier.mp4",
+        result_expires_at=NOW + timedelta(days=3),
+    )
+    _rewrite_entry(warm, "b", fingerprint="sha256:" + "0" * 64, history=[earlier])
+    build_plan(warm, now=NOW)  # the facts of the edited lockfile, cached
+    plan = plan_again(warm)
+    assert isinstance(plan.records, LockFacts)
+    item = next(item for item in plan.items if item.render.id == "b")
+    assert item.action == "restore"
+    assert item.restore is not None and item.restore.kind == "url"
+    assert item.restore.url == "https://cdn.example.com/b-earlier.mp4"
