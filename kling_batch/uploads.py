@@ -49,6 +49,9 @@ class Uploads:
         self.scope = client.upload_scope
         self._pending: dict[str, anyio.Event] = {}
         self._errors: dict[str, str] = {}
+        # Paths of ours found stale and uploaded anew: renders refused for one of them
+        # after another render replaced it take the new path too.
+        self._renewed: set[str] = set()
 
     async def wire_body(
         self, body: Mapping[str, Any], assets: Mapping[str, Asset]
@@ -68,8 +71,8 @@ class Uploads:
         self, body: Mapping[str, Any], assets: Mapping[str, Asset], stale: set[str]
     ) -> dict[str, Any] | None:
         """The body again after forgetting the `stale` upload paths (uploaded anew); None
-        when none of them is an upload of ours (a path the manifest gave, say)."""
-        forgot = False
+        when none of them is an upload of ours (a path the manifest gave, say). Renders
+        refused at once for one path: the first uploads anew, the others take its path."""
         for asset in assets.values():
             if asset.sha256 is None:
                 continue
@@ -77,8 +80,8 @@ class Uploads:
             if known is not None and known.path in stale:
                 self.writer.drop_upload(self.scope, asset.sha256)
                 self._pending.pop(asset.sha256, None)
-                forgot = True
-        return await self.wire_body(body, assets) if forgot else None
+                self._renewed.add(known.path)
+        return await self.wire_body(body, assets) if stale & self._renewed else None
 
     async def path_of(self, sha256: str, path: Path, ref: str) -> str:
         """The `bunny://` path of a file's content, uploading it once per run and lockfile."""

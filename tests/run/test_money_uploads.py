@@ -110,3 +110,30 @@ def test_an_unanswered_submission_is_found_by_the_body_it_sent(
     assert len(project.served.emulator.jobs.requests()) == 2  # one job per render
     lock = load_lockfile(project.lock)
     assert project.served.emulator.ledger.total == sum(e.cost_usd for e in lock.shots.values())
+
+
+def test_renders_sharing_an_expired_upload_all_upload_once_and_render(
+    make_project: Callable[..., Project],
+) -> None:
+    """Three renders of one image, their cached path expired: all three are refused for
+    it, one uploads the image again and every one is submitted once more with the new
+    path (a render refused after another replaced the path used to fail)."""
+    shots = "".join(
+        f'\n[[shots]]\nid = "s{n}"\nprompt = "The harbour, take {n}"\nimage = "still.png"\n'
+        'model_tier = "standard"\n'
+        for n in range(3)
+    )
+    project = make_project(STILL.split("[[shots]]")[0] + shots)
+    assert project.run("--jobs", "3").returncode == 0
+    for n in range(3):
+        project.edit(f"take {n}", f"take {n}, at dusk")
+    project.served.emulator.advance(2 * DAY)
+    result = project.run("--jobs", "3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    journal = project.served.emulator.journal
+    assert len(journal.entries(path="/v1/files/upload")) == 2
+    assert len([e for e in journal.submissions() if e.status == 400]) == 3
+    lock = load_lockfile(project.lock)
+    assert {entry.state for entry in lock.shots.values()} == {"done"}
+    assert len(project.served.emulator.jobs.requests()) == 6
+    assert project.served.emulator.ledger.total == 2 * sum(e.cost_usd for e in lock.shots.values())

@@ -101,6 +101,33 @@ def test_rewire_uploads_a_stale_path_of_ours_again(tmp_path: Path, picture: Asse
     assert anyio.run(store.rewire, body, assets, {"bunny://someone/else"}) is None
 
 
+def test_renders_refused_at_once_for_one_stale_path_all_rewire(
+    tmp_path: Path, picture: Asset
+) -> None:
+    """Many renders share an upload whose path expires: each refused render gets the new
+    path, whether it asks before or after another render replaced it; one upload in all."""
+    lock = Lockfile()
+    lock.uploads["acct-a"] = {SHA: UploadedAsset(path="bunny://old/a", size=5)}
+    client = FakeUploader("acct-a")
+    store = uploads(tmp_path, client, lock)
+    body, assets = {"image": "still.png"}, {"image": picture}
+    bodies: list[dict[str, object] | None] = []
+
+    async def refused_together() -> None:
+        async def one() -> None:
+            bodies.append(await store.rewire(body, assets, {"bunny://old/a"}))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(one)
+
+    anyio.run(refused_together)
+    late = anyio.run(store.rewire, body, assets, {"bunny://old/a"})
+    assert bodies == [{"image": "bunny://up/1"}] * 3
+    assert late == {"image": "bunny://up/1"}
+    assert client.calls == 1
+
+
 @pytest.mark.parametrize(
     ("message", "param", "stale"),
     [
