@@ -203,6 +203,8 @@ def memory(options: argparse.Namespace) -> None:
             done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
             peak = int(done.stderr.strip().splitlines()[-1]) / 1024
             print(f"  {renders:6,} renders: exit {done.returncode}, peak {peak:.1f} MB")
+            if done.returncode != 0:  # say why: a number from a failed run means little
+                print("    " + "\n    ".join(done.stdout.strip().splitlines()[-4:]))
         finally:
             emulator.terminate()
             emulator.wait()
