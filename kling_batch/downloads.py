@@ -215,10 +215,12 @@ class Downloads:
         except (ApiError, OSError) as exc:
             return f"restore failed: {exc}"
         try:
-            fresh = await self.fresh_job_url(source.job_id)
-            if fresh is not None:
+            job = await self._fresh_job(source.job_id)
+            if job is not None and job.video_url:
+                fresh = job.video_url
                 await self.place(output, replace(source, url=fresh))
-                known = KnownUrl(fresh, _expiry(), source.job_id, self.api)
+                expires = job.expires_at or _expiry()
+                known = KnownUrl(fresh, expires, source.job_id, self.api)
                 self.urls.put(source.sha256, known)
                 return None
         except (TryLater, ApiError, BadOutput, OSError) as exc:
@@ -235,6 +237,11 @@ class Downloads:
 
     async def fresh_job_url(self, job_id: str | None, poll_url: str | None = None) -> str | None:
         """A new result URL from a job, None if the job is gone; `TryLater` if unsure."""
+        job = await self._fresh_job(job_id, poll_url)
+        return job.video_url if job is not None else None
+
+    async def _fresh_job(self, job_id: str | None, poll_url: str | None = None) -> JobState | None:
+        """The job, finished with a result URL; None if it is gone; `TryLater` if unsure."""
         if job_id is None:
             return None
         try:
@@ -246,7 +253,7 @@ class Downloads:
         except ApiError as exc:
             raise TryLater(str(exc)) from None
         if job.status == "succeeded" and job.video_url:
-            return job.video_url
+            return job
         if job.status == "succeeded":
             raise TryLater(f"job {job.job_id} answered without a video URL")
         return None

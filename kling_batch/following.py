@@ -9,7 +9,6 @@ never re-paid), `completed` with its result URL, or `done`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
 from decimal import Decimal
 from functools import partial
 from typing import Any, Protocol
@@ -18,7 +17,7 @@ import anyio
 
 from kling_batch.adoption import Resubmit
 from kling_batch.clock import Clock
-from kling_batch.downloads import Downloads, ResultClient
+from kling_batch.downloads import RESULT_RETENTION, Downloads, ResultClient
 from kling_batch.jobboard import JobBoard
 from kling_batch.lockfile import Entry, LockWriter
 from kling_batch.outcomes import Events, Outcome, OutcomeState, RunReport
@@ -28,7 +27,6 @@ from kling_batch.plan import PlanItem, PlannedRender
 from kling_batch.polling import Lost, follow_job, model_age
 from kling_batch.urls import KnownUrl
 
-RESULT_RETENTION = timedelta(days=7)  # signed result URLs (API reference §3.1)
 _NO_URL: dict[str, Any] = {"result_url": None, "result_expires_at": None}
 
 
