@@ -159,10 +159,9 @@ def build_plan(
     """Load, expand, validate, price and diff one manifest against its lockfile.
 
     `emulator`: renders of the bundled emulator (their own lockfile and output folder).
-    `api`: the API the run would use (`endpoint.api_identity`; or what tells it, asked
-    only if a restore is in question); only its renders restore from the cache index or the
-    URL store (None: none do). `remote` overrides the manifest's shared store, whose
-    renders (as the lockfile records them) restore free.
+    `api`: the API the run would use (`endpoint.api_identity`, or what tells it when a
+    restore is in question); only its renders restore from the cache index or the URL
+    store. `remote` overrides the manifest's shared store, whose renders restore free.
     Shots unchanged since the last plan come from the plan cache (`kling_batch.plan_cache`).
     """
     state = StateDir(Path(manifest_path).parent)
