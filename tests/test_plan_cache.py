@@ -7,6 +7,7 @@ the done state, changes one thing and plans a third time.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from click.testing import CliRunner
 from kling_batch import plan as plan_module
 from kling_batch import safefiles
 from kling_batch.cli import cli
+from kling_batch.errors import UserError
 from kling_batch.lock_facts import LockFacts
 from kling_batch.lockfile import PastRender, lock_path, new_entry
 from kling_batch.plan import Plan, build_plan
@@ -467,3 +469,17 @@ def test_warm_facts_restore_an_earlier_render_from_history(warm: Path) -> None:
     assert item.action == "restore"
     assert item.restore is not None and item.restore.kind == "url"
     assert item.restore.url == "https://cdn.example.com/b-earlier.mp4"
+
+
+def test_planning_leaves_the_garbage_collector_as_it_found_it(
+    warm: Path, project: Callable[..., Path]
+) -> None:
+    """A plan collects garbage rarely while it runs (speed), and puts the collector's pace
+    back after, also when the manifest is refused: a run goes on at Python's own pace."""
+    before = gc.get_threshold()
+    build_plan(warm, now=NOW)
+    assert gc.get_threshold() == before
+    broken = project('[[shots]]\nid = "x"\nprompt = "p"\nmodel_tier = "ultra"\n', name="bad.toml")
+    with pytest.raises(UserError):
+        build_plan(broken, now=NOW)
+    assert gc.get_threshold() == before
