@@ -345,7 +345,7 @@ def _expand(
         expansion.claim(sourced, [(item.id, item.output) for item in items])
         whole = all(isinstance(item, PlannedRender) for item in items)
         if whole:
-            cache.keep(key, hit.start, [i for i in items if isinstance(i, PlannedRender)])
+            cache.reuse(key, hit)
         return _Shot(key, hit.start, items, whole)
     expansion.renderer.reads_shot = False
     specs: list[PlannedRender | RenderSpec] = list(expansion.shot(sourced))

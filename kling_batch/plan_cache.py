@@ -102,7 +102,7 @@ class PlanCache:
         self._read = len(self._units)
         self._blob = blob
         self.partials: dict[str, str] = data["partials"]
-        self._kept: dict[str, tuple[int | None, Sequence[PlannedRender]]] = {}
+        self._kept: dict[str, tuple[int | None, Sequence[PlannedRender]] | CachedShot] = {}
         self._learnt = False
         self._shown: dict[Path, str] = {}
 
@@ -141,6 +141,11 @@ class PlanCache:
         planned from scratch (`start` None when its templates do not read the index)."""
         self._kept[key] = (start, renders)
 
+    def reuse(self, key: str, shot: CachedShot) -> None:
+        """Keep a shot reused whole from the cache for the next plan, as the cache has it
+        (copied into the next cache file without re-encoding its renders)."""
+        self._kept[key] = shot
+
     def learn(self, key: str, start: int | None, renders: Sequence[PlannedRender]) -> None:
         """Remember a shot planned from scratch."""
         self.keep(key, start, renders)
@@ -153,10 +158,54 @@ class PlanCache:
         merged = {**self.partials, **partials}
         if not self._learnt and len(self._kept) == self._read and merged == self.partials:
             return
-        blob = BlobWriter()
-        units = {key: _encode(start, renders, blob) for key, (start, renders) in self._kept.items()}
+        blob, copies = BlobWriter(), _Copies()
+        units = {}
+        for key, kept in self._kept.items():
+            if isinstance(kept, CachedShot):
+                units[key] = copies.add(kept, blob)
+            else:
+                copies.flush(blob)  # its texts go before this shot's
+                units[key] = _encode(*kept, blob)
+        copies.flush(blob)
         payload = {"context": self.context, "partials": merged, "units": units}
         write_cache(self.path, _VERSION, payload, blob)
+
+
+class _Copies:
+    """Reused shots copied into a new cache: each keeps its record, its texts' offsets
+    moved to where they land in the new blob. Shots read in the order they were written
+    lie next to each other in the old blob: their texts are copied in one read per run of
+    adjacent bytes (at most `_RUN` bytes), not one per text. Nothing else may be added to
+    the new blob while a run is open: `flush` first."""
+
+    _RUN = 8 << 20
+
+    def __init__(self) -> None:
+        self._blob: Blob | None = None
+        self._start = self._end = self._base = 0  # the run: old [start, end) → new base
+
+    def add(self, shot: CachedShot, blob: BlobWriter) -> dict[str, Any]:
+        """`shot`'s record for the new cache; its texts are copied by `flush`."""
+        rows = shot.renders
+        if not rows:
+            return {"start": shot.start, "common": shot.common, "renders": []}
+        first = min(min(row[5], row[7]) for row in rows)
+        end = max(max(row[5] + row[6], row[7] + row[8]) for row in rows)
+        joins = shot.blob is self._blob and first == self._end and end - self._start <= self._RUN
+        if not joins:
+            self.flush(blob)
+            self._blob, self._start, self._base = shot.blob, first, blob.size
+        self._end = end
+        shift = self._base - self._start
+        moved = [[*row[:5], row[5] + shift, row[6], row[7] + shift, row[8]] for row in rows]
+        return {"start": shot.start, "common": shot.common, "renders": moved}
+
+    def flush(self, blob: BlobWriter) -> None:
+        """Copy the open run's texts into `blob` (where `add` said they would land)."""
+        if self._blob is not None:
+            assert blob.size == self._base, "the new blob grew while a run was open"
+            blob.add(self._blob.read(self._start, self._end - self._start))
+        self._blob, self._start, self._end, self._base = None, 0, 0, 0
 
 
 def _encode(start: int | None, renders: Sequence[PlannedRender], blob: BlobWriter) -> Any:

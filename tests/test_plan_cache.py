@@ -483,3 +483,28 @@ def test_planning_leaves_the_garbage_collector_as_it_found_it(
     with pytest.raises(UserError):
         build_plan(broken, now=NOW)
     assert gc.get_threshold() == before
+
+
+def test_shots_copied_from_cache_to_cache_keep_their_requests(
+    project: Callable[..., Path],
+) -> None:
+    """Shots reused whole are copied into the next cache as they are (their texts moved,
+    not re-encoded). After edits around them, twice over, every render's request read
+    back from the cache is still the one a cold plan makes: a wrong offset would send
+    another render's body."""
+    shots = "".join(
+        f'[[shots]]\nid = "s{n}-{{{{ k }}}}"\nmatrix = {{ k = [1, 2] }}\n'
+        f'prompt = "shot {n} take {{{{ k }}}}"\nduration = "{5 + n % 6}"\n\n'
+        for n in range(8)
+    )
+    path = project(shots)
+    build_plan(path, now=NOW)
+    for edit in ("shot 3 take", "shot 6 take", "shot 0 take"):
+        path.write_text(path.read_text().replace(edit, edit.replace("take", "part")))
+        build_plan(path, now=NOW)  # one shot planned again, the others copied
+        warm = build_plan(path, now=NOW)  # every shot read back from the copied cache
+        assert all(item.render.model is None for item in warm.items)
+        read_back = {i.render.id: (i.render.body, i.render.fields) for i in warm.items}
+        cold = _cold(path)
+        assert read_back == {i.render.id: (i.render.body, i.render.fields) for i in cold.items}
+        assert "shot 3 part 1" in str(read_back["s3-1"])
