@@ -51,7 +51,8 @@ async def follow_job(
             listed = await _next_reading(board, follower, watch, progress)
             job: JobState | Lost | None = listed
             if not lines.trusted(listed):
-                job = await _read(client, entry, watch)
+                # A 404 while the list shows the job is a hiccup, never a forgotten job.
+                job = await _read(client, entry, watch, listed=listed is not None)
                 if isinstance(job, JobState) and job.status == "pending":
                     watch.answered(job.progress)
                     progress(job.progress)
@@ -89,7 +90,7 @@ class _Lines:
         self._same = self._same + 1 if seen == self._last else 0
         self._last = seen
         if self._same + 1 >= _STALE_LINES:
-            self._same = 0
+            self._last, self._same = None, 0  # counted afresh after the job's own answer
             return False
         return True
 
@@ -188,13 +189,16 @@ def overdue_detail(job_id: str, watch: JobWatch, last: JobState) -> str:
     )
 
 
-async def _read(client: JobReader, entry: Entry, watch: JobWatch) -> JobState | Lost | None:
-    """One poll: the job; None to ask again later; or `Lost`."""
+async def _read(
+    client: JobReader, entry: Entry, watch: JobWatch, *, listed: bool = False
+) -> JobState | Lost | None:
+    """One poll: the job; None to ask again later; or `Lost`. `listed`: the API's job list
+    shows the job right now, so a 404 from its own GET cannot mean it was forgotten."""
     assert entry.job_id is not None
     try:
         return await client.get_job(entry.job_id, entry.poll_url)
     except JobNotFound as exc:
-        if may_be_forgotten(watch.clock, entry):
+        if not listed and may_be_forgotten(watch.clock, entry):
             return Lost(forgotten=True)
         # The API keeps a job an hour after it completes: a 404 sooner is a hiccup, not a
         # lost job. Ask again later rather than re-pay.

@@ -10,13 +10,13 @@ from typing import cast
 import anyio
 
 from kling_batch.clock import VirtualClock
-from kling_batch.errors import AuthError, ServerError
+from kling_batch.errors import AuthError, JobNotFound, ServerError
 from kling_batch.jobboard import JobBoard
 from kling_batch.joblist import JobPage, NextPage
 from kling_batch.lockfile import Entry
 from kling_batch.pacing import JobWatch, PollPacing
 from kling_batch.payloads import JobState
-from kling_batch.polling import Lost, follow_job
+from kling_batch.polling import Lost, _Lines, follow_job
 
 URL = "https://cdn.example.com/out.mp4"
 
@@ -37,6 +37,8 @@ class FakeApi:
         self.failing = False
         self.with_url = True
         self.list_word: str | None = None  # every list line says this instead (frozen)
+        self.get_404 = False  # every job's own GET answers 404 (a lagging replica)
+        self.list_refreshes_end = False  # a frozen list still shows each job's end
         self.forbidden = False
 
     def state(self, job_id: str, *, listing: bool) -> JobState:
@@ -47,12 +49,15 @@ class FakeApi:
         return JobState(job_id, "succeeded", "completed", progress=1.0, video_url=url)
 
     def line(self, job_id: str) -> JobState:
-        if self.list_word is not None:  # a list that does not refresh its lines
-            return JobState(job_id, "pending", self.list_word, progress=0.0)
+        frozen = self.list_word is not None
+        if frozen and not (self.list_refreshes_end and self.clock.monotonic() >= self.ends[job_id]):
+            return JobState(job_id, "pending", str(self.list_word), progress=0.0)
         return self.state(job_id, listing=True)
 
     async def get_job(self, job_id: str, poll_url: str | None = None) -> JobState:
         self.gets.append(job_id)
+        if self.get_404:
+            raise JobNotFound("no such job", status=404)
         return self.state(job_id, listing=False)
 
     async def list_jobs_page(
@@ -175,3 +180,22 @@ def test_a_list_the_key_may_not_read_closes_the_board() -> None:
     assert all(isinstance(job, JobState) and job.status == "succeeded" for job in ended.values())
     assert api.lists == 1
     assert set(api.gets) == {"job_a", "job_b"}
+
+
+def test_a_job_the_list_shows_is_never_forgotten_on_a_404_of_its_own() -> None:
+    """The list keeps showing a job (the same line, so it is also asked on its own) while
+    its own GET answers 404: a hiccup, not a job the API forgot. The job is followed to
+    the end the list shows, never recorded as lost (that would price a second render)."""
+    clock = VirtualClock()
+    api = FakeApi(clock, {"job_a": 120.0})
+    api.list_word, api.get_404, api.list_refreshes_end = "queued", True, True
+    ended = follow_all(api)  # the entries carry no submission time: "over an hour old"
+    assert isinstance(ended["job_a"], JobState) and ended["job_a"].status == "succeeded"
+    assert api.gets  # asked on its own, answered 404, and still not given up
+
+
+def test_a_repeated_list_line_is_checked_once_every_few_lines() -> None:
+    """After a check with the job's own GET, the count of identical lines starts again."""
+    lines = _Lines()
+    same = JobState("job_a", "pending", "queued", progress=0.0)
+    assert [lines.trusted(same) for _ in range(7)] == [True, True, False, True, True, False, True]
