@@ -11,6 +11,7 @@ cannot be written (a read-only checkout) leaves planning only slower.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -20,12 +21,30 @@ import weakref
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from kling_batch import __version__
 from kling_batch.atomic import atomic_write
+from kling_batch.model_data import data_file
 
 log = logging.getLogger(__name__)
 
+_PACKAGE = Path(__file__).resolve().parent
 _MAX_BYTES = 4 * 1024 * 1024 * 1024
 _CHUNK = 1 << 20
+
+
+@functools.cache
+def tool_identity() -> str:
+    """kling-batch's version, the size and time of each of its modules, and the model
+    data's hash: what every cache of what kling-batch computed is keyed by (a cache made
+    by another kling-batch is not believed)."""
+    modules = sorted(
+        (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
+        for entry in os.scandir(_PACKAGE)
+        if entry.name.endswith(".py")
+    )
+    model = hashlib.sha256(data_file("kling-o3.json").read_bytes()).hexdigest()
+    text = json.dumps([__version__, modules, model])
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class Blob:

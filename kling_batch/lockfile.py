@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kling_batch import safefiles
 from kling_batch.atomic import atomic_write
+from kling_batch.cachefile import tool_identity
 from kling_batch.canonical import tagged
 from kling_batch.errors import Loc, LockWriteError, UserError, validation_error
 from kling_batch.limits import LOCKFILE_MAX_BYTES
@@ -371,7 +372,7 @@ def lockfile_from(
     holds what they say, even if the file is rewritten meanwhile)."""
     digest = lockfile_digest(raw)
     if cache is not None:
-        cached = _read_cache(cache, digest)
+        cached = _read_cache(cache, _cache_key(digest))
         if cached is not None:
             return cached, _nothing
     try:
@@ -383,18 +384,24 @@ def lockfile_from(
         return lock, _nothing
     # Serialised now: the caller may change `lock` before it writes the cache.
     payload = _cache_payload(lock)
-    return lock, lambda: _write_cache(cache, digest, payload)
+    return lock, lambda: _write_cache(cache, _cache_key(digest), payload)
+
+
+def _cache_key(digest: str) -> str:
+    """The parse cache's first line: the lockfile's digest and the kling-batch that parsed
+    (and migrated) it."""
+    return f"{digest} {tool_identity()}"
 
 
 def _nothing() -> None:
     """No cache to write."""
 
 
-def _read_cache(cache: Path, digest: str) -> Lockfile | None:
+def _read_cache(cache: Path, key: str) -> Lockfile | None:
     try:
         text = safefiles.read_text(cache, limit=LOCKFILE_MAX_BYTES * 2, what="a cache")
         first, _, rest = text.partition("\n")
-        if first.strip() != digest:
+        if first.strip() != key:
             return None
         return Lockfile.model_validate(json.loads(rest, object_hook=_untag))
     except (OSError, ValueError, ValidationError, UserError):
@@ -405,9 +412,9 @@ def _cache_payload(lock: Lockfile) -> str:
     return json.dumps(lock.model_dump(mode="python", exclude_none=True), default=_tag)
 
 
-def _write_cache(cache: Path, digest: str, payload: str) -> None:
+def _write_cache(cache: Path, key: str, payload: str) -> None:
     try:
-        atomic_write(cache, f"{digest}\n{payload}\n")
+        atomic_write(cache, f"{key}\n{payload}\n")
     except OSError as exc:  # a read-only checkout still plans, only slower
         log.info("lockfile parse cache not written (%s)", exc)
 

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from kling_batch import kling_o3
 from kling_batch.actions import Differ, FileFacts, change_reasons
 from kling_batch.assets import Asset, AssetStore
+from kling_batch.cachefile import tool_identity
 from kling_batch.errors import AssetProblem, RequestRuleError, UserError, validation_error
 from kling_batch.expand import Expansion, RenderSpec, check_render_count
 from kling_batch.kling_o3 import KlingO3Request
@@ -32,7 +33,7 @@ from kling_batch.lock_facts import EntryRecord, LockFacts, LockRecords, read_fac
 from kling_batch.lockfile import UNSETTLED, Lockfile, lock_path
 from kling_batch.manifest import LoadedManifest, SourcedShot, load_manifest
 from kling_batch.manifest_cache import ParseCache
-from kling_batch.plan_cache import PlanCache, context_key, decode, tool_identity
+from kling_batch.plan_cache import PlanCache, context_key, decode
 from kling_batch.planned import (
     ACTIONS,
     PAID_ACTIONS,

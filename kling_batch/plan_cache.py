@@ -25,44 +25,24 @@ the files. Like every cache it may be damaged or missing (`kling_batch.cachefile
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from kling_batch import __version__
 from kling_batch.assets import Asset, AssetStore
-from kling_batch.cachefile import Blob, BlobWriter, Cold, read_cache, write_cache
+from kling_batch.cachefile import Blob, BlobWriter, Cold, read_cache, tool_identity, write_cache
 from kling_batch.errors import AssetProblem
 from kling_batch.expand import RenderSpec
 from kling_batch.manifest import LoadedManifest, SourcedShot
-from kling_batch.model_data import data_file
 from kling_batch.partials import partial_digest
 from kling_batch.planned import Deferred, PlannedRender
 from kling_batch.pricing import Price, price_rows
 
 _VERSION = "plan-units-6"
-_PACKAGE = Path(__file__).resolve().parent
-
-
-@cache
-@functools.cache
-def tool_identity() -> str:
-    """kling-batch's version, the size and time of each of its modules, and the model
-    data's hash: what planning itself is made of."""
-    modules = sorted(
-        (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
-        for entry in os.scandir(_PACKAGE)
-        if entry.name.endswith(".py")
-    )
-    model = hashlib.sha256(data_file("kling-o3.json").read_bytes()).hexdigest()
-    return _digest(json.dumps([__version__, modules, model]))
 
 
 def context_key(loaded: LoadedManifest) -> str:

@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from kling_batch import lockfile as lockfile_module
 from kling_batch import plan as plan_module
 from kling_batch import safefiles
 from kling_batch.cli import cli
 from kling_batch.errors import UserError
 from kling_batch.lock_facts import LockFacts
-from kling_batch.lockfile import PastRender, lock_path, new_entry
+from kling_batch.lockfile import Lockfile, PastRender, lock_path, new_entry, read_lockfile
 from kling_batch.plan import Plan, build_plan
 from kling_batch.state import StateDir
 from tests.conftest import NOW
@@ -508,3 +509,26 @@ def test_shots_copied_from_cache_to_cache_keep_their_requests(
         cold = _cold(path)
         assert read_back == {i.render.id: (i.render.body, i.render.fields) for i in cold.items}
         assert "shot 3 part 1" in str(read_back["s3-1"])
+
+
+def test_lockfile_parse_cache_of_another_kling_batch_is_not_believed(
+    warm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lockfile's parse cache holds what a kling-batch made of it (migrated,
+    validated): another kling-batch reads the lockfile itself again."""
+    lock_file = lock_path(warm)
+    cache = StateDir(warm.parent).lock_cache(lock_file)
+    assert cache.is_file()
+    parsed: list[Path] = []
+    parse = lockfile_module.parse_lockfile
+
+    def counted(text: str, path: Path) -> Lockfile:
+        parsed.append(path)
+        return parse(text, path)
+
+    monkeypatch.setattr(lockfile_module, "parse_lockfile", counted)
+    read_lockfile(lock_file, cache=cache)
+    assert parsed == []  # the same kling-batch: the cache is believed
+    monkeypatch.setattr(lockfile_module, "tool_identity", lambda: "another kling-batch")
+    read_lockfile(lock_file, cache=cache)
+    assert parsed == [lock_file]
