@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import cast
 
 import anyio
+import pytest
 
 from kling_batch.clock import VirtualClock
 from kling_batch.errors import AuthError, JobNotFound, ServerError
@@ -127,11 +128,14 @@ def test_a_listed_end_without_its_result_url_is_fetched() -> None:
     assert api.gets == ["job_a"]
 
 
-def test_no_job_list_means_polling_each_job_as_before() -> None:
-    """An API without a list is probed once; every job is then polled on its own."""
+@pytest.mark.parametrize("list_answer", ["absent", "forbidden"])
+def test_no_job_list_means_polling_each_job_as_before(list_answer: str) -> None:
+    """An API without a list (404), or one whose list this key may not read (403: the run
+    goes on), is probed once; every job is then polled on its own."""
     clock = VirtualClock()
     api = FakeApi(clock, {"job_a": 40.0, "job_b": 45.0})
-    api.offered = False
+    api.offered = list_answer != "absent"
+    api.forbidden = list_answer == "forbidden"
     ended = follow_all(api)
     assert all(isinstance(job, JobState) and job.status == "succeeded" for job in ended.values())
     assert api.lists == 1
@@ -168,18 +172,6 @@ def test_list_lines_with_an_unknown_status_are_checked_with_the_job_itself() -> 
     ended = follow_all(api)
     assert isinstance(ended["job_a"], JobState) and ended["job_a"].status == "succeeded"
     assert api.gets[0] == "job_a" and clock.monotonic() < 300.0
-
-
-def test_a_list_the_key_may_not_read_closes_the_board() -> None:
-    """A 403 on the list (the key may read jobs, not list them) does not stop the run:
-    each job is polled on its own, and the list is not asked again."""
-    clock = VirtualClock()
-    api = FakeApi(clock, {"job_a": 40.0, "job_b": 45.0})
-    api.forbidden = True
-    ended = follow_all(api)
-    assert all(isinstance(job, JobState) and job.status == "succeeded" for job in ended.values())
-    assert api.lists == 1
-    assert set(api.gets) == {"job_a", "job_b"}
 
 
 def test_a_job_the_list_shows_is_never_forgotten_on_a_404_of_its_own() -> None:
