@@ -22,9 +22,10 @@ import anyio
 
 from kling_batch import ui
 from kling_batch.client import EmpirioClient
-from kling_batch.endpoint import api_key_from_env, resolve_base_url
+from kling_batch.endpoint import api_identity, api_key_from_env, resolve_base_url
 from kling_batch.errors import ApiError, JobNotFound, RunFatal
-from kling_batch.lockfile import Entry, LockWriter, load_lockfile, lock_path
+from kling_batch.lockfile import Entry, LockWriter, check_api, load_lockfile, lock_path
+from kling_batch.manifest import require_manifest
 from kling_batch.runlock import hold_run_lock
 from kling_batch.selection import matches_any, require_matches
 from kling_batch.state import StateDir
@@ -58,9 +59,13 @@ def cancel_command(request: CancelRequest) -> int:
     """Cancel the chosen in-flight jobs; the exit code (1 when any is still rendering)."""
     insecure = request.allow_insecure_http
     resolve_base_url(request.api_base, allow_insecure_http=insecure, warn=_warn)
+    require_manifest(request.manifest)
     lock_file = lock_path(request.manifest)
     with hold_run_lock(StateDir(request.manifest.parent), lock_file, then="cancel again"):
         lock = load_lockfile(lock_file)
+        # Job ids mean something only to the API that made them.
+        api = api_identity(emulator=False, api_base=request.api_base)
+        check_api(lock, lock_file, api, doing="cancelling")
         require_matches(request.only, [(k, e.tags) for k, e in lock.shots.items()], "--only")
         chosen = [
             (key, entry)

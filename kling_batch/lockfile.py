@@ -316,14 +316,15 @@ def lock_path(manifest: Path, *, emulator: bool = False) -> Path:
     return manifest.with_name(manifest.stem + suffix)
 
 
-def check_api(lock: Lockfile, path: Path, api: str) -> None:
-    """Refuse to run `api` on a lockfile recorded against another API (`UserError`)."""
+def check_api(lock: Lockfile, path: Path, api: str, *, doing: str = "a run") -> None:
+    """Refuse `doing` (a run, a cancel) against `api` on a lockfile recorded against
+    another API (`UserError`)."""
     if lock.api is None or lock.api == api:
         return
     against = "the emulator" if api == EMULATOR_API else api
     recorded = "the emulator" if lock.api == EMULATOR_API else lock.api
     raise UserError(
-        f"this lockfile records renders of {recorded}; a run against {against} would mix "
+        f"this lockfile records renders of {recorded}; {doing} against {against} would mix "
         f"them (use the matching API, or another manifest for {against})",
         file=path,
         field="api",

@@ -162,6 +162,13 @@ def _sourced(shots: list[Shot], path: Path, digests: list[str] | None) -> list[S
     ]
 
 
+def require_manifest(path: Path) -> None:
+    """Refuse (exit 2) a manifest that is not there: commands that read only its lockfile
+    would otherwise report an empty project for a mistyped name."""
+    if not path.is_file():
+        raise UserError("file not found" if not path.exists() else "not a file", file=path)
+
+
 def read_document(path: Path, what: str = "a manifest") -> dict[str, Any]:
     """Parse a `.toml` or `.json` file into plain data; syntax errors name the line.
 

@@ -35,7 +35,7 @@ from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.runtime import Context, Macro
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from jinja2.utils import _PassArg, generate_lorem_ipsum
+from jinja2.utils import _PassArg
 
 from kling_batch.errors import TemplateLimit
 from kling_batch.limits import (
@@ -118,6 +118,7 @@ class GuardedEnvironment(ImmutableSandboxedEnvironment):
         self.deadline_message = "the template took too long"
         self.globals["range"] = _range
         self.globals["lipsum"] = _lipsum
+        self.filters["random"] = _random
         for name, func in list(self.filters.items()):
             self.filters[name] = self._guard_filter(name, func)
 
@@ -316,9 +317,19 @@ def _range(*args: int) -> range:
     return numbers
 
 
+# A template must render the same text on every plan: a random one would change the
+# request, so every plan would render and bill it again (and a warm plan cache would
+# disagree with a cold one).
+_CHANCE = "gives another text on every plan, so each plan would render and bill it again"
+
+
 def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
     if n * max > LIPSUM_MAX_WORDS:
         raise TemplateLimit(
             f"lipsum() of up to {n * max:,} words; the limit is {LIPSUM_MAX_WORDS:,}"
         )
-    return generate_lorem_ipsum(n=n, html=html, min=min, max=max)
+    raise TemplateLimit(f"lipsum() {_CHANCE}; write the text itself")
+
+
+def _random(value: Any) -> Any:
+    raise TemplateLimit(f"the random filter {_CHANCE}; pick the value, or use a matrix")

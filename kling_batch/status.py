@@ -14,7 +14,7 @@ from kling_batch import safefiles
 from kling_batch.assets import AssetStore
 from kling_batch.errors import UserError
 from kling_batch.lockfile import Entry, load_lockfile, lock_path
-from kling_batch.manifest import Manifest, read_document
+from kling_batch.manifest import Manifest, read_document, require_manifest
 from kling_batch.reports import usd
 from kling_batch.ui import say, write_data
 
@@ -89,6 +89,7 @@ def emulator_only_hint(manifest: Path, command: str) -> str | None:
 
 def show_status(manifest: Path, *, fmt: str, emulator: bool, console: Console) -> None:
     """Print the status table (or JSON) of a manifest's lockfile."""
+    require_manifest(manifest)
     rows = status_rows(manifest, emulator=emulator)
     hint = None if emulator else emulator_only_hint(manifest, "status")
     if hint is not None:

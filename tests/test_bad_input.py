@@ -156,6 +156,9 @@ CASES: dict[str, Expect] = {
     "template_loop_too_slow": E(T, "teaser", "prompt", "took over 1 s to render"),
     "template_repeat_bomb": E(T, "teaser", "prompt", "'*' repetition would be over 100,000"),
     "template_lipsum_bomb": E(T, "teaser", "prompt", "lipsum() of up to 10,000,000 words"),
+    # a random text would change the request on every plan, billing it again each time
+    "template_lipsum_random": E(T, "teaser", "prompt", "lipsum() gives another text on every"),
+    "template_random_filter": E(T, "teaser", "prompt", "random filter gives another text"),
     "template_field_too_long": E(T, "teaser", "prompt", "rendered text would be over 100,000"),
     "template_center_bomb": E(T, "teaser", "prompt", "center() would do too much work"),
     "template_method_bomb": E(T, "teaser", "prompt", "ljust() would do too much work"),

@@ -160,3 +160,11 @@ def test_status_never_reads_an_output_outside_output_dir(tmp_path: Path) -> None
         "linked": "invalid",
     }
     assert table.returncode == 0 and table.stdout.count("invalid") == 4
+
+
+def test_status_of_a_missing_manifest_is_refused(tmp_path: Path) -> None:
+    """A mistyped manifest name is an error (exit 2, naming it), not an empty project."""
+    result = kb("status", "manifst.toml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: manifst.toml: file not found"]
+    assert list(tmp_path.iterdir()) == []

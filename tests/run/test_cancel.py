@@ -17,6 +17,7 @@ import pytest
 
 from kling_batch.canonical import json_default
 from kling_batch.emulator import EmulatorConfig, RunningEmulator, running
+from kling_batch.endpoint import api_identity
 from kling_batch.lockfile import Lockfile, load_lockfile, new_entry
 from kling_batch.plan import build_plan
 from tests.run.conftest import many_shots
@@ -36,14 +37,18 @@ def serve() -> Iterator[Callable[..., RunningEmulator]]:
         yield start
 
 
-def in_flight(root: Path, served: RunningEmulator, count: int = 3) -> Path:
+def in_flight(
+    root: Path, served: RunningEmulator, count: int = 3, *, recorded: bool = False
+) -> Path:
     """A manifest whose renders were submitted to `served` and recorded as `submitted`, as a
     run stopped by two Ctrl-C leaves them; the manifest's path."""
     manifest = root / "shots.toml"
     manifest.write_text(many_shots(count).replace('output_dir = "renders"', 'output_dir = "r"'))
     plan = build_plan(manifest, now=datetime.now(UTC))
     headers = {"Authorization": f"Bearer {served.api_key}", "Content-Type": "application/json"}
-    lock = Lockfile()
+    lock = Lockfile(
+        api=api_identity(emulator=False, api_base=served.base_url) if recorded else None
+    )
     for item in plan.items:
         body = json.dumps(dict(item.render.body), default=json_default)
         answer = httpx.post(
@@ -187,3 +192,33 @@ def test_only_matching_nothing_exits_2(
     result = cancel(manifest, served, "--only", "s1")
     assert result.returncode == 2
     assert "--only 's1' matches no render; closest ids: s01" in result.stderr
+
+
+def test_jobs_of_another_api_are_not_sent_to_this_one(
+    serve: Callable[..., RunningEmulator], tmp_path: Path
+) -> None:
+    """Job ids mean something only to the API that made them: a lockfile recorded against
+    one API is refused (exit 2) when cancel is pointed at another, and nothing changes."""
+    served, other = serve(), serve()
+    manifest = in_flight(tmp_path, served, count=2, recorded=True)
+    before = manifest.with_suffix(".lock").read_bytes()
+    result = cancel(manifest, other)
+    assert result.returncode == 2, result.stderr
+    assert f"records renders of {served.base_url}; cancelling against {other.base_url}" in (
+        result.stderr
+    )
+    assert manifest.with_suffix(".lock").read_bytes() == before
+    assert not other.emulator.journal.entries()  # refused before any request
+    lock = load_lockfile(manifest.with_suffix(".lock"))
+    assert "cancelled" not in {job_status(served, entry.job_id) for entry in lock.shots.values()}
+
+
+def test_a_missing_manifest_is_refused(
+    serve: Callable[..., RunningEmulator], tmp_path: Path
+) -> None:
+    """A mistyped manifest name is an error (exit 2), not "nothing to cancel"."""
+    served = serve()
+    result = cancel(tmp_path / "shots.toml", served)
+    assert result.returncode == 2
+    assert "shots.toml" in result.stderr and "file not found" in result.stderr
+    assert not (tmp_path / ".kling-batch").exists()
