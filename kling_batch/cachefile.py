@@ -2,9 +2,12 @@
 
 A cache only saves time, so anything wrong with one (missing, not a regular file, too
 big, truncated, of another format or version) reads as no cache at all. The first line
-is the sha256 of the rest: a damaged file is noticed before any of it is believed. The
-second is the payload; after it comes a blob of JSON texts the payload refers to by
-offset and length (`Cold`), read from the file only when needed (most plans need few).
+is the sha256 of the rest and the cache's key (its format and `tool_identity`, which
+holds the modification times of this installation's modules, so a cache file committed
+to a repository is never believed on another machine); a damaged file is noticed before
+any of it is believed. The second is the payload; after it comes a blob of JSON texts
+the payload refers to by offset and length (`Cold`), read from the file only when needed
+(most plans need few).
 Written atomically (`kling_batch.atomic`), by `plan` last, and never needed: a folder that
 cannot be written (a read-only checkout) leaves planning only slower.
 """
@@ -109,7 +112,11 @@ def read_cache(path: Path, version: str) -> tuple[dict[str, Any], Blob] | None:
         return None
     keep = False
     try:
-        expected = file.readline(128).strip().decode("ascii", "replace")
+        # The key first: a cache another kling-batch (or a stranger's repository) made is
+        # refused before a byte more of it is read.
+        expected, _, key = file.readline(256).strip().decode("ascii", "replace").partition(" ")
+        if key != _key(version):
+            return None
         head = file.readline()
         digest = hashlib.sha256(head)
         base = file.tell()
@@ -127,6 +134,11 @@ def read_cache(path: Path, version: str) -> tuple[dict[str, Any], Blob] | None:
     finally:
         if not keep:
             file.close()
+
+
+def _key(version: str) -> str:
+    """What a cache file is valid for: its format and the kling-batch that wrote it."""
+    return f"{version} {tool_identity()}"
 
 
 def _open_regular(path: Path) -> BinaryIO:
@@ -155,6 +167,7 @@ def write_cache(
         digest.update(part)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, b"".join([digest.hexdigest().encode(), b"\n", *parts]))
+        first = f"{digest.hexdigest()} {_key(version)}\n".encode()
+        atomic_write(path, b"".join([first, *parts]))
     except OSError as exc:  # a read-only checkout still plans, only slower next time
         log.info("cache %s not written (%s)", path.name, exc)

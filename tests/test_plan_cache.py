@@ -532,3 +532,31 @@ def test_lockfile_parse_cache_of_another_kling_batch_is_not_believed(
     monkeypatch.setattr(lockfile_module, "tool_identity", lambda: "another kling-batch")
     read_lockfile(lock_file, cache=cache)
     assert parsed == [lock_file]
+
+
+def _plant(cache: Path, edit: Callable[[bytes], bytes], key: str) -> None:
+    """Rewrite a cache file's payload and blob with `edit`, behind a valid checksum and the
+    key `key` (what a stranger could commit in `.kling-batch/`)."""
+    _, rest = cache.read_bytes().split(b"\n", 1)
+    rest = edit(rest)
+    cache.write_bytes(f"{hashlib.sha256(rest).hexdigest()} {key}\n".encode() + rest)
+
+
+def test_a_cache_made_elsewhere_is_never_believed(project: Callable[..., Path]) -> None:
+    """A parse cache committed to a repository, checksum and all, that says the shot is a
+    4k render: it was not made by this installation, so the plan prices what the manifest
+    says. (The same file under this installation's key would be read: the key is what
+    keeps it out.)"""
+    path = project('[[shots]]\nid = "a"\nprompt = "a calm sea"\nmodel_tier = "standard"\n')
+    build_plan(path, now=NOW)
+    cache = StateDir(path.parent).parse_cache(path)
+    first = cache.read_bytes().split(b"\n", 1)[0].decode()
+    version, ours = first.split(" ")[1:]
+    planted = lambda rest: rest.replace(b'"standard"', b'"4k"')  # noqa: E731
+    plans = StateDir(path.parent).plan_cache(lock_path(path))
+    _plant(cache, planted, f"{version} {'0' * len(ours)}")
+    plans.unlink()
+    assert build_plan(path, now=NOW).items[0].render.tier == "standard"
+    _plant(cache, planted, f"{version} {ours}")
+    plans.unlink()
+    assert build_plan(path, now=NOW).items[0].render.tier == "4k"
