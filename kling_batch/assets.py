@@ -183,8 +183,9 @@ class AssetStore:
         fast = self._resolve_plain(ref)
         if fast is not None:
             return fast
-        candidate = self.root / ref
-        resolved = candidate.resolve()
+        resolved = safefiles.real_path(self.root / ref)
+        if resolved is None:
+            raise AssetProblem(f"{ref!r}: its symlinks go round in a loop")
         if not resolved.is_relative_to(self.root):
             raise AssetProblem(f"{ref!r} lies outside the manifest's folder; copy it inside")
         if not resolved.is_file():

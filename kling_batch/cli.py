@@ -74,6 +74,16 @@ class _Group(click.Group):
 
             ui.error(str(exc), traceback_too=bool(ctx.obj and ctx.obj.get("verbose")))
             sys.exit(exc.exit_code)
+        except RuntimeError as exc:
+            if not str(exc).startswith("Symlink loop"):
+                raise
+            from kling_batch import ui
+
+            # Path.resolve() on Python 3.11, wherever a path is followed and no nearer check
+            # names it (later versions raise OSError, handled where it is met).
+            verbose = bool(ctx.obj and ctx.obj.get("verbose"))
+            ui.error(f"{exc}: its symlinks go round in a loop", traceback_too=verbose)
+            sys.exit(2)
         except KeyboardInterrupt:
             from kling_batch import ui
 

@@ -350,7 +350,13 @@ class _SafeDirs:
                 file=loaded.path,
                 field="output_dir",
             )
-        target = (self.root / self.output_dir).resolve()
+        target = safefiles.real_path(self.root / self.output_dir)
+        if target is None:
+            raise UserError(
+                f"output_dir {loaded.manifest.output_dir!r}: its symlinks go round in a loop",
+                file=loaded.path,
+                field="output_dir",
+            )
         if not target.is_relative_to(self.root):
             raise UserError(
                 f"output_dir {loaded.manifest.output_dir!r} leads outside the manifest's folder",
@@ -402,7 +408,8 @@ class _SafeDirs:
         parent = text.rpartition("/")[0]
         inside = self._parents.get(parent)
         if inside is None:
-            inside = (self.root / parent).resolve().is_relative_to(self.target)
+            real = safefiles.real_path(self.root / parent)
+            inside = real is not None and real.is_relative_to(self.target)
             self._parents[parent] = inside
         return inside and not self._is_dir(text)
 
@@ -410,8 +417,8 @@ class _SafeDirs:
         answer = self._answers.get(folder)
         if answer is None:
             # resolve() follows symlinks: a linked folder must not lead out of output_dir.
-            resolved = (self.root / self.output_dir / folder).resolve()
-            answer = resolved.is_relative_to(self.target)
+            resolved = safefiles.real_path(self.root / self.output_dir / folder)
+            answer = resolved is not None and resolved.is_relative_to(self.target)
             self._answers[folder] = answer
         return answer
 

@@ -246,13 +246,21 @@ def _included_files(path: Path, patterns: list[str]) -> list[Path]:
         if not matches:
             raise UserError(f"include {pattern!r} matches no file", file=path, field="include")
         for match in matches:
-            if not match.resolve().is_relative_to(root):
+            real = safefiles.real_path(match)
+            if real is None:
+                shown = match.relative_to(path.parent).as_posix()
+                raise UserError(
+                    f"include {pattern!r}: {shown}'s symlinks go round in a loop",
+                    file=path,
+                    field="include",
+                )
+            if not real.is_relative_to(root):
                 raise UserError(
                     f"include {pattern!r} leads outside the manifest's folder",
                     file=path,
                     field="include",
                 )
-            if match.resolve() != path.resolve() and match not in found:
+            if real != path.resolve() and match not in found:
                 found.append(match)
     return found
 

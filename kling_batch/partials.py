@@ -25,7 +25,9 @@ def partial_source(root: Path, name: str) -> tuple[Path | None, str]:
     problem = safefiles.path_problem(name)
     if problem is not None:
         return None, f"{safefiles.shown(name)} {problem}"
-    candidate = (root / name).resolve()
+    candidate = safefiles.real_path(root / name)
+    if candidate is None:
+        return None, f"{name} (its symlinks go round in a loop)"
     if not candidate.is_relative_to(root):
         return None, f"{name} (includes must stay inside {root.name}/)"
     if not candidate.is_file():

@@ -94,6 +94,15 @@ def path_problem(path: str) -> str | None:
     return None
 
 
+def real_path(path: Path) -> Path | None:
+    """`path` with every symlink followed; None when the links go round in a loop (Python
+    3.11 raises RuntimeError there, later versions OSError)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        return None
+
+
 def lies_inside(root: Path, folder: str, relative: str) -> bool:
     """True when `relative` (relative to `root`, as a lockfile records an output) names a
     path under `root/folder`, symlinks followed; decided without opening it."""
@@ -102,9 +111,10 @@ def lies_inside(root: Path, folder: str, relative: str) -> bool:
         return False
     if ".." in text.split("/"):
         return False
-    base = (root / folder).resolve()
-    target = (root / text).resolve()
-    return target != base and target.is_relative_to(base)
+    base, target = real_path(root / folder), real_path(root / text)
+    return (
+        base is not None and target is not None and target != base and target.is_relative_to(base)
+    )
 
 
 def shown(text: str, width: int = 60) -> str:

@@ -351,6 +351,16 @@ GENERATED: dict[str, tuple[str, Callable[[Path], None], Expect]] = {
         _fifo,
         E(T, "teaser", "prompt", "include not found: prompts/style.j2"),
     ),
+    "partial_symlink_loop": (
+        "prompts/style.j2",
+        lambda path: path.symlink_to(path.name),
+        E(T, "teaser", "prompt", "prompts/style.j2 (its symlinks go round in a loop)"),
+    ),
+    "shot_file_symlink_loop": (
+        "shots/extra.toml",
+        lambda path: path.symlink_to(path.name),
+        E(T, None, "include", "shots/extra.toml's symlinks go round in a loop"),
+    ),
 }
 
 

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from kling_batch.lockfile import Lockfile, new_entry
 from kling_batch.plan import build_plan
 from tests.conftest import NOW
@@ -168,3 +170,23 @@ def test_status_of_a_missing_manifest_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: manifst.toml: file not found"]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("looped", ["still.png", "renders"])
+def test_a_symlink_loop_is_refused_in_one_line(tmp_path: Path, looped: str) -> None:
+    """An image, or the output folder, that is a symlink to itself: one line naming the
+    file (exit 2), never a traceback, warm or cold."""
+    (tmp_path / "m.toml").write_text(
+        'version = 1\nname = "loops"\noutput_dir = "renders"\n\n'
+        '[[shots]]\nid = "a"\nprompt = "a calm sea"\nimage = "still.png"\n'
+    )
+    (tmp_path / "still.png").write_bytes(b"\\x89PNG")
+    assert kb("plan", "m.toml", cwd=tmp_path).returncode == 0  # warm caches
+    target = tmp_path / looped
+    if target.is_file():
+        target.unlink()
+    target.symlink_to(looped)
+    result = kb("plan", "m.toml", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: m.toml") and "Traceback" not in result.stderr
