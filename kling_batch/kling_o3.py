@@ -12,6 +12,7 @@ reader of the documented form reads exactly what was priced.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ VIDEO_FIELDS = frozenset({"video", "reference_videos"})
 
 _SCENE_SPLIT = re.compile("\r\n|[|\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 _SCENE_PREFIX = re.compile(r"(\d+)s:\s*")
+_MOST_DIGITS = 3  # a length written with more digits is out of range whatever it says
 # Anything a person may have meant as a length prefix: `4.5s:`, `10S :`, `10 s:`, `4,5s:`.
 _LOOSE_PREFIX = re.compile(r"(\d+(?:[.,]\d+)?)\s*s\s*:", re.IGNORECASE)
 # The fields each resolved workflow reads; the rest are not sent (a warning names them).
@@ -86,6 +88,10 @@ class KlingO3Request(BaseModel):
     @classmethod
     def _whole_seconds(cls, value: Any) -> Any:
         if isinstance(value, float | Decimal) and not isinstance(value, bool):
+            if not math.isfinite(value) or abs(value) > 10**_MOST_DIGITS:
+                raise ValueError(
+                    f"duration {value} is not {MIN_SECONDS}-{MAX_SECONDS} whole seconds"
+                )
             if value != int(value):
                 raise ValueError(_not_whole(f"duration {value}", value))
             return int(value)
@@ -136,6 +142,13 @@ def _scene(part: str, number: int) -> Scene:
         return Scene(part, None)
     strict = _SCENE_PREFIX.match(part)
     written = part[: loose.end()]
+    if len(loose.group(1).replace(",", ".").partition(".")[0]) > _MOST_DIGITS:
+        # Never turned into a number: a 5,000-digit one would not even print.
+        shown = written if len(written) <= 20 else written[:17] + "..."
+        raise RequestRuleError(
+            "prompt",
+            f"scene {number} starts {shown!r}; scenes must be {MIN_SECONDS}-{MAX_SECONDS}s",
+        )
     if strict is None or strict.end() < loose.end():
         value = Decimal(loose.group(1).replace(",", "."))
         if value != int(value):
