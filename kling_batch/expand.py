@@ -188,27 +188,18 @@ def count_renders(sourced: SourcedShot) -> tuple[int, bool]:
     """Renders one shot expands to, and whether that is exact (else an upper bound).
 
     Exact for a plain matrix: the product of the axis lengths, times `takes`. With
-    `exclude`, less the combinations of the entry that removes the most; with `include`,
-    plus one per entry (each adds at most one).
+    `include`, plus one per entry (each adds at most one); `exclude` is not subtracted:
+    every combination is looked at before it is excluded, so the work is counted (an
+    `exclude = [{}]` that removes all must not let a 10^8-combination matrix through).
     """
     matrix = sourced.shot.matrix
     if matrix is None:
         return sourced.shot.takes, True
     axes = {key: values for key, values in matrix.items() if key not in _MATRIX_KEYWORDS}
     combos = math.prod(len(values) for values in axes.values()) if axes else 0
-    excludes = [e for e in matrix.get("exclude", []) if isinstance(e, dict) and set(e) <= set(axes)]
-    removed = max((_matching(axes, entry) for entry in excludes), default=0)
     includes = len(matrix.get("include", []))
     exact = "include" not in matrix and "exclude" not in matrix
-    return (combos - removed + includes) * sourced.shot.takes, exact
-
-
-def _matching(axes: Mapping[str, list[Any]], entry: Mapping[str, Any]) -> int:
-    """Combinations of `axes` that contain every key and value of `entry`."""
-    return math.prod(
-        sum(1 for value in values if value == entry[key]) if key in entry else len(values)
-        for key, values in axes.items()
-    )
+    return (combos + includes) * sourced.shot.takes, exact
 
 
 def expand_matrix(sourced: SourcedShot) -> list[dict[str, Any]]:
@@ -232,10 +223,8 @@ def expand_matrix(sourced: SourcedShot) -> list[dict[str, Any]]:
         unknown = set(entry) - set(axes)
         if unknown:
             raise fail(f"exclude names {sorted(unknown)[0]!r}, not a matrix key", "matrix.exclude")
-    originals = [
-        dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())
-    ]
-    originals = [c for c in originals if not any(_contains(c, entry) for entry in exclude)]
+    every = (dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values()))
+    originals = [c for c in every if not any(_contains(c, entry) for entry in exclude)]
     combos = [dict(c) for c in originals]
     for entry in include:
         matched = False

@@ -160,6 +160,9 @@ CASES: dict[str, Expect] = {
     "template_lipsum_random": E(T, "teaser", "prompt", "lipsum() gives another text on every"),
     "template_random_filter": E(T, "teaser", "prompt", "random filter gives another text"),
     # numbers no int() should meet: refused in one line, not an OverflowError
+    "matrix_exclude_all_bomb": E(
+        T, "teaser-{{ a }}-{{ b }}-{{ c }}-{{ d }}", "matrix", "up to 100,000,001 renders"
+    ),
     "duration_infinite": E(T, "teaser", "duration", "duration inf is not 3-15 whole seconds"),
     "scene_length_huge_number": E(T, "teaser", "prompt", "scene 1 starts '999", "must be 3-15s"),
     "template_field_too_long": E(T, "teaser", "prompt", "rendered text would be over 100,000"),
