@@ -427,7 +427,9 @@ def report(project: Project, garbage: Garbage, console: Console, *, removing: bo
     verb = "Removing" if removing else "Would remove"
     output_dir = project.inventory.output_dir.rstrip("/") + "/"
     _section(
-        console, f"orphaned outputs under {output_dir}, recorded by no lockfile", garbage.outputs
+        console,
+        f"orphaned outputs under {output_dir}, recorded by no entry gc keeps",
+        garbage.outputs,
     )
     if garbage.entries:
         _print(
