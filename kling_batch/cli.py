@@ -25,6 +25,29 @@ REMOTE_HELP = (
 )
 
 
+_MANIFEST = click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+
+
+def _emulator_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--emulator`: the command works on the emulator's lockfile and renders (`help`)."""
+    return click.option("--emulator", is_flag=True, help=help)
+
+
+def _api_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--api-base URL` and `--allow-insecure-http`, for commands that talk to the API."""
+    command = click.option(
+        "--allow-insecure-http",
+        is_flag=True,
+        help="Allow a plain http:// API base off this machine (sends the key unencrypted).",
+    )(command)
+    return click.option(
+        "--api-base",
+        default=None,
+        metavar="URL",
+        help="API base URL (default $EMPIRIOLABS_BASE_URL or the public API).",
+    )(command)
+
+
 def _remote_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return click.option(
         "--remote", envvar="KLING_BATCH_REMOTE", default=None, metavar="URL", help=REMOTE_HELP
@@ -107,7 +130,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 
 @cli.command()
-@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@_MANIFEST
 @click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
 @click.option(
     "--only",
@@ -119,7 +142,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     "--force", multiple=True, metavar="GLOB", help="Re-render matching renders (id or tag:NAME)."
 )
 @click.option("--check", is_flag=True, help="Exit 1 when anything would render, 0 otherwise.")
-@click.option("--emulator", is_flag=True, help="Plan against the emulator's lockfile.")
+@_emulator_option("Plan against the emulator's lockfile.")
 @click.option(
     "--max-renders",
     default=MAX_RENDERS,
@@ -176,7 +199,7 @@ def plan(
 
 
 @cli.command()
-@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@_MANIFEST
 @click.option(
     "--jobs",
     default=4,
@@ -216,17 +239,7 @@ def plan(
     is_flag=True,
     help="Render against the bundled emulator (own lockfile and outputs; no cost).",
 )
-@click.option(
-    "--api-base",
-    default=None,
-    metavar="URL",
-    help="API base URL (default $EMPIRIOLABS_BASE_URL or the public API).",
-)
-@click.option(
-    "--allow-insecure-http",
-    is_flag=True,
-    help="Allow a plain http:// API base off this machine (sends the key unencrypted).",
-)
+@_api_options
 @click.option(
     "--max-renders",
     default=MAX_RENDERS,
@@ -323,11 +336,11 @@ def run(
 
 
 @cli.command()
-@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@_MANIFEST
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
-@click.option("--emulator", is_flag=True, help="Show the emulator lockfile instead.")
+@_emulator_option("Show the emulator lockfile instead.")
 def status(manifest: Path, fmt: str, emulator: bool) -> None:
     """Show each render's state from the lockfile and the files (no network)."""
     from kling_batch import ui
@@ -337,11 +350,11 @@ def status(manifest: Path, fmt: str, emulator: bool) -> None:
 
 
 @cli.command()
-@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@_MANIFEST
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
-@click.option("--emulator", is_flag=True, help="Read the emulator's lockfile instead.")
+@_emulator_option("Read the emulator's lockfile instead.")
 def spend(manifest: Path, fmt: str, emulator: bool) -> None:
     """Show billed and estimated spend per render, shot, tag and day (no network)."""
     from kling_batch.spend import spend_command
@@ -350,8 +363,8 @@ def spend(manifest: Path, fmt: str, emulator: bool) -> None:
 
 
 @cli.command()
-@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--emulator", is_flag=True, help="Push the emulator's renders instead.")
+@_MANIFEST
+@_emulator_option("Push the emulator's renders instead.")
 @_remote_option()
 def push(manifest: Path, emulator: bool, remote: str | None) -> None:
     """Upload every finished render on record that the team's remote store lacks."""
@@ -361,8 +374,8 @@ def push(manifest: Path, emulator: bool, remote: str | None) -> None:
 
 
 @cli.command()
-@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--emulator", is_flag=True, help="Pull the emulator's renders instead.")
+@_MANIFEST
+@_emulator_option("Pull the emulator's renders instead.")
 @_remote_option()
 def pull(manifest: Path, emulator: bool, remote: str | None) -> None:
     """Fetch the output of every done render from the team's remote store."""
@@ -372,8 +385,8 @@ def pull(manifest: Path, emulator: bool, remote: str | None) -> None:
 
 
 @cli.command()
-@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--emulator", is_flag=True, help="Clean up after the emulator's renders instead.")
+@_MANIFEST
+@_emulator_option("Clean up after the emulator's renders instead.")
 @click.option("--yes", "-y", is_flag=True, help="Remove what is listed (else only list it).")
 def gc(manifest: Path, emulator: bool, yes: bool) -> None:
     """List orphaned outputs, settled orphaned lockfile entries and unreferenced cache files;
@@ -384,24 +397,14 @@ def gc(manifest: Path, emulator: bool, yes: bool) -> None:
 
 
 @cli.command()
-@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@_MANIFEST
 @click.option(
     "--only",
     multiple=True,
     metavar="GLOB",
     help="Cancel only renders whose id (or tag:NAME) matches.",
 )
-@click.option(
-    "--api-base",
-    default=None,
-    metavar="URL",
-    help="API base URL (default $EMPIRIOLABS_BASE_URL or the public API).",
-)
-@click.option(
-    "--allow-insecure-http",
-    is_flag=True,
-    help="Allow a plain http:// API base off this machine (sends the key unencrypted).",
-)
+@_api_options
 def cancel(
     manifest: Path, only: tuple[str, ...], api_base: str | None, allow_insecure_http: bool
 ) -> None:
@@ -412,18 +415,8 @@ def cancel(
 
 
 @cli.command()
-@click.option("--emulator", is_flag=True, help="Examine the bundled emulator, in-process.")
-@click.option(
-    "--api-base",
-    default=None,
-    metavar="URL",
-    help="API base URL (default $EMPIRIOLABS_BASE_URL or the public API).",
-)
-@click.option(
-    "--allow-insecure-http",
-    is_flag=True,
-    help="Allow a plain http:// API base off this machine (sends the key unencrypted).",
-)
+@_emulator_option("Examine the bundled emulator, in-process.")
+@_api_options
 def doctor(emulator: bool, api_base: str | None, allow_insecure_http: bool) -> None:
     """Check the API key, base URL, reachability, rate limits and model schema drift."""
     from kling_batch.doctor import DoctorRequest, doctor_command
@@ -432,8 +425,8 @@ def doctor(emulator: bool, api_base: str | None, allow_insecure_http: bool) -> N
 
 
 @cli.command()
-@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--emulator", is_flag=True, help="Review the emulator's renders instead.")
+@_MANIFEST
+@_emulator_option("Review the emulator's renders instead.")
 @click.option(
     "--out",
     type=click.Path(path_type=Path, file_okay=False),
@@ -469,7 +462,7 @@ def review(
 
 
 @cli.command()
-@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@_MANIFEST
 @click.argument("ids", nargs=-1, metavar="ID...")
 @click.option("--unpick", is_flag=True, help="Remove these renders from the picks.")
 def pick(manifest: Path, ids: tuple[str, ...], unpick: bool) -> None:
@@ -480,10 +473,10 @@ def pick(manifest: Path, ids: tuple[str, ...], unpick: bool) -> None:
 
 
 @cli.command()
-@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@_MANIFEST
 @click.argument("dest", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--picked", is_flag=True, help="Only the picked renders.")
-@click.option("--emulator", is_flag=True, help="Export the emulator's renders instead.")
+@_emulator_option("Export the emulator's renders instead.")
 def export(manifest: Path, dest: Path, picked: bool, emulator: bool) -> None:
     """Copy finished renders (or the picks) to DEST as <id>.mp4 (real copies)."""
     from kling_batch.export import export_command
