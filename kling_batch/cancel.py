@@ -58,7 +58,7 @@ class Cancelled:
 def cancel_command(request: CancelRequest) -> int:
     """Cancel the chosen in-flight jobs; the exit code (1 when any is still rendering)."""
     insecure = request.allow_insecure_http
-    resolve_base_url(request.api_base, allow_insecure_http=insecure, warn=_warn)
+    resolve_base_url(request.api_base, allow_insecure_http=insecure, warn=ui.warn)
     require_manifest(request.manifest)
     lock_file = lock_path(request.manifest)
     with hold_run_lock(StateDir(request.manifest.parent), lock_file, then="cancel again"):
@@ -83,10 +83,6 @@ def cancel_command(request: CancelRequest) -> int:
         key = api_key_from_env()
         writer = LockWriter(lock_file, lock)
         return anyio.run(_cancel_all, request, key, writer, jobs)
-
-
-def _warn(message: str) -> None:
-    ui.say(f"warning: {message}")
 
 
 def _cancellable(entry: Entry) -> bool:

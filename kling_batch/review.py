@@ -87,7 +87,7 @@ def _posters(
         return {}
     posters, warnings = write_posters(playable, root, out_dir / POSTER_FOLDER)
     for warning in warnings:
-        ui.say(f"warning: {warning}")
+        ui.warn(warning)
     return posters
 
 

@@ -25,11 +25,10 @@ from decimal import Decimal
 from typing import Any
 
 from kling_batch import ui
-from kling_batch.canonical import json_number
 from kling_batch.lockfile import Lockfile, lock_path
 from kling_batch.outcomes import Outcome, RunReport
 from kling_batch.plan import Plan, PlanItem
-from kling_batch.pricing import TENTH_OF_A_CENT
+from kling_batch.reports import json_amount
 
 STATES = ("done", "failed", "uncertain", "pending", "skipped")
 
@@ -59,8 +58,8 @@ def run_summary(
         "totals": {
             "renders": len(renders),
             **counts,
-            "estimated_cost_usd": _usd(report.estimated_cost),
-            "billed_usd": None if billed is None else _usd(billed),
+            "estimated_cost_usd": json_amount(report.estimated_cost),
+            "billed_usd": None if billed is None else json_amount(billed),
         },
         "stopped": report.stopped,
         "interrupted": report.interrupted,
@@ -79,12 +78,8 @@ def _render(
         # A render the run never got to (a second Ctrl-C) is still to do.
         "state": outcome.state if outcome is not None else "pending",
         "output": str(item.render.output),
-        "estimated_cost_usd": _usd(report.submitted.get(render_id, Decimal(0))),
-        "billed_usd": None if billed is None else _usd(billed),
+        "estimated_cost_usd": json_amount(report.submitted.get(render_id, Decimal(0))),
+        "billed_usd": None if billed is None else json_amount(billed),
         "job_id": entry.job_id if entry is not None else None,
         "reason": outcome.detail if outcome is not None else "not finished",
     }
-
-
-def _usd(amount: Decimal) -> int | float:
-    return json_number(amount.quantize(TENTH_OF_A_CENT))

@@ -75,7 +75,7 @@ def run_command(request: RunRequest) -> int:
     """Run a manifest; returns the process exit code (errors raise KlingBatchError)."""
     if not request.emulator:  # plain http refused before anything is written or sent
         insecure = request.allow_insecure_http
-        resolve_base_url(request.api_base, allow_insecure_http=insecure, warn=_warn)
+        resolve_base_url(request.api_base, allow_insecure_http=insecure, warn=ui.warn)
     lock_file = lock_path(request.manifest, emulator=request.emulator)
     with hold_run_lock(StateDir(request.manifest.parent), lock_file):
         sweep_temps(lock_file)  # a run killed mid-save leaves `.<lock>.*.tmp` behind
@@ -111,10 +111,6 @@ def run_command(request: RunRequest) -> int:
 def _api_identity(request: RunRequest) -> str:
     """What the lockfile records as its API: the emulator, or the API's origin."""
     return api_identity(emulator=request.emulator, api_base=request.api_base)
-
-
-def _warn(message: str) -> None:
-    ui.say(f"warning: {message}")
 
 
 def _refuse_over_budget(plan: Plan, request: RunRequest, cost: Decimal) -> None:

@@ -368,7 +368,7 @@ def connect(url: RemoteUrl | None, *, emulator: bool, require: bool) -> Shared |
 def _unshared(problem: str, require: bool) -> None:
     if require:
         raise RefusedError(f"--require-remote: {problem}; nothing was submitted")
-    ui.say(f"warning: {problem}; this run renders alone and pushes nothing")
+    ui.warn(f"{problem}; this run renders alone and pushes nothing")
 
 
 def claimed_entry(

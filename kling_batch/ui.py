@@ -55,6 +55,11 @@ def say(message: str) -> None:
     click.echo(message, err=True)
 
 
+def warn(message: str) -> None:
+    """`warning: <message>` on stderr."""
+    say(f"warning: {message}")
+
+
 def error(message: str, *, traceback_too: bool = False) -> None:
     """`error: <message>` on stderr (after the traceback being handled, when asked)."""
     if traceback_too:
