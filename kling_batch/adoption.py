@@ -179,10 +179,18 @@ class JobFinder:
 
 
 class _Pages:
-    """The job list as read so far in this run, newest first, a page at a time."""
+    """The job list as read so far in this run, newest first, a page at a time.
+
+    Pages read are kept for later looks, but they show only the jobs made before their
+    first page was read: a look for a submission that may have been made since (within
+    the clock skew) reads the list again from its first page.
+    """
 
     def __init__(self, client: JobLister) -> None:
         self.client = client
+        self._restart()
+
+    def _restart(self) -> None:
         self.jobs: list[JobState] = []
         self.ended = False  # every job the API lists has been read
         self.stuck: str | None = None  # why no further page can be read
@@ -190,12 +198,18 @@ class _Pages:
         self._oldest: datetime | None = None
         self._next: NextPage | None = None
         self._pages = 0
+        self._head_at: datetime | None = None  # when the first page was read
 
     async def back_to(self, since: datetime | None) -> str | None:
         """Read pages until the list reaches a job created before `since`, or its end.
 
-        None when it did; else why it stopped short (kept for the rest of the run).
+        None when it did; else why it stopped short. `since` is a submission's time less
+        the clock skew: one that may have been sent after the first page was read (or
+        of no known time) reads the list afresh.
         """
+        head = self._head_at
+        if head is not None and (since is None or since + 2 * CLOCK_SKEW >= head):
+            self._restart()
         while self.stuck is None and not self.ended and not self._reaches(since):
             await self._read_page()
         return None if self.ended or self._reaches(since) else self.stuck
@@ -207,6 +221,7 @@ class _Pages:
         if self._pages >= MAX_PAGES:
             self.stuck = f"the job list goes on past the {MAX_PAGES * PAGE_SIZE} newest jobs"
             return
+        asked = self.client.clock.now()
         try:
             page = await self.client.list_jobs_page(limit=PAGE_SIZE, page=self._next)
         except RunFatal:
@@ -218,6 +233,8 @@ class _Pages:
             self.stuck = "the API offers no job list (GET /v1/jobs answered 404 or 405)"
             return
         self._pages += 1
+        if self._head_at is None:
+            self._head_at = asked  # it shows the jobs made before it was asked for
         fresh = [job for job in page.jobs if job.job_id not in self._seen]
         if page.jobs and not fresh:
             self.stuck = "the API's job list answered the same page again instead of the next"

@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 
+from kling_batch import kling_o3
 from kling_batch.adoption import JobFinder, Look
 from kling_batch.clock import ScaledClock
 from kling_batch.joblist import JobPage, NextPage
@@ -78,3 +79,44 @@ def test_jobs_listed_without_their_request_prove_nothing(project) -> None:
     opaque = JobState("j9", "pending", "processing", created_at=SENT)
     found = look(project, Pages([job(1), opaque]))
     assert not found.complete and "does not say what 1 job(s)" in (found.gap or "")
+
+
+class Live:
+    """A job list that shows whatever jobs it holds now, in one page."""
+
+    def __init__(self, jobs: list[JobState]) -> None:
+        self.clock = ScaledClock(1.0)
+        self.jobs = jobs
+        self.reads = 0
+
+    async def list_jobs_page(self, **_: Any) -> JobPage:
+        self.reads += 1
+        return JobPage(list(self.jobs), ended=True)
+
+
+def test_a_submission_made_after_the_list_was_read_is_looked_for_afresh(project) -> None:
+    """One look reads the list; a submission made later in the run (a dead teammate's
+    claim taken over) is looked for in the list read again, not in the pages of the
+    first look, which cannot show it: else the look would call itself complete, and
+    `--resubmit-uncertain` would pay for the render a second time."""
+    two = ONE + '[[shots]]\nid = "b"\nprompt = "a harbour"\n'
+    plan = build_plan(project(two), now=SENT)
+    first, later = (item.render for item in plan.items)
+    charge = Charge(fingerprint=first.fingerprint, submitted_at=SENT, cost_usd=first.cost)
+    entry = new_entry(first, "uncertain", updated_at=SENT, submissions=[charge])
+    lister = Live([job(1, minutes_before=60)])
+    finder = JobFinder(lister, LockWriter(plan.lock_path, Lockfile(shots={"a": entry})))
+    assert anyio.run(finder.find, entry).complete  # a's look: read once, nothing there
+    sent = datetime.now(UTC)
+    body = dict(later.body)
+    lister.jobs.insert(0, JobState("j-b", "pending", "queued", request=body, created_at=sent))
+    charge = Charge(
+        fingerprint=later.fingerprint,
+        submitted_at=sent,
+        cost_usd=later.cost,
+        sent=kling_o3.sent_digest(body),
+    )
+    entry_b = new_entry(later, "uncertain", updated_at=sent, submissions=[charge])
+    found = anyio.run(finder.find, entry_b)
+    assert found.job is not None and found.job.job_id == "j-b"
+    assert lister.reads == 2
