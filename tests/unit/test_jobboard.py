@@ -20,6 +20,7 @@ from kling_batch.payloads import JobState
 from kling_batch.polling import Lost, _Lines, follow_job
 
 URL = "https://cdn.example.com/out.mp4"
+BILL = Decimal("0.84")
 
 
 class FakeApi:
@@ -37,6 +38,7 @@ class FakeApi:
         self.offered = True
         self.failing = False
         self.with_url = True
+        self.with_bill = True  # list lines of ended jobs carry the bill
         self.list_word: str | None = None  # every list line says this instead (frozen)
         self.get_404 = False  # every job's own GET answers 404 (a lagging replica)
         self.list_refreshes_end = False  # a frozen list still shows each job's end
@@ -47,7 +49,10 @@ class FakeApi:
         if now < end:
             return JobState(job_id, "pending", "processing", progress=round(now / end, 3))
         url = URL if self.with_url or not listing else None
-        return JobState(job_id, "succeeded", "completed", progress=1.0, video_url=url)
+        bill = BILL if self.with_bill or not listing else None
+        return JobState(
+            job_id, "succeeded", "completed", progress=1.0, video_url=url, billed_usd=bill
+        )
 
     def line(self, job_id: str) -> JobState:
         frozen = self.list_word is not None
@@ -116,6 +121,17 @@ def test_a_job_the_list_does_not_show_is_polled_on_its_own() -> None:
     }
     assert "job_a" not in api.gets
     assert "job_b" in api.gets
+
+
+def test_a_listed_end_without_its_bill_is_fetched() -> None:
+    """A completed job whose list line does not say what it billed is asked on its own:
+    the bill is what the run summary and `spend` report."""
+    clock = VirtualClock()
+    api = FakeApi(clock, {"job_a": 40.0})
+    api.with_bill = False
+    ended = follow_all(api)
+    assert isinstance(ended["job_a"], JobState) and ended["job_a"].billed_usd == BILL
+    assert api.gets == ["job_a"]
 
 
 def test_a_listed_end_without_its_result_url_is_fetched() -> None:
