@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio.to_thread
 
@@ -56,9 +56,16 @@ class Collected:
     """How collecting a completed job's result ended: the download, or why not."""
 
     download: Download | None = None
-    url: str | None = None  # a fresh result URL the job gave, to record
+    fresh: JobState | None = None  # the job asked again for a fresh URL, to record
     failed: str | None = None  # the job is gone with its video: the plan prices a re-render
     pending: str | None = None  # not now: the job is paid for, the next run tries again
+
+    @property
+    def fresh_url(self) -> dict[str, Any]:
+        """The entry's fields for the fresh URL, and when it expires (none if not asked)."""
+        if self.fresh is None or not self.fresh.video_url:
+            return {}
+        return {"result_url": self.fresh.video_url, "result_expires_at": url_expiry(self.fresh)}
 
 
 class Downloads:
@@ -122,13 +129,13 @@ class Downloads:
                 download = await self._fetch_once(url, output, seconds)
             except ResultExpired as exc:
                 try:
-                    fresh = await self.fresh_url(entry)
+                    fresh = await self.fresh_job(entry.job_id, entry.poll_url)
                 except TryLater as later:
                     why = f"result URL refused and the job could not be asked ({later})"
                     return Collected(pending=why)
                 if fresh is None:
                     return Collected(failed=_gone(entry, exc))
-                url = fresh
+                url = fresh.video_url or url
                 continue
             except RunFatal:
                 raise
@@ -136,9 +143,9 @@ class Downloads:
                 last_error = str(exc)
                 continue
             self.remember(entry.fingerprint, download.sha256, download.size)
-            return Collected(download=download, url=fresh)
+            return Collected(download=download, fresh=fresh)
         why = f"download failed ({last_error}); rerun to resume, the job is paid for"
-        return Collected(url=fresh, pending=why)
+        return Collected(fresh=fresh, pending=why)
 
     async def _fetch_once(
         self, url: str, output: PurePosixPath | None, seconds: Decimal | None
@@ -215,12 +222,10 @@ class Downloads:
         except (ApiError, OSError) as exc:
             return f"restore failed: {exc}"
         try:
-            job = await self._fresh_job(source.job_id)
+            job = await self.fresh_job(source.job_id)
             if job is not None and job.video_url:
-                fresh = job.video_url
-                await self.place(output, replace(source, url=fresh))
-                expires = job.expires_at or _expiry()
-                known = KnownUrl(fresh, expires, source.job_id, self.api)
+                await self.place(output, replace(source, url=job.video_url))
+                known = KnownUrl(job.video_url, url_expiry(job), source.job_id, self.api)
                 self.urls.put(source.sha256, known)
                 return None
         except (TryLater, ApiError, BadOutput, OSError) as exc:
@@ -231,16 +236,7 @@ class Downloads:
             "next plan prices a re-render"
         )
 
-    async def fresh_url(self, entry: Entry) -> str | None:
-        """A new result URL from the entry's job, None if it is gone; `TryLater` if unsure."""
-        return await self.fresh_job_url(entry.job_id, entry.poll_url)
-
-    async def fresh_job_url(self, job_id: str | None, poll_url: str | None = None) -> str | None:
-        """A new result URL from a job, None if the job is gone; `TryLater` if unsure."""
-        job = await self._fresh_job(job_id, poll_url)
-        return job.video_url if job is not None else None
-
-    async def _fresh_job(self, job_id: str | None, poll_url: str | None = None) -> JobState | None:
+    async def fresh_job(self, job_id: str | None, poll_url: str | None = None) -> JobState | None:
         """The job, finished with a result URL; None if it is gone; `TryLater` if unsure."""
         if job_id is None:
             return None
@@ -266,9 +262,9 @@ def _gone(entry: Entry, exc: ApiError) -> str:
     )
 
 
-def _expiry() -> datetime:
-    """When a URL the API just gave expires, when it does not say: the documented week."""
-    return datetime.now(UTC) + RESULT_RETENTION
+def url_expiry(job: JobState) -> datetime:
+    """When the URL a job just gave expires: as it says, else the documented week."""
+    return job.expires_at or datetime.now(UTC) + RESULT_RETENTION
 
 
 def _stage(path: Path, cached: Path, sha256: str) -> bool:

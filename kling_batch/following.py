@@ -179,15 +179,17 @@ class Follower:
         seconds = _known_seconds(item.render, entry)
         attempts = self.options.download_attempts
         got = await self.downloads.collect(entry, output, seconds=seconds, attempts=attempts)
-        fresh = {"result_url": got.url} if got.url else {}
+        fresh = got.fresh_url
         if got.failed is not None:
             return await self.record(item, "failed", got.failed, state="failed", error=got.failed)
         if got.download is None:
             pending = got.pending or "download failed; rerun to resume, the job is paid for"
             return await self.record(item, "pending", pending, error=pending, **fresh)
-        sha256, url = got.download.sha256, got.url or entry.result_url
-        if url and entry.result_expires_at:  # out of the lockfile, into the URL store
-            known = KnownUrl(url, entry.result_expires_at, entry.job_id, self.writer.lock.api)
+        sha256 = got.download.sha256
+        url = fresh.get("result_url", entry.result_url)
+        expires = fresh.get("result_expires_at", entry.result_expires_at)
+        if url and expires:  # out of the lockfile, into the URL store
+            known = KnownUrl(url, expires, entry.job_id, self.writer.lock.api)
             self.downloads.urls.put(sha256, known)
         done = {"output_sha256": sha256, "output_size": got.download.size, **_NO_URL}
         detail = str(output) if output is not None else "kept in the render cache (orphaned)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import stat
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from kling_batch.lockfile import load_lockfile
 from kling_batch.state import StateDir
@@ -106,3 +107,28 @@ def test_a_killed_run_keeps_the_urls_it_learnt(make_project: Callable[..., Proje
     done = [entry for entry in lock.shots.values() if entry.state == "done"]
     assert len(done) == 1 and done[0].output_sha256 is not None
     assert done[0].output_sha256 in url_store(project)
+
+
+def test_a_fresh_url_got_for_a_download_is_kept_with_its_own_expiry(
+    make_project: Callable[..., Project],
+) -> None:
+    """A run killed while downloading; the next finds the recorded URL refused, asks the
+    job for a fresh one and downloads: the URL store keeps the fresh URL with the expiry
+    the job gave, not the refused URL's (a later plan would stop offering it too soon)."""
+    project = make_project(ONE)
+    killed = run_and_kill(project, (), KillPoint(1, "download"))
+    assert isinstance(killed, Kill), killed
+    lock = load_lockfile(project.lock)
+    entry = lock.shots["bay"]
+    assert entry.state == "completed" and entry.result_url and entry.result_expires_at
+    soon = entry.result_expires_at - timedelta(days=6)  # distinct from any fresh expiry
+    broken = entry.result_url.replace("/cdn/", "/cdn/0000", 1)
+    lock.shots["bay"] = entry.model_copy(update={"result_url": broken, "result_expires_at": soon})
+    lock.save(project.lock)
+    result = project.run()
+    assert result.returncode == 0, result.stdout + result.stderr
+    done = load_lockfile(project.lock).shots["bay"]
+    assert done.state == "done" and done.output_sha256 is not None
+    stored = url_store(project)[done.output_sha256]
+    assert stored["url"] != broken
+    assert datetime.fromisoformat(stored["expires_at"]) > soon + timedelta(days=5)
