@@ -67,21 +67,28 @@ def verify_and_place(
     `seconds` and no length declared by the server, a video whose length is further than
     `LENGTH_TOLERANCE` from it.
     """
-    problem = mp4_problem(temp)
-    if problem is not None:
-        raise BadOutput(f"{target.name}: the download {problem}")
-    if sha256_file(temp) != download.sha256 or temp.stat().st_size != download.size:
-        raise BadOutput(f"{target.name}: the file on disk does not match what was received")
+    _verify(temp, download, target, seconds=seconds if expected is None else None)
     if expected is not None and download.sha256 != expected:
         raise BadOutput(
             f"{target.name}: the download is not the recorded render (sha256 "
             f"{untagged(download.sha256)[:12]}…, recorded {untagged(expected)[:12]}…)"
         )
-    if expected is None and seconds is not None and not download.length_declared:
-        _check_length(temp, target, seconds)
     with contextlib.suppress(OSError):  # the cache only saves money later; never block
         keep_in_cache(temp, cache(download.sha256), download.sha256)
     commit_temp(temp, target, mode=OUTPUT_MODE)
+
+
+def _verify(temp: Path, download: Download, target: Path, *, seconds: Decimal | None) -> None:
+    """Refuse (`BadOutput`, naming `target`) a download that is not a whole MP4, whose
+    bytes on disk are not those received, or, with `seconds` and no length declared by
+    the server, whose length is not the planned one."""
+    problem = mp4_problem(temp)
+    if problem is not None:
+        raise BadOutput(f"{target.name}: the download {problem}")
+    if sha256_file(temp) != download.sha256 or temp.stat().st_size != download.size:
+        raise BadOutput(f"{target.name}: the file on disk does not match what was received")
+    if seconds is not None and not download.length_declared:
+        _check_length(temp, target, seconds)
 
 
 def _check_length(temp: Path, target: Path, seconds: Decimal) -> None:
@@ -105,13 +112,7 @@ def verify_into_cache(
     """Verify a download as `verify_and_place` does and keep it only in the render cache
     (the render has no output path any more); returns the cached file."""
     cached = cache(download.sha256)
-    problem = mp4_problem(temp)
-    if problem is not None:
-        raise BadOutput(f"{cached.name}: the download {problem}")
-    if sha256_file(temp) != download.sha256 or temp.stat().st_size != download.size:
-        raise BadOutput(f"{cached.name}: the file on disk does not match what was received")
-    if seconds is not None and not download.length_declared:
-        _check_length(temp, cached, seconds)
+    _verify(temp, download, cached, seconds=seconds)
     keep_in_cache(temp, cached, download.sha256)
     return cached
 
