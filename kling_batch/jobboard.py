@@ -59,8 +59,8 @@ class Line:
 
 
 @dataclass
-class Follower:
-    """One job followed on the board: the lines read of it since it last looked, and an
+class Seat:
+    """A job's seat on the board: the lines rounds read of it since it last looked, and an
     event set when one says it ended."""
 
     job_id: str
@@ -96,7 +96,7 @@ class JobBoard:
         self.window = window
         self.offered: bool | None = None  # None until the first round tells
         self.rounds = 0
-        self._followers: dict[str, Follower] = {}
+        self._followers: dict[str, Seat] = {}
         self._next: _Round | None = None
         self._failures = 0
 
@@ -105,9 +105,9 @@ class JobBoard:
         """False once the run polls every job on its own."""
         return self.offered is not False
 
-    def follow(self, job_id: str) -> Follower:
+    def follow(self, job_id: str) -> Seat:
         """Start following a job (`leave` when it is no longer polled)."""
-        follower = self._followers.setdefault(job_id, Follower(job_id))
+        follower = self._followers.setdefault(job_id, Seat(job_id))
         return follower
 
     def leave(self, job_id: str) -> None:

@@ -16,7 +16,7 @@ import anyio
 
 from kling_batch.clock import Clock
 from kling_batch.errors import ApiError, JobNotFound, RetryableError, RunFatal
-from kling_batch.jobboard import Follower, JobBoard
+from kling_batch.jobboard import JobBoard, Seat
 from kling_batch.lockfile import Entry
 from kling_batch.pacing import JobWatch, measured_speed
 from kling_batch.payloads import JobState, is_known_status
@@ -97,7 +97,7 @@ class _Lines:
 
 
 async def _next_reading(
-    board: JobBoard, follower: Follower, watch: JobWatch, progress: Callable[[float | None], None]
+    board: JobBoard, follower: Seat, watch: JobWatch, progress: Callable[[float | None], None]
 ) -> JobState | None:
     """Wait until the job is due, or a round shows it ended; the last line rounds read of
     it meanwhile (no request), else its line in a round asked for now (None if the list
@@ -114,7 +114,7 @@ async def _next_reading(
 
 
 def _apply(
-    follower: Follower, watch: JobWatch, progress: Callable[[float | None], None]
+    follower: Seat, watch: JobWatch, progress: Callable[[float | None], None]
 ) -> JobState | None:
     """Take the job's lines read so far as readings; the line that ends it, else the
     last one (None when there is none)."""
