@@ -65,6 +65,12 @@ def untagged(digest: str) -> str:
     return digest.removeprefix("sha256:")
 
 
+def text_digest(text: str) -> str:
+    """The sha256 hex of any text, lone surrogates included (a cache's key for text read
+    from a file; never an error)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def sha256_text(text: str) -> str:
     """`sha256:<hex>` of UTF-8 text."""
     return tagged(hashlib.sha256(text.encode()).hexdigest())

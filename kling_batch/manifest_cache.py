@@ -17,7 +17,6 @@ values JSON cannot keep (TOML dates) are simply parsed every time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import tomllib
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kling_batch.cachefile import read_cache, write_cache
+from kling_batch.canonical import text_digest
 
 _VERSION = "manifest-chunks-1"
 _HEADER = re.compile(r"^[ \t]*\[\[[ \t]*shots[ \t]*\]\][ \t]*(?:#[^\n]*)?$", re.MULTILINE)
@@ -54,7 +54,7 @@ class ParseCache:
         digests: list[str] = []
         for start, end in zip(starts, [*starts[1:], len(text)], strict=True):
             chunk = text[start:end]
-            digest = _digest(chunk)
+            digest = text_digest(chunk)
             parsed = self._chunk(chunk, digest)
             tables = parsed.get("shots") if isinstance(parsed, dict) else None
             if len(parsed or ()) != 1 or not isinstance(tables, list):
@@ -69,7 +69,7 @@ class ParseCache:
 
     def _chunk(self, chunk: str, digest: str | None = None) -> Any:
         """One chunk's parse (from the cache when known), or None when it does not parse."""
-        digest = digest or _digest(chunk)
+        digest = digest or text_digest(chunk)
         known = self._known.get(digest)
         if isinstance(known, dict):
             self._used[digest] = known
@@ -96,7 +96,3 @@ def _json_safe(value: Any) -> bool:
     except (TypeError, ValueError, RecursionError):
         return False
     return True
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

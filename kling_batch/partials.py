@@ -7,10 +7,10 @@ the template engine.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from kling_batch import safefiles
+from kling_batch.canonical import tagged, text_digest
 from kling_batch.errors import UserError
 from kling_batch.limits import PARTIAL_MAX_BYTES
 
@@ -37,7 +37,7 @@ def partial_source(root: Path, name: str) -> tuple[Path | None, str]:
 
 def partial_digest_of(source: str) -> str:
     """How the plan cache records a partial's source."""
-    return "sha256:" + hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
+    return tagged(text_digest(source))
 
 
 def partial_digest(root: Path, name: str) -> str:

@@ -25,7 +25,6 @@ the files. Like every cache it may be damaged or missing (`kling_batch.cachefile
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from typing import Any
 
 from kling_batch.assets import Asset, AssetStore
 from kling_batch.cachefile import Blob, BlobWriter, Cold, read_cache, tool_identity, write_cache
+from kling_batch.canonical import text_digest
 from kling_batch.errors import AssetProblem
 from kling_batch.expand import RenderSpec
 from kling_batch.manifest import LoadedManifest, SourcedShot
@@ -50,7 +50,7 @@ def context_key(loaded: LoadedManifest) -> str:
     head = loaded.manifest.model_dump(mode="python", exclude={"shots", "include"})
     shared = {"tool": tool_identity(), "root": str(loaded.root.resolve()), "head": head}
     # Key order is kept: a table's order is what `.items()` or `{{ table }}` renders.
-    return _digest(json.dumps(shared, default=_typed))
+    return text_digest(json.dumps(shared, default=_typed))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +91,7 @@ class PlanCache:
         digest = sourced.digest
         if digest is None:  # not read through the TOML parse cache: digest its data
             data = sourced.shot.model_dump(mode="python")
-            digest = _digest(json.dumps(data, default=_typed))  # order matters: see above
+            digest = text_digest(json.dumps(data, default=_typed))  # order matters: see above
         shown = self._shown.get(sourced.file)
         if shown is None:
             shown = self._shown[sourced.file] = loaded.display(sourced.file)
@@ -283,7 +283,3 @@ def _asset(
 def _typed(value: Any) -> str:
     """JSON for values JSON has no type for (TOML dates in vars): type and repr."""
     return f"{type(value).__name__}:{value!r}"
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
