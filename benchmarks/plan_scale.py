@@ -33,7 +33,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kling_batch.lockfile import lock_path, new_entry
+from kling_batch.lockfile import new_entry
+from kling_batch.lockname import lock_path
 from kling_batch.plan import build_plan
 
 PNG = bytes.fromhex(

@@ -24,9 +24,9 @@ from kling_batch.state import StateDir
 
 log = logging.getLogger(__name__)
 
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
 _CACHE_MAX = 1024 * 1024 * 1024  # read only a regular file (never block on a FIFO)
-# A file changed within this window of being hashed may change again in the same mtime tick.
+# A file changed within this window of being hashed may change again in the same tick.
 _RACY_NS = 2_000_000_000
 _MILLISECOND = Decimal("0.001")
 
@@ -56,11 +56,29 @@ class Asset:
 
 @dataclass(slots=True)
 class _Entry:
+    """A file's hash, believed while the file's stat facts are the ones it was hashed at:
+    size, modification time, and inode and change time (a rewrite that keeps the size and
+    puts the modification time back still moves the change time, which no tool sets)."""
+
     size: int
     mtime_ns: int
+    ctime_ns: int
+    inode: int
     sha256: str
     hashed_ns: int
     seconds: str | None = None
+
+    def holds_for(self, stat: os.stat_result) -> bool:
+        """True when `stat` is the file this entry hashed, unchanged, and the hash was taken
+        long enough after its last change (a change in the same clock tick as the hash
+        would leave the same times: such an entry is never believed)."""
+        return (
+            self.size == stat.st_size
+            and self.mtime_ns == stat.st_mtime_ns
+            and self.ctime_ns == stat.st_ctime_ns
+            and self.inode == stat.st_ino
+            and self.hashed_ns - self.ctime_ns > _RACY_NS
+        )
 
 
 class AssetStore:
@@ -150,8 +168,8 @@ class AssetStore:
             self.state.ensure(create=False)
             return
         self.state.ensure()
-        # One row per file, [size, mtime_ns, sha256, hashed_ns(, seconds)]: rows read
-        # several times faster than objects (issue 13).
+        # One row per file, [size, mtime_ns, ctime_ns, inode, sha256, hashed_ns(, seconds)]:
+        # rows read several times faster than objects (issue 13).
         rows = ((key, self._row(key)) for key in sorted({*self._rows, *self._entries}))
         files = {key: row for key, row in rows if row is not None}
         payload = {"version": _CACHE_VERSION, "files": files}
@@ -162,7 +180,14 @@ class AssetStore:
         entry = self._entries.get(key)
         if entry is None:  # never asked for (kept as it was), or damaged (dropped)
             return None if key in self._entries else self._rows[key]
-        row: list[Any] = [entry.size, entry.mtime_ns, entry.sha256, entry.hashed_ns]
+        row: list[Any] = [
+            entry.size,
+            entry.mtime_ns,
+            entry.ctime_ns,
+            entry.inode,
+            entry.sha256,
+            entry.hashed_ns,
+        ]
         return row if entry.seconds is None else [*row, entry.seconds]
 
     def _resolve(self, ref: str) -> Asset:
@@ -232,15 +257,13 @@ class AssetStore:
         entry = self._entries.get(key)
         if entry is None and key in self._rows:
             entry = self._entries[key] = _from_row(self._rows[key])
-        if (
-            entry is not None
-            and entry.size == stat.st_size
-            and entry.mtime_ns == stat.st_mtime_ns
-            and entry.hashed_ns - entry.mtime_ns > _RACY_NS
-        ):
+        if entry is not None and entry.holds_for(stat):
             return entry
         hashed_ns = time.time_ns()
-        entry = _Entry(stat.st_size, stat.st_mtime_ns, sha256_file(Path(path)), hashed_ns)
+        sha256 = sha256_file(Path(path))
+        entry = _Entry(
+            stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, sha256, hashed_ns
+        )
         self._entries[key] = entry
         self._dirty = True
         return entry
@@ -268,8 +291,10 @@ class AssetStore:
 def _from_row(row: Any) -> _Entry | None:
     """A cache row as an entry; None for a damaged one (it is hashed again)."""
     try:
-        size, mtime_ns, sha256, hashed_ns, *rest = row
-        entry = _Entry(int(size), int(mtime_ns), str(sha256), int(hashed_ns))
+        size, mtime_ns, ctime_ns, inode, sha256, hashed_ns, *rest = row
+        entry = _Entry(
+            int(size), int(mtime_ns), int(ctime_ns), int(inode), str(sha256), int(hashed_ns)
+        )
         if rest:
             entry.seconds = str(rest[0])
     except (TypeError, ValueError):

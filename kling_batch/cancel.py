@@ -24,7 +24,8 @@ from kling_batch import ui
 from kling_batch.client import EmpirioClient
 from kling_batch.endpoint import api_identity, api_key_from_env, resolve_base_url
 from kling_batch.errors import ApiError, JobNotFound, RunFatal
-from kling_batch.lockfile import Entry, LockWriter, check_api, load_lockfile, lock_path
+from kling_batch.lockfile import Entry, LockWriter, check_api, load_lockfile
+from kling_batch.lockname import lock_path
 from kling_batch.manifest import require_manifest
 from kling_batch.runlock import hold_run_lock
 from kling_batch.selection import matches_any, require_matches

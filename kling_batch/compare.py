@@ -20,7 +20,7 @@ from typing import Any, Literal
 from kling_batch.canonical import plain_numbers
 from kling_batch.errors import UserError
 from kling_batch.gitref import Checkout, checkout_at
-from kling_batch.lockfile import lock_path
+from kling_batch.lockname import lock_path
 from kling_batch.plan import Plan, PlannedRender, build_plan
 from kling_batch.saved_plan import PlanOptions, is_saved_plan, load_plan
 from kling_batch.selection import matches_any

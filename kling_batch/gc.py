@@ -43,13 +43,13 @@ from kling_batch import safefiles, ui
 from kling_batch.canonical import sha256_file, tagged
 from kling_batch.errors import RunError
 from kling_batch.inventory import Inventory, read_inventory
-from kling_batch.lockfile import UNSETTLED, Entry, Lockfile, load_lockfile, lock_path
+from kling_batch.lockfile import UNSETTLED, Entry, Lockfile, load_lockfile
+from kling_batch.lockname import emulator_only_hint, lock_path
 from kling_batch.pricing import round_cost
 from kling_batch.reports import usd
 from kling_batch.runlock import hold_run_lock
 from kling_batch.shared_outputs import lockfiles_in
 from kling_batch.state import StateDir
-from kling_batch.status import emulator_only_hint
 
 GALLERY_FOLDER = "review"  # `kling-batch review` writes its gallery in <output_dir>/review/
 

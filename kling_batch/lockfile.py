@@ -288,34 +288,6 @@ def adopted_entry(stray: Entry, previous: Entry | None, render: RenderRecord) ->
 EMULATOR_API = "emulator"
 
 
-def lock_path(manifest: Path, *, emulator: bool = False) -> Path:
-    """`launch.toml` → `launch.lock` (or `launch.emulator.lock` for emulator renders).
-
-    A manifest named `*.emulator.toml` is refused: its lockfile would be another
-    manifest's emulator lockfile, and emulator renders must never pass for paid ones.
-    """
-    if manifest.stem.lower().endswith(".emulator"):
-        raise UserError(
-            f"a manifest named {manifest.name} would share its lockfile with the emulator "
-            f"renders of {manifest.stem.removesuffix('.emulator')}{manifest.suffix}; "
-            "rename it",
-            file=manifest,
-        )
-    twins = [
-        other
-        for other in (manifest.with_suffix(".toml"), manifest.with_suffix(".json"))
-        if other.name != manifest.name and other.is_file()
-    ]
-    if twins:
-        raise UserError(
-            f"{manifest.name} and {twins[0].name} would share one lockfile "
-            f"({manifest.stem}.lock) and overwrite each other's records; rename one",
-            file=manifest,
-        )
-    suffix = ".emulator.lock" if emulator else ".lock"
-    return manifest.with_name(manifest.stem + suffix)
-
-
 def check_api(lock: Lockfile, path: Path, api: str, *, doing: str = "a run") -> None:
     """Refuse `doing` (a run, a cancel) against `api` on a lockfile recorded against
     another API (`UserError`)."""

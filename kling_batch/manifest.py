@@ -124,6 +124,8 @@ class LoadedManifest:
     path: Path
     manifest: Manifest
     shots: tuple[SourcedShot, ...]
+    # The shot files `include` matched, in the order read (`included_files`).
+    included: tuple[Path, ...] = ()
 
     @property
     def root(self) -> Path:
@@ -147,10 +149,11 @@ def load_manifest(path: Path, cache: ParseCache | None = None) -> LoadedManifest
     data, digests = _read(path, "a manifest", cache)
     manifest = _validate(Manifest, path, data)
     shots = _sourced(manifest.shots, path, digests)
-    for included in _included_files(path, manifest.include):
+    files = included_files(path, manifest.include)
+    for included in files:
         data, digests = _read(included, "a shot file", cache)
         shots.extend(_sourced(_validate(IncludedShots, included, data).shots, included, digests))
-    return LoadedManifest(path, manifest, tuple(shots))
+    return LoadedManifest(path, manifest, tuple(shots), tuple(files))
 
 
 def _sourced(shots: list[Shot], path: Path, digests: list[str] | None) -> list[SourcedShot]:
@@ -226,7 +229,9 @@ def _toml_error_line(exc: tomllib.TOMLDecodeError) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _included_files(path: Path, patterns: list[str]) -> list[Path]:
+def included_files(path: Path, patterns: list[str]) -> list[Path]:
+    """The files the `include` globs of the manifest at `path` match, each once, the
+    manifest itself left out; a glob that matches nothing or leads out is refused."""
     root = path.parent.resolve()
     found: list[Path] = []
     for pattern in patterns:

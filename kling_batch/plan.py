@@ -30,7 +30,8 @@ from kling_batch.expand import Expansion, RenderSpec, check_render_count
 from kling_batch.kling_o3 import KlingO3Request
 from kling_batch.limits import MAX_RENDERS
 from kling_batch.lock_facts import EntryRecord, LockFacts, LockRecords, read_facts
-from kling_batch.lockfile import UNSETTLED, Lockfile, lock_path
+from kling_batch.lockfile import UNSETTLED, Lockfile
+from kling_batch.lockname import lock_path
 from kling_batch.manifest import LoadedManifest, SourcedShot, load_manifest
 from kling_batch.manifest_cache import ParseCache
 from kling_batch.plan_cache import PlanCache, context_key, decode
@@ -108,6 +109,8 @@ class Plan:
     followups: Sequence[PlanItem] = ()
     # The team's shared store (`kling_batch.remote`), if one is configured.
     remote: RemoteUrl | None = None
+    # The template partials the renders read: name → `partials.partial_digest`.
+    partials: Mapping[str, str] = field(default_factory=dict)
 
     @cached_property
     def lock(self) -> Lockfile:
@@ -223,13 +226,13 @@ def build_plan(
     items = [differ.item(r) for r in renders]
     orphans = _orphans(lock, set(differ.ids), adopted=differ.adopted)
     followups = [stray_item(key, lock.shots[key]) for key in differ.strays()]
-    # Written last, so a manifest error above leaves nothing behind. None is needed:
-    # a read-only checkout plans without them (only slower next time).
+    # Written last: a manifest error above leaves none. A read-only checkout plans without.
     store.save()
     partials = expansion.templates.loader.read if expansion.templates else {}
     _save_caches(state, save_lock_caches, parses.save, lambda: cache.save(partials))
     warnings = _warnings(renders, orphans)
-    return Plan(loaded, lock_file, lock, items, orphans, warnings, followups, shared)
+    read = {**cache.partials, **partials}  # those of shots from the cache, checked by it
+    return Plan(loaded, lock_file, lock, items, orphans, warnings, followups, shared, read)
 
 
 def _shared_store(loaded: LoadedManifest, remote: str | None) -> RemoteUrl | None:

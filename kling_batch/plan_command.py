@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -9,16 +10,18 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kling_batch import reports, ui
+from kling_batch import ui, uptodate
 from kling_batch.errors import UserError
 from kling_batch.limits import MAX_RENDERS
-from kling_batch.plan import Plan, build_plan
-from kling_batch.status import emulator_only_hint
+from kling_batch.lockname import emulator_only_hint
+from kling_batch.uptodate import StampKey
 
-# The run's modules (HTTP client, executor, job list) load only when a plan needs them:
-# `plan --check` on every save must not pay for importing them (issue 13).
+# Planning, reports and the run's modules (HTTP client, executor, job list) load only when
+# a plan needs them: `plan --check` on every save, answered from the up-to-date stamp,
+# must not pay for importing them (issue 13).
 if TYPE_CHECKING:
     from kling_batch.adoption import Resubmit
+    from kling_batch.plan import Plan
     from kling_batch.saved_plan import PlanOptions
 
 
@@ -50,6 +53,15 @@ class PlanRequest:
             max_renders=self.max_renders,
         )
 
+    @property
+    def stamp_key(self) -> StampKey | None:
+        """What an up-to-date stamp is keyed by (`kling_batch.uptodate`); None when the
+        report asked for is not the plain table a stamp holds."""
+        plain = self.fmt == "table" and self.resubmit_uncertain == "off"
+        if not plain or self.only or self.force or self.out or self.compare is not None:
+            return None
+        return StampKey(self.manifest, self.emulator, self.max_renders, self.remote)
+
 
 def plan_command(request: PlanRequest) -> int:
     """Plan a manifest and report it; returns the exit code (`--check`: 1 if anything runs)."""
@@ -59,16 +71,17 @@ def plan_command(request: PlanRequest) -> int:
         hint = emulator_only_hint(request.manifest, "plan")
         if hint is not None:
             ui.say(hint)
-    plan = build_plan(
-        request.manifest,
-        now=datetime.now(UTC),
-        only=request.only,
-        force=request.force,
-        emulator=request.emulator,
-        max_renders=request.max_renders,
-        api=partial(_expected_api, request.emulator),  # asked only if a restore is in question
-        remote=request.remote,
-    )
+    key = request.stamp_key
+    stamped = uptodate.answer(key) if key is not None else None
+    if stamped is not None:  # nothing changed since a plan with nothing to do
+        ui.print_lines(ui.stdout_console(), stamped)
+        return 0
+    started = time.time_ns()
+    plan = _plan(request)
+    if key is not None:
+        from kling_batch.reports import quiet_lines
+
+        uptodate.record(plan, key, quiet_lines(plan), started)
     if request.compare is not None:
         _report_comparison(plan, request)
     else:
@@ -81,6 +94,21 @@ def plan_command(request: PlanRequest) -> int:
     if request.check:
         return 1 if plan.has_work else 0
     return 0
+
+
+def _plan(request: PlanRequest) -> Plan:
+    from kling_batch.plan import build_plan
+
+    return build_plan(
+        request.manifest,
+        now=datetime.now(UTC),
+        only=request.only,
+        force=request.force,
+        emulator=request.emulator,
+        max_renders=request.max_renders,
+        api=partial(_expected_api, request.emulator),  # asked only if a restore is in question
+        remote=request.remote,
+    )
 
 
 def _refuse_saved_plan(path: Path) -> None:
@@ -109,6 +137,8 @@ def _expected_api(emulator: bool) -> str | None:
 
 def _report(plan: Plan, fmt: str, mode: Resubmit = "off") -> None:
     """The plan in `fmt`; with a resubmit mode, also the cost to run under it."""
+    from kling_batch import reports
+
     again = None
     if mode != "off":
         from kling_batch.resend import resend

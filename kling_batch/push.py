@@ -25,7 +25,8 @@ from kling_batch import ui
 from kling_batch.claims import RunIdentity
 from kling_batch.errors import BadOutput, RemoteError, UserError
 from kling_batch.gc import size_text
-from kling_batch.lockfile import Lockfile, LockWriter, load_lockfile, lock_path
+from kling_batch.lockfile import Lockfile, LockWriter, load_lockfile
+from kling_batch.lockname import lock_path
 from kling_batch.manifest import load_manifest
 from kling_batch.remote import ENV_VAR, RemoteStore, RemoteUrl, open_store, resolve_remote
 from kling_batch.remote_files import Pushed, StoredRender, push_render, record_of

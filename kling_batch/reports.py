@@ -13,9 +13,11 @@ from rich.text import Text
 
 from kling_batch import markdown
 from kling_batch.canonical import json_number
-from kling_batch.lockfile import UNSETTLED, lock_path
+from kling_batch.lockfile import UNSETTLED
+from kling_batch.lockname import lock_path
 from kling_batch.plan import Plan, PlanItem, stray_warning
 from kling_batch.pricing import TENTH_OF_A_CENT
+from kling_batch.ui import print_lines
 from kling_batch.worddiff import Piece, word_diff
 
 SYMBOLS = {
@@ -100,55 +102,82 @@ def _listed(plan: Plan) -> tuple[list[PlanItem], int]:
     return listed, len(plan.items) - len(listed)
 
 
+# A line of the table report: its text and its rich style.
+Line = tuple[str, str]
+LEGEND: Line = (
+    "Legend: + new  ~ changed  ! retry  > resume  < restore  ? uncertain  = unchanged; "
+    "(cost) is not paid by this run",
+    "dim",
+)
+
+
 def render_table(plan: Plan, console: Console) -> None:
     """Print the plan as a table: the summary first, then one row per render."""
-    console.print(Text(summary_line(plan), style="bold"))
-    for line in budget_lines(plan):
-        console.print(Text(line, style="bold red" if line.startswith("Warning") else ""))
+    listed, hidden = _listed(plan)
+    print_lines(console, _head_lines(plan))
+    if listed:
+        console.print(_table(listed))
+    print_lines(console, _tail_lines(plan, listed, hidden))
+
+
+def quiet_lines(plan: Plan) -> list[Line] | None:
+    """The table report of a plan that lists no render (more renders than are listed when
+    unchanged, every one unchanged) as its lines; None for a plan with rows to show."""
     listed, hidden = _listed(plan)
     if listed:
-        table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-        for name, justify in [
-            ("", "left"),
-            ("id", "left"),
-            ("workflow", "left"),
-            ("tier", "left"),
-            ("seconds", "right"),
-            ("cost", "right"),
-            ("notes", "left"),
-        ]:
-            table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
-        for item in listed:
-            render = item.render
-            style = STYLES[item.action]
-            cost = usd(render.cost) if item.paid else f"({usd(render.cost)})"
-            seconds = seconds_text(render.seconds) + ("*" if render.assumptions else "")
-            table.add_row(
-                Text(SYMBOLS[item.action], style=style),
-                Text(render.id, style=style),
-                render.workflow,
-                render.tier,
-                seconds,
-                cost,
-                _notes(item),
-            )
-        console.print(table)
+        return None
+    return [*_head_lines(plan), *_tail_lines(plan, listed, hidden)]
+
+
+def _head_lines(plan: Plan) -> list[Line]:
+    lines = [(summary_line(plan), "bold")]
+    for line in budget_lines(plan):
+        lines.append((line, "bold red" if line.startswith("Warning") else ""))
+    return lines
+
+
+def _table(listed: list[PlanItem]) -> Table:
+    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+    for name, justify in [
+        ("", "left"),
+        ("id", "left"),
+        ("workflow", "left"),
+        ("tier", "left"),
+        ("seconds", "right"),
+        ("cost", "right"),
+        ("notes", "left"),
+    ]:
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for item in listed:
+        render = item.render
+        style = STYLES[item.action]
+        cost = usd(render.cost) if item.paid else f"({usd(render.cost)})"
+        seconds = seconds_text(render.seconds) + ("*" if render.assumptions else "")
+        table.add_row(
+            Text(SYMBOLS[item.action], style=style),
+            Text(render.id, style=style),
+            render.workflow,
+            render.tier,
+            seconds,
+            cost,
+            _notes(item),
+        )
+    return table
+
+
+def _tail_lines(plan: Plan, listed: list[PlanItem], hidden: int) -> list[Line]:
+    lines: list[Line] = []
     if hidden:
-        console.print(f"{hidden:,} unchanged renders not listed (--format json lists all)")
+        lines.append((f"{hidden:,} unchanged renders not listed (--format json lists all)", ""))
     if any(item.render.assumptions for item in listed):
-        console.print("* seconds assumed; see notes")
+        lines.append(("* seconds assumed; see notes", ""))
     for orphan in plan.orphans:
         if orphan.state not in UNSETTLED:
-            console.print(
-                f"- {orphan.id} ({orphan.state}): in the lockfile, no longer in the manifest"
-            )
-    for warning in _grouped_warnings(plan):
-        console.print(Text(f"warning: {warning}", style="yellow"))
-    console.print(
-        "Legend: + new  ~ changed  ! retry  > resume  < restore  ? uncertain  = unchanged; "
-        "(cost) is not paid by this run",
-        style="dim",
-    )
+            text = f"- {orphan.id} ({orphan.state}): in the lockfile, no longer in the manifest"
+            lines.append((text, ""))
+    lines.extend((f"warning: {warning}", "yellow") for warning in _grouped_warnings(plan))
+    lines.append(LEGEND)
+    return lines
 
 
 def _grouped_warnings(plan: Plan) -> list[str]:

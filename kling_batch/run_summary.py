@@ -25,7 +25,8 @@ from decimal import Decimal
 from typing import Any
 
 from kling_batch import ui
-from kling_batch.lockfile import Lockfile, lock_path
+from kling_batch.lockfile import Lockfile
+from kling_batch.lockname import lock_path
 from kling_batch.outcomes import Outcome, RunReport
 from kling_batch.plan import Plan, PlanItem
 from kling_batch.reports import json_amount

@@ -23,7 +23,8 @@ from kling_batch.errors import LockWriteError, RefusedError, RunError
 from kling_batch.executor import Executor
 from kling_batch.following import RunOptions
 from kling_batch.limits import MAX_RENDERS
-from kling_batch.lockfile import LockWriter, check_api, lock_path
+from kling_batch.lockfile import LockWriter, check_api
+from kling_batch.lockname import lock_path
 from kling_batch.outcomes import RunReport
 from kling_batch.plan import Plan, PlanItem, build_plan
 from kling_batch.push import describe_unpushed

@@ -32,10 +32,10 @@ from rich.text import Text
 from kling_batch import ui
 from kling_batch.errors import UserError
 from kling_batch.inventory import read_inventory
-from kling_batch.lockfile import UNSETTLED, Charge, Entry, Lockfile, load_lockfile, lock_path
+from kling_batch.lockfile import UNSETTLED, Charge, Entry, Lockfile, load_lockfile
+from kling_batch.lockname import emulator_only_hint, lock_path
 from kling_batch.pricing import round_cost
 from kling_batch.reports import json_amount, usd
-from kling_batch.status import emulator_only_hint
 
 Status = Literal["billed", "failed", "rendering", "unreported", "no bill", "uncertain", "no job"]
 _NO_AMOUNT = "-"

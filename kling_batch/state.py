@@ -69,6 +69,10 @@ class StateDir:
         """Each shot's planned renders, for the plans of one lockfile."""
         return self.path / f"{lock_file.name}.plan.json"
 
+    def uptodate(self, lock_file: Path) -> Path:
+        """The stamp of the last plan of one lockfile that had nothing to do."""
+        return self.path / f"{lock_file.name}.uptodate.json"
+
     def parse_cache(self, manifest: Path) -> Path:
         """Parsed TOML shot tables of one manifest and its included files."""
         return self.path / f"{manifest.name}.parse.json"

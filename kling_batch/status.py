@@ -13,7 +13,8 @@ from rich.text import Text
 from kling_batch import safefiles
 from kling_batch.assets import AssetStore
 from kling_batch.errors import UserError
-from kling_batch.lockfile import Entry, load_lockfile, lock_path
+from kling_batch.lockfile import Entry, load_lockfile
+from kling_batch.lockname import emulator_only_hint, lock_path
 from kling_batch.manifest import Manifest, read_document, require_manifest
 from kling_batch.reports import usd
 from kling_batch.ui import say, write_data
@@ -74,17 +75,6 @@ def _output_dir(manifest: Path, *, emulator: bool) -> str:
         value = None
     output_dir = value if isinstance(value, str) else Manifest.model_fields["output_dir"].default
     return output_dir.rstrip("/") + "-emulator" if emulator else output_dir
-
-
-def emulator_only_hint(manifest: Path, command: str) -> str | None:
-    """A note when the manifest has emulator renders (`X.emulator.lock`) but no `X.lock`."""
-    real, emulated = lock_path(manifest), lock_path(manifest, emulator=True)
-    if real.exists() or not emulated.is_file():
-        return None
-    return (
-        f"note: {manifest.name} has only emulator renders ({emulated.name}, no {real.name}); "
-        f"add --emulator to see them: kling-batch {command} {manifest} --emulator"
-    )
 
 
 def show_status(manifest: Path, *, fmt: str, emulator: bool, console: Console) -> None:

@@ -14,6 +14,7 @@ import sys
 import time
 import traceback
 from collections import Counter
+from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 import click
@@ -31,10 +32,10 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from kling_batch.outcomes import RunReport
-from kling_batch.reports import render_table, usd
-
+# Plans and run reports are imported only where printed: `plan` answered from its
+# up-to-date stamp (`kling_batch.uptodate`) prints through this module without them.
 if TYPE_CHECKING:
+    from kling_batch.outcomes import RunReport
     from kling_batch.plan import Plan
 
 _FINAL = frozenset({"done", "failed", "uncertain", "pending", "skipped"})
@@ -79,6 +80,8 @@ def confirm(question: str) -> bool:
 
 def show_plan(plan: Plan) -> None:
     """The plan table on stderr, for a person about to confirm a run."""
+    from kling_batch.reports import render_table
+
     terminal = sys.stderr.isatty()
     console = Console(
         file=sys.stderr,
@@ -100,6 +103,12 @@ def stdout_console() -> Console:
         highlight=False,
         soft_wrap=False,
     )
+
+
+def print_lines(console: Console, lines: Sequence[tuple[str, str]]) -> None:
+    """Print report lines (text, rich style), each as it is: no markup read in them."""
+    for text, style in lines:
+        console.print(Text(text, style=style))
 
 
 class RunUI:
@@ -191,6 +200,8 @@ class RunUI:
 
 def print_summary(report: RunReport, out: IO[str] | None = None) -> None:
     """The end-of-run table: outcomes, estimated and billed cost, what to do next."""
+    from kling_batch.reports import usd
+
     out = out or sys.stdout
     console = Console(
         file=out,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -12,7 +13,8 @@ from typing import Any
 import pytest
 
 from kling_batch import assets as assets_module
-from kling_batch.lockfile import Lockfile, PastRender, lock_path, new_entry
+from kling_batch.lockfile import Lockfile, PastRender, new_entry
+from kling_batch.lockname import lock_path
 from kling_batch.plan import Plan, PlannedRender, build_plan
 from tests.conftest import NOW
 
@@ -298,6 +300,22 @@ def test_stat_cache_notices_an_edit(
     path = project('[[shots]]\nid = "a"\nprompt = "p"\nimage = "a.png"\n')
     first = build_plan(path, now=NOW).items[0].render.fingerprint
     picture.write_bytes(picture.read_bytes() + b"!")
+    assert build_plan(path, now=NOW).items[0].render.fingerprint != first
+
+
+def test_stat_cache_notices_an_edit_that_keeps_size_and_time(
+    project: Callable[..., Path], image: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An asset rewritten with other bytes of the same size and its modification time put
+    back (`cp -p`, a tool that keeps times) is hashed again: its change time moved."""
+    monkeypatch.setattr(assets_module, "_RACY_NS", 0)  # trust every hash at once
+    picture = image("a.png")
+    path = project('[[shots]]\nid = "a"\nprompt = "p"\nimage = "a.png"\n')
+    first = build_plan(path, now=NOW).items[0].render.fingerprint
+    info, data = picture.stat(), picture.read_bytes()
+    picture.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    os.utime(picture, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert picture.stat().st_size == info.st_size
     assert build_plan(path, now=NOW).items[0].render.fingerprint != first
 
 

@@ -26,7 +26,8 @@ from kling_batch import safefiles
 from kling_batch.cli import cli
 from kling_batch.errors import UserError
 from kling_batch.lock_facts import LockFacts
-from kling_batch.lockfile import Lockfile, PastRender, lock_path, new_entry, read_lockfile
+from kling_batch.lockfile import Lockfile, PastRender, new_entry, read_lockfile
+from kling_batch.lockname import lock_path
 from kling_batch.plan import Plan, build_plan
 from kling_batch.state import StateDir
 from tests.conftest import NOW

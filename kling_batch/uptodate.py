@@ -1,0 +1,217 @@
+"""The up-to-date stamp: a `plan` with nothing to do, answered again from `stat` alone.
+
+A make-style check runs on every save and in every CI job, and when nothing changed its
+answer is the one it gave last time (issue 13). After a plan whose run would do nothing
+and whose table lists no render (every render unchanged, more of them than are listed),
+`plan` stamps the answer in `.kling-batch/<lock name>.uptodate.json`: the report's lines,
+and every file and folder the answer depends on:
+
+- the manifest, the shot files its `include` globs matched, and the lockfile;
+- every local asset (by the path the manifest names: a link pointed elsewhere is a change)
+  and every output;
+- the folders below the manifest's folder that hold those (a folder swapped for a link,
+  or an entry added, removed or renamed in one, changes the folder's facts);
+- the template partials the renders read, by content (`kling_batch.partials`).
+
+The next `plan` with the same options stats each of them (files through links, folders
+not) and compares device, inode, type, size, modification and change times, digested in
+order, with the stamp's; it also matches the `include` globs again and reads the partials
+again. Anything different, missing or refused means no answer: a full plan, which finds and
+reports the change. A refused lockfile name or state folder is refused by that full plan.
+
+A plan reads its files while it runs; a file changed during the plan must not be stamped
+with facts newer than what the plan read. So every stamped fact's change time (which no
+tool can set back, unlike a modification time) must be `SETTLE_NS` before the plan began;
+otherwise no stamp is written and the next plan plans in full (and stamps). A plan that
+cannot be stamped removes the stamp it would replace.
+
+Like every cache it is keyed by what kling-batch is made of, never needed, and ignored
+when damaged (`kling_batch.cachefile`). Only `plan` in its default table report, without
+`--only`, `--force`, `--out`, `--compare` or `--resubmit-uncertain`, uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kling_batch.cachefile import read_cache, write_cache
+from kling_batch.errors import UserError
+from kling_batch.lockname import lock_path
+from kling_batch.partials import partial_digest
+from kling_batch.state import StateDir
+
+if TYPE_CHECKING:
+    from kling_batch.plan import Plan
+
+_VERSION = "uptodate-1"
+# How long before a plan began a stamped file must have last changed (the hash cache's
+# rule too: file systems with coarse times may show a later change at the same time).
+SETTLE_NS = 2_000_000_000
+# Report lines: text and rich style (`kling_batch.reports.quiet_lines`).
+Lines = list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class StampKey:
+    """The options a stamped answer holds for (the manifest's folder is the state's)."""
+
+    manifest: Path
+    emulator: bool
+    max_renders: int
+    remote: str | None
+
+    def text(self) -> str:
+        return json.dumps([self.manifest.name, self.emulator, self.max_renders, self.remote])
+
+    def stamp_path(self) -> Path | None:
+        """Where the stamp lives; None when the lockfile's name or the state folder would
+        be refused (the full plan says why)."""
+        try:
+            lock = lock_path(self.manifest, emulator=self.emulator)
+        except UserError:
+            return None
+        state = StateDir(self.manifest.parent)
+        return state.uptodate(lock) if state.usable() else None
+
+
+def answer(key: StampKey) -> Lines | None:
+    """The report of the stamped plan, when nothing it depended on changed; else None."""
+    path = key.stamp_path()
+    cached = read_cache(path, _VERSION) if path is not None else None
+    if cached is None:
+        return None
+    stamp, _ = cached
+    root = key.manifest.parent
+    try:
+        fine = (
+            stamp["key"] == key.text()
+            and _included(key.manifest, stamp["include"]) == stamp["included"]
+            and all(partial_digest(root, n) == d for n, d in stamp["partials"].items())
+            and _facts(root, _names(stamp["files"]), _names(stamp["folders"])) == stamp["facts"]
+        )
+        lines = [(str(text), str(style)) for text, style in stamp["lines"]]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None  # a stamp of another shape is no stamp
+    return lines if fine else None
+
+
+def record(plan: Plan, key: StampKey, lines: Lines | None, started_ns: int) -> None:
+    """Stamp `plan`'s answer (`lines`, None when it has rows to list) if its run would do
+    nothing and every file it depends on settled before it began (`started_ns`); else
+    remove the stamp it would replace."""
+    path = key.stamp_path()
+    if path is None:
+        return
+    stamp = _stamp(plan, key, lines, started_ns) if not plan.has_work else None
+    if stamp is not None:
+        write_cache(path, _VERSION, stamp)
+        return
+    with contextlib.suppress(OSError):  # a read-only checkout keeps no stamp to remove
+        path.unlink(missing_ok=True)
+
+
+def _stamp(
+    plan: Plan, key: StampKey, lines: Lines | None, started_ns: int
+) -> dict[str, Any] | None:
+    """The stamp's payload, or None when the answer cannot be stamped."""
+    loaded, root = plan.loaded, plan.loaded.root
+    if lines is None or plan.lock_path.parent != root:
+        return None
+    try:
+        included = _included(loaded.path, loaded.manifest.include)
+    except UserError:
+        return None
+    if included != [_shown(root, path) for path in loaded.included]:
+        return None  # the globs match otherwise than when the plan read them
+    files = _depended_on(plan)
+    if files is None:
+        return None
+    folders = sorted(_folders(files))
+    facts = _facts(root, files, folders, settled_before=started_ns - SETTLE_NS)
+    if facts is None:
+        return None
+    return {
+        "key": key.text(),
+        "include": list(loaded.manifest.include),
+        "included": included,
+        "partials": dict(plan.partials),
+        "files": "\0".join(files),
+        "folders": "\0".join(folders),
+        "facts": facts,
+        "lines": lines,
+    }
+
+
+def _depended_on(plan: Plan) -> list[str] | None:
+    """The files a plan's answer depends on, relative to the manifest's folder (sorted);
+    None when one lies outside it."""
+    loaded = plan.loaded
+    root = loaded.root
+    files = {loaded.path.name, plan.lock_path.name}
+    files.update(_shown(root, path) for path in loaded.included)
+    for item in plan.items:
+        render = item.render
+        files.add(str(render.output))
+        for asset in render.assets.values():
+            if asset.kind == "local":
+                files.add(os.path.normpath(asset.ref))
+    if any(name.startswith(("..", "/")) for name in files):
+        return None
+    return sorted(files)
+
+
+def _folders(files: Iterable[str]) -> set[str]:
+    """Every folder between the manifest's folder and each of `files` (relative, `/`)."""
+    folders: set[str] = set()
+    for name in files:
+        folder = name.rpartition("/")[0]
+        while folder and folder not in folders:
+            folders.add(folder)
+            folder = folder.rpartition("/")[0]
+    return folders
+
+
+def _facts(
+    root: Path, files: Sequence[str], folders: Sequence[str], settled_before: int | None = None
+) -> str | None:
+    """The digest of every file's (through links) and folder's (not) stat facts, in order;
+    None when one cannot be stat'ed or, given `settled_before`, changed since then."""
+    base = f"{root}{os.sep}"
+    parts = []
+    for stat, names in ((os.stat, files), (os.lstat, folders)):
+        for name in names:
+            try:
+                info = stat(base + name)
+            except (OSError, ValueError):
+                return None
+            if settled_before is not None and info.st_ctime_ns >= settled_before:
+                return None
+            parts.append(
+                f"{name}\0{info.st_dev} {info.st_ino} {info.st_mode} {info.st_size} "
+                f"{info.st_mtime_ns} {info.st_ctime_ns}\n"
+            )
+    return hashlib.sha256("".join(parts).encode()).hexdigest()
+
+
+def _included(manifest: Path, patterns: Sequence[str]) -> list[str]:
+    """The shot files `include` matches now, relative to the manifest's folder."""
+    if not patterns:
+        return []
+    from kling_batch.manifest import included_files  # only manifests that include any
+
+    return [_shown(manifest.parent, path) for path in included_files(manifest, list(patterns))]
+
+
+def _shown(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _names(joined: str) -> list[str]:
+    return joined.split("\0") if joined else []

@@ -1,0 +1,303 @@
+"""`plan` answered from its up-to-date stamp (issue 13): fast when nothing changed, and
+never when anything did.
+
+Each test makes a project of 121 done renders (more than the table lists when
+unchanged), plans it once so the stamp is written, changes one thing and plans again
+through the command line. A spy on `build_plan` tells a stamped answer (no planning) from
+a full plan. The stamp trusts only files whose change time is `SETTLE_NS` before a plan
+began; the tests set that to zero (their files were all written a moment ago), except
+where the rule itself is tested.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from kling_batch import plan as plan_module
+from kling_batch import uptodate
+from kling_batch.cli import cli
+from kling_batch.lockfile import load_lockfile, new_entry
+from kling_batch.lockname import lock_path
+from kling_batch.plan import Plan, build_plan
+from kling_batch.state import StateDir
+from tests.conftest import NOW
+
+RENDERS = 120  # matrix renders, plus one included shot
+REAL_SETTLE_NS = uptodate.SETTLE_NS
+SHOTS = f"""
+    budget_usd = 500
+    include = ["more/**/*.toml"]
+
+    [vars]
+    mood = "misty"
+
+    [[shots]]
+    id = "c-{{{{ n }}}}"
+    matrix = {{ n = {list(range(RENDERS))} }}
+    prompt = "{{{{ mood }}}} scene {{{{ n }}}}, {{% include 'style.j2' %}}"
+    image = "{{{{ 'img/a.png' if n < 60 else 'img/b.png' }}}}"
+    output = "{{{{ n // 10 }}}}/{{{{ n }}}}.mp4"
+"""
+
+
+class Spy:
+    """Counts the full plans made (`build_plan` calls)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, after: Callable[[], None] | None) -> None:
+        self.plans = 0
+        real = plan_module.build_plan
+
+        def spied(*args: object, **kwargs: object) -> Plan:
+            self.plans += 1
+            plan = real(*args, **kwargs)  # type: ignore[arg-type]
+            if after is not None:
+                after()
+            return plan
+
+        monkeypatch.setattr(plan_module, "build_plan", spied)
+
+
+@pytest.fixture(autouse=True)
+def settled_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(uptodate, "SETTLE_NS", 0)
+
+
+def mark_done(path: Path) -> Plan:
+    """Every render done in the lockfile, its output written."""
+    plan = build_plan(path, now=NOW)
+    for item in plan.items:
+        render = item.render
+        content = render.id.encode()
+        target = plan.loaded.root / render.output
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+        digest = "sha256:" + hashlib.sha256(content).hexdigest()
+        plan.lock.shots[render.id] = new_entry(
+            render, "done", output_sha256=digest, output_size=len(content)
+        )
+    plan.lock.save(lock_path(path))
+    return plan
+
+
+@pytest.fixture
+def stamped(
+    project: Callable[..., Path], image: Callable[[str], Path], tmp_path: Path
+) -> Iterator[Path]:
+    """A project whose 121 renders are done, planned once since: its stamp is written."""
+    image("img/a.png")
+    shutil.copy(image("img/a.png"), tmp_path / "img" / "b.png")
+    (tmp_path / "img" / "b.png").write_bytes(b"another picture")
+    (tmp_path / "style.j2").write_text("golden hour")
+    (tmp_path / "more" / "deeper").mkdir(parents=True)
+    (tmp_path / "more" / "x.toml").write_text('[[shots]]\nid = "x"\nprompt = "a fox"\n')
+    path = project(SHOTS)
+    mark_done(path)
+    first = plan(path)
+    assert first.exit_code == 0, first.output
+    assert "121 unchanged" in first.stdout
+    assert StateDir(tmp_path).uptodate(lock_path(path)).is_file()
+    yield path
+
+
+def plan(path: Path, *args: str) -> Result:
+    return CliRunner().invoke(cli, ["plan", str(path), *args])
+
+
+def plan_spied(
+    path: Path, monkeypatch: pytest.MonkeyPatch, *args: str, after: Callable[[], None] | None = None
+) -> tuple[Result, int]:
+    """`plan` through the command line, and how many full plans it made."""
+    with monkeypatch.context() as patch:
+        spy = Spy(patch, after)
+        result = plan(path, *args)
+    return result, spy.plans
+
+
+def same_size_edit(path: Path, data: bytes) -> None:
+    """Rewrite a file with other bytes of the same length, its modification time put back
+    (as a careless copy or a tool that keeps times would)."""
+    info = path.stat()
+    assert len(data) == info.st_size
+    path.write_bytes(data)
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
+def test_nothing_changed_is_answered_from_the_stamp(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same report, the budget line too, without planning; `--check` says 0."""
+    full = plan(stamped)
+    result, plans = plan_spied(stamped, monkeypatch, "--check")
+    assert (result.exit_code, plans) == (0, 0)
+    assert result.stdout == full.stdout
+    assert "Budget: $0.00 to run of $500.00" in result.stdout
+
+
+def test_other_reports_and_options_plan_in_full(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JSON, `--only`, `--emulator` and another `--max-renders` are not the stamped answer."""
+    for args in (["--format", "json"], ["--only", "c-1"], ["--emulator"], ["--max-renders", "9"]):
+        result, plans = plan_spied(stamped, monkeypatch, *args)
+        assert plans == 1, args
+    result, _ = plan_spied(stamped, monkeypatch, "--max-renders", "9")
+    assert result.exit_code == 2
+    assert "over the limit of 9" in result.output
+
+
+def _edit_asset(root: Path) -> None:
+    data = (root / "img" / "b.png").read_bytes()
+    same_size_edit(root / "img" / "b.png", data.upper())
+
+
+def _edit_output(root: Path) -> None:
+    same_size_edit(root / "renders" / "3" / "35.mp4", b"c-99")
+
+
+def _delete_output(root: Path) -> None:
+    (root / "renders" / "3" / "35.mp4").unlink()
+
+
+def _edit_lockfile(root: Path) -> None:
+    """c-35 recorded as failed, by hand."""
+    lock = load_lockfile(root / "manifest.lock")
+    lock.shots["c-35"] = lock.shots["c-35"].model_copy(update={"state": "failed"})
+    lock.save(root / "manifest.lock")
+
+
+def _edit_manifest(root: Path) -> None:
+    manifest = root / "manifest.toml"
+    manifest.write_text(manifest.read_text().replace("scene {{ n }}", "shot {{ n }}"))
+
+
+def _edit_partial(root: Path) -> None:
+    same_size_edit(root / "style.j2", b"golden HOUR")
+
+
+def _add_included_file(root: Path) -> None:
+    (root / "more" / "y.toml").write_text('[[shots]]\nid = "y"\nprompt = "an owl"\n')
+
+
+def _add_included_file_deeper(root: Path) -> None:
+    """A match in a folder no stamped file is in: only matching the glob again finds it."""
+    (root / "more" / "deeper" / "y.toml").write_text('[[shots]]\nid = "y"\nprompt = "an owl"\n')
+
+
+def _repoint_asset_folder(root: Path) -> None:
+    """`img` becomes a link to a copy whose b.png differs (its own facts unchanged)."""
+    shutil.copytree(root / "img", root / "img-v2", copy_function=shutil.copy2)
+    same_size_edit(root / "img-v2" / "b.png", b"ANOTHER PICTURE")
+    shutil.rmtree(root / "img")
+    (root / "img").symlink_to("img-v2")
+
+
+def listed(stdout: str, symbol: str, render_id: str) -> bool:
+    """True when the table lists `render_id` with the action `symbol`."""
+    return re.search(rf"^{re.escape(symbol)}\s+{re.escape(render_id)}\s", stdout, re.M) is not None
+
+
+@pytest.mark.parametrize(
+    ("change", "symbol", "render_id"),
+    [
+        (_edit_asset, "~", "c-60"),
+        (_edit_output, "~", "c-35"),
+        (_delete_output, "~", "c-35"),
+        (_edit_lockfile, "!", "c-35"),
+        (_edit_manifest, "~", "c-0"),
+        (_edit_partial, "~", "c-0"),
+        (_add_included_file, "+", "y"),
+        (_add_included_file_deeper, "+", "y"),
+        (_repoint_asset_folder, "~", "c-60"),
+    ],
+)
+def test_every_change_is_planned_in_full(
+    stamped: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    change: Callable[[Path], None],
+    symbol: str,
+    render_id: str,
+) -> None:
+    """A change the stamp's file facts must notice: the plan is made and reports it."""
+    change(stamped.parent)
+    result, plans = plan_spied(stamped, monkeypatch, "--check")
+    assert (result.exit_code, plans) == (1, 1), result.output
+    assert listed(result.stdout, symbol, render_id), result.stdout
+
+
+def test_output_folder_swapped_for_a_link_outside_is_refused(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The outputs moved out of the project and linked back (every file as it was): the
+    full plan refuses the folder, as without a stamp."""
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    (tmp_path / "renders" / "3").rename(outside)
+    (tmp_path / "renders" / "3").symlink_to(outside)
+    result, plans = plan_spied(stamped, monkeypatch, "--check")
+    assert (result.exit_code, plans) == (2, 1), result.output
+    assert "must be a relative file path inside output_dir" in result.output
+
+
+def test_a_twin_manifest_is_refused(stamped: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`manifest.json` beside `manifest.toml` would share its lockfile: refused, stamp or
+    not."""
+    (stamped.parent / "manifest.json").write_text("{}")
+    result, _ = plan_spied(stamped, monkeypatch, "--check")
+    assert result.exit_code == 2
+    assert "would share one lockfile" in result.output
+
+
+def test_a_file_saved_while_planning_is_not_stamped(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image saved (same size, same modification time) after the plan read it and
+    before the stamp is written: the stamp is not written, so the next plan sees it."""
+    (stamped.parent / "renders" / "3" / "35.mp4").unlink()  # a plan with work: no stamp
+    result, plans = plan_spied(stamped, monkeypatch, "--check")
+    assert (result.exit_code, plans) == (1, 1)
+    mark_done(stamped)
+    result, plans = plan_spied(
+        stamped, monkeypatch, "--check", after=lambda: _edit_asset(stamped.parent)
+    )
+    assert (result.exit_code, plans) == (0, 1)  # what it read was all done
+    result, plans = plan_spied(stamped, monkeypatch, "--check")
+    assert (result.exit_code, plans) == (1, 1), "the image saved during the plan was missed"
+    assert listed(result.stdout, "~", "c-60"), result.stdout
+
+
+def test_files_changed_just_before_the_plan_are_not_stamped(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the real rule, files written a moment ago (this test's) are not trusted: the
+    plan is made in full each time and no stamp is kept."""
+    monkeypatch.setattr(uptodate, "SETTLE_NS", REAL_SETTLE_NS)
+    _edit_manifest(stamped.parent)
+    mark_done(stamped)
+    for _ in range(2):
+        result, plans = plan_spied(stamped, monkeypatch, "--check")
+        assert (result.exit_code, plans) == (0, 1)
+    assert not StateDir(stamped.parent).uptodate(lock_path(stamped)).exists()
+
+
+def test_orphans_are_in_the_stamped_answer(stamped: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A done render no longer in the manifest is listed by the stamped answer as by the
+    full plan that made it."""
+    lock = load_lockfile(lock_path(stamped))
+    (stamped.parent / "more" / "x.toml").write_text('[[shots]]\nid = "z"\nprompt = "a fox"\n')
+    entry = lock.shots["x"]
+    assert entry.state == "done"
+    full, _ = plan_spied(stamped, monkeypatch)
+    assert "- x (done): in the lockfile, no longer in the manifest" in full.stdout
+    mark_done(stamped)
+    full, plans = plan_spied(stamped, monkeypatch)
+    again, stamped_plans = plan_spied(stamped, monkeypatch)
+    assert (plans, stamped_plans) == (1, 0)
+    assert again.stdout == full.stdout
+    assert "- x (done): in the lockfile, no longer in the manifest" in again.stdout
