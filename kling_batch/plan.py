@@ -378,8 +378,8 @@ def _planned(
 
 class _ProjectFiles:
     """`FileFacts` of a project: file hashes from the asset store's stat cache, and the
-    render cache's index. `api` may be what tells the API, asked when a restore is first
-    in question (a no-op plan never asks: telling it may load the HTTP client)."""
+    render cache's index. `api` may be what tells the API, asked only when the index has a
+    render to restore (telling it may load the HTTP client: most plans never ask)."""
 
     def __init__(self, store: AssetStore, lock_file: Path, api: ApiOf) -> None:
         self.store = store
@@ -396,9 +396,12 @@ class _ProjectFiles:
         return self.store.relative_hash(relative)
 
     def remembered_render(self, fingerprint: str) -> tuple[str, int] | None:
-        if self.api is None:
+        # Most renders to make have no index entry: the API (which may take loading the
+        # HTTP client to tell) is asked only when one has.
+        state = self.store.state
+        if state.remembered_render(self.lock_file, fingerprint) is None or self.api is None:
             return None
-        return self.store.state.remembered_render(self.lock_file, fingerprint, self.api)
+        return state.remembered_render(self.lock_file, fingerprint, self.api)
 
     def result_url(self, sha256: str) -> KnownUrl | None:
         if self._urls is None:  # read only when a restore is in question

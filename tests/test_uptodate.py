@@ -15,6 +15,8 @@ import hashlib
 import os
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -301,3 +303,34 @@ def test_orphans_are_in_the_stamped_answer(stamped: Path, monkeypatch: pytest.Mo
     assert (plans, stamped_plans) == (1, 0)
     assert again.stdout == full.stdout
     assert "- x (done): in the lockfile, no longer in the manifest" in again.stdout
+
+
+LOADED = """
+import sys
+from kling_batch import uptodate
+uptodate.SETTLE_NS = 0
+from kling_batch.cli import main
+sys.argv = ["kling-batch", "plan", sys.argv[1]]
+try:
+    main()
+except SystemExit:
+    pass
+print(" ".join(name for name in ("kling_batch.plan", "httpx") if name in sys.modules))
+"""
+
+
+def loaded_by_plan(path: Path) -> set[str]:
+    """Which of planning's and the HTTP client's modules a `plan` process loaded."""
+    done = subprocess.run(
+        [sys.executable, "-c", LOADED, str(path)], capture_output=True, text=True, check=True
+    )
+    return set(done.stdout.splitlines()[-1].split())
+
+
+def test_a_stamped_answer_loads_no_planning_and_an_edit_no_http_client(stamped: Path) -> None:
+    """What keeps `plan` on every save cheap: answered from the stamp, it does not load
+    the planning modules; planning an edit does not load the HTTP client (it is loaded
+    only to tell which API made a cached render there is to restore)."""
+    assert loaded_by_plan(stamped) == set()
+    _edit_manifest(stamped.parent)
+    assert loaded_by_plan(stamped) == {"kling_batch.plan"}
