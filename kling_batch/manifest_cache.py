@@ -23,7 +23,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from kling_batch.cachefile import read_cache, write_cache
+from kling_batch.cachefile import read_cache, worth_rewriting, write_cache
 from kling_batch.canonical import text_digest
 
 _VERSION = "manifest-chunks-1"
@@ -39,7 +39,7 @@ class ParseCache:
         chunks = cached[0].get("chunks") if cached is not None else None
         self._known: dict[str, Any] = chunks if isinstance(chunks, dict) else {}
         self._used: dict[str, Any] = {}
-        self._learnt = False
+        self._new = 0
 
     def parse_toml(self, text: str) -> tuple[dict[str, Any], list[str]] | None:
         """The document and each shot's chunk digest, or None when the cut cannot be
@@ -80,12 +80,14 @@ class ParseCache:
             return None
         if _json_safe(parsed):  # TOML dates have no JSON form: such a chunk is not kept
             self._used[digest] = parsed
-            self._learnt = True
+            self._new += 1
         return parsed
 
     def save(self) -> None:
-        """Keep the chunks this plan used (and only those) if any was new."""
-        if self.path is None or not (self._learnt or len(self._used) < len(self._known)):
+        """Keep the chunks this plan used (and only those) when enough of them are new, or
+        enough known ones went unused (`cachefile.worth_rewriting`)."""
+        unused = len(self._known) - (len(self._used) - self._new)
+        if self.path is None or not worth_rewriting(self._new + unused, len(self._used)):
             return
         write_cache(self.path, _VERSION, {"chunks": self._used})
 

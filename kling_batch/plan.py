@@ -365,14 +365,12 @@ def _planned(
     """Every chosen render, planned (or from the cache); a shot planned whole is cached."""
     renders: list[PlannedRender] = []
     for shot in shots:
-        planned = [
-            item if isinstance(item, PlannedRender) else plan_render(item, store)
-            for item in shot.items
-            if chosen(item.id, item.tags)
-        ]
+        picked = [item for item in shot.items if chosen(item.id, item.tags)]
+        planned = [i if isinstance(i, PlannedRender) else plan_render(i, store) for i in picked]
         renders.extend(planned)
         if not shot.whole and len(planned) == len(shot.items):
-            cache.learn(shot.key, shot.start, planned)
+            fresh = sum(not isinstance(item, PlannedRender) for item in picked)
+            cache.learn(shot.key, shot.start, planned, fresh)
     return renders
 
 

@@ -33,7 +33,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kling_batch.assets import Asset, AssetStore
-from kling_batch.cachefile import Blob, BlobWriter, Cold, read_cache, tool_identity, write_cache
+from kling_batch.cachefile import (
+    Blob,
+    BlobWriter,
+    Cold,
+    read_cache,
+    tool_identity,
+    worth_rewriting,
+    write_cache,
+)
 from kling_batch.canonical import text_digest
 from kling_batch.errors import AssetProblem
 from kling_batch.expand import RenderSpec
@@ -79,11 +87,11 @@ class PlanCache:
             data = {"units": {}, "partials": {}}
         self.context = context
         self._units: dict[str, Any] = data["units"]
-        self._read = len(self._units)
+        self._read = set(self._units)
         self._blob = blob
         self.partials: dict[str, str] = data["partials"]
         self._kept: dict[str, tuple[int | None, Sequence[PlannedRender]] | CachedShot] = {}
-        self._learnt = False
+        self._fresh = 0  # renders planned from scratch
         self._shown: dict[Path, str] = {}
 
     def key(self, loaded: LoadedManifest, sourced: SourcedShot) -> str:
@@ -126,17 +134,21 @@ class PlanCache:
         (copied into the next cache file without re-encoding its renders)."""
         self._kept[key] = shot
 
-    def learn(self, key: str, start: int | None, renders: Sequence[PlannedRender]) -> None:
-        """Remember a shot planned from scratch."""
+    def learn(
+        self, key: str, start: int | None, renders: Sequence[PlannedRender], fresh: int
+    ) -> None:
+        """Remember a shot planned (`fresh` of its renders from scratch)."""
         self.keep(key, start, renders)
-        self._learnt = True
+        self._fresh += fresh
 
     def save(self, partials: Mapping[str, str]) -> None:
-        """Write the shots of this plan (and only those) when anything changed."""
+        """Write the shots of this plan (and only those) when enough renders were planned
+        from scratch, or enough cached shots went unused (`cachefile.worth_rewriting`)."""
         if self.path is None:
             return
         merged = {**self.partials, **partials}
-        if not self._learnt and len(self._kept) == self._read and merged == self.partials:
+        unused = len(self._read.difference(self._kept))
+        if not worth_rewriting(self._fresh + unused, self._size()):
             return
         blob, copies = BlobWriter(), _Copies()
         units = {}
@@ -149,6 +161,13 @@ class PlanCache:
         copies.flush(blob)
         payload = {"context": self.context, "partials": merged, "units": units}
         write_cache(self.path, _VERSION, payload, blob)
+
+    def _size(self) -> int:
+        """How many renders the shots kept for the next plan hold."""
+        return sum(
+            len(kept.renders) if isinstance(kept, CachedShot) else len(kept[1])
+            for kept in self._kept.values()
+        )
 
 
 class _Copies:

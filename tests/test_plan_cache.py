@@ -561,3 +561,31 @@ def test_a_cache_made_elsewhere_is_never_believed(project: Callable[..., Path]) 
     _plant(cache, planted, f"{version} {ours}")
     plans.unlink()
     assert build_plan(path, now=NOW).items[0].render.tier == "4k"
+
+
+def test_a_big_cache_is_not_rewritten_for_one_edit_and_stays_right(
+    project: Callable[..., Path],
+) -> None:
+    """1,200 shots: one edited prompt is planned (and parsed) again by every plan rather
+    than rewriting both caches; each plan still says what changed and sends what a cold
+    plan sends. Editing a tenth of the shots rewrites them."""
+    shots = "".join(f'[[shots]]\nid = "s{n}"\nprompt = "shot {n} at dusk"\n\n' for n in range(1200))
+    path = project(shots)
+    build_plan(path, now=NOW)
+    state = StateDir(path.parent)
+    caches = [state.plan_cache(lock_path(path)), state.parse_cache(path)]
+    written = [cache.read_bytes() for cache in caches]
+    path.write_text(path.read_text().replace("shot 7 at dusk", "shot 7 at dawn"))
+    for _ in range(2):
+        plan = build_plan(path, now=NOW)
+        assert [cache.read_bytes() for cache in caches] == written
+        assert _prompts(plan)["s7"] == "shot 7 at dawn"
+    text = path.read_text()
+    for n in range(100, 220):  # a tenth of the shots
+        text = text.replace(f"shot {n} at dusk", f"shot {n} at noon")
+    path.write_text(text)
+    plan = build_plan(path, now=NOW)
+    assert all(cache.read_bytes() != old for cache, old in zip(caches, written, strict=True))
+    assert _prompts(plan) == _prompts(build_plan(path, now=NOW)) == _prompts(_cold(path))
+    assert _prompts(plan)["s150"] == "shot 150 at noon"
+    assert _prompts(plan)["s7"] == "shot 7 at dawn"
