@@ -15,7 +15,8 @@ renders (ids, request fields and body, assets, price, fingerprint, output, warni
 - the index of its first render, when one of its templates reads `shot` (or includes a
   partial, which may);
 - each local asset's content: resolved again through the asset store (a `stat`, the hash
-  cache), compared with the hash the renders were planned with;
+  cache), compared with the hash the renders were planned with; a local input the
+  manifest names but the workflow does not send must still be there;
 - each output path's folder and kind (not a folder; its folder does not lead out).
 
 Any difference plans the shot from scratch, as without a cache. The cache records facts
@@ -50,7 +51,7 @@ from kling_batch.partials import partial_digest
 from kling_batch.planned import Deferred, PlannedRender
 from kling_batch.pricing import Price, price_rows
 
-_VERSION = "plan-units-6"
+_VERSION = "plan-units-7"
 
 
 def context_key(loaded: LoadedManifest) -> str:
@@ -222,6 +223,7 @@ def _encode(start: int | None, renders: Sequence[PlannedRender], blob: BlobWrite
             render.assumptions,
             render.warnings,
             tuple((key, a.ref, a.kind, a.sha256, a.size) for key, a in render.assets.items()),
+            render.unsent,
         )
         index = common.setdefault(shared, len(common))
         fields, body = blob.add(_text(render.fields_data)), blob.add(_text(render.body_data))
@@ -268,14 +270,20 @@ def decode(
 
 
 def _common(values: Sequence[Any], store: AssetStore) -> dict[str, Any] | None:
-    """What renders share, as `PlannedRender` fields; None when an asset changed."""
-    take, workflow, cost, seconds, row, tags, assumptions, warnings, assets = values
+    """What renders share, as `PlannedRender` fields; None when an asset changed (or an
+    input named but not sent can no longer be read)."""
+    take, workflow, cost, seconds, row, tags, assumptions, warnings, assets, unsent = values
     resolved = {}
     for key, ref, kind, sha256, size in assets:
         asset = _asset(store, ref, kind, sha256, size)
         if asset is None:
             return None
         resolved[key] = asset
+    try:
+        for ref in unsent:
+            store.resolve_local(ref)
+    except AssetProblem:
+        return None
     return {
         "take": take,
         "workflow": workflow,
@@ -284,6 +292,7 @@ def _common(values: Sequence[Any], store: AssetStore) -> dict[str, Any] | None:
         "assumptions": tuple(assumptions),
         "warnings": tuple(warnings),
         "assets": resolved,
+        "unsent": tuple(unsent),
     }
 
 

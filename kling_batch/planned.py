@@ -59,6 +59,9 @@ class PlannedRender:
     assumptions: tuple[str, ...]
     warnings: tuple[str, ...]
     model: KlingO3Request | None = field(default=None, compare=False, repr=False)
+    # Local files the manifest names for this render that its workflow does not send:
+    # still refused when missing, so they are checked like the assets sent.
+    unsent: tuple[str, ...] = ()
 
     @property
     def fields(self) -> Mapping[str, Any]:

@@ -7,10 +7,11 @@ and whose table lists no render (every render unchanged, more of them than are l
 and every file and folder the answer depends on:
 
 - the manifest, the shot files its `include` globs matched, and the lockfile;
-- every local asset (by the path the manifest names: a link pointed elsewhere is a change)
-  and every output;
-- the folders below the manifest's folder that hold those (a folder swapped for a link,
-  or an entry added, removed or renamed in one, changes the folder's facts);
+- every local input (by the path the manifest names: a link pointed elsewhere is a change;
+  also those the workflow does not send) and every output;
+- the folders below the manifest's folder that hold those, and where each link among them
+  leads (a folder swapped for a link, or an entry added, removed or renamed in one,
+  changes the folder's facts);
 - the template partials the renders read, by content (`kling_batch.partials`).
 
 The next `plan` with the same options stats each of them (files through links, folders
@@ -22,7 +23,9 @@ reports the change. A refused lockfile name or state folder is refused by that f
 A plan reads its files while it runs; a file changed during the plan must not be stamped
 with facts newer than what the plan read. So every stamped fact's change time (which no
 tool can set back, unlike a modification time) must be `SETTLE_NS` before the plan began;
-otherwise no stamp is written and the next plan plans in full (and stamps). A plan that
+otherwise no stamp is written and the next plan plans in full (and stamps). This trusts
+the file system's clock to agree with this machine's within that margin, as the hash
+cache does (a network file server whose clock runs behind could defeat it). A plan that
 cannot be stamped removes the stamp it would replace.
 
 Like every cache it is keyed by what kling-batch is made of, never needed, and ignored
@@ -88,15 +91,17 @@ def answer(key: StampKey) -> Lines | None:
     if cached is None:
         return None
     stamp, _ = cached
-    root = key.manifest.parent
+    root = key.manifest.parent.resolve()
     try:
         fine = (
             stamp["key"] == key.text()
+            and _facts(root, _names(stamp["files"]), _names(stamp["folders"])) == stamp["facts"]
             and _included(key.manifest, stamp["include"]) == stamp["included"]
             and all(partial_digest(root, n) == d for n, d in stamp["partials"].items())
-            and _facts(root, _names(stamp["files"]), _names(stamp["folders"])) == stamp["facts"]
         )
         lines = [(str(text), str(style)) for text, style in stamp["lines"]]
+    except UserError:
+        return None  # the globs no longer match: the full plan says what is wrong
     except (KeyError, TypeError, ValueError, AttributeError):
         return None  # a stamp of another shape is no stamp
     return lines if fine else None
@@ -131,9 +136,9 @@ def _stamp(
     if included != [_shown(root, path) for path in loaded.included]:
         return None  # the globs match otherwise than when the plan read them
     files = _depended_on(plan)
-    if files is None:
+    folders = _folders_of(root, files) if files is not None else None
+    if files is None or folders is None:
         return None
-    folders = sorted(_folders(files))
     facts = _facts(root, files, folders, settled_before=started_ns - SETTLE_NS)
     if facts is None:
         return None
@@ -150,8 +155,9 @@ def _stamp(
 
 
 def _depended_on(plan: Plan) -> list[str] | None:
-    """The files a plan's answer depends on, relative to the manifest's folder (sorted);
-    None when one lies outside it."""
+    """The files a plan's answer depends on, relative to the manifest's folder (sorted),
+    as named (never normalised: the file system resolves a link before a `..` after it);
+    None when one is absolute."""
     loaded = plan.loaded
     root = loaded.root
     files = {loaded.path.name, plan.lock_path.name}
@@ -159,15 +165,32 @@ def _depended_on(plan: Plan) -> list[str] | None:
     for item in plan.items:
         render = item.render
         files.add(str(render.output))
-        for asset in render.assets.values():
-            if asset.kind == "local":
-                files.add(os.path.normpath(asset.ref))
-    if any(name.startswith(("..", "/")) for name in files):
+        files.update(a.ref for a in render.assets.values() if a.kind == "local")
+        files.update(render.unsent)
+    if any(name.startswith("/") for name in files):
         return None
     return sorted(files)
 
 
-def _folders(files: Iterable[str]) -> set[str]:
+def _folders_of(root: Path, files: Iterable[str]) -> list[str] | None:
+    """Every folder between the manifest's folder and each of `files`, and, for each of
+    those (or of the files) that is a link, every folder on the way to where it leads (a
+    folder there swapped for a link moves its facts); None when a link leads out."""
+    folders = _ancestors(files)
+    base = root.resolve()
+    for name in sorted({*files, *folders}):
+        path = root / name
+        if not path.is_symlink():
+            continue
+        real = path.resolve()
+        if not real.is_relative_to(base):
+            return None
+        led_to = real.relative_to(base).as_posix()
+        folders |= _ancestors([led_to]) | ({led_to} if real.is_dir() else set())
+    return sorted(folders)
+
+
+def _ancestors(files: Iterable[str]) -> set[str]:
     """Every folder between the manifest's folder and each of `files` (relative, `/`)."""
     folders: set[str] = set()
     for name in files:

@@ -334,3 +334,87 @@ def test_a_stamped_answer_loads_no_planning_and_an_edit_no_http_client(stamped: 
     assert loaded_by_plan(stamped) == set()
     _edit_manifest(stamped.parent)
     assert loaded_by_plan(stamped) == {"kling_batch.plan"}
+
+
+def _restamp(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plan in full (nothing to do) so the stamp holds the project as it now is."""
+    result, plans = plan_spied(path, monkeypatch, "--check")
+    assert (result.exit_code, plans) == (0, 1), result.output
+    result, plans = plan_spied(path, monkeypatch, "--check")
+    assert (result.exit_code, plans) == (0, 0), "not stamped"
+
+
+@pytest.mark.parametrize("folder", ["img", "renders"])
+def test_a_linked_folder_whose_target_moves_out_is_refused(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, folder: str
+) -> None:
+    """`img` (or `renders`) is a link to `pool`, a folder of the project; `pool` is moved
+    out of the project and linked back, every file in it as it was: refused, as a full
+    plan refuses it."""
+    (tmp_path / folder).rename(tmp_path / "pool")
+    (tmp_path / folder).symlink_to("pool")
+    _restamp(stamped, monkeypatch)
+    outside = tmp_path.parent / f"{tmp_path.name}-pool"
+    (tmp_path / "pool").rename(outside)
+    (tmp_path / "pool").symlink_to(outside)
+    result, plans = plan_spied(stamped, monkeypatch, "--check")
+    assert (result.exit_code, plans) == (2, 1), result.output
+    assert "outside" in result.output
+
+
+def test_an_input_named_through_a_link_and_dotdot_is_checked(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`link/../b.png` where `link` leads into `img/deeper`: the file read is
+    `img/b.png` (the link first, then `..`), and its change is caught."""
+    (tmp_path / "img" / "deeper").mkdir()
+    (tmp_path / "link").symlink_to("img/deeper")
+    stamped.write_text(stamped.read_text().replace("'img/b.png'", "'link/../b.png'"))
+    mark_done(stamped)
+    plan_spied(stamped, monkeypatch, "--check")
+    _edit_asset(tmp_path)
+    result, _ = plan_spied(stamped, monkeypatch, "--check")
+    assert result.exit_code == 1, result.output
+    assert listed(result.stdout, "~", "c-60"), result.stdout
+
+
+def test_a_missing_input_the_workflow_does_not_send_is_refused(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A text-to-video shot that names an image (not sent, a warning says), alone in its
+    folder: the image deleted is refused by the next plan, stamped, cached or cold alike."""
+    (tmp_path / "more" / "x.toml").write_text(
+        '[[shots]]\nid = "x"\nprompt = "a fox"\nworkflow = "t2v"\nimage = "spare/unused.png"\n'
+    )
+    (tmp_path / "spare").mkdir()
+    shutil.copy(tmp_path / "img" / "a.png", tmp_path / "spare" / "unused.png")
+    mark_done(stamped)
+    _restamp(stamped, monkeypatch)
+    (tmp_path / "spare" / "unused.png").unlink()
+    result, plans = plan_spied(stamped, monkeypatch, "--check")
+    assert (result.exit_code, plans) == (2, 1), result.output
+    assert "spare/unused.png" in result.output
+
+
+def test_a_stale_stamp_of_a_removed_include_does_not_stand_in_the_way(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The included shot moved into the manifest and its folder removed: the stamp's
+    old globs match nothing, and the plan goes on without them."""
+    text = stamped.read_text().replace('include = ["more/**/*.toml"]\n', "")
+    stamped.write_text(text + '\n[[shots]]\nid = "x"\nprompt = "a fox"\n')
+    shutil.rmtree(tmp_path / "more")
+    result, plans = plan_spied(stamped, monkeypatch, "--check")
+    assert (result.exit_code, plans) == (0, 1), result.output
+    assert "121 unchanged" in result.stdout
+
+
+def test_a_manifest_named_relative_to_the_working_folder_is_answered(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`plan manifest.toml` from the project's folder uses the stamp (its partials are
+    found from the same folder, however it is named)."""
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        result, plans = plan_spied(Path("manifest.toml"), monkeypatch, "--check")
+        assert (result.exit_code, plans) == (0, 0), result.output
