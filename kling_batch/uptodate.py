@@ -39,6 +39,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,12 +178,14 @@ def _folders_of(root: Path, files: Iterable[str]) -> list[str] | None:
     those (or of the files) that is a link, every folder on the way to where it leads (a
     folder there swapped for a link moves its facts); None when a link leads out."""
     folders = _ancestors(files)
-    base = root.resolve()
+    base, prefix = root.resolve(), f"{root}{os.sep}"
     for name in sorted({*files, *folders}):
-        path = root / name
-        if not path.is_symlink():
-            continue
-        real = path.resolve()
+        try:  # a str path: thousands of them, no Path objects
+            if not stat.S_ISLNK(os.lstat(prefix + name).st_mode):
+                continue
+        except (OSError, ValueError):
+            return None
+        real = (root / name).resolve()
         if not real.is_relative_to(base):
             return None
         led_to = real.relative_to(base).as_posix()
@@ -208,10 +211,10 @@ def _facts(
     None when one cannot be stat'ed or, given `settled_before`, changed since then."""
     base = f"{root}{os.sep}"
     parts = []
-    for stat, names in ((os.stat, files), (os.lstat, folders)):
+    for look, names in ((os.stat, files), (os.lstat, folders)):
         for name in names:
             try:
-                info = stat(base + name)
+                info = look(base + name)
             except (OSError, ValueError):
                 return None
             if settled_before is not None and info.st_ctime_ns >= settled_before:

@@ -476,14 +476,16 @@ def test_warm_facts_restore_an_earlier_render_from_history(warm: Path) -> None:
 def test_planning_leaves_the_garbage_collector_as_it_found_it(
     warm: Path, project: Callable[..., Path]
 ) -> None:
-    """A plan collects garbage rarely while it runs (speed), and puts the collector's pace
-    back after, also when the manifest is refused: a run goes on at Python's own pace."""
+    """A plan pauses the garbage collector while it runs (speed) and resumes it after,
+    also when the manifest is refused: a run goes on collecting as Python does."""
     before = gc.get_threshold()
+    assert gc.isenabled()
     build_plan(warm, now=NOW)
-    assert gc.get_threshold() == before
+    assert gc.isenabled()
     broken = project('[[shots]]\nid = "x"\nprompt = "p"\nmodel_tier = "ultra"\n', name="bad.toml")
     with pytest.raises(UserError):
         build_plan(broken, now=NOW)
+    assert gc.isenabled()
     assert gc.get_threshold() == before
 
 
