@@ -9,6 +9,9 @@ Every path under the folder is built here and nowhere else:
      ├── <lock name>.facts.json  what planning reads of a lockfile, keyed by its sha256
      │                           (plan; `kling_batch.lock_facts`)
      ├── <lock name>.plan.json   each shot's planned renders (plan; `kling_batch.plan_cache`)
+     ├── <lock name>.uptodate.json
+     │                           the last plan that had nothing to do and the stat facts
+     │                           of what it read (plan; `kling_batch.uptodate`)
      ├── <manifest name>.parse.json
      │                           parsed TOML shot tables by digest (plan;
      │                           `kling_batch.manifest_cache`)
