@@ -40,7 +40,7 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,7 +54,7 @@ from kling_batch.state import StateDir
 if TYPE_CHECKING:
     from kling_batch.plan import Plan
 
-_VERSION = "uptodate-1"
+_VERSION = "uptodate-2"
 # How long before a plan began a stamped file must have last changed (the hash cache's
 # rule too: file systems with coarse times may show a later change at the same time).
 SETTLE_NS = 2_000_000_000
@@ -96,7 +96,7 @@ def answer(key: StampKey) -> Lines | None:
     try:
         fine = (
             stamp["key"] == key.text()
-            and _facts(root, _names(stamp["files"]), _names(stamp["folders"])) == stamp["facts"]
+            and _unchanged(root, stamp["files"], stamp["folders"], stamp["facts"])
             and _included(key.manifest, stamp["include"]) == stamp["included"]
             and all(partial_digest(root, n) == d for n, d in stamp["partials"].items())
         )
@@ -136,41 +136,47 @@ def _stamp(
         return None
     if included != [_shown(root, path) for path in loaded.included]:
         return None  # the globs match otherwise than when the plan read them
-    files = _depended_on(plan)
-    folders = _folders_of(root, files) if files is not None else None
-    if files is None or folders is None:
+    groups = _depended_on(plan)
+    folders = _folders_of(root, [n for g in groups for n in g]) if groups is not None else None
+    if groups is None or folders is None:
         return None
-    facts = _facts(root, files, folders, settled_before=started_ns - SETTLE_NS)
-    if facts is None:
+    settled = started_ns - SETTLE_NS
+    looks = [*((os.stat, group) for group in groups), (os.lstat, folders)]
+    facts = [_facts(root, names, look, settled_before=settled) for look, names in looks]
+    if None in facts:
         return None
     return {
         "key": key.text(),
         "include": list(loaded.manifest.include),
         "included": included,
         "partials": dict(plan.partials),
-        "files": "\0".join(files),
+        "files": ["\0".join(group) for group in groups],
         "folders": "\0".join(folders),
         "facts": facts,
         "lines": lines,
     }
 
 
-def _depended_on(plan: Plan) -> list[str] | None:
-    """The files a plan's answer depends on, relative to the manifest's folder (sorted),
-    as named (never normalised: the file system resolves a link before a `..` after it);
-    None when one is absolute."""
+def _depended_on(plan: Plan) -> list[list[str]] | None:
+    """The files a plan's answer depends on, relative to the manifest's folder, in three
+    sorted groups, most often changed first (the manifest, its included files and the
+    lockfile; the inputs; the outputs), as named (never normalised: the file system
+    resolves a link before a `..` after it); None when one is absolute."""
     loaded = plan.loaded
     root = loaded.root
-    files = {loaded.path.name, plan.lock_path.name}
-    files.update(_shown(root, path) for path in loaded.included)
+    head = {loaded.path.name, plan.lock_path.name}
+    head.update(_shown(root, path) for path in loaded.included)
+    inputs: set[str] = set()
+    outputs: set[str] = set()
     for item in plan.items:
         render = item.render
-        files.add(str(render.output))
-        files.update(a.ref for a in render.assets.values() if a.kind == "local")
-        files.update(render.unsent)
-    if any(name.startswith("/") for name in files):
+        outputs.add(str(render.output))
+        inputs.update(a.ref for a in render.assets.values() if a.kind == "local")
+        inputs.update(render.unsent)
+    groups = [sorted(head), sorted(inputs), sorted(outputs)]
+    if any(name.startswith("/") for group in groups for name in group):
         return None
-    return sorted(files)
+    return groups
 
 
 def _folders_of(root: Path, files: Iterable[str]) -> list[str] | None:
@@ -204,25 +210,37 @@ def _ancestors(files: Iterable[str]) -> set[str]:
     return folders
 
 
+def _unchanged(root: Path, files: Sequence[str], folders: str, facts: Sequence[str]) -> bool:
+    """True when each group of files (through links) and the folders (not) have the stat
+    facts stamped; looked at in order, the first difference ends it."""
+    looks = [*((os.stat, _names(group)) for group in files), (os.lstat, _names(folders))]
+    if len(looks) != len(facts):
+        return False
+    pairs = zip(looks, facts, strict=True)
+    return all(_facts(root, names, look) == got for (look, names), got in pairs)
+
+
 def _facts(
-    root: Path, files: Sequence[str], folders: Sequence[str], settled_before: int | None = None
+    root: Path,
+    names: Sequence[str],
+    look: Callable[[str], os.stat_result],
+    settled_before: int | None = None,
 ) -> str | None:
-    """The digest of every file's (through links) and folder's (not) stat facts, in order;
-    None when one cannot be stat'ed or, given `settled_before`, changed since then."""
+    """The digest of the stat facts (by `look`) of every one of `names`, in order; None
+    when one cannot be stat'ed or, given `settled_before`, changed since then."""
     base = f"{root}{os.sep}"
     parts = []
-    for look, names in ((os.stat, files), (os.lstat, folders)):
-        for name in names:
-            try:
-                info = look(base + name)
-            except (OSError, ValueError):
-                return None
-            if settled_before is not None and info.st_ctime_ns >= settled_before:
-                return None
-            parts.append(
-                f"{name}\0{info.st_dev} {info.st_ino} {info.st_mode} {info.st_size} "
-                f"{info.st_mtime_ns} {info.st_ctime_ns}\n"
-            )
+    for name in names:
+        try:
+            info = look(base + name)
+        except (OSError, ValueError):
+            return None
+        if settled_before is not None and info.st_ctime_ns >= settled_before:
+            return None
+        parts.append(
+            f"{name}\0{info.st_dev} {info.st_ino} {info.st_mode} {info.st_size} "
+            f"{info.st_mtime_ns} {info.st_ctime_ns}\n"
+        )
     return hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
