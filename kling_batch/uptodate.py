@@ -189,9 +189,9 @@ def _folders_of(root: Path, files: Iterable[str]) -> list[str] | None:
         try:  # a str path: thousands of them, no Path objects
             if not stat.S_ISLNK(os.lstat(prefix + name).st_mode):
                 continue
-        except (OSError, ValueError):
+            real = (root / name).resolve(strict=True)
+        except (OSError, ValueError, RuntimeError):  # gone, or links in a loop: no stamp
             return None
-        real = (root / name).resolve()
         if not real.is_relative_to(base):
             return None
         led_to = real.relative_to(base).as_posix()
