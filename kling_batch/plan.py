@@ -512,7 +512,7 @@ def plan_render(spec: RenderSpec, store: AssetStore) -> PlannedRender:
     )
     body = kling_o3.wire_request(request, workflow)
     sent = {key: asset for key, asset in assets.items() if key.partition(".")[0] in body}
-    unsent = [a.ref for k, a in assets.items() if k not in sent and a.kind == "local"]
+    unsent = {k: a for k, a in assets.items() if k not in sent and a.kind == "local"}
     return PlannedRender(
         id=spec.id,
         shot=spec.shot,
@@ -528,7 +528,7 @@ def plan_render(spec: RenderSpec, store: AssetStore) -> PlannedRender:
         assumptions=tuple(assumptions),
         warnings=tuple(warnings),
         model=request,
-        unsent=tuple(unsent),
+        unsent=unsent,
     )
 
 

@@ -15,8 +15,8 @@ renders (ids, request fields and body, assets, price, fingerprint, output, warni
 - the index of its first render, when one of its templates reads `shot` (or includes a
   partial, which may);
 - each local asset's content: resolved again through the asset store (a `stat`, the hash
-  cache), compared with the hash the renders were planned with; a local input the
-  manifest names but the workflow does not send must still be there;
+  cache), compared with the hash the renders were planned with; so is each local input
+  the manifest names but the workflow does not send (its length and size are read);
 - each output path's folder and kind (not a folder; its folder does not lead out).
 
 Any difference plans the shot from scratch, as without a cache. The cache records facts
@@ -51,7 +51,7 @@ from kling_batch.partials import partial_digest
 from kling_batch.planned import Deferred, PlannedRender
 from kling_batch.pricing import Price, price_rows
 
-_VERSION = "plan-units-7"
+_VERSION = "plan-units-8"
 
 
 def context_key(loaded: LoadedManifest) -> str:
@@ -222,14 +222,18 @@ def _encode(start: int | None, renders: Sequence[PlannedRender], blob: BlobWrite
             render.tags,
             render.assumptions,
             render.warnings,
-            tuple((key, a.ref, a.kind, a.sha256, a.size) for key, a in render.assets.items()),
-            render.unsent,
+            _assets(render.assets),
+            _assets(render.unsent),
         )
         index = common.setdefault(shared, len(common))
         fields, body = blob.add(_text(render.fields_data)), blob.add(_text(render.body_data))
         row = [render.id, render.shot, render.fingerprint, str(render.output), index]
         rows.append([*row, *fields, *body])
     return {"start": start, "common": list(common), "renders": rows}
+
+
+def _assets(assets: Mapping[str, Asset]) -> tuple[tuple[Any, ...], ...]:
+    return tuple((key, a.ref, a.kind, a.sha256, a.size) for key, a in assets.items())
 
 
 def _text(value: Mapping[str, Any] | Deferred) -> bytes:
@@ -270,19 +274,11 @@ def decode(
 
 
 def _common(values: Sequence[Any], store: AssetStore) -> dict[str, Any] | None:
-    """What renders share, as `PlannedRender` fields; None when an asset changed (or an
-    input named but not sent can no longer be read)."""
-    take, workflow, cost, seconds, row, tags, assumptions, warnings, assets, unsent = values
-    resolved = {}
-    for key, ref, kind, sha256, size in assets:
-        asset = _asset(store, ref, kind, sha256, size)
-        if asset is None:
-            return None
-        resolved[key] = asset
-    try:
-        for ref in unsent:
-            store.resolve_local(ref)
-    except AssetProblem:
+    """What renders share, as `PlannedRender` fields; None when an asset changed (one
+    sent, or one named but not sent: its length and size are still read)."""
+    take, workflow, cost, seconds, row, tags, assumptions, warnings, sent, named = values
+    assets, unsent = _resolved(sent, store), _resolved(named, store)
+    if assets is None or unsent is None:
         return None
     return {
         "take": take,
@@ -291,9 +287,20 @@ def _common(values: Sequence[Any], store: AssetStore) -> dict[str, Any] | None:
         "tags": tuple(tags),
         "assumptions": tuple(assumptions),
         "warnings": tuple(warnings),
-        "assets": resolved,
-        "unsent": tuple(unsent),
+        "assets": assets,
+        "unsent": unsent,
     }
+
+
+def _resolved(assets: Sequence[Sequence[Any]], store: AssetStore) -> dict[str, Asset] | None:
+    """Cached assets resolved again; None when one is no longer what it was."""
+    resolved = {}
+    for key, ref, kind, sha256, size in assets:
+        asset = _asset(store, ref, kind, sha256, size)
+        if asset is None:
+            return None
+        resolved[key] = asset
+    return resolved
 
 
 def _asset(

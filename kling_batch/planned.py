@@ -60,8 +60,9 @@ class PlannedRender:
     warnings: tuple[str, ...]
     model: KlingO3Request | None = field(default=None, compare=False, repr=False)
     # Local files the manifest names for this render that its workflow does not send:
-    # still refused when missing, so they are checked like the assets sent.
-    unsent: tuple[str, ...] = ()
+    # still read (a video's length, a file's size: refusals and warnings), so they are
+    # checked like the assets sent; never part of the fingerprint.
+    unsent: Mapping[str, Asset] = field(default_factory=dict)
 
     @property
     def fields(self) -> Mapping[str, Any]:

@@ -172,7 +172,7 @@ def _depended_on(plan: Plan) -> list[list[str]] | None:
         render = item.render
         outputs.add(str(render.output))
         inputs.update(a.ref for a in render.assets.values() if a.kind == "local")
-        inputs.update(render.unsent)
+        inputs.update(a.ref for a in render.unsent.values())
     groups = [sorted(head), sorted(inputs), sorted(outputs)]
     if any(name.startswith("/") for group in groups for name in group):
         return None
@@ -181,22 +181,60 @@ def _depended_on(plan: Plan) -> list[list[str]] | None:
 
 def _folders_of(root: Path, files: Iterable[str]) -> list[str] | None:
     """Every folder between the manifest's folder and each of `files`, and, for each of
-    those (or of the files) that is a link, every folder on the way to where it leads (a
-    folder there swapped for a link moves its facts); None when a link leads out."""
+    those (or of the files) that is a link, every link met on the way to where it leads
+    and every folder there (a link pointed elsewhere, or a folder swapped for a link,
+    moves its facts); None when a link leads out, dangles or loops."""
     folders = _ancestors(files)
-    base, prefix = root.resolve(), f"{root}{os.sep}"
+    base = str(root.resolve())
     for name in sorted({*files, *folders}):
         try:  # a str path: thousands of them, no Path objects
-            if not stat.S_ISLNK(os.lstat(prefix + name).st_mode):
+            if not stat.S_ISLNK(os.lstat(f"{base}/{name}").st_mode):
                 continue
-            real = (root / name).resolve(strict=True)
-        except (OSError, ValueError, RuntimeError):  # gone, or links in a loop: no stamp
+            way = _way(base, name)
+        except (OSError, ValueError):
             return None
-        if not real.is_relative_to(base):
+        if way is None:
             return None
-        led_to = real.relative_to(base).as_posix()
-        folders |= _ancestors([led_to]) | ({led_to} if real.is_dir() else set())
+        links, led_to = way
+        folders |= links | _ancestors([led_to])
+        if Path(base, led_to).is_dir():
+            folders.add(led_to)
     return sorted(folders)
+
+
+# Links followed resolving one path before they count as a loop.
+_HOPS = 40
+
+
+def _way(base: str, name: str) -> tuple[set[str], str] | None:
+    """`name` resolved under `base` step by step: the links met and where it leads, both
+    relative to `base`; None when it leads out or the links loop. (`os.path.realpath`
+    gives only the end; a link met halfway must be stamped too.)"""
+    pending, at, links, hops = name.split("/"), list[str](), set[str](), 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not at:
+                return None
+            at.pop()
+            continue
+        path = "/".join([*at, part])
+        if not stat.S_ISLNK(os.lstat(f"{base}/{path}").st_mode):
+            at.append(part)
+            continue
+        links.add(path)
+        hops += 1
+        if hops > _HOPS:
+            return None
+        target = str(Path(base, path).readlink())
+        if target.startswith("/"):
+            if not target.startswith(f"{base}/"):
+                return None
+            at, target = [], target.removeprefix(f"{base}/")
+        pending = [*target.split("/"), *pending]
+    return links, "/".join(at)
 
 
 def _ancestors(files: Iterable[str]) -> set[str]:

@@ -30,7 +30,7 @@ from kling_batch.lockfile import load_lockfile, new_entry
 from kling_batch.lockname import lock_path
 from kling_batch.plan import Plan, build_plan
 from kling_batch.state import StateDir
-from tests.conftest import NOW
+from tests.conftest import EXAMPLES, NOW
 
 RENDERS = 120  # matrix renders, plus one included shot
 REAL_SETTLE_NS = uptodate.SETTLE_NS
@@ -418,3 +418,62 @@ def test_a_manifest_named_relative_to_the_working_folder_is_answered(
     for _ in range(2):
         result, plans = plan_spied(Path("manifest.toml"), monkeypatch, "--check")
         assert (result.exit_code, plans) == (0, 0), result.output
+
+
+def test_a_link_met_halfway_pointed_elsewhere_is_refused(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`img/b.png` links to `../lnk/b.png` and `lnk` to `store`. `lnk` is then pointed
+    outside the project, at a folder holding the same file (a hard link made before the
+    stamp, so its facts are the same): the link met halfway is stamped too, and the plan
+    refuses the image as a full plan does."""
+    (tmp_path / "store").mkdir()
+    (tmp_path / "img" / "b.png").rename(tmp_path / "store" / "b.png")
+    (tmp_path / "lnk").symlink_to("store")
+    (tmp_path / "img" / "b.png").symlink_to("../lnk/b.png")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    os.link(tmp_path / "store" / "b.png", outside / "b.png")
+    _restamp(stamped, monkeypatch)
+    (tmp_path / "lnk").unlink()
+    (tmp_path / "lnk").symlink_to(outside)
+    result, plans = plan_spied(stamped, monkeypatch, "--check")
+    assert (result.exit_code, plans) == (2, 1), result.output
+    assert "outside" in result.output
+
+
+def test_an_input_not_sent_is_still_read_and_checked(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A text-to-video shot names a reference video it does not send; its length is still
+    read (and warned about). Overwritten with what is no video, it is refused by the next
+    plan, as a cold plan refuses it: the cached plan does not keep the old answer."""
+    (tmp_path / "more" / "x.toml").write_text(
+        '[[shots]]\nid = "x"\nprompt = "a fox"\nworkflow = "t2v"\n'
+        'reference_videos = ["spare/r.mp4"]\n'
+    )
+    (tmp_path / "spare").mkdir()
+    shutil.copy(EXAMPLES / "edit" / "clips" / "long-take.mp4", tmp_path / "spare" / "r.mp4")
+    mark_done(stamped)
+    _restamp(stamped, monkeypatch)
+    (tmp_path / "spare" / "r.mp4").write_bytes(b"not a video at all")
+    result, plans = plan_spied(stamped, monkeypatch, "--check")
+    assert (result.exit_code, plans) == (2, 1), result.output
+    assert "reference_videos" in result.output
+
+
+def test_resolving_a_stamped_path_ends_on_loops_and_outside(tmp_path: Path) -> None:
+    """The walk that finds every link on a stamped path: links met and where it leads;
+    nothing for links that go round in a loop or out of the project."""
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "a.png").write_bytes(b"a")
+    (tmp_path / "lnk").symlink_to("store")
+    (tmp_path / "via").symlink_to("lnk/a.png")
+    (tmp_path / "p").symlink_to("q")
+    (tmp_path / "q").symlink_to("p")
+    (tmp_path / "out").symlink_to(tmp_path.parent)
+    base = str(tmp_path.resolve())
+    assert uptodate._way(base, "via") == ({"via", "lnk"}, "store/a.png")
+    assert uptodate._way(base, "p/x.png") is None
+    assert uptodate._way(base, "out/x.png") is None
+    assert uptodate._way(base, "store/../lnk/a.png") == ({"lnk"}, "store/a.png")
