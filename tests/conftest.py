@@ -2,17 +2,45 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import textwrap
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+if TYPE_CHECKING:
+    from kling_batch.plan import Plan
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def mark_done(path: Path) -> Plan:
+    """Plan `path` and record every render done in its lockfile, each output written (its
+    render id as its bytes); the plan it marked."""
+    from kling_batch.lockfile import new_entry
+    from kling_batch.lockname import lock_path
+    from kling_batch.plan import build_plan
+
+    plan = build_plan(path, now=NOW)
+    for item in plan.items:
+        render = item.render
+        content = render.id.encode()
+        target = plan.loaded.root / render.output
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+        digest = "sha256:" + hashlib.sha256(content).hexdigest()
+        plan.lock.shots[render.id] = new_entry(
+            render, "done", output_sha256=digest, output_size=len(content)
+        )
+    plan.lock.save(lock_path(path))
+    return plan
+
 
 HEADER = 'version = 1\nname = "test"\noutput_dir = "renders"\n'
 

@@ -26,11 +26,11 @@ from kling_batch import safefiles
 from kling_batch.cli import cli
 from kling_batch.errors import UserError
 from kling_batch.lock_facts import LockFacts
-from kling_batch.lockfile import Lockfile, PastRender, new_entry, read_lockfile
+from kling_batch.lockfile import Lockfile, PastRender, read_lockfile
 from kling_batch.lockname import lock_path
 from kling_batch.plan import Plan, build_plan
 from kling_batch.state import StateDir
-from tests.conftest import NOW
+from tests.conftest import NOW, mark_done
 from tests.hostile.test_state_dir import kling, read_only
 
 SHOTS = """
@@ -75,18 +75,7 @@ def warm(project: Callable[..., Path], image: Callable[[str], Path], tmp_path: P
     write(image("b.png"), b"another picture")
     (tmp_path / "style.j2").write_text("golden hour")
     path = project(SHOTS)
-    plan = build_plan(path, now=NOW)
-    for item in plan.items:
-        render = item.render
-        content = render.id.encode()
-        target = plan.loaded.root / render.output
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
-        digest = "sha256:" + hashlib.sha256(content).hexdigest()
-        plan.lock.shots[render.id] = new_entry(
-            render, "done", output_sha256=digest, output_size=len(content)
-        )
-    plan.lock.save(lock_path(path))
+    mark_done(path)
     assert set(actions(build_plan(path, now=NOW)).values()) == {("unchanged", ())}
     return path
 
@@ -343,16 +332,7 @@ def test_one_image_of_a_matrix_changed_replans_only_its_renders(
     write(image("y.png"), b"a picture of y")
     body = '[[shots]]\nid = "m-{{ i }}-{{ n }}"\nmatrix = { i = ["x", "y"], n = [1, 2] }\n'
     path = project(body + 'prompt = "take {{ n }}"\nimage = "{{ i }}.png"\n')
-    plan = build_plan(path, now=NOW)
-    for item in plan.items:
-        content = item.render.id.encode()
-        (tmp_path / item.render.output).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / item.render.output).write_bytes(content)
-        digest = "sha256:" + hashlib.sha256(content).hexdigest()
-        plan.lock.shots[item.render.id] = new_entry(
-            item.render, "done", output_sha256=digest, output_size=len(content)
-        )
-    plan.lock.save(lock_path(path))
+    mark_done(path)
     build_plan(path, now=NOW)
     write(tmp_path / "y.png", b"y, edited")
     plan = plan_again(path)

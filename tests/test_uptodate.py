@@ -11,7 +11,6 @@ where the rule itself is tested.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -26,11 +25,11 @@ from click.testing import CliRunner, Result
 from kling_batch import plan as plan_module
 from kling_batch import uptodate
 from kling_batch.cli import cli
-from kling_batch.lockfile import load_lockfile, new_entry
+from kling_batch.lockfile import load_lockfile
 from kling_batch.lockname import lock_path
-from kling_batch.plan import Plan, build_plan
+from kling_batch.plan import Plan
 from kling_batch.state import StateDir
-from tests.conftest import EXAMPLES, NOW
+from tests.conftest import EXAMPLES, mark_done
 
 RENDERS = 120  # matrix renders, plus one included shot
 REAL_SETTLE_NS = uptodate.SETTLE_NS
@@ -70,23 +69,6 @@ class Spy:
 @pytest.fixture(autouse=True)
 def settled_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(uptodate, "SETTLE_NS", 0)
-
-
-def mark_done(path: Path) -> Plan:
-    """Every render done in the lockfile, its output written."""
-    plan = build_plan(path, now=NOW)
-    for item in plan.items:
-        render = item.render
-        content = render.id.encode()
-        target = plan.loaded.root / render.output
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
-        digest = "sha256:" + hashlib.sha256(content).hexdigest()
-        plan.lock.shots[render.id] = new_entry(
-            render, "done", output_sha256=digest, output_size=len(content)
-        )
-    plan.lock.save(lock_path(path))
-    return plan
 
 
 @pytest.fixture
