@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
+import tomli
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kling_batch import safefiles
@@ -201,8 +201,8 @@ def _read(
 def _parse(path: Path, text: str, suffix: str) -> dict[str, Any]:
     if suffix == ".toml":
         try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
+            return tomli.loads(text)
+        except tomli.TOMLDecodeError as exc:
             line = _toml_error_line(exc)
             message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
             raise UserError(f"TOML syntax error: {message}", file=path, line=line) from None
@@ -221,7 +221,7 @@ def _parse(path: Path, text: str, suffix: str) -> dict[str, Any]:
     raise UserError("manifests are .toml or .json files", file=path)
 
 
-def _toml_error_line(exc: tomllib.TOMLDecodeError) -> int | None:
+def _toml_error_line(exc: tomli.TOMLDecodeError) -> int | None:
     lineno = getattr(exc, "lineno", None)
     if isinstance(lineno, int):
         return lineno

@@ -1,10 +1,11 @@
 """The manifests' parse cache: a TOML file read table by table, unchanged tables from cache.
 
-`tomllib` needs about 0.3 s for a 10,000-shot manifest, more than a whole warm plan may
-take (issue 13). A TOML file is cut at its `[[shots]]` header lines into chunks: the head
-(everything before the first header) and one chunk per shot table. Each chunk is parsed
-on its own and remembered by its sha256, so an edit parses only the chunks it touched,
-and each shot gets the digest of its chunk: what the plan cache knows it by.
+Parsing a 10,000-shot manifest takes 0.05 s with `tomli` compiled, 0.16 s without (as
+`tomllib`): a large share of a warm plan (issue 13). A TOML file is cut at its `[[shots]]`
+header lines into chunks: the head (everything before the first header) and one chunk per
+shot table. Each chunk is parsed on its own and remembered by its sha256, so an edit
+parses only the chunks it touched, and each shot gets the digest of its chunk: what the
+plan cache knows it by.
 
 The cut is trusted only when it provably gives the parse of the whole document: the head
 parses to a table without `shots`, and every other chunk to exactly `{"shots": [tables]}`.
@@ -19,9 +20,10 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
+
+import tomli
 
 from kling_batch.cachefile import read_cache, worth_rewriting, write_cache
 from kling_batch.canonical import text_digest
@@ -75,8 +77,8 @@ class ParseCache:
             self._used[digest] = known
             return known
         try:
-            parsed = tomllib.loads(chunk)
-        except (tomllib.TOMLDecodeError, RecursionError):
+            parsed = tomli.loads(chunk)
+        except (tomli.TOMLDecodeError, RecursionError):
             return None
         if _json_safe(parsed):  # TOML dates have no JSON form: such a chunk is not kept
             self._used[digest] = parsed

@@ -11,11 +11,11 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import json
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomli
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kling_batch import ui
@@ -118,8 +118,8 @@ def _load(path: Path) -> PicksFile:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read the picks file: {exc}", file=path) from None
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        data = tomli.loads(text)
+    except tomli.TOMLDecodeError as exc:
         raise UserError(f"the picks file is not valid TOML ({exc})", file=path) from None
     try:
         picks = PicksFile.model_validate(data)
