@@ -15,14 +15,18 @@ import glob
 import os
 import stat
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 DEFAULT_MODE = 0o644
 
 
-def atomic_write(path: Path, data: bytes | str, *, mode: int | None = None) -> None:
-    """Replace `path` with `data` atomically and durably (keeping its mode by default)."""
-    payload = data.encode() if isinstance(data, str) else data
+def atomic_write(path: Path, data: bytes | str | Sequence[str], *, mode: int | None = None) -> None:
+    """Replace `path` with `data` atomically and durably (keeping its mode by default).
+
+    `data` may be text in pieces (a list of strings), written one after another as UTF-8:
+    a large file made of many parts is never copied whole in memory.
+    """
     if mode is None:
         try:
             mode = stat.S_IMODE(path.stat().st_mode)
@@ -31,7 +35,11 @@ def atomic_write(path: Path, data: bytes | str, *, mode: int | None = None) -> N
     temp = temp_beside(path, suffix=".tmp")
     try:
         with open(temp, "wb") as f:
-            f.write(payload)
+            if isinstance(data, bytes | str):
+                f.write(data.encode() if isinstance(data, str) else data)
+            else:
+                for piece in data:
+                    f.write(piece.encode())
         commit_temp(temp, path, mode=mode)
     except BaseException:
         discard(temp)

@@ -7,11 +7,19 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import anyio
 import pytest
 
 from kling_batch import kling_o3
 from kling_batch.errors import UserError
-from kling_batch.lockfile import Entry, Lockfile, PastRender, UploadedAsset, load_lockfile
+from kling_batch.lockfile import (
+    Entry,
+    Lockfile,
+    LockWriter,
+    PastRender,
+    UploadedAsset,
+    load_lockfile,
+)
 
 
 def sample_entry(n: int, state: str = "done") -> Entry:
@@ -132,6 +140,35 @@ def test_save_replaces_atomically_and_keeps_mode(tmp_path: Path) -> None:
     sample_lock([1, 2]).save(path)
     assert [p.name for p in tmp_path.iterdir()] == ["m.lock"]
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_run_saves_the_same_bytes_as_the_lockfile_itself(tmp_path: Path) -> None:
+    """The run's writer saves in pieces (never joined in memory); the file is exactly the
+    deterministic text, tables apart, and reads back as what was recorded, after each
+    change too (unchanged tables reused, changed ones written anew)."""
+    path = tmp_path / "m.lock"
+    writer = LockWriter(path, sample_lock([3, 1, 2]))
+
+    async def save_twice() -> None:
+        writer.claim_api("https://api.example.test")
+        await writer.commit()
+        first = sample_lock([1, 2, 3])
+        first.api = "https://api.example.test"
+        assert path.read_text() == first.dumps()
+        writer.update("shot-2", state="failed", error="moderation")
+        writer.remove("shot-3")
+        await writer.commit()
+
+    anyio.run(save_twice)
+    expected = sample_lock([1, 2])
+    expected.api = "https://api.example.test"
+    expected.shots["shot-2"] = expected.shots["shot-2"].model_copy(
+        update={"state": "failed", "error": "moderation"}
+    )
+    expected.uploads["acct"][f"sha256:{3:064x}"] = UploadedAsset(path="bunny://u/3.png", size=3)
+    assert path.read_text() == expected.dumps()
+    assert "\n\n[shots.shot-2]\n" in path.read_text()
+    assert load_lockfile(path) == expected
 
 
 def test_version_zero_is_refused(tmp_path: Path) -> None:
