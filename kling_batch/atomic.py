@@ -15,13 +15,12 @@ import glob
 import os
 import stat
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 DEFAULT_MODE = 0o644
 
 
-def atomic_write(path: Path, data: bytes | str | Sequence[str], *, mode: int | None = None) -> None:
+def atomic_write(path: Path, data: bytes | str | list[str], *, mode: int | None = None) -> None:
     """Replace `path` with `data` atomically and durably (keeping its mode by default).
 
     `data` may be text in pieces (a list of strings), written one after another as UTF-8:
@@ -35,11 +34,11 @@ def atomic_write(path: Path, data: bytes | str | Sequence[str], *, mode: int | N
     temp = temp_beside(path, suffix=".tmp")
     try:
         with open(temp, "wb") as f:
-            if isinstance(data, bytes | str):
-                f.write(data.encode() if isinstance(data, str) else data)
-            else:
+            if isinstance(data, list):
                 for piece in data:
                     f.write(piece.encode())
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
         commit_temp(temp, path, mode=mode)
     except BaseException:
         discard(temp)

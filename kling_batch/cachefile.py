@@ -24,6 +24,8 @@ import weakref
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import tomli
+
 from kling_batch import __version__
 from kling_batch.atomic import atomic_write
 from kling_batch.model_data import data_file
@@ -37,16 +39,17 @@ _CHUNK = 1 << 20
 
 @functools.cache
 def tool_identity() -> str:
-    """kling-batch's version, the size and time of each of its modules, and the model
-    data's hash: what every cache of what kling-batch computed is keyed by (a cache made
-    by another kling-batch is not believed)."""
+    """kling-batch's version, the size and time of each of its modules, the model data's
+    hash and the TOML parser's version (what it accepts changes between versions): what
+    every cache of what kling-batch computed is keyed by (a cache made by another
+    kling-batch is not believed)."""
     modules = sorted(
         (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns)
         for entry in os.scandir(_PACKAGE)
         if entry.name.endswith(".py")
     )
     model = hashlib.sha256(data_file("kling-o3.json").read_bytes()).hexdigest()
-    text = json.dumps([__version__, modules, model])
+    text = json.dumps([__version__, modules, model, tomli.__version__])
     return hashlib.sha256(text.encode()).hexdigest()
 
 

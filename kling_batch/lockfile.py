@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -36,6 +35,7 @@ from kling_batch.canonical import tagged
 from kling_batch.errors import Loc, LockWriteError, UserError, validation_error
 from kling_batch.limits import LOCKFILE_MAX_BYTES
 from kling_batch.migrations import migrate
+from kling_batch.toml_errors import syntax_problem
 
 log = logging.getLogger(__name__)
 
@@ -415,10 +415,7 @@ def parse_lockfile(text: str, path: Path) -> Lockfile:
     except RecursionError:
         raise UserError(f"the lockfile is nested too deeply to read; {hint}", file=path) from None
     except tomli.TOMLDecodeError as exc:
-        line = getattr(exc, "lineno", None)
-        match = re.search(r"at line (\d+)", str(exc))
-        line = line if isinstance(line, int) else int(match.group(1)) if match else None
-        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        message, line = syntax_problem(exc, text)
         raise UserError(
             f"the lockfile is not valid TOML ({message}); {hint}", file=path, line=line
         ) from None
@@ -584,9 +581,10 @@ class LockWriter:
         return "".join(self.pieces())
 
     def pieces(self) -> list[str]:
-        """The lockfile text in pieces, as each save writes them. Never joined: a 10,000-render
-        lockfile is 7 MB, and a copy made at every save left the heap that much larger each
-        time the allocator kept one (issue 13: a run's memory grew with its renders)."""
+        """The lockfile text in pieces, as `commit` writes them, one after another: a
+        10,000-render lockfile is 7 MB, and a joined copy made at every save left the heap
+        that much larger each time the allocator kept one (issue 13: a run's memory grew
+        with its renders)."""
         return list(_pieces(self.lock, self._fragment))
 
     def _fragment(self, shot_id: str, entry: Entry) -> str:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from kling_batch import safefiles
 from kling_batch.errors import Loc, UserError, validation_error
 from kling_batch.limits import MANIFEST_MAX_BYTES
+from kling_batch.toml_errors import syntax_problem
 
 if TYPE_CHECKING:
     from kling_batch.manifest_cache import ParseCache
@@ -203,8 +204,7 @@ def _parse(path: Path, text: str, suffix: str) -> dict[str, Any]:
         try:
             return tomli.loads(text)
         except tomli.TOMLDecodeError as exc:
-            line = _toml_error_line(exc)
-            message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+            message, line = syntax_problem(exc, text)
             raise UserError(f"TOML syntax error: {message}", file=path, line=line) from None
         except RecursionError:
             raise UserError(_TOO_DEEP, file=path) from None
@@ -219,14 +219,6 @@ def _parse(path: Path, text: str, suffix: str) -> dict[str, Any]:
             raise UserError("a manifest must be a JSON object", file=path, line=1)
         return data
     raise UserError("manifests are .toml or .json files", file=path)
-
-
-def _toml_error_line(exc: tomli.TOMLDecodeError) -> int | None:
-    lineno = getattr(exc, "lineno", None)
-    if isinstance(lineno, int):
-        return lineno
-    match = re.search(r"at line (\d+)", str(exc))
-    return int(match.group(1)) if match else None
 
 
 def included_files(path: Path, patterns: list[str]) -> list[Path]:

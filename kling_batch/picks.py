@@ -121,6 +121,8 @@ def _load(path: Path) -> PicksFile:
         data = tomli.loads(text)
     except tomli.TOMLDecodeError as exc:
         raise UserError(f"the picks file is not valid TOML ({exc})", file=path) from None
+    except RecursionError:
+        raise UserError("the picks file is nested too deeply to read", file=path) from None
     try:
         picks = PicksFile.model_validate(data)
     except ValidationError as exc:

@@ -84,6 +84,22 @@ def test_damaged_picks_file_is_refused_in_one_line(project: Project) -> None:
     assert "manifest.picks.toml" in line and "'pick'" in line
 
 
+@pytest.mark.parametrize(
+    "hostile",
+    ["a = " + "[" * 100_000, "x" + ".x" * 1_500 + " = 1"],
+    ids=["nested-arrays", "long-dotted-key"],
+)
+def test_a_hostile_picks_file_is_refused_in_one_line(project: Project, hostile: str) -> None:
+    """A picks file nested too deeply, or with a key of thousands of parts, exits 2 in one
+    line naming the file (no traceback)."""
+    manifest = project(SHOTS)
+    picks_file(manifest).write_text(f"version = 1\npicks = []\n{hostile}\n")
+    result = kling_batch("pick", str(manifest), "story")
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "manifest.picks.toml" in line
+
+
 @pytest.fixture
 def rendered(reviewed: Reviewed, tmp_path: Path) -> Path:
     """A private copy of the rendered example (its manifest path), free to pick in."""

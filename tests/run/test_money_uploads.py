@@ -98,10 +98,14 @@ def test_an_unanswered_submission_is_found_by_the_body_it_sent(
     # The list fails all through the second run (six attempts at its first page), so the
     # look is made only in the third.
     faults = ("ambiguous=first1,on=submit", "5xx=first6,on=list")  # 6: one look, retried
-    project = make_project(TWO_STILLS, faults=faults, upload_ttl_seconds=600.0)
+    project = make_project(TWO_STILLS, faults=faults, upload_ttl_seconds=280.0)
     assert project.run("--only", "still").returncode == 1  # answer lost: uncertain
     assert load_lockfile(project.lock).shots["still"].state == "uncertain"
-    project.served.emulator.advance(700)  # the upload path expires; the job is still listed
+    # The upload path expires; the job is still listed. The jump is the API's clock alone,
+    # so it stays under the 5 minutes of clock skew a look allows: a longer one (it was 700
+    # s) let a slow machine reach the job's last listed minute while the run believed the
+    # submission younger, and send it again, as a real skew that large would.
+    project.served.emulator.advance(290)
     project.run("--only", "other")  # uploads the image again; still's look cannot be made
     assert load_lockfile(project.lock).shots["other"].state == "done"
     assert load_lockfile(project.lock).shots["still"].state == "uncertain"
