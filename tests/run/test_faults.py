@@ -21,11 +21,11 @@ from kling_batch.submission import FINGERPRINT_HEADER
 from tests.run.conftest import Project, emulator, many_shots, write_project
 from tests.run.harness import part_files, sha256_of
 
-# Every fault at once. The storm starts with the emulator and lasts two real seconds, so it
+# Every fault at once. The storm starts with the emulator and lasts five real seconds, so it
 # covers the run's first requests; drops hit polls and downloads (a dropped submit is an
 # `uncertain` one, which has tests of its own below).
 ALL_FAULTS = (
-    "storm=1000",
+    "storm=2500",
     "5xx=0.1",
     "drop=0.1,on=poll",
     "drop=0.1,on=download",
