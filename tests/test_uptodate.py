@@ -105,6 +105,14 @@ def plan_spied(
     return result, spy.plans
 
 
+def refused_in_full(path: Path, monkeypatch: pytest.MonkeyPatch, needle: str) -> None:
+    """`plan --check` planned in full (the stamp did not answer) and refused the project
+    with exit 2, saying `needle`."""
+    result, plans = plan_spied(path, monkeypatch, "--check")
+    assert (result.exit_code, plans) == (2, 1), result.output
+    assert needle in result.output
+
+
 def same_size_edit(path: Path, data: bytes) -> None:
     """Rewrite a file with other bytes of the same length, its modification time put back
     (as a careless copy or a tool that keeps times would)."""
@@ -224,9 +232,7 @@ def test_output_folder_swapped_for_a_link_outside_is_refused(
     outside = tmp_path.parent / f"{tmp_path.name}-outside"
     (tmp_path / "renders" / "3").rename(outside)
     (tmp_path / "renders" / "3").symlink_to(outside)
-    result, plans = plan_spied(stamped, monkeypatch, "--check")
-    assert (result.exit_code, plans) == (2, 1), result.output
-    assert "must be a relative file path inside output_dir" in result.output
+    refused_in_full(stamped, monkeypatch, "must be a relative file path inside output_dir")
 
 
 def test_a_twin_manifest_is_refused(stamped: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -339,9 +345,7 @@ def test_a_linked_folder_whose_target_moves_out_is_refused(
     outside = tmp_path.parent / f"{tmp_path.name}-pool"
     (tmp_path / "pool").rename(outside)
     (tmp_path / "pool").symlink_to(outside)
-    result, plans = plan_spied(stamped, monkeypatch, "--check")
-    assert (result.exit_code, plans) == (2, 1), result.output
-    assert "outside" in result.output
+    refused_in_full(stamped, monkeypatch, "outside")
 
 
 def test_an_input_named_through_a_link_and_dotdot_is_checked(
@@ -373,9 +377,7 @@ def test_a_missing_input_the_workflow_does_not_send_is_refused(
     mark_done(stamped)
     _restamp(stamped, monkeypatch)
     (tmp_path / "spare" / "unused.png").unlink()
-    result, plans = plan_spied(stamped, monkeypatch, "--check")
-    assert (result.exit_code, plans) == (2, 1), result.output
-    assert "spare/unused.png" in result.output
+    refused_in_full(stamped, monkeypatch, "spare/unused.png")
 
 
 def test_a_stale_stamp_of_a_removed_include_does_not_stand_in_the_way(
@@ -419,9 +421,7 @@ def test_a_link_met_halfway_pointed_elsewhere_is_refused(
     _restamp(stamped, monkeypatch)
     (tmp_path / "lnk").unlink()
     (tmp_path / "lnk").symlink_to(outside)
-    result, plans = plan_spied(stamped, monkeypatch, "--check")
-    assert (result.exit_code, plans) == (2, 1), result.output
-    assert "outside" in result.output
+    refused_in_full(stamped, monkeypatch, "outside")
 
 
 def test_an_input_not_sent_is_still_read_and_checked(
@@ -439,9 +439,7 @@ def test_an_input_not_sent_is_still_read_and_checked(
     mark_done(stamped)
     _restamp(stamped, monkeypatch)
     (tmp_path / "spare" / "r.mp4").write_bytes(b"not a video at all")
-    result, plans = plan_spied(stamped, monkeypatch, "--check")
-    assert (result.exit_code, plans) == (2, 1), result.output
-    assert "reference_videos" in result.output
+    refused_in_full(stamped, monkeypatch, "reference_videos")
 
 
 def test_resolving_a_stamped_path_ends_on_loops_and_outside(tmp_path: Path) -> None:
