@@ -5,10 +5,12 @@ Polling each job with its own `GET /v1/jobs/{id}` costs a request per job per po
 a budget that submits and uploads share (50 a minute by default). Where the API lists
 jobs (`GET /v1/jobs`, newest first), one page reports every job in flight at once: its
 status, progress and, once done, its result. So a job due for a poll joins the board's
-next round instead of asking alone; a round waits `window` model seconds for others to
-join, then reads the first page of the list once, and hands each job followed its line.
-A job whose line says it ended is woken at once, whenever it meant to ask next: the
-round that was due for one job often finds several done.
+next round instead of asking alone; a round waits for the next job predicted to end
+within `window` model seconds to join, then reads the first page of the list once, and
+hands each job followed its line. A job due while a read is under way (often still
+waiting its turn in the request budget) waits for that read first. A job whose line says
+it ended is woken at once, whenever it meant to ask next: the round that was due for one
+job often finds several done.
 
 The list is probed by the first round of the run. When the API does not offer it (404 or
 405, or 403: the key may not list jobs) the board is closed for the run and every job is
@@ -36,7 +38,6 @@ log = logging.getLogger(__name__)
 
 _PAGE = 100  # the most the API reference lets one page hold
 _FAILURES = 3
-_GATHER = 2
 
 
 class JobListReader(Protocol):
@@ -97,7 +98,8 @@ class JobBoard:
         self.offered: bool | None = None  # None until the first round tells
         self.rounds = 0
         self._followers: dict[str, Seat] = {}
-        self._next: _Round | None = None
+        self._next: _Round | None = None  # the round gathering jobs, not yet read
+        self._reading: _Round | None = None  # the round whose read is under way
         self._failures = 0
 
     @property
@@ -116,7 +118,16 @@ class JobBoard:
 
     async def ask(self, job_id: str) -> JobState | None:
         """The job as the next round of the list shows it; None when the list does not
-        (the job is not on its first page, the list failed, or the API offers none)."""
+        (the job is not on its first page, the list failed, or the API offers none). A
+        read already under way answers first when it shows the job."""
+        reading = self._reading
+        if reading is not None and self._next is None:
+            # A read is under way (often still waiting for its turn in the request budget):
+            # it may well show this job ended, and a round started now would cost a request
+            # only to say the same.
+            await reading.done.wait()
+            if job_id in reading.jobs:
+                return reading.jobs[job_id]
         if not self.open:
             return None
         pending = self._next
@@ -125,26 +136,32 @@ class JobBoard:
             return pending.jobs.get(job_id)
         pending = self._next = _Round()
         try:
-            await self.clock.sleep(self._gather())  # let the jobs due soon join
+            await self.clock.sleep(self._gather(job_id))  # let a job due soon join
             if self.offered is not None:  # the first read probes the list: all wait for it
                 self._next = None  # whoever asks from now on starts the next round
+                self._reading = pending  # …or waits for this one's read first
             await self._read(pending)
         finally:
             self._next = None if self._next is pending else self._next
+            self._reading = None if self._reading is pending else self._reading
             pending.done.set()  # also when cancelled: nobody waits for a round never read
         return pending.jobs.get(job_id)
 
-    def _gather(self) -> float:
-        """How long a new round waits: until the next `_GATHER` predicted ends of jobs
-        followed that fall within `window` from now, so one read finds them ended too
-        (more would keep jobs that already ended waiting)."""
+    def _gather(self, starter: str) -> float:
+        """How long a round started by job `starter` (due now) waits: until the next
+        predicted end of another job followed, if one falls within `window` from now, so
+        one read finds both ended. Waiting for more would keep the jobs that already ended
+        waiting longer."""
         now = self.clock.monotonic()
-        ends = sorted(
+        ends = [
             f.due
             for f in self._followers.values()
-            if f.predicted and f.due is not None and now <= f.due <= now + self.window
-        )
-        return max(ends[:_GATHER], default=now) - now
+            if f.predicted
+            and f.job_id != starter
+            and f.due is not None
+            and now <= f.due <= now + self.window
+        ]
+        return min(ends, default=now) - now
 
     async def _read(self, pending: _Round) -> None:
         """Read the first page of the list into `pending` and every follower's lines."""

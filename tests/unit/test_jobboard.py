@@ -202,6 +202,93 @@ def test_a_job_the_list_shows_is_never_forgotten_on_a_404_of_its_own() -> None:
     assert api.gets  # asked on its own, answered 404, and still not given up
 
 
+class SlowList(FakeApi):
+    """A list read that waits `turn` model seconds for its turn in the request budget, is
+    taken then, and is answered `after` seconds later."""
+
+    def __init__(self, clock: VirtualClock, ends: dict[str, float], *, turn: float, after: float):
+        super().__init__(clock, ends)
+        self.turn, self.after = turn, after
+
+    async def list_jobs_page(
+        self, *, status: str | None = None, limit: int = 100, page: NextPage | None = None
+    ) -> JobPage | None:
+        self.lists += 1
+        await self.clock.sleep(self.turn)
+        jobs = [self.line(job_id) for job_id in sorted(self.listed)]
+        await self.clock.sleep(self.after)
+        return JobPage(jobs, ended=True)
+
+
+def ask_at(board: JobBoard, asks: dict[str, float]) -> dict[str, JobState | None]:
+    """After the board's first read (its probe), each job asks at its model time; what
+    the board answered each."""
+    answers: dict[str, JobState | None] = {}
+
+    async def ask(job_id: str, at: float) -> None:
+        await board.clock.sleep(at - board.clock.monotonic())
+        answers[job_id] = await board.ask(job_id)
+
+    async def main() -> None:
+        await board.ask("probe")
+        async with anyio.create_task_group() as group:
+            for job_id, at in asks.items():
+                group.start_soon(ask, job_id, at)
+
+    anyio.run(main)
+    return answers
+
+
+def test_a_job_due_while_a_read_is_under_way_takes_that_read() -> None:
+    """job_b falls due while job_a's read waits its turn; that read, taken after job_b
+    ended, tells it so: no second read for the same news."""
+    clock = VirtualClock()
+    api = SlowList(clock, {"job_a": 10.0, "job_b": 10.5}, turn=2.0, after=0.5)
+    answers = ask_at(JobBoard(api, window=3.0), {"job_a": 11.0, "job_b": 12.0})
+    assert {job_id: job.status if job else None for job_id, job in answers.items()} == {
+        "job_a": "succeeded",
+        "job_b": "succeeded",
+    }
+    assert api.lists == 2  # the probe and one round
+
+
+def test_a_read_under_way_that_does_not_show_the_job_is_followed_by_a_round_of_its_own() -> None:
+    """A read taken before job_b was submitted cannot answer for it: job_b gets a round of
+    its own, never a None that would send it to its own GET."""
+    clock = VirtualClock()
+    api = SlowList(clock, {"job_a": 10.0, "job_b": 13.0}, turn=0.5, after=2.0)
+    api.listed = {"job_a"}
+    board = JobBoard(api, window=3.0)
+    ask = board.ask
+
+    async def submitted_then_asks(job_id: str) -> JobState | None:
+        if job_id == "job_b":
+            api.listed.add(job_id)  # at 12.0: after job_a's read was taken at 11.5
+        return await ask(job_id)
+
+    board.ask = submitted_then_asks  # type: ignore[method-assign]
+    answers = ask_at(board, {"job_a": 11.0, "job_b": 12.0})
+    assert answers["job_b"] is not None and answers["job_b"].status == "succeeded"
+    assert api.lists == 3
+
+
+def test_a_round_waits_for_the_next_predicted_end_of_another_job_only() -> None:
+    """job_a, due (it woke a little late), starts a round: the round waits for job_b's
+    predicted end so one read finds both ended, but not also for job_c's, which would keep
+    job_a and job_b waiting longer."""
+    clock = VirtualClock()
+    api = FakeApi(clock, {"job_a": 9.9, "job_b": 14.0, "job_c": 16.0})
+    board = JobBoard(api, window=10.0)
+    for job_id, due in {"job_a": 9.99, "job_b": 14.0, "job_c": 16.0}.items():
+        seat = board.follow(job_id)
+        seat.due, seat.predicted = due, True
+    answers = ask_at(board, {"job_a": 10.0})
+    assert clock.monotonic() == 14.0  # the round was read at job_b's end
+    assert answers["job_a"] is not None and answers["job_a"].status == "succeeded"
+    assert [line.job.status for line in board.follow("job_b").lines][-1] == "succeeded"
+    assert api.lists == 2
+
+
 def test_a_repeated_list_line_is_checked_once_every_few_lines() -> None:
     """After a check with the job's own GET, the count of identical lines starts again."""
     lines = _Lines()
