@@ -28,7 +28,7 @@ POINTS = (
     KillPoint(2, "submit"),
     KillPoint(5, "submit"),
     KillPoint(3, "list"),
-    KillPoint(6, "list"),
+    KillPoint(4, "list"),
     KillPoint(1, "download"),
     KillPoint(4, "download"),
     KillPoint(3, "submit", 0.004),
