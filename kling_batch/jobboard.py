@@ -5,8 +5,8 @@ Polling each job with its own `GET /v1/jobs/{id}` costs a request per job per po
 a budget that submits and uploads share (50 a minute by default). Where the API lists
 jobs (`GET /v1/jobs`, newest first), one page reports every job in flight at once: its
 status, progress and, once done, its result. So a job due for a poll joins the board's
-next round instead of asking alone; a round waits for the next job predicted to end
-within `window` model seconds to join, then reads the first page of the list once, and
+next round instead of asking alone; a round waits for the next other job predicted to
+end within `window` model seconds to join, then reads the first page of the list once, and
 hands each job followed its line. A job due while a read is under way (often still
 waiting its turn in the request budget) waits for that read first. A job whose line says
 it ended is woken at once, whenever it meant to ask next: the round that was due for one
@@ -86,6 +86,7 @@ class _Round:
 
     done: anyio.Event = field(default_factory=anyio.Event)
     jobs: dict[str, JobState] = field(default_factory=dict)
+    read: bool = False  # a page was read (not failed, refused or absent)
 
 
 class JobBoard:
@@ -121,13 +122,14 @@ class JobBoard:
         (the job is not on its first page, the list failed, or the API offers none). A
         read already under way answers first when it shows the job."""
         reading = self._reading
-        if reading is not None and self._next is None:
+        if reading is not None:
             # A read is under way (often still waiting for its turn in the request budget):
             # it may well show this job ended, and a round started now would cost a request
-            # only to say the same.
+            # only to say the same. Only a page read that does not show the job (read before
+            # it was submitted) sends it to the next round.
             await reading.done.wait()
-            if job_id in reading.jobs:
-                return reading.jobs[job_id]
+            if job_id in reading.jobs or not reading.read:
+                return reading.jobs.get(job_id)
         if not self.open:
             return None
         pending = self._next
@@ -138,8 +140,8 @@ class JobBoard:
         try:
             await self.clock.sleep(self._gather(job_id))  # let a job due soon join
             if self.offered is not None:  # the first read probes the list: all wait for it
-                self._next = None  # whoever asks from now on starts the next round
-                self._reading = pending  # …or waits for this one's read first
+                self._next = None  # whoever asks from now on waits for this read, then
+                self._reading = pending  # starts the next round if it did not show them
             await self._read(pending)
         finally:
             self._next = None if self._next is pending else self._next
@@ -187,6 +189,7 @@ class JobBoard:
             self.offered = False  # the API has no list: each job is polled on its own
             return
         self.offered = True
+        pending.read = True
         now = self.clock.monotonic()
         for job in page.jobs:
             pending.jobs[job.job_id] = job

@@ -89,10 +89,10 @@ EDITS = (
     ("sound = false\n", 'sound = false\noutput = "moved/night.mp4"\n'),
 )
 RENDERS_AFTER_EDITS = 8
-# Every run of CRASH_MANIFEST sends at least 7 submits, 4 reads of the job list (polling
-# every job in flight at once; 6 to 10 seen, two jobs often ending in one read), 7
-# downloads and 1 upload.
-MIN_REQUESTS = 19
+# Every run of CRASH_MANIFEST sends at least 7 submits, 3 reads of the job list (polling
+# every job in flight at once; 4 to 10 seen, fewer on a loaded machine, where more jobs
+# end between two reads), 7 downloads and 1 upload.
+MIN_REQUESTS = 18
 MAX_RERUNS = 6
 RUN_ARGS = ("--jobs", "3")
 RESUME_ARGS = ("--jobs", "3", "--resubmit-uncertain")
@@ -224,12 +224,12 @@ def scenarios(seed: int) -> list[Scenario]:
     # Submits whose answer is lost (the job exists), downloads mid-transfer, polls, the upload.
     points += [Scenario(KillPoint(k, "submit")) for k in sorted(rng.sample(range(1, 8), 6))]
     points += [Scenario(KillPoint(k, "download")) for k in sorted(rng.sample(range(1, 8), 4))]
-    points += [Scenario(KillPoint(k, "list")) for k in sorted(rng.sample(range(1, 5), 3))]
+    points += [Scenario(KillPoint(k, "list")) for k in sorted(rng.sample(range(1, 4), 3))]
     points.append(Scenario(KillPoint(1, "upload")))
     # After an answer arrived: in the lockfile commit or the download that follows it.
     for on in ("upload", "submit", "submit", "list", "download"):
         delay = round(rng.uniform(0.001, 0.02), 4)
-        nth = 1 if on == "upload" else rng.randint(1, 4 if on == "list" else 6)
+        nth = 1 if on == "upload" else rng.randint(1, 3 if on == "list" else 6)
         points.append(Scenario(KillPoint(nth, on, delay)))
     # Crash during resume: lose a submit's answer, then kill the rerun that settles it.
     for resume in (
@@ -246,7 +246,11 @@ def scenarios(seed: int) -> list[Scenario]:
 def run_trial(root: Path, scenario: Scenario) -> Trial:
     """Play `scenario` in `root` against a fresh emulator; rerun until exit 0 (bounded)."""
     trial = Trial(scenario)
-    with emulator() as served:
+    # The API keeps a finished job an hour; at the tests' time scale that is 7.2 real
+    # seconds, which a loaded machine can spend between a kill and the rerun, and the rerun
+    # then rightly finds the job forgotten and plans a paid re-render. These trials are
+    # about crashes, not retention: jobs are kept 30 days here.
+    with emulator(job_retention_seconds=30 * 86400) as served:
         project = write_project(root, served, CRASH_MANIFEST)
         journal = served.emulator.journal
         first = _run_and_kill(project, RUN_ARGS, scenario.first)

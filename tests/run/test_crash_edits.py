@@ -27,8 +27,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 POINTS = (
     KillPoint(2, "submit"),
     KillPoint(5, "submit"),
+    KillPoint(1, "list"),
     KillPoint(3, "list"),
-    KillPoint(4, "list"),
     KillPoint(1, "download"),
     KillPoint(4, "download"),
     KillPoint(3, "submit", 0.004),

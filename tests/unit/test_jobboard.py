@@ -215,6 +215,10 @@ class SlowList(FakeApi):
     ) -> JobPage | None:
         self.lists += 1
         await self.clock.sleep(self.turn)
+        if self.failing:
+            raise ServerError("503 from the list")
+        if self.forbidden:
+            raise AuthError("this key may not list jobs", status=403)
         jobs = [self.line(job_id) for job_id in sorted(self.listed)]
         await self.clock.sleep(self.after)
         return JobPage(jobs, ended=True)
@@ -252,6 +256,34 @@ def test_a_job_due_while_a_read_is_under_way_takes_that_read() -> None:
     assert api.lists == 2  # the probe and one round
 
 
+@pytest.mark.parametrize("trouble", ["failing", "forbidden"])
+def test_a_read_under_way_that_fails_answers_its_waiters_at_once(trouble: str) -> None:
+    """The read job_b waited for failed (a 503 after the client's retries, or a 403 that
+    closes the board): job_b is told the list cannot answer, to ask on its own now, not
+    sent to wait through another read."""
+    clock = VirtualClock()
+    api = SlowList(clock, {"job_a": 10.0, "job_b": 10.5}, turn=2.0, after=0.5)
+    board = JobBoard(api, window=3.0)
+
+    async def main() -> dict[str, JobState | None]:
+        await board.ask("job_a")  # the probe
+        setattr(api, trouble, True)
+        answers: dict[str, JobState | None] = {}
+
+        async def ask(job_id: str, at: float) -> None:
+            await clock.sleep(at - clock.monotonic())
+            answers[job_id] = await board.ask(job_id)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(ask, "job_a", 11.0)
+            group.start_soon(ask, "job_b", 12.0)
+        return answers
+
+    assert anyio.run(main) == {"job_a": None, "job_b": None}
+    assert api.lists == 2  # the probe and the read that failed
+    assert clock.monotonic() == 13.0  # both told when the read failed
+
+
 def test_a_read_under_way_that_does_not_show_the_job_is_followed_by_a_round_of_its_own() -> None:
     """A read taken before job_b was submitted cannot answer for it: job_b gets a round of
     its own, never a None that would send it to its own GET."""
@@ -272,16 +304,17 @@ def test_a_read_under_way_that_does_not_show_the_job_is_followed_by_a_round_of_i
     assert api.lists == 3
 
 
-def test_a_round_waits_for_the_next_predicted_end_of_another_job_only() -> None:
-    """job_a, due (it woke a little late), starts a round: the round waits for job_b's
-    predicted end so one read finds both ended, but not also for job_c's, which would keep
-    job_a and job_b waiting longer."""
+@pytest.mark.parametrize("due", [10.0, 9.99])
+def test_a_round_waits_for_the_next_predicted_end_of_another_job_only(due: float) -> None:
+    """job_a, due (on time, or it woke a little late), starts a round: the round waits for
+    job_b's predicted end so one read finds both ended, but not also for job_c's, which
+    would keep job_a and job_b waiting longer."""
     clock = VirtualClock()
     api = FakeApi(clock, {"job_a": 9.9, "job_b": 14.0, "job_c": 16.0})
     board = JobBoard(api, window=10.0)
-    for job_id, due in {"job_a": 9.99, "job_b": 14.0, "job_c": 16.0}.items():
+    for job_id, at in {"job_a": due, "job_b": 14.0, "job_c": 16.0}.items():
         seat = board.follow(job_id)
-        seat.due, seat.predicted = due, True
+        seat.due, seat.predicted = at, True
     answers = ask_at(board, {"job_a": 10.0})
     assert clock.monotonic() == 14.0  # the round was read at job_b's end
     assert answers["job_a"] is not None and answers["job_a"].status == "succeeded"
