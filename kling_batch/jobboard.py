@@ -87,6 +87,7 @@ class _Round:
     done: anyio.Event = field(default_factory=anyio.Event)
     jobs: dict[str, JobState] = field(default_factory=dict)
     read: bool = False  # a page was read (not failed, refused or absent)
+    full: bool = False  # …and it was full: older jobs may be on pages after it
 
 
 class JobBoard:
@@ -125,10 +126,10 @@ class JobBoard:
         if reading is not None:
             # A read is under way (often still waiting for its turn in the request budget):
             # it may well show this job ended, and a round started now would cost a request
-            # only to say the same. Only a page read that does not show the job (read before
-            # it was submitted) sends it to the next round.
+            # only to say the same. Only a page that does not show the job and is not full
+            # (so it was read before the job was submitted) sends it to the next round.
             await reading.done.wait()
-            if job_id in reading.jobs or not reading.read:
+            if job_id in reading.jobs or not reading.read or reading.full:
                 return reading.jobs.get(job_id)
         if not self.open:
             return None
@@ -189,7 +190,7 @@ class JobBoard:
             self.offered = False  # the API has no list: each job is polled on its own
             return
         self.offered = True
-        pending.read = True
+        pending.read, pending.full = True, len(page.jobs) >= _PAGE
         now = self.clock.monotonic()
         for job in page.jobs:
             pending.jobs[job.job_id] = job

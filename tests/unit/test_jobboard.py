@@ -256,6 +256,20 @@ def test_a_job_due_while_a_read_is_under_way_takes_that_read() -> None:
     assert api.lists == 2  # the probe and one round
 
 
+def test_a_full_page_under_way_that_does_not_show_the_job_sends_it_to_its_own_poll() -> None:
+    """The read job_b waited for holds a full page of newer jobs: job_b may be on a later
+    page, so it is told at once to ask on its own, as a round of its own would tell it."""
+    clock = VirtualClock()
+    newer = {f"job_{n:03d}": 50.0 for n in range(100)}
+    api = SlowList(clock, {"job_a": 10.0, "job_b": 10.5, **newer}, turn=2.0, after=0.5)
+    api.listed = {"job_a", *newer}
+    answers = ask_at(JobBoard(api, window=3.0), {"job_a": 11.0, "job_b": 12.0})
+    assert answers["job_a"] is not None and answers["job_a"].status == "succeeded"
+    assert answers["job_b"] is None
+    assert api.lists == 2  # the probe and the one read
+    assert clock.monotonic() == 13.5
+
+
 @pytest.mark.parametrize("trouble", ["failing", "forbidden"])
 def test_a_read_under_way_that_fails_answers_its_waiters_at_once(trouble: str) -> None:
     """The read job_b waited for failed (a 503 after the client's retries, or a 403 that
