@@ -23,6 +23,7 @@ from kling_batch.atomic import atomic_write
 from kling_batch.errors import UserError
 from kling_batch.expand import expand_shots
 from kling_batch.manifest import load_manifest
+from kling_batch.toml_errors import syntax_problem
 
 PICKS_VERSION = 1
 HEADER = (
@@ -120,7 +121,10 @@ def _load(path: Path) -> PicksFile:
     try:
         data = tomli.loads(text)
     except tomli.TOMLDecodeError as exc:
-        raise UserError(f"the picks file is not valid TOML ({exc})", file=path) from None
+        message, line = syntax_problem(exc, text)
+        raise UserError(
+            f"the picks file is not valid TOML ({message})", file=path, line=line
+        ) from None
     except RecursionError:
         raise UserError("the picks file is nested too deeply to read", file=path) from None
     try:
