@@ -13,7 +13,6 @@ from decimal import Decimal
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from kling_batch import markdown, worddiff
@@ -27,6 +26,7 @@ from kling_batch.reports import (
     summary_line,
     usd,
 )
+from kling_batch.tables import Columns, Justify
 
 SYMBOLS = {"added": "+", "removed": "-", "changed": "~"}
 STYLES = {"added": "green", "removed": "red", "changed": "yellow"}
@@ -113,14 +113,13 @@ def render_table(comparison: Comparison, console: Console) -> None:
     for line in budget_lines(plan):
         console.print(Text(line, style="bold red" if line.startswith("Warning") else ""))
     if comparison.changes:
-        table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-        for name, justify in [
+        columns: list[tuple[str, Justify]] = [
             ("", "left"),
             ("render", "left"),
             ("change", "left"),
             ("cost", "right"),
-        ]:
-            table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+        ]
+        table = Columns(columns, overflow="fold")
         for change in comparison.changes:
             style = STYLES[change.kind]
             table.add_row(

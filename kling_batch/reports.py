@@ -8,7 +8,6 @@ from decimal import Decimal
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from kling_batch import markdown
@@ -17,6 +16,7 @@ from kling_batch.lockfile import UNSETTLED
 from kling_batch.lockname import lock_path
 from kling_batch.plan import Plan, PlanItem, stray_warning
 from kling_batch.pricing import TENTH_OF_A_CENT
+from kling_batch.tables import Columns
 from kling_batch.ui import print_lines
 from kling_batch.worddiff import Piece, word_diff
 
@@ -136,18 +136,19 @@ def _head_lines(plan: Plan) -> list[Line]:
     return lines
 
 
-def _table(listed: list[PlanItem]) -> Table:
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for name, justify in [
-        ("", "left"),
-        ("id", "left"),
-        ("workflow", "left"),
-        ("tier", "left"),
-        ("seconds", "right"),
-        ("cost", "right"),
-        ("notes", "left"),
-    ]:
-        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+def _table(listed: list[PlanItem]) -> Columns:
+    table = Columns(
+        [
+            ("", "left"),
+            ("id", "left"),
+            ("workflow", "left"),
+            ("tier", "left"),
+            ("seconds", "right"),
+            ("cost", "right"),
+            ("notes", "left"),
+        ],
+        overflow="fold",
+    )
     for item in listed:
         render = item.render
         style = STYLES[item.action]

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from kling_batch import ui
@@ -36,6 +35,7 @@ from kling_batch.lockfile import UNSETTLED, Charge, Entry, Lockfile, load_lockfi
 from kling_batch.lockname import emulator_only_hint, lock_path
 from kling_batch.pricing import round_cost
 from kling_batch.reports import json_amount, usd
+from kling_batch.tables import Columns
 
 Status = Literal["billed", "failed", "rendering", "unreported", "no bill", "uncertain", "no job"]
 _NO_AMOUNT = "-"
@@ -296,7 +296,7 @@ def render_spend(report: SpendReport, console: Console) -> None:
             console.print(_groups_table(title, groups))
 
 
-def _submissions_table(report: SpendReport) -> Table:
+def _submissions_table(report: SpendReport) -> Columns:
     noted = any(line.in_manifest is False for line in report.lines)
     columns = ["render", "submitted (UTC)", "job", "status", "estimated", "billed"]
     table = _table([*columns, "note"] if noted else columns)
@@ -315,7 +315,7 @@ def _submissions_table(report: SpendReport) -> Table:
     return table
 
 
-def _groups_table(title: str, groups: dict[str, Sums]) -> Table:
+def _groups_table(title: str, groups: dict[str, Sums]) -> Columns:
     columns = [title, "submissions", "estimated", "billed", "without bill", "may be billed"]
     table = _table(columns)
     for key, sums in groups.items():
@@ -330,11 +330,8 @@ def _groups_table(title: str, groups: dict[str, Sums]) -> Table:
     return table
 
 
-def _table(columns: list[str]) -> Table:
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for name in columns:
-        table.add_column(name, justify="right" if name in _NUMBERS else "left")
-    return table
+def _table(columns: list[str]) -> Columns:
+    return Columns([(name, "right" if name in _NUMBERS else "left") for name in columns])
 
 
 def _count(number: int, noun: str) -> str:
