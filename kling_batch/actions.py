@@ -306,20 +306,30 @@ def takeovers(
     was not forced: paying again for the same request would pay twice.
     """
     current = {render.id: render.fingerprint for render in renders}
+    strays = [
+        key
+        for key, entry in sorted(lock.shots.items())
+        if entry.state in UNSETTLED and current.get(key) != entry.fingerprint
+    ]  # unsettled, and not followed by a render of their own
+    if not strays:
+        return {}
+    asking: dict[str, list[PlannedRender]] = {}  # by request, in plan order
+    for render in renders:
+        asking.setdefault(render.fingerprint, []).append(render)
     takes: dict[str, str] = {}
-    asking: dict[str, list[PlannedRender]] | None = None  # by request, in plan order
-    for key in sorted(lock.shots):
-        entry = lock.shots[key]
-        if entry.state not in UNSETTLED or current.get(key) == entry.fingerprint:
-            continue  # settled, or followed by its own render
-        if asking is None:
-            asking = {}
-            for render in renders:
-                asking.setdefault(render.fingerprint, []).append(render)
-        for render in asking.get(entry.fingerprint, ()):
-            if _free_to_adopt(render, key, lock, takes, forced):
-                takes[render.id] = key
-                break
+    # Until nothing more is taken: a render is freed when its own job is taken by another
+    # (shots renumbered in a chain: b to a, c to b), whichever entry comes first.
+    for _ in strays:
+        before = len(takes)
+        for key in strays:
+            if key in takes.values():
+                continue
+            for render in asking.get(lock.shots[key].fingerprint, ()):
+                if _free_to_adopt(render, key, lock, takes, forced):
+                    takes[render.id] = key
+                    break
+        if len(takes) == before:
+            break
     return takes
 
 
@@ -331,12 +341,13 @@ def _free_to_adopt(
     forced: Collection[str],
 ) -> bool:
     """True when `render` can take over entry `key`'s job: it has none of its own to
-    follow (nor a finished render of this request), adopts nothing else, was not forced."""
+    follow (its own job is taken by another render, or it has none, nor a finished render
+    of this request), adopts nothing else, was not forced."""
     if render.id == key or render.id in takes or render.id in forced:
         return False
     own = lock.shots.get(render.id)
     if own is None:
         return True
-    if own.state in UNSETTLED:
-        return False  # it follows its own job first
+    if own.state in UNSETTLED:  # it follows its own job first, unless another takes it
+        return render.id in takes.values()
     return own.fingerprint != render.fingerprint or own.state == "failed"

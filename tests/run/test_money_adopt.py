@@ -143,6 +143,31 @@ def test_an_id_reused_while_its_job_is_in_flight_pays_each_request_once(
     assert project.served.emulator.ledger.total == sum(e.cost_usd for e in lock.shots.values())
 
 
+def test_shots_renumbered_in_a_chain_in_flight_pay_each_request_once(
+    make_project: Callable[..., Project],
+) -> None:
+    """`b` and `c` in flight, then renumbered `a` and `b` (a scene deleted before them):
+    each resumes the job of its request; two requests, two charges, both videos landed."""
+    shot = '\n[[shots]]\nid = "{}"\nprompt = "request {}"\nmodel_tier = "standard"\n'
+    project = make_project(HEADER + shot.format("b", "P") + shot.format("c", "Q"), latency=SLOW)
+    assert project.run("--job-timeout", "1").returncode == 1
+    before = {key: entry.job_id for key, entry in load_lockfile(project.lock).shots.items()}
+    assert set(before) == {"b", "c"} and all(before.values())
+    project.manifest.write_text(HEADER + shot.format("a", "P") + shot.format("b", "Q"))
+    actions = {s["id"]: s["action"] for s in project.plan_json()["shots"]}  # type: ignore[attr-defined]
+    assert actions == {"a": "resume", "b": "resume"}
+    result = project.run()
+    assert result.returncode == 0, result.stderr
+    lock = load_lockfile(project.lock)
+    assert {key: entry.job_id for key, entry in lock.shots.items()} == {
+        "a": before["b"],
+        "b": before["c"],
+    }
+    assert project.submissions() == 2
+    assert project.served.emulator.ledger.total == sum(e.cost_usd for e in lock.shots.values())
+    assert all((project.root / "renders" / f"{key}.mp4").is_file() for key in ("a", "b"))
+
+
 def test_two_shots_swapping_names_keep_both_renders(
     make_project: Callable[..., Project],
 ) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 
+import pytest
+
 from kling_batch.assets import AssetStore
 from kling_batch.expand import RenderSpec
 from kling_batch.lockfile import Entry, Lockfile, PastRender, new_entry
@@ -215,3 +217,30 @@ def test_an_id_reused_for_another_request_hands_its_job_to_the_render_asking_for
     assert "its job in flight (for its earlier request) goes to hero-wide" in first.reasons
     assert (second.action, second.adopt) == ("resume", "hero")
     assert second.reasons == ("job of shot hero, in flight: no new cost",)
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ({"b": "P", "c": "Q"}, {"a": "P", "b": "Q"}),  # the entry taken first frees its render
+        ({"a": "P", "b": "Q"}, {"b": "P", "c": "Q"}),  # the entry taken last frees it
+    ],
+)
+def test_shots_renumbered_in_a_chain_in_flight_each_resume_a_job(
+    before: dict[str, str], after: dict[str, str]
+) -> None:
+    """Two jobs in flight and the shots renumbered (a scene deleted): each render resumes
+    the job of its request, whichever order the ids sort in; nothing is paid again."""
+    lock = Lockfile(
+        shots={
+            key: new_entry(render(key, prompt=f"request {request}"), "submitted", job_id=request)
+            for key, request in before.items()
+        }
+    )
+    renders = [render(key, prompt=f"request {request}") for key, request in after.items()]
+    differ = Differ(lock, Files(), NOW, root=ROOT, state=STATE, ids=tuple(after), renders=renders)
+    items = [differ.item(r) for r in renders]
+    adopted = {item.render.id: lock.shots[item.adopt].job_id for item in items if item.adopt}
+    assert adopted == after  # each render follows the job of its own request
+    assert [item.action for item in items] == ["resume", "resume"]
+    assert differ.strays() == []
