@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import mimetypes
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, BinaryIO, Literal, Self, TypeVar
 from urllib.parse import quote
 
 import anyio
@@ -296,18 +298,23 @@ class EmpirioClient:
         return await self._call("api", lambda _: self._build("GET", url, "poll"), handle)
 
     async def upload(self, path: Path, *, content_type: str | None = None) -> Upload:
-        """`POST /v1/files/upload` (multipart field `file`), streamed from disk."""
+        """`POST /v1/files/upload` (multipart field `file`), streamed from disk; the upload
+        carries the hash of the bytes sent."""
         url = self._api_url("v1/files/upload")
         size = (await anyio.Path(path).stat()).st_size
         ctype = content_type or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
+        sent: list[_HashedReads] = []
+
         def make(stack: contextlib.ExitStack) -> httpx.Request:
             # Opened per attempt and closed by `_call`; httpx streams it in 64 KiB chunks.
-            handle = stack.enter_context(open(path, "rb"))  # noqa: SIM115
+            handle = _HashedReads(stack.enter_context(open(path, "rb")))  # noqa: SIM115
+            sent.append(handle)
             return self._build("POST", url, "upload", files={"file": (path.name, handle, ctype)})
 
         async def handle(response: httpx.Response) -> Upload:
-            upload = parse_upload(await _json_object(response), size=size)
+            digest = sent[-1].sha256()  # the attempt answered: the bytes it sent
+            upload = parse_upload(await _json_object(response), size=size, sha256=digest)
             if upload is None:
                 raise MalformedResponse("the upload response carries no bunny:// path")
             return upload
@@ -656,3 +663,32 @@ def _safe_url(request: httpx.Request) -> str:
     """Scheme, host and path only: signed query strings stay out of logs and errors."""
     url = request.url
     return str(url.copy_with(query=None, fragment=None))
+
+
+class _HashedReads:
+    """A file being uploaded, hashed as httpx reads it: what was sent, whatever the file
+    holds now or held when it was planned. httpx seeks to the start before it sends."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self._digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._handle.read(size)
+        self._digest.update(chunk)
+        return chunk
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if (offset, whence) != (0, os.SEEK_SET):
+            raise io.UnsupportedOperation("an upload is read from its start only")
+        self._digest = hashlib.sha256()
+        return self._handle.seek(0)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def fileno(self) -> int:
+        return self._handle.fileno()
+
+    def sha256(self) -> str:
+        return tagged(self._digest.hexdigest())

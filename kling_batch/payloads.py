@@ -88,11 +88,14 @@ class JobState:
 
 @dataclass(frozen=True)
 class Upload:
-    """An uploaded file: the `bunny://` path other endpoints accept, and its size in bytes."""
+    """An uploaded file: the `bunny://` path other endpoints accept, its size in bytes and
+    the `sha256:<hex>` of the bytes sent (hashed as they were read: the file may have
+    changed since it was planned)."""
 
     path: str
     url: str | None
     size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -198,7 +201,7 @@ def find_request(payload: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
-def parse_upload(payload: Mapping[str, Any], *, size: int) -> Upload | None:
+def parse_upload(payload: Mapping[str, Any], *, size: int, sha256: str) -> Upload | None:
     """An `Upload` from `path`, `bunny_path`, a `bunny://` `url`, or any of those under `data`."""
     for holder in _holders(payload):
         path = None
@@ -217,7 +220,7 @@ def parse_upload(payload: Mapping[str, Any], *, size: int) -> Upload | None:
                 break
         reported = holder.get("size", holder.get("bytes"))
         good_size = isinstance(reported, int) and not isinstance(reported, bool)
-        return Upload(path=path, url=url, size=reported if good_size else size)
+        return Upload(path=path, url=url, size=reported if good_size else size, sha256=sha256)
     return None
 
 

@@ -6,6 +6,13 @@ records an upload of that content to the same API and account (`upload_scope`) r
 its `bunny://` path. Upload paths expire, and belong to one account: a submission the
 API refuses because it does not know a path (`stale_paths`) drops the cached path and
 uploads the file again (`Uploads.rewire`); a refused request is not billed.
+
+The content uploaded must be the content planned: the plan priced and fingerprinted it, and
+the lockfile will say the render was made from it. A run uploads a file only when its first
+render starts, maybe an hour after the plan hashed it, so the client hashes the bytes as it
+sends them; bytes that are not the planned content (the file was edited meanwhile) are
+neither recorded as that content's upload nor sent for the render, which fails saying to
+plan again.
 """
 
 from __future__ import annotations
@@ -109,6 +116,12 @@ class Uploads:
             raise
         except (ApiError, OSError) as exc:
             self._errors[sha256] = f"upload of {ref} failed: {exc}"
+            return
+        if upload.sha256 != sha256:  # what was sent is not what was planned and priced
+            self._errors[sha256] = (
+                f"{ref} changed since it was planned (the bytes uploaded are not those "
+                "planned); plan again to render what it holds now"
+            )
             return
         recorded = UploadedAsset(path=upload.path, size=upload.size, uploaded_at=self.clock.now())
         self.writer.add_upload(self.scope, sha256, recorded)

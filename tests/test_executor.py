@@ -72,8 +72,9 @@ class FakeApi:
         return JobPage([], ended=True)
 
     async def upload(self, path: Path, *, content_type: str | None = None) -> Upload:
-        size = await anyio.Path(path).stat()
-        return Upload("bunny://up/" + path.name, None, size.st_size)
+        data = await anyio.Path(path).read_bytes()
+        sent = "sha256:" + hashlib.sha256(data).hexdigest()
+        return Upload("bunny://up/" + path.name, None, len(data), sent)
 
     async def download(self, url: str, dest: Path) -> Download:
         self.downloads += 1
@@ -309,3 +310,29 @@ def test_a_refused_restore_url_whose_job_is_gone_is_forgotten(
     (outcome,) = report.outcomes
     assert outcome.state == "failed" and "the URL is forgotten" in outcome.detail
     assert build_plan(path, now=NOW).items[0].action == "changed"
+
+
+def test_an_input_edited_since_the_plan_is_not_sent_for_it(
+    project: Callable[..., Path], image: Callable[[str], Path]
+) -> None:
+    """An image edited after the plan hashed it (a long run uploads it only when its render
+    starts): nothing is submitted for the old content and no upload is recorded under its
+    hash; the render fails saying to plan again, and the next plan renders what the file
+    holds, its upload recorded under that content."""
+    picture = image("still.png")
+    path = project('[[shots]]\nid = "b"\nprompt = "p"\nimage = "still.png"\n')
+    plan = build_plan(path, now=NOW)
+    edited = picture.read_bytes() + b"retouched"
+    picture.write_bytes(edited)
+    api = FakeApi()
+    report = run(plan, api)
+    lock = load_lockfile(path.with_suffix(".lock"))
+    assert api.submits == [] and lock.uploads == {}
+    assert report.count("failed") == 1 and lock.shots["b"].state == "failed"
+    assert "still.png changed since it was planned" in (lock.shots["b"].error or "")
+    report = run(build_plan(path, now=NOW), api)
+    lock = load_lockfile(path.with_suffix(".lock"))
+    content = "sha256:" + hashlib.sha256(edited).hexdigest()
+    assert lock.shots["b"].state == "done" and len(api.submits) == 1
+    assert lock.shots["b"].assets["image"] == content
+    assert [set(table) for table in lock.uploads.values()] == [{content}]

@@ -115,6 +115,25 @@ async def test_upload_retry_sends_the_whole_file_again(api, make_client, tmp_pat
     assert [s.request.content.count(b"0123456789") for s in api.seen] == [1, 1]
 
 
+async def test_an_upload_carries_the_hash_of_the_bytes_its_answered_attempt_sent(
+    api, make_client, tmp_path, error_response
+):
+    """The file rewritten between a refused attempt and the answered one: the upload's
+    hash is that of what the answered attempt sent, not of what was there before."""
+    image = tmp_path / "a.png"
+    image.write_bytes(b"first bytes")
+
+    def busy_then_rewritten(request: httpx.Request) -> httpx.Response:
+        image.write_bytes(b"second bytes")
+        return error_response(503, "busy")
+
+    api.on("POST", UPLOAD, busy_then_rewritten, {"path": "bunny://a"})
+    async with make_client() as client:
+        upload = await client.upload(image)
+    assert [b"first bytes" in s.request.content for s in api.seen] == [True, False]
+    assert upload.sha256 == digest(b"second bytes")
+
+
 @pytest.fixture
 def big_file(tmp_path):
     """A 32 MiB sparse file (no RAM or disk used to make it)."""

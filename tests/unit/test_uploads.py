@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import anyio
@@ -14,7 +15,7 @@ from kling_batch.lockfile import Lockfile, LockWriter, UploadedAsset
 from kling_batch.payloads import Upload
 from kling_batch.uploads import Uploads, stale_paths
 
-SHA = "sha256:" + "1" * 64
+SHA = "sha256:" + hashlib.sha256(b"image").hexdigest()  # of still.png
 
 
 class FakeUploader:
@@ -30,7 +31,8 @@ class FakeUploader:
         await anyio.sleep(0.01)  # let a concurrent caller find the upload in progress
         if self.fail is not None:
             raise self.fail
-        return Upload(f"bunny://up/{self.calls}", None, 5)
+        sent = "sha256:" + hashlib.sha256(await anyio.Path(path).read_bytes()).hexdigest()
+        return Upload(f"bunny://up/{self.calls}", None, 5, sent)
 
 
 @pytest.fixture
