@@ -124,12 +124,26 @@ class Follower:
                 return await self._forgotten(item, entry)
             return await self.record(item, "pending", job.detail, error=job.detail)
         if job.status == "failed":
-            reason = job.error.message if job.error else job.raw_status
-            code = f" [{job.error.code}]" if job.error and job.error.code else ""
-            error = f"job {job.job_id} {job.raw_status}: {reason}{code}"
-            return await self.record(item, "failed", error, state="failed", error=error)
+            return await self._failed(item, job)
         watch.finished()
         return await self._completed(item, job)
+
+    async def _failed(self, item: PlanItem, job: JobState) -> Outcome:
+        """Record a failed job, with the bill its answer carries if any (a job failed after
+        its video was made may be billed: never report less than the API says)."""
+        reason = job.error.message if job.error else job.raw_status
+        code = f" [{job.error.code}]" if job.error and job.error.code else ""
+        error = f"job {job.job_id} {job.raw_status}: {reason}{code}"
+        bill: dict[str, Any] = {}
+        if job.billed_usd is not None:
+            render_id = item.render.id
+            if render_id in self.report.submitted:
+                self.report.billed[render_id] = job.billed_usd
+            recorded = self.writer.get(render_id)
+            assert recorded is not None
+            charges = recorded.charged(job.job_id, billed_usd=job.billed_usd)
+            bill = {"billed_usd": job.billed_usd, "submissions": charges}
+        return await self.record(item, "failed", error, state="failed", error=error, **bill)
 
     async def _completed(self, item: PlanItem, job: JobState) -> Entry | Outcome:
         """Record a finished job's result URL and bill; the entry, ready to download."""

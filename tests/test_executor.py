@@ -20,6 +20,7 @@ from kling_batch.lockfile import LockWriter, load_lockfile, new_entry
 from kling_batch.outcomes import Quiet, RunReport
 from kling_batch.payloads import Download, ErrorInfo, JobState, Submission, Upload
 from kling_batch.plan import Plan, build_plan
+from kling_batch.spend import spend_report
 from tests.conftest import NOW
 
 # The top-level boxes of an MP4 (ftyp, an empty moov, mdat); each download appends a `free`
@@ -336,3 +337,24 @@ def test_an_input_edited_since_the_plan_is_not_sent_for_it(
     assert lock.shots["b"].state == "done" and len(api.submits) == 1
     assert lock.shots["b"].assets["image"] == content
     assert [set(table) for table in lock.uploads.values()] == [{content}]
+
+
+def test_the_bill_of_a_failed_job_is_kept(project: Callable[..., Path]) -> None:
+    """A job that fails with a bill in its answer (rejected after its video was made, say):
+    the lockfile, the run's report and `spend` all count what the API billed."""
+    api = FakeApi()
+    api.script["get_job"] = lambda job_id: JobState(
+        job_id,
+        "failed",
+        "failed",
+        1.0,
+        error=ErrorInfo("output rejected by moderation", code="content_moderation"),
+        billed_usd=Decimal("1.4"),
+    )
+    path = project(ONE)
+    report = run(build_plan(path, now=NOW), api)
+    entry = load_lockfile(path.with_suffix(".lock")).shots["a"]
+    assert entry.state == "failed" and "output rejected by moderation" in (entry.error or "")
+    assert entry.submissions[-1].billed_usd == Decimal("1.4")
+    assert report.billed == {"a": Decimal("1.4")}
+    assert spend_report(path).totals().billed == Decimal("1.4")
