@@ -118,14 +118,16 @@ class JobFinder:
             sent = sent_at(entry)
             since = sent - CLOCK_SKEW if sent is not None else None
             short = await self._pages.back_to(since)
-            job, opaque = self._match(self._wanted(entry, body), since)
+            prompt = (body if body is not None else entry.request).get("prompt")
+            job, opaque = self._match(self._wanted(entry, body), prompt, since)
             if job is not None:
                 self._claimed.add(job.job_id)
                 return Look(job=job)
             if opaque and not short:
                 short = (
                     f"the job list does not say what {opaque} job(s) since then were asked "
-                    "for, so it cannot rule it out"
+                    "for (or shows a request of the same prompt written otherwise), so it "
+                    "cannot rule it out"
                 )
             return Look(gap=short or self._unlisted(sent))
 
@@ -150,10 +152,13 @@ class JobFinder:
             return charge.sent
         return kling_o3.sent_digest(self.sent_body(entry))
 
-    def _match(self, wanted: str, since: datetime | None) -> tuple[JobState | None, int]:
+    def _match(
+        self, wanted: str, prompt: Any, since: datetime | None
+    ) -> tuple[JobState | None, int]:
         """The first unclaimed job since `since` whose request as sent is `wanted` (its
-        `kling_o3.sent_digest`), and how many such jobs the list shows without their request
-        (any of them may be the one)."""
+        `kling_o3.sent_digest`, numbers and empty fields read as we send them), and how many
+        such jobs may be it unseen: the list shows no request for them, or one of the same
+        `prompt` that reads otherwise (the API may echo fields it filled in itself)."""
         opaque = 0
         for job in self._pages.jobs:
             if job.job_id in self._claimed or job.status == "failed":
@@ -162,8 +167,10 @@ class JobFinder:
                 continue
             if job.request is None:
                 opaque += 1
-            elif kling_o3.sent_digest(job.request) == wanted:
+            elif wanted in _echoed_digests(job.request):
                 return job, opaque
+            elif prompt is not None and job.request.get("prompt") == prompt:
+                opaque += 1
         return None, opaque
 
     def _unlisted(self, sent: datetime | None) -> str | None:
@@ -303,3 +310,15 @@ def stray_detail(look: Look) -> str:
         "no longer in the manifest and not found in the job list; never sent again "
         f"({look.gap}; put the shot back to decide)"
     )
+
+
+def _echoed_digests(request: Mapping[str, Any]) -> set[str]:
+    """The digests a listed job's request may be ours under: as listed, and as we would
+    have sent it (a whole number the API echoes as `5.0` sent as `5`, a field it echoes as
+    null not sent at all)."""
+    ours = {
+        key: int(value) if isinstance(value, float) and value.is_integer() else value
+        for key, value in request.items()
+        if value is not None
+    }
+    return {kling_o3.sent_digest(request), kling_o3.sent_digest(ours)}

@@ -81,6 +81,30 @@ def test_jobs_listed_without_their_request_prove_nothing(project) -> None:
     assert not found.complete and "does not say what 1 job(s)" in (found.gap or "")
 
 
+def our_request(project: Callable[..., Path]) -> dict[str, Any]:
+    """The request render `a` sends."""
+    return dict(build_plan(project(ONE), now=SENT).items[0].render.body)
+
+
+def test_our_job_echoed_with_whole_numbers_as_floats_and_nulls_is_found(project) -> None:
+    """The list echoes our request as the API holds it (`duration` 5.0, unset fields null):
+    it is still our job, adopted, not proof that none was made."""
+    body = our_request(project)
+    echoed = {**body, "duration": float(body["duration"]), "negative_prompt": None}
+    found = look(project, Pages([job(1), job(2, request=echoed)]))
+    assert found.job is not None and found.job.job_id == "j2"
+
+
+def test_a_job_of_our_prompt_whose_request_reads_otherwise_proves_nothing(project) -> None:
+    """The list shows a job since the submission with our prompt but a request written
+    otherwise (a field the API filled in itself, say): it may be ours, so the look is not
+    complete and `--resubmit-uncertain` sends nothing again."""
+    echoed = {**our_request(project), "sound_effects": "auto"}
+    found = look(project, Pages([job(1), job(2, request=echoed)]))
+    assert found.job is None and not found.complete and not found.may_resend("look")
+    assert "same prompt" in (found.gap or "")
+
+
 class Live:
     """A job list that shows whatever jobs it holds now, in one page."""
 
