@@ -527,11 +527,12 @@ class EmpirioClient:
         if op == "submit" and status in self._retry.ambiguous_submit_statuses:
             return AmbiguousSubmit, f"gateway timeout on submit; the job may exist: {message}"
         if op == "submit" and 500 <= status < 600 and status != 503 and not _enveloped(response):
-            # No API error envelope: a proxy answered, not the API, and the API may have
-            # created the job before the proxy gave up. Only the API's own refusal (an
-            # envelope with a code) or a 503 proves nothing was created.
+            # No API error envelope with a code: a proxy answered, or the API failed
+            # without saying why, and the job may have been created first. Only the API's
+            # own refusal (an envelope with a code) or a 503 proves nothing was created.
             return AmbiguousSubmit, (
-                f"HTTP {status} from a proxy on submit; the job may exist: {message}"
+                f"HTTP {status} on submit without the API's error code; the job may exist: "
+                f"{message}"
             )
         if status == 408 or (500 <= status < 600 and status not in (501, 505)):
             return ServerError, message
@@ -651,12 +652,14 @@ async def _json_object(response: httpx.Response) -> Mapping[str, Any]:
 
 
 def _enveloped(response: httpx.Response) -> bool:
-    """True when an error body is the API's own JSON error envelope (not a proxy's page)."""
+    """True when an error body is the API's own JSON error envelope with an error code
+    (`{"error": {"code": ...}}`): not a proxy's page, nor a bare `{"error": "text"}`."""
     try:
         body = json.loads(response.content)
     except ValueError:
         return False
-    return isinstance(body, dict) and ("error" in body or body.get("type") == "error")
+    error = body.get("error") if isinstance(body, dict) else None
+    return isinstance(error, dict) and isinstance(error.get("code"), str) and bool(error["code"])
 
 
 def _safe_url(request: httpx.Request) -> str:

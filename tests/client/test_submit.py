@@ -105,10 +105,19 @@ async def test_job_id_with_slashes_is_escaped_in_the_fallback_poll_url(api, make
     assert sub.poll_url == "https://api.empiriolabs.ai/v1/jobs/..%2F..%2Fadmin"
 
 
-@pytest.mark.parametrize("status", [429, 500, 502, 503])
-async def test_definite_refusal_is_retried(api, make_client, error_response, status):
-    """A 429 or 5xx answer means no job was created, so the submit is sent again."""
-    api.on("POST", GEN, error_response(status, "busy"), {"job_id": "j"})
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (429, None),
+        (500, "internal_error"),
+        (502, "upstream_error"),
+        (503, None),
+    ],
+)
+async def test_definite_refusal_is_retried(api, make_client, error_response, status, code):
+    """A 429, a 503, or the API's own 5xx refusal (its error envelope, with a code) means
+    no job was created, so the submit is sent again."""
+    api.on("POST", GEN, error_response(status, "busy", code), {"job_id": "j"})
     async with make_client() as client:
         assert (await client.submit(BODY)).job_id == "j"
     assert len(api.seen) == 2
@@ -182,6 +191,29 @@ async def test_unusable_2xx_is_ambiguous(api, make_client, reply):
     assert len(api.seen) == 1
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"error": {"message": "internal error", "type": "api_error", "code": None}},
+        {"error": "upstream request failed"},
+        {"detail": "Internal Server Error"},
+    ],
+    ids=["envelope-without-code", "error-as-text", "no-envelope"],
+)
+@pytest.mark.parametrize("status", [500, 502])
+async def test_a_5xx_without_the_apis_error_code_on_submit_is_ambiguous(
+    api, make_client, body, status
+):
+    """A 5xx whose body does not carry the API's error code may come after the job was
+    made (the API or a proxy failed on the way back): not sent again, which could pay twice."""
+    api.on("POST", GEN, httpx.Response(status, json=body), {"job_id": "second"})
+    async with make_client() as client:
+        with pytest.raises(AmbiguousSubmit) as info:
+            await client.submit(BODY)
+    assert info.value.status == status
+    assert len(api.seen) == 1
+
+
 @pytest.mark.parametrize("status", [504, 524])
 async def test_gateway_timeout_on_submit_is_ambiguous(api, make_client, error_response, status):
     """A gateway timeout means the origin had the request and may have acted on it."""
@@ -195,7 +227,7 @@ async def test_gateway_timeout_on_submit_is_ambiguous(api, make_client, error_re
 
 async def test_gateway_timeout_can_be_configured_as_retryable(api, make_client, error_response):
     """With no ambiguous statuses configured, a 504 on submit is retried like any 5xx."""
-    api.on("POST", GEN, error_response(504, "upstream timed out"), {"job_id": "j"})
+    api.on("POST", GEN, error_response(504, "timed out", "upstream_timeout"), {"job_id": "j"})
     retry = RetryPolicy(random=lambda: 1.0, ambiguous_submit_statuses=frozenset())
     async with make_client(retry=retry) as client:
         assert (await client.submit(BODY)).job_id == "j"
