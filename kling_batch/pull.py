@@ -6,7 +6,9 @@ Only what is missing or changed is fetched: an output already holding its record
 stays. Each arrives the way a download does (`remote_files.fetch_render`: streamed,
 verified against the recorded hash, kept in the render cache, renamed into place). Output
 paths come from the lockfile, which may come from someone else: only paths inside the
-manifest's output folder are written. Holds the run lock; the lockfile is not changed.
+manifest's output folder are written, links followed (a folder link there that leads out
+of it, or an output folder that leads out of the project, refuses the render). Holds the
+run lock; the lockfile is not changed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from kling_batch.push import WORKERS, StoreProject, store_project
 from kling_batch.remote import RemoteStore, open_store
 from kling_batch.remote_files import fetch_render
 from kling_batch.runlock import hold_run_lock
+from kling_batch.safefiles import lies_inside, real_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +55,18 @@ def _wanted(project: StoreProject, entries: dict[str, Entry]) -> tuple[list[_Wan
     """The done renders to have in place, and the ids whose output path is refused."""
     wanted, refused = [], []
     folder = PurePosixPath(project.output_dir).parts
+    root = real_path(project.root)
+    base = real_path(project.root / project.output_dir)
+    in_project = root is not None and base is not None and base.is_relative_to(root)
     for render_id, entry in sorted(entries.items()):
         if entry.state != "done" or not entry.output_sha256 or entry.output_size is None:
             continue
         output = PurePosixPath(entry.output)
-        if output.is_absolute() or ".." in output.parts or output.parts[: len(folder)] != folder:
+        as_text = output.parts[: len(folder)] == folder and not output.is_absolute()
+        # Links followed too: a folder link in the output folder must not lead the write out.
+        if not (
+            as_text and in_project and lies_inside(project.root, project.output_dir, entry.output)
+        ):
             refused.append(render_id)
             continue
         item = _Wanted(render_id, output, entry.output_sha256, entry.output_size, entry.fingerprint)

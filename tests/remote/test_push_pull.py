@@ -58,6 +58,37 @@ def test_pull_fetches_every_done_render_into_a_fresh_clone(tmp_path: Path, store
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("linked", ["a folder in it", "the output folder"])
+def test_pull_never_writes_through_a_link_out_of_the_output_folder(
+    tmp_path: Path, linked: str
+) -> None:
+    """A lockfile from someone else (a pull request) records an output under a folder
+    that is a link leading out of the project, or the output folder is one: `pull` refuses
+    those renders and the file out there keeps its bytes."""
+    store = Folder(tmp_path / "shared")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "dawn.mp4").write_bytes(b"irreplaceable")
+    with emulator() as served:
+        first = machine(tmp_path / "alice", served, store, MANIFEST)
+        assert first.run().returncode == 0
+    teammate = clone(first, tmp_path / "bob")
+    lock = load_lockfile(teammate.project.lock)
+    if linked == "a folder in it":
+        lock.shots["dawn"] = lock.shots["dawn"].model_copy(update={"output": "renders/x/dawn.mp4"})
+        teammate.project.lock.write_text(lock.dumps())
+        (teammate.root / "renders").mkdir()
+        (teammate.root / "renders" / "x").symlink_to(victim)
+    else:
+        (teammate.root / "renders").symlink_to(victim)
+    pulled = teammate.cli("pull")
+    assert (victim / "dawn.mp4").read_bytes() == b"irreplaceable"
+    assert pulled.returncode != 0
+    assert "dawn: its output path is outside the output folder" in pulled.stderr
+    assert sorted(p.name for p in victim.iterdir()) == ["dawn.mp4"]  # nothing else placed
+
+
+@pytest.mark.timeout(300)
 def test_a_damaged_copy_in_the_store_is_refused_and_never_placed(
     tmp_path: Path, store: Store
 ) -> None:
