@@ -17,8 +17,9 @@ from kling_batch.errors import RunError, UserError
 from kling_batch.gallery import Gallery, build_gallery
 from kling_batch.gallery_html import Links, render_page
 from kling_batch.picks import read_picks
-from kling_batch.plan import build_plan
+from kling_batch.plan import Plan, build_plan
 from kling_batch.posters import POSTER_FOLDER, REVIEW_EXTRA, missing_review_extra, write_posters
+from kling_batch.safefiles import lies_inside, real_path
 
 PAGE = "index.html"
 
@@ -48,7 +49,7 @@ def review_command(request: ReviewRequest) -> Path:
         cols=request.cols,
         emulator=request.emulator,
     )
-    out_dir = request.out or plan.loaded.root / plan.loaded.manifest.output_dir / "review"
+    out_dir = request.out or _default_out(plan)
     links = Links(gallery.root, out_dir)
     playable = _playable(gallery, links)
     page = out_dir / PAGE
@@ -66,6 +67,25 @@ def review_command(request: ReviewRequest) -> Path:
     if request.open_browser and not webbrowser.open(page.resolve().as_uri()):
         ui.say(f"note: no browser to open; open {page} by hand")
     return page
+
+
+def _default_out(plan: Plan) -> Path:
+    """`<output_dir>/review`, refused when it or its posters folder is a link, or leads
+    out of the output folder, itself in the project: a repository may ship such a link,
+    and the gallery would be written (and old posters swept) wherever it leads."""
+    root, output_dir = plan.loaded.root, plan.loaded.manifest.output_dir.rstrip("/")
+    base, project = real_path(root / output_dir), real_path(root)
+    in_project = base is not None and project is not None and base.is_relative_to(project)
+    for folder in (f"{output_dir}/review", f"{output_dir}/review/{POSTER_FOLDER}"):
+        if (root / folder).is_symlink() or not (
+            in_project and lies_inside(root, output_dir, folder)
+        ):
+            raise UserError(
+                f"{folder} is a link or leads out of the output folder; review writes "
+                "nothing through it: remove it, or pass --out to write the gallery elsewhere",
+                file=plan.loaded.path,
+            )
+    return root / output_dir / "review"
 
 
 def _check_sheet(sheet: Path | None, missing: str | None) -> None:

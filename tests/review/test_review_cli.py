@@ -278,3 +278,29 @@ def test_an_edited_shot_shows_its_earlier_render_as_outdated(
     videos = [v for v in page.tags("video") if v.get("class") == "render"]
     assert "sign.mp4" in {Path(str(v["src"])).name for v in videos}
     assert "changed since it rendered: prompt changed" in page.texts
+
+
+def test_review_writes_nothing_through_a_linked_review_folder(
+    project: Project, tmp_path: Path
+) -> None:
+    """A repository shipping `renders/review` (or its posters folder) as a link elsewhere:
+    `review` refuses in one line naming it, and writes or sweeps nothing there; `--out`
+    still writes the gallery where the user says."""
+    manifest = project('[[shots]]\nid = "a"\nprompt = "a calm sea"\n')
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "index.html").write_text("my own page")
+    (elsewhere / "0123456789abcdef.jpg").write_bytes(b"my own picture")
+    renders = manifest.parent / "renders"
+    for folder in ("review", "review/posters"):
+        if renders.exists():
+            shutil.rmtree(renders)
+        linked = renders / folder
+        linked.parent.mkdir(parents=True)
+        linked.symlink_to(elsewhere, target_is_directory=True)
+        line = one_line_error(kling_batch("review", str(manifest)))
+        assert f"renders/{folder} is a link" in line and "--out" in line
+        assert sorted(p.name for p in elsewhere.iterdir()) == ["0123456789abcdef.jpg", "index.html"]
+        assert (elsewhere / "index.html").read_text() == "my own page"
+    page = review(manifest, "--out", str(tmp_path / "gallery"))
+    assert page.cards().keys() == {"a"}
