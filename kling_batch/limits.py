@@ -14,6 +14,8 @@ MANIFEST_MAX_BYTES = 10 * _MB
 LOCKFILE_MAX_BYTES = 512 * _MB
 # An `{% include %}`d template partial: prompt text, not data.
 PARTIAL_MAX_BYTES = 1 * _MB
+# The picks file `review` and `pick` keep beside the manifest: a line per picked render.
+PICKS_MAX_BYTES = 64 * _MB
 
 # Renders one plan may expand to (matrix × takes, summed over shots) unless
 # `--max-renders` raises it: 10× the largest plan benchmarked (10,000 renders).

@@ -22,7 +22,9 @@ from kling_batch import ui
 from kling_batch.atomic import atomic_write
 from kling_batch.errors import UserError
 from kling_batch.expand import expand_shots
+from kling_batch.limits import PICKS_MAX_BYTES
 from kling_batch.manifest import load_manifest
+from kling_batch.safefiles import read_text
 from kling_batch.toml_errors import syntax_problem
 
 PICKS_VERSION = 1
@@ -112,8 +114,8 @@ def _matching(ids: list[str], patterns: Iterable[str], *, path: Path | None) -> 
 
 
 def _load(path: Path) -> PicksFile:
-    try:
-        text = path.read_text(encoding="utf-8")
+    try:  # a regular file of bounded size only: a FIFO or /dev/zero is refused at once
+        text = read_text(path, limit=PICKS_MAX_BYTES, what="the picks file")
     except FileNotFoundError:
         return PicksFile()
     except (OSError, UnicodeDecodeError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -98,6 +99,25 @@ def test_a_hostile_picks_file_is_refused_in_one_line(project: Project, hostile: 
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert "manifest.picks.toml" in line
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+@pytest.mark.parametrize("command", ["review", "pick"])
+def test_a_picks_file_that_is_no_regular_file_is_refused_in_one_line(
+    project: Project, kind: str, command: str
+) -> None:
+    """A picks file shipped as a FIFO (a read would wait forever) or a link to /dev/zero (a
+    read would fill memory): exit 2 in one line naming the file, at once."""
+    manifest = project(SHOTS)
+    if kind == "fifo":
+        os.mkfifo(picks_file(manifest))
+    else:
+        picks_file(manifest).symlink_to(kind)
+    result = kling_batch(command, str(manifest), *(["story"] if command == "pick" else []))
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "manifest.picks.toml" in line and "must be a regular file" in line
 
 
 @pytest.fixture
