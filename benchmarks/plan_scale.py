@@ -11,7 +11,8 @@ plan (no `.kling-batch/` caches), then with warm caches `plan --check` (nothing 
 answered from the up-to-date stamp; then the same with the stamp removed before each, so
 planned in full with every other cache warm), and a one-edit `plan` (matrix: one of the
 50 images edited, its renders flagged; listed: one shot's prompt edited, it alone
-flagged), each restored afterwards. Wall time and peak
+flagged), each restored afterwards; and a plan with every render new (the lockfile moved
+away: a table of N rows, as on a project's first plan). Wall time and peak
 memory (max RSS of the child). Beside them, GNU make's no-op check of N up-to-date
 targets made from N sources (generated here), and the ratio of kling-batch's warm check
 to make's (issue 13: at most 0.2 at 10,000).
@@ -246,9 +247,22 @@ def bench(shape: str, renders: int, repeat: int) -> float:
             settle(list(saved))
             plan(manifest, "--check")  # back to the warm no-op state
         print(row("warm one-edit plan", edits))
+        print(row("warm plan, every render new", all_new(manifest, repeat)))
         return statistics.median(wall for wall, _, _ in checks)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def all_new(manifest: Path, repeat: int) -> list[tuple[float, float, int]]:
+    """`plan` with the lockfile moved away (caches warm): every render new, each listed in
+    the table, as on a project's first plan; the lockfile put back after."""
+    lock = lock_path(manifest)
+    aside = lock.with_name(lock.name + ".aside")
+    lock.rename(aside)
+    try:
+        return [plan(manifest) for _ in range(repeat)]
+    finally:
+        aside.rename(lock)
 
 
 def main() -> None:
