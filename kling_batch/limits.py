@@ -17,6 +17,10 @@ PARTIAL_MAX_BYTES = 1 * _MB
 # The picks file `review` and `pick` keep beside the manifest: a line per picked render.
 PICKS_MAX_BYTES = 64 * _MB
 
+# Shot files one `include` glob may match: a file per render of the largest plan
+# benchmarked (10,000 renders).
+INCLUDE_MAX_FILES = 10_000
+
 # Renders one plan may expand to (matrix × takes, summed over shots) unless
 # `--max-renders` raises it: 10× the largest plan benchmarked (10,000 renders).
 MAX_RENDERS = 100_000

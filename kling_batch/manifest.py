@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kling_batch import safefiles
 from kling_batch.errors import Loc, UserError, validation_error
-from kling_batch.limits import MANIFEST_MAX_BYTES
+from kling_batch.include_globs import matching_files
+from kling_batch.limits import INCLUDE_MAX_FILES, MANIFEST_MAX_BYTES
 from kling_batch.toml_errors import syntax_problem
 
 if TYPE_CHECKING:
@@ -223,26 +224,13 @@ def _parse(path: Path, text: str, suffix: str) -> dict[str, Any]:
 
 def included_files(path: Path, patterns: list[str]) -> list[Path]:
     """The files the `include` globs of the manifest at `path` match, each once, the
-    manifest itself left out; a glob that matches nothing or leads out is refused."""
-    root = path.parent.resolve()
-    found: list[Path] = []
+    manifest itself left out; a glob that matches nothing or leads out is refused. A glob
+    does not go through links to folders (`include_globs`), and may match at most
+    `INCLUDE_MAX_FILES` files."""
+    root, manifest = path.parent.resolve(), path.resolve()
+    found: dict[Path, None] = {}  # in the order matched, each once
     for pattern in patterns:
-        problem = safefiles.path_problem(pattern)
-        if problem is not None:
-            raise UserError(
-                f"include {safefiles.shown(pattern)} {problem}", file=path, field="include"
-            )
-        if Path(pattern).is_absolute() or ".." in Path(pattern).parts:
-            raise UserError(
-                f"include {pattern!r} must be a relative glob inside the manifest's folder",
-                file=path,
-                field="include",
-            )
-        # Not only regular files: a FIFO or device must be refused by name, not skipped.
-        matches = sorted(p for p in path.parent.glob(pattern) if not p.is_dir())
-        if not matches:
-            raise UserError(f"include {pattern!r} matches no file", file=path, field="include")
-        for match in matches:
+        for match in _glob_matches(path, pattern):
             real = safefiles.real_path(match)
             if real is None:
                 shown = match.relative_to(path.parent).as_posix()
@@ -257,9 +245,33 @@ def included_files(path: Path, patterns: list[str]) -> list[Path]:
                     file=path,
                     field="include",
                 )
-            if real != path.resolve() and match not in found:
-                found.append(match)
-    return found
+            if real != manifest:
+                found[match] = None
+    return list(found)
+
+
+def _glob_matches(path: Path, pattern: str) -> list[Path]:
+    """What one `include` glob matches: not folders, so a FIFO or device is refused by name
+    when read, not skipped; a glob that is no relative path or matches nothing is refused."""
+    problem = safefiles.path_problem(pattern)
+    if problem is not None:
+        raise UserError(f"include {safefiles.shown(pattern)} {problem}", file=path, field="include")
+    if Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+        raise UserError(
+            f"include {pattern!r} must be a relative glob inside the manifest's folder",
+            file=path,
+            field="include",
+        )
+    matches = matching_files(path.parent, pattern, INCLUDE_MAX_FILES)
+    if matches is None:
+        raise UserError(
+            f"include {pattern!r} matches more than {INCLUDE_MAX_FILES:,} files",
+            file=path,
+            field="include",
+        )
+    if not matches:
+        raise UserError(f"include {pattern!r} matches no file", file=path, field="include")
+    return matches
 
 
 def _validate(model: type[M], path: Path, data: dict[str, Any]) -> M:

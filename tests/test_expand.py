@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -168,6 +169,49 @@ def test_shots_from_included_files(project: Callable[..., Path], tmp_path: Path)
         prompt = "p"
     """)
     assert ids(path) == ["own", "from-b", "from-a"]
+
+
+@pytest.mark.timeout(10)  # a hang detector: globs that followed the links ran for minutes
+def test_include_globs_do_not_go_through_links_to_folders(
+    project: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A glob never enters a link to a folder: six links to the project's own folder and
+    `*/*/*/*/*/*/shots.toml` match nothing (not 6**6 paths to the one `shots.toml`), and a
+    link to `shots` adds no second copy of its files."""
+    (tmp_path / "shots.toml").write_text('[[shots]]\nid = "top"\nprompt = "p"\n')
+    (tmp_path / "shots").mkdir()
+    (tmp_path / "shots" / "a.toml").write_text('[[shots]]\nid = "from-a"\nprompt = "p"\n')
+    (tmp_path / "alias").symlink_to("shots")
+    for i in range(6):
+        (tmp_path / f"l{i}").symlink_to(".")
+    path = project("""
+        include = ["*/*/*/*/*/*/shots.toml"]
+    """)
+    with pytest.raises(
+        UserError, match=re.escape("include '*/*/*/*/*/*/shots.toml' matches no file")
+    ):
+        load_manifest(path)
+    path = project("""
+        include = ["*/*.toml", "**/a.toml"]
+    """)
+    assert load_manifest(path).included == (tmp_path / "shots" / "a.toml",)
+
+
+def test_include_glob_matching_too_many_files_is_refused(
+    project: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A glob matching more shot files than `INCLUDE_MAX_FILES` is refused, naming it."""
+    monkeypatch.setattr("kling_batch.manifest.INCLUDE_MAX_FILES", 3)
+    (tmp_path / "shots").mkdir()
+    for name in "abcd":
+        (tmp_path / "shots" / f"{name}.toml").write_text("shots = []\n")
+    path = project("""
+        include = ["shots/[abc].toml", "shots/*.toml"]
+    """)
+    with pytest.raises(
+        UserError, match=re.escape("include 'shots/*.toml' matches more than 3 files")
+    ):
+        load_manifest(path)
 
 
 def test_cosmetic_template_edit_renders_same_request(project: Callable[..., Path]) -> None:
