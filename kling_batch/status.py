@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from kling_batch import safefiles
@@ -17,6 +16,7 @@ from kling_batch.lockfile import Entry, load_lockfile
 from kling_batch.lockname import emulator_only_hint, lock_path
 from kling_batch.manifest import Manifest, read_document, require_manifest
 from kling_batch.reports import usd
+from kling_batch.tables import Columns
 from kling_batch.ui import say, write_data
 
 STATE_STYLES = {
@@ -101,9 +101,7 @@ def show_status(manifest: Path, *, fmt: str, emulator: bool, console: Console) -
     columns = ["id", "state", "file", "output", "cost", "job", "note"] + (
         ["tags"] if tagged else []
     )
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for name in columns:
-        table.add_column(name, overflow="fold")
+    table = Columns([(name, "left") for name in columns], overflow="fold")
     for row in rows:
         style = STATE_STYLES.get(row["state"], "")
         file_style = "red" if row["file"] in {"missing", "modified", "invalid"} else ""
