@@ -35,15 +35,18 @@ A run that finds a claim it does not hold:
   not have gone out: the render is `uncertain` under the rules of a local uncertain one
   (looked up in the job list with the claimed body, from the claim's time; sent again
   only with `--resubmit-uncertain`). Another account's job cannot be followed or looked
-  up from here: uncertain too, and the run says why.
+  up from here: uncertain too, and the run says why; a claim taken over keeps the account
+  of its job (`job_scope`), so the runs after it know it too.
 
 Failure cases:
 
 - The store cannot be reached when a claim is due: the run renders alone and says so
   once (`--require-remote` refuses to submit instead), and asks the store again with the
   first claim due fifteen seconds later. Two machines that both fall back may both pay:
-  that is what the warning is for. A run already waiting on another run's claim does not
-  fall back: it leaves the render for the next run (the other run is likely paying).
+  that is what the warning is for. A run that has seen another run's claim (waiting on
+  it, or just told it exists: by a read, or by a create that found one it then could not
+  read) does not fall back: it leaves the render for the next run (the other run is
+  likely paying).
 - The store is lost while a claim is held: renewals fail quietly and the lease runs out;
   a teammate then adopts the job (same account: no second charge) or leaves the render
   uncertain. The holder finishes its own job; its record is pushed once the store is back.
@@ -73,6 +76,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kling_batch.canonical import canonical_json
+from kling_batch.errors import RemoteError
 from kling_batch.remote import RemoteStore, claim_key
 
 LEASE_SECONDS = 120.0
@@ -95,12 +99,20 @@ class Claim(BaseModel):
     state: ClaimState = "rendering"
     job_id: str | None = None
     body: dict[str, Any] | None = None
+    # The API account `job_id` and `body` belong to, when not `scope`: a claim taken over
+    # from a run of another account keeps that account's job, which this one cannot follow.
+    job_scope: str | None = None
     claimed_at: datetime
     expires_at: datetime
 
     def live(self, now: datetime) -> bool:
         """True while its run holds it: rendering, within its lease."""
         return self.state == "rendering" and now < self.expires_at
+
+    @property
+    def job_account(self) -> str:
+        """The API account its job (and the body that made it) belongs to."""
+        return self.job_scope if self.job_scope is not None else self.scope
 
     @property
     def holder(self) -> str:
@@ -197,15 +209,25 @@ class ClaimBook:
                 if etag is not None:
                     self._hold(mine, etag)
                     return Taken()
-            stored = await self.store.read(key)
+            try:
+                stored = await self.store.read(key)
+            except RemoteError:
+                if read_first and attempt == 0:
+                    raise
+                return Busy(None)  # the create found one: held by another run, unread
             if stored is None:
                 continue  # none there (or removed by hand): create it
             found = _parse(stored.data, fingerprint)
             if found is None or found.live(self.now()):
                 return Busy(found)
             expired = found if found.state == "rendering" else None
-            if expired is not None:  # its job, body and time go on under this run
-                update = {"job_id": found.job_id, "body": found.body or mine.body}
+            if expired is not None:  # its job, body and account go on under this run
+                account = found.job_account
+                update = {
+                    "job_id": found.job_id,
+                    "body": found.body or mine.body,
+                    "job_scope": None if account == self.me.scope else account,
+                }
                 mine = mine.model_copy(update=update)
             etag = await self.store.replace(key, mine.dumps(), stored.etag)
             if etag is not None:
@@ -215,7 +237,9 @@ class ClaimBook:
 
     async def set_job(self, fingerprint: str, job_id: str) -> bool:
         """Write the job id into a held claim (and renew its lease)."""
-        return await self._rewrite(fingerprint, job_id=job_id, expires_at=self._expiry())
+        return await self._rewrite(
+            fingerprint, job_id=job_id, job_scope=None, expires_at=self._expiry()
+        )
 
     async def renew(self) -> None:
         """Renew the lease of every claim this run holds (one conditional update each)."""

@@ -33,7 +33,7 @@ import anyio
 import anyio.abc
 
 from kling_batch import ui
-from kling_batch.claims import Busy, Claim, ClaimBook, RunIdentity
+from kling_batch.claims import Busy, Claim, ClaimBook, RunIdentity, Taken
 from kling_batch.errors import RefusedError, RemoteError
 from kling_batch.lockfile import (
     UNSETTLED,
@@ -179,6 +179,7 @@ class Team:
         if not self.health.worth_asking:
             return self._alone(waiting)
         fingerprint = render.fingerprint
+        taken: Taken | Busy | None = None
         try:
             taken = await self.claims.take(fingerprint, body, read_first=read_first)
             self.health.up()
@@ -190,7 +191,8 @@ class Team:
                 return recorded
         except RemoteError as exc:
             self.health.down(str(exc))
-            return self._alone(waiting)
+            # Another run seen holding it is likely paying for it: never render alone then.
+            return self._alone(waiting or isinstance(taken, Busy))
         if taken.expired is not None:
             return self._taken_over(taken.expired)
         return Pay()
@@ -215,12 +217,12 @@ class Team:
 
     def _adoptable(self, claim: Claim | None) -> Follow | None:
         """A live claim's job, when this run can follow it (same API account)."""
-        if claim is not None and claim.job_id and claim.scope == self.me.scope:
+        if claim is not None and claim.job_id and claim.job_account == self.me.scope:
             return Follow(claim, claim.job_id, takeover=False)
         return None
 
     def _taken_over(self, expired: Claim) -> Verdict:
-        if expired.scope != self.me.scope:
+        if expired.job_account != self.me.scope:
             job = f" (its job {expired.job_id})" if expired.job_id else ""
             gap = (
                 f"it was claimed by {expired.holder} on another API account{job}, whose lease "

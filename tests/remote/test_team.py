@@ -175,3 +175,59 @@ def test_a_store_lost_while_waiting_on_a_claim_never_means_paying(
     first, settled = anyio.run(main)
     assert isinstance(first, Wait)
     assert isinstance(settled, Later) and "stopped answering" in settled.reason
+
+
+@pytest.mark.parametrize("failing", ["renders/", "claims/"])
+def test_a_claim_seen_taken_then_a_failed_read_never_means_paying(
+    tmp_path: Path, store: RemoteStore, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """Another run holds a live claim (it is paying) and the very next read fails: the
+    record look-up after the claim was seen, or the claim's own read after the create found
+    it there. Not submitted: the render is left for a later look, never rendered alone."""
+    render = planned(tmp_path)
+    mine = team(store, tmp_path, "mine")
+    theirs = ClaimBook(store, RunIdentity("theirs", "their-host", 2, "mine"), lease=600)
+    read = store.read
+
+    async def flaky(key: str) -> object:
+        if key.startswith(failing):
+            raise RemoteError(f"{store.url}: cannot read {key}: timed out")
+        return await read(key)
+
+    async def main() -> object:
+        await theirs.take(render.fingerprint, BODY)
+        monkeypatch.setattr(store, "read", flaky)
+        return await mine.arbitrate(render, BODY)
+
+    verdict = anyio.run(main)
+    assert not isinstance(verdict, Pay), verdict
+    assert isinstance(verdict, Later | Wait)
+
+
+def test_a_job_taken_over_from_another_account_stays_that_accounts(
+    tmp_path: Path, store: RemoteStore
+) -> None:
+    """A dead run of another account left its job in the claim; a run of this account takes
+    the claim over (uncertain: it cannot see that job) and dies too. The next run of this
+    account is uncertain as well, saying why: it never follows a job its key cannot see."""
+    render = planned(tmp_path)
+    at = datetime.now(UTC) - timedelta(hours=2)
+    dead = ClaimBook(store, RunIdentity("dead", "gone-host", 9, "theirs"), lease=60, now=lambda: at)
+    second = ClaimBook(
+        store,
+        RunIdentity("second", "host-2", 2, "mine"),
+        lease=60,
+        now=lambda: at + timedelta(hours=1),
+    )
+    mine = team(store, tmp_path, "mine")
+
+    async def main() -> tuple[object, object]:
+        await dead.take(render.fingerprint, BODY)
+        await dead.set_job(render.fingerprint, "job_9")
+        taken = await second.take(render.fingerprint, BODY)
+        return taken, await mine.arbitrate(render, BODY)
+
+    taken, verdict = anyio.run(main)
+    assert getattr(taken, "expired", None) is not None  # the second run took it over
+    assert isinstance(verdict, Unsure) and verdict.gap is not None
+    assert "another API account (its job job_9)" in verdict.gap
