@@ -13,6 +13,10 @@ here, and a check that fails raises `TemplateLimit` at once:
   product under `CALL_MAX_WORK`; `range()` and `lipsum()` have their own caps;
 - output: every `{{ }}` value is measured before it becomes text, and joining output
   (a field, a `{% set %}` block, a macro) stops past `FIELD_MAX_CHARS`;
+- what is measured: `measure` counts the text a value becomes, through every container
+  and `namespace()` (list literals are not checked as they are built, so ten lists of
+  ten nested eight deep are small in memory and 100 GB as text); any other object counts
+  as a short fixed-size text;
 - time: a deadline, checked on every loop iteration (each `for` loop's iterable is wrapped
   by the code generator) and every call. Jinja has no `while`, so a template without loops
   or calls runs in time bounded by its own length; with both checked, no template runs
@@ -28,14 +32,14 @@ import math
 import re
 import string
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, ValuesView
 from typing import Any
 
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.runtime import Context, Macro
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from jinja2.utils import _PassArg
+from jinja2.utils import Namespace, _PassArg
 
 from kling_batch.errors import TemplateLimit
 from kling_batch.limits import (
@@ -71,11 +75,17 @@ _GROWING = frozenset(
 _PRINTF = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
 _NUMBER = re.compile(r"\d+")
 _LOOP_GUARD = "bounded_loop"
+# What any other object counts as: its text is of a fixed size, such as a date's or
+# `<generator object ... at 0x...>`.
+_OBJECT_CHARS = 64
+_CONTAINERS = (list, tuple, set, frozenset, dict, KeysView, ValuesView, ItemsView)
 
 
 def measure(value: Any, budget: int = CALL_MAX_WORK) -> int:
     """About how many characters `value` takes as text: a string's length, a number's
-    digits, one per container item plus its items'. Stops counting past `budget`."""
+    digits, one per container item plus its items' (a `namespace()` holds what is set on
+    it, a dict's `keys()`/`values()`/`items()` its entries). Any other object counts as
+    the fixed-size text of its kind. Stops counting past `budget`."""
     total = 0
     pending = [value]
     while pending:
@@ -84,14 +94,19 @@ def measure(value: Any, budget: int = CALL_MAX_WORK) -> int:
             total += len(item)
         elif isinstance(item, int):
             total += int(item.bit_length() * _DIGITS_PER_BIT) + 1
+        elif isinstance(item, float) or item is None:
+            total += len(repr(item))
         elif isinstance(item, range):
             total += len(item) * 2
-        elif isinstance(item, list | tuple | set | frozenset | dict):
+        elif isinstance(item, _CONTAINERS):
             total += len(item) + 1
             if total <= budget:
                 pending.extend(item.items() if isinstance(item, dict) else item)
+        elif isinstance(item, Namespace):  # its text is `<Namespace {...}>`: its attributes
+            total += _OBJECT_CHARS
+            pending.append(object.__getattribute__(item, "_Namespace__attrs"))
         else:
-            total += 1
+            total += _OBJECT_CHARS
         if total > budget:
             return total
     return total

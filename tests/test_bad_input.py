@@ -170,6 +170,7 @@ CASES: dict[str, Expect] = {
     "template_method_bomb": E(T, "teaser", "prompt", "ljust() would do too much work"),
     "template_printf_width_bomb": E(T, "teaser", "prompt", "'%' format width", "100,000"),
     "template_concat_bomb": E(T, "teaser", "prompt", "'~' result would be over 100,000"),
+    "template_namespace_bomb": E(T, "teaser", "prompt", "output value would be over 100,000"),
     # expansion bombs: counted before expanding (1 render for 'opener' comes first)
     "matrix_render_bomb": E(
         T,

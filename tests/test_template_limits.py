@@ -39,6 +39,13 @@ def test_ordinary_templates_render_as_jinja_renders_them(text: str, tmp_path: Pa
     assert templates.render(text, context) == first
 
 
+# A million characters as text (1,000 × 10 × 10 × 10), though each list holds ten items.
+NESTED = (
+    "{% set a = ['x' * 1000] %}{% set b = [a, a, a, a, a, a, a, a, a, a] %}"
+    "{% set c = [b, b, b, b, b, b, b, b, b, b] %}{% set c = [c, c, c, c, c, c, c, c, c, c] %}"
+)
+
+
 @pytest.mark.parametrize(
     ("text", "words"),
     [
@@ -52,6 +59,10 @@ def test_ordinary_templates_render_as_jinja_renders_them(text: str, tmp_path: Pa
         ("{% set l = [] %}{{ l.append(1) }}", "unsafe"),
         ("{{ (10 ** 600) * (10 ** 600) }}", "'*' would make a number"),
         ("{{ 10 ** 1001 }}", "'**' would make a number of about 1,001 digits"),
+        # list literals are not measured as they are built, only where they are used
+        (NESTED + "{% set ns = namespace() %}{% set ns.v = c %}{{ ns }}", "an output value"),
+        (NESTED + "{% set ns = namespace(v=c) %}{{ ns ~ '' }}", "'~' result would be over"),
+        (NESTED + "{{ {'v': c}.items() }}", "an output value would be over 100,000"),
         (
             "{% macro m(n) %}{% if n %}{{ m(n - 1) }}{{ m(n - 1) }}{% endif %}{% endmacro %}"
             "{{ m(40) }}",
