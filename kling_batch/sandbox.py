@@ -10,7 +10,9 @@ here, and a check that fails raises `TemplateLimit` at once:
   `FIELD_MAX_CHARS` characters before computing them;
 - calls and filters: a call's input and arguments are measured first; those whose result
   grows with input × argument (`indent`, `center`, `replace`, `join`, ...) must keep the
-  product under `CALL_MAX_WORK`; `range()` and `lipsum()` have their own caps;
+  product under `CALL_MAX_WORK`; `range()` and `lipsum()` have their own caps; the `sum`
+  filter adds numbers only (adding lists or texts is quadratic inside one call, where
+  the deadline is not checked);
 - output: every `{{ }}` value is measured before it becomes text, and joining output
   (a field, a `{% set %}` block, a macro) stops past `FIELD_MAX_CHARS`;
 - what is measured: `measure` counts the text a value becomes, through every container
@@ -35,9 +37,10 @@ import time
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, ValuesView
 from typing import Any
 
-from jinja2 import nodes
+from jinja2 import nodes, pass_environment
 from jinja2.compiler import CodeGenerator, Frame
-from jinja2.runtime import Context, Macro
+from jinja2.filters import make_attrgetter
+from jinja2.runtime import Context, Macro, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace, _PassArg
 
@@ -134,6 +137,7 @@ class GuardedEnvironment(ImmutableSandboxedEnvironment):
         self.globals["range"] = _range
         self.globals["lipsum"] = _lipsum
         self.filters["random"] = _random
+        self.filters["sum"] = _sum
         for name, func in list(self.filters.items()):
             self.filters[name] = self._guard_filter(name, func)
 
@@ -348,3 +352,35 @@ def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str
 
 def _random(value: Any) -> Any:
     raise TemplateLimit(f"the random filter {_CHANCE}; pick the value, or use a matrix")
+
+
+@pass_environment
+def _sum(
+    environment: GuardedEnvironment,
+    iterable: Iterable[Any],
+    attribute: str | int | None = None,
+    start: Any = 0,
+) -> Any:
+    """Jinja's `sum` filter for numbers only: adding lists or texts copies the total so
+    far at each item, work that grows with the square of the items in one call, which
+    the deadline cannot stop (and no prompt needs)."""
+    if attribute is not None:
+        iterable = map(make_attrgetter(environment, attribute), iterable)
+    values = list(iterable)
+    for what, value in (("its start", start), *(("an item", value) for value in values)):
+        if not isinstance(value, int | float | Undefined):  # an undefined one fails in sum()
+            raise TemplateLimit(
+                f"the sum filter adds numbers only, and {what} is {_kind(value)}; "
+                "join lists with '+' and texts with the join filter"
+            )
+    return sum(values, start)
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, str):
+        return "a text"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__}"

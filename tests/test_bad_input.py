@@ -171,6 +171,7 @@ CASES: dict[str, Expect] = {
     "template_printf_width_bomb": E(T, "teaser", "prompt", "'%' format width", "100,000"),
     "template_concat_bomb": E(T, "teaser", "prompt", "'~' result would be over 100,000"),
     "template_namespace_bomb": E(T, "teaser", "prompt", "output value would be over 100,000"),
+    "template_sum_of_lists": E(T, "teaser", "prompt", "the sum filter adds numbers only"),
     # expansion bombs: counted before expanding (1 render for 'opener' comes first)
     "matrix_render_bomb": E(
         T,

@@ -25,6 +25,7 @@ ORDINARY = [
     "{% set parts %}{% for i in range(2) %}[{{ i }}]{% endfor %}{% endset %}{{ parts }}",
     "{{ 'one two three' | wordcount > 2 }} {{ [3, 1] | min }}",
     "{{ {'b': 1, 'a': 2} | dictsort | first | join('=') }} {{ [3, 1, 2] | sort | list }}",
+    "{{ [1, 2.5] | sum }} {{ [{'n': 2}, {'n': 3}] | sum(attribute='n', start=10) }}",
 ]
 
 
@@ -63,6 +64,10 @@ NESTED = (
         (NESTED + "{% set ns = namespace() %}{% set ns.v = c %}{{ ns }}", "an output value"),
         (NESTED + "{% set ns = namespace(v=c) %}{{ ns ~ '' }}", "'~' result would be over"),
         (NESTED + "{{ {'v': c}.items() }}", "an output value would be over 100,000"),
+        # adding lists or texts is quadratic inside one call, out of the deadline's reach
+        ("{{ [[1], [2]] | sum(start=[]) }}", "sum filter adds numbers only, and its start is a"),
+        ("{{ [[1], [2]] | sum }}", "sum filter adds numbers only, and an item is a list"),
+        ("{{ ['a', 'b'] | sum(start='') }}", "sum filter adds numbers only, and its start is a"),
         (
             "{% macro m(n) %}{% if n %}{{ m(n - 1) }}{{ m(n - 1) }}{% endif %}{% endmacro %}"
             "{{ m(40) }}",
