@@ -15,6 +15,10 @@ here, and a check that fails raises `TemplateLimit` at once:
   the deadline is not checked);
 - output: every `{{ }}` value is measured before it becomes text, and joining output
   (a field, a `{% set %}` block, a macro) stops past `FIELD_MAX_CHARS`;
+- sameness: a `{{ }}` value or `~` operand that is a function, class or macro (forgotten
+  parentheses: `{{ range }}`, `{{ joiner() }}`) or whose text holds a memory address
+  (`<... object at 0x...>`: a cycler, a generator) is refused, like `lipsum()` and the
+  `random` filter: it would change the request on every plan, billing it again;
 - what is measured: `measure` counts the text a value becomes, through every container
   and `namespace()` (list literals are not checked as they are built, so ten lists of
   ten nested eight deep are small in memory and 100 GB as text); any other object counts
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import math
 import re
 import string
@@ -78,6 +83,9 @@ _GROWING = frozenset(
 _PRINTF = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
 _NUMBER = re.compile(r"\d+")
 _LOOP_GUARD = "bounded_loop"
+# An object's text when its type gives it none: `<jinja2.utils.Cycler object at 0x7f...>`.
+_ADDRESS = re.compile(r"<[^<>]{0,200}\bat 0x[0-9a-f]+>", re.IGNORECASE)
+_HEX = re.compile(r"0x[0-9a-f]+", re.IGNORECASE)
 # What any other object counts as: its text is of a fixed size, such as a date's or
 # `<generator object ... at 0x...>`.
 _OBJECT_CHARS = 64
@@ -181,10 +189,12 @@ class GuardedEnvironment(ImmutableSandboxedEnvironment):
         return result
 
     def checked_parts(self, parts: tuple[Any, ...]) -> tuple[Any, ...]:
-        """The operands of `~`, measured before they are joined."""
+        """The operands of `~`, measured and checked as text before they are joined."""
         size = sum(measure(part) for part in parts)
         if size > FIELD_MAX_CHARS:
             raise _too_long("a '~' result", size)
+        for part in parts:
+            _as_text(part, "'~' joined")
         return parts
 
     def bounded_loop(self, iterable: Any) -> Iterator[Any]:
@@ -197,7 +207,7 @@ class GuardedEnvironment(ImmutableSandboxedEnvironment):
         size = measure(value, FIELD_MAX_CHARS)
         if size > FIELD_MAX_CHARS:
             raise _too_long("an output value", size)
-        return value
+        return _as_text(value, "'{{ }}' printed")
 
     def _guard_filter(self, name: str, func: Callable[..., Any]) -> Callable[..., Any]:
         skip = 1 if _PassArg.from_obj(func) is not None else 0
@@ -242,6 +252,33 @@ class _GuardedCodeGenerator(CodeGenerator):
             self.visit(arg, frame)
             self.write(", ")
         self.write(")))")
+
+
+def _as_text(value: Any, where: str) -> Any:
+    """`value`'s text (a number or an undefined name as it is: Jinja converts those),
+    refused when `value` is a function, class or macro (forgotten parentheses) or when
+    its text holds a memory address, as objects without a text of their own show."""
+    if isinstance(value, Undefined | int | float) or value is None:
+        return value
+    if callable(value):
+        raise TemplateLimit(f"{where} {_named(value)}, not a value; call it (add parentheses)")
+    text = value if isinstance(value, str) else str(value)
+    address = _ADDRESS.search(text)
+    if address is not None:
+        shown = _HEX.sub("0x...", address.group())[:100]
+        hint = "; add |list to print its items" if isinstance(value, Iterator) else ""
+        raise TemplateLimit(f"{where} '{shown}', whose memory address {_CHANCE}{hint}")
+    return text
+
+
+def _named(value: Any) -> str:
+    if isinstance(value, type):
+        return f"the class {value.__name__!r}"
+    if isinstance(value, Macro):
+        return f"the macro {value.name!r}"
+    if inspect.isroutine(value):
+        return f"the function {value.__name__.lstrip('_')!r}"
+    return f"a {type(value).__name__} object"
 
 
 def _check_binop(operator: str, left: Any, right: Any) -> None:

@@ -159,6 +159,7 @@ CASES: dict[str, Expect] = {
     # a random text would change the request on every plan, billing it again each time
     "template_lipsum_random": E(T, "teaser", "prompt", "lipsum() gives another text on every"),
     "template_random_filter": E(T, "teaser", "prompt", "random filter gives another text"),
+    "template_prints_address": E(T, "teaser", "prompt", "Cycler object at 0x...>', whose memory"),
     # numbers no int() should meet: refused in one line, not an OverflowError
     "matrix_exclude_all_bomb": E(
         T, "teaser-{{ a }}-{{ b }}-{{ c }}-{{ d }}", "matrix", "up to 100,000,001 renders"

@@ -26,6 +26,8 @@ ORDINARY = [
     "{{ 'one two three' | wordcount > 2 }} {{ [3, 1] | min }}",
     "{{ {'b': 1, 'a': 2} | dictsort | first | join('=') }} {{ [3, 1, 2] | sort | list }}",
     "{{ [1, 2.5] | sum }} {{ [{'n': 2}, {'n': 3}] | sum(attribute='n', start=10) }}",
+    "{% set j = joiner(', ') %}{% for x in ['a', 'b'] %}{{ j() }}{{ x }}{% endfor %}",
+    "{% set c = cycler('odd', 'even') %}{% for x in 'abc' %}{{ c.next() }} {% endfor %}",
 ]
 
 
@@ -77,6 +79,32 @@ NESTED = (
 )
 def test_hostile_work_is_refused(text: str, words: str, tmp_path: Path) -> None:
     """Each would take minutes or gigabytes; each is refused with the cap it hit."""
+    templates = Templates(tmp_path)
+    with pytest.raises(TemplateProblem) as info:
+        templates.render(text, templates.context({}))
+    assert words in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("{{ range }}", "'{{ }}' printed the function 'range', not a value; call it"),
+        ("{{ lipsum }}", "'{{ }}' printed the function 'lipsum', not a value"),
+        ("{{ dict }}", "'{{ }}' printed the class 'dict', not a value"),
+        ("{% macro m() %}{% endmacro %}{{ m }}", "printed the macro 'm', not a value"),
+        ("{{ joiner() }}", "'{{ }}' printed a Joiner object, not a value; call it"),
+        ("{{ cycler(1) }}", "printed '<jinja2.utils.Cycler object at 0x...>', whose memory"),
+        ("{{ ['a'] | map('upper') }}", "address gives another text on every plan, so each"),
+        ("{{ ['a'] | map('upper') }}", "; add |list to print its items"),
+        ("{{ [joiner()] }}", "printed '<jinja2.utils.Joiner object at 0x...>'"),
+        ("{{ joiner() | string }}", "printed '<jinja2.utils.Joiner object at 0x...>'"),
+        ("{{ 'x' ~ cycler(1) }}", "'~' joined '<jinja2.utils.Cycler object at 0x...>'"),
+        ("{{ 'x' ~ range }}", "'~' joined the function 'range', not a value"),
+    ],
+)
+def test_objects_are_not_printed(text: str, words: str, tmp_path: Path) -> None:
+    """A function, or an object whose text is its memory address, printed into a prompt
+    would change the request on every plan (and bill it again): refused, named."""
     templates = Templates(tmp_path)
     with pytest.raises(TemplateProblem) as info:
         templates.render(text, templates.context({}))
