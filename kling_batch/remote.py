@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -50,6 +51,7 @@ from kling_batch.errors import BadOutput, RemoteError, UserError
 from kling_batch.payloads import Download
 
 if TYPE_CHECKING:
+    from obstore import UpdateVersion
     from obstore.store import ObjectStore
 
 T = TypeVar("T")
@@ -185,7 +187,8 @@ def redact(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Stored:
-    """A small object read back: its bytes and its version tag (for a conditional update)."""
+    """A small object read back: its bytes and its version token (for a conditional
+    update; see `version_token`)."""
 
     data: bytes
     etag: str | None
@@ -234,7 +237,7 @@ class RemoteStore:
         await self._call("cannot list", "renders/", listing)
 
     async def read(self, key: str) -> Stored | None:
-        """A small object and its version tag; None when there is none."""
+        """A small object and its version token; None when there is none."""
         obs = _obstore()
 
         def get() -> Stored | None:
@@ -244,33 +247,35 @@ class RemoteStore:
                 return None
             if result.meta["size"] > SMALL_LIMIT:
                 raise RemoteError(f"{self.url}/{key} is too large to be kling-batch's")
-            return Stored(bytes(result.bytes()), result.meta.get("e_tag"))
+            return Stored(bytes(result.bytes()), version_token(result.meta))
 
         return await self._call("cannot read", key, get)
 
     async def create(self, key: str, data: bytes) -> str | None:
-        """Write `key` only if it does not exist (If-None-Match); its version tag, or None
-        when it already exists."""
+        """Write `key` only if it does not exist (If-None-Match); its version token, or
+        None when it already exists."""
         obs = _obstore()
 
         def put() -> str | None:
             try:
-                return obs.put(self._meta, key, data, mode="create")["e_tag"] or ""
+                return version_token(obs.put(self._meta, key, data, mode="create"))
             except _taken():
                 return None
 
         return await self._call("cannot create", key, put)
 
     async def replace(self, key: str, data: bytes, etag: str | None) -> str | None:
-        """Overwrite `key` only if it is still at version `etag` (If-Match); the new version
-        tag, or None when another writer changed or removed it first."""
+        """Overwrite `key` only if it is still at the version token `etag` names (If-Match
+        on its e_tag, or x-goog-if-generation-match on its version for GCS); the new version
+        token, or None when another writer changed or removed it first."""
         obs = _obstore()
 
         def put() -> str | None:
             if self.url.scheme == "file":
                 return self._replace_file(key, data, etag)
             try:
-                return obs.put(self._meta, key, data, mode={"e_tag": etag})["e_tag"] or ""
+                mode = _update_mode(etag)
+                return version_token(obs.put(self._meta, key, data, mode=mode))
             except (*_taken(), *_missing()):
                 return None
 
@@ -283,9 +288,9 @@ class RemoteStore:
         guard = filelock.FileLock(self.url.folder / (key + ".lock"), timeout=30)
         try:
             with guard:
-                if obs.head(self._meta, key).get("e_tag") != etag:
+                if version_token(obs.head(self._meta, key)) != etag:
                     return None
-                return obs.put(self._meta, key, data)["e_tag"] or ""
+                return version_token(obs.put(self._meta, key, data))
         except _missing():
             return None
         except filelock.Timeout as exc:
@@ -340,6 +345,27 @@ class RemoteStore:
             return Download(size=size, sha256=tagged(digest.hexdigest()))
 
         return await self._call("cannot download", key, get)
+
+
+def version_token(meta: Mapping[str, Any]) -> str:
+    """The opaque token naming one version of an object, from obstore's `get`/`head` meta
+    or `put` result: `["<e_tag>", "<version>"]` in JSON, either part null when the store
+    gives none. Both are kept because stores differ in what a conditional update needs
+    (S3 and Azure the e_tag, GCS the version: its generation); callers only hand it back
+    to `RemoteStore.replace` and compare it for equality."""
+    return json.dumps([meta.get("e_tag"), meta.get("version")])
+
+
+def _update_mode(token: str | None) -> UpdateVersion:
+    """obstore's put mode for an update conditional on the version `token` names, without
+    the parts that are null (no token: neither, which obstore refuses)."""
+    e_tag, version = json.loads(token) if token is not None else (None, None)
+    mode: UpdateVersion = {}
+    if e_tag is not None:
+        mode["e_tag"] = e_tag
+    if version is not None:
+        mode["version"] = version
+    return mode
 
 
 def open_store(url: RemoteUrl) -> RemoteStore:

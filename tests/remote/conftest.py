@@ -1,6 +1,6 @@
 """Fixtures for the shared render store: moto's S3 server on loopback, started by the tests,
-or a shared folder; and "machines": project folders rendering one manifest against one
-emulator through that store, with the real command line."""
+a fake GCS (`fake_gcs`) or a shared folder; and "machines": project folders rendering one
+manifest against one emulator through that store, with the real command line."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from moto.server import ThreadedMotoServer
 from kling_batch.canonical import untagged
 from kling_batch.emulator import RunningEmulator
 from kling_batch.submission import FINGERPRINT_HEADER
+from tests.remote.fake_gcs import FakeGCS
 from tests.run.conftest import Project, write_project
 
 # Dummy credentials (moto takes any); the tests check they never show up anywhere.
@@ -149,6 +150,16 @@ def s3() -> Iterator[S3Server]:
     """One S3 server for a module's tests (each test makes its own bucket)."""
     server = S3Server()
     server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def gcs() -> Iterator[FakeGCS]:
+    """One fake GCS for a module's tests (each test takes its own bucket)."""
+    server = FakeGCS()
     try:
         yield server
     finally:

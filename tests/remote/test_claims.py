@@ -1,4 +1,5 @@
-"""The claim protocol against a shared folder (`file://`): who gets to pay for a render."""
+"""The claim protocol against a shared folder (`file://`) and a (fake) GCS bucket (`gs://`,
+whose conditional updates go by generation, not ETag): who gets to pay for a render."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from kling_batch.claims import Busy, Claim, ClaimBook, RunIdentity, Taken
 from kling_batch.remote import RemoteStore, claim_key, open_store, parse_remote
+from tests.remote.fake_gcs import FakeGCS
 
 FINGERPRINT = "sha256:" + "c" * 64
 BODY = {"model": "kling-o3", "prompt": "a lighthouse"}
@@ -26,8 +28,16 @@ class Clock:
         return self.at
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> RemoteStore:
+@pytest.fixture(params=["file", "gs"])
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> RemoteStore:
+    """Each test twice: on a shared folder, and on a bucket of the fake GCS."""
+    if request.param == "gs":
+        gcs: FakeGCS = request.getfixturevalue("gcs")
+        for name, value in gcs.env().items():
+            monkeypatch.setenv(name, value)
+        return open_store(parse_remote(f"gs://{gcs.bucket()}/launch"))
     folder = tmp_path / "shared"
     folder.mkdir()
     return open_store(parse_remote(f"file://{folder}"))
@@ -156,3 +166,46 @@ def test_a_claim_that_cannot_be_read_is_never_taken_over(store: RemoteStore) -> 
         return await book(store, "reader", clock).take(FINGERPRINT, BODY)
 
     assert anyio.run(main) == Busy(None)
+
+
+def test_a_claim_is_taken_carries_its_job_is_renewed_released_and_taken_again(
+    store: RemoteStore,
+) -> None:
+    """Every conditional update of one claim's life goes through (on GCS too, where the
+    update needs the object's generation, not only its ETag)."""
+    clock = Clock()
+    first, second = book(store, "first", clock), book(store, "second", clock)
+
+    async def main() -> tuple[bool, Taken | Busy, Taken | Busy, Claim]:
+        assert isinstance(await first.take(FINGERPRINT, BODY), Taken)
+        job_set = await first.set_job(FINGERPRINT, "job_1")
+        clock.at += timedelta(seconds=40)
+        await first.renew()
+        busy = await second.take(FINGERPRINT, BODY)
+        await first.release(FINGERPRINT)
+        return job_set, busy, await second.take(FINGERPRINT, BODY), await stored(store)
+
+    job_set, busy, taken, claim = anyio.run(main)
+    assert job_set and not first.lost and not first.holds(FINGERPRINT)
+    assert isinstance(busy, Busy) and busy.claim is not None and busy.claim.job_id == "job_1"
+    assert isinstance(taken, Taken) and taken.expired is None
+    assert claim.run == "second" and claim.state == "rendering" and claim.live(clock.at)
+
+
+def test_an_update_from_a_stale_version_is_refused_even_with_the_same_bytes(
+    store: RemoteStore,
+) -> None:
+    """The version token names one write, not one content: GCS gives the same ETag (the
+    content's MD5) to the same bytes written again, and only the generation tells them
+    apart."""
+    key = claim_key(FINGERPRINT)
+
+    async def main() -> tuple[str | None, str | None]:
+        created = await store.create(key, b"a")
+        assert created is not None
+        again = await store.replace(key, b"a", created)
+        stale = await store.replace(key, b"b", created)
+        return again, stale
+
+    again, stale = anyio.run(main)
+    assert again is not None and stale is None
