@@ -24,7 +24,7 @@ from kling_batch.state import StateDir
 
 log = logging.getLogger(__name__)
 
-_CACHE_VERSION = 3
+_CACHE_VERSION = 4  # 4: a video's length is its video track's (3 kept the sound track's)
 _CACHE_MAX = 1024 * 1024 * 1024  # read only a regular file (never block on a FIFO)
 # A file changed within this window of being hashed may change again in the same tick.
 _RACY_NS = 2_000_000_000
@@ -303,13 +303,9 @@ def _from_row(row: Any) -> _Entry | None:
 
 
 def _probe_seconds(path: Path) -> Decimal:
-    import mutagen
+    from kling_batch.mp4check import mp4_seconds  # mutagen loads only for a video input
 
-    try:
-        media = mutagen.File(path)
-    except Exception as exc:  # mutagen raises many error types for damaged files
-        raise AssetProblem(f"cannot read the length of {path.name}: {exc}") from None
-    length = getattr(getattr(media, "info", None), "length", None)
-    if not length:
-        raise AssetProblem(f"cannot read the length of {path.name}: not a video mutagen knows")
-    return Decimal(repr(float(length))).quantize(_MILLISECOND, rounding=ROUND_HALF_UP)
+    length = mp4_seconds(path)
+    if length is None:
+        raise AssetProblem(f"cannot read the length of {path.name}: not an MP4 or MOV video")
+    return Decimal(repr(length)).quantize(_MILLISECOND, rounding=ROUND_HALF_UP)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import pytest
 
 from kling_batch.plan import build_plan
@@ -140,6 +142,48 @@ def test_video_edit_clip_over_ten_seconds_is_capped(
     plan = build_plan(path, now=NOW)
     assert costs(path)["x"] == (Decimal("0.252"), Decimal(10), Decimal("2.520"))
     assert any("first 10s" in w for w in plan.warnings)
+
+
+def clip_with_sound(path: Path, picture: int, sound: int) -> Path:
+    """An H.264 MP4 of `picture` seconds (160×96, 4 fps) with `sound` seconds of AAC."""
+    fps, rate = 4, 8000
+    with av.open(str(path), mode="w") as out:
+        video = out.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = 160, 96, "yuv420p"
+        video.options = {"preset": "ultrafast", "tune": "zerolatency"}  # no frame reordered
+        audio = out.add_stream("aac", rate=rate)
+        audio.layout = "mono"
+        for n in range(picture * fps):
+            frame = av.VideoFrame(160, 96, "yuv420p")
+            frame.pts, frame.time_base = n, Fraction(1, fps)
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        for start in range(0, sound * rate, 1024):
+            samples = av.AudioFrame(format="fltp", layout="mono", samples=1024)
+            for plane in samples.planes:
+                plane.update(bytes(plane.buffer_size))
+            samples.sample_rate, samples.pts = rate, start
+            samples.time_base = Fraction(1, rate)
+            out.mux(audio.encode(samples))
+        out.mux(audio.encode(None))
+    return path
+
+
+@pytest.mark.parametrize(("picture", "sound", "billed"), [(10, 2, 10), (14, 5, 10), (4, 12, 4)])
+def test_video_edit_bills_the_pictures_length_not_the_sounds(
+    project: Callable[..., Path], picture: int, sound: int, billed: int
+) -> None:
+    """A clip whose sound track is shorter or longer than its picture is billed by the
+    picture (capped at 10 s): 2 s of sound over 10 s of picture is 10 s, not 2 s."""
+    path = project("""
+        [[shots]]
+        id = "x"
+        prompt = "make it snow"
+        video = "clip.mp4"
+        model_tier = "pro"
+    """)
+    clip_with_sound(path.parent / "clip.mp4", picture, sound)
+    assert costs(path)["x"] == (Decimal("0.336"), Decimal(billed), Decimal("0.336") * billed)
 
 
 def test_remote_video_edit_is_an_assumption(project: Callable[..., Path]) -> None:

@@ -11,7 +11,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import av
-import mutagen.mp4
+
+from kling_batch.mp4check import mp4_seconds
 
 # Even sizes, since yuv420p halves each side for chroma.
 SIZES = {"16:9": (32, 18), "1:1": (18, 18), "9:16": (18, 32)}
@@ -96,12 +97,7 @@ def probe_seconds(source: Path | bytes) -> Decimal | None:
 
 
 def _probe_with_mutagen(source: Path | bytes) -> float | None:
-    target = io.BytesIO(source) if isinstance(source, bytes) else source
-    try:
-        info = mutagen.mp4.MP4(target).info  # type: ignore[no-untyped-call]
-    except Exception:  # mutagen raises several unrelated types on foreign files
-        return None
-    return float(info.length) if info is not None else None
+    return mp4_seconds(io.BytesIO(source) if isinstance(source, bytes) else source)
 
 
 def _probe_with_av(source: Path | bytes) -> float | None:
