@@ -218,7 +218,7 @@ def check_rules(request: KlingO3Request, workflow: ResolvedWorkflow) -> list[str
     if request.model_tier == "4k":
         if workflow == "video_edit":
             raise RequestRuleError("model_tier", "4k takes no video input; use standard or pro")
-        if request.reference_videos:
+        if workflow == "reference" and request.reference_videos:  # only sent for reference
             raise RequestRuleError(
                 "model_tier", "4k takes no video input (reference_videos); use standard or pro"
             )

@@ -155,6 +155,16 @@ def test_4k_reference_with_images_is_allowed() -> None:
     assert kling_o3.check_rules(request, "reference") == []
 
 
+def test_4k_with_reference_videos_it_does_not_send_warns_only() -> None:
+    """4K i2v naming reference_videos, which i2v does not send: allowed with the usual
+    "not sent" warning (the request sent has no video), as an unsent `video` is."""
+    request = KlingO3Request(
+        prompt="x", model_tier="4k", workflow="i2v", image="a.png", reference_videos=["c.mp4"]
+    )
+    assert "reference_videos" not in kling_o3.wire_request(request, "i2v")
+    assert any("reference_videos" in w for w in kling_o3.check_rules(request, "i2v"))
+
+
 def test_wire_request_writes_defaults_and_resolved_workflow() -> None:
     """The body sent names every default and the resolved workflow, lists comma-joined."""
     request = KlingO3Request(prompt="x", reference_images="a.png, b.png")
