@@ -7,6 +7,8 @@ import math
 import re
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
+from datetime import date, time
+from decimal import Decimal
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -498,14 +500,26 @@ def _template_error(
 def _cache_key(
     text: str, names: tuple[str, ...], context: Mapping[str, Any]
 ) -> tuple[Hashable, ...]:
-    # The type is part of the key: 1, 1.0 and True are equal but render differently.
+    # The type is part of the key: 1, 1.0 and True are equal but render differently; so is
+    # the text of a value equal values of its type may print otherwise (below).
     values = [context.get(name, _MISSING) for name in names]
-    key: tuple[Hashable, ...] = (text, *[(type(v), v) for v in values])
+    key: tuple[Hashable, ...] = (text, *[_part(v) for v in values])
     try:
         hash(key)
     except TypeError:
         key = (text, *[_hashable(v) for v in values])
     return key
+
+
+# Types of which equal values may print differently: 0.0 and -0.0; two datetimes of one
+# instant in different time zones; Decimal("1.0") and Decimal("1.00").
+_PRINTED_OTHERWISE = (float, Decimal, date, time)
+
+
+def _part(value: Any) -> Hashable:
+    if isinstance(value, _PRINTED_OTHERWISE):
+        return (type(value), value, repr(value))
+    return (type(value), value)
 
 
 def _hashable(value: Any) -> Hashable:
@@ -515,7 +529,7 @@ def _hashable(value: Any) -> Hashable:
         # Only vars and matrix entries are unhashable (lists, tables), and they live for
         # the whole expansion, so their identity cannot be reused by another object.
         return (type(value), "id", id(value))
-    return (type(value), value)
+    return _part(value)
 
 
 _MISSING = object()

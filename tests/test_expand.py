@@ -214,6 +214,24 @@ def test_include_glob_matching_too_many_files_is_refused(
         load_manifest(path)
 
 
+def test_equal_values_that_print_differently_render_each_its_own_text(
+    project: Callable[..., Path],
+) -> None:
+    """One instant in two time zones, 0.0 and -0.0: equal, yet each renders as itself (a
+    render reusing the other's text would send, and pay for, the wrong prompt)."""
+    path = project("""
+        [[shots]]
+        id = "clock-{{ n }}"
+        matrix = { n = [1, 2], include = [
+            { n = 1, when = 2024-05-01T08:00:00+01:00, x = 0.0 },
+            { n = 2, when = 2024-05-01T09:00:00+02:00, x = -0.0 },
+        ] }
+        prompt = "a station clock at {{ when.hour }} o'clock, {{ x }}"
+    """)
+    prompts = [spec.fields["prompt"] for spec in expand_shots(load_manifest(path))]
+    assert prompts == ["a station clock at 8 o'clock, 0.0", "a station clock at 9 o'clock, -0.0"]
+
+
 def test_cosmetic_template_edit_renders_same_request(project: Callable[..., Path]) -> None:
     """Rewriting a template so that it renders the same text changes nothing."""
     first = project("""
