@@ -59,7 +59,7 @@ def context_key(loaded: LoadedManifest) -> str:
     head = loaded.manifest.model_dump(mode="python", exclude={"shots", "include"})
     shared = {"tool": tool_identity(), "root": str(loaded.root.resolve()), "head": head}
     # Key order is kept: a table's order is what `.items()` or `{{ table }}` renders.
-    return text_digest(json.dumps(shared, default=_typed))
+    return text_digest(_keyed(shared))
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +100,7 @@ class PlanCache:
         digest = sourced.digest
         if digest is None:  # not read through the TOML parse cache: digest its data
             data = sourced.shot.model_dump(mode="python")
-            digest = text_digest(json.dumps(data, default=_typed))  # order matters: see above
+            digest = text_digest(_keyed(data))  # order matters: see above
         shown = self._shown.get(sourced.file)
         if shown is None:
             shown = self._shown[sourced.file] = loaded.display(sourced.file)
@@ -315,6 +315,8 @@ def _asset(
     return asset if asset.sha256 == sha256 and asset.size == size else None
 
 
-def _typed(value: Any) -> str:
-    """JSON for values JSON has no type for (TOML dates in vars): type and repr."""
-    return f"{type(value).__name__}:{value!r}"
+def _keyed(value: Any) -> str:
+    """A value's text for a cache key: Python's `repr`, which keeps a table's key order and
+    tells a TOML date from a string that reads like one (JSON with typed values as tagged
+    strings did not: `launch = 2024-06-01` and the string of its tag had one key)."""
+    return repr(value)

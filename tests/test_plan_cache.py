@@ -109,6 +109,17 @@ def test_one_edit_is_flagged_with_its_reason(warm: Path) -> None:
     assert [item.render.model is None for item in plan.items] == [True, False, True, True, True]
 
 
+def test_a_date_var_is_not_taken_for_a_string_that_reads_like_it(warm: Path) -> None:
+    """A var changed from a string to a TOML date whose text the cache once used for dates
+    alike: the renders reading it are planned again with the date's text."""
+    text = warm.read_text()
+    write(warm, text.replace('mood = "misty"', 'mood = "date:datetime.date(2024, 6, 1)"').encode())
+    assert actions(plan_again(warm))["a"][0] == "changed"
+    write(warm, text.replace('mood = "misty"', "mood = 2024-06-01").encode())
+    plan = plan_again(warm)
+    assert plan.items[0].render.request.prompt == "2024-06-01 lighthouse, golden hour"
+
+
 def test_changed_asset_content_is_caught(warm: Path, tmp_path: Path) -> None:
     """An input image whose content changed changes its render, naming the file."""
     write(tmp_path / "b.png", b"yet another picture")
