@@ -45,6 +45,7 @@ from kling_batch.errors import RunError
 from kling_batch.inventory import Inventory, read_inventory
 from kling_batch.lockfile import UNSETTLED, Entry, Lockfile, load_lockfile
 from kling_batch.lockname import emulator_only_hint, lock_path
+from kling_batch.mp4check import has_video_track
 from kling_batch.pricing import round_cost
 from kling_batch.reports import usd
 from kling_batch.runlock import hold_run_lock
@@ -228,8 +229,9 @@ def _orphaned_entries(project: Project, garbage: Garbage) -> None:
         only_copy = _only_copy(project, entry)
         if only_copy is not None:
             garbage.kept.append(
-                f"{key} (done): no longer in the manifest, but its only copy is {only_copy} "
-                "(the render cache has none); delete that file to let gc drop the entry"
+                f"{key} ({entry.state}): no longer in the manifest, but its only copy is "
+                f"{only_copy} (the render cache has none); delete that file to let gc drop "
+                "the entry"
             )
             continue
         garbage.entries.append(key)
@@ -237,11 +239,25 @@ def _orphaned_entries(project: Project, garbage: Garbage) -> None:
 
 
 def _only_copy(project: Project, entry: Entry) -> str | None:
-    """The output holding a done entry's video when the render cache does not."""
-    past = entry.as_past()
-    if past is None or _holds(project.state.cached_render(past.sha256), past.sha256):
+    """The entry's output, when it holds a render on record of the entry (its own when
+    done, or one in its history: a failed or cancelled re-render's entry keeps the paid
+    one there) that the render cache does not."""
+    renders = [past for past in (entry.as_past(), *entry.history) if past is not None]
+    uncached = {
+        past.sha256
+        for past in renders
+        if not _holds(project.state.cached_render(past.sha256), past.sha256)
+    }
+    output = project.root / entry.output
+    return entry.output if uncached and _content(output) in uncached else None
+
+
+def _content(path: Path) -> str | None:
+    """The sha256 of a regular file (links not followed); None for anything else."""
+    try:
+        return sha256_file(path) if stat.S_ISREG(path.lstat().st_mode) else None
+    except OSError:
         return None
-    return entry.output if _holds(project.root / entry.output, past.sha256) else None
 
 
 def _to_index(project: Project, entry: Entry) -> dict[str, Indexed]:
@@ -315,7 +331,14 @@ def _orphaned_outputs(
 ) -> list[Found]:
     """Videos under `output_dir` no lockfile records; an only copy of a render is kept."""
     base = project.root / project.inventory.output_dir
-    if base.resolve() == project.root.resolve():
+    real, root = safefiles.real_path(base), project.root.resolve()
+    if base.is_symlink() or real is None or not real.is_relative_to(root):
+        kept.append(
+            f"{project.inventory.output_dir} is a link or leads out of the manifest's folder: "
+            "gc does not look there for orphaned outputs"
+        )
+        return []
+    if real == root:
         kept.append(
             "output_dir is the manifest's own folder, where other files live too: gc does "
             "not look there for orphaned outputs"
@@ -364,8 +387,9 @@ def _videos_under(base: Path) -> Iterator[Path]:
 
 
 def _is_mp4(path: Path) -> bool:
-    """True for a file that opens with an MP4 `ftyp` box, as every render does."""
-    return safefiles.head(path, 12)[4:8] == b"ftyp"
+    """True for a video as every render is: an MP4 `ftyp` box first, and a video track
+    (a user's `.m4a`, `.heic` or `.avif` has the same box format and is no render)."""
+    return safefiles.head(path, 12)[4:8] == b"ftyp" and has_video_track(path)
 
 
 # -- removing -----------------------------------------------------------------------------

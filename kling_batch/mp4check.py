@@ -97,13 +97,30 @@ def mp4_seconds(source: Path | BinaryIO) -> float | None:
         return None
 
 
+def has_video_track(path: Path) -> bool:
+    """True for an MP4/MOV file with a video track: not a sound file (`.m4a`) nor a still
+    image in the same box format (`.heic`, `.avif`)."""
+    try:
+        with open(path, "rb") as f:
+            return _video_trak(f, Atoms(f)[b"moov"]) is not None
+    except (OSError, KeyError, ValueError, struct.error, mutagen.MutagenError):
+        return False
+
+
 def _video_seconds(f: BinaryIO) -> float | None:
     moov = Atoms(f)[b"moov"]
-    for trak in moov.findall(b"trak"):
-        handler = _read(f, trak[b"mdia", b"hdlr"])
-        if handler[8:12] == b"vide":
-            return _duration(_read(f, trak[b"mdia", b"mdhd"]))
+    trak = _video_trak(f, moov)
+    if trak is not None:
+        return _duration(_read(f, trak[b"mdia", b"mdhd"]))
     return _duration(_read(f, moov[b"mvhd"]))
+
+
+def _video_trak(f: BinaryIO, moov: Any) -> Any:
+    """The first `trak` whose handler (`hdlr`) is `vide`, or None."""
+    for trak in moov.findall(b"trak"):
+        if _read(f, trak[b"mdia", b"hdlr"])[8:12] == b"vide":
+            return trak
+    return None
 
 
 def _read(f: BinaryIO, atom: Any) -> bytes:

@@ -7,13 +7,16 @@ length of its own: no two share a file in the render cache.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import filelock
 
 from kling_batch.emulator.media import render_mp4
@@ -251,3 +254,77 @@ def test_gc_treats_no_output_as_orphaned_without_a_lockfile(
     assert result.returncode == 0, result.stderr
     assert "no shots.lock beside the manifest" in result.stdout
     assert files(project.root) == before
+
+
+def test_gc_keeps_the_only_copy_of_a_paid_render_behind_a_failed_re_render(
+    make_project: Callable[..., Project],
+) -> None:
+    """`night` rendered, edited, its re-render's job failed (or was cancelled), then the
+    shot removed, on a clone without the render cache: its output is the only copy of the
+    paid render its entry's history records. gc keeps the entry and the file, twice over."""
+    project = make_project(manifest("dawn", "night"), faults=("fail=after2",))
+    assert project.run().returncode == 0
+    output = project.root / load_lockfile(project.lock).shots["night"].output
+    paid = output.read_bytes()
+    project.edit("night over the bay", "night over the harbour")
+    assert project.run().returncode == 1  # the re-render's job fails
+    assert load_lockfile(project.lock).shots["night"].state == "failed"
+    shutil.rmtree(project.root / ".kling-batch")
+    project.manifest.write_text(manifest("dawn"))
+    for _ in range(2):
+        result = gc(project, "--yes")
+        assert result.returncode == 0, result.stderr
+        assert "night (failed): no longer in the manifest, but its only copy is" in result.stdout
+    assert output.read_bytes() == paid
+    assert "night" in load_lockfile(project.lock).shots
+
+
+def test_gc_emulator_never_follows_its_output_folder_out_of_the_project(
+    make_project: Callable[..., Project], tmp_path: Path
+) -> None:
+    """A repository shipping `renders-emulator` as a link to the user's videos: gc says it
+    does not look there, and removes nothing there."""
+    project = make_project(manifest("dawn"))
+    assert project.run().returncode == 0
+    videos = tmp_path / "Videos"
+    videos.mkdir()
+    (videos / "holiday.mp4").write_bytes(render_mp4("16:9", Decimal(2)))
+    (project.root / "renders-emulator").symlink_to(videos)
+    (project.root / "shots.emulator.lock").write_text(project.lock.read_text())
+    result = gc(project, "--yes", "--emulator")
+    assert result.returncode == 0, result.stderr
+    assert "renders-emulator is a link or leads out of the manifest's folder" in result.stdout
+    assert (videos / "holiday.mp4").is_file()
+
+
+def test_gc_takes_no_sound_file_or_picture_for_an_orphaned_video(
+    make_project: Callable[..., Project],
+) -> None:
+    """Files of the MP4 box format that are no video (a voice-over `.m4a`, a `.heic`
+    still) in the output folder are the user's: gc lists and removes none of them."""
+    project = make_project(manifest("dawn"))
+    assert project.run().returncode == 0
+    renders = project.root / "renders"
+    sound = av_sound(renders / "voiceover.m4a")
+    still = renders / "cover.heic"
+    still.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
+    result = gc(project, "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "voiceover" not in result.stdout and "cover.heic" not in result.stdout
+    assert sound.is_file() and still.is_file()
+
+
+def av_sound(path: Path) -> Path:
+    """A one-second AAC `.m4a` (an MP4 file with a sound track and no picture)."""
+    with av.open(str(path), mode="w", format="mp4") as out:
+        audio = out.add_stream("aac", rate=8000)
+        audio.layout = "mono"
+        for start in range(0, 8000, 1024):
+            samples = av.AudioFrame(format="fltp", layout="mono", samples=1024)
+            for plane in samples.planes:
+                plane.update(bytes(plane.buffer_size))
+            samples.sample_rate, samples.pts = 8000, start
+            samples.time_base = Fraction(1, 8000)
+            out.mux(audio.encode(samples))
+        out.mux(audio.encode(None))
+    return path
