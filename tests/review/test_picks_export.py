@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from kling_batch.lockfile import PastRender, load_lockfile
+from kling_batch.lockname import lock_path
 from kling_batch.picks import read_picks
 from tests.review.conftest import Reviewed, kling_batch
 
@@ -190,3 +192,85 @@ def test_export_picked_without_picks_is_refused(rendered: Path, tmp_path: Path) 
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert "kling-batch pick" in line
+
+
+def test_export_keeps_an_edited_file_and_says_so(rendered: Path, tmp_path: Path) -> None:
+    """An exported file the user edited is kept (exit 1, named on stderr); once removed, the
+    next export copies the render again."""
+    dest = tmp_path / "out"
+    assert kling_batch("export", str(rendered), str(dest), "--emulator").returncode == 0
+    edited = dest / "hero-trail-shoe.mp4"
+    edited.write_text("my graded edit\n")
+    result = kling_batch("export", str(rendered), str(dest), "--emulator")
+    assert result.returncode == 1, result.stderr
+    assert edited.read_text() == "my graded edit\n"
+    assert "0 copied" in result.stderr and "1 kept" in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("kept:")]
+    assert f"{edited} differs from every render of hero-trail-shoe" in line
+    assert "remove it to export again" in line
+    assert str(edited) not in result.stdout.splitlines()
+    edited.unlink()
+    again = kling_batch("export", str(rendered), str(dest), "--emulator")
+    assert again.returncode == 0, again.stderr
+    source = rendered.parent / "renders-emulator" / "hero-trail-shoe.mp4"
+    assert sha256(edited) == sha256(source)
+
+
+def test_export_keeps_another_renders_video_at_a_target(rendered: Path, tmp_path: Path) -> None:
+    """A target holding a different render's video (outputs swapped, or files renamed by
+    hand) is no render of that id: it is kept, not overwritten."""
+    dest = tmp_path / "out"
+    dest.mkdir()
+    other = rendered.parent / "renders-emulator" / "teasers" / "teaser-trail-shoe-pro" / "take1.mp4"
+    shutil.copyfile(other, dest / "hero-trail-shoe.mp4")
+    result = kling_batch("export", str(rendered), str(dest), "--emulator")
+    assert result.returncode == 1, result.stderr
+    assert sha256(dest / "hero-trail-shoe.mp4") == sha256(other)
+    assert "kept: " in result.stderr and "render of hero-trail-shoe" in result.stderr
+
+
+def test_export_replaces_an_earlier_render_of_the_same_id(rendered: Path, tmp_path: Path) -> None:
+    """A target holding an earlier render of that id on record (an earlier export, before
+    the shot was re-rendered) is replaced by the current render."""
+    earlier = b"an earlier take of the hero shot"
+    lock_file = lock_path(rendered, emulator=True)
+    lock = load_lockfile(lock_file)
+    entry = lock.shots["hero-trail-shoe"]
+    past = PastRender(
+        fingerprint="sha256:" + "0" * 64,
+        output_sha256="sha256:" + hashlib.sha256(earlier).hexdigest(),
+        output_size=len(earlier),
+    )
+    lock.shots["hero-trail-shoe"] = entry.model_copy(update={"history": [past]})
+    lock.save(lock_file)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "hero-trail-shoe.mp4").write_bytes(earlier)
+    result = kling_batch("export", str(rendered), str(dest), "--emulator")
+    assert result.returncode == 0, result.stderr
+    source = rendered.parent / "renders-emulator" / "hero-trail-shoe.mp4"
+    assert sha256(dest / "hero-trail-shoe.mp4") == sha256(source)
+    assert "kept" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "where", ["renders-emulator", "renders-emulator/sub", "renders", ".kling-batch", "link"]
+)
+def test_export_into_the_projects_own_folders_is_refused(rendered: Path, where: str) -> None:
+    """An output folder (either one, or a link to it) or the state folder as destination:
+    exit 2 in one line, nothing written (a target there may be another render's file)."""
+    root = rendered.parent
+    (root / "link").symlink_to("renders-emulator")
+    (root / "renders").mkdir(exist_ok=True)
+    before = {p: sha256(p) for p in (root / "renders-emulator").glob("*.mp4")}
+    result = kling_batch("export", str(rendered), str(root / where), "--emulator")
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "in the project's own folder" in line
+    assert {p: sha256(p) for p in (root / "renders-emulator").glob("*.mp4")} == before
+
+
+def test_export_beside_the_project_folders_is_allowed(rendered: Path) -> None:
+    """The project's own folder holds the output folder but is no output folder: allowed."""
+    result = kling_batch("export", str(rendered), str(rendered.parent / "exports"), "--emulator")
+    assert result.returncode == 0, result.stderr
