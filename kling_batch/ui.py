@@ -78,30 +78,44 @@ def confirm(question: str) -> bool:
     return click.confirm(question, default=False, err=True)
 
 
+# Off a terminal (a CI log, a pipe) lines are never wrapped or cut, and tables are as wide
+# as their rows: a log is grepped by render id, path and total. COLUMNS still sets a width.
+_LOG_WIDTH = 10_000
+
+
+def log_width(stream: IO[str]) -> int | None:
+    """The width a console on `stream` lays out to: the terminal's, else COLUMNS if set,
+    else wide enough that nothing wraps."""
+    if stream.isatty():
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else _LOG_WIDTH
+
+
 def show_plan(plan: Plan) -> None:
     """The plan table on stderr, for a person about to confirm a run."""
     from kling_batch.reports import render_table
 
-    terminal = sys.stderr.isatty()
     console = Console(
         file=sys.stderr,
-        width=None if terminal else int(os.environ.get("COLUMNS", "160")),
+        width=log_width(sys.stderr),
         no_color=not interactive(sys.stderr) or None,
         highlight=False,
+        soft_wrap=not sys.stderr.isatty(),
     )
     render_table(plan, console)
 
 
 def stdout_console() -> Console:
-    """A rich console on stdout: colour only on a terminal and without NO_COLOR."""
+    """A rich console on stdout: colour only on a terminal and without NO_COLOR; off a
+    terminal, whole lines (`log_width`)."""
     terminal = sys.stdout.isatty()
-    width = None if terminal else int(os.environ.get("COLUMNS", "160"))
     return Console(
         file=sys.stdout,
-        width=width,
+        width=log_width(sys.stdout),
         no_color=not terminal or None,
         highlight=False,
-        soft_wrap=False,
+        soft_wrap=not terminal,
     )
 
 
@@ -207,7 +221,8 @@ def print_summary(report: RunReport, out: IO[str] | None = None) -> None:
         file=out,
         highlight=False,
         no_color=not interactive(out) or None,
-        width=None if out.isatty() else 160,
+        width=log_width(out),
+        soft_wrap=not out.isatty(),
     )
     counts = Counter(o.state for o in report.outcomes)
     table = Table(title=None, box=None, show_header=True, header_style="bold")

@@ -195,3 +195,21 @@ def test_errors_are_one_line_without_traceback(project: Callable[..., Path]) -> 
     assert "shot 'a'" in quiet.stderr and "field 'model_tier'" in quiet.stderr
     loud = kb("-v", "plan", path)
     assert loud.returncode == 2 and "Traceback" in loud.stderr
+
+
+def test_off_a_terminal_a_row_is_one_line_however_wide(project: Callable[..., Path]) -> None:
+    """A CI log is grepped by render id: with no COLUMNS set, a row far wider than any
+    terminal stays on one line, id and notes whole."""
+    long_id = "launch-" + "-".join(f"variant{n:02d}" for n in range(20))
+    path = project(f'[[shots]]\nid = "{long_id}"\nprompt = "p"\nduration = 3\n')
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    result = subprocess.run(
+        [sys.executable, "-m", "kling_batch", "plan", str(path)],
+        capture_output=True,
+        text=True,
+        env={**env, "NO_COLOR": "1"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    (row,) = [line for line in result.stdout.splitlines() if long_id in line]
+    assert row.startswith(f"+  {long_id}  t2v") and "$" in row
