@@ -62,18 +62,19 @@ def resolve_base_url(
     """
     env = os.environ if environ is None else environ
     raw = (explicit or env.get(BASE_ENV) or DEFAULT_BASE_URL).strip()
+    source = "--api-base" if explicit else BASE_ENV  # where the value came from
     try:
         url = httpx.URL(raw)
     except httpx.InvalidURL as exc:
-        raise UserError(f"invalid API base URL {raw!r}: {exc}", field=BASE_ENV) from exc
+        raise UserError(f"invalid API base URL {raw!r}: {exc}", field=source) from exc
     if url.scheme not in ("http", "https") or not url.host:
-        raise UserError(f"the API base URL must be http(s)://host, got {raw!r}", field=BASE_ENV)
+        raise UserError(f"the API base URL must be http(s)://host, got {raw!r}", field=source)
     if url.scheme == "http" and not is_loopback(url.host):
         if not allow_insecure_http:
             raise UserError(
                 f"plain http would send the API key unencrypted to {raw}; use https://, "
                 "a loopback address, or --allow-insecure-http",
-                field="--api-base" if explicit else BASE_ENV,
+                field=source,
             )
         if warn is not None:
             warn(f"sending the API key unencrypted to {raw} (--allow-insecure-http)")

@@ -37,10 +37,14 @@ def test_base_url_defaults_to_the_public_api():
 
 @pytest.mark.parametrize("bad", ["ftp://x", "not a url", "https://"])
 def test_unusable_base_url_is_a_user_error(bad):
-    """A base URL that is not http(s)://host is a usage error naming the variable."""
-    with pytest.raises(UserError) as info:
+    """A base URL that is not http(s)://host is a usage error naming where it came from:
+    the option when given, else the environment variable."""
+    with pytest.raises(UserError) as given:
         resolve_base_url(bad, {})
-    assert info.value.field == "EMPIRIOLABS_BASE_URL"
+    assert given.value.field == "--api-base"
+    with pytest.raises(UserError) as from_env:
+        resolve_base_url(None, {"EMPIRIOLABS_BASE_URL": bad})
+    assert from_env.value.field == "EMPIRIOLABS_BASE_URL"
 
 
 def test_key_comes_from_the_environment():
