@@ -290,8 +290,11 @@ EMULATOR_API = "emulator"
 
 def check_api(lock: Lockfile, path: Path, api: str, *, doing: str = "a run") -> None:
     """Refuse `doing` (a run, a cancel) against `api` on a lockfile recorded against
-    another API (`UserError`)."""
+    another API (`UserError`). A lockfile of which no render reached that API (no job id,
+    no charge: a first run refused at once, or sent to a mistyped address) binds nothing."""
     if lock.api is None or lock.api == api:
+        return
+    if not any(entry.job_id or entry.submissions for entry in lock.shots.values()):
         return
     against = "the emulator" if api == EMULATOR_API else api
     recorded = "the emulator" if lock.api == EMULATOR_API else lock.api

@@ -58,6 +58,32 @@ def test_the_lockfile_records_its_api_and_refuses_another(
     assert f"a run against {other.base_url} would mix them" in line
 
 
+def test_a_first_run_that_reached_no_api_binds_the_lockfile_to_none(
+    make_project: Callable[..., Project],
+) -> None:
+    """A first run sent to a mistyped address (nothing listens there) records its renders
+    failed, none submitted: the next run against the right API is not refused, renders
+    them, and the lockfile records that API."""
+    project = make_project(ONE)
+    env = {**project.env(), "EMPIRIOLABS_API_KEY": project.served.api_key}
+    argv = [sys.executable, "-m", "kling_batch", "run", str(project.manifest), "--yes"]
+    wrong = subprocess.run(
+        [*argv, "--api-base", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
+    assert wrong.returncode == 1, wrong.stderr
+    lock = load_lockfile(project.lock)
+    assert lock.api == "http://127.0.0.1:9" and lock.shots["bay"].state == "failed"
+    right = project.run()
+    assert right.returncode == 0, right.stderr
+    lock = load_lockfile(project.lock)
+    assert lock.api == project.served.base_url and lock.shots["bay"].state == "done"
+
+
 def test_an_emulator_lockfile_is_never_a_paid_one(tmp_path: Path) -> None:
     """`X.emulator.toml` would share `X.toml`'s emulator lockfile: refused by name."""
     root = tmp_path / "project"
