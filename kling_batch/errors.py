@@ -211,12 +211,14 @@ class Problem(Exception):
 
 
 class TemplateProblem(Problem):
-    """A template failed to compile or render; `line` is within the template text."""
+    """A template failed to compile or render; `line` is within the template text, or
+    within the included partial `partial` (its name as included) when that is where."""
 
-    def __init__(self, message: str, line: int | None) -> None:
+    def __init__(self, message: str, line: int | None, partial: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.line = line
+        self.partial = partial
 
 
 class TemplateLimit(Problem):

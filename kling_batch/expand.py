@@ -491,7 +491,8 @@ class _CachedRenderer:
 def _template_error(
     problem: TemplateProblem, sourced: SourcedShot, field: str, render_id: str | None
 ) -> UserError:
-    where = f" (line {problem.line} of the template)" if problem.line else ""
+    template = problem.partial or "the template"
+    where = f" (line {problem.line} of {template})" if problem.line else ""
     return UserError(
         problem.message + where, file=sourced.file, shot=render_id or sourced.shot.id, field=field
     )

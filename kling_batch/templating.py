@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keyword
 import math
+import os
 import re
 import time
 import unicodedata
@@ -206,11 +207,28 @@ class Templates:
         except TemplateLimit as exc:
             raise TemplateProblem(str(exc), None) from None
         except jinja2.TemplateError as exc:
-            raise TemplateProblem(_describe(exc), _template_line(exc)) from exc
+            raise TemplateProblem(_describe(exc), *self._where(exc)) from exc
         except RecursionError:
             raise TemplateProblem("the template recurses without end", None) from None
         except (TypeError, ValueError, ArithmeticError, AttributeError, LookupError) as exc:
-            raise TemplateProblem(str(exc), _template_line(exc)) from exc
+            raise TemplateProblem(str(exc), *self._where(exc)) from exc
+
+    def _where(self, exc: BaseException) -> tuple[int | None, str | None]:
+        """The line of the innermost template frame (Jinja rewrites tracebacks to show them)
+        and, when that frame is an included partial's, its name as included."""
+        if isinstance(exc, jinja2.TemplateSyntaxError):
+            return exc.lineno, exc.name
+        line, partial = None, None
+        root = str(self.loader.root)
+        tb: TracebackType | None = exc.__traceback__
+        while tb is not None:
+            filename = tb.tb_frame.f_code.co_filename
+            if filename == "<template>":
+                line, partial = tb.tb_lineno, None
+            elif filename.startswith(root + os.sep):
+                line, partial = tb.tb_lineno, Path(filename).relative_to(root).as_posix()
+            tb = tb.tb_next
+        return line, partial
 
     def _compile(self, text: str) -> tuple[jinja2.Template, frozenset[str] | None]:
         cached = self._compiled.get(text)
@@ -239,16 +257,3 @@ def _describe(exc: jinja2.TemplateError) -> str:
     if isinstance(exc, jinja2.TemplateSyntaxError):
         return f"template syntax error: {exc.message}"
     return exc.message or type(exc).__name__
-
-
-def _template_line(exc: BaseException) -> int | None:
-    """The line of the innermost template frame (Jinja rewrites tracebacks to show them)."""
-    if isinstance(exc, jinja2.TemplateSyntaxError):
-        return exc.lineno
-    line = None
-    tb: TracebackType | None = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == "<template>":
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return line

@@ -232,6 +232,38 @@ def test_equal_values_that_print_differently_render_each_its_own_text(
     assert prompts == ["a station clock at 8 o'clock, 0.0", "a station clock at 9 o'clock, -0.0"]
 
 
+@pytest.mark.parametrize(
+    ("partial", "said"),
+    [
+        ("a\nb\n{{ nope }}\n", "undefined: 'nope' is undefined (line 3 of prompts/bad.j2)"),
+        ("a\n{% if %}\n", "(line 2 of prompts/bad.j2)"),
+    ],
+    ids=["undefined", "syntax"],
+)
+def test_an_error_in_a_partial_names_the_partial_and_its_line(
+    project: Callable[..., Path], tmp_path: Path, partial: str, said: str
+) -> None:
+    """A template error inside an included partial says which partial and which of its
+    lines, not the line of the `{% include %}`; one in the field itself says so too."""
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "bad.j2").write_text(partial)
+    path = project("""
+        [[shots]]
+        id = "a"
+        prompt = "{% include 'prompts/bad.j2' %} x"
+    """)
+    with pytest.raises(UserError) as caught:
+        expand_shots(load_manifest(path))
+    assert said in caught.value.message and caught.value.field == "prompt"
+    path = project("""
+        [[shots]]
+        id = "a"
+        prompt = "x\\n{{ nope }}"
+    """)
+    with pytest.raises(UserError, match=re.escape("(line 2 of the template)")):
+        expand_shots(load_manifest(path))
+
+
 def test_cosmetic_template_edit_renders_same_request(project: Callable[..., Path]) -> None:
     """Rewriting a template so that it renders the same text changes nothing."""
     first = project("""
