@@ -211,8 +211,7 @@ class Problem(Exception):
 
 
 class TemplateProblem(Problem):
-    """A template failed to compile or render; `line` is within the template text, or
-    within the included partial `partial` (its name as included) when that is where."""
+    """A template failed to compile or render at `line` of its text (or of `partial`)."""
 
     def __init__(self, message: str, line: int | None, partial: str | None = None) -> None:
         super().__init__(message)
