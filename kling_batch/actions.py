@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -306,30 +307,33 @@ def takeovers(
     was not forced: paying again for the same request would pay twice.
     """
     current = {render.id: render.fingerprint for render in renders}
-    strays = [
+    strays = deque(
         key
         for key, entry in sorted(lock.shots.items())
         if entry.state in UNSETTLED and current.get(key) != entry.fingerprint
-    ]  # unsettled, and not followed by a render of their own
+    )  # unsettled, and not followed by a render of their own
     if not strays:
         return {}
     asking: dict[str, list[PlannedRender]] = {}  # by request, in plan order
     for render in renders:
         asking.setdefault(render.fingerprint, []).append(render)
     takes: dict[str, str] = {}
-    # Until nothing more is taken: a render is freed when its own job is taken by another
-    # (shots renumbered in a chain: b to a, c to b), whichever entry comes first.
-    for _ in strays:
-        before = len(takes)
-        for key in strays:
-            if key in takes.values():
-                continue
-            for render in asking.get(lock.shots[key].fingerprint, ()):
-                if _free_to_adopt(render, key, lock, takes, forced):
-                    takes[render.id] = key
-                    break
-        if len(takes) == before:
-            break
+    taken: set[str] = set()
+    # A render following a job of its own is freed when another render takes that job
+    # (shots renumbered in a chain: b to a, c to b): the entries it was asked for wait for
+    # that, and are looked at again then, whichever order the ids sort in.
+    waiting: dict[str, list[str]] = {}
+    while strays:
+        key = strays.popleft()
+        for render in asking.get(lock.shots[key].fingerprint, ()):
+            free = _free_to_adopt(render, key, lock, takes, taken, forced)
+            if free is None:
+                waiting.setdefault(render.id, []).append(key)
+            elif free:
+                takes[render.id] = key
+                taken.add(key)
+                strays.extend(k for k in waiting.pop(key, ()) if k not in taken)
+                break
     return takes
 
 
@@ -338,16 +342,18 @@ def _free_to_adopt(
     key: str,
     lock: LockRecords,
     takes: Mapping[str, str],
+    taken: Collection[str],
     forced: Collection[str],
-) -> bool:
+) -> bool | None:
     """True when `render` can take over entry `key`'s job: it has none of its own to
     follow (its own job is taken by another render, or it has none, nor a finished render
-    of this request), adopts nothing else, was not forced."""
+    of this request), adopts nothing else, was not forced. None while its own job in flight
+    is not taken (yet): another render may still take it."""
     if render.id == key or render.id in takes or render.id in forced:
         return False
     own = lock.shots.get(render.id)
     if own is None:
         return True
     if own.state in UNSETTLED:  # it follows its own job first, unless another takes it
-        return render.id in takes.values()
+        return True if render.id in taken else None
     return own.fingerprint != render.fingerprint or own.state == "failed"

@@ -244,3 +244,23 @@ def test_shots_renumbered_in_a_chain_in_flight_each_resume_a_job(
     assert adopted == after  # each render follows the job of its own request
     assert [item.action for item in items] == ["resume", "resume"]
     assert differ.strays() == []
+
+
+@pytest.mark.timeout(30)  # a hang detector: looking again at every entry per pass took hours
+def test_every_shot_renumbered_while_in_flight_resumes_its_own_request() -> None:
+    """A shot inserted first renumbers 2,000 shots in flight (s1 becomes s2, ...): each
+    render resumes the job of its request, freed one by one from the end of the chain."""
+    count = 2_000
+    requests = {f"s{n:05d}": f"request {n}" for n in range(1, count + 1)}
+    lock = Lockfile(
+        shots={
+            key: new_entry(render(key, prompt=request), "submitted", job_id=request)
+            for key, request in requests.items()
+        }
+    )
+    renders = [render(f"s{n + 1:05d}", prompt=f"request {n}") for n in range(1, count + 1)]
+    ids = tuple(r.id for r in renders)
+    differ = Differ(lock, Files(), NOW, root=ROOT, state=STATE, ids=ids, renders=renders)
+    items = [differ.item(r) for r in renders]
+    assert all(item.action == "resume" for item in items)
+    assert all(lock.shots[str(i.adopt)].job_id == i.render.request.prompt for i in items)
