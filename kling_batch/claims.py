@@ -46,7 +46,9 @@ Failure cases:
   that is what the warning is for. A run that has seen another run's claim (waiting on
   it, or just told it exists: by a read, or by a create that found one it then could not
   read) does not fall back: it leaves the render for the next run (the other run is
-  likely paying).
+  likely paying). Nor does one that read a claim it could not take over (the update
+  failed), and one that took over a dead run's claim follows its job even if the store
+  fails right after.
 - The store is lost while a claim is held: renewals fail quietly and the lease runs out;
   a teammate then adopts the job (same account: no second charge) or leaves the render
   uncertain. The holder finishes its own job; its record is pushed once the store is back.
@@ -229,7 +231,10 @@ class ClaimBook:
                     "job_scope": None if account == self.me.scope else account,
                 }
                 mine = mine.model_copy(update=update)
-            etag = await self.store.replace(key, mine.dumps(), stored.etag)
+            try:
+                etag = await self.store.replace(key, mine.dumps(), stored.etag)
+            except RemoteError:
+                return Busy(found)  # read but not taken (the store failed): never paid
             if etag is not None:
                 self._hold(mine, etag)
                 return Taken(expired)

@@ -191,6 +191,8 @@ class Team:
                 return recorded
         except RemoteError as exc:
             self.health.down(str(exc))
+            if isinstance(taken, Taken) and taken.expired is not None:
+                return self._taken_over(taken.expired)  # its job is ours to follow now
             # Another run seen holding it is likely paying for it: never render alone then.
             return self._alone(waiting or isinstance(taken, Busy))
         if taken.expired is not None:
@@ -217,7 +219,9 @@ class Team:
 
     def _adoptable(self, claim: Claim | None) -> Follow | None:
         """A live claim's job, when this run can follow it (same API account)."""
-        if claim is not None and claim.job_id and claim.job_account == self.me.scope:
+        if claim is None or not claim.live(self.claims.now()):
+            return None  # an expired one is taken over (its charge recorded here), not adopted
+        if claim.job_id and claim.job_account == self.me.scope:
             return Follow(claim, claim.job_id, takeover=False)
         return None
 

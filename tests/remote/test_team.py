@@ -18,7 +18,7 @@ from kling_batch.plan import PlannedRender, plan_render
 from kling_batch.remote import RemoteStore, open_store, parse_remote
 from kling_batch.remote_files import StoredRender
 from kling_batch.state import StateDir
-from kling_batch.team import FromStore, Later, Pay, Team, Unsure, Wait
+from kling_batch.team import Follow, FromStore, Later, Pay, Team, Unsure, Wait
 
 BODY = {"model": "kling-o3", "prompt": "a lighthouse"}
 
@@ -231,3 +231,39 @@ def test_a_job_taken_over_from_another_account_stays_that_accounts(
     assert getattr(taken, "expired", None) is not None  # the second run took it over
     assert isinstance(verdict, Unsure) and verdict.gap is not None
     assert "another API account (its job job_9)" in verdict.gap
+
+
+@pytest.mark.parametrize("failing", ["replace", "renders/"])
+def test_a_dead_claim_with_a_job_is_never_paid_again_when_the_store_fails(
+    tmp_path: Path, store: RemoteStore, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """A dead run of this account left its job in the claim; taking the claim over fails
+    (the conditional update), or the record look-up after it does. The run follows that
+    job or leaves the render for later: it never submits it again."""
+    render = planned(tmp_path)
+    at = datetime.now(UTC) - timedelta(hours=2)
+    dead = ClaimBook(store, RunIdentity("dead", "gone-host", 9, "mine"), lease=60, now=lambda: at)
+    mine = team(store, tmp_path, "mine")
+    read = store.read
+
+    async def broken_replace(key: str, data: bytes, etag: str | None) -> str | None:
+        raise RemoteError(f"{store.url}: cannot update {key}: timed out")
+
+    async def flaky_read(key: str) -> object:
+        if key.startswith("renders/"):
+            raise RemoteError(f"{store.url}: cannot read {key}: timed out")
+        return await read(key)
+
+    async def main() -> object:
+        await dead.take(render.fingerprint, BODY)
+        await dead.set_job(render.fingerprint, "job_9")
+        if failing == "replace":
+            monkeypatch.setattr(store, "replace", broken_replace)
+        else:
+            monkeypatch.setattr(store, "read", flaky_read)
+        return await mine.arbitrate(render, BODY)
+
+    verdict = anyio.run(main)
+    assert not isinstance(verdict, Pay), verdict
+    if failing == "renders/":  # the claim was taken over: its job is followed here
+        assert isinstance(verdict, Follow) and verdict.job_id == "job_9" and verdict.takeover
