@@ -12,8 +12,8 @@ the outer edges), each cell justified in its column, and the header row's style 
 padding too. `Columns` draws exactly those segments, so the same bytes come out, coloured
 or not (`tests/unit/test_tables.py` compares the two). Anything else is drawn by a rich
 `Table` of the same columns and rows: a table too wide (which rich folds or cuts), a cell
-with a line break, tab or control character or of more than one style, a column with no
-text at all.
+with a line break, tab or control character, space at either end or more than one style,
+a column with no text at all.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _widths(rows: Sequence[Sequence[_Cell]], room: int) -> list[int] | None:
     widths = [0] * len(rows[0])
     for row in rows:
         for column, (text, _) in enumerate(row):
-            if not text.isprintable():
+            if not text.isprintable() or text != text.strip():  # rich trims some of it
                 return None
             widths[column] = max(widths[column], _cell_len(text))
     if 0 in widths:  # rich pads an empty column otherwise

@@ -93,10 +93,13 @@ def test_a_table_one_cell_too_wide_is_left_to_rich(seed: int) -> None:
     assert all(cell_len(line) <= width for line in drawn.split("\n"))  # folded, not cut
 
 
-@pytest.mark.parametrize("cell", ["two\nlines", "a\ttab", Text("a") + Text("b", "red"), ""])
+@pytest.mark.parametrize(
+    "cell", ["two\nlines", "a\ttab", Text("a") + Text("b", "red"), "", "ab ", " ab"]
+)
 def test_a_cell_the_fast_layout_cannot_draw_is_left_to_rich(cell: str | Text) -> None:
     table = Columns([("id", "left"), ("", "left"), ("cost", "right")])
     table.add_row("shot-1", cell, "$1.00")
+    table.add_row("shot-2", "x", cell)
     expected = draw(table.table(), width=80, colour=True)
     assert draw(table, width=80, colour=True) == expected
 
