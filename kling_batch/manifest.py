@@ -42,11 +42,11 @@ class RequestFields(BaseModel):
     model_tier: Literal["standard", "pro", "4k"] | Template | None = None
     workflow: Literal["auto", "t2v", "i2v", "video_edit", "reference"] | Template | None = None
     aspect_ratio: Literal["16:9", "1:1", "9:16"] | Template | None = None
-    duration: Annotated[float, Field(ge=3, le=15)] | Template | None = Field(
+    duration: Annotated[float, Field(ge=3, le=15, strict=True)] | Template | None = Field(
         None, description="Whole seconds per scene, 3-15."
     )
-    sound: bool | Template | None = None
-    keep_original_sound: bool | Template | None = None
+    sound: Annotated[bool, Field(strict=True)] | Template | None = None
+    keep_original_sound: Annotated[bool, Field(strict=True)] | Template | None = None
     image: str | None = Field(None, description="Local path, https:// URL or bunny:// path.")
     image_end: str | None = None
     video: str | None = None
@@ -65,7 +65,7 @@ class Shot(RequestFields):
         None,
         description="Lists to cross; `include`/`exclude` lists of tables as in GitHub Actions.",
     )
-    takes: int = Field(1, ge=1, le=100, description="Renders of the same request.")
+    takes: int = Field(1, ge=1, le=100, strict=True, description="Renders of the same request.")
     output: str | None = Field(None, description="Path under output_dir; default {{ id }}.mp4.")
     tags: list[str] = Field(default_factory=list)
     enabled: bool = True

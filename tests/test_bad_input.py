@@ -73,6 +73,10 @@ CASES: dict[str, Expect] = {
     "duration_too_long": E(f"{T}:20", "teaser", "duration", "less than or equal to 15"),
     "duration_too_short": E(f"{T}:11", None, "defaults.duration", "greater than or equal to 3"),
     "takes_zero": E(f"{T}:20", "teaser", "takes", "greater than or equal to 1"),
+    # values of the wrong type are refused as the manifest's schema says, not converted
+    "takes_as_text": E(f"{T}:20", "teaser", "takes", "valid integer (got '2')"),
+    "sound_as_word": E(f"{T}:20", "teaser", "sound", "valid boolean (got 'no')"),
+    "duration_as_bool": E(f"{T}:20", "teaser", "duration", "valid number (got True)"),
     # `duration` appears three times in the file: no line is better than a wrong one.
     "json_out_of_range_later_shot": E(J, "teaser", "duration", "less than or equal to 15"),
     # enums
