@@ -489,7 +489,7 @@ def test_shots_copied_from_cache_to_cache_keep_their_requests(
     another render's body."""
     shots = "".join(
         f'[[shots]]\nid = "s{n}-{{{{ k }}}}"\nmatrix = {{ k = [1, 2] }}\n'
-        f'prompt = "shot {n} take {{{{ k }}}}"\nduration = "{5 + n % 6}"\n\n'
+        f'prompt = "shot {n} take {{{{ k }}}}"\nduration = {5 + n % 6}\n\n'
         for n in range(8)
     )
     path = project(shots)
