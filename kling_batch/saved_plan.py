@@ -173,6 +173,13 @@ def for_run(request: RunRequest) -> RunRequest:
                 file=request.manifest,
                 field=flag,
             )
+    if request.resubmit_uncertain != "off":
+        raise UserError(
+            "a saved plan runs as it was priced, with no uncertain render sent again; run "
+            "the manifest with --resubmit-uncertain instead (it prices the resends first)",
+            file=request.manifest,
+            field="--resubmit-uncertain",
+        )
     if request.emulator and not saved.options.emulator:
         raise UserError(
             "this plan was made without --emulator; plan again with it",

@@ -14,6 +14,7 @@ import pytest
 from kling_batch.canonical import fingerprint_of
 from kling_batch.lockfile import load_lockfile
 from tests.run.conftest import PNG, Project
+from tests.run.test_uncertain import lost_answer, sent
 
 MANIFEST = """\
 version = 1
@@ -192,6 +193,27 @@ def test_a_saved_plan_fixes_its_selection(project: Project) -> None:
     assert result.returncode == 2
     assert "a saved plan fixes which renders run; plan again with --only" in result.stderr
     assert project.requests() == 0
+
+
+@pytest.mark.parametrize("mode", ["look", "blind"])
+def test_a_saved_plan_never_resends_an_uncertain_render_it_priced_at_nothing(
+    make_project: Callable[..., Project], mode: str
+) -> None:
+    """A render left uncertain is priced at nothing by `plan --out` (a plain run leaves it
+    alone); `run plan.json --resubmit-uncertain` is refused, naming the way that prices the
+    resend first: the render is never sent a second time."""
+    made, fingerprint = lost_answer(make_project, faults=("5xx=1,on=list",))
+    plan = made.root / "plan.json"
+    subprocess.run(
+        [sys.executable, "-m", "kling_batch", "plan", str(made.manifest), "--out", str(plan)],
+        capture_output=True,
+        env=made.env(),
+        check=True,
+    )
+    result = run_plan(made, plan, f"--resubmit-uncertain={mode}")
+    assert result.returncode == 2, result.stderr
+    assert "run the manifest with --resubmit-uncertain instead" in result.stderr
+    assert sent(made, fingerprint) == 1
 
 
 def test_an_emulator_plan_runs_against_the_emulator(project: Project) -> None:
