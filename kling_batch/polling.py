@@ -72,7 +72,8 @@ _STALE_LINES = 3  # list lines in a row that say the same before the job is aske
 class _Lines:
     """Whether the job list's line of a job is enough, or the job must be asked on its
     own: when the list does not show it, shows it finished without its video URL or its
-    bill (the download needs one, the summary and `spend` the other), with a status word
+    bill (the download needs one, the summary and `spend` the other), failed without its
+    bill (a job that failed after its video was made may be billed), with a status word
     kling-batch does not know, or the same status
     and progress `_STALE_LINES` times in a row (the list's shape is provisional: a list
     that does not refresh a job must not keep it waiting until its deadline)."""
@@ -87,6 +88,8 @@ class _Lines:
             return False
         if line.status == "succeeded":  # the download needs its URL, the summary its bill
             return bool(line.video_url) and line.billed_usd is not None
+        if line.status == "failed":  # a job failed after its video may be billed: ask it
+            return line.billed_usd is not None
         seen = (line.raw_status, line.progress)
         self._same = self._same + 1 if seen == self._last else 0
         self._last = seen

@@ -43,6 +43,7 @@ class FakeApi:
         self.get_404 = False  # every job's own GET answers 404 (a lagging replica)
         self.list_refreshes_end = False  # a frozen list still shows each job's end
         self.forbidden = False
+        self.fails = False  # jobs end failed (after their video: billed)
 
     def state(self, job_id: str, *, listing: bool) -> JobState:
         now, end = self.clock.monotonic(), self.ends[job_id]
@@ -50,6 +51,8 @@ class FakeApi:
             return JobState(job_id, "pending", "processing", progress=round(now / end, 3))
         url = URL if self.with_url or not listing else None
         bill = BILL if self.with_bill or not listing else None
+        if self.fails:
+            return JobState(job_id, "failed", "failed", progress=1.0, billed_usd=bill)
         return JobState(
             job_id, "succeeded", "completed", progress=1.0, video_url=url, billed_usd=bill
         )
@@ -131,6 +134,18 @@ def test_a_listed_end_without_its_bill_is_fetched() -> None:
     api.with_bill = False
     ended = follow_all(api)
     assert isinstance(ended["job_a"], JobState) and ended["job_a"].billed_usd == BILL
+    assert api.gets == ["job_a"]
+
+
+def test_a_listed_failure_without_its_bill_is_fetched() -> None:
+    """A job failed after its video was made may be billed: a list line saying it failed
+    without its bill is asked on its own, and the bill it answers with is kept."""
+    clock = VirtualClock()
+    api = FakeApi(clock, {"job_a": 40.0})
+    api.fails, api.with_bill = True, False
+    ended = follow_all(api)
+    assert isinstance(ended["job_a"], JobState) and ended["job_a"].status == "failed"
+    assert ended["job_a"].billed_usd == BILL
     assert api.gets == ["job_a"]
 
 
