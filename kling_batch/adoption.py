@@ -190,7 +190,9 @@ class _Pages:
 
     Pages read are kept for later looks, but they show only the jobs made before their
     first page was read: a look for a submission that may have been made since (within
-    the clock skew) reads the list again from its first page.
+    the clock skew) reads the list again from its first page. A list seen out of order (a
+    job newer than one before it: the REST list's order is not documented) is read to its
+    end, since a job older than the submission then proves nothing of the jobs after it.
     """
 
     def __init__(self, client: JobLister) -> None:
@@ -203,6 +205,10 @@ class _Pages:
         self.stuck: str | None = None  # why no further page can be read
         self._seen: set[str] = set()
         self._oldest: datetime | None = None
+        self._last: datetime | None = None  # the creation time of the last job read
+        # A job newer than one before it: the list is not newest-first, so reaching an
+        # old job proves nothing of those after it; only its end does.
+        self.unordered = False
         self._next: NextPage | None = None
         self._pages = 0
         self._head_at: datetime | None = None  # when the first page was read
@@ -222,7 +228,9 @@ class _Pages:
         return None if self.ended or self._reaches(since) else self.stuck
 
     def _reaches(self, since: datetime | None) -> bool:
-        return since is not None and self._oldest is not None and self._oldest < since
+        if since is None or self._oldest is None or self.unordered:
+            return False
+        return self._oldest < since
 
     async def _read_page(self) -> None:
         if self._pages >= MAX_PAGES:
@@ -257,10 +265,14 @@ class _Pages:
         for job in jobs:
             self._seen.add(job.job_id)
             self.jobs.append(job)
-            if job.created_at is not None and (
-                self._oldest is None or job.created_at < self._oldest
-            ):
-                self._oldest = job.created_at
+            made = job.created_at
+            if made is None:
+                continue
+            if self._last is not None and made > self._last:
+                self.unordered = True
+            self._last = made
+            if self._oldest is None or made < self._oldest:
+                self._oldest = made
 
 
 def sent_at(entry: Entry) -> datetime | None:

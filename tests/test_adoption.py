@@ -74,6 +74,17 @@ def test_a_page_repeated_instead_of_the_next_proves_nothing(project) -> None:
     assert not found.complete and "same page again" in (found.gap or "")
 
 
+def test_a_list_not_newest_first_is_read_to_its_end(project) -> None:
+    """A list sorted oldest first: its first page reaches back past the submission, yet our
+    job is on the next page. A job newer than one before it shows the order; the look reads
+    on and finds it, instead of calling itself complete and letting the render be resent."""
+    ours = job(9, request=our_request(project))
+    lister = Pages([job(1, minutes_before=40), job(2, minutes_before=20)], [job(3), ours])
+    found = look(project, lister)
+    assert found.job is not None and found.job.job_id == "j9"
+    assert len(lister.asked) == 2
+
+
 def test_jobs_listed_without_their_request_prove_nothing(project) -> None:
     """A list that does not echo requests cannot rule out that one job is ours."""
     opaque = JobState("j9", "pending", "processing", created_at=SENT)
