@@ -32,7 +32,7 @@ from kling_batch.lockfile import (
     lockfile_from,
 )
 
-_VERSION = "lock-facts-6"
+_VERSION = "lock-facts-7"  # 7: a job in flight without its job id is refused
 
 
 class PastRecord(Protocol):

@@ -433,11 +433,21 @@ def parse_lockfile(text: str, path: Path) -> Lockfile:
             field="version",
         )
     try:
-        return Lockfile.model_validate(migrate(data, LOCK_VERSION))
+        lock = Lockfile.model_validate(migrate(data, LOCK_VERSION))
     except ValidationError as exc:
         raise validation_error(
             exc, file=path, split=_shot_of, template=f"damaged lockfile: {{}}; {hint}"
         ) from None
+    for key, entry in lock.shots.items():
+        if entry.state in ("submitted", "completed") and not entry.job_id:
+            raise UserError(
+                f"damaged lockfile: a {entry.state} entry without the job id of its job in "
+                f"flight (its submissions may name it); {hint}",
+                file=path,
+                shot=key,
+                field="job_id",
+            )
+    return lock
 
 
 def _shot_of(loc: Loc) -> tuple[str | None, Loc]:

@@ -149,6 +149,8 @@ CASES: dict[str, Expect] = {
     "manifest_toml_and_json_twins": E(T, None, None, "manifest.json would share one lockfile"),
     "lock_future_version": E(L, None, "version", "lockfile version 3", "newer kling-batch"),
     "lock_damaged_entry": E(L, "opener", "state", "damaged lockfile", "'done'"),
+    # a job in flight whose job id was deleted by hand: refused, not followed as job None
+    "lock_job_without_id": E(L, "opener", "job_id", "submitted entry without the job id"),
     # files that are not regular files (issue 9): refused without reading them
     "lock_symlink_dev_zero": E(L, None, None, "the lockfile must be a regular file", "character"),
     "lock_is_a_folder": E(L, None, None, "the lockfile must be a regular file", "a folder"),
