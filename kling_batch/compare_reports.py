@@ -147,7 +147,7 @@ def render_markdown(comparison: Comparison) -> str:
     headline = f"**{cost_line(comparison)}**, compared with {markdown.code(comparison.base)}"
     summary = [
         headline,
-        *([comparison.note] if comparison.note else []),
+        *([markdown.escape(comparison.note)] if comparison.note else []),
         f"**{summary_line(plan)}**",
     ]
     lines = markdown_head(plan, summary)
@@ -156,7 +156,7 @@ def render_markdown(comparison: Comparison) -> str:
         lines.extend(["| | render | change | cost |", "|---|---|---|--:|"])
         for change in listed:
             lines.append(
-                f"| {SYMBOLS[change.kind]} | {markdown.code(change.id)} "
+                f"| {SYMBOLS[change.kind]} | {markdown.code(change.id, cell=True)} "
                 f"| {markdown.escape(change_text(change))} | {change_cost(change)} |"
             )
         lines.append("")

@@ -209,8 +209,8 @@ def render_markdown(plan: Plan) -> str:
             render = item.render
             cost = usd(render.cost) if item.paid else f"({usd(render.cost)})"
             lines.append(
-                f"| {SYMBOLS[item.action]} {item.action} | `{render.id}` | {render.workflow} "
-                f"| {render.tier} | {seconds_text(render.seconds)} | {cost} "
+                f"| {SYMBOLS[item.action]} {item.action} | {markdown.code(render.id, cell=True)} "
+                f"| {render.workflow} | {render.tier} | {seconds_text(render.seconds)} | {cost} "
                 f"| {_md_escape(_notes(item))} |"
             )
         lines.append("")
@@ -258,7 +258,7 @@ def markdown_tail(plan: Plan, lines: list[str]) -> str:
     if plan.orphans:
         lines.append(
             "Orphaned lockfile entries (no longer in the manifest): "
-            + ", ".join(f"`{orphan.id}`" for orphan in plan.orphans)
+            + ", ".join(markdown.code(orphan.id) for orphan in plan.orphans)
         )
         lines.append("")
     warnings = _grouped_warnings(plan)

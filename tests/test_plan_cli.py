@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from kling_batch.lockfile import new_entry
+from kling_batch.lockname import lock_path
 from kling_batch.manifest_schema import manifest_schema_text
-from tests.conftest import EXAMPLES
+from kling_batch.plan import build_plan
+from tests.conftest import EXAMPLES, NOW
 
 ROOT = EXAMPLES.parent
 EXAMPLE_MANIFESTS = sorted(
@@ -142,6 +145,40 @@ def test_markdown_stays_comment_sized(project: Callable[..., Path]) -> None:
     out = kb("plan", project(shots), "--format", "markdown").stdout
     assert out.count("| + new |") == 100
     assert "30 more renders to change not shown here (`--format json` lists them all)." in out
+
+
+HOSTILE = '<img src="https://evil.example/p.png"> [Approve](https://evil.example) `x` \u202egnp'
+
+
+def test_markdown_shows_lockfile_and_manifest_text_as_text(
+    project: Callable[..., Path],
+) -> None:
+    """HTML, a link, a backtick or a bidi override in the manifest's name, a lockfile error or
+    an orphaned entry's id (never checked against the id pattern) is shown, not rendered."""
+    shots = '[[shots]]\nid = "a"\nprompt = "p"\n'
+    name = 'name = "t` <img src=x> [A](https://evil.example) \\u202eevil"\n'
+    path = project(f'version = 1\n{name}[[shots]]\nid = "b"\nprompt = "q"\n{shots}', header=False)
+    plan = build_plan(path, now=NOW)
+    old, current = (item.render for item in plan.items)
+    plan.lock.shots["a"] = new_entry(current, "failed", error=HOSTILE)
+    orphan = "z` <b>x</b> [A](https://evil.example) \u202e"
+    plan.lock.shots[orphan] = new_entry(old, "submitted", job_id="job_1", submitted_at=NOW)
+    plan.lock.save(lock_path(path))
+    path.write_text(f"version = 1\n{name}{shots}")
+    lines = kb("plan", path, "--format", "markdown").stdout.splitlines()
+    assert lines[0] == "### kling-batch plan: ``t` <img src=x> [A](https://evil.example) evil``"
+    assert lines[6] == (
+        "| ! retry | `a` | t2v | pro | 5s | $1.40 | last attempt failed: "
+        '&lt;img src="https://evil.example/p.png"&gt; \\[Approve\\](https://evil.example) '
+        "\\`x\\` gnp |"
+    )
+    assert lines[8] == (
+        "Orphaned lockfile entries (no longer in the manifest): "
+        "``z` <b>x</b> [A](https://evil.example) ``"
+    )
+    assert lines[12].startswith(
+        "- z\\` &lt;b&gt;x&lt;/b&gt; \\[A\\](https://evil.example) : removed from the manifest"
+    )
 
 
 def test_check_exit_codes(project: Callable[..., Path], tmp_path: Path) -> None:

@@ -248,6 +248,26 @@ def test_a_manifest_new_since_the_ref_is_all_added(tmp_path: Path) -> None:
     assert "launch.toml is not in main" in data["note"]
 
 
+def test_a_changed_value_is_shown_as_text_in_markdown(tmp_path: Path) -> None:
+    """A manifest value with HTML, a link, a backtick, emphasis, math or a bidi override is
+    shown in the change column as text, never rendered."""
+    manifest = tmp_path / "launch.toml"
+    still = '[[shots]]\nid = "a"\nprompt = "p"\nworkflow = "i2v"\nimage = "{}"\n'
+    manifest.write_text('version = 1\nname = "x"\n' + still.format("https://e.example/a.png"))
+    git(tmp_path, "init", "-q", "-b", "main")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-q", "-m", "base")
+    hostile = "https://e.x/<b>[A](//e)`_y_*~$\\u202e.png"
+    manifest.write_text('version = 1\nname = "x"\n' + still.format(hostile))
+    result = kb("plan", manifest, "--compare", "main", "--format", "markdown", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| ~ |"))
+    assert row == (
+        "| ~ | `a` | image: https://e.example/a.png → "
+        "https://e.x/&lt;b&gt;\\[A\\](//e)\\`\\_y\\_\\*\\~\\$.png | $1.40 (no change) |"
+    )
+
+
 def test_unknown_ref_exits_2(repo: Path) -> None:
     """A BASE that is neither a saved plan nor a git ref is refused with exit 2."""
     result = kb("plan", "video/launch.toml", "--compare", "no-such-branch", cwd=repo)
