@@ -165,12 +165,25 @@ def compare_with(base: str, plan: Plan, options: PlanOptions) -> Comparison:
         if checkout.manifest is None:
             note = f"{checkout.name} is not in {checkout.label}: every render is added"
             return _comparison(plan, checkout.label, "git", [], head, note)
-        renders = _renders_at(checkout, options)
+        renders = _renders_at(checkout, options, _followed(plan, options))
     return _comparison(plan, checkout.label, "git", renders, head)
 
 
-def _renders_at(checkout: Checkout, options: PlanOptions) -> list[RenderFacts]:
-    """The manifest's renders planned at the ref (those `--only` chooses)."""
+def _followed(plan: Plan, options: PlanOptions) -> set[str]:
+    """The renders the plan has beyond what `--only` chooses: those whose job may be paid
+    for, which a plan always follows."""
+    if not options.only:
+        return set()
+    return {
+        item.render.id
+        for item in plan.items
+        if not matches_any(item.render.id, item.render.tags, options.only)
+    }
+
+
+def _renders_at(checkout: Checkout, options: PlanOptions, followed: set[str]) -> list[RenderFacts]:
+    """The manifest's renders planned at the ref: those `--only` chooses, and those the plan
+    made now follows beyond it (`followed`), so that both sides price the same renders."""
     assert checkout.manifest is not None
     try:
         plan = build_plan(
@@ -190,7 +203,9 @@ def _renders_at(checkout: Checkout, options: PlanOptions) -> list[RenderFacts]:
     return [
         RenderFacts.of(item.render)
         for item in plan.items
-        if not options.only or matches_any(item.render.id, item.render.tags, options.only)
+        if not options.only
+        or matches_any(item.render.id, item.render.tags, options.only)
+        or item.render.id in followed
     ]
 
 

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from kling_batch.lockfile import new_entry
+from kling_batch.lockname import lock_path
+from kling_batch.plan import build_plan
+from tests.conftest import NOW
 from tests.run.conftest import PNG, Project, emulator
 
 HERE = Path(__file__).resolve().parent
@@ -246,6 +250,27 @@ def test_a_manifest_new_since_the_ref_is_all_added(tmp_path: Path) -> None:
     assert data["cost_usd"] == {"base": 0, "head": 6.552, "diff": 6.552}
     assert len(data["added"]) == 5 and not data["removed"] and not data["changed"]
     assert "launch.toml is not in main" in data["note"]
+
+
+def test_only_compares_the_same_renders_on_both_sides(tmp_path: Path) -> None:
+    """A render in flight is planned whatever `--only` says; the ref's side has it too, so
+    an unchanged manifest shows no render added and no cost change."""
+    manifest = tmp_path / "launch.toml"
+    manifest.write_text(BASE)
+    git(tmp_path, "init", "-q", "-b", "main")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-q", "-m", "base")
+    plan = build_plan(manifest, now=NOW)
+    story = next(item.render for item in plan.items if item.render.id == "story")
+    plan.lock.shots["story"] = new_entry(story, "submitted", job_id="job_1", submitted_at=NOW)
+    plan.lock.save(lock_path(manifest))
+    args = ("plan", manifest, "--only", "teaser", "--compare", "main", "--format")
+    data = json.loads(kb(*args, "json", cwd=tmp_path).stdout)
+    assert (data["added"], data["removed"], data["changed"]) == ([], [], [])
+    assert data["cost_usd"] == {"base": 3.92, "head": 3.92, "diff": 0}
+    text = kb(*args, "markdown", cwd=tmp_path).stdout
+    assert "**Cost of the manifest: $3.92 (no change)**, compared with `main (" in text
+    assert "| + |" not in text and "2 renders unchanged." in text
 
 
 def test_a_changed_value_is_shown_as_text_in_markdown(tmp_path: Path) -> None:
