@@ -73,6 +73,7 @@ _GROWING = frozenset(
         "replace",
         "rjust",
         "slice",
+        "to_bytes",  # an int's bytes: as many as its length argument, made before measured
         "tojson",
         "translate",
         "wordwrap",

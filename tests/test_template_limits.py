@@ -56,6 +56,8 @@ NESTED = (
         ("{% set s = 'x' * 60000 %}{{ s + s }}", "'+' result"),
         ("{% set s = 'x' * 90000 %}{{ s | replace('x', 'yy') }}", "over 100,000 characters"),
         ("{{ 'a\\tb'.expandtabs(100000000) }}", "expandtabs() would do too much work"),
+        # an int's bytes are as many as asked for, made before any result is measured
+        ("{{ (1).to_bytes(10 ** 9, 'big') | length }}", "to_bytes() would do too much work"),
         ("{{ '{:{}}'.format('a', 999999999) }}", "nested '{}' fields"),
         ("{{ ('a\\n' * 50000) | indent('x' * 1000) | length }}", "indent() would do too much"),
         ("{{ range(10) | batch(1000000000) | list }}", "batch() would do too much work"),
