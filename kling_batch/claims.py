@@ -151,9 +151,11 @@ class Taken:
 
 @dataclass(frozen=True, slots=True)
 class Busy:
-    """Another run holds the claim (`claim` None: one that cannot be read)."""
+    """Another run holds the claim (`claim` None: one that cannot be read); `failed`: the
+    store failed after showing it (it cannot be read, or taken over): wait for a later run."""
 
     claim: Claim | None
+    failed: str | None = None
 
 
 @dataclass
@@ -213,10 +215,10 @@ class ClaimBook:
                     return Taken()
             try:
                 stored = await self.store.read(key)
-            except RemoteError:
+            except RemoteError as exc:
                 if read_first and attempt == 0:
                     raise
-                return Busy(None)  # the create found one: held by another run, unread
+                return Busy(None, str(exc))  # the create found one: held by another run
             if stored is None:
                 continue  # none there (or removed by hand): create it
             found = _parse(stored.data, fingerprint)
@@ -233,8 +235,8 @@ class ClaimBook:
                 mine = mine.model_copy(update=update)
             try:
                 etag = await self.store.replace(key, mine.dumps(), stored.etag)
-            except RemoteError:
-                return Busy(found)  # read but not taken (the store failed): never paid
+            except RemoteError as exc:
+                return Busy(found, str(exc))  # read but not taken over: never paid
             if etag is not None:
                 self._hold(mine, etag)
                 return Taken(expired)

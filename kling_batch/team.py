@@ -182,6 +182,8 @@ class Team:
         taken: Taken | Busy | None = None
         try:
             taken = await self.claims.take(fingerprint, body, read_first=read_first)
+            if isinstance(taken, Busy) and taken.failed is not None:
+                raise RemoteError(taken.failed)  # seen held, then the store failed
             self.health.up()
             recorded = await self._recorded(fingerprint)
             if isinstance(taken, Busy):

@@ -65,16 +65,7 @@ def test_a_first_run_that_reached_no_api_binds_the_lockfile_to_none(
     failed, none submitted: the next run against the right API is not refused, renders
     them, and the lockfile records that API."""
     project = make_project(ONE)
-    env = {**project.env(), "EMPIRIOLABS_API_KEY": project.served.api_key}
-    argv = [sys.executable, "-m", "kling_batch", "run", str(project.manifest), "--yes"]
-    wrong = subprocess.run(
-        [*argv, "--api-base", "http://127.0.0.1:9"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-        timeout=120,
-    )
+    wrong = project.run("--api-base", "http://127.0.0.1:9")  # the last --api-base is used
     assert wrong.returncode == 1, wrong.stderr
     lock = load_lockfile(project.lock)
     assert lock.api == "http://127.0.0.1:9" and lock.shots["bay"].state == "failed"
