@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, time
 from decimal import Decimal
@@ -153,9 +153,11 @@ class Expansion:
             )
         self._seen_ids[render_id] = sourced
 
-    def claim(self, sourced: SourcedShot, renders: list[tuple[str, PurePosixPath]]) -> None:
-        """Take the ids and outputs of a shot expanded before (the plan cache's renders),
-        with the checks `shot` makes across shots."""
+    def claim(
+        self, sourced: SourcedShot, renders: Iterable[tuple[str, PurePosixPath | str]]
+    ) -> None:
+        """Take the ids and outputs of a shot expanded before (the plan cache's renders,
+        or the up-to-date stamp's), with the checks `shot` makes across shots."""
         for render_id, output in renders:
             self.claim_id(sourced, render_id)
             self._outputs.claim(output, render_id, sourced.file)
@@ -303,11 +305,12 @@ class _Outputs:
     (one file on macOS and Windows)."""
 
     def __init__(self) -> None:
-        self._owners: dict[str, tuple[PurePosixPath, str]] = {}
+        self._owners: dict[str, tuple[str, str]] = {}
 
-    def claim(self, output: PurePosixPath, render_id: str, file: Path) -> None:
+    def claim(self, output: PurePosixPath | str, render_id: str, file: Path) -> None:
         """Record a render's output; refuse one another render already writes."""
-        key = str(output).casefold()
+        shown = str(output)
+        key = shown.casefold()
         owner = self._owners.get(key)
         if owner is not None:
             path, other = owner
@@ -317,12 +320,12 @@ class _Outputs:
                 "in letter case: one file on macOS and Windows"
             )
             raise UserError(
-                same if path == output else folded,
+                same if path == shown else folded,
                 file=file,
                 shot=render_id,
                 field="output",
             )
-        self._owners[key] = (output, render_id)
+        self._owners[key] = (shown, render_id)
 
 
 class _SafeDirs:

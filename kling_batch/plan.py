@@ -10,7 +10,7 @@ argument: `plan` is exactly what `run` does. It writes only caches in the state 
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -26,7 +26,7 @@ from kling_batch.actions import Differ, FileFacts, change_reasons
 from kling_batch.assets import Asset, AssetStore
 from kling_batch.cachefile import tool_identity
 from kling_batch.errors import AssetProblem, RequestRuleError, UserError, validation_error
-from kling_batch.expand import Expansion, RenderSpec, check_render_count
+from kling_batch.expand import Expansion, RenderSpec, check_render_count, count_renders
 from kling_batch.kling_o3 import KlingO3Request
 from kling_batch.limits import MAX_RENDERS
 from kling_batch.lock_facts import EntryRecord, LockFacts, LockRecords, read_facts
@@ -34,7 +34,7 @@ from kling_batch.lockfile import UNSETTLED, Lockfile
 from kling_batch.lockname import lock_path
 from kling_batch.manifest import LoadedManifest, SourcedShot, load_manifest
 from kling_batch.manifest_cache import ParseCache
-from kling_batch.plan_cache import PlanCache, context_key, decode
+from kling_batch.plan_cache import PlanCache, UnitKeys, context_key, decode
 from kling_batch.planned import (
     ACTIONS,
     PAID_ACTIONS,
@@ -47,6 +47,7 @@ from kling_batch.planned import (
 from kling_batch.pricing import Price, price, select_row
 from kling_batch.selection import matches_any, require_matches
 from kling_batch.state import StateDir
+from kling_batch.uptodate import EditBase, KnownShot
 from kling_batch.urls import KnownUrl, ResultUrls
 
 if TYPE_CHECKING:  # the shared store's module loads only when one is named
@@ -90,6 +91,28 @@ class Totals:
     by_action: Mapping[str, int]
 
 
+@dataclass(frozen=True, slots=True)
+class PlanUnit:
+    """One shot of a plan as the up-to-date stamp keeps it: its plan cache key, the index
+    of its first render when a template of it reads the index (else None), and how many
+    renders it has."""
+
+    key: str
+    start: int | None
+    renders: int
+
+
+@dataclass(frozen=True)
+class Settled:
+    """The renders a plan of an edit holds no item for (`plan_edit`): those of the shots
+    the up-to-date stamp knows, every one unchanged. Counted, never listed."""
+
+    renders: int
+    cost: Decimal
+    # (render id, warning) of every render of the manifest, in manifest order.
+    warnings: Sequence[tuple[str, str]]
+
+
 @dataclass(frozen=True)
 class Plan:
     """The whole plan for one manifest.
@@ -111,6 +134,10 @@ class Plan:
     remote: RemoteUrl | None = None
     # The template partials the renders read: name → `partials.partial_digest`.
     partials: Mapping[str, str] = field(default_factory=dict)
+    # Each shot of a whole plan, in order, as the up-to-date stamp keeps it.
+    units: Sequence[PlanUnit] = ()
+    # A plan of an edit (`plan_edit`): the renders it holds no item for, known unchanged.
+    settled: Settled | None = None
 
     @cached_property
     def lock(self) -> Lockfile:
@@ -131,13 +158,21 @@ class Plan:
         for item in self.items:
             by_action[item.action] += 1
         paid = [item for item in self.items if item.paid]
+        settled = self.settled or Settled(0, Decimal(0), ())
+        by_action["unchanged"] += settled.renders
         return Totals(
-            renders=len(self.items),
+            renders=len(self.items) + settled.renders,
             to_run=len(paid),
-            cost=sum((item.render.cost for item in self.items), Decimal(0)),
+            cost=sum((item.render.cost for item in self.items), settled.cost),
             to_run_cost=sum((item.render.cost for item in paid), Decimal(0)),
             by_action=by_action,
         )
+
+    def render_warnings(self) -> list[tuple[str, str]]:
+        """(render id, warning) of every render of the plan, in manifest order."""
+        if self.settled is not None:
+            return list(self.settled.warnings)
+        return [(item.render.id, text) for item in self.items for text in item.render.warnings]
 
     @property
     def budget(self) -> Decimal | None:
@@ -202,36 +237,198 @@ def build_plan(
     store. `remote` overrides the manifest's shared store, whose renders restore free.
     Shots unchanged since the last plan come from the plan cache (`kling_batch.plan_cache`).
     """
-    state = StateDir(Path(manifest_path).parent)
-    usable = state.usable()
-    parses = ParseCache(state.parse_cache(Path(manifest_path)) if usable else None)
-    loaded = _load(manifest_path, emulator=emulator, cache=parses)
-    shared = _shared_store(loaded, remote)
-    lock_file = lockfile or lock_path(loaded.path, emulator=emulator)
-    store = AssetStore(loaded.root, state)
-    store.state.check()
-    check_render_count(loaded, max_renders)
-    cache = PlanCache(
-        state.plan_cache(lock_file) if usable else None, context_key(loaded), loaded.root
-    )
+    project = _Project.open(manifest_path, emulator, max_renders, remote, lockfile)
+    loaded, store = project.loaded, project.store
+    cached = project.state.plan_cache(project.lock_file) if project.usable else None
+    cache = PlanCache(cached, context_key(loaded), loaded.root)
     expansion, shots = _expand_all(loaded, store, cache)
     only, force = _selection(shots, only, force)
-    lock, save_lock_caches = _read_lock(state, lock_file, usable)
+    lock, save_lock_caches = project.read_lock()
     # The facts first: every render validated, its assets hashed and probed, priced.
     renders = _planned(shots, store, cache, _chosen_ids(lock, only))
     # Then the decisions, from those facts, the lockfile, the files' hashes and `now`.
-    files = _ProjectFiles(store, lock_file, api)
-    differ = _differ(lock, files, now, loaded, shots, renders, force, shared is not None)
-    items = [differ.item(r) for r in renders]
-    orphans = _orphans(lock, set(differ.ids), adopted=differ.adopted)
-    followups = [stray_item(key, lock.shots[key]) for key in differ.strays()]
+    ids = {render_id for shot in shots for render_id in shot.render_ids()}
+    forced = {r.id for r in renders if matches_any(r.id, r.tags, force)}
+    items, orphans, followups = project.decide(lock, renders, ids, now, api, forced)
     # Written last: a manifest error above leaves none. A read-only checkout plans without.
-    store.save()
     partials = expansion.templates.loader.read if expansion.templates else {}
-    _save_caches(state, save_lock_caches, parses.save, lambda: cache.save(partials))
-    warnings = _warnings(renders, orphans)
+    project.save_caches(save_lock_caches, lambda: cache.save(partials))
+    warnings = _warnings(_render_warnings(renders), orphans)
     read = {**cache.partials, **partials}  # those of shots from the cache, checked by it
-    return Plan(loaded, lock_file, lock, items, orphans, warnings, followups, shared, read)
+    units = [PlanUnit(shot.key, shot.start, len(shot.items)) for shot in shots] if not only else []
+    facts = (loaded, project.lock_file, lock, items, orphans, warnings, followups, project.remote)
+    return Plan(*facts, read, units)
+
+
+@dataclass(frozen=True)
+class _Project:
+    """What every plan starts from: the manifest loaded (through its parse cache), the
+    state folder, the asset store, the lockfile's path and the shared store, if any."""
+
+    state: StateDir
+    usable: bool
+    parses: ParseCache
+    loaded: LoadedManifest
+    remote: RemoteUrl | None
+    lock_file: Path
+    store: AssetStore
+
+    @classmethod
+    def open(
+        cls,
+        manifest_path: Path,
+        emulator: bool,
+        max_renders: int,
+        remote: str | None,
+        lockfile: Path | None = None,
+    ) -> _Project:
+        """Load the manifest and refuse what no plan of it may go on with."""
+        state = StateDir(Path(manifest_path).parent)
+        usable = state.usable()
+        parses = ParseCache(state.parse_cache(Path(manifest_path)) if usable else None)
+        loaded = _load(manifest_path, emulator=emulator, cache=parses)
+        shared = _shared_store(loaded, remote)
+        lock_file = lockfile or lock_path(loaded.path, emulator=emulator)
+        store = AssetStore(loaded.root, state)
+        store.state.check()
+        check_render_count(loaded, max_renders)
+        return cls(state, usable, parses, loaded, shared, lock_file, store)
+
+    def read_lock(self) -> tuple[Lockfile | LockFacts, Callable[[], None]]:
+        """The lockfile's records for planning (`lock_facts.read_facts`) and what saves
+        their caches; no facts cache when the state folder is not usable."""
+        state, lock_file = self.state, self.lock_file
+        facts = state.lock_facts(lock_file) if self.usable else None
+        return read_facts(lock_file, facts, state.lock_cache(lock_file), tool=tool_identity())
+
+    def decide(
+        self,
+        lock: Lockfile | LockFacts,
+        renders: Sequence[PlannedRender],
+        ids: set[str],
+        now: datetime,
+        api: ApiOf,
+        forced: Collection[str] = (),
+    ) -> tuple[list[PlanItem], list[Orphan], list[PlanItem]]:
+        """Each render's item, the orphans and the follow-ups of a manifest whose renders
+        have `ids` (`renders`: those planned)."""
+        differ = Differ(
+            lock,
+            _ProjectFiles(self.store, self.lock_file, api),
+            now,
+            root=self.loaded.root,
+            state=self.state,
+            ids=ids,
+            renders=renders,
+            forced=forced,
+            remote=self.remote is not None,
+        )
+        items = [differ.item(r) for r in renders]
+        orphans = _orphans(lock, ids, adopted=differ.adopted)
+        followups = [stray_item(key, lock.shots[key]) for key in differ.strays()]
+        return items, orphans, followups
+
+    def save_caches(self, *savers: Callable[[], None]) -> None:
+        """Write the hash cache, the parse cache and `savers`' caches into the state
+        folder (made, ignoring itself in git, if needed); none when it cannot be written."""
+        self.store.save()
+        try:
+            self.state.ensure()
+        except OSError:
+            return
+        for save in (self.parses.save, *savers):
+            save()
+
+
+# An edit is planned against the up-to-date stamp (`plan_edit`) while the renders it
+# plans afresh number at most this many; beyond, the full plan with its plan cache is
+# as quick (a warm plan of 10,000 renders takes about as long as 1,000 planned afresh).
+EDIT_RENDERS = 1_000
+
+
+@_collecting_after
+def plan_edit(
+    manifest_path: Path,
+    base: EditBase,
+    *,
+    now: datetime,
+    emulator: bool = False,
+    max_renders: int = MAX_RENDERS,
+    api: ApiOf = None,
+    remote: str | None = None,
+) -> Plan | None:
+    """The plan of an edit to the manifest since its up-to-date stamp (`base`), for the
+    table report: the shots the stamp knows (same source, file, place, and first render's
+    index if a template reads it, under the same shared context) are `Settled`, every
+    render unchanged, for the stamp found nothing else they depend on changed (the
+    lockfile, the inputs, the outputs, their folders, the partials); the others are
+    planned and decided as in `build_plan`, against the ids and outputs of all.
+
+    None when the edit is not one to plan so (the shared context changed, too many renders
+    to plan afresh) or the manifest has an error: the full plan then plans it, or says
+    what is wrong, as it would have without a stamp.
+    """
+    try:
+        project = _Project.open(manifest_path, emulator, max_renders, remote)
+        if context_key(project.loaded) != base.context:
+            return None
+        walked = _edited_shots(project, base)
+        if walked is None:
+            return None
+        return _plan_edited(project, walked, now, api)
+    except UserError:
+        return None
+
+
+# A shot of an edit: known to the stamp, or its renders to plan.
+_Walked = KnownShot | list[RenderSpec]
+
+
+def _edited_shots(project: _Project, base: EditBase) -> list[_Walked] | None:
+    """Each enabled shot in order: known to the stamp (its ids and outputs claimed), or
+    expanded; None when more renders than `EDIT_RENDERS` would be planned afresh."""
+    loaded = project.loaded
+    expansion, keys, fresh = Expansion(loaded, is_dir=project.store.is_dir), UnitKeys(), 0
+    walked: list[_Walked] = []
+    for sourced in loaded.shots:
+        if not sourced.shot.enabled:
+            continue
+        known = base.shots.get(keys.key(loaded, sourced))
+        if known is not None and known.start in (None, expansion.index):
+            expansion.claim(sourced, zip(known.ids, known.outputs, strict=True))
+            walked.append(known)
+            continue
+        fresh += count_renders(sourced)[0]
+        if fresh > EDIT_RENDERS:
+            return None
+        walked.append(expansion.shot(sourced))
+    return walked
+
+
+def _plan_edited(project: _Project, walked: list[_Walked], now: datetime, api: ApiOf) -> Plan:
+    """`plan_edit`'s plan of the walked shots."""
+    store = project.store
+    lock, save_lock_caches = project.read_lock()
+    planned: list[KnownShot | list[PlannedRender]] = [
+        shot if isinstance(shot, KnownShot) else [plan_render(spec, store) for spec in shot]
+        for shot in walked
+    ]
+    renders = [r for shot in planned if not isinstance(shot, KnownShot) for r in shot]
+    known = [shot for shot in planned if isinstance(shot, KnownShot)]
+    ids = {render_id for shot in known for render_id in shot.ids}
+    ids.update(render.id for render in renders)
+    items, orphans, followups = project.decide(lock, renders, ids, now, api)
+    project.save_caches(save_lock_caches)
+    pairs = [
+        pair
+        for shot in planned
+        for pair in (shot.warnings if isinstance(shot, KnownShot) else _render_warnings(shot))
+    ]
+    cost = sum((Decimal(shot.cost) for shot in known), Decimal(0))
+    settled = Settled(sum(len(shot.ids) for shot in known), cost, pairs)
+    warnings = _warnings(pairs, orphans)
+    facts = (project.loaded, project.lock_file, lock, items, orphans, warnings, followups)
+    return Plan(*facts, project.remote, settled=settled)
 
 
 def _shared_store(loaded: LoadedManifest, remote: str | None) -> RemoteUrl | None:
@@ -242,40 +439,6 @@ def _shared_store(loaded: LoadedManifest, remote: str | None) -> RemoteUrl | Non
     from kling_batch.remote import resolve_remote
 
     return resolve_remote(loaded.manifest.remote, remote, file=loaded.path)
-
-
-def _read_lock(
-    state: StateDir, lock_file: Path, usable: bool
-) -> tuple[Lockfile | LockFacts, Callable[[], None]]:
-    """The lockfile's records for planning (`lock_facts.read_facts`) and what saves their
-    caches; no facts cache when the state folder is not usable."""
-    facts = state.lock_facts(lock_file) if usable else None
-    return read_facts(lock_file, facts, state.lock_cache(lock_file), tool=tool_identity())
-
-
-def _differ(
-    lock: LockRecords,
-    files: _ProjectFiles,
-    now: datetime,
-    loaded: LoadedManifest,
-    shots: Sequence[_Shot],
-    renders: Sequence[PlannedRender],
-    force: Sequence[str],
-    remote: bool,
-) -> Differ:
-    """The `Differ` of a plan: every render of the manifest, those chosen, those forced;
-    `remote`: a shared store is configured (renders the lockfile says it holds restore)."""
-    return Differ(
-        lock,
-        files,
-        now,
-        root=loaded.root,
-        state=files.store.state,
-        ids={render_id for shot in shots for render_id in shot.render_ids()},
-        renders=renders,
-        forced={r.id for r in renders if matches_any(r.id, r.tags, force)},
-        remote=remote,
-    )
 
 
 def _expand_all(
@@ -296,17 +459,6 @@ def _selection(
         require_matches(only, candidates, "--only")
         require_matches(force, candidates, "--force")
     return only, force
-
-
-def _save_caches(state: StateDir, *savers: Callable[[], None]) -> None:
-    """Write the caches into the state folder (made, ignoring itself in git, if needed);
-    none when it cannot be written."""
-    try:
-        state.ensure()
-    except OSError:
-        return
-    for save in savers:
-        save()
 
 
 @dataclass
@@ -437,8 +589,12 @@ def _orphans(lock: LockRecords, ids: set[str], *, adopted: Mapping[str, str]) ->
     return [Orphan(key, lock.shots[key].state, lock.shots[key].output) for key in gone]
 
 
-def _warnings(renders: Sequence[PlannedRender], orphans: Sequence[Orphan]) -> list[str]:
-    warnings = [f"{r.id}: {text}" for r in renders for text in r.warnings]
+def _render_warnings(renders: Sequence[PlannedRender]) -> list[tuple[str, str]]:
+    return [(render.id, text) for render in renders for text in render.warnings]
+
+
+def _warnings(pairs: Iterable[tuple[str, str]], orphans: Sequence[Orphan]) -> list[str]:
+    warnings = [f"{render_id}: {text}" for render_id, text in pairs]
     warnings.extend(stray_warning(o.id, o.state) for o in orphans if o.state in UNSETTLED)
     return warnings
 

@@ -76,6 +76,25 @@ class CachedShot:
     blob: Blob
 
 
+class UnitKeys:
+    """Each shot's identity, for the plan cache and the up-to-date stamp: its source's
+    digest, its file and its place there."""
+
+    def __init__(self) -> None:
+        self._shown: dict[Path, str] = {}
+
+    def key(self, loaded: LoadedManifest, sourced: SourcedShot) -> str:
+        """`digest|file|index` of one shot."""
+        digest = sourced.digest
+        if digest is None:  # not read through the TOML parse cache: digest its data
+            data = sourced.shot.model_dump(mode="python")
+            digest = text_digest(_keyed(data))  # order matters: see `context_key`
+        shown = self._shown.get(sourced.file)
+        if shown is None:
+            shown = self._shown[sourced.file] = loaded.display(sourced.file)
+        return f"{digest}|{shown}|{sourced.index}"
+
+
 class PlanCache:
     """The plan cache of one lockfile's plans (see the module docstring)."""
 
@@ -93,18 +112,11 @@ class PlanCache:
         self.partials: dict[str, str] = data["partials"]
         self._kept: dict[str, tuple[int | None, Sequence[PlannedRender]] | CachedShot] = {}
         self._fresh = 0  # renders planned from scratch
-        self._shown: dict[Path, str] = {}
+        self._keys = UnitKeys()
 
     def key(self, loaded: LoadedManifest, sourced: SourcedShot) -> str:
-        """A shot's identity in the cache: its source's digest, its file and place there."""
-        digest = sourced.digest
-        if digest is None:  # not read through the TOML parse cache: digest its data
-            data = sourced.shot.model_dump(mode="python")
-            digest = text_digest(_keyed(data))  # order matters: see above
-        shown = self._shown.get(sourced.file)
-        if shown is None:
-            shown = self._shown[sourced.file] = loaded.display(sourced.file)
-        return f"{digest}|{shown}|{sourced.index}"
+        """A shot's identity in the cache (`UnitKeys`)."""
+        return self._keys.key(loaded, sourced)
 
     def _intact(self, data: Mapping[str, Any]) -> bool:
         units, partials = data.get("units"), data.get("partials")

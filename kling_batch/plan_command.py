@@ -14,7 +14,7 @@ from kling_batch import ui, uptodate
 from kling_batch.errors import UserError
 from kling_batch.limits import MAX_RENDERS
 from kling_batch.lockname import emulator_only_hint
-from kling_batch.uptodate import StampKey
+from kling_batch.uptodate import EditBase, StampKey
 
 # Planning, reports and the run's modules (HTTP client, executor, job list) load only when
 # a plan needs them: `plan --check` on every save, answered from the up-to-date stamp,
@@ -72,10 +72,14 @@ def plan_command(request: PlanRequest) -> int:
         if hint is not None:
             ui.say(hint)
     key = request.stamp_key
-    stamped = uptodate.answer(key) if key is not None else None
-    if stamped is not None:  # nothing changed since a plan with nothing to do
+    stamped = uptodate.look(key) if key is not None else None
+    if isinstance(stamped, list):  # nothing changed since a plan with nothing to do
         ui.print_lines(ui.stdout_console(), stamped)
         return 0
+    edited = _plan_edit(request, stamped) if stamped is not None else None
+    if edited is not None:  # only the manifest changed: its edit, planned alone
+        _report(edited, "table")
+        return 1 if request.check and edited.has_work else 0
     started = time.time_ns()
     plan = _plan(request)
     if key is not None:
@@ -109,6 +113,26 @@ def _plan(request: PlanRequest) -> Plan:
         api=partial(_expected_api, request.emulator),  # asked only if a restore is in question
         remote=request.remote,
     )
+
+
+def _plan_edit(request: PlanRequest, base: EditBase) -> Plan | None:
+    """`plan.plan_edit` of the manifest against its stamp; None when the full plan must
+    make it, or would list its unchanged renders (a plan of few renders lists them all)."""
+    from kling_batch.plan import plan_edit
+    from kling_batch.reports import LIST_UNCHANGED_UP_TO
+
+    plan = plan_edit(
+        request.manifest,
+        base,
+        now=datetime.now(UTC),
+        emulator=request.emulator,
+        max_renders=request.max_renders,
+        api=partial(_expected_api, request.emulator),
+        remote=request.remote,
+    )
+    if plan is None or plan.totals.renders <= LIST_UNCHANGED_UP_TO:
+        return None
+    return plan
 
 
 def _refuse_saved_plan(path: Path) -> None:

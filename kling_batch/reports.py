@@ -96,10 +96,10 @@ def _notes(item: PlanItem) -> str:
 
 
 def _listed(plan: Plan) -> tuple[list[PlanItem], int]:
-    if len(plan.items) <= LIST_UNCHANGED_UP_TO:
+    if len(plan.items) <= LIST_UNCHANGED_UP_TO and plan.settled is None:
         return list(plan.items), 0
     listed = [item for item in plan.items if item.action != "unchanged"]
-    return listed, len(plan.items) - len(listed)
+    return listed, plan.totals.renders - len(listed)
 
 
 # A line of the table report: its text and its rich style.
@@ -184,9 +184,8 @@ def _tail_lines(plan: Plan, listed: list[PlanItem], hidden: int) -> list[Line]:
 def _grouped_warnings(plan: Plan) -> list[str]:
     """Warnings, each text once, with the renders it concerns."""
     groups: dict[str, list[str]] = defaultdict(list)
-    for item in plan.items:
-        for text in item.render.warnings:
-            groups[text].append(item.render.id)
+    for render_id, text in plan.render_warnings():
+        groups[text].append(render_id)
     lines = []
     for text, ids in groups.items():
         shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
@@ -215,7 +214,7 @@ def render_markdown(plan: Plan) -> str:
             )
         lines.append("")
     lines.extend(markdown.not_listed(len(changing) - len(listed), "renders to change"))
-    unchanged = len(plan.items) - len(changing)
+    unchanged = plan.totals.renders - len(changing)
     if unchanged:
         lines.extend([f"{unchanged:,} unchanged render{'s' if unchanged != 1 else ''}.", ""])
     diffs = [(item.render.id, diff) for item in listed if (diff := _prompt_diff(plan, item))]
@@ -277,6 +276,7 @@ def _md_escape(text: str) -> str:
 
 def plan_json(plan: Plan) -> dict[str, Any]:
     """The plan as DESIGN.md's JSON object: one item per render."""
+    assert plan.settled is None, "a plan of an edit holds items for its changed renders only"
     totals = plan.totals
     return {
         "manifest": plan.loaded.path.name,

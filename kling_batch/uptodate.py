@@ -42,10 +42,11 @@ import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from kling_batch.cachefile import read_cache, write_cache
+from kling_batch.cachefile import Blob, BlobWriter, Cold, read_cache, write_cache
 from kling_batch.errors import UserError
 from kling_batch.lockname import lock_path
 from kling_batch.partials import partial_digest
@@ -54,7 +55,7 @@ from kling_batch.state import StateDir
 if TYPE_CHECKING:
     from kling_batch.plan import Plan
 
-_VERSION = "uptodate-2"
+_VERSION = "uptodate-3"
 # How long before a plan began a stamped file must have last changed (the hash cache's
 # rule too: file systems with coarse times may show a later change at the same time).
 SETTLE_NS = 2_000_000_000
@@ -85,27 +86,81 @@ class StampKey:
         return state.uptodate(lock) if state.usable() else None
 
 
-def answer(key: StampKey) -> Lines | None:
-    """The report of the stamped plan, when nothing it depended on changed; else None."""
+class KnownShot(NamedTuple):
+    """A shot of the stamped plan, every render of it unchanged: the index of its first
+    render when a template of it reads the index (else None), each render's id and
+    output, their cost, and their warnings as (render id, text)."""
+
+    start: int | None
+    ids: list[str]
+    outputs: list[str]
+    cost: str
+    warnings: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class EditBase:
+    """What an edit to the manifest is planned against (`plan.plan_edit`): the stamped
+    plan's shared context (`plan_cache.context_key`) and its shots by plan cache key. All
+    else the stamped answer depended on is as stamped: the lockfile, every input and
+    output and their folders, the partials; only the manifest's files changed."""
+
+    context: str
+    shots: dict[str, KnownShot]
+
+
+# The stamp's groups of files, in the order they are looked at (`_FOLDERS`: by `lstat`).
+_LOCK, _INPUTS, _OUTPUTS, _FOLDERS, _MANIFESTS, _MANIFEST_FOLDERS = range(6)
+
+
+def look(key: StampKey) -> Lines | EditBase | None:
+    """The report of the stamped plan when nothing it depended on changed; what an edit is
+    planned against when only the manifest's files did; else None."""
     path = key.stamp_path()
     cached = read_cache(path, _VERSION) if path is not None else None
     if cached is None:
         return None
-    stamp, _ = cached
+    stamp, blob = cached
     root = key.manifest.parent.resolve()
     try:
-        fine = (
-            stamp["key"] == key.text()
-            and _unchanged(root, stamp["files"], stamp["folders"], stamp["facts"])
-            and _included(key.manifest, stamp["include"]) == stamp["included"]
-            and all(partial_digest(root, n) == d for n, d in stamp["partials"].items())
-        )
-        lines = [(str(text), str(style)) for text, style in stamp["lines"]]
+        if stamp["key"] != key.text() or not _partials_unchanged(root, stamp["partials"]):
+            return None
+        differing = _differing(root, stamp["groups"], stamp["facts"])
+        if differing is None or differing - {_MANIFESTS, _MANIFEST_FOLDERS}:
+            return None
+        if not differing and _included(key.manifest, stamp["include"]) == stamp["included"]:
+            return [(str(text), str(style)) for text, style in stamp["lines"]]
+        return _edit_base(stamp, blob)
     except UserError:
         return None  # the globs no longer match: the full plan says what is wrong
-    except (KeyError, TypeError, ValueError, AttributeError):
+    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError):
         return None  # a stamp of another shape is no stamp
-    return lines if fine else None
+
+
+def answer(key: StampKey) -> Lines | None:
+    """The report of the stamped plan, when nothing it depended on changed; else None."""
+    looked = look(key)
+    return looked if isinstance(looked, list) else None
+
+
+def _partials_unchanged(root: Path, partials: dict[str, str]) -> bool:
+    return all(partial_digest(root, name) == digest for name, digest in partials.items())
+
+
+def _edit_base(stamp: dict[str, Any], blob: Blob) -> EditBase | None:
+    """The stamp's shots (kept in its blob, read only for an edit); None without them."""
+    where = stamp.get("shots")
+    if where is None:
+        return None
+    shots = {}
+    for key, known in json.loads(Cold(blob, *where).read()).items():
+        start, ids, outputs, cost, warnings = known
+        if not (isinstance(ids, list) and isinstance(outputs, list) and len(ids) == len(outputs)):
+            return None
+        first = start if start is None else int(start)
+        said = [(str(render_id), str(text)) for render_id, text in warnings]
+        shots[key] = KnownShot(first, ids, outputs, str(cost), said)
+    return EditBase(str(stamp["context"]), shots)
 
 
 def record(plan: Plan, key: StampKey, lines: Lines | None, started_ns: int) -> None:
@@ -117,7 +172,7 @@ def record(plan: Plan, key: StampKey, lines: Lines | None, started_ns: int) -> N
         return
     stamp = _stamp(plan, key, lines, started_ns) if not plan.has_work else None
     if stamp is not None:
-        write_cache(path, _VERSION, stamp)
+        write_cache(path, _VERSION, *stamp)
         return
     with contextlib.suppress(OSError):  # a read-only checkout keeps no stamp to remove
         path.unlink(missing_ok=True)
@@ -125,10 +180,10 @@ def record(plan: Plan, key: StampKey, lines: Lines | None, started_ns: int) -> N
 
 def _stamp(
     plan: Plan, key: StampKey, lines: Lines | None, started_ns: int
-) -> dict[str, Any] | None:
-    """The stamp's payload, or None when the answer cannot be stamped."""
+) -> tuple[dict[str, Any], BlobWriter] | None:
+    """The stamp's payload and blob, or None when the answer cannot be stamped."""
     loaded, root = plan.loaded, plan.loaded.root
-    if lines is None or plan.lock_path.parent != root:
+    if lines is None or plan.lock_path.parent != root or plan.settled is not None:
         return None
     try:
         included = _included(loaded.path, loaded.manifest.include)
@@ -136,36 +191,56 @@ def _stamp(
         return None
     if included != [_shown(root, path) for path in loaded.included]:
         return None  # the globs match otherwise than when the plan read them
-    groups = _depended_on(plan)
-    folders = _folders_of(root, [n for g in groups for n in g]) if groups is not None else None
-    if groups is None or folders is None:
+    groups = _groups(plan)
+    if groups is None:
         return None
     settled = started_ns - SETTLE_NS
-    looks = [*((os.stat, group) for group in groups), (os.lstat, folders)]
-    facts = [_facts(root, names, look, settled_before=settled) for look, names in looks]
+    facts = [_facts(root, names, _LOOKS[look], settled_before=settled) for look, names in groups]
     if None in facts:
         return None
-    return {
+    payload = {
         "key": key.text(),
         "include": list(loaded.manifest.include),
         "included": included,
         "partials": dict(plan.partials),
-        "files": ["\0".join(group) for group in groups],
-        "folders": "\0".join(folders),
+        "groups": [[look, "\0".join(names)] for look, names in groups],
         "facts": facts,
         "lines": lines,
     }
+    return _with_shots(plan, payload)
 
 
-def _depended_on(plan: Plan) -> list[list[str]] | None:
-    """The files a plan's answer depends on, relative to the manifest's folder, in three
-    sorted groups, most often changed first (the manifest, its included files and the
-    lockfile; the inputs; the outputs), as named (never normalised: the file system
-    resolves a link before a `..` after it); None when one is absolute."""
-    loaded = plan.loaded
-    root = loaded.root
-    head = {loaded.path.name, plan.lock_path.name}
-    head.update(_shown(root, path) for path in loaded.included)
+def _with_shots(plan: Plan, payload: dict[str, Any]) -> tuple[dict[str, Any], BlobWriter]:
+    """The payload with the plan's shots (`KnownShot`) in a blob, for an edit to be planned
+    against; without them when the plan's items do not follow its shots."""
+    from kling_batch.plan_cache import context_key  # loaded by the plan already
+
+    blob = BlobWriter()
+    if sum(unit.renders for unit in plan.units) != len(plan.items):
+        return payload, blob
+    shots, at = {}, 0
+    for unit in plan.units:
+        items = plan.items[at : at + unit.renders]
+        at += unit.renders
+        ids = [item.render.id for item in items]
+        outputs = [str(item.render.output) for item in items]
+        cost = str(sum((item.render.cost for item in items), Decimal(0)))
+        said = [[item.render.id, text] for item in items for text in item.render.warnings]
+        shots[unit.key] = [unit.start, ids, outputs, cost, said]
+    payload["context"] = context_key(plan.loaded)
+    payload["shots"] = blob.add(json.dumps(shots).encode())
+    return payload, blob
+
+
+def _groups(plan: Plan) -> list[tuple[str, list[str]]] | None:
+    """The files and folders a plan's answer depends on, relative to the manifest's
+    folder, as named (never normalised: the file system resolves a link before a `..`
+    after it), in six sorted groups: (how each is looked at, names). Those an edit to the
+    manifest must leave as they were come first (the lockfile, the inputs, the outputs,
+    their folders), then the manifest's own files and their other folders (see
+    `_MANIFESTS`). None when a name is absolute or a link leads out."""
+    loaded, root = plan.loaded, plan.loaded.root
+    manifests = {loaded.path.name, *(_shown(root, path) for path in loaded.included)}
     inputs: set[str] = set()
     outputs: set[str] = set()
     for item in plan.items:
@@ -173,10 +248,18 @@ def _depended_on(plan: Plan) -> list[list[str]] | None:
         outputs.add(str(render.output))
         inputs.update(a.ref for a in render.assets.values() if a.kind == "local")
         inputs.update(a.ref for a in render.unsent.values())
-    groups = [sorted(head), sorted(inputs), sorted(outputs)]
-    if any(name.startswith("/") for group in groups for name in group):
+    files = [[plan.lock_path.name], sorted(inputs), sorted(outputs), sorted(manifests)]
+    if any(name.startswith("/") for group in files for name in group):
         return None
-    return groups
+    lock, inputs_, outputs_, manifests_ = files
+    folders = _folders_of(root, [*lock, *inputs_, *outputs_])
+    theirs = _folders_of(root, manifests_)
+    if folders is None or theirs is None:
+        return None
+    taken = set(folders)
+    others = [folder for folder in theirs if folder not in taken]
+    looked = [("stat", lock), ("stat", inputs_), ("stat", outputs_), ("lstat", folders)]
+    return [*looked, ("stat", manifests_), ("lstat", others)]
 
 
 def _folders_of(root: Path, files: Iterable[str]) -> list[str] | None:
@@ -248,14 +331,22 @@ def _ancestors(files: Iterable[str]) -> set[str]:
     return folders
 
 
-def _unchanged(root: Path, files: Sequence[str], folders: str, facts: Sequence[str]) -> bool:
-    """True when each group of files (through links) and the folders (not) have the stat
-    facts stamped; looked at in order, the first difference ends it."""
-    looks = [*((os.stat, _names(group)) for group in files), (os.lstat, _names(folders))]
-    if len(looks) != len(facts):
-        return False
-    pairs = zip(looks, facts, strict=True)
-    return all(_facts(root, names, look) == got for (look, names), got in pairs)
+_LOOKS: dict[str, Callable[[str], os.stat_result]] = {"stat": os.stat, "lstat": os.lstat}
+
+
+def _differing(root: Path, groups: Sequence[Any], facts: Sequence[str]) -> set[int] | None:
+    """The groups (by index) whose files no longer have the stat facts stamped, looked at
+    in order: the first difference among those an edit must leave as they were ends it.
+    None for groups of another shape."""
+    if len(groups) != len(facts) or len(groups) != _MANIFEST_FOLDERS + 1:
+        return None
+    differing: set[int] = set()
+    for index, ((look, names), got) in enumerate(zip(groups, facts, strict=True)):
+        if _facts(root, _names(names), _LOOKS[look]) != got:
+            differing.add(index)
+            if index < _MANIFESTS:
+                break
+    return differing
 
 
 def _facts(

@@ -1,0 +1,302 @@
+"""`plan` of an edit to the manifest, planned against the up-to-date stamp (issue 13).
+
+When only the manifest's files changed since a plan with nothing to do, `plan` plans the
+shots the stamp does not know and counts the others unchanged (`plan.plan_edit`). Its
+report must be the full plan's, byte for byte, and its exit code too: a render it called
+unchanged that the full plan would render is a missed re-render, a money bug. So every
+test here plans an edit through the command line, then removes the stamp and plans the
+same project in full, and compares the two.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from kling_batch import plan as plan_module
+from kling_batch import uptodate
+from kling_batch.cli import cli
+from kling_batch.lockfile import load_lockfile
+from kling_batch.lockname import lock_path
+from kling_batch.state import StateDir
+from tests.conftest import mark_done
+
+MANIFEST = """
+    budget_usd = 300
+    include = ["shots/*.toml"]
+
+    [vars]
+    mood = "misty"
+
+    [[shots]]
+    id = "m-{{ n }}"
+    matrix = { n = [LIST] }
+    prompt = "{{ mood }} scene {{ n }}, {% include 'style.j2' %}"
+    image = "img/a.png"
+"""
+
+
+def listed_shot(name: str, prompt: str, image: str = "img/a.png") -> str:
+    return f'[[shots]]\nid = "{name}"\nprompt = "{prompt}"\nimage = "{image}"\n'
+
+
+def shot_file(prefix: str, count: int) -> str:
+    return "\n".join(listed_shot(f"{prefix}{n}", f"{prefix} shot {n}") for n in range(count))
+
+
+class Counted:
+    """Counts the full plans and the plans of an edit a command made."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.full = self.edits = 0
+        real_full, real_edit = plan_module.build_plan, plan_module.plan_edit
+
+        def full(*args: object, **kwargs: object) -> object:
+            self.full += 1
+            return real_full(*args, **kwargs)  # type: ignore[arg-type]
+
+        def edit(*args: object, **kwargs: object) -> object:
+            planned = real_edit(*args, **kwargs)  # type: ignore[arg-type]
+            self.edits += planned is not None
+            return planned
+
+        monkeypatch.setattr(plan_module, "build_plan", full)
+        monkeypatch.setattr(plan_module, "plan_edit", edit)
+
+
+@pytest.fixture(autouse=True)
+def settled_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(uptodate, "SETTLE_NS", 0)
+
+
+@pytest.fixture
+def stamped(project: Callable[..., Path], image: Callable[[str], Path], tmp_path: Path) -> Path:
+    """100 matrix renders and 20 listed shots in two included files, one of whose prompts
+    reads the render index, one with an input of a suffix that warns; all done, stamped."""
+    image("img/a.png")
+    image("img/b.png").write_bytes((tmp_path / "img" / "a.png").read_bytes() + b"b")
+    image("img/odd.gif")
+    (tmp_path / "style.j2").write_text("golden hour")
+    (tmp_path / "shots").mkdir()
+    (tmp_path / "shots" / "a.toml").write_text(shot_file("a", 10))
+    b_shots = shot_file("b", 9) + "\n" + listed_shot("b9", "number {{ shot.index }}", "img/odd.gif")
+    (tmp_path / "shots" / "b.toml").write_text(b_shots)
+    path = project(MANIFEST.replace("LIST", ", ".join(map(str, range(100)))))
+    mark_done(path)
+    first = plan(path)
+    assert first.exit_code == 0, first.output
+    assert "120 unchanged" in first.stdout
+    assert "warning: b9: img/odd.gif" in first.stdout
+    assert stamp_of(path).is_file()
+    return path
+
+
+def stamp_of(path: Path) -> Path:
+    return StateDir(path.parent).uptodate(lock_path(path))
+
+
+def plan(path: Path, *args: str) -> Result:
+    return CliRunner().invoke(cli, ["plan", str(path), *args])
+
+
+def counted(path: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[Result, Counted]:
+    with monkeypatch.context() as patch:
+        counts = Counted(patch)
+        result = plan(path, *args)
+    return result, counts
+
+
+def same_as_full(path: Path, monkeypatch: pytest.MonkeyPatch, *, edit: bool = True) -> Result:
+    """`plan --check` of the project as it is, then again with the stamp removed: the same
+    output and exit code. `edit`: the first was planned as an edit (else in full)."""
+    first, counts = counted(path, monkeypatch, "--check")
+    assert (counts.edits, counts.full) == ((1, 0) if edit else (0, 1)), first.output
+    stamp_of(path).unlink(missing_ok=True)
+    full, counts = counted(path, monkeypatch, "--check")
+    assert counts.full == 1
+    assert (first.exit_code, first.output) == (full.exit_code, full.output)
+    return first
+
+
+def rewrite(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def listed(stdout: str, symbol: str, render_id: str) -> bool:
+    """True when the table lists `render_id` with the action `symbol`."""
+    return re.search(rf"^{re.escape(symbol)}\s+{re.escape(render_id)}\s", stdout, re.M) is not None
+
+
+def test_a_prompt_edited_is_planned_alone(stamped: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The edited shot changed, every other render unchanged, as the full plan says."""
+    rewrite(stamped.parent / "shots" / "a.toml", "a shot 3", "a shot 3 at dawn")
+    result = same_as_full(stamped, monkeypatch)
+    assert result.exit_code == 1
+    assert listed(result.stdout, "~", "a3")
+    assert "Plan: 1 to render ($1.40), 119 unchanged" in result.stdout
+
+
+def test_the_stamp_stays_for_the_next_edit(stamped: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An edit planned against the stamp leaves it: a second edit is planned so too, and
+    the edit undone is nothing to do."""
+    shots = stamped.parent / "shots" / "a.toml"
+    rewrite(shots, "a shot 3", "a shot 3 at dawn")
+    assert counted(stamped, monkeypatch, "--check")[1].edits == 1
+    rewrite(shots, "a shot 5", "a shot 5 at dusk")
+    result, counts = counted(stamped, monkeypatch, "--check")
+    assert (counts.edits, result.exit_code) == (1, 1)
+    assert listed(result.stdout, "~", "a3") and listed(result.stdout, "~", "a5")
+    shots.write_text(shot_file("a", 10))
+    result, counts = counted(stamped, monkeypatch, "--check")
+    assert (counts.edits, counts.full, result.exit_code) == (1, 0, 0), result.output
+    assert "Plan: 0 to render ($0.00), 120 unchanged" in result.stdout
+
+
+Edit = Callable[[Path], None]
+
+
+def in_file(name: str, old: str, new: str) -> Edit:
+    """An edit: `old` replaced by `new` in the project's file `name`."""
+    return lambda root: rewrite(root / name, old, new)
+
+
+def shot_in_a(name: str, *, then: str) -> Edit:
+    """An edit: shot `name` of shots/a.toml given the lines `then` after its id."""
+    return in_file("shots/a.toml", f'id = "{name}"', f'id = "{name}"\n{then}')
+
+
+def _same_request_twice(root: Path) -> None:
+    """a2 asks for b7's request; b7's source edited too (both planned afresh)."""
+    rewrite(root / "shots" / "a.toml", "a shot 2", "b shot 7")
+    rewrite(root / "shots" / "b.toml", "b shot 7", "b shot 7 ")
+
+
+def _image_of(name: str, image: str) -> Edit:
+    return in_file(
+        "shots/a.toml",
+        f'id = "{name}"\nprompt = "a shot {name[1:]}"\nimage = "img/a.png"',
+        f'id = "{name}"\nprompt = "a shot {name[1:]}"\nimage = "{image}"',
+    )
+
+
+def _write(name: str, text: str) -> Edit:
+    return lambda root: (root / name).write_text(text)
+
+
+EDITS: dict[str, Edit] = {
+    "shot renamed": in_file("shots/a.toml", 'id = "a4"', 'id = "a4x"'),
+    "shot removed": in_file("shots/a.toml", listed_shot("a9", "a shot 9"), ""),
+    "shot added": in_file(
+        "shots/a.toml", 'id = "a0"', 'id = "new"\nprompt = "new"\n\n[[shots]]\nid = "a0"'
+    ),
+    "shot disabled": shot_in_a("a2", then="enabled = false"),
+    "two shots swapped": _write(
+        "shots/a.toml",
+        "\n".join(listed_shot(f"a{n}", f"a shot {n}") for n in (1, 0, *range(2, 10))),
+    ),
+    "request of another shot": in_file("shots/a.toml", "a shot 2", "a shot 1"),
+    "the same request twice": _same_request_twice,
+    "another image": _image_of("a6", "img/b.png"),
+    "a warned input added": _image_of("a8", "img/odd.gif"),
+    "index of a later shot moved": in_file(
+        "shots/b.toml", 'id = "b0"', 'id = "b00"\nprompt = "x"\n\n[[shots]]\nid = "b0"'
+    ),
+    "shot file removed": lambda root: (root / "shots" / "a.toml").unlink(),
+    "shot file added": _write("shots/c.toml", shot_file("c", 3)),
+    "over the budget": _write("shots/c.toml", shot_file("c", 300)),
+    "every listed shot": _write("shots/a.toml", shot_file("a", 10).replace(" shot ", " take ")),
+}
+
+
+@pytest.mark.parametrize("edit", EDITS.values(), ids=EDITS.keys())
+def test_an_edit_plans_as_the_full_plan_does(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch, edit: Edit
+) -> None:
+    edit(stamped.parent)
+    same_as_full(stamped, monkeypatch)
+
+
+FULL: dict[str, Edit] = {
+    "a var": in_file("manifest.toml", 'mood = "misty"', 'mood = "sunny"'),
+    "the budget": in_file("manifest.toml", "budget_usd = 300", "budget_usd = 1"),
+    "a partial": _write("style.j2", "blue hour"),
+    "an input": lambda root: (root / "img" / "odd.gif").write_bytes(b"another picture"),
+    "an output": lambda root: (root / "renders" / "a1.mp4").unlink(),
+    "the lockfile": lambda root: _forget(root, "a1"),
+    "a duplicate id": in_file("shots/a.toml", 'id = "a4"', 'id = "a5"'),
+    "a shared output": shot_in_a("a4", then='output = "a5.mp4"'),
+    "a template error": in_file("shots/a.toml", "a shot 4", "{{ nope }}"),
+}
+
+
+def _forget(root: Path, render_id: str) -> None:
+    lock = load_lockfile(root / "manifest.lock")
+    del lock.shots[render_id]
+    lock.save(root / "manifest.lock")
+
+
+@pytest.mark.parametrize("edit", FULL.values(), ids=FULL.keys())
+def test_a_change_beyond_the_manifest_or_an_error_plans_in_full(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch, edit: Edit
+) -> None:
+    """What the stamped shots depend on changed (the shared context, a partial, a file
+    the stamp watches), or the manifest has an error: planned (or refused) in full."""
+    rewrite(stamped.parent / "shots" / "a.toml", "a shot 3", "a shot 3 at dawn")
+    edit(stamped.parent)
+    same_as_full(stamped, monkeypatch, edit=False)
+
+
+def test_more_renders_than_an_edit_plans_afresh_plans_in_full(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(plan_module, "EDIT_RENDERS", 2)
+    (stamped.parent / "shots" / "c.toml").write_text(shot_file("c", 3))
+    same_as_full(stamped, monkeypatch, edit=False)
+
+
+@pytest.fixture
+def seeded() -> Iterator[random.Random]:
+    yield random.Random(13)
+
+
+def test_random_edits_plan_as_the_full_plan_does(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch, seeded: random.Random
+) -> None:
+    """Edits drawn at random, one after another on the same stamp (shots renamed,
+    reordered, retitled, given another image, duplicated, removed): each planned as an
+    edit or in full, always as the full plan plans it."""
+    root = stamped.parent
+    shots = {"a": [(f"a{n}", f"a shot {n}", "img/a.png") for n in range(10)]}
+    edits = 0
+    for _ in range(12):
+        rows = shots["a"]
+        n = seeded.randrange(len(rows))
+        name, prompt, picture = rows[n]
+        choice = seeded.randrange(5)
+        if choice == 0:
+            rows[n] = (name + "x", prompt, picture)
+        elif choice == 1:
+            rows.insert(seeded.randrange(len(rows) + 1), rows.pop(n))
+        elif choice == 2:
+            rows[n] = (name, seeded.choice(["a shot 1", "b shot 2", prompt + "!"]), picture)
+        elif choice == 3:
+            rows[n] = (name, prompt, seeded.choice(["img/a.png", "img/b.png", "img/odd.gif"]))
+        elif len(rows) > 3:
+            del rows[n]
+        text = "\n".join(listed_shot(*row) for row in rows)
+        (root / "shots" / "a.toml").write_text(text)
+        first, counts = counted(stamped, monkeypatch, "--check")
+        edits += counts.edits
+        kept = stamp_of(stamped).read_bytes()
+        stamp_of(stamped).unlink()
+        full, _ = counted(stamped, monkeypatch, "--check")
+        assert (first.exit_code, first.output) == (full.exit_code, full.output), text
+        stamp_of(stamped).write_bytes(kept)  # the next edit against the first stamp
+    assert edits >= 6, "most edits were not planned as edits"
