@@ -15,10 +15,10 @@ and every file and folder the answer depends on:
 - the template partials the renders read, by content (`kling_batch.partials`).
 
 The next `plan` with the same options stats each of them (files through links, folders
-not) and compares device, inode, type, size, modification and change times, digested in
-order, with the stamp's; it also matches the `include` globs again and reads the partials
-again. Anything different, missing or refused means no answer: a full plan, which finds and
-reports the change. A refused lockfile name or state folder is refused by that full plan.
+not) and compares device, inode, type, size, modification and change times, digested by
+group, with the stamp's; it also matches the `include` globs again and reads the partials
+again. Anything different, missing or refused means no answer: a full plan (or the plan of
+an edit, below), which finds and reports the change. A refused lockfile name or state folder is refused by that full plan.
 
 A plan reads its files while it runs; a file changed during the plan must not be stamped
 with facts newer than what the plan read. So every stamped fact's change time (which no
@@ -27,6 +27,13 @@ otherwise no stamp is written and the next plan plans in full (and stamps). This
 the file system's clock to agree with this machine's within that margin, as the hash
 cache does (a network file server whose clock runs behind could defeat it). A plan that
 cannot be stamped removes the stamp it would replace.
+
+When only the manifest's files differ (the manifest, its included shot files and the
+folders only they are in), everything else as stamped, the stamp is what an edit is
+planned against (`EditBase`, `plan.plan_edit`): it also keeps each shot of the stamped
+plan (its plan cache key, the index of its first render when a template reads it, its
+renders' ids, outputs, cost and warnings), so only the shots it does not know are
+planned, the others counted unchanged. An edit leaves the stamp as it is.
 
 Like every cache it is keyed by what kling-batch is made of, never needed, and ignored
 when damaged (`kling_batch.cachefile`). Only `plan` in its default table report, without
