@@ -11,7 +11,8 @@ plan (no `.kling-batch/` caches), then with warm caches `plan --check` (nothing 
 answered from the up-to-date stamp; then the same with the stamp removed before each, so
 planned in full with every other cache warm), and a one-edit `plan` (matrix: one of the
 50 images edited, its renders flagged; listed: one shot's prompt edited, it alone
-flagged), each restored afterwards; and a plan with every render new (the lockfile moved
+flagged, planned as an edit against the stamp, then again in full without it), each
+restored afterwards; and a plan with every render new (the lockfile moved
 away: a table of N rows, as on a project's first plan). Wall time and peak
 memory (max RSS of the child). Beside them, GNU make's no-op check of N up-to-date
 targets made from N sources (generated here), and the ratio of kling-batch's warm check
@@ -238,15 +239,22 @@ def bench(shape: str, renders: int, repeat: int) -> float:
             print("  (no up-to-date stamp was written: every check above planned in full)")
         saved = {path: path.read_bytes() for path in root.rglob("*.toml")}
         saved.update({path: path.read_bytes() for path in (root / "assets").glob("*-07.png")})
-        edits = []
+        edits, full_edits = [], []
         for _ in range(repeat):
             edit()
             edits.append(plan(manifest))
+            if stamp is not None and stamp.exists():  # the same edit without the stamp
+                kept = stamp.read_bytes()
+                stamp.unlink()
+                full_edits.append(plan(manifest))
+                stamp.write_bytes(kept)
             for path, data in saved.items():
                 path.write_bytes(data)
             settle(list(saved))
             plan(manifest, "--check")  # back to the warm no-op state
         print(row("warm one-edit plan", edits))
+        if full_edits:
+            print(row("  the same, planned in full", full_edits))
         print(row("warm plan, every render new", all_new(manifest, repeat)))
         return statistics.median(wall for wall, _, _ in checks)
     finally:
