@@ -18,7 +18,8 @@ The next `plan` with the same options stats each of them (files through links, f
 not) and compares device, inode, type, size, modification and change times, digested by
 group, with the stamp's; it also matches the `include` globs again and reads the partials
 again. Anything different, missing or refused means no answer: a full plan (or the plan of
-an edit, below), which finds and reports the change. A refused lockfile name or state folder is refused by that full plan.
+an edit, below), which finds and reports the change. A refused lockfile name or state
+folder is refused by that full plan.
 
 A plan reads its files while it runs; a file changed during the plan must not be stamped
 with facts newer than what the plan read. So every stamped fact's change time (which no
