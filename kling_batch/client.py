@@ -8,7 +8,8 @@ reached the server (ConnectError, ConnectTimeout, PoolTimeout, ProxyError) or th
 answered with a definite refusal (429, 503, or a 5xx carrying its own JSON error envelope);
 a 5xx page from a proxy, and any failure after bytes may have been sent
 (write/read errors and timeouts, a dropped connection, a 2xx without a job id, a gateway
-timeout from `RetryPolicy.ambiguous_submit_statuses`) is `AmbiguousSubmit`, never retried.
+timeout from `RetryPolicy.ambiguous_submit_statuses`, a 303 See Other) is `AmbiguousSubmit`,
+never retried.
 """
 
 from __future__ import annotations
@@ -526,6 +527,9 @@ class EmpirioClient:
             return RateLimited, message
         if op == "submit" and status in self._retry.ambiguous_submit_statuses:
             return AmbiguousSubmit, f"gateway timeout on submit; the job may exist: {message}"
+        if op == "submit" and status == 303:
+            # See Other answers a request that was acted on: the job may exist.
+            return AmbiguousSubmit, f"HTTP 303 on submit; the job may exist: {message}"
         if op == "submit" and 500 <= status < 600 and status != 503 and not _enveloped(response):
             # No API error envelope with a code: a proxy answered, or the API failed
             # without saying why, and the job may have been created first. Only the API's

@@ -225,6 +225,22 @@ async def test_gateway_timeout_on_submit_is_ambiguous(api, make_client, error_re
     assert len(api.seen) == 1
 
 
+async def test_see_other_on_submit_is_ambiguous_and_sent_once(api, make_client):
+    """303 See Other answers a POST that was acted on (RFC 9110 15.4.4): the job may exist
+    and be billed, so it is uncertain, never a refusal that a rerun would pay again."""
+    api.on(
+        "POST",
+        GEN,
+        httpx.Response(303, headers={"Location": "/v1/jobs/job_1"}),
+        {"job_id": "second"},
+    )
+    async with make_client() as client:
+        with pytest.raises(AmbiguousSubmit) as info:
+            await client.submit(BODY)
+    assert info.value.status == 303
+    assert len(api.seen) == 1
+
+
 async def test_gateway_timeout_can_be_configured_as_retryable(api, make_client, error_response):
     """With no ambiguous statuses configured, a 504 on submit is retried like any 5xx."""
     api.on("POST", GEN, error_response(504, "timed out", "upstream_timeout"), {"job_id": "j"})
