@@ -155,8 +155,9 @@ def parse_job(payload: Mapping[str, Any], *, job_id: str | None = None) -> JobSt
     """A `JobState` from a job object (or one wrapped in `data`/`job`); `job_id` wins if given.
 
     An `error` object with a message or code makes the job `failed` whatever its status
-    word. An unknown word is `pending`, unless the job already offers its video: then it
-    is `succeeded` (a paid video must be collected while the API still keeps it).
+    word, unless the word is a success and the job offers its video (paid for). An unknown
+    word is `pending`, unless the job already offers its video: then it is `succeeded` (a
+    paid video must be collected while the API still keeps it).
     """
     raw = payload
     if "status" not in payload:
@@ -170,11 +171,13 @@ def parse_job(payload: Mapping[str, Any], *, job_id: str | None = None) -> JobSt
         raw_status = ""
     status = normalise_status(raw_status)
     error = find_error(payload, failed=status == "failed")
-    if error is not None and isinstance(payload.get("error"), Mapping):
+    video_url = find_video_url(payload)
+    delivered = status == "succeeded" and video_url is not None
+    if error is not None and isinstance(payload.get("error"), Mapping) and not delivered:
         # An error object means the job failed, whatever its status word says (issue 8):
         # a job reporting one would otherwise be polled as pending until its deadline.
+        # Not a job that says it completed and offers its video: that one was paid for.
         status = "failed"
-    video_url = find_video_url(payload)
     if status == "pending" and video_url and not is_known_status(raw_status):
         status = "succeeded"
     return JobState(

@@ -148,6 +148,17 @@ async def test_an_error_object_fails_the_job_whatever_its_status_word(api, make_
     assert (job.error.message, job.error.code) == ("the worker crashed", "upstream_error")
 
 
+async def test_a_completed_job_offering_its_video_is_no_failure_despite_an_error(api, make_client):
+    """A job the API calls completed, with its video, was paid for: an `error` object
+    beside it (a warning) must not fail it, or its video is never downloaded and the
+    next run pays for the render again."""
+    error = {"code": "audio_failed", "message": "sound could not be generated"}
+    job = await read(
+        api, make_client, {"status": "completed", "result": {"video_url": URL}, "error": error}
+    )
+    assert (job.status, job.video_url) == ("succeeded", URL)
+
+
 @pytest.mark.parametrize("error", [None, {}, {"code": None, "message": ""}])
 async def test_an_empty_error_object_is_no_failure(api, make_client, error):
     """A null or empty `error` beside a running status leaves the job pending."""
