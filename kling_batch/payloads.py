@@ -350,7 +350,8 @@ def find_billed_usd(payload: Mapping[str, Any]) -> Decimal | None:
     nests = ("billing", "usage", "cost", "result", "data")
     nodes = [payload, *(payload[n] for n in nests if isinstance(payload.get(n), Mapping))]
     for node in nodes:
-        for key in ("amount_usd", "cost_usd", "billed_usd", "total_usd", "cost", "amount", "price"):
+        # Not `price`: the API's word for a rate per unit (`pricing_rows[].price`).
+        for key in ("amount_usd", "cost_usd", "billed_usd", "total_usd", "cost", "amount"):
             value = _decimal(node.get(key))
             if value is not None:
                 return value

@@ -189,6 +189,15 @@ async def test_billed_cost_is_read_as_a_decimal(api, make_client, payload):
     assert job.billed_usd == Decimal("1.4")
 
 
+async def test_a_per_second_price_is_not_read_as_the_bill(api, make_client):
+    """`price` is what the API calls a rate per unit (`pricing_rows[].price`, per
+    video-second): a job echoing its row's price was billed for every second, so reading
+    it as the bill under-reports the cost five times over for a 5 s render."""
+    billing = {"label": "Pro T2V/I2V Sound", "unit": "video-second", "price": 0.28}
+    job = await read(api, make_client, {"status": "completed", "billing": billing})
+    assert job.billed_usd is None  # unknown: the estimate stands
+
+
 async def test_billed_cost_is_none_when_absent_or_garbage(api, make_client):
     """A missing or unparseable cost is None, not zero."""
     job = await read(api, make_client, {"status": "completed", "cost": "free"})
