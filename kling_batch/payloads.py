@@ -34,6 +34,9 @@ _PENDING = frozenset(
 )
 _CONTAINERS = ("result", "output", "data")
 _NOT_VIDEO = ("thumb", "poster", "image", "cover", "preview", "poll")
+# What a file object's `content_type` (`image/jpeg`) or `type` (`image`) says when it is
+# not the video; a word like `text_to_video` says nothing of the sort.
+_OTHER_MEDIA = ("image/", "audio/", "text/")
 _EXPIRES_QUERY = ("expires", "expires_at", "exp", "e")
 _MAX_DEPTH = 4
 _MAX_MESSAGE = 500
@@ -285,7 +288,7 @@ def _video_url_in(node: Any, depth: int) -> str | None:
             if found:
                 return found
         return None
-    if not isinstance(node, Mapping):
+    if not isinstance(node, Mapping) or _other_media(node):
         return None
     for key in ("video_url", "url"):
         if _is_http_url(node.get(key)):
@@ -302,6 +305,18 @@ def _video_url_in(node: Any, depth: int) -> str | None:
             if found:
                 return found
     return None
+
+
+def _other_media(node: Mapping[str, Any]) -> bool:
+    """True when a file object says it is not a video (`content_type: image/jpeg`...)."""
+    for key in ("content_type", "mime_type", "type"):
+        value = node.get(key)
+        if not isinstance(value, str):
+            continue
+        word = value.strip().lower()
+        if word in ("image", "audio") or word.startswith(_OTHER_MEDIA):
+            return True
+    return False
 
 
 def find_expiry(payload: Mapping[str, Any]) -> datetime | None:

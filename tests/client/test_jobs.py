@@ -91,6 +91,19 @@ async def test_video_url_is_found_wherever_the_api_puts_it(api, make_client, pay
     assert job.video_url == URL
 
 
+@pytest.mark.parametrize("kind", ["content_type", "mime_type", "type"])
+async def test_a_listed_file_that_says_it_is_an_image_is_not_the_video(api, make_client, kind):
+    """`data[]` may list a poster frame before the video (OpenAI-style files, each saying
+    what it is): the video is the file that says so, never the first URL. A poster taken
+    for the video fails every download check, and the paid video is never collected."""
+    files = [
+        {"url": "https://cdn.example/poster.jpg", kind: "image/jpeg"},
+        {"url": URL, kind: "video/mp4"},
+    ]
+    job = await read(api, make_client, {"status": "completed", "result": {"data": files}})
+    assert job.video_url == URL
+
+
 async def test_non_http_strings_are_not_video_urls(api, make_client):
     """Only http(s) strings count as a video URL."""
     job = await read(api, make_client, {"status": "completed", "result": {"video_url": "pending"}})
