@@ -83,15 +83,26 @@ class Findings:
 
 
 class _Recorder(httpx.AsyncBaseTransport):
-    """A transport that times every exchange and keeps its rate-limit headers."""
+    """A transport that times every exchange and keeps its rate-limit headers.
+
+    It sends through a plain `httpx.AsyncClient`, which routes each request as `run`'s
+    client does (through the proxy `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` name, unless
+    `NO_PROXY` says otherwise); httpx ignores those once a client is given a transport.
+    """
 
     def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
+        self.inner = httpx.AsyncClient()
         self.exchanges: list[Exchange] = []
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         started = time.perf_counter()
-        response = await self.inner.handle_async_request(request)
+        answer = await self.inner.send(request, stream=True)
+        response = httpx.Response(
+            answer.status_code,
+            headers=answer.headers,
+            stream=answer.stream,
+            extensions=answer.extensions,
+        )
         elapsed = (time.perf_counter() - started) * 1000
         headers = {
             name.lower(): value

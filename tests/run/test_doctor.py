@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import socket
 import subprocess
 import sys
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import ClassVar
 
 from kling_batch.emulator import EmulatorConfig, RunningEmulator, running
 from tests.run.conftest import emulator
@@ -131,3 +137,65 @@ def test_the_bundled_emulator_passes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "(the bundled emulator, in-process)" in result.stdout
     assert marks(result.stdout)["model schema"] == "✓"
+
+
+class _ForwardingProxy(http.server.BaseHTTPRequestHandler):
+    """A plain-http forward proxy that sends every request on to the emulator at `target`."""
+
+    target = ""
+    seen: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append(self.path)
+        path = urllib.parse.urlsplit(self.path)
+        forwarded = urllib.request.Request(
+            self.target + path.path + (f"?{path.query}" if path.query else ""),
+            headers={k: v for k, v in self.headers.items() if k.lower() != "host"},
+        )
+        try:
+            with urllib.request.urlopen(forwarded, timeout=30) as answer:
+                status, headers, body = answer.status, answer.headers, answer.read()
+        except urllib.error.HTTPError as refused:
+            status, headers, body = refused.code, refused.headers, refused.read()
+        self.send_response(status)
+        for name, value in headers.items():
+            if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_the_proxy_the_environment_names_is_used_as_run_uses_it() -> None:
+    """Behind a proxy (`HTTP_PROXY` / `HTTPS_PROXY`, as run honours them), doctor goes
+    through it too: reaching the API directly where only the proxy can would report the API
+    unreachable while `run` works."""
+    with emulator() as served:
+        _ForwardingProxy.target = served.base_url
+        _ForwardingProxy.seen.clear()
+        proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ForwardingProxy)
+        thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+        thread.start()
+        try:
+            names = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+            env = {k: v for k, v in os.environ.items() if k.lower() not in names}
+            env["HTTP_PROXY"] = f"http://127.0.0.1:{proxy.server_address[1]}"
+            env["EMPIRIOLABS_API_KEY"] = served.api_key
+            base = ["--api-base", "http://api.example.invalid", "--allow-insecure-http"]
+            result = subprocess.run(
+                [sys.executable, "-m", "kling_batch", "doctor", *base],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=False,
+                timeout=60,
+            )
+        finally:
+            proxy.shutdown()
+            thread.join()
+            proxy.server_close()
+    assert marks(result.stdout)["reachable"] == "✓", result.stdout + result.stderr
+    assert "http://api.example.invalid/v1/models/kling-o3" in _ForwardingProxy.seen
