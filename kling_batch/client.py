@@ -40,6 +40,7 @@ from kling_batch.endpoint import (
     Timeouts,
     api_key_from_env,
     check_api_key,
+    direct_to_loopback,
     resolve_base_url,
 )
 from kling_batch.errors import (
@@ -144,9 +145,11 @@ class EmpirioClient:
         # The first 401, after which nothing more is sent, and the requests waiting to go.
         self._key_refusal: AuthError | None = None
         self._waiting: set[anyio.CancelScope] = set()
+        limits = limits or httpx.Limits(max_connections=256, max_keepalive_connections=64)
         self._http = httpx.AsyncClient(
             transport=transport,
-            limits=limits or httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            mounts=direct_to_loopback(base, limits) if transport is None else None,
+            limits=limits,
             timeout=self._timeouts.httpx_timeout("poll"),
             headers={"User-Agent": f"kling-batch/{__version__}"},
         )

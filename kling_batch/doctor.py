@@ -29,7 +29,13 @@ import httpx
 
 from kling_batch import ui
 from kling_batch.client import EmpirioClient, RetryPolicy
-from kling_batch.endpoint import BASE_ENV, KEY_ENV, api_key_from_env, resolve_base_url
+from kling_batch.endpoint import (
+    BASE_ENV,
+    KEY_ENV,
+    api_key_from_env,
+    direct_to_loopback,
+    resolve_base_url,
+)
 from kling_batch.errors import ApiError, AuthError, ConnectionFailed, RunError, UserError
 from kling_batch.model_data import MODEL_ID, model_schema
 from kling_batch.schema_drift import drift
@@ -87,11 +93,12 @@ class _Recorder(httpx.AsyncBaseTransport):
 
     It sends through a plain `httpx.AsyncClient`, which routes each request as `run`'s
     client does (through the proxy `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` name, unless
-    `NO_PROXY` says otherwise); httpx ignores those once a client is given a transport.
+    `NO_PROXY` says otherwise, and never for a loopback base URL); httpx ignores those
+    once a client is given a transport.
     """
 
-    def __init__(self) -> None:
-        self.inner = httpx.AsyncClient()
+    def __init__(self, base_url: str) -> None:
+        self.inner = httpx.AsyncClient(mounts=direct_to_loopback(base_url))
         self.exchanges: list[Exchange] = []
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -131,7 +138,7 @@ async def _examine(request: DoctorRequest, findings: Findings) -> None:
         if endpoint is None:
             return
         base, key = endpoint
-        recorder = _Recorder()
+        recorder = _Recorder(base)
         client = EmpirioClient(
             api_key=key,
             base_url=base,

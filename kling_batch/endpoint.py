@@ -17,6 +17,7 @@ __all__ = [
     "Timeouts",
     "api_key_from_env",
     "check_api_key",
+    "direct_to_loopback",
     "is_loopback",
     "resolve_base_url",
 ]
@@ -79,6 +80,22 @@ def resolve_base_url(
         if warn is not None:
             warn(f"sending the API key unencrypted to {raw} (--allow-insecure-http)")
     return raw.rstrip("/")
+
+
+def direct_to_loopback(
+    base_url: str, limits: httpx.Limits | None = None
+) -> dict[str, httpx.AsyncBaseTransport]:
+    """httpx mounts that reach a loopback base URL's host directly (none for other hosts).
+
+    A proxy the environment names (`HTTP_PROXY`, `ALL_PROXY`) is another machine: it
+    cannot reach this one's loopback ports, so the emulator would be unreachable through it
+    (and the proxy would be handed the key).
+    """
+    host = httpx.URL(base_url).host
+    if not is_loopback(host):
+        return {}
+    pattern = f"all://[{host}]" if ":" in host else f"all://{host}"
+    return {pattern: httpx.AsyncHTTPTransport(limits=limits or httpx.Limits())}
 
 
 def is_loopback(host: str) -> bool:

@@ -159,3 +159,29 @@ def test_loopback_names() -> None:
     """`localhost` (any case, trailing dot) and loopback addresses only."""
     assert all(map(is_loopback, ["localhost", "LOCALHOST", "localhost.", "127.0.0.1", "::1"]))
     assert not any(map(is_loopback, ["0.0.0.0", "10.1.2.3", "::", "example.invalid"]))
+
+
+def test_a_loopback_api_is_reached_directly_whatever_proxy_is_set(
+    monkeypatch: pytest.MonkeyPatch, listener: Listener
+) -> None:
+    """`run --emulator` and a loopback `--api-base` reach this machine's own port: a proxy
+    the environment names (a company's, CI's) is another machine and cannot, so sending
+    through it failed every request, and gave it the key."""
+    import anyio
+
+    from kling_batch.client import EmpirioClient
+    from kling_batch.emulator import EmulatorConfig, running
+
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("HTTP_PROXY", listener.url)
+    monkeypatch.setenv("ALL_PROXY", listener.url)
+
+    async def model_id(base_url: str, key: str) -> str:
+        async with EmpirioClient(api_key=key, base_url=base_url) as client:
+            return str((await client.get_model())["id"])
+
+    with running(EmulatorConfig()) as served:
+        assert anyio.run(model_id, served.base_url, served.api_key) == "kling-o3"
+    assert listener.received == b""
