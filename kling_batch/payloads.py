@@ -128,15 +128,18 @@ def is_known_status(raw: str) -> bool:
 
 
 def find_job_id(payload: Mapping[str, Any]) -> str | None:
-    """The job id from `job_id`, `id`, or the same keys under `data`."""
-    for holder in (payload, payload.get("data"), payload.get("job")):
-        if isinstance(holder, Mapping):
-            for key in ("job_id", "id"):
-                value = holder.get(key)
-                if isinstance(value, str) and value.strip():
-                    return value.strip()
-                if isinstance(value, int) and not isinstance(value, bool):
-                    return str(value)
+    """The job id from `job_id`, `id`, or the same keys under `data` or `job`; a `job_id`
+    anywhere wins over an `id` (which may be the envelope's own, e.g. a request id)."""
+    holders = [
+        h for h in (payload, payload.get("data"), payload.get("job")) if isinstance(h, Mapping)
+    ]
+    for key in ("job_id", "id"):
+        for holder in holders:
+            value = holder.get(key)
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+            if isinstance(value, int) and not isinstance(value, bool):
+                return str(value)
     return None
 
 

@@ -42,6 +42,15 @@ async def test_job_id_is_found_under_every_known_key(api, make_client, payload):
         assert (await client.submit(BODY)).job_id == "job_9"
 
 
+async def test_a_job_id_key_wins_over_an_id_of_the_envelope(api, make_client):
+    """`job_id` names the job wherever it sits; a top-level `id` beside a nested `job_id`
+    is the envelope's own (a request id): taking it would poll a job that does not exist
+    until the real one is forgotten, and its render paid again."""
+    api.on("POST", GEN, {"id": "req_1", "object": "response", "data": {"job_id": "job_9"}})
+    async with make_client() as client:
+        assert (await client.submit(BODY)).job_id == "job_9"
+
+
 async def test_body_is_sent_as_json_with_the_bearer_key(api, make_client, key):
     """The request body is the given mapping as JSON, authorised with the bearer key."""
     api.on("POST", GEN, {"job_id": "j"})
