@@ -18,7 +18,7 @@ from kling_batch.following import RunOptions
 from kling_batch.joblist import JobPage
 from kling_batch.lockfile import LockWriter, load_lockfile, new_entry
 from kling_batch.outcomes import Quiet, RunReport
-from kling_batch.payloads import Download, ErrorInfo, JobState, Submission, Upload
+from kling_batch.payloads import Download, ErrorInfo, JobState, Submission, Upload, parse_job
 from kling_batch.plan import Plan, build_plan
 from kling_batch.spend import spend_report
 from tests.conftest import NOW
@@ -358,3 +358,29 @@ def test_the_bill_of_a_failed_job_is_kept(project: Callable[..., Path]) -> None:
     assert entry.submissions[-1].billed_usd == Decimal("1.4")
     assert report.billed == {"a": Decimal("1.4")}
     assert spend_report(path).totals().billed == Decimal("1.4")
+
+
+def test_a_completed_job_with_its_video_and_an_error_object_is_downloaded(
+    project: Callable[..., Path],
+) -> None:
+    """A job that says `completed`, offers its video and reports its bill, beside an
+    `error` object (a warning: no sound, say), made its paid video: the run downloads it
+    instead of recording a failure that the next plan would pay to render again."""
+    api = FakeApi()
+    api.script["get_job"] = lambda job_id: parse_job(
+        {
+            "job_id": job_id,
+            "status": "completed",
+            "progress": 1,
+            "result": {"video_url": f"https://cdn.test/{job_id}.mp4"},
+            "error": {"code": "audio_skipped", "message": "sound could not be generated"},
+            "cost": "1.4",
+        }
+    )
+    path = project(ONE)
+    report = run(build_plan(path, now=NOW), api)
+    entry = load_lockfile(path.with_suffix(".lock")).shots["a"]
+    assert [o.state for o in report.outcomes] == ["done"]
+    assert entry.state == "done" and api.downloads == 1
+    assert report.billed == {"a": Decimal("1.4")}
+    assert build_plan(path, now=NOW).items[0].action == "unchanged"
