@@ -119,9 +119,14 @@ class Downloads:
         *,
         seconds: Decimal | None,
         attempts: int,
+        retained: bool,
     ) -> Collected:
         """Download a completed job's result to `output` (None: into the render cache
-        only), asking the job for a fresh URL when the signed one is refused."""
+        only), asking the job for a fresh URL when the signed one is refused.
+
+        `retained`: the job is recent enough that the API still keeps it, so a job that
+        cannot be found then is a hiccup (pending), not a job gone with its video (failed).
+        """
         assert entry.result_url is not None
         url, fresh, last_error = entry.result_url, None, ""
         for _ in range(attempts):
@@ -133,6 +138,8 @@ class Downloads:
                 except TryLater as later:
                     why = f"result URL refused and the job could not be asked ({later})"
                     return Collected(pending=why)
+                if fresh is None and retained:
+                    return Collected(pending=_unanswered(entry, exc))
                 if fresh is None:
                     return Collected(failed=_gone(entry, exc))
                 url = fresh.video_url or url
@@ -253,6 +260,13 @@ class Downloads:
         if job.status == "succeeded":
             raise TryLater(f"job {job.job_id} answered without a video URL")
         return None
+
+
+def _unanswered(entry: Entry, exc: ApiError) -> str:
+    return (
+        f"result URL refused ({exc}) and job {entry.job_id} did not give a fresh one, "
+        "though the API still keeps it; rerun to resume, the job is paid for"
+    )
 
 
 def _gone(entry: Entry, exc: ApiError) -> str:

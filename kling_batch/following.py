@@ -24,7 +24,7 @@ from kling_batch.outcomes import Events, Outcome, OutcomeState, RunReport
 from kling_batch.pacing import JobWatch, PollPacing, job_deadline
 from kling_batch.payloads import JobState
 from kling_batch.plan import PlanItem, PlannedRender
-from kling_batch.polling import Lost, follow_job, model_age
+from kling_batch.polling import Lost, follow_job, may_be_forgotten, model_age
 from kling_batch.urls import KnownUrl
 
 _NO_URL: dict[str, Any] = {"result_url": None, "result_expires_at": None}
@@ -192,7 +192,10 @@ class Follower:
         output = None if item.stray else item.render.output
         seconds = _known_seconds(item.render, entry)
         attempts = self.options.download_attempts
-        got = await self.downloads.collect(entry, output, seconds=seconds, attempts=attempts)
+        retained = not may_be_forgotten(self.clock, entry)  # a 404 now is a hiccup
+        got = await self.downloads.collect(
+            entry, output, seconds=seconds, attempts=attempts, retained=retained
+        )
         fresh = got.fresh_url
         if got.failed is not None:
             return await self.record(item, "failed", got.failed, state="failed", error=got.failed)

@@ -384,3 +384,33 @@ def test_a_completed_job_with_its_video_and_an_error_object_is_downloaded(
     assert entry.state == "done" and api.downloads == 1
     assert report.billed == {"a": Decimal("1.4")}
     assert build_plan(path, now=NOW).items[0].action == "unchanged"
+
+
+def test_a_refused_url_and_an_early_404_keep_the_fresh_paid_job(
+    project: Callable[..., Path],
+) -> None:
+    """The result URL of a job finished minutes ago is refused (a CDN hiccup) and the job's
+    own GET answers 404 once: the API keeps a job an hour after it ends, so that 404 is a
+    hiccup too, as it is while polling. The render stays completed with its URL, for a free
+    rerun, instead of failing into a re-render the next plan would pay for."""
+    api = FakeApi()
+    api.clock = ScaledClock(1e-3)  # the hour of keeping outlasts the test's real delays
+    reads = iter(["poll"])
+
+    def missing_after_the_poll(job_id: str) -> None:
+        if next(reads, None) is None:
+            raise JobNotFound("no such job", status=404)
+
+    def refused(url: str) -> None:
+        raise ResultExpired("signature refused", status=403)
+
+    api.script.update(get_job=missing_after_the_poll, download=refused)
+    path = project(ONE)
+    report = run(build_plan(path, now=NOW), api)
+    entry = load_lockfile(path.with_suffix(".lock")).shots["a"]
+    assert [o.state for o in report.outcomes] == ["pending"]
+    assert entry.state == "completed" and entry.result_url == "https://cdn.test/job1.mp4"
+    assert build_plan(path, now=NOW).items[0].action == "resume"
+    del api.script["get_job"], api.script["download"]  # the CDN and the API recover
+    report = run(build_plan(path, now=NOW), api)
+    assert [o.state for o in report.outcomes] == ["done"] and len(api.submits) == 1

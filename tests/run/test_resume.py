@@ -34,6 +34,17 @@ def rewind(project: Project, shot: str, state: str) -> None:
         cached.unlink()
 
 
+def age_submission(project: Project, shot: str, seconds: float) -> None:
+    """The lockfile records real submission times: age one by `seconds` modelled seconds,
+    as the emulator was advanced."""
+    lock = load_lockfile(project.lock)
+    entry = lock.shots[shot]
+    assert entry.submitted_at is not None
+    aged = entry.submitted_at - timedelta(seconds=seconds * TIME_SCALE)
+    lock.shots[shot] = entry.model_copy(update={"submitted_at": aged})
+    lock.save(project.lock)
+
+
 def test_completed_job_forgotten_by_api_downloads_from_recorded_url(
     make_project: Callable[..., Project],
 ) -> None:
@@ -59,6 +70,7 @@ def test_expired_url_of_forgotten_job_fails_and_replans_at_full_price(
     assert project.run().returncode == 0
     rewind(project, "dawn", "completed")
     project.served.emulator.advance(8 * DAY)
+    age_submission(project, "dawn", 8 * DAY)
     before = project.submissions()
     result = project.run()
     assert result.returncode == 1
@@ -80,13 +92,7 @@ def test_submitted_job_forgotten_without_url_fails_with_explanation(
     assert project.run().returncode == 0
     rewind(project, "night", "submitted")
     project.served.emulator.advance(2 * HOUR)
-    # The lockfile records real submission times: age it by the same two modelled hours.
-    lock = load_lockfile(project.lock)
-    entry = lock.shots["night"]
-    assert entry.submitted_at is not None
-    aged = entry.submitted_at - timedelta(seconds=2 * HOUR * TIME_SCALE)
-    lock.shots["night"] = entry.model_copy(update={"submitted_at": aged})
-    lock.save(project.lock)
+    age_submission(project, "night", 2 * HOUR)
     result = project.run()
     assert result.returncode == 1
     entry = load_lockfile(project.lock).shots["night"]
