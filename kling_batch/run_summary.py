@@ -12,8 +12,9 @@ The JSON object (on stdout; the table then goes to stderr with the other people'
 
 One entry per render the run handled. `estimated_cost_usd` is the estimate of what this
 run submitted for it (0 when it submitted nothing: a restore, a resumed job), `billed_usd`
-what the API said it billed for that submission (null when it did not say). The totals'
-`billed_usd` is null unless the API said so for every submission.
+what the API said it billed for that submission (null when it did not say), rounded up to
+the tenth of a cent as every cost is. The totals' `billed_usd` is null unless the API said
+so for every submission.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from kling_batch.lockfile import Lockfile
 from kling_batch.lockname import lock_path
 from kling_batch.outcomes import Outcome, RunReport
 from kling_batch.plan import Plan, PlanItem
+from kling_batch.pricing import round_cost
 from kling_batch.reports import json_amount
 
 STATES = ("done", "failed", "uncertain", "pending", "skipped")
@@ -80,7 +82,7 @@ def _render(
         "state": outcome.state if outcome is not None else "pending",
         "output": str(item.render.output),
         "estimated_cost_usd": json_amount(report.submitted.get(render_id, Decimal(0))),
-        "billed_usd": None if billed is None else json_amount(billed),
+        "billed_usd": None if billed is None else json_amount(round_cost(billed)),
         "job_id": entry.job_id if entry is not None else None,
         "reason": outcome.detail if outcome is not None else "not finished",
     }

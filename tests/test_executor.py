@@ -20,6 +20,7 @@ from kling_batch.lockfile import LockWriter, load_lockfile, new_entry
 from kling_batch.outcomes import Quiet, RunReport
 from kling_batch.payloads import Download, ErrorInfo, JobState, Submission, Upload, parse_job
 from kling_batch.plan import Plan, build_plan
+from kling_batch.run_summary import run_summary
 from kling_batch.spend import spend_report
 from tests.conftest import NOW
 
@@ -414,3 +415,27 @@ def test_a_refused_url_and_an_early_404_keep_the_fresh_paid_job(
     del api.script["get_job"], api.script["download"]  # the CDN and the API recover
     report = run(build_plan(path, now=NOW), api)
     assert [o.state for o in report.outcomes] == ["done"] and len(api.submits) == 1
+
+
+def test_the_run_summary_rounds_each_bill_up_as_its_totals_do(
+    project: Callable[..., Path],
+) -> None:
+    """A bill finer than the tenth of a cent (billed on a fractional length, say) is
+    rounded up in `run --format json`'s line for its render, as in its totals and in
+    `spend`: never shown below what the API billed, nor the lines below their total."""
+    api = FakeApi()
+    api.script["get_job"] = lambda job_id: JobState(
+        job_id,
+        "succeeded",
+        "completed",
+        1.0,
+        video_url=f"https://cdn.test/{job_id}.mp4",
+        billed_usd=Decimal("1.4004"),
+    )
+    path = project(ONE)
+    plan = build_plan(path, now=NOW)
+    report = run(plan, api)
+    summary = run_summary(plan, plan.items, report, load_lockfile(path.with_suffix(".lock")))
+    (line,) = summary["renders"]
+    assert line["billed_usd"] == summary["totals"]["billed_usd"] == 1.401
+    assert spend_report(path).totals().billed == Decimal("1.401")
