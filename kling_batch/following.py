@@ -89,9 +89,11 @@ class Follower:
         return outcome_of(item, outcome, detail)
 
     async def follow(self, item: PlanItem, entry: Entry) -> Outcome:
-        """Finish a job submitted earlier (resumed or adopted): poll it, then download."""
+        """Finish a job submitted earlier (resumed or adopted): poll it, then download.
+        A completed entry without its result URL (deleted by hand, or in a merge) asks
+        its job for it again rather than fail at every run until the job is gone."""
         polled: Entry | Outcome = entry
-        if entry.state == "submitted":
+        if entry.state == "submitted" or entry.result_url is None:
             async with self.slots:
                 polled = await self.poll(item, entry)
         return await self.collect(item, polled)

@@ -439,3 +439,30 @@ def test_the_run_summary_rounds_each_bill_up_as_its_totals_do(
     (line,) = summary["renders"]
     assert line["billed_usd"] == summary["totals"]["billed_usd"] == 1.401
     assert spend_report(path).totals().billed == Decimal("1.401")
+
+
+def test_a_completed_entry_without_its_url_asks_its_job_again(
+    project: Callable[..., Path],
+) -> None:
+    """A `completed` entry whose result URL was deleted (by hand, or in a merge): the run
+    asks its job for the URL while the API keeps it and downloads the paid video, instead
+    of failing on the missing URL at every run until the job is gone."""
+    path = project(ONE)
+    run(build_plan(path, now=NOW), FakeApi())
+    lock = load_lockfile(path.with_suffix(".lock"))
+    done = lock.shots["a"]
+    blank = {"output_sha256": None, "output_size": None, "result_url": None}
+    lock.shots["a"] = done.model_copy(update={"state": "completed", **blank})
+    lock.save(path.with_suffix(".lock"))
+    (path.parent / done.output).unlink()
+    for cached in (path.parent / ".kling-batch" / "cache").iterdir():
+        cached.chmod(0o644)
+        cached.unlink()
+    plan = build_plan(path, now=NOW)
+    assert [item.action for item in plan.items] == ["resume"]
+    api = FakeApi()
+    report = run(plan, api)
+    entry = load_lockfile(path.with_suffix(".lock")).shots["a"]
+    assert [o.state for o in report.outcomes] == ["done"]
+    assert entry.state == "done" and api.polls >= 1 and api.submits == []
+    assert (path.parent / entry.output).is_file()
