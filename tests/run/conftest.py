@@ -107,7 +107,7 @@ class Project:
             "--api-base",
             self.served.base_url,
             "--time-scale",
-            str(TIME_SCALE),
+            str(self.served.emulator.config.time_scale),
             *args,
         ]
         return argv + (["--yes"] if yes else [])
@@ -148,11 +148,17 @@ def many_shots(count: int, *, tier: str = "standard", duration: int = 4) -> str:
 
 
 def emulator(
-    *, faults: Sequence[str] = (), rpm: int = 50, seed: int = 0, **config: Any
+    *,
+    faults: Sequence[str] = (),
+    rpm: int = 50,
+    seed: int = 0,
+    time_scale: float = TIME_SCALE,
+    **config: Any,
 ) -> contextlib.AbstractContextManager[RunningEmulator]:
-    """An emulator on loopback at the tests' time scale, faults given as `--fault` strings."""
+    """An emulator on loopback (at the tests' time scale unless told), faults given as
+    `--fault` strings; runs of a `Project` use its time scale."""
     cfg = EmulatorConfig(
-        time_scale=TIME_SCALE,
+        time_scale=time_scale,
         rpm=rpm,
         seed=seed,
         faults=tuple(parse_fault(f) for f in faults),

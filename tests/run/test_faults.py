@@ -18,7 +18,7 @@ import pytest
 from kling_batch.emulator.faults import FaultPlan
 from kling_batch.lockfile import Lockfile, load_lockfile
 from kling_batch.submission import FINGERPRINT_HEADER
-from tests.run.conftest import Project, emulator, many_shots, write_project
+from tests.run.conftest import TIME_SCALE, Project, emulator, many_shots, write_project
 from tests.run.harness import part_files, sha256_of
 
 # Every fault at once. The storm starts with the emulator and lasts five real seconds, so it
@@ -205,8 +205,14 @@ def test_plain_rerun_adopts_the_ambiguous_job_without_submitting(
 def test_uncertain_submit_is_resent_only_with_the_flag(
     make_project: Callable[..., Project],
 ) -> None:
-    """A dropped submit the job list does not show stays uncertain until --resubmit-uncertain."""
-    project = make_project(manifest=many_shots(2), faults=("drop=first1,on=submit",))
+    """A dropped submit the job list does not show stays uncertain until --resubmit-uncertain.
+
+    At a tenth of the tests' pace: the resend must come within the model hour the list
+    keeps a job (past it the list cannot rule the job out, and nothing is resent), and at
+    their pace an hour is 7 real seconds, which three runs on a busy machine can take."""
+    project = make_project(
+        manifest=many_shots(2), faults=("drop=first1,on=submit",), time_scale=TIME_SCALE * 10
+    )
     assert project.run("--jobs", "1").returncode == 1
     entry = load_lockfile(project.lock).shots["s00"]
     assert entry.state == "uncertain"
