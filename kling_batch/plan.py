@@ -419,11 +419,12 @@ def _plan_edited(project: _Project, walked: list[_Walked], now: datetime, api: A
     ids.update(render.id for render in renders)
     items, orphans, followups = project.decide(lock, renders, ids, now, api)
     project.save_caches(save_lock_caches)
-    pairs = [
-        pair
-        for shot in planned
-        for pair in (shot.warnings if isinstance(shot, KnownShot) else _render_warnings(shot))
-    ]
+    pairs: list[tuple[str, str]] = []
+    for shot in planned:
+        if isinstance(shot, KnownShot):
+            pairs.extend((render_id, text) for render_id, text in shot.warnings)
+        else:
+            pairs.extend(_render_warnings(shot))
     cost = sum((Decimal(shot.cost) for shot in known), Decimal(0))
     settled = Settled(sum(len(shot.ids) for shot in known), cost, pairs)
     warnings = _warnings(pairs, orphans)

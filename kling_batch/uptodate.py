@@ -103,7 +103,7 @@ class KnownShot(NamedTuple):
     ids: list[str]
     outputs: list[str]
     cost: str
-    warnings: list[tuple[str, str]]
+    warnings: list[list[str]]
 
 
 @dataclass(frozen=True)
@@ -160,15 +160,8 @@ def _edit_base(stamp: dict[str, Any], blob: Blob) -> EditBase | None:
     where = stamp.get("shots")
     if where is None:
         return None
-    shots = {}
-    for key, known in json.loads(Cold(blob, *where).read()).items():
-        start, ids, outputs, cost, warnings = known
-        if not (isinstance(ids, list) and isinstance(outputs, list) and len(ids) == len(outputs)):
-            return None
-        first = start if start is None else int(start)
-        said = [(str(render_id), str(text)) for render_id, text in warnings]
-        shots[key] = KnownShot(first, ids, outputs, str(cost), said)
-    return EditBase(str(stamp["context"]), shots)
+    rows = json.loads(Cold(blob, *where).read())
+    return EditBase(str(stamp["context"]), {key: KnownShot._make(row) for key, row in rows.items()})
 
 
 def record(plan: Plan, key: StampKey, lines: Lines | None, started_ns: int) -> None:
