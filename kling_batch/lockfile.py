@@ -413,15 +413,7 @@ def _untag(obj: dict[str, Any]) -> Any:
 def parse_lockfile(text: str, path: Path) -> Lockfile:
     """Parse lockfile text; errors name the file and, where known, the shot and field."""
     hint = "it records renders already paid for; restore it from version control"
-    try:
-        data = tomli.loads(text, parse_float=Decimal)
-    except RecursionError:
-        raise UserError(f"the lockfile is nested too deeply to read; {hint}", file=path) from None
-    except tomli.TOMLDecodeError as exc:
-        message, line = syntax_problem(exc, text)
-        raise UserError(
-            f"the lockfile is not valid TOML ({message}); {hint}", file=path, line=line
-        ) from None
+    data = _toml(text, path, hint)
     version = data.get("version")
     if not isinstance(version, int) or version < 1:
         raise UserError(f"the lockfile has no valid version; {hint}", file=path, field="version")
@@ -448,6 +440,38 @@ def parse_lockfile(text: str, path: Path) -> Lockfile:
                 field="job_id",
             )
     return lock
+
+
+def _toml(text: str, path: Path, hint: str) -> dict[str, Any]:
+    """The lockfile's TOML, parsed; a `UserError` naming the line where it is not TOML."""
+    try:
+        return tomli.loads(text, parse_float=Decimal)
+    except RecursionError:
+        raise UserError(f"the lockfile is nested too deeply to read; {hint}", file=path) from None
+    except tomli.TOMLDecodeError as exc:
+        message, line = syntax_problem(exc, text)
+        conflict = _conflict_line(text)
+        if conflict is not None:
+            message, line, hint = "a merge conflict git left unresolved", conflict, MERGE_HINT
+        raise UserError(
+            f"the lockfile is not valid TOML ({message}); {hint}", file=path, line=line
+        ) from None
+
+
+MERGE_HINT = (
+    "both sides record renders paid for: keep every entry of both, and where both changed "
+    "one entry, every submission and earlier render of both (taking one side's file "
+    "whole forgets the other's jobs and bills, and the next run pays for them again)"
+)
+_CONFLICT_MARKERS = ("<<<<<<<", "=======", ">>>>>>>", "|||||||")
+
+
+def _conflict_line(text: str) -> int | None:
+    """The first line of a git conflict marker (`<<<<<<< HEAD`), if the text has one."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.startswith(_CONFLICT_MARKERS):
+            return number
+    return None
 
 
 def _shot_of(loc: Loc) -> tuple[str | None, Loc]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import subprocess
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -114,6 +115,32 @@ def test_corrupt_lockfile_is_an_error_and_kept(tmp_path: Path) -> None:
         load_lockfile(path)
     assert caught.value.exit_code == 2
     assert path.read_text() == "version = 1\n[shots.a\n"
+
+
+def test_a_merge_conflict_is_not_met_with_restore_it_from_version_control(
+    tmp_path: Path,
+) -> None:
+    """Two branches rendered shots side by side and git left conflict markers: the error
+    says so at the first marker and asks to keep both sides. "Restore it from version
+    control" (one side's file) forgot the other side's paid renders, paid for again."""
+    base, ours, theirs = (tmp_path / name for name in ("base.lock", "ours.lock", "theirs.lock"))
+    sample_lock([5]).save(base)
+    sample_lock([5, 1]).save(ours)
+    sample_lock([5, 2]).save(theirs)
+    merged = subprocess.run(
+        ["git", "merge-file", "-p", str(ours), str(base), str(theirs)],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    path = tmp_path / "m.lock"
+    path.write_text(merged)
+    with pytest.raises(UserError, match="merge conflict") as caught:
+        load_lockfile(path)
+    marker = next(n for n, line in enumerate(merged.splitlines(), 1) if line.startswith("<<<"))
+    assert caught.value.line == marker
+    assert "restore it from version control" not in caught.value.message
+    assert "keep every entry of both" in caught.value.message
 
 
 def test_future_version_is_refused(tmp_path: Path) -> None:
