@@ -15,6 +15,12 @@ still match. Entries now list every submission (`submissions`): a v1 entry's one
 submission (its job, estimate and bill) becomes the first. Uploads are kept per API and
 account (`[uploads."<scope>"."<sha256>"]`); v1's unscoped ones go under `unscoped`, where
 they still help match an uncertain submission in the job list but are never reused.
+
+Git mixes versions: a branch rendered by a kling-batch before version 2 merges its v1
+entries into a lockfile that another branch brought to version 2, often without a
+conflict. An entry of a v2 file with no submissions whose request is not in the wire form,
+or done and still holding its result URL (a v2 run moves it out of the lockfile), is such
+an entry, and is migrated as a v1 file's would be.
 """
 
 from __future__ import annotations
@@ -31,11 +37,35 @@ Migration = Callable[[dict[str, Any]], dict[str, Any]]
 def migrate(data: dict[str, Any], current: int) -> dict[str, Any]:
     """`data` (parsed TOML of any older version) brought to version `current`."""
     version = int(data.get("version", current))
+    if version >= 2:
+        _merged_v1_entries(data)
     while version < current:
         data = _STEPS[version](data)
         version += 1
         data["version"] = version
     return data
+
+
+def _merged_v1_entries(data: dict[str, Any]) -> None:
+    """Migrate the v1 entries git merged into a v2 file (see the module docstring): read
+    as they were, one planned as changed (paid again) and their bills left out of spend."""
+    shots, uploads = data.get("shots"), data.get("uploads")
+    unscoped = uploads.get("unscoped") if isinstance(uploads, dict) else None
+    paths = {
+        sha: item["path"]
+        for sha, item in (unscoped.items() if isinstance(unscoped, dict) else ())
+        if isinstance(item, dict) and isinstance(item.get("path"), str)
+    }
+    for entry in shots.values() if isinstance(shots, dict) else ():
+        if not isinstance(entry, dict) or "submissions" in entry:
+            continue  # every v2 entry that was ever submitted lists its submissions
+        request = entry.get("request")
+        wired = _wire_form(request) if isinstance(request, dict) else request
+        v1_url = entry.get("state") == "done" and entry.get("result_url") is not None
+        if wired != request or v1_url:
+            sent = _sent_v1(entry, paths)
+            _rewire_entry(entry)
+            _first_charge(entry, sent)
 
 
 def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
@@ -75,15 +105,22 @@ def _rewire_entry(entry: dict[str, Any]) -> None:
     request, assets, take = entry.get("request"), entry.get("assets", {}), entry.get("take")
     if not isinstance(request, dict) or not isinstance(assets, dict) or not isinstance(take, int):
         return  # damaged: validation says so with the shot and field
-    try:
-        prompt = kling_o3.canonical_prompt(str(request.get("prompt", "")))
-    except RequestRuleError:
+    wired = _wire_form(request)
+    if wired is None:
         return  # no longer a valid prompt: the plan will price the manifest's version
-    wired = kling_o3.workflow_body({**request, "prompt": prompt})
     sent = {key: value for key, value in assets.items() if key.partition(".")[0] in wired}
     entry["request"] = wired
     entry["assets"] = sent
     entry["fingerprint"] = kling_o3.request_fingerprint(wired, sent, take)
+
+
+def _wire_form(request: dict[str, Any]) -> dict[str, Any] | None:
+    """A recorded request in the v2 wire form; None when its prompt is no longer valid."""
+    try:
+        prompt = kling_o3.canonical_prompt(str(request.get("prompt", "")))
+    except RequestRuleError:
+        return None
+    return kling_o3.workflow_body({**request, "prompt": prompt})
 
 
 def _first_charge(entry: dict[str, Any], sent: str | None) -> None:

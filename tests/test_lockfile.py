@@ -16,6 +16,7 @@ from kling_batch import kling_o3
 from kling_batch.atomic import atomic_write
 from kling_batch.errors import UserError
 from kling_batch.lockfile import (
+    Charge,
     Entry,
     Lockfile,
     LockWriter,
@@ -52,6 +53,17 @@ def sample_entry(n: int, state: str = "done") -> Entry:
         history=[
             PastRender(
                 fingerprint="sha256:" + "e" * 64, output_sha256="sha256:" + "f" * 64, output_size=9
+            )
+        ],
+        # As every version 2 entry submitted lists its submissions (one without them, done
+        # with its result URL still recorded, is a version 1 entry merged in by git).
+        submissions=[
+            Charge(
+                fingerprint=f"sha256:{n:064x}",
+                submitted_at=datetime(2026, 11, 25, 12, n % 60, tzinfo=UTC),
+                cost_usd=Decimal("1.400"),
+                job_id=f"job_{n}",
+                billed_usd=Decimal("1.4"),
             )
         ],
     )

@@ -3,6 +3,7 @@ the fields the resolved workflow reads (issue 8, point 3). Real CLI against the 
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -99,3 +100,51 @@ def test_a_version_1_lockfile_plans_as_all_unchanged(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("Plan: 0 to render ($0.00), 7 unchanged")
     assert "version = 1" in (work / "shots.lock").read_text()  # plan never rewrites it
+
+
+def _v1_tables(text: str) -> tuple[str, dict[str, str], str]:
+    """A v1 lockfile's head, each `[shots.<id>]` table's text, and its uploads."""
+    shots, _, uploads = text.partition("\n[uploads.")
+    head, *tables = re.split(r"\n(?=\[shots\.[\w-]+\]\n)", shots)
+    named = {t.partition("]")[0].removeprefix("[shots."): t for t in tables}
+    return head, named, "\n[uploads." + uploads
+
+
+def test_v1_entries_git_merged_into_a_version_2_lockfile_plan_unchanged(tmp_path: Path) -> None:
+    """A branch rendered with kling-batch 0.1.0 merges (cleanly) into one whose lockfile a
+    newer kling-batch rewrote as version 2. Its entries were read as v2: `piped` (its
+    prompt recorded in the old form) planned as changed, paid again, and neither render's
+    bill was in spend. They are migrated like a v1 file's."""
+    work = tmp_path / "project"
+    shutil.copytree(FIXTURES / "lock_v1", work)
+    head, tables, uploads = _v1_tables((work / "shots.lock").read_text())
+    base, ours, theirs = (tmp_path / name for name in ("base.lock", "ours.lock", "theirs.lock"))
+    base.write_text(head + "\n" + tables["still"] + uploads)
+    load_lockfile(base).save(ours)  # the branch where a newer kling-batch ran
+    rendered = "".join("\n" + tables[key] for key in ("piped", "plain", "still"))
+    theirs.write_text(head + rendered + uploads)  # the branch where kling-batch 0.1.0 ran
+    merged = subprocess.run(
+        ["git", "merge-file", "-p", str(ours), str(base), str(theirs)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert merged.returncode == 0, merged.stdout  # no conflict: nothing stops anyone
+    migrated = load_lockfile(work / "shots.lock")  # the whole v1 file, migrated
+    (work / "shots.lock").write_text(merged.stdout)
+    lock = load_lockfile(work / "shots.lock")
+    assert lock.version == 2
+    for key in ("piped", "plain", "still"):
+        assert lock.shots[key].fingerprint == migrated.shots[key].fingerprint, key
+        assert lock.shots[key].submissions == migrated.shots[key].submissions, key
+        assert lock.shots[key].submissions[0].billed_usd is not None, key
+    only = ["--only", "piped", "--only", "plain", "--only", "still"]
+    result = subprocess.run(
+        [sys.executable, "-m", "kling_batch", "plan", "shots.toml", "--check", *only],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("Plan: 0 to render ($0.00), 3 unchanged")
