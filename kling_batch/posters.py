@@ -6,6 +6,7 @@ each video's first frame) and the contact sheet cannot be drawn.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import io
 import re
@@ -28,6 +29,13 @@ Not the first frame: an image-to-video render opens on its input image, which sa
 about the render itself.
 """
 POSTER_MAX_SIDE = 640
+POSTER_MAX_PIXELS = 4096 * 4096
+"""The largest frame decoded for a poster: twice a 4K render's (3840 × 2160 pixels).
+
+A stranger's project ships its renders' files, and a file of a few kilobytes can hold a
+frame of billions of pixels (a picture is a one-frame video to FFmpeg): FFmpeg is told to
+refuse a larger one, when it reads the file's streams and when it decodes.
+"""
 POSTER_FOLDER = "posters"
 REVIEW_EXTRA = "pip install 'kling-batch[review]'"
 
@@ -48,9 +56,12 @@ def poster_frame(video: Path) -> Image:
     """The frame a third of the way into `video`, as an RGB image at full size."""
     import av
 
+    limit = {"max_pixels": str(POSTER_MAX_PIXELS)}
     try:
-        with av.open(str(video)) as container:
+        with av.open(str(video), options=limit) as container:
             stream = container.streams.video[0]
+            _check_size(stream, video)
+            stream.codec_context.options = limit
             frame = _frame_at(container, stream, _length(container, stream) * POSTER_AT)
             if frame is None:
                 raise PosterError(f"{video.name}: no video frame")
@@ -58,8 +69,22 @@ def poster_frame(video: Path) -> Image:
     except PosterError:
         raise
     except Exception as exc:  # PyAV's error tree is wide; any failure means "unreadable"
-        raise PosterError(f"{video.name}: {exc}") from None
+        raise PosterError(f"{video.name}: {_problem(exc)}") from None
     return image.convert("RGB")
+
+
+def _problem(exc: Exception) -> str:
+    """What went wrong; FFmpeg says only "Invalid argument" when a frame is over the limit."""
+    if getattr(exc, "errno", None) == errno.EINVAL:
+        return f"damaged, or frames over {POSTER_MAX_PIXELS:,} pixels ({exc})"
+    return str(exc)
+
+
+def _check_size(stream: Any, video: Path) -> None:
+    """Refuse a stream whose frames are larger than POSTER_MAX_PIXELS, before decoding."""
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if width * height > POSTER_MAX_PIXELS:
+        raise PosterError(f"{video.name}: frames of {width} × {height} pixels are too large")
 
 
 def _length(container: Any, stream: Any) -> Fraction:
