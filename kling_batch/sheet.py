@@ -7,7 +7,7 @@ widest grid fits `MAX_WIDTH`.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -215,15 +215,29 @@ def label_font() -> FreeTypeFont | ImageFont:
         return ImageFont.load_default()
 
 
+class _Frames(Mapping[str, "Image"]):
+    """Each video's frame, read when its tile is drawn and dropped once pasted: one frame in
+    memory at a time (a 1080p frame is 6 MB, so a thousand renders held 6 GB)."""
+
+    def __init__(self, videos: Mapping[str, Path]) -> None:
+        self.videos = videos
+
+    def __getitem__(self, render_id: str) -> Image:
+        try:
+            return poster_frame(self.videos[render_id])
+        except PosterError:  # drawn as a placeholder; the gallery run already warned about it
+            raise KeyError(render_id) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.videos)
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+
 def write_sheet(gallery: Gallery, videos: Mapping[str, Path], path: Path) -> SheetLayout:
     """Read a frame of each video, draw the sheet and write it as a PNG at `path`."""
-    frames: dict[str, Image] = {}
-    for render_id, video in videos.items():
-        try:
-            frames[render_id] = poster_frame(video)
-        except PosterError:
-            continue  # drawn as a placeholder; the gallery run already warned about it
-    sheet, layout = draw_sheet(gallery, frames)
+    sheet, layout = draw_sheet(gallery, _Frames(videos))
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG", optimize=True)
     try:

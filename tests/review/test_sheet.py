@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import weakref
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import pytest
 from PIL import Image, ImageStat
 
 from kling_batch import sheet
@@ -110,3 +112,28 @@ def test_each_frame_lands_in_its_own_tile(reviewed: Reviewed) -> None:
             assert centre == sheet.PLACEHOLDER
         else:
             assert centre == colours[tile.card.id], tile.card.id
+
+
+def test_frames_are_held_one_at_a_time(
+    reviewed: Reviewed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each frame is read when its tile is drawn and dropped once pasted: a sheet of many
+    renders holds one full-size frame at a time (a 1080p frame is 6 MB; a thousand renders
+    held 6 GB before the first tile was drawn)."""
+    gallery = emulator_gallery(reviewed)
+    alive: set[int] = set()
+    most = 0
+
+    def full_size_frame(video: Path) -> Image.Image:
+        nonlocal most
+        image = Image.new("RGB", (1920, 1080), (90, 40, 30))
+        alive.add(id(image))
+        weakref.finalize(image, alive.discard, id(image))
+        most = max(most, len(alive))
+        return image
+
+    monkeypatch.setattr(sheet, "poster_frame", full_size_frame)
+    videos = {card.id: reviewed.root / card.output for card in gallery.cards}
+    sheet.write_sheet(gallery, videos, tmp_path / "sheet.png")
+    assert len(videos) > 2
+    assert most == 1
