@@ -36,6 +36,11 @@ A stranger's project ships its renders' files, and a file of a few kilobytes can
 frame of billions of pixels (a picture is a one-frame video to FFmpeg): FFmpeg is told to
 refuse a larger one, when it reads the file's streams and when it decodes.
 """
+POSTER_MAX_FRAMES = 600
+"""Frames decoded to reach a poster's time. A render lasts at most 15 s, so its poster is at
+most 300 frames in at 60 fps; but a frame repeating the one before costs a few bytes, and a
+1 MB file can claim 20 minutes of 4K video (decoding to a third of it took 97 s).
+"""
 POSTER_FOLDER = "posters"
 REVIEW_EXTRA = "pip install 'kling-batch[review]'"
 
@@ -60,14 +65,14 @@ def poster_frame(video: Path) -> Image:
     try:
         with av.open(str(video), options=limit) as container:
             stream = container.streams.video[0]
-            _check_size(stream, video)
+            _check_size(stream)
             stream.codec_context.options = limit
             frame = _frame_at(container, stream, _length(container, stream) * POSTER_AT)
             if frame is None:
-                raise PosterError(f"{video.name}: no video frame")
+                raise PosterError("no video frame")
             image: Image = frame.to_image()
-    except PosterError:
-        raise
+    except PosterError as exc:
+        raise PosterError(f"{video.name}: {exc}") from None
     except Exception as exc:  # PyAV's error tree is wide; any failure means "unreadable"
         raise PosterError(f"{video.name}: {_problem(exc)}") from None
     return image.convert("RGB")
@@ -80,11 +85,11 @@ def _problem(exc: Exception) -> str:
     return str(exc)
 
 
-def _check_size(stream: Any, video: Path) -> None:
+def _check_size(stream: Any) -> None:
     """Refuse a stream whose frames are larger than POSTER_MAX_PIXELS, before decoding."""
     width, height = stream.codec_context.width, stream.codec_context.height
     if width * height > POSTER_MAX_PIXELS:
-        raise PosterError(f"{video.name}: frames of {width} × {height} pixels are too large")
+        raise PosterError(f"frames of {width} × {height} pixels are too large")
 
 
 def _length(container: Any, stream: Any) -> Fraction:
@@ -101,10 +106,12 @@ def _frame_at(container: Any, stream: Any, target: Fraction) -> Any:
         # Seek to the keyframe before the target, then decode forward to it.
         container.seek(int(target / Fraction(stream.time_base)), stream=stream, backward=True)
     last = None
-    for frame in container.decode(stream):
+    for count, frame in enumerate(container.decode(stream), 1):
         last = frame
         if frame.time is not None and Fraction(frame.time) >= target:
             return frame
+        if count >= POSTER_MAX_FRAMES:
+            raise PosterError(f"over {POSTER_MAX_FRAMES:,} frames to decode to its poster's time")
     return last
 
 

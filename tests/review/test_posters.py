@@ -7,8 +7,15 @@ import hashlib
 import struct
 import zlib
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
+import av
+import pytest
+from PIL import Image
+
+from kling_batch import posters
+from kling_batch.errors import PosterError
 from kling_batch.lockfile import new_entry
 from kling_batch.lockname import lock_path
 from kling_batch.plan import build_plan
@@ -62,3 +69,47 @@ def test_a_decompression_bomb_gets_no_poster(project: Project) -> None:
     assert result.returncode == 0, result.stderr
     assert "bomb: no poster" in result.stderr and "pixels" in result.stderr
     assert not list((manifest.parent / "renders" / "review" / "posters").glob("*.jpg"))
+
+
+def endless_video(path: Path, frames: int) -> None:
+    """An H.264 MP4 of one keyframe and `frames - 1` copies of a frame that repeats it (a
+    few bytes each): nothing to seek to, so every frame up to the poster's is decoded."""
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = 64, 64, "yuv420p"
+    encoder.time_base = Fraction(1, 24)
+    encoder.options = {"preset": "ultrafast", "bframes": "0", "keyint": "100000"}
+    packets: list[bytes] = []
+    for pts in range(2):
+        frame = av.VideoFrame.from_image(Image.new("RGB", (64, 64), (200, 40, 90)))
+        frame.pts = pts
+        packets.extend(bytes(packet) for packet in encoder.encode(frame))
+    packets.extend(bytes(packet) for packet in encoder.encode())
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("h264", rate=24)
+        stream.width, stream.height = 64, 64
+        stream.time_base = Fraction(1, 24)
+        stream.codec_context.extradata = encoder.extradata
+        for index in range(frames):
+            packet = av.Packet(packets[0] if index == 0 else packets[1])
+            packet.pts = packet.dts = index
+            packet.time_base = stream.time_base
+            packet.stream = stream
+            packet.is_keyframe = index == 0
+            out.mux(packet)
+
+
+def test_a_video_of_endless_repeated_frames_gets_no_poster(tmp_path: Path) -> None:
+    """Reaching a poster's time takes at most POSTER_MAX_FRAMES decoded frames: a file
+    claiming a long video of repeated frames (some bytes each, with one keyframe) is refused,
+    where it was decoded to a third of its length (a 1 MB file of 4K frames: 97 s)."""
+    video = tmp_path / "endless.mp4"
+    endless_video(video, 2_400)  # 100 s at 24 fps: its poster is 800 frames in
+    with pytest.raises(PosterError, match="frames to decode"):
+        posters.poster_frame(video)
+
+
+def test_a_render_gets_its_poster(tmp_path: Path) -> None:
+    """A short video of the same kind (far fewer frames) still gets its poster."""
+    video = tmp_path / "short.mp4"
+    endless_video(video, 48)
+    assert posters.poster_frame(video).size == (64, 64)
