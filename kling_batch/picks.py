@@ -8,13 +8,15 @@ copies them.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import filelock
 import tomli
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -25,6 +27,7 @@ from kling_batch.expand import expand_shots
 from kling_batch.limits import PICKS_MAX_BYTES
 from kling_batch.manifest import load_manifest
 from kling_batch.safefiles import read_text
+from kling_batch.state import StateDir
 from kling_batch.toml_errors import syntax_problem
 
 PICKS_VERSION = 1
@@ -81,23 +84,40 @@ def pick(manifest: Path, patterns: Iterable[str], *, unpick: bool = False) -> Pi
     picks themselves, so a render since removed from the manifest can still be unpicked.
     """
     path = picks_path(manifest)
-    current = set(_load(path).picks)
     patterns = list(patterns)
+    ids = [] if unpick else [spec.id for spec in expand_shots(load_manifest(manifest))]
     unmatched: list[str] = []
-    if unpick:
-        chosen = _matching(sorted(current), patterns, path=None)
-        unmatched = [p for p in patterns if not _matching(sorted(current), [p], path=None)]
-        changed = sorted(chosen)
-        after = current - chosen
-    else:
-        ids = [spec.id for spec in expand_shots(load_manifest(manifest))]
-        chosen = _matching(ids, patterns, path=manifest)
-        changed = sorted(chosen - current)
-        after = current | chosen
-    if changed:
-        atomic_write(path, dumps(after))
+    with _picks_lock(manifest):  # read, change and write as one: another pick waits
+        current = set(_load(path).picks)
+        if unpick:
+            chosen = _matching(sorted(current), patterns, path=None)
+            unmatched = [p for p in patterns if not _matching(sorted(current), [p], path=None)]
+            changed = sorted(chosen)
+            after = current - chosen
+        else:
+            chosen = _matching(ids, patterns, path=manifest)
+            changed = sorted(chosen - current)
+            after = current | chosen
+        if changed:
+            atomic_write(path, dumps(after))
     unchanged = sorted(chosen - set(changed))
     return PickChange(tuple(changed), tuple(unchanged), tuple(unmatched), tuple(sorted(after)))
+
+
+@contextlib.contextmanager
+def _picks_lock(manifest: Path) -> Iterator[None]:
+    """Hold the picks file's lock (in the state folder) while it is read and rewritten: two
+    `pick` commands at once each keep their picks, where the later write lost the other's."""
+    state = StateDir(manifest.parent)
+    try:
+        state.ensure()
+    except OSError as exc:
+        raise UserError(
+            f"cannot write {state.path.name}/ for the picks file's lock: {exc.strerror or exc}",
+            file=state.path,
+        ) from None
+    with filelock.FileLock(state.picks_lock(picks_path(manifest))):
+        yield
 
 
 def _matching(ids: list[str], patterns: Iterable[str], *, path: Path | None) -> set[str]:

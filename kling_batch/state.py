@@ -16,6 +16,7 @@ Every path under the folder is built here and nowhere else:
      │                           parsed TOML shot tables by digest (plan;
      │                           `kling_batch.manifest_cache`)
      ├── <lock name>.run-lock    held by the one run writing that lockfile (run)
+     ├── <picks name>.pick-lock  held by `kling-batch pick` while it rewrites the picks
      ├── <lock name>.urls.jsonl  signed result URLs of downloaded renders, kept out of
      │                           the committed lockfile (run; `kling_batch.urls`)
      ├── cache/<hex>             finished renders by content, read-only copies of their
@@ -91,6 +92,10 @@ class StateDir:
     def result_urls(self, lock_file: Path) -> Path:
         """The signed result URLs of one lockfile's downloaded renders."""
         return self.path / f"{lock_file.name}.urls.jsonl"
+
+    def picks_lock(self, picks_file: Path) -> Path:
+        """The file lock `kling-batch pick` holds while it rewrites `picks_file`."""
+        return self.path / f"{picks_file.name}.pick-lock"
 
     def run_lock(self, lock_file: Path) -> Path:
         """The file lock one run of `lock_file` holds."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from kling_batch import picks
 from kling_batch.lockfile import PastRender, load_lockfile
 from kling_batch.lockname import lock_path
 from kling_batch.picks import read_picks
@@ -85,6 +87,29 @@ def test_damaged_picks_file_is_refused_in_one_line(project: Project) -> None:
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert "manifest.picks.toml" in line and "'pick'" in line
+
+
+def test_two_picks_at_once_keep_both(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second `pick` running while the first has read the picks file waits for it, then
+    adds to what it wrote: both picks are kept. Before, the first wrote what it had read
+    plus its own pick over the second's, which was lost."""
+    manifest = project(SHOTS)
+    load = picks._load
+    others: list[threading.Thread] = []
+
+    def load_then_pick_elsewhere(path: Path) -> picks.PicksFile:
+        loaded = load(path)
+        if not others:  # the first read only: another process picks `story` meanwhile
+            other = threading.Thread(target=picks.pick, args=(manifest, ["story"]))
+            others.append(other)
+            other.start()
+            other.join(timeout=2)  # done by now unless it waits for this pick
+        return loaded
+
+    monkeypatch.setattr(picks, "_load", load_then_pick_elsewhere)
+    picks.pick(manifest, ["teaser-pro-take1"])
+    others[0].join()
+    assert read_picks(manifest) == {"story", "teaser-pro-take1"}
 
 
 @pytest.mark.parametrize(
