@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import anyio
 import anyio.to_thread
@@ -52,6 +52,12 @@ UNSETTLED: frozenset[str] = frozenset({"submitting", "submitted", "completed", "
 HISTORY_LIMIT = 20
 
 _MODEL = ConfigDict(extra="forbid", defer_build=True)
+
+AMOUNT_LIMIT = 10**9
+# A render's price or bill in US dollars, far past any render's: an amount a pull request
+# wrote as $10^30 cannot be rounded to the tenth of a cent (Decimal's 28 digits), and every
+# report that printed it died with a traceback.
+Amount = Annotated[Decimal, Field(ge=-AMOUNT_LIMIT, le=AMOUNT_LIMIT)]
 
 
 class PastRender(BaseModel):
@@ -86,9 +92,9 @@ class Charge(BaseModel):
 
     fingerprint: str
     submitted_at: datetime
-    cost_usd: Decimal
+    cost_usd: Amount
     job_id: str | None = None
-    billed_usd: Decimal | None = None
+    billed_usd: Amount | None = None
     # `sha256:` of the body exactly as POSTed (upload paths and all; `kling_o3.sent_digest`):
     # what an unanswered submission is looked up by in the API's job list.
     sent: str | None = None
@@ -108,7 +114,7 @@ class Entry(BaseModel):
     take: int = Field(ge=1)
     request: dict[str, Any]
     assets: dict[str, str] = Field(default_factory=dict)
-    cost_usd: Decimal
+    cost_usd: Amount
     output: str
     tags: list[str] = Field(default_factory=list)
     job_id: str | None = None
@@ -120,7 +126,7 @@ class Entry(BaseModel):
     result_expires_at: datetime | None = None
     output_sha256: str | None = None
     output_size: int | None = None
-    billed_usd: Decimal | None = None
+    billed_usd: Amount | None = None
     error: str | None = None
     attempts: int = 0
     history: list[PastRender] = Field(default_factory=list)

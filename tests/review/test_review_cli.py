@@ -12,8 +12,11 @@ import subprocess
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from html.parser import HTMLParser
 from pathlib import Path
+
+import pytest
 
 from kling_batch.canonical import sha256_file
 from kling_batch.gallery import build_gallery
@@ -304,3 +307,29 @@ def test_review_writes_nothing_through_a_linked_review_folder(
         assert (elsewhere / "index.html").read_text() == "my own page"
     page = review(manifest, "--out", str(tmp_path / "gallery"))
     assert page.cards().keys() == {"a"}
+
+
+@pytest.mark.parametrize(
+    ("field", "command"),
+    [("billed_usd", "review"), ("cost_usd", "status")],
+)
+def test_an_amount_no_render_costs_is_refused_in_one_line(
+    project: Project, field: str, command: str
+) -> None:
+    """A lockfile from a pull request saying a render cost $10^30: exit 2 in one line naming
+    the shot and the field, like any damaged lockfile. Before, `review` (and `status`, for
+    `cost_usd`) died with a traceback: the amount cannot be rounded to the tenth of a cent."""
+    manifest = project('[[shots]]\nid = "a"\nprompt = "a calm sea"\n')
+    plan = build_plan(manifest, now=NOW)
+    output = manifest.parent / "renders" / "a.mp4"
+    output.parent.mkdir()
+    output.write_bytes(b"a")
+    entry = new_entry(
+        plan.items[0].render, "done", output_sha256=sha256_file(output), output_size=1
+    )
+    plan.lock.shots["a"] = entry.model_copy(update={field: Decimal("1e30")})
+    lock = manifest.with_suffix(".lock")
+    plan.lock.save(lock)
+    assert "1e+30" in lock.read_text().lower()
+    line = one_line_error(kling_batch(command, str(manifest)))
+    assert "manifest.lock" in line and "'a'" in line and field in line
