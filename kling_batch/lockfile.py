@@ -26,7 +26,14 @@ import anyio
 import anyio.to_thread
 import tomli
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
 
 from kling_batch import safefiles
 from kling_batch.atomic import atomic_write
@@ -35,6 +42,7 @@ from kling_batch.canonical import tagged
 from kling_batch.errors import Loc, LockWriteError, UserError, validation_error
 from kling_batch.limits import LOCKFILE_MAX_BYTES
 from kling_batch.migrations import migrate
+from kling_batch.payloads import TIME_YEARS, sane_time
 from kling_batch.toml_errors import syntax_problem
 
 log = logging.getLogger(__name__)
@@ -60,6 +68,18 @@ AMOUNT_LIMIT = 10**9
 Amount = Annotated[Decimal, Field(ge=-AMOUNT_LIMIT, le=AMOUNT_LIMIT)]
 
 
+def _sane(moment: datetime) -> datetime:
+    if not sane_time(moment):
+        low, high = TIME_YEARS
+        raise ValueError(f"expected a time between the years {low} and {high} in UTC")
+    return moment
+
+
+# A time with its zone (as kling-batch writes every time), in a sane range: a naive one
+# could not be compared with now, and one before year 1 in UTC could not be shown.
+Instant = Annotated[AwareDatetime, AfterValidator(_sane)]
+
+
 class PastRender(BaseModel):
     """An earlier finished render of a shot, kept so reverting an edit restores it for free."""
 
@@ -69,7 +89,7 @@ class PastRender(BaseModel):
     output_sha256: str
     output_size: int
     result_url: str | None = None
-    result_expires_at: datetime | None = None
+    result_expires_at: Instant | None = None
     # The team's shared store holds it (`kling_batch.remote`): a clone restores it free.
     in_remote: bool | None = None
 
@@ -91,7 +111,7 @@ class Charge(BaseModel):
     model_config = _MODEL
 
     fingerprint: str
-    submitted_at: datetime
+    submitted_at: Instant
     cost_usd: Amount
     job_id: str | None = None
     billed_usd: Amount | None = None
@@ -119,11 +139,11 @@ class Entry(BaseModel):
     tags: list[str] = Field(default_factory=list)
     job_id: str | None = None
     poll_url: str | None = None
-    submitted_at: datetime | None = None
-    completed_at: datetime | None = None
-    updated_at: datetime | None = None
+    submitted_at: Instant | None = None
+    completed_at: Instant | None = None
+    updated_at: Instant | None = None
     result_url: str | None = None
-    result_expires_at: datetime | None = None
+    result_expires_at: Instant | None = None
     output_sha256: str | None = None
     output_size: int | None = None
     billed_usd: Amount | None = None
@@ -174,7 +194,7 @@ class UploadedAsset(BaseModel):
 
     path: str
     size: int
-    uploaded_at: datetime | None = None
+    uploaded_at: Instant | None = None
 
 
 class Lockfile(BaseModel):

@@ -376,6 +376,22 @@ def find_billed_usd(payload: Mapping[str, Any]) -> Decimal | None:
     return None
 
 
+TIME_YEARS = (1900, 9000)
+"""Years (in UTC) of a time kling-batch records: outside them a time is no job's, and
+converting it to UTC or adding a day to it can overflow."""
+
+
+def sane_time(moment: datetime) -> bool:
+    """True for an aware time whose year in UTC lies within TIME_YEARS."""
+    if moment.tzinfo is None:
+        return False
+    try:
+        year = moment.astimezone(UTC).year
+    except OverflowError:
+        return False
+    return TIME_YEARS[0] <= year <= TIME_YEARS[1]
+
+
 def parse_time(value: Any) -> datetime | None:
     """An aware UTC datetime from unix seconds (or ms), a digit string, or ISO 8601."""
     if isinstance(value, bool) or value is None:
@@ -391,7 +407,8 @@ def parse_time(value: Any) -> datetime | None:
                 parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
             except ValueError:
                 return None
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            return parsed if sane_time(parsed) else None
     if isinstance(value, int | float | Decimal):
         seconds = float(value)
         if seconds > 1e11:  # milliseconds

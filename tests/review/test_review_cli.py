@@ -11,7 +11,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from html.parser import HTMLParser
 from pathlib import Path
@@ -332,4 +332,28 @@ def test_an_amount_no_render_costs_is_refused_in_one_line(
     plan.lock.save(lock)
     assert "1e+30" in lock.read_text().lower()
     line = one_line_error(kling_batch(command, str(manifest)))
+    assert "manifest.lock" in line and "'a'" in line and field in line
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("completed_at", datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))),
+        ("result_expires_at", datetime(2030, 1, 1)),  # no time zone
+    ],
+    ids=["before-year-one-in-utc", "naive"],
+)
+def test_a_time_no_render_has_is_refused_in_one_line(
+    project: Project, field: str, value: datetime
+) -> None:
+    """A lockfile entry whose time has no time zone, or lies before year 1 once in UTC:
+    `review` exits 2 in one line naming the shot and the field. Before, it died with a
+    traceback (comparing the naive expiry with now, or converting the time to UTC)."""
+    manifest = project('[[shots]]\nid = "a"\nprompt = "a calm sea"\n')
+    plan = build_plan(manifest, now=NOW)
+    entry = new_entry(plan.items[0].render, "done", output_sha256="sha256:" + "0" * 64)
+    update = {"output_size": 1, "result_url": "https://cdn.example/a.mp4", field: value}
+    plan.lock.shots["a"] = entry.model_copy(update=update)
+    plan.lock.save(manifest.with_suffix(".lock"))
+    line = one_line_error(kling_batch("review", str(manifest)))
     assert "manifest.lock" in line and "'a'" in line and field in line
