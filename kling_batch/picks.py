@@ -72,9 +72,14 @@ def dumps(picks: Iterable[str]) -> str:
     ordered = sorted(set(picks))
     if not ordered:
         return "".join([*lines, "picks = []\n"])
-    # A TOML basic string accepts every escape json.dumps writes.
-    items = "".join(f"    {json.dumps(pick, ensure_ascii=False)},\n" for pick in ordered)
+    items = "".join(f"    {_toml_string(pick)},\n" for pick in ordered)
     return "".join([*lines, "picks = [\n", items, "]\n"])
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: json.dumps writes only escapes TOML accepts, and leaves every
+    character as is but DEL, which TOML takes only escaped."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def pick(manifest: Path, patterns: Iterable[str], *, unpick: bool = False) -> PickChange:

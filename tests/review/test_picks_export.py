@@ -89,6 +89,19 @@ def test_damaged_picks_file_is_refused_in_one_line(project: Project) -> None:
     assert "manifest.picks.toml" in line and "'pick'" in line
 
 
+def test_a_pick_rewrites_any_picks_file_it_reads_as_one_it_reads_again(project: Project) -> None:
+    """A picks file (from a pull request) holding a pick with an escaped control character
+    (DEL, which TOML allows only escaped): after `pick story` the file still reads, with
+    both picks. Before, DEL was written raw and every later pick, review and export refused
+    the file as invalid TOML."""
+    manifest = project(SHOTS)
+    picks_file(manifest).write_text('version = 1\npicks = ["old\\u007fpick"]\n')
+    assert kling_batch("pick", str(manifest), "story").returncode == 0
+    listed = kling_batch("pick", str(manifest))
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == ["old\x7fpick", "story"]
+
+
 def test_two_picks_at_once_keep_both(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     """A second `pick` running while the first has read the picks file waits for it, then
     adds to what it wrote: both picks are kept. Before, the first wrote what it had read
