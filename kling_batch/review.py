@@ -49,6 +49,10 @@ def review_command(request: ReviewRequest) -> Path:
         cols=request.cols,
         emulator=request.emulator,
     )
+    if request.sheet is not None:
+        from kling_batch.sheet import check_sheet_size
+
+        check_sheet_size(gallery)
     out_dir = request.out or _default_out(plan)
     links = Links(gallery.root, out_dir)
     playable = _playable(gallery, links)

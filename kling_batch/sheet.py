@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kling_batch.atomic import atomic_write
-from kling_batch.errors import PosterError, RunError
+from kling_batch.errors import PosterError, RunError, UserError
 from kling_batch.gallery import Card, Gallery, Grid, Section
 from kling_batch.posters import poster_frame
 
@@ -31,6 +31,10 @@ CELL_GAP = 14
 LINE = 18
 TITLE = 26
 MAX_LABEL_WIDTH = 220
+MAX_PIXELS = 89_478_485
+"""The largest sheet drawn: Pillow's own decompression-bomb threshold (`MAX_IMAGE_PIXELS`),
+past which image tools refuse or warn. Sheets grow down, a band per shot: 1,000 shots of one
+render each are about 87 million pixels, 100,000 (a plan's limit) would need 26 GB."""
 
 BACKGROUND = (24, 24, 27)
 TEXT = (231, 231, 234)
@@ -157,6 +161,17 @@ def _tile_label(section: Section, card: Card) -> str:
     text = " · ".join(parts)
     # Pillow's bundled font has no star: the word, and a gold outline on the tile.
     return f"picked · {text}" if card.picked and text else "picked" if card.picked else text
+
+
+def check_sheet_size(gallery: Gallery) -> None:
+    """Refuse, before anything is drawn or written, a sheet larger than MAX_PIXELS."""
+    width, height = layout_sheet(gallery, label_font().getlength).size
+    if width * height > MAX_PIXELS:
+        raise UserError(
+            f"--sheet: a contact sheet of {len(gallery.cards):,} renders would be {width:,} × "
+            f"{height:,} pixels, over the {MAX_PIXELS:,} image tools open; review without "
+            "--sheet (the gallery shows every render)"
+        )
 
 
 def draw_sheet(gallery: Gallery, frames: Mapping[str, Image]) -> tuple[Image, SheetLayout]:

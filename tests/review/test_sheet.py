@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
+from collections.abc import Callable
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
@@ -137,3 +138,22 @@ def test_frames_are_held_one_at_a_time(
     sheet.write_sheet(gallery, videos, tmp_path / "sheet.png")
     assert len(videos) > 2
     assert most == 1
+
+
+def test_a_sheet_too_large_to_open_is_refused_before_any_work(
+    project: Callable[..., Path], tmp_path: Path
+) -> None:
+    """1,500 shots (a band of the sheet each): `--sheet` exits 2 in one line saying how
+    large the sheet would be, and writes neither the sheet nor the gallery. Before, it drew
+    a PNG of about 352 × 369,000 pixels (a plan's 100,000 renders: 26 GB in memory)."""
+    shots = "".join(
+        f'[[shots]]\nid = "s{n}"\nprompt = "a harbour, take {n}"\n' for n in range(1500)
+    )
+    manifest = project(shots)
+    png = tmp_path / "sheet.png"
+    result = kling_batch("review", str(manifest), "--sheet", str(png))
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "1,500 renders" in line and "pixels" in line
+    assert not png.exists()
+    assert not (manifest.parent / "renders" / "review").exists()
