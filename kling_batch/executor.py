@@ -246,8 +246,8 @@ class Executor:
             try:
                 body = await self._uploads.wire_body(render.body, render.assets)
             except UploadFailed as exc:
-                await self._submitter.record_failure(render, previous, str(exc))
-                return _outcome(item, "failed", str(exc))
+                detail = await self._submitter.record_failure(render, previous, str(exc))
+                return _outcome(item, "failed", detail)
             if self.team is not None:  # the claim is taken before `submitting` is saved
                 verdict = await self.team.arbitrate(render, body)
             if isinstance(verdict, Pay):

@@ -100,10 +100,18 @@ class Submitter:
 
     async def record_failure(
         self, render: PlannedRender, previous: Entry | None, error: str
-    ) -> None:
-        """Record a render that failed before its POST (an earlier done one stays)."""
+    ) -> str:
+        """Record a render that failed before its POST; returns what the run reports.
+
+        An earlier done render stays on record, and so does an unanswered submission no
+        look has ruled out (an uncertain resend that failed before sending): recorded as
+        failed, the next plan would send it again without looking for the job it may
+        have made.
+        """
         if previous is not None and previous.state == "done":
-            return  # keep the earlier finished render on record; the plan retries the edit
+            return error  # keep the earlier finished render on record; the plan retries the edit
+        if _may_have_made_a_job(previous):
+            return f"{error}; not sent again: the earlier submission stays uncertain"
         entry = new_entry(
             render,
             "failed",
@@ -114,6 +122,7 @@ class Submitter:
         )
         self.writer.set(render.id, entry)
         await self.writer.commit()
+        return error
 
     async def _save_submitting(
         self, render: PlannedRender, previous: Entry | None, body: dict[str, Any]
@@ -233,3 +242,11 @@ class Submitter:
         else:
             self.writer.set(shot_id, previous)
         await self.writer.commit()
+
+
+def _may_have_made_a_job(entry: Entry | None) -> bool:
+    """Whether `entry` is an unanswered submission (uncertain, or stopped while submitting)
+    that no complete look at the job list has proved jobless (`Charge.no_job`)."""
+    if entry is None or entry.state not in ("uncertain", "submitting"):
+        return False
+    return entry.unanswered() is not None or not entry.submissions

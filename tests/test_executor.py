@@ -11,12 +11,19 @@ from typing import Any
 import anyio
 import pytest
 
-from kling_batch.clock import ScaledClock
-from kling_batch.errors import ConnectionFailed, JobNotFound, ResultExpired, RunFatal
+from kling_batch.clock import ScaledClock, VirtualClock
+from kling_batch.errors import (
+    AmbiguousSubmit,
+    ConnectionFailed,
+    JobNotFound,
+    ResultExpired,
+    RunFatal,
+    ServerError,
+)
 from kling_batch.executor import Executor
 from kling_batch.following import RunOptions
 from kling_batch.joblist import JobPage
-from kling_batch.lockfile import LockWriter, load_lockfile, new_entry
+from kling_batch.lockfile import Entry, LockWriter, load_lockfile, new_entry
 from kling_batch.outcomes import Quiet, RunReport
 from kling_batch.payloads import Download, ErrorInfo, JobState, Submission, Upload, parse_job
 from kling_batch.plan import Plan, build_plan
@@ -70,10 +77,14 @@ class FakeApi:
             billed_usd=Decimal("1.4"),
         )
 
-    async def list_jobs_page(self, **_: Any) -> JobPage:
+    async def list_jobs_page(self, **_: Any) -> JobPage | None:
+        if "list_jobs_page" in self.script:
+            return self.script["list_jobs_page"]()  # type: ignore[no-any-return]
         return JobPage([], ended=True)
 
     async def upload(self, path: Path, *, content_type: str | None = None) -> Upload:
+        if "upload" in self.script:
+            self.script["upload"](path)
         data = await anyio.Path(path).read_bytes()
         sent = "sha256:" + hashlib.sha256(data).hexdigest()
         return Upload("bunny://up/" + path.name, None, len(data), sent)
@@ -466,3 +477,76 @@ def test_a_completed_entry_without_its_url_asks_its_job_again(
     assert [o.state for o in report.outcomes] == ["done"]
     assert entry.state == "done" and api.polls >= 1 and api.submits == []
     assert (path.parent / entry.output).is_file()
+
+
+def lost_answer(path: Path, api: FakeApi, state: str) -> Entry:
+    """Run `path` once with its submission unanswered; the record, left `state`
+    (`submitting`: as if the run was stopped before the answer came)."""
+
+    def lost() -> None:
+        raise AmbiguousSubmit("the connection dropped after the request went out")
+
+    api.script["submit"] = lost
+    run(build_plan(path, now=NOW), api)
+    del api.script["submit"]
+    lock = load_lockfile(path.with_suffix(".lock"))
+    lock.shots["b"] = lock.shots["b"].model_copy(update={"state": state})
+    lock.save(path.with_suffix(".lock"))
+    return lock.shots["b"]
+
+
+def refuse_uploads(api: FakeApi) -> None:
+    """Every upload of `api` fails; its inputs, on record under another upload scope, are
+    uploaded again."""
+
+    def refused(upload: Path) -> None:
+        raise ServerError("storage unavailable", status=503)
+
+    api.script["upload"] = refused
+    api.upload_scope = "another-account"
+
+
+@pytest.mark.parametrize("state", ["uncertain", "submitting"])
+def test_a_blind_resend_that_fails_before_its_post_stays_uncertain(
+    project: Callable[..., Path], image: Callable[[str], Path], state: str
+) -> None:
+    """`--resubmit-uncertain=blind` resends an unanswered submission the job list cannot
+    rule out, and its input upload fails: nothing new was sent, so the record stays exactly
+    as it was (the first submission may have made a paid job) and the next plain run
+    does not send it again."""
+    image("still.png")
+    path = project('[[shots]]\nid = "b"\nprompt = "p"\nimage = "still.png"\n')
+    api = FakeApi()
+    api.script["list_jobs_page"] = lambda: None  # no job list: a look never rules a job out
+    unanswered = lost_answer(path, api, state)
+    refuse_uploads(api)
+    report = run(build_plan(path, now=NOW), api, resubmit_uncertain="blind")
+    (outcome,) = report.outcomes
+    assert outcome.state == "failed" and "upload of still.png failed" in outcome.detail
+    assert "stays uncertain" in outcome.detail
+    assert api.submits == []
+    assert load_lockfile(path.with_suffix(".lock")).shots["b"] == unanswered
+    plan = build_plan(path, now=NOW)
+    assert plan.items[0].action == "uncertain"
+    run(plan, api)
+    assert api.submits == []
+    assert load_lockfile(path.with_suffix(".lock")).shots["b"] == unanswered
+
+
+def test_a_resend_after_a_complete_look_that_fails_before_its_post_is_retried(
+    project: Callable[..., Path], image: Callable[[str], Path]
+) -> None:
+    """`--resubmit-uncertain` resends only once the job list proved the first submission
+    made no job; its upload failing leaves the render failed, that submission marked
+    jobless, and the next plain run retries it (nothing can be paid twice)."""
+    image("still.png")
+    path = project('[[shots]]\nid = "b"\nprompt = "p"\nimage = "still.png"\n')
+    api = FakeApi()
+    api.clock = VirtualClock(wall=NOW)  # no time passes: the job list still shows any job
+    lost_answer(path, api, "uncertain")
+    refuse_uploads(api)
+    run(build_plan(path, now=NOW), api, resubmit_uncertain="look")
+    entry = load_lockfile(path.with_suffix(".lock")).shots["b"]
+    assert entry.state == "failed" and [c.no_job for c in entry.submissions] == [True]
+    assert api.submits == []
+    assert build_plan(path, now=NOW).items[0].action == "retry"
