@@ -228,12 +228,16 @@ class Submitter:
         return await self._post(render, body)
 
     def _refused(self, render: PlannedRender, error: str) -> Entry:
-        """The API refused the POST: nothing was created, so its charge is dropped."""
+        """The API refused the POST: nothing was created, so its charge is dropped. A
+        resend of an unanswered submission no look has ruled out stays uncertain: the
+        refusal says nothing of the job the first may have made (as failed, the next plan
+        would send it again without looking)."""
         entry = self.writer.get(render.id)
         assert entry is not None
-        return self.writer.update(
-            render.id, state="failed", error=error, submissions=entry.submissions[:-1]
-        )
+        kept = entry.submissions[:-1]
+        waiting = any(charge.job_id is None and not charge.no_job for charge in kept)
+        state = "uncertain" if waiting else "failed"
+        return self.writer.update(render.id, state=state, error=error, submissions=kept)
 
     async def _unsubmit(self, shot_id: str, previous: Entry | None) -> None:
         """Put back the record a `submitting` entry replaced (its POST was never sent)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -14,11 +15,13 @@ import pytest
 from kling_batch.clock import ScaledClock, VirtualClock
 from kling_batch.errors import (
     AmbiguousSubmit,
+    ApiError,
     ConnectionFailed,
     JobNotFound,
     ResultExpired,
     RunFatal,
     ServerError,
+    ShotRejected,
 )
 from kling_batch.executor import Executor
 from kling_batch.following import RunOptions
@@ -531,6 +534,40 @@ def test_a_blind_resend_that_fails_before_its_post_stays_uncertain(
     run(plan, api)
     assert api.submits == []
     assert load_lockfile(path.with_suffix(".lock")).shots["b"] == unanswered
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [ShotRejected("prompt refused", status=400), RunFatal("no credits left", status=402)],
+    ids=["rejected", "out of credits"],
+)
+def test_a_blind_resend_the_api_refuses_stays_uncertain(
+    project: Callable[..., Path], image: Callable[[str], Path], refusal: ApiError
+) -> None:
+    """`--resubmit-uncertain=blind` resends an unanswered submission and the API refuses
+    the resend: that proves nothing of the first submission, which may have made a paid
+    job, so the render stays uncertain (not failed, which the next plain run would send
+    again without looking)."""
+    image("still.png")
+    path = project('[[shots]]\nid = "b"\nprompt = "p"\nimage = "still.png"\n')
+    api = FakeApi()
+    api.script["list_jobs_page"] = lambda: None  # no job list: a look never rules a job out
+    unanswered = lost_answer(path, api, "uncertain")
+
+    def refused() -> None:
+        raise refusal
+
+    api.script["submit"] = refused
+    with contextlib.suppress(RunFatal):  # out of credits stops the run
+        run(build_plan(path, now=NOW), api, resubmit_uncertain="blind")
+    del api.script["submit"]
+    entry = load_lockfile(path.with_suffix(".lock")).shots["b"]
+    assert entry.state == "uncertain", entry.error
+    assert entry.submissions == unanswered.submissions
+    plan = build_plan(path, now=NOW)
+    assert plan.items[0].action == "uncertain"
+    run(plan, api)
+    assert api.submits == []
 
 
 def test_a_resend_after_a_complete_look_that_fails_before_its_post_is_retried(
