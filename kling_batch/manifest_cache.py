@@ -88,10 +88,21 @@ class ParseCache:
     def save(self) -> None:
         """Keep the chunks this plan used (and only those) when enough of them are new, or
         enough known ones went unused (`cachefile.worth_rewriting`)."""
+        if self.path is not None and self._worth_saving():
+            write_cache(self.path, _VERSION, {"chunks": self._used})
+
+    def settle(self) -> None:
+        """Every file is read: let go of the parsed chunks when `save` will not write them
+        (most plans), so they leave memory with the document (a 100,000-shot manifest's
+        chunks weigh about 100 MB beside its validated shots)."""
+        if not self._worth_saving():
+            self._known, self._used = {}, {}
+
+    def _worth_saving(self) -> bool:
+        if self.path is None or not (self._used or self._known):
+            return False
         unused = len(self._known) - (len(self._used) - self._new)
-        if self.path is None or not worth_rewriting(self._new + unused, len(self._used)):
-            return
-        write_cache(self.path, _VERSION, {"chunks": self._used})
+        return worth_rewriting(self._new + unused, len(self._used))
 
 
 def _json_safe(value: Any) -> bool:

@@ -287,6 +287,7 @@ class _Project:
         usable = state.usable()
         parses = ParseCache(state.parse_cache(Path(manifest_path)) if usable else None)
         loaded = _load(manifest_path, emulator=emulator, cache=parses)
+        parses.settle()
         shared = _shared_store(loaded, remote)
         lock_file = lockfile or lock_path(loaded.path, emulator=emulator)
         store = AssetStore(loaded.root, state)
