@@ -366,7 +366,8 @@ def plan_edit(
     planned and decided as in `build_plan`, against the ids and outputs of all.
 
     None when the edit is not one to plan so (the shared context changed, too many renders
-    to plan afresh) or the manifest has an error: the full plan then plans it, or says
+    to plan afresh, the lockfile was written since the stamp was looked at) or the
+    manifest has an error: the full plan then plans it, or says
     what is wrong, as it would have without a stamp.
     """
     try:
@@ -376,9 +377,11 @@ def plan_edit(
         walked = _edited_shots(project, base)
         if walked is None:
             return None
-        return _plan_edited(project, walked, now, api)
+        edited = _plan_edited(project, walked, now, api)
     except UserError:
         return None
+    # Checked once the lockfile was read: one written meanwhile is planned in full.
+    return edited if base.lock_unchanged(project.loaded.root) else None
 
 
 # A shot of an edit: known to the stamp, or its renders to plan.

@@ -115,6 +115,16 @@ class EditBase:
 
     context: str
     shots: dict[str, KnownShot]
+    # The lockfile's name and stat facts as stamped (`lock_unchanged`).
+    lock: tuple[str, str] = ("", "")
+
+    def lock_unchanged(self, root: Path) -> bool:
+        """True when the lockfile still has the stat facts stamped. Asked after the edit's
+        plan read it: `look` saw it as stamped before, and a lockfile written in between
+        (a run) would decide the edit's new shots by its new records and the stamp's
+        shots by their old ones, a mix no plan of one lockfile makes."""
+        name, facts = self.lock
+        return _facts(root, _names(name), os.stat) == facts
 
 
 # The stamp's groups of files, in the order they are looked at (`_FOLDERS`: by `lstat`).
@@ -161,7 +171,9 @@ def _edit_base(stamp: dict[str, Any], blob: Blob) -> EditBase | None:
     if where is None:
         return None
     rows = json.loads(Cold(blob, *where).read())
-    return EditBase(str(stamp["context"]), {key: KnownShot._make(row) for key, row in rows.items()})
+    shots = {key: KnownShot._make(row) for key, row in rows.items()}
+    lock = (str(stamp["groups"][_LOCK][1]), str(stamp["facts"][_LOCK]))
+    return EditBase(str(stamp["context"]), shots, lock)
 
 
 def record(plan: Plan, key: StampKey, lines: Lines | None, started_ns: int) -> None:

@@ -300,3 +300,29 @@ def test_random_edits_plan_as_the_full_plan_does(
         assert (first.exit_code, first.output) == (full.exit_code, full.output), text
         stamp_of(stamped).write_bytes(kept)  # the next edit against the first stamp
     assert edits >= 6, "most edits were not planned as edits"
+
+
+def test_a_lockfile_written_while_an_edit_is_planned_plans_in_full(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run writing the lockfile after the stamp was looked at, before the edit's plan
+    read it: the stamp's shots would be counted unchanged by the lockfile they were
+    stamped with and the edited ones decided by the new one. m-5, failed meanwhile, was
+    counted unchanged where the full plan retries it (and charges for it)."""
+    root = stamped.parent
+    rewrite(root / "shots" / "a.toml", "a shot 3", "a shot 3 at dawn")
+    real, raced = plan_module._Project.read_lock, []
+
+    def racing(self: plan_module._Project) -> object:
+        if not raced:
+            raced.append(True)
+            lock = load_lockfile(root / "manifest.lock")
+            failed = lock.shots["m-5"].model_copy(update={"state": "failed", "error": "boom"})
+            lock.shots["m-5"] = failed
+            lock.save(root / "manifest.lock")
+        return real(self)
+
+    monkeypatch.setattr(plan_module._Project, "read_lock", racing)
+    result = same_as_full(stamped, monkeypatch, edit=False)
+    assert raced and listed(result.stdout, "!", "m-5")
+    assert "Plan: 2 to render ($2.80), 118 unchanged" in result.stdout
