@@ -34,6 +34,10 @@ _CURSOR_KEYS = {
     "next": "cursor",
 }
 _MORE_KEYS = ("has_more", "hasMore", "more")
+# The job list's default page (API reference §3.2: 25 jobs unless `limit` says otherwise,
+# at most 100). A REST list that ignores the limit asked for answers with this many and
+# may say nothing of more: only a page shorter than both proves it is the last.
+DEFAULT_PAGE = 25
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,9 @@ def parse_job_page(payload: Any, *, limit: int, link_next: str | None = None) ->
     """A `JobPage` from a decoded answer; `link_next` is a `Link: rel="next"` URL, if any.
 
     The list has ended when the answer says `has_more: false`; when it does not say, when
-    it offers no way on and holds fewer jobs than asked for.
+    it offers no way on and holds fewer jobs than asked for and than `DEFAULT_PAGE` (a
+    page of 25 may be all an API that ignores the limit sends: a look taking it for the
+    whole list could send again a submission whose job is on the next page).
     """
     items = payload
     if isinstance(payload, Mapping):
@@ -72,7 +78,7 @@ def parse_job_page(payload: Any, *, limit: int, link_next: str | None = None) ->
     if more is False:
         return JobPage(jobs, ended=True)
     way = NextPage(url=link_next) if link_next else _next_page(answer, more=more is True)
-    ended = more is None and way is None and len(items) < limit
+    ended = more is None and way is None and len(items) < min(limit, DEFAULT_PAGE)
     return JobPage(jobs, ended=ended, next=way)
 
 

@@ -112,6 +112,17 @@ async def test_more_jobs_without_a_way_on_is_a_dead_end(api, make_client, payloa
     assert len(api.seen) == 1
 
 
+async def test_a_bare_page_of_the_default_size_is_not_taken_for_the_end(api, make_client):
+    """100 jobs asked for, 25 sent and nothing said about more: an API that ignores the
+    limit sends its default page of 25, so the list may go on (a look that took it for the
+    whole list would send again a submission whose job is older than those 25)."""
+    api.on("GET", LIST, httpx.Response(200, json=jobs(*(f"j{n}" for n in range(25)))))
+    async with make_client() as client:
+        page = await client.list_jobs_page(limit=100)
+    assert len(page.jobs) == 25
+    assert not page.ended
+
+
 async def test_short_bare_list_is_the_whole_list(api, make_client):
     """A bare list shorter than the limit, with nothing said about more, is the end."""
     api.on("GET", LIST, httpx.Response(200, json=jobs("a")))
