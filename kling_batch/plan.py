@@ -367,8 +367,8 @@ def plan_edit(
 
     None when the edit is not one to plan so (the shared context changed, too many renders
     to plan afresh, the lockfile was written since the stamp was looked at) or the
-    manifest has an error: the full plan then plans it, or says
-    what is wrong, as it would have without a stamp.
+    manifest has an error: the full plan then plans it, or says what is wrong, as it
+    would have without a stamp.
     """
     try:
         project = _Project.open(manifest_path, emulator, max_renders, remote)
