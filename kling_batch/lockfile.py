@@ -122,6 +122,11 @@ class Charge(BaseModel):
     # job: nothing can be billed for it.
     no_job: bool = False
 
+    @property
+    def waiting(self) -> bool:
+        """Unanswered, and not proved jobless: the POST may have made a paid job."""
+        return self.job_id is None and not self.no_job
+
 
 class Entry(BaseModel):
     """One render's record; fields fill in as it moves through its states."""
@@ -157,8 +162,7 @@ class Entry(BaseModel):
 
     def unanswered(self) -> Charge | None:
         """The newest submission still waiting for its job id (an uncertain one), if any."""
-        waiting = (c for c in reversed(self.submissions) if c.job_id is None and not c.no_job)
-        return next(waiting, None)
+        return next((c for c in reversed(self.submissions) if c.waiting), None)
 
     def charged(self, job_id: str | None, **fields: Any) -> list[Charge]:
         """`submissions` with one charge changed: the one of `job_id`, else the newest

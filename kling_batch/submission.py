@@ -235,8 +235,7 @@ class Submitter:
         entry = self.writer.get(render.id)
         assert entry is not None
         kept = entry.submissions[:-1]
-        waiting = any(charge.job_id is None and not charge.no_job for charge in kept)
-        state = "uncertain" if waiting else "failed"
+        state = "uncertain" if any(charge.waiting for charge in kept) else "failed"
         return self.writer.update(render.id, state=state, error=error, submissions=kept)
 
     async def _unsubmit(self, shot_id: str, previous: Entry | None) -> None:

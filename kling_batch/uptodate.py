@@ -155,12 +155,6 @@ def look(key: StampKey) -> Lines | EditBase | None:
         return None  # a stamp of another shape is no stamp
 
 
-def answer(key: StampKey) -> Lines | None:
-    """The report of the stamped plan, when nothing it depended on changed; else None."""
-    looked = look(key)
-    return looked if isinstance(looked, list) else None
-
-
 def _partials_unchanged(root: Path, partials: dict[str, str]) -> bool:
     return all(partial_digest(root, name) == digest for name, digest in partials.items())
 

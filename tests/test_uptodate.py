@@ -197,51 +197,34 @@ def listed(stdout: str, symbol: str, render_id: str) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("change", "symbol", "render_id"),
+    ("change", "symbol", "render_id", "in_full"),
     [
-        (_edit_asset, "~", "c-60"),
-        (_edit_output, "~", "c-35"),
-        (_delete_output, "~", "c-35"),
-        (_edit_lockfile, "!", "c-35"),
-        (_edit_partial, "~", "c-0"),
-        (_repoint_asset_folder, "~", "c-60"),
+        (_edit_asset, "~", "c-60", 1),
+        (_edit_output, "~", "c-35", 1),
+        (_delete_output, "~", "c-35", 1),
+        (_edit_lockfile, "!", "c-35", 1),
+        (_edit_partial, "~", "c-0", 1),
+        (_repoint_asset_folder, "~", "c-60", 1),
+        (_edit_manifest, "~", "c-0", 0),
+        (_add_included_file, "+", "y", 0),
+        (_add_included_file_deeper, "+", "y", 0),
     ],
 )
-def test_every_change_is_planned_in_full(
+def test_every_change_is_planned(
     stamped: Path,
     monkeypatch: pytest.MonkeyPatch,
     change: Callable[[Path], None],
     symbol: str,
     render_id: str,
+    in_full: int,
 ) -> None:
-    """A change the stamp's file facts must notice: the plan is made and reports it."""
+    """A change the stamp's file facts must notice: the plan is made and reports it. A
+    change to the manifest's files alone is planned as an edit against the stamp
+    (`plan.plan_edit`, tested against the full plan in test_edit_plan.py), the others in
+    full."""
     change(stamped.parent)
     result, plans = plan_spied(stamped, monkeypatch, "--check")
-    assert (result.exit_code, plans) == (1, 1), result.output
-    assert listed(result.stdout, symbol, render_id), result.stdout
-
-
-@pytest.mark.parametrize(
-    ("change", "symbol", "render_id"),
-    [
-        (_edit_manifest, "~", "c-0"),
-        (_add_included_file, "+", "y"),
-        (_add_included_file_deeper, "+", "y"),
-    ],
-)
-def test_a_change_to_the_manifest_alone_is_planned_as_an_edit(
-    stamped: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    change: Callable[[Path], None],
-    symbol: str,
-    render_id: str,
-) -> None:
-    """Only the manifest's files changed: the edit is planned against the stamp
-    (`plan.plan_edit`, tested against the full plan in test_edit_plan.py), not in full,
-    and reported."""
-    change(stamped.parent)
-    result, plans = plan_spied(stamped, monkeypatch, "--check")
-    assert (result.exit_code, plans) == (1, 0), result.output
+    assert (result.exit_code, plans) == (1, in_full), result.output
     assert listed(result.stdout, symbol, render_id), result.stdout
 
 

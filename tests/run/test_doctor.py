@@ -17,9 +17,12 @@ from kling_batch.emulator import EmulatorConfig, RunningEmulator, running
 from tests.run.conftest import emulator
 
 
-def doctor(*args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
-    """`kling-batch doctor ARGS` with `key` as the API key (none when None)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EMPIRIOLABS_")}
+def doctor(
+    *args: str, key: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`kling-batch doctor ARGS` with `key` as the API key (none when None), in `env`
+    (this process's environment when None) without its EMPIRIOLABS_ variables."""
+    env = {k: v for k, v in (env or os.environ).items() if not k.startswith("EMPIRIOLABS_")}
     if key is not None:
         env["EMPIRIOLABS_API_KEY"] = key
     return subprocess.run(
@@ -183,16 +186,8 @@ def test_the_proxy_the_environment_names_is_used_as_run_uses_it() -> None:
             names = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
             env = {k: v for k, v in os.environ.items() if k.lower() not in names}
             env["HTTP_PROXY"] = f"http://127.0.0.1:{proxy.server_address[1]}"
-            env["EMPIRIOLABS_API_KEY"] = served.api_key
             base = ["--api-base", "http://api.example.invalid", "--allow-insecure-http"]
-            result = subprocess.run(
-                [sys.executable, "-m", "kling_batch", "doctor", *base],
-                capture_output=True,
-                text=True,
-                env=env,
-                check=False,
-                timeout=60,
-            )
+            result = doctor(*base, key=served.api_key, env=env)
         finally:
             proxy.shutdown()
             thread.join()

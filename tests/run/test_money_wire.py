@@ -86,17 +86,22 @@ def test_only_the_fields_the_workflow_reads_are_sent(
     assert "image" not in load_lockfile(project.lock).shots["text"].assets
 
 
-def test_a_version_1_lockfile_plans_as_all_unchanged(tmp_path: Path) -> None:
-    """A lockfile written by kling-batch 0.1.0 (old wire form) still says nothing to do."""
-    work = tmp_path / "project"
-    shutil.copytree(FIXTURES / "lock_v1", work)
-    result = subprocess.run(
-        [sys.executable, "-m", "kling_batch", "plan", "shots.toml", "--check"],
+def plan_check(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`kling-batch plan shots.toml --check ARGS` in the project folder `work`."""
+    return subprocess.run(
+        [sys.executable, "-m", "kling_batch", "plan", "shots.toml", "--check", *args],
         cwd=work,
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+def test_a_version_1_lockfile_plans_as_all_unchanged(tmp_path: Path) -> None:
+    """A lockfile written by kling-batch 0.1.0 (old wire form) still says nothing to do."""
+    work = tmp_path / "project"
+    shutil.copytree(FIXTURES / "lock_v1", work)
+    result = plan_check(work)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("Plan: 0 to render ($0.00), 7 unchanged")
     assert "version = 1" in (work / "shots.lock").read_text()  # plan never rewrites it
@@ -139,12 +144,6 @@ def test_v1_entries_git_merged_into_a_version_2_lockfile_plan_unchanged(tmp_path
         assert lock.shots[key].submissions == migrated.shots[key].submissions, key
         assert lock.shots[key].submissions[0].billed_usd is not None, key
     only = ["--only", "piped", "--only", "plain", "--only", "still"]
-    result = subprocess.run(
-        [sys.executable, "-m", "kling_batch", "plan", "shots.toml", "--check", *only],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = plan_check(work, *only)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("Plan: 0 to render ($0.00), 3 unchanged")
