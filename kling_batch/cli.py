@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc as collector
 import logging
 import sys
 from collections.abc import Callable
@@ -681,4 +682,10 @@ def _usd_option(value: str | None, name: str) -> Decimal | None:
 
 def main() -> None:
     """Console-script entry point."""
-    cli.main(prog_name="kling-batch")
+    try:
+        cli.main(prog_name="kling-batch")
+    finally:
+        # The process ends here. Every object left is freed by reference count as the
+        # modules are torn down; the collector's passes over them at exit found nothing to
+        # free and took about 35 ms, a tenth of a one-edit plan of 10,000 renders (issue 13).
+        collector.freeze()
