@@ -151,9 +151,10 @@ class Plan:
         """True when a run would do anything at all."""
         return bool(self.followups) or any(i.action != "unchanged" for i in self.items)
 
-    @property
+    @cached_property
     def totals(self) -> Totals:
-        """Counts and costs; `to_run_cost` sums only what the run would pay for."""
+        """Counts and costs; `to_run_cost` sums only what the run would pay for (counted
+        once: a plan's items do not change)."""
         by_action: dict[str, int] = dict.fromkeys(ACTIONS, 0)
         for item in self.items:
             by_action[item.action] += 1
