@@ -15,10 +15,15 @@ here, and a check that fails raises `TemplateLimit` at once:
   the deadline is not checked);
 - output: every `{{ }}` value is measured before it becomes text, and joining output
   (a field, a `{% set %}` block, a macro) stops past `FIELD_MAX_CHARS`;
-- sameness: a `{{ }}` value or `~` operand that is a function, class or macro (forgotten
-  parentheses: `{{ range }}`, `{{ joiner() }}`) or whose text holds a memory address
-  (`<... object at 0x...>`: a cycler, a generator) is refused, like `lipsum()` and the
-  `random` filter: it would change the request on every plan, billing it again;
+- sameness: whatever turns a value into text (a `{{ }}` value, a `~` operand, a filter's
+  input or argument, `%`'s and a text method's arguments, the items `join` joins) refuses
+  a function, class or macro (forgotten parentheses: `{{ range }}`, `{{ joiner() }}`) or
+  an object whose text holds a memory address (`<... object at 0x...>`: a cycler, a
+  generator, a method), even inside a list, and `-` refuses to make a set (of a dict's
+  keys or items: its order follows string hashes, which differ between processes), like
+  `lipsum()` and the `random` filter: each would change the request on every plan, billing
+  it again. Filters that only pass values on (`list`, `first`, `map`, `sort`, `attr`, ...)
+  take anything: what they pass on is checked where it becomes text;
 - what is measured: `measure` counts the text a value becomes, through every container
   and `namespace()` (list literals are not checked as they are built, so ten lists of
   ten nested eight deep are small in memory and 100 GB as text); any other object counts
@@ -42,9 +47,10 @@ import time
 from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, ValuesView
 from typing import Any
 
-from jinja2 import nodes, pass_environment
+from jinja2 import nodes, pass_environment, pass_eval_context
 from jinja2.compiler import CodeGenerator, Frame
-from jinja2.filters import make_attrgetter
+from jinja2.filters import make_attrgetter, sync_do_join
+from jinja2.nodes import EvalContext
 from jinja2.runtime import Context, Macro, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace, _PassArg
@@ -80,6 +86,38 @@ _GROWING = frozenset(
         "zfill",
     }
 )
+# Filters that never make text of their input or arguments, only pass them on (or count,
+# compare, sort them): an object without a fixed text may go through them. `join` checks
+# the items it joins itself (its input may be a generator).
+_PASSING = frozenset(
+    {
+        "attr",
+        "batch",
+        "count",
+        "d",
+        "default",
+        "dictsort",
+        "first",
+        "groupby",
+        "items",
+        "join",
+        "last",
+        "length",
+        "list",
+        "map",
+        "max",
+        "min",
+        "reject",
+        "rejectattr",
+        "reverse",
+        "select",
+        "selectattr",
+        "slice",
+        "sort",
+        "sum",
+        "unique",
+    }
+)
 # printf-style conversions: `%[(key)][flags][width][.precision]type`.
 _PRINTF = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
 _NUMBER = re.compile(r"\d+")
@@ -91,6 +129,8 @@ _HEX = re.compile(r"0x[0-9a-f]+", re.IGNORECASE)
 # `<generator object ... at 0x...>`.
 _OBJECT_CHARS = 64
 _CONTAINERS = (list, tuple, set, frozenset, dict, KeysView, ValuesView, ItemsView)
+# Values whose text is fixed by what they are (an undefined name fails on its own).
+_FIXED = (str, bytes, int, float, range, Undefined)
 
 
 def measure(value: Any, budget: int = CALL_MAX_WORK) -> int:
@@ -136,7 +176,7 @@ class GuardedEnvironment(ImmutableSandboxedEnvironment):
     without going through a checked operator.
     """
 
-    intercepted_binops = frozenset({"**", "*", "+", "%"})
+    intercepted_binops = frozenset({"**", "*", "+", "%", "-"})
 
     def __init__(self, **options: Any) -> None:
         super().__init__(finalize=self._finalize, **options)
@@ -147,6 +187,7 @@ class GuardedEnvironment(ImmutableSandboxedEnvironment):
         self.globals["lipsum"] = _lipsum
         self.filters["random"] = _random
         self.filters["sum"] = _sum
+        self.filters["join"] = _join
         for name, func in list(self.filters.items()):
             self.filters[name] = self._guard_filter(name, func)
 
@@ -168,10 +209,17 @@ class GuardedEnvironment(ImmutableSandboxedEnvironment):
         return "".join(collected)
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        """`**`, `*`, `+` and `%`, refused before computing a result over the caps."""
+        """`**`, `*`, `+`, `%` and `-`, refused before computing a result over the caps;
+        `-` refused a set as its result."""
         self.check_deadline()
         _check_binop(operator, left, right)
-        return super().call_binop(context, operator, left, right)
+        result = super().call_binop(context, operator, left, right)
+        if isinstance(result, set | frozenset):
+            raise TemplateLimit(
+                f"'-' made a set (of a dict's keys or items), whose order {_CHANCE}; "
+                "drop items with reject('in', [...]) instead"
+            )
+        return result
 
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         """Every call a template makes: deadline, then the same checks as filters."""
@@ -183,6 +231,8 @@ class GuardedEnvironment(ImmutableSandboxedEnvironment):
         owner = getattr(target, "__self__", None)
         value = owner if isinstance(owner, str | list | tuple | dict) else None
         _check_call(name, value, args, kwargs)
+        if isinstance(owner, str):  # `'{}'.format(x)`: its arguments become text
+            _check_fixed((args, kwargs), f"{name}() was given")
         if name in ("format", "format_map") and isinstance(owner, str):
             _check_format(owner)
         result = super().call(context, obj, *args, **kwargs)
@@ -218,6 +268,8 @@ class GuardedEnvironment(ImmutableSandboxedEnvironment):
             self.check_deadline()
             value = args[skip] if len(args) > skip else None
             _check_call(name, value, args[skip + 1 :], kwargs)
+            if name not in _PASSING:
+                _check_fixed((value, args[skip + 1 :], kwargs), f"the {name} filter was given")
             if name == "format" and isinstance(value, str):
                 _check_printf(value)
             result = func(*args, **kwargs)
@@ -257,19 +309,36 @@ class _GuardedCodeGenerator(CodeGenerator):
 
 def _as_text(value: Any, where: str) -> Any:
     """`value`'s text (a number or an undefined name as it is: Jinja converts those),
-    refused when `value` is a function, class or macro (forgotten parentheses) or when
-    its text holds a memory address, as objects without a text of their own show."""
+    refused as `_check_fixed` says."""
     if isinstance(value, Undefined | int | float) or value is None:
         return value
-    if callable(value):
-        raise TemplateLimit(f"{where} {_named(value)}, not a value; call it (add parentheses)")
-    text = value if isinstance(value, str) else str(value)
-    address = _ADDRESS.search(text)
-    if address is not None:
-        shown = _HEX.sub("0x...", address.group())[:100]
-        hint = "; add |list to print its items" if isinstance(value, Iterator) else ""
-        raise TemplateLimit(f"{where} '{shown}', whose memory address {_CHANCE}{hint}")
-    return text
+    _check_fixed(value, where)
+    return value if isinstance(value, str) else str(value)
+
+
+def _check_fixed(value: Any, where: str) -> None:
+    """Refuse `value` when it holds (through containers and `namespace()`s) a function,
+    class or macro (forgotten parentheses) or an object whose text holds a memory address,
+    as objects without a text of their own show: their text changes from run to run."""
+    pending = [value]
+    seen = 0
+    while pending and seen <= CALL_MAX_WORK:
+        item = pending.pop()
+        seen += 1
+        if isinstance(item, _FIXED) or item is None:
+            continue
+        if isinstance(item, _CONTAINERS):
+            pending.extend(item.items() if isinstance(item, dict) else item)
+        elif isinstance(item, Namespace):
+            pending.append(object.__getattribute__(item, "_Namespace__attrs"))
+        elif callable(item):
+            raise TemplateLimit(f"{where} {_named(item)}, not a value; call it (add parentheses)")
+        else:
+            address = _ADDRESS.search(repr(item)) or _ADDRESS.search(str(item))
+            if address is not None:
+                shown = _HEX.sub("0x...", address.group())[:100]
+                hint = "; add |list to print its items" if isinstance(item, Iterator) else ""
+                raise TemplateLimit(f"{where} '{shown}', whose memory address {_CHANCE}{hint}")
 
 
 def _named(value: Any) -> str:
@@ -310,6 +379,7 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
     elif operator == "%" and isinstance(left, str):
         _check_printf(left)
         _check_call("%", None, (right,), {})
+        _check_fixed(right, "'%' was given")
 
 
 def _check_call(name: str, value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -390,6 +460,20 @@ def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str
 
 def _random(value: Any) -> Any:
     raise TemplateLimit(f"the random filter {_CHANCE}; pick the value, or use a matrix")
+
+
+@pass_eval_context
+def _join(
+    eval_ctx: EvalContext, value: Iterable[Any], d: str = "", attribute: str | int | None = None
+) -> str:
+    """Jinja's `join` filter with the items it joins (and its separator) checked as text
+    first: its input may be a generator, whose items are seen only here."""
+    items = list(value)
+    if attribute is not None:
+        items = list(map(make_attrgetter(eval_ctx.environment, attribute), items))
+    _check_call("join", items, (d,), {})
+    _check_fixed((items, d), "the join filter was given")
+    return sync_do_join(eval_ctx, items, d)
 
 
 @pass_environment

@@ -27,9 +27,11 @@ EXAMPLE_MANIFESTS = sorted(
 )
 
 
-def kb(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `python -m kling_batch` and capture its output."""
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+def kb(
+    *args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m kling_batch` and capture its output (`env` added to the environment)."""
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "kling_batch", *map(str, args)],
         capture_output=True,
@@ -232,6 +234,34 @@ def test_errors_are_one_line_without_traceback(project: Callable[..., Path]) -> 
     assert "shot 'a'" in quiet.stderr and "field 'model_tier'" in quiet.stderr
     loud = kb("-v", "plan", path)
     assert loud.returncode == 2 and "Traceback" in loud.stderr
+
+
+# Prompts Jinja would render differently in each process: an object's memory address
+# (however cut or changed on the way), or a set's order (it follows string hashes).
+UNSTABLE_PROMPTS = [
+    "{{ (joiner() | string)[-6:] }}",
+    "{{ cycler(1) | replace('at 0x', '') }}",
+    "{{ ('%r' % [cycler(1)])[-8:] }}",
+    "{{ ['a'] | map(attribute='upper') | join | urlencode }}",
+    "{{ ({'a': 1, 'b': 2, 'c': 3, 'd': 4, 'e': 5}.keys() - []) | join }}",
+]
+
+
+@pytest.mark.parametrize("prompt", UNSTABLE_PROMPTS)
+def test_a_prompt_is_the_same_in_every_process(project: Callable[..., Path], prompt: str) -> None:
+    """Two plans in two processes agree (here: both refuse the prompt, in one line naming
+    shot and field), so a rerun never sees the shot changed and pays for it again."""
+    path = project(f'[[shots]]\nid = "a"\nprompt = "dawn {prompt}"\n')
+    first = kb("plan", path, "--format", "json", env={"PYTHONHASHSEED": "1"})
+    second = kb("plan", path, "--format", "json", env={"PYTHONHASHSEED": "2"})
+    assert (second.returncode, second.stdout, second.stderr) == (
+        first.returncode,
+        first.stdout,
+        first.stderr,
+    )
+    assert first.returncode == 2, first.stdout
+    assert first.stderr.count("\n") == 1
+    assert "manifest.toml, shot 'a', field 'prompt': " in first.stderr
 
 
 def test_off_a_terminal_a_row_is_one_line_however_wide(project: Callable[..., Path]) -> None:

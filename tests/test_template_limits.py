@@ -98,10 +98,28 @@ def test_hostile_work_is_refused(text: str, words: str, tmp_path: Path) -> None:
         ("{{ cycler(1) }}", "printed '<jinja2.utils.Cycler object at 0x...>', whose memory"),
         ("{{ ['a'] | map('upper') }}", "address gives another text on every plan, so each"),
         ("{{ ['a'] | map('upper') }}", "; add |list to print its items"),
-        ("{{ [joiner()] }}", "printed '<jinja2.utils.Joiner object at 0x...>'"),
-        ("{{ joiner() | string }}", "printed '<jinja2.utils.Joiner object at 0x...>'"),
+        ("{{ [cycler(1)] }}", "printed '<jinja2.utils.Cycler object at 0x...>'"),
         ("{{ 'x' ~ cycler(1) }}", "'~' joined '<jinja2.utils.Cycler object at 0x...>'"),
         ("{{ 'x' ~ range }}", "'~' joined the function 'range', not a value"),
+        # turned into text on the way, however the text is cut or changed afterwards
+        ("{{ (joiner() | string)[-6:] }}", "the string filter was given a Joiner object"),
+        ("{{ cycler(1) | replace('at 0x', '') }}", "the replace filter was given '<jinja2."),
+        ("{{ cycler(1) | urlencode | length }}", "the urlencode filter was given '<jinja2"),
+        ("{{ [cycler(1)] | pprint }}", "the pprint filter was given '<jinja2.utils.Cycler"),
+        ("{{ {'a': cycler(1)} | tojson }}", "the tojson filter was given '<jinja2.utils.Cyc"),
+        ("{{ '%s' | format(lipsum) }}", "the format filter was given the function 'lipsum'"),
+        ("{{ ('%r' % [cycler(1)])[:3] }}", "'%' was given '<jinja2.utils.Cycler object at"),
+        ("{{ '{}'.format(cycler(1)) | upper }}", "format() was given '<jinja2.utils.Cycler"),
+        ("{{ range | string | length }}", "the string filter was given the function 'range'"),
+        ("{% macro m() %}{% endmacro %}{{ m | trim }}", "trim filter was given the macro 'm'"),
+        ("{{ ['a'] | map(attribute='upper') | join }}", "the join filter was given the func"),
+        ("{{ ['a'] | join(attribute='upper') }}", "the join filter was given the function 'u"),
+        ("{{ ['a'] | map('upper') | string }}", "; add |list to print its items"),
+        ("{{ [cycler(1)] | first | lower }}", "the lower filter was given '<jinja2.utils.Cyc"),
+        ("{% set ns = namespace(c=cycler(1)) %}{{ ns | e }}", "the e filter was given '<jin"),
+        # a set's order follows string hashes, which differ from one process to the next
+        ("{{ ({'a': 1, 'b': 2}.keys() - []) | list }}", "'-' made a set (of a dict's keys"),
+        ("{{ ({'a': 1}.items() - []) | join }}", "'-' made a set (of a dict's keys or"),
     ],
 )
 def test_objects_are_not_printed(text: str, words: str, tmp_path: Path) -> None:
@@ -111,3 +129,12 @@ def test_objects_are_not_printed(text: str, words: str, tmp_path: Path) -> None:
     with pytest.raises(TemplateProblem) as info:
         templates.render(text, templates.context({}))
     assert words in info.value.message
+
+
+def test_text_that_looks_like_an_address_is_printed(tmp_path: Path) -> None:
+    """A value that is text is printed as it is, even one that reads like an address:
+    only objects whose text Python makes up from their address are refused."""
+    templates = Templates(tmp_path)
+    context = templates.context({"note": "<socket at 0x1f>"})
+    assert templates.render("{{ note }}", context) == "<socket at 0x1f>"
+    assert templates.render("{{ note | upper }}!", context) == "<SOCKET AT 0X1F>!"
