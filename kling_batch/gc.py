@@ -40,6 +40,7 @@ from pathlib import Path
 from rich.console import Console
 
 from kling_batch import safefiles, ui
+from kling_batch.atomic import remove_unused
 from kling_batch.canonical import sha256_file, tagged
 from kling_batch.errors import RunError
 from kling_batch.inventory import Inventory, read_inventory
@@ -141,11 +142,13 @@ def gc_command(manifest: Path, *, emulator: bool, remove: bool) -> int:
         project = read_project(manifest, emulator=emulator)  # again: a run may have ended
         garbage = find_garbage(project)
         report(project, garbage, console, removing=True)
-        reclaimed, failures = remove_garbage(project, garbage)
+        reclaimed, failures, busy = remove_garbage(project, garbage)
     for failure in failures:
         ui.say(f"error: could not remove {failure}")
+    for shown in busy:
+        ui.say(f"left {shown}: another process is writing it")
     if not garbage.empty:
-        removed = len(garbage.files) - len(failures)
+        removed = len(garbage.files) - len(failures) - len(busy)
         _print(console, f"Removed {_count(removed, 'file')}: reclaimed {size_text(reclaimed)}.")
     return 1 if failures else 0
 
@@ -395,9 +398,10 @@ def _is_mp4(path: Path) -> bool:
 # -- removing -----------------------------------------------------------------------------
 
 
-def remove_garbage(project: Project, garbage: Garbage) -> tuple[int, list[str]]:
+def remove_garbage(project: Project, garbage: Garbage) -> tuple[int, list[str], list[str]]:
     """Index what must stay, drop the entries (one atomic save), then remove the files;
-    (bytes reclaimed, files that could not be removed)."""
+    (bytes reclaimed, files that could not be removed, temp files a writer still holds:
+    a run of a manifest with no lockfile yet, whose run lock gc did not know to take)."""
     try:
         for indexed in garbage.reindex.values():
             project.state.remember_render(
@@ -417,8 +421,14 @@ def remove_garbage(project: Project, garbage: Garbage) -> tuple[int, list[str]]:
             lock.save(project.lock_file)
         except OSError as exc:
             raise RunError(f"cannot write {project.lock_file.name}: {exc}") from None
-    reclaimed, failures = 0, []
+    reclaimed, failures, busy = 0, [], []
     for found in garbage.files:
+        if found.path.name.startswith("."):  # a temp file: left while a writer holds it
+            if remove_unused(found.path):
+                reclaimed += found.size
+            elif found.path.exists():
+                busy.append(found.shown)
+            continue
         try:
             found.path.unlink()
         except FileNotFoundError:
@@ -428,7 +438,7 @@ def remove_garbage(project: Project, garbage: Garbage) -> tuple[int, list[str]]:
             continue
         reclaimed += found.size
     _prune_folders(project.root / project.inventory.output_dir, garbage.outputs)
-    return reclaimed, failures
+    return reclaimed, failures, busy
 
 
 def _prune_folders(base: Path, removed: Iterable[Found]) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +20,38 @@ if TYPE_CHECKING:
     from kling_batch.plan import Plan
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+# A process that makes a temp file for `argv[1]` (suffix `argv[2]`), prints its path and
+# holds it (its writer's lock) until its stdin closes.
+_TEMP_WRITER = (
+    "import sys; from pathlib import Path; from kling_batch.atomic import temp_beside; "
+    "print(temp_beside(Path(sys.argv[1]), suffix=sys.argv[2]), flush=True); sys.stdin.read()"
+)
+
+
+@contextlib.contextmanager
+def temp_in_another_process(target: Path, suffix: str) -> Iterator[Path]:
+    """A temp file `atomic.temp_beside` made for `target` in another process, which is
+    writing it for the block and then ends as a killed run would, leaving it behind."""
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent)}
+    command = [sys.executable, "-c", _TEMP_WRITER, str(target), suffix]
+    with subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    ) as writer:
+        assert writer.stdin is not None and writer.stdout is not None
+        temp = Path(writer.stdout.readline().strip())
+        try:
+            yield temp
+        finally:
+            writer.stdin.close()
+            writer.wait()
+
+
+def left_by_killed_writer(target: Path, suffix: str) -> Path:
+    """A temp file for `target` whose writer (another process) has ended."""
+    with temp_in_another_process(target, suffix) as temp:
+        return temp
+
+
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 

@@ -21,6 +21,7 @@ import filelock
 
 from kling_batch.emulator.media import render_mp4
 from kling_batch.lockfile import load_lockfile
+from tests.conftest import left_by_killed_writer, temp_in_another_process
 from tests.run.conftest import Project
 
 HEADER = 'version = 1\nname = "gc"\noutput_dir = "renders"\n'
@@ -228,6 +229,26 @@ def test_gc_says_when_there_is_nothing_to_clean_up(make_project: Callable[..., P
     assert result.returncode == 0, result.stderr
     assert "Nothing to clean up for shots.toml." in result.stdout
     assert files(project.root) == before
+
+
+def test_gc_leaves_a_temp_file_another_process_is_writing(
+    make_project: Callable[..., Project],
+) -> None:
+    """A download into the render cache still under way in another process (a first run
+    of a manifest with no lockfile yet, whose run lock gc did not take) keeps its temp
+    file; one a killed run left is removed."""
+    project = make_project(manifest("dawn"))
+    assert project.run().returncode == 0
+    download = project.root / ".kling-batch" / "cache" / "download"
+    stale = left_by_killed_writer(download, ".part")
+    with temp_in_another_process(download, ".part") as writing:
+        result = gc(project, "--yes")
+        assert result.returncode == 0, result.stderr
+        assert writing.exists() and not stale.exists()
+    assert f"left .kling-batch/cache/{writing.name}: another process is writing it" in (
+        result.stderr
+    )
+    assert "Removed 1 file" in result.stdout
 
 
 def test_gc_leaves_a_disabled_shot_alone(make_project: Callable[..., Project]) -> None:

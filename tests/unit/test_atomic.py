@@ -9,6 +9,7 @@ import pytest
 
 from kling_batch import atomic
 from kling_batch.atomic import atomic_write, commit_temp, sweep_temps, temp_beside
+from tests.conftest import left_by_killed_writer, temp_in_another_process
 
 
 def mode(path: Path) -> int:
@@ -73,9 +74,9 @@ def test_sweep_removes_only_temps_of_that_file(tmp_path: Path) -> None:
     """Stale temps of one file go; another file's temps and the file itself stay."""
     target = tmp_path / "a.lock"
     target.write_text("kept")
-    stale = [temp_beside(target, suffix=".tmp") for _ in range(2)]
-    other = temp_beside(tmp_path / "b.lock", suffix=".tmp")
-    download = temp_beside(target, suffix=".part")
+    stale = [left_by_killed_writer(target, ".tmp") for _ in range(2)]
+    other = left_by_killed_writer(tmp_path / "b.lock", ".tmp")
+    download = left_by_killed_writer(target, ".part")
     assert sweep_temps(target) == 2
     assert not any(p.exists() for p in stale)
     assert other.exists() and download.exists() and target.exists()
@@ -85,8 +86,39 @@ def test_sweep_removes_only_temps_of_that_file(tmp_path: Path) -> None:
 def test_sweep_treats_glob_characters_in_names_literally(tmp_path: Path) -> None:
     """A lockfile named with `[` and `*` sweeps its own temps, not its neighbours'."""
     odd = tmp_path / "a[1]*.lock"
-    mine = temp_beside(odd, suffix=".tmp")
-    neighbour = temp_beside(tmp_path / "a1x.lock", suffix=".tmp")
+    mine = left_by_killed_writer(odd, ".tmp")
+    neighbour = left_by_killed_writer(tmp_path / "a1x.lock", ".tmp")
     assert sweep_temps(odd) == 1
     assert not mine.exists() and neighbour.exists()
     assert [p.name for p in tmp_path.iterdir()] == [neighbour.name]
+
+
+@pytest.mark.parametrize(
+    ("target", "other", "suffix"),
+    [
+        ("hero.mp4", "hero.mp4.other-thing", ".part"),
+        ("hero.mp4", "hero.mp4.v2.mp4", ".part"),
+        ("a.lock", "a.lock.lock", ".tmp"),  # the lockfiles of a.toml and a.lock.toml
+        ("a.lock", "a.lock.emulator.lock", ".tmp"),
+    ],
+)
+def test_sweep_leaves_the_temps_of_a_file_whose_name_starts_alike(
+    tmp_path: Path, target: str, other: str, suffix: str
+) -> None:
+    """`hero.mp4`'s sweep leaves `hero.mp4.other-thing`'s temp file: another target's
+    download or lockfile save, which may be under way in another run."""
+    theirs = left_by_killed_writer(tmp_path / other, suffix)
+    mine = left_by_killed_writer(tmp_path / target, suffix)
+    assert sweep_temps(tmp_path / target, suffix=suffix) == 1
+    assert theirs.exists() and not mine.exists()
+
+
+def test_sweep_leaves_a_temp_another_process_is_writing(tmp_path: Path) -> None:
+    """A download still under way in another process keeps its temp file; once that
+    process is gone (killed), the next sweep removes it."""
+    target = tmp_path / "hero.mp4"
+    with temp_in_another_process(target, ".part") as temp:
+        assert sweep_temps(target, suffix=".part") == 0
+        assert temp.exists()
+    assert sweep_temps(target, suffix=".part") == 1
+    assert not temp.exists()

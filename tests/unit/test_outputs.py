@@ -21,6 +21,7 @@ from kling_batch.outputs import (
     verify_and_place,
 )
 from kling_batch.payloads import Download
+from tests.conftest import left_by_killed_writer
 
 MP4 = render_mp4("16:9", Decimal(4))
 OTHER = render_mp4("1:1", Decimal(4))
@@ -136,10 +137,11 @@ def test_a_declared_length_is_never_second_guessed_by_the_video_length(tmp_path:
 def test_temp_beside_sweeps_stale_downloads_of_that_target(tmp_path: Path) -> None:
     """A killed run's partial download of the same output is removed; others stay."""
     target = tmp_path / "a.mp4"
-    stale = temp_beside(target)
-    other = temp_beside(tmp_path / "b.mp4")
+    stale = left_by_killed_writer(target, ".part")
+    other = left_by_killed_writer(tmp_path / "b.mp4", ".part")
+    longer = left_by_killed_writer(tmp_path / "a.mp4.v2.mp4", ".part")
     fresh = temp_beside(target)
-    assert not stale.exists() and other.exists() and fresh.exists()
+    assert not stale.exists() and other.exists() and longer.exists() and fresh.exists()
 
 
 def test_place_copy_checks_the_source_hash(tmp_path: Path) -> None:
