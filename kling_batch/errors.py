@@ -24,7 +24,8 @@
                ├── ShotRejected     400, 404, 422, other 4xx: this request never succeeds
                ├── JobNotFound      404 on a job: unknown id or its state expired
                ├── ResultExpired    401/403/404/410 on a result URL
-               └── AmbiguousSubmit  a submit may have created (and billed) a job
+               ├── AmbiguousSubmit  a submit may have created (and billed) a job
+               └── SubmitWithdrawn  not sent: the run stopped before the submit went out
 
     Problem                         a value-level complaint inside one layer, turned into a
      │                              UserError (or a render's failure) by its caller
@@ -201,6 +202,10 @@ class ResultExpired(ApiError):
 
 class AmbiguousSubmit(ApiError):
     """A submit may have created (and billed) a job but no job id came back: record `uncertain`."""
+
+
+class SubmitWithdrawn(ApiError):
+    """Not sent: the run stopped submitting (Ctrl-C) before this submit went out."""
 
 
 # -- problems inside one layer ------------------------------------------------------------

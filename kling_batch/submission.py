@@ -4,7 +4,8 @@
 point leaves a record: `submitting` (the POST may have gone out: never re-sent blindly),
 `submitted` with the job id, `failed` (refused, nothing created) or `uncertain` (sent, no
 answer: it may have been billed). A stop or cancel that lands after `submitting` was
-saved but before the POST puts the previous record back.
+saved but before the POST (inputs uploaded again for a resend, say) puts the previous
+record back: nothing is sent once the run stopped.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from kling_batch.errors import (
     KeyRefused,
     RunFatal,
     ShotRejected,
+    SubmitWithdrawn,
     UploadFailed,
 )
 from kling_batch.lockfile import Charge, Entry, LockWriter, inherited, new_entry
@@ -83,14 +85,15 @@ class Submitter:
         refused to send it (`KeyRefused`: the API refused the key earlier in the run).
         With `rewire`, a POST refused because the API no longer knows an upload path is
         sent once more with the body `rewire` makes after uploading again (a refused
-        request is not billed).
+        request is not billed), unless the run stopped meanwhile: that resend is a new
+        POST like any other.
         """
         if not await self._save_submitting(render, previous, body):
             return None
         self.events.event(render.id, "submitting")
         try:
-            entry = await self._post(render, body, rewire)
-        except KeyRefused:
+            entry = await self._post(render, body, rewire, previous)
+        except (KeyRefused, SubmitWithdrawn):
             await self._unsubmit(render.id, previous)  # never sent: the record goes back
             return None
         await self.writer.commit()
@@ -162,9 +165,15 @@ class Submitter:
         return True
 
     async def _post(
-        self, render: PlannedRender, body: dict[str, Any], rewire: Rewire | None = None
+        self,
+        render: PlannedRender,
+        body: dict[str, Any],
+        rewire: Rewire | None = None,
+        previous: Entry | None = None,
     ) -> Entry:
-        """The POST; returns the entry updated with its answer (saved by the caller)."""
+        """The POST; returns the entry updated with its answer (saved by the caller).
+        `SubmitWithdrawn` when the run stopped before it went out (the caller puts back
+        `previous`, which a resend cancelled before its POST puts back itself)."""
         headers = {FINGERPRINT_HEADER: render.fingerprint}
         try:
             # Shielded: once the POST is on the wire, hearing its answer beats guessing.
@@ -178,7 +187,7 @@ class Submitter:
             )
         except ShotRejected as exc:
             stale = stale_paths(exc, body) if rewire is not None else set()
-            rewired = await self._rewired(render, rewire, stale) if stale else None
+            rewired = await self._rewired(render, previous, rewire, stale) if stale else None
             if rewired is None:
                 return self._refused(render, f"rejected: {exc}")
             return rewired
@@ -190,6 +199,10 @@ class Submitter:
             raise
         except ApiError as exc:
             return self._refused(render, f"not submitted: {exc}")
+        return self._answered(render, submission)
+
+    def _answered(self, render: PlannedRender, submission: Submission) -> Entry:
+        """The entry of an answered POST: `submitted`, with its job id and charge."""
         self.report.submitted[render.id] = render.cost
         self.on_job(submission.job_id)
         now = self.clock.now()
@@ -207,25 +220,46 @@ class Submitter:
         )
 
     async def _rewired(
-        self, render: PlannedRender, rewire: Rewire | None, stale: set[str]
+        self, render: PlannedRender, previous: Entry | None, rewire: Rewire | None, stale: set[str]
     ) -> Entry | None:
         """Upload again the inputs whose paths the API forgot, then POST once more; None
-        when none of the refused paths was an upload of this run's (nothing to redo)."""
+        when none of the refused paths was an upload of this run's (nothing to redo).
+
+        A stop seen before that POST raises `SubmitWithdrawn`, and a cancel during the
+        upload puts `previous` back: the refused first POST made nothing, so the record is
+        what a stop before any POST leaves.
+        """
         assert rewire is not None
+        self._unless_stopped()  # no upload for a resend that will not go out
         try:
             body = await rewire(stale)
+            if body is not None:
+                await self._resending(render, body)
         except UploadFailed as exc:
             return self._refused(render, str(exc))
-        if body is None:
-            return None
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._unsubmit(render.id, previous)
+            raise
+        return None if body is None else await self._post(render, body)
+
+    async def _resending(self, render: PlannedRender, body: dict[str, Any]) -> None:
+        """Save the digest of the resend's body before it goes out; `SubmitWithdrawn` if
+        the run stopped meanwhile (the upload may have taken a while)."""
         entry = self.writer.get(render.id)
         assert entry is not None
         self.writer.update(
             render.id, submissions=entry.charged(None, sent=kling_o3.sent_digest(body))
         )
-        await self.writer.commit()  # the digest of the body about to go out, first
+        await self.writer.commit()
+        await anyio.lowlevel.checkpoint()  # a second Ctrl-C during the save lands here
+        self._unless_stopped()
         self.events.event(render.id, "submitting", "inputs uploaded again (paths expired)")
-        return await self._post(render, body)
+
+    def _unless_stopped(self) -> None:
+        """Raise `SubmitWithdrawn` once the run stopped submitting."""
+        if self.stopped.is_set():
+            raise SubmitWithdrawn("not sent again: the run stopped submitting")
 
     def _refused(self, render: PlannedRender, error: str) -> Entry:
         """The API refused the POST: nothing was created, so its charge is dropped. A

@@ -587,3 +587,78 @@ def test_a_resend_after_a_complete_look_that_fails_before_its_post_is_retried(
     assert entry.state == "failed" and [c.no_job for c in entry.submissions] == [True]
     assert api.submits == []
     assert build_plan(path, now=NOW).items[0].action == "retry"
+
+
+@pytest.mark.parametrize("earlier", [None, "uncertain"])
+def test_a_stop_while_inputs_upload_again_sends_no_resend(
+    project: Callable[..., Path], image: Callable[[str], Path], earlier: str | None
+) -> None:
+    """The API refuses a submission for an upload path it forgot; Ctrl-C lands while the
+    input uploads again: the resend is not POSTed, and the record is what a stop before
+    any POST leaves (nothing new, or the earlier unanswered submission still uncertain),
+    so the next plan renders it anew or still looks for its job first."""
+    image("still.png")
+    path = project('[[shots]]\nid = "b"\nprompt = "p"\nimage = "still.png"\n')
+    api = FakeApi()
+    api.script["list_jobs_page"] = lambda: None  # no job list: a look never rules a job out
+    unanswered = lost_answer(path, api, earlier) if earlier else None
+    plan = build_plan(path, now=NOW)
+    writer = LockWriter(plan.lock_path, plan.lock)
+    executor = Executor(
+        root=path.parent,
+        client=api,
+        writer=writer,
+        events=Quiet(),
+        options=RunOptions(resubmit_uncertain="blind"),
+    )
+    posts: list[str] = []
+
+    def forgotten() -> None:
+        posts.append("POST")
+        raise ShotRejected("unknown or expired upload path bunny://up/still.png", status=400)
+
+    def stop_once_refused(upload: Path) -> None:
+        if posts:
+            executor.stop("interrupted (Ctrl-C)")
+
+    api.script.update(submit=forgotten, upload=stop_once_refused)
+    report = anyio.run(executor.run, list(plan.items))
+    assert posts == ["POST"] and api.submits == []
+    assert [o.state for o in report.outcomes] == ["skipped"]
+    lock = load_lockfile(path.with_suffix(".lock"))
+    assert lock.shots.get("b") == unanswered
+    assert build_plan(path, now=NOW).items[0].action == (earlier or "new")
+
+
+def test_a_cancel_while_inputs_upload_again_puts_the_record_back(
+    project: Callable[..., Path], image: Callable[[str], Path]
+) -> None:
+    """A second Ctrl-C while the input uploads again for a refused submission: nothing was
+    created, so the next plan renders the shot as new instead of holding it uncertain."""
+    image("still.png")
+    path = project('[[shots]]\nid = "b"\nprompt = "p"\nimage = "still.png"\n')
+    api = FakeApi()
+    plan = build_plan(path, now=NOW)
+    writer = LockWriter(plan.lock_path, plan.lock)
+    executor = Executor(root=path.parent, client=api, writer=writer, events=Quiet())
+    posts: list[str] = []
+    scopes: list[anyio.CancelScope] = []
+
+    def forgotten() -> None:
+        posts.append("POST")
+        raise ShotRejected("unknown or expired upload path bunny://up/still.png", status=400)
+
+    def cancel_once_refused(upload: Path) -> None:
+        if posts:
+            scopes[0].cancel()  # the second Ctrl-C
+
+    async def main() -> None:
+        with anyio.CancelScope() as leave:
+            scopes.append(leave)
+            await executor.run(list(plan.items))
+
+    api.script.update(submit=forgotten, upload=cancel_once_refused)
+    anyio.run(main)
+    assert posts == ["POST"]
+    assert "b" not in load_lockfile(path.with_suffix(".lock")).shots
+    assert build_plan(path, now=NOW).items[0].action == "new"
