@@ -9,7 +9,8 @@ answered with a definite refusal (429, 503, or a 5xx carrying its own JSON error
 a 5xx page from a proxy, and any failure after bytes may have been sent
 (write/read errors and timeouts, a dropped connection, a 2xx without a job id, a gateway
 timeout from `RetryPolicy.ambiguous_submit_statuses`, a 303 See Other) is `AmbiguousSubmit`,
-never retried.
+never retried. A submit given `halt` (the run's stop) is never sent once it is set, however
+long it has waited for its turn or for a retry: it raises `SubmitWithdrawn`.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from kling_batch.errors import (
     RunFatal,
     ServerError,
     ShotRejected,
+    SubmitWithdrawn,
     TruncatedDownload,
 )
 from kling_batch.joblist import JobPage, NextPage, parse_job_page
@@ -196,9 +198,17 @@ class EmpirioClient:
     # -- operations ---------------------------------------------------------------------
 
     async def submit(
-        self, body: Mapping[str, Any], *, headers: Mapping[str, str] | None = None
+        self,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        halt: anyio.Event | None = None,
     ) -> Submission:
-        """`POST /v1/videos/generations`; raises `AmbiguousSubmit` if the outcome is unknown."""
+        """`POST /v1/videos/generations`; raises `AmbiguousSubmit` if the outcome is unknown.
+
+        Once `halt` is set (the run stopped submitting) no attempt of it goes out: waiting
+        for its turn or for a retry after a refusal, it raises `SubmitWithdrawn` at once.
+        """
         url = self._api_url("v1/videos/generations")
         content = json.dumps(dict(body), default=json_default).encode()
         extra = {"Content-Type": "application/json", **(headers or {})}
@@ -219,7 +229,7 @@ class EmpirioClient:
                 raw=payload,
             )
 
-        return await self._call("submit", make, handle)
+        return await self._call("submit", make, handle, halt=halt)
 
     async def get_job(self, job_id: str, poll_url: str | None = None) -> JobState:
         """`GET` the job at its poll URL (or `/v1/jobs/{id}`); 404 raises `JobNotFound`."""
@@ -361,11 +371,14 @@ class EmpirioClient:
         op: _Op,
         make: Callable[[contextlib.ExitStack], httpx.Request],
         handle: Callable[[httpx.Response], Awaitable[T]],
+        *,
+        halt: anyio.Event | None = None,
     ) -> T:
         """Send with retries; return `handle(response)` of the first usable 2xx.
 
         After the API's first 401 no request to its origin goes out again: each later one,
-        and each one waiting for its turn or a retry, raises `KeyRefused` (issue 9).
+        and each one waiting for its turn or a retry, raises `KeyRefused` (issue 9). Once
+        `halt` is set, likewise, with `SubmitWithdrawn`.
         """
         attempt = 0
         while True:
@@ -375,7 +388,8 @@ class EmpirioClient:
                 request = make(stack)
                 keyed = self._same_origin(request.url)
                 limited = self._is_limited(request.url)
-                await self._unless_refused(keyed, self._limiter.acquire if limited else None)
+                turn = self._limiter.acquire if limited else None
+                await self._unless_refused(keyed, turn, halt)
                 try:
                     response = await self._http.send(
                         request, stream=True, follow_redirects=op == "download"
@@ -397,7 +411,7 @@ class EmpirioClient:
                     finally:
                         await response.aclose()
             delay = self._retry_delay(request, error, attempt, cause)
-            await self._unless_refused(keyed, partial(self._clock.sleep, delay))
+            await self._unless_refused(keyed, partial(self._clock.sleep, delay), halt)
 
     def _retry_delay(
         self, request: httpx.Request, error: ApiError, attempt: int, cause: BaseException | None
@@ -418,25 +432,34 @@ class EmpirioClient:
         return delay
 
     async def _unless_refused(
-        self, keyed: bool, wait: Callable[[], Awaitable[None]] | None
+        self,
+        keyed: bool,
+        wait: Callable[[], Awaitable[None]] | None,
+        halt: anyio.Event | None = None,
     ) -> None:
         """Await `wait` (a turn of the rate limiter, a retry's backoff), then return, unless
         the key has been refused: a request carrying it then raises `KeyRefused`, at once,
-        even while it waits (requests queued behind the limiter must not go out)."""
-        if keyed:
-            self._check_key()
+        even while it waits (requests queued behind the limiter must not go out). Likewise
+        `SubmitWithdrawn` once `halt` is set (a submit the run stopped before it was sent;
+        the caller shields a submit, so this is what ends its wait)."""
+        self._check_sendable(keyed, halt)
         if wait is None:
             return
-        if not keyed:
-            await wait()
-            return
         with anyio.CancelScope() as scope:
-            self._waiting.add(scope)
+            if keyed:
+                self._waiting.add(scope)
             try:
-                await wait()
+                await _unless_set(halt, wait)
             finally:
                 self._waiting.discard(scope)
-        self._check_key()
+        self._check_sendable(keyed, halt)
+
+    def _check_sendable(self, keyed: bool, halt: anyio.Event | None) -> None:
+        """Raise `KeyRefused` or `SubmitWithdrawn` when the request must not go out."""
+        if keyed:
+            self._check_key()
+        if halt is not None and halt.is_set():
+            raise SubmitWithdrawn("not sent: the run stopped submitting before it went out")
 
     def _check_key(self) -> None:
         """Raise `KeyRefused` (the first 401's words) once the API has refused the key."""
@@ -644,6 +667,22 @@ class EmpirioClient:
         if prefix and relative.startswith(prefix):
             relative = relative[len(prefix) :]
         return str(self._base.join(relative))
+
+
+async def _unless_set(event: anyio.Event | None, wait: Callable[[], Awaitable[None]]) -> None:
+    """Await `wait`, cut short as soon as `event` is set."""
+    if event is None:
+        await wait()
+        return
+    async with anyio.create_task_group() as group:
+
+        async def cut() -> None:
+            await event.wait()
+            group.cancel_scope.cancel()
+
+        group.start_soon(cut)
+        await wait()
+        group.cancel_scope.cancel()
 
 
 async def _json_object(response: httpx.Response) -> Mapping[str, Any]:

@@ -4,8 +4,8 @@
 point leaves a record: `submitting` (the POST may have gone out: never re-sent blindly),
 `submitted` with the job id, `failed` (refused, nothing created) or `uncertain` (sent, no
 answer: it may have been billed). A stop or cancel that lands after `submitting` was
-saved but before the POST (inputs uploaded again for a resend, say) puts the previous
-record back: nothing is sent once the run stopped.
+saved but before the POST (the client waiting for its turn or a retry, inputs uploaded
+again for a resend) puts the previous record back: nothing is sent once the run stopped.
 """
 
 from __future__ import annotations
@@ -45,8 +45,13 @@ class Poster(Protocol):
     def clock(self) -> Clock: ...
 
     async def submit(
-        self, body: Mapping[str, Any], *, headers: Mapping[str, str] | None = None
-    ) -> Submission: ...
+        self,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        halt: anyio.Event | None = None,
+    ) -> Submission:
+        """POST `body`; once `halt` is set, raise `SubmitWithdrawn` instead of sending."""
 
 
 class Submitter:
@@ -176,9 +181,10 @@ class Submitter:
         `previous`, which a resend cancelled before its POST puts back itself)."""
         headers = {FINGERPRINT_HEADER: render.fingerprint}
         try:
-            # Shielded: once the POST is on the wire, hearing its answer beats guessing.
+            # Shielded: once the POST is on the wire, hearing its answer beats guessing. A
+            # stop ends the client's waits before it (`halt`).
             with anyio.CancelScope(shield=True):
-                submission = await self.client.submit(body, headers=headers)
+                submission = await self.client.submit(body, headers=headers, halt=self.stopped)
         except AmbiguousSubmit as exc:
             self.report.submitted[render.id] = render.cost
             error = f"no answer to the submission ({exc}); it may have been billed"
@@ -191,8 +197,8 @@ class Submitter:
             if rewired is None:
                 return self._refused(render, f"rejected: {exc}")
             return rewired
-        except KeyRefused:
-            raise
+        except (KeyRefused, SubmitWithdrawn):
+            raise  # never sent
         except RunFatal as exc:
             self._refused(render, f"not submitted: {exc}")
             await self.writer.commit()

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
+from kling_batch.client import EmpirioClient
 from kling_batch.clock import ScaledClock, VirtualClock
 from kling_batch.errors import (
     AmbiguousSubmit,
@@ -58,7 +60,9 @@ class FakeApi:
         self.downloads = 0
         self.script: dict[str, Callable[..., Any]] = {}
 
-    async def submit(self, body: Mapping[str, Any], *, headers: Any = None) -> Submission:
+    async def submit(
+        self, body: Mapping[str, Any], *, headers: Any = None, halt: Any = None
+    ) -> Submission:
         if "submit" in self.script:
             self.script["submit"]()
         self.submits.append(body)
@@ -662,3 +666,39 @@ def test_a_cancel_while_inputs_upload_again_puts_the_record_back(
     assert posts == ["POST"]
     assert "b" not in load_lockfile(path.with_suffix(".lock")).shots
     assert build_plan(path, now=NOW).items[0].action == "new"
+
+
+def test_a_stop_while_a_refused_submit_waits_to_retry_sends_nothing_more(
+    project: Callable[..., Path],
+) -> None:
+    """The API answers a submission 429, asking for five minutes, as Ctrl-C lands: the
+    retry due after that wait never goes out, and the shot is left as never submitted."""
+    path = project(ONE)
+    plan = build_plan(path, now=NOW)
+    writer = LockWriter(plan.lock_path, plan.lock)
+    posts: list[str] = []
+    executors: list[Executor] = []
+
+    def busy(request: httpx.Request) -> httpx.Response:
+        posts.append(request.url.path)
+        executors[0].stop("interrupted (Ctrl-C)")
+        headers = {"retry-after-ms": "300000"}
+        return httpx.Response(429, json={"error": {"code": "rate_limited"}}, headers=headers)
+
+    async def main() -> RunReport:
+        client = EmpirioClient(
+            api_key="sk-empiriolabs-TESTKEY-0123456789abcdef",
+            transport=httpx.MockTransport(busy),
+            clock=VirtualClock(wall=NOW),
+            rpm=None,
+        )
+        async with client:
+            executors.append(
+                Executor(root=path.parent, client=client, writer=writer, events=Quiet())
+            )
+            return await executors[0].run(list(plan.items))
+
+    report = anyio.run(main)
+    assert posts == ["/v1/videos/generations"]
+    assert [o.state for o in report.outcomes] == ["skipped"]
+    assert "a" not in load_lockfile(path.with_suffix(".lock")).shots

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 
 from kling_batch.client import RetryPolicy
-from kling_batch.errors import AmbiguousSubmit, ConnectionFailed, RateLimited
+from kling_batch.errors import AmbiguousSubmit, ConnectionFailed, RateLimited, SubmitWithdrawn
 
 pytestmark = pytest.mark.anyio
 
@@ -307,3 +309,53 @@ async def test_proxy_error_page_on_submit_is_ambiguous(api, make_client, status)
         with pytest.raises(AmbiguousSubmit):
             await client.submit(BODY)
     assert len(api.seen) == 1
+
+
+async def test_a_stop_during_the_backoff_after_a_refusal_sends_no_retry(
+    api, make_client, error_response, clock
+):
+    """A submit refused with 429 waits to try again; the run stops meanwhile (Ctrl-C): the
+    retry, which would create a paid job, never goes out, and the wait ends at once."""
+    refused = error_response(429, "Slow down.", "rate_limited")
+    refused.headers["retry-after-ms"] = "300000"
+    api.on("POST", GEN, refused, {"job_id": "job_1"})
+    halt = anyio.Event()
+    raised: list[BaseException] = []
+
+    async def submit() -> None:
+        try:
+            await client.submit(BODY, halt=halt)
+        except SubmitWithdrawn as exc:
+            raised.append(exc)
+
+    async with make_client() as client, anyio.create_task_group() as group:
+        group.start_soon(submit)
+        while not api.seen:
+            await anyio.lowlevel.checkpoint()
+        halt.set()
+    assert api.paths() == [GEN] and len(raised) == 1
+    assert clock.monotonic() < 300
+
+
+async def test_a_submit_waiting_for_its_turn_is_not_sent_once_stopped(api, make_client, clock):
+    """Submits queued behind the rate limiter when the run stops are never sent."""
+    api.default = lambda request: httpx.Response(200, json={"job_id": "j"})
+    halt = anyio.Event()
+    outcomes: list[str] = []
+
+    async def submit() -> None:
+        try:
+            await client.submit(BODY, halt=halt)
+            outcomes.append("sent")
+        except SubmitWithdrawn:
+            outcomes.append("withdrawn")
+
+    async with make_client(rpm=1) as client, anyio.create_task_group() as group:
+        for _ in range(3):
+            group.start_soon(submit)
+        while not api.seen:
+            await anyio.lowlevel.checkpoint()
+        halt.set()
+    assert api.paths() == [GEN]
+    assert sorted(outcomes) == ["sent", "withdrawn", "withdrawn"]
+    assert clock.monotonic() < 60
