@@ -261,6 +261,8 @@ async def _run_with_signals(executor: Executor, items: list[PlanItem], ui: RunUI
                     continue
                 if executor.team is not None:
                     executor.team.abandon()  # leave now: no waiting for pushes either
+                # A submit waits shielded for its turn or a retry: the stop drops it unsent.
+                executor.stop_submitting.set()
                 scope.cancel()
 
     async with anyio.create_task_group() as group:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import signal
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import httpx
@@ -33,6 +34,7 @@ from kling_batch.outcomes import Quiet, RunReport
 from kling_batch.payloads import Download, ErrorInfo, JobState, Submission, Upload, parse_job
 from kling_batch.plan import Plan, build_plan
 from kling_batch.run_summary import run_summary
+from kling_batch.runner import _run_with_signals
 from kling_batch.spend import spend_report
 from tests.conftest import NOW
 
@@ -701,4 +703,37 @@ def test_a_stop_while_a_refused_submit_waits_to_retry_sends_nothing_more(
     report = anyio.run(main)
     assert posts == ["/v1/videos/generations"]
     assert [o.state for o in report.outcomes] == ["skipped"]
+    assert "a" not in load_lockfile(path.with_suffix(".lock")).shots
+
+
+def test_sigterm_while_a_refused_submit_waits_to_retry_sends_nothing_more(
+    project: Callable[..., Path],
+) -> None:
+    """SIGTERM (leave now, with no Ctrl-C before it) as a submission is answered 429 with
+    five minutes to wait: the run leaves without sending the retry."""
+    path = project(ONE)
+    plan = build_plan(path, now=NOW)
+    writer = LockWriter(plan.lock_path, plan.lock)
+    posts: list[str] = []
+
+    def busy(request: httpx.Request) -> httpx.Response:
+        posts.append(request.url.path)
+        if len(posts) == 1:
+            signal.raise_signal(signal.SIGTERM)
+        headers = {"retry-after-ms": "300000"}
+        return httpx.Response(429, json={"error": {"code": "rate_limited"}}, headers=headers)
+
+    async def main() -> None:
+        client = EmpirioClient(
+            api_key="sk-empiriolabs-TESTKEY-0123456789abcdef",
+            transport=httpx.MockTransport(busy),
+            clock=VirtualClock(wall=NOW),
+            rpm=None,
+        )
+        async with client:
+            executor = Executor(root=path.parent, client=client, writer=writer, events=Quiet())
+            await _run_with_signals(executor, list(plan.items), cast(Any, None))
+
+    anyio.run(main)
+    assert posts == ["/v1/videos/generations"]
     assert "a" not in load_lockfile(path.with_suffix(".lock")).shots
