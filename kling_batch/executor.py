@@ -187,6 +187,9 @@ class Executor:
                 self.report.outcomes.append(_outcome(item, "pending", detail))
             raise
         except LockWriteError:
+            # The run ends: nothing more may go out whose job it could not record (a
+            # submit waiting shielded for its retry would otherwise still be sent).
+            self.stop_submitting.set()
             raise
         except Exception as exc:  # an unexpected failure must not cancel paid siblings
             log.debug("render %s failed unexpectedly", render.id, exc_info=True)

@@ -14,6 +14,7 @@ import anyio
 import httpx
 import pytest
 
+from kling_batch.atomic import atomic_write
 from kling_batch.client import EmpirioClient
 from kling_batch.clock import ScaledClock, VirtualClock
 from kling_batch.errors import (
@@ -21,6 +22,7 @@ from kling_batch.errors import (
     ApiError,
     ConnectionFailed,
     JobNotFound,
+    LockWriteError,
     ResultExpired,
     RunFatal,
     ServerError,
@@ -704,6 +706,54 @@ def test_a_stop_while_a_refused_submit_waits_to_retry_sends_nothing_more(
     assert posts == ["/v1/videos/generations"]
     assert [o.state for o in report.outcomes] == ["skipped"]
     assert "a" not in load_lockfile(path.with_suffix(".lock")).shots
+
+
+def test_a_lockfile_that_cannot_be_written_stops_a_submit_waiting_to_retry(
+    project: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One submission is answered 429 with five minutes to wait; meanwhile the lockfile
+    can no longer be written and the run ends: the retry, whose job the run could not
+    record, never goes out."""
+    path = project('[[shots]]\nid = "a"\nprompt = "one"\n[[shots]]\nid = "b"\nprompt = "two"\n')
+    plan = build_plan(path, now=NOW)
+    writer = LockWriter(plan.lock_path, plan.lock)
+    posts: list[str] = []
+    broken: list[bool] = []
+
+    def save(target: Path, data: object, **_: object) -> None:
+        if broken:
+            raise OSError(28, "No space left on device")
+        atomic_write(target, data)  # type: ignore[arg-type]
+
+    def api(request: httpx.Request) -> httpx.Response:
+        posts.append(request.url.path)
+        if len(posts) == 1:
+            broken.append(True)  # from now on the disk is full
+            headers = {"retry-after-ms": "300000"}
+            return httpx.Response(429, json={"error": {"code": "rate_limited"}}, headers=headers)
+        return httpx.Response(200, json={"job_id": f"job_{len(posts)}", "status": "queued"})
+
+    monkeypatch.setattr("kling_batch.lockfile.atomic_write", save)
+
+    async def main() -> None:
+        client = EmpirioClient(
+            api_key="sk-empiriolabs-TESTKEY-0123456789abcdef",
+            transport=httpx.MockTransport(api),
+            clock=ScaledClock(0.01),  # the five minutes last 3 s: the failed save comes first
+            rpm=None,
+        )
+        async with client:
+            executor = Executor(root=path.parent, client=client, writer=writer, events=Quiet())
+            await executor.run(list(plan.items))
+
+    with pytest.raises(BaseException) as raised:
+        anyio.run(main)
+    assert (
+        raised.group_contains(LockWriteError)
+        if isinstance(raised.value, BaseExceptionGroup)
+        else isinstance(raised.value, LockWriteError)
+    )
+    assert posts == ["/v1/videos/generations"] * 2
 
 
 def test_sigterm_while_a_refused_submit_waits_to_retry_sends_nothing_more(
