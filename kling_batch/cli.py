@@ -587,14 +587,15 @@ def _check_faults(
     "--poll-url",
     default="absolute",
     show_default=True,
-    type=click.Choice(["absolute", "relative", "absent"]),
-    help="Shape of poll_url in submit answers.",
+    type=click.Choice(["absolute", "relative", "absent", "location"]),
+    help="Shape of poll_url in submit answers; location: no job id in the body, the job's "
+    "path in a Location header (needs --submit-status 201 or 202).",
 )
 @click.option(
     "--submit-status",
     default=200,
     show_default=True,
-    type=click.Choice(["200", "202"]),
+    type=click.Choice(["200", "201", "202"]),
     help="HTTP status of an accepted submit.",
 )
 @click.option(

@@ -9,8 +9,9 @@ answered with a definite refusal (429, 503, or a 5xx carrying its own JSON error
 a 5xx page from a proxy, and any failure after bytes may have been sent
 (write/read errors and timeouts, a dropped connection, a 2xx without a job id, a gateway
 timeout from `RetryPolicy.ambiguous_submit_statuses`, a 303 See Other) is `AmbiguousSubmit`,
-never retried. A submit given `halt` (the run's stop) is never sent once it is set, however
-long it has waited for its turn or for a retry: it raises `SubmitWithdrawn`.
+never retried. A 201 or 202 may name its job in `Location` instead of its body. A submit
+given `halt` (the run's stop) is never sent once it is set, however long it has waited
+for its turn or for a retry: it raises `SubmitWithdrawn`.
 """
 
 from __future__ import annotations
@@ -217,8 +218,17 @@ class EmpirioClient:
             return self._build("POST", url, "submit", headers=extra, content=content)
 
         async def handle(response: httpx.Response) -> Submission:
-            payload = await _json_object(response)
+            located = self._located_job(response)
+            try:
+                payload = await _json_object(response)
+            except MalformedResponse:
+                if located is None:
+                    raise
+                payload = {}  # a 201 naming its job in Location needs no body
             job_id = find_job_id(payload)
+            if located is not None and job_id not in (None, located):
+                raise MalformedResponse(f"its body names job {job_id!r}, Location {located!r}")
+            job_id = job_id or located
             if job_id is None:
                 raise MalformedResponse("the response carries no job id")
             status = payload.get("status")
@@ -662,11 +672,36 @@ class EmpirioClient:
             return fallback
         if url.is_absolute_url:
             return raw if self._same_origin(url) else fallback
+        return str(self._relative_api_url(raw))
+
+    def _relative_api_url(self, raw: str) -> httpx.URL:
+        """A relative URL the API sent, on the API base: given with or without the base's
+        path prefix, with or without a leading slash."""
         prefix = self._base.path.lstrip("/")
         relative = raw.lstrip("/")
         if prefix and relative.startswith(prefix):
             relative = relative[len(prefix) :]
-        return str(self._base.join(relative))
+        return self._base.join(relative)
+
+    def _located_job(self, response: httpx.Response) -> str | None:
+        """The job a 201 or 202 names in its `Location`: `/v1/jobs/{id}` on the API (relative,
+        or absolute on its origin), one path segment for the id; else None."""
+        raw = response.headers.get("Location", "").strip()
+        if response.status_code not in (201, 202) or not raw:
+            return None
+        try:
+            url = httpx.URL(raw)
+            if not url.is_absolute_url:
+                url = self._relative_api_url(raw)
+        except httpx.InvalidURL:
+            return None
+        jobs = self._base.path + "v1/jobs/"
+        if not self._same_origin(url) or not url.path.startswith(jobs):
+            return None
+        job_id = url.path[len(jobs) :]
+        if not job_id or "/" in job_id or not job_id.isprintable() or job_id != job_id.strip():
+            return None
+        return job_id
 
 
 async def _unless_set(event: anyio.Event | None, wait: Callable[[], Awaitable[None]]) -> None:

@@ -9,7 +9,9 @@ from typing import Literal
 
 from kling_batch.emulator.faults import Fault
 
-PollUrlStyle = Literal["absolute", "relative", "absent"]
+# "location": a 201/202 whose body names no job (no `job_id`, no `poll_url`); its Location
+# header does (`/v1/jobs/{id}`).
+PollUrlStyle = Literal["absolute", "relative", "absent", "location"]
 UnknownFields = Literal["reject", "ignore"]
 # The job list: pages with `last_id` and `after=` ("cursor"), pages that say `has_more` but
 # offer no way on ("no-cursor"), or no list at all, 404 ("absent").
@@ -64,7 +66,7 @@ class EmulatorConfig:
     seed: int = 0  # seeds fault draws and latency jitter
     latency: Latency = field(default_factory=Latency)  # Latency.zero() for benchmarks
     submit_status: int = 200  # 200, 201 or 202
-    poll_url_style: PollUrlStyle = "absolute"  # or "relative", or "absent" (no key)
+    poll_url_style: PollUrlStyle = "absolute"  # or "relative", "absent" (no key), "location"
     unknown_fields: UnknownFields = "reject"  # a 400 naming the field, or "ignore"
     job_list: JobListStyle = "cursor"  # or "no-cursor", or "absent" (GET /v1/jobs is 404)
     large_output_bytes: int | None = None  # pad every result to this size (streamed)
@@ -89,6 +91,8 @@ class EmulatorConfig:
             raise ValueError("rpm must be >= 0 (0 disables the limit)")
         if self.submit_status not in (200, 201, 202):
             raise ValueError("submit_status must be 200, 201 or 202")
+        if self.poll_url_style == "location" and self.submit_status == 200:
+            raise ValueError("poll_url_style 'location' needs submit_status 201 or 202")
         if self.credits is not None and not isinstance(self.credits, Decimal):
             object.__setattr__(self, "credits", Decimal(str(self.credits)))
 

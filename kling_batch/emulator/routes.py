@@ -1,7 +1,9 @@
 """Routes: the Starlette app behind the gateway (the EmpirioLabs endpoints, CDN and introspection).
 
 ==========================================  ============================================
-``POST /v1/videos/generations``             validate, create a job (200, or 202)
+``POST /v1/videos/generations``             validate, create a job (200, 201 or 202; with
+                                            ``poll_url_style="location"`` the job is named
+                                            by ``Location`` only)
 ``GET  /v1/jobs/{job_id}``                  the job; 404 once dropped (1 h after the end)
 ``GET  /v1/jobs?status=&limit=&after=``     newest first; limit 25 by default, 100 at most;
                                             ``last_id`` + ``has_more``, ``after=<last_id>``
@@ -134,6 +136,10 @@ class _Routes:
             payload["poll_url"] = f"{_base(request)}/v1/jobs/{job.id}"
         elif self.config.poll_url_style == "relative":
             payload["poll_url"] = f"/v1/jobs/{job.id}"
+        elif self.config.poll_url_style == "location":
+            del payload["job_id"]  # named by the Location header alone
+            headers = {"Location": f"/v1/jobs/{job.id}"}
+            return JSONResponse(payload, status_code=self.config.submit_status, headers=headers)
         return JSONResponse(payload, status_code=self.config.submit_status)
 
     async def poll(self, request: Request) -> Response:

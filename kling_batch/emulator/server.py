@@ -78,8 +78,10 @@ def config_from_options(
     balance, parsed = _credits(credits), _faults(faults)
     if latency not in ("realistic", "zero"):
         raise UserError("expected 'realistic' or 'zero'", field="--latency")
-    if poll_url not in ("absolute", "relative", "absent"):
-        raise UserError("expected 'absolute', 'relative' or 'absent'", field="--poll-url")
+    if poll_url not in ("absolute", "relative", "absent", "location"):
+        raise UserError(
+            "expected 'absolute', 'relative', 'absent' or 'location'", field="--poll-url"
+        )
     style: PollUrlStyle = poll_url  # type: ignore[assignment]
     if job_list not in ("cursor", "no-cursor", "absent"):
         raise UserError("expected 'cursor', 'no-cursor' or 'absent'", field="--job-list")

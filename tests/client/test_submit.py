@@ -53,6 +53,72 @@ async def test_a_job_id_key_wins_over_an_id_of_the_envelope(api, make_client):
         assert (await client.submit(BODY)).job_id == "job_9"
 
 
+@pytest.mark.parametrize("status", [201, 202])
+@pytest.mark.parametrize(
+    "location",
+    ["/v1/jobs/job_123", "https://api.empiriolabs.ai/v1/jobs/job_123", "v1/jobs/job_123"],
+    ids=["path", "absolute", "relative"],
+)
+@pytest.mark.parametrize(
+    "reply", [{"content": b""}, {"json": {"status": "queued"}}], ids=["no-body", "no-job-id"]
+)
+async def test_a_job_named_by_location_alone_is_a_submission(
+    api, make_client, status, location, reply
+):
+    """A 201 or 202 whose body lacks the job id but whose Location names the job is that
+    job: recorded and polled, not left uncertain for a look at the job list."""
+    api.on("POST", GEN, httpx.Response(status, headers={"Location": location}, **reply))
+    async with make_client() as client:
+        sub = await client.submit(BODY)
+    assert (sub.job_id, sub.poll_url) == ("job_123", "https://api.empiriolabs.ai/v1/jobs/job_123")
+    assert len(api.seen) == 1
+
+
+async def test_only_a_job_path_on_the_api_is_read_from_location(api, make_client):
+    """A Location that is not `/v1/jobs/{id}` on the API's origin (another host, another
+    route, a job's sub-path, a 200's Location) names no job: the submit stays uncertain."""
+    unrelated = [
+        httpx.Response(201, headers={"Location": "https://evil.example/v1/jobs/job_1"}),
+        httpx.Response(201, headers={"Location": "http://api.empiriolabs.ai/v1/jobs/job_1"}),
+        httpx.Response(201, headers={"Location": "/v1/jobs/job_1/cancel"}),
+        httpx.Response(201, headers={"Location": "/v1/jobs/"}),
+        httpx.Response(201, headers={"Location": "/v1/videos/generations/job_1"}),
+        httpx.Response(201, headers={"Location": "/v1/jobs/job%2F1"}),
+        httpx.Response(200, headers={"Location": "/v1/jobs/job_1"}),
+    ]
+    api.on("POST", GEN, *unrelated)
+    api.on("POST", GEN, httpx.Response(201, headers={"Location": "/v1/jobs/job_2"}))
+    async with make_client() as client:
+        for _ in unrelated:
+            with pytest.raises(AmbiguousSubmit):
+                await client.submit(BODY)
+        assert (await client.submit(BODY)).job_id == "job_2"
+
+
+async def test_location_under_a_base_path_prefix_names_the_job(api, make_client):
+    """Behind a base URL with a path prefix, Location may give the job's path with or
+    without the prefix, as a poll URL may."""
+    gen = "/proxy/v1/videos/generations"
+    api.on("POST", gen, httpx.Response(201, headers={"Location": "/proxy/v1/jobs/a"}))
+    api.on("POST", gen, httpx.Response(201, headers={"Location": "/v1/jobs/b"}))
+    async with make_client(base_url="https://gw.example/proxy/") as client:
+        first, second = await client.submit(BODY), await client.submit(BODY)
+    assert (first.job_id, first.poll_url) == ("a", "https://gw.example/proxy/v1/jobs/a")
+    assert (second.job_id, second.poll_url) == ("b", "https://gw.example/proxy/v1/jobs/b")
+
+
+async def test_a_body_and_location_naming_two_jobs_is_ambiguous(api, make_client):
+    """When the body and Location name different jobs, either may be wrong: polling the
+    wrong one would lose the paid one, so the submit is uncertain (the job list settles it)."""
+    reply = httpx.Response(201, headers={"Location": "/v1/jobs/job_2"}, json={"id": "job_1"})
+    api.on("POST", GEN, reply)
+    async with make_client() as client:
+        with pytest.raises(AmbiguousSubmit) as info:
+            await client.submit(BODY)
+    assert "job_2" in str(info.value)
+    assert len(api.seen) == 1
+
+
 async def test_body_is_sent_as_json_with_the_bearer_key(api, make_client, key):
     """The request body is the given mapping as JSON, authorised with the bearer key."""
     api.on("POST", GEN, {"job_id": "j"})

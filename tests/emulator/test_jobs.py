@@ -11,7 +11,7 @@ import httpx
 import mutagen.mp4
 import pytest
 
-from kling_batch.emulator import Latency
+from kling_batch.emulator import EmulatorConfig, Latency
 
 DAY = 24 * 3600
 
@@ -283,6 +283,22 @@ def test_poll_url_style_is_configurable(make_api, style, expected):
     body = make_api(poll_url_style=style).submit_ok()
     want = None if expected is None else expected.format(id=body["job_id"])
     assert body.get("poll_url") == want
+
+
+def test_location_style_names_the_job_in_location_only(make_api):
+    """`poll_url_style="location"`: the 201's body has no job id; its Location has the job."""
+    api = make_api(poll_url_style="location", submit_status=201)
+    response = api.submit()
+    assert response.status_code == 201
+    assert "job_id" not in response.json() and "poll_url" not in response.json()
+    job_id = response.headers["location"].removeprefix("/v1/jobs/")
+    assert api.job(job_id)["status"] in ("queued", "processing", "completed")
+
+
+def test_location_style_needs_a_201_or_202():
+    """A 200 has no Location to name a job by: the configuration is refused."""
+    with pytest.raises(ValueError, match="201 or 202"):
+        EmulatorConfig(poll_url_style="location")
 
 
 def test_submit_status_can_be_202(make_api):

@@ -77,9 +77,10 @@ async def test_completed_job_reports_its_cost(served, connect, render):
     assert state.billed_usd == charge.amount == Decimal("0.84")
 
 
-@pytest.mark.parametrize("poll_url_style", ["absolute", "relative", "absent"])
+@pytest.mark.parametrize("poll_url_style", ["absolute", "relative", "absent", "location"])
 async def test_every_poll_url_style_polls_the_right_job(serve, connect, render, poll_url_style):
-    """Absolute, relative and missing `poll_url` (with a 202 submit) all poll `/v1/jobs/{id}`."""
+    """Absolute, relative and missing `poll_url` (with a 202 submit), and a job named by the
+    202's Location alone, all poll `/v1/jobs/{id}`."""
     served = serve(poll_url_style=poll_url_style, submit_status=202)
     async with connect(served) as client:
         state = await render(client)

@@ -186,6 +186,21 @@ def test_ambiguous_submit_is_recorded_uncertain_and_reported(
     assert "s00" in result.stdout.split("may have reached the API")[1]
 
 
+def test_a_job_named_by_location_alone_is_followed_and_downloaded(
+    make_project: Callable[..., Project],
+) -> None:
+    """A 201 naming its job only in Location: each render is recorded with that job,
+    polled and downloaded in one run, never left uncertain."""
+    project = make_project(manifest=many_shots(2), poll_url_style="location", submit_status=201)
+    result = project.run("--jobs", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lock = load_lockfile(project.lock)
+    jobs = project.served.emulator.journal.jobs_by_header(FINGERPRINT_HEADER)
+    for entry in lock.shots.values():
+        assert (entry.state, [entry.job_id]) == ("done", jobs[entry.fingerprint])
+    assert sum(submits_per_fingerprint(project).values()) == 2
+
+
 def test_plain_rerun_adopts_the_ambiguous_job_without_submitting(
     make_project: Callable[..., Project],
 ) -> None:
