@@ -508,6 +508,8 @@ request (0.1 or 10%), firstN (the first N matching requests) or afterN
   5xx=WHEN        answer 500/502/503 (status=503 fixes one; 503=WHEN too)
   drop=WHEN       close the connection without a response
   ambiguous=WHEN  create (and bill) the job, then drop the answer (submits)
+  error-200=WHEN  answer a submit 200 with an error envelope (code=
+                  content_moderation) and no job id; nothing is created
   truncate=WHEN   send keep=FRACTION (0.5) of a download, then close;
                   length=none: no Content-Length, and the body ends cleanly
   swap=WHEN       serve another whole video of seconds=S (3) as the

@@ -9,9 +9,10 @@ answered with a definite refusal (429, 503, or a 5xx carrying its own JSON error
 a 5xx page from a proxy, and any failure after bytes may have been sent
 (write/read errors and timeouts, a dropped connection, a 2xx without a job id, a gateway
 timeout from `RetryPolicy.ambiguous_submit_statuses`, a 303 See Other) is `AmbiguousSubmit`,
-never retried. A 201 or 202 may name its job in `Location` instead of its body. A submit
-given `halt` (the run's stop) is never sent once it is set, however long it has waited
-for its turn or for a retry: it raises `SubmitWithdrawn`.
+never retried. A 201 or 202 may name its job in `Location` instead of its body. A 2xx
+reporting an error and naming no job is `AnsweredWithError`: uncertain, and the run stops.
+A submit given `halt` (the run's stop) is never sent once it is set, however long it has
+waited for its turn or for a retry: it raises `SubmitWithdrawn`.
 """
 
 from __future__ import annotations
@@ -47,11 +48,13 @@ from kling_batch.endpoint import (
 )
 from kling_batch.errors import (
     AmbiguousSubmit,
+    AnsweredWithError,
     ApiError,
     AuthError,
     BadResponse,
     ConnectionFailed,
     CreditsError,
+    ErrorAnswer,
     JobNotFound,
     KeyRefused,
     MalformedResponse,
@@ -70,6 +73,7 @@ from kling_batch.payloads import (
     JobState,
     Submission,
     Upload,
+    find_error_answer,
     find_job_id,
     find_poll_url,
     parse_error_envelope,
@@ -217,29 +221,37 @@ class EmpirioClient:
         def make(_: contextlib.ExitStack) -> httpx.Request:
             return self._build("POST", url, "submit", headers=extra, content=content)
 
-        async def handle(response: httpx.Response) -> Submission:
-            located = self._located_job(response)
-            try:
-                payload = await _json_object(response)
-            except MalformedResponse:
-                if located is None:
-                    raise
-                payload = {}  # a 201 naming its job in Location needs no body
-            job_id = find_job_id(payload)
-            if located is not None and job_id not in (None, located):
-                raise MalformedResponse(f"its body names job {job_id!r}, Location {located!r}")
-            job_id = job_id or located
-            if job_id is None:
-                raise MalformedResponse("the response carries no job id")
-            status = payload.get("status")
-            return Submission(
-                job_id=job_id,
-                poll_url=self._poll_url(find_poll_url(payload), job_id),
-                status=status if isinstance(status, str) else None,
-                raw=payload,
-            )
+        return await self._call("submit", make, self._submission, halt=halt)
 
-        return await self._call("submit", make, handle, halt=halt)
+    async def _submission(self, response: httpx.Response) -> Submission:
+        """The job a 2xx answer to a submit names, in its body or a 201/202's Location.
+
+        `ErrorAnswer` when the body reports an error and no job is named; any other answer
+        naming no job (or two) is `MalformedResponse`.
+        """
+        located = self._located_job(response)
+        try:
+            payload = await _json_object(response)
+        except MalformedResponse:
+            if located is None:
+                raise
+            payload = {}  # a 201 naming its job in Location needs no body
+        job_id = find_job_id(payload)
+        if located is not None and job_id not in (None, located):
+            raise MalformedResponse(f"its body names job {job_id!r}, Location {located!r}")
+        job_id = job_id or located
+        if job_id is None:
+            said = find_error_answer(payload)
+            if said is not None:
+                raise ErrorAnswer(said.message, code=said.code, type=said.type)
+            raise MalformedResponse("the response carries no job id")
+        status = payload.get("status")
+        return Submission(
+            job_id=job_id,
+            poll_url=self._poll_url(find_poll_url(payload), job_id),
+            status=status if isinstance(status, str) else None,
+            raw=payload,
+        )
 
     async def get_job(self, job_id: str, poll_url: str | None = None) -> JobState:
         """`GET` the job at its poll URL (or `/v1/jobs/{id}`); 404 raises `JobNotFound`."""
@@ -416,7 +428,7 @@ class EmpirioClient:
                     except httpx.HTTPError as exc:
                         error, cause = self._classify(op, exc=exc), exc
                     except MalformedResponse as exc:
-                        error = self._classify(op, response=response, problem=str(exc))
+                        error = self._classify(op, response=response, problem=exc)
                         cause = exc.__cause__
                     finally:
                         await response.aclose()
@@ -499,18 +511,25 @@ class EmpirioClient:
         *,
         exc: BaseException | None = None,
         response: httpx.Response | None = None,
-        problem: str | None = None,
+        problem: MalformedResponse | None = None,
     ) -> ApiError:
         """The one mapping from an httpx exception or unusable response to the error tree."""
         if response is None:
             return self._unanswered(op, exc)
         status = response.status_code
         if problem is not None:
+            if op == "submit" and isinstance(problem, ErrorAnswer):
+                # Whether a job was made is unknown, and every later submit answered so
+                # would be as blind: the submitter stops the run (`AnsweredWithError`).
+                message = f"submit answered HTTP {status} with an error and no job id: {problem}"
+                return self._error(
+                    AnsweredWithError, message, status=status, code=problem.code, type=problem.type
+                )
             if op == "submit":
                 message = f"submit answered HTTP {status} but {problem}"
                 return self._error(AmbiguousSubmit, message, status=status)
             cls = TruncatedDownload if op == "download" else BadResponse
-            return self._error(cls, problem, status=status)
+            return self._error(cls, str(problem), status=status)
         return self._refused(op, response)
 
     def _unanswered(self, op: _Op, exc: BaseException | None) -> ApiError:

@@ -25,6 +25,8 @@
                ├── JobNotFound      404 on a job: unknown id or its state expired
                ├── ResultExpired    401/403/404/410 on a result URL
                ├── AmbiguousSubmit  a submit may have created (and billed) a job
+               │    └── AnsweredWithError  a 2xx reporting an error and no job id:
+               │                           the run stops submitting
                └── SubmitWithdrawn  not sent: the run stopped before the submit went out
 
     Problem                         a value-level complaint inside one layer, turned into a
@@ -36,6 +38,7 @@
      ├── BadOutput                  a downloaded or copied file is not the render
      ├── PosterError                a video whose frame cannot be read (review)
      ├── MalformedResponse          a 2xx the client could not use (classified at once)
+     │    └── ErrorAnswer           a 2xx whose body reports an error instead
      ├── UploadFailed               an input file could not be uploaded
      └── TryLater                   the API could not be asked now; stay resumable
 
@@ -204,6 +207,10 @@ class AmbiguousSubmit(ApiError):
     """A submit may have created (and billed) a job but no job id came back: record `uncertain`."""
 
 
+class AnsweredWithError(AmbiguousSubmit):
+    """A 2xx submit answer reporting an error and no job id: uncertain, and submitting stops."""
+
+
 class SubmitWithdrawn(ApiError):
     """Not sent: the run stopped submitting (Ctrl-C) before this submit went out."""
 
@@ -251,6 +258,15 @@ class PosterError(Problem):
 
 class MalformedResponse(Problem):
     """A 2xx response the client could not use; the client classifies it at once."""
+
+
+class ErrorAnswer(MalformedResponse):
+    """A 2xx whose body reports an error (code and type kept) where the answer should be."""
+
+    def __init__(self, message: str, *, code: str | None = None, type: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.type = type
 
 
 class UploadFailed(Problem):

@@ -113,6 +113,7 @@ class Executor:
             report=self.report,
             stopped=self.stop_submitting,
             on_job=self._finder.claim,
+            stop=self.stop,
         )
         self._follower = Follower(
             client,

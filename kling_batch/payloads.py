@@ -245,6 +245,23 @@ def parse_error_envelope(body: bytes, *, fallback: str) -> ErrorEnvelope:
         return ErrorEnvelope(data.strip()[:_MAX_MESSAGE] or fallback)
     if not isinstance(data, Mapping):
         return ErrorEnvelope(fallback)
+    return _envelope(data, fallback)
+
+
+def find_error_answer(payload: Mapping[str, Any]) -> ErrorEnvelope | None:
+    """The error a 2xx body reports in its error envelope (`{"error": {...}}` with a message
+    or a code, or `{"error": "text"}`); None when it reports none."""
+    error = payload.get("error")
+    if isinstance(error, Mapping):
+        if not (error.get("message") or error.get("code")):
+            return None
+    elif not (isinstance(error, str) and error.strip()):
+        return None
+    return _envelope(payload, "an error without a message")
+
+
+def _envelope(data: Mapping[str, Any], fallback: str) -> ErrorEnvelope:
+    """An `ErrorEnvelope` from a JSON object (see `parse_error_envelope`)."""
     error = data.get("error")
     holder: Mapping[str, Any] = error if isinstance(error, Mapping) else data
     message = holder.get("message") or holder.get("detail")

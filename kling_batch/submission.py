@@ -6,6 +6,8 @@ point leaves a record: `submitting` (the POST may have gone out: never re-sent b
 answer: it may have been billed). A stop or cancel that lands after `submitting` was
 saved but before the POST (the client waiting for its turn or a retry, inputs uploaded
 again for a resend) puts the previous record back: nothing is sent once the run stopped.
+A 2xx answer reporting an error and no job id leaves the render uncertain and stops the
+run's submitting: every later submit answered so would be as blind, and may be as paid for.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from kling_batch import kling_o3
 from kling_batch.clock import Clock
 from kling_batch.errors import (
     AmbiguousSubmit,
+    AnsweredWithError,
     ApiError,
     KeyRefused,
     RunFatal,
@@ -66,6 +69,7 @@ class Submitter:
         report: RunReport,
         stopped: anyio.Event,
         on_job: Callable[[str], None],
+        stop: Callable[[str], None],
     ) -> None:
         self.client = client
         self.clock = client.clock
@@ -74,6 +78,7 @@ class Submitter:
         self.report = report
         self.stopped = stopped
         self.on_job = on_job
+        self.stop = stop  # submit nothing new, saying why (`Executor.stop`)
 
     async def submit(
         self,
@@ -185,12 +190,14 @@ class Submitter:
             # stop ends the client's waits before it (`halt`).
             with anyio.CancelScope(shield=True):
                 submission = await self.client.submit(body, headers=headers, halt=self.stopped)
-        except AmbiguousSubmit as exc:
-            self.report.submitted[render.id] = render.cost
-            error = f"no answer to the submission ({exc}); it may have been billed"
-            return self.writer.update(
-                render.id, state="uncertain", error=error, updated_at=self.clock.now()
+        except AnsweredWithError as exc:
+            self.stop(
+                f"{render.id}: {exc}; the job may exist, so nothing more is submitted "
+                f"({render.id} stays uncertain; the next run looks for its job in the job list)"
             )
+            return self._unanswered(render, str(exc))
+        except AmbiguousSubmit as exc:
+            return self._unanswered(render, f"no answer to the submission ({exc})")
         except ShotRejected as exc:
             stale = stale_paths(exc, body) if rewire is not None else set()
             rewired = await self._rewired(render, previous, rewire, stale) if stale else None
@@ -223,6 +230,15 @@ class Submitter:
             updated_at=now,
             error=None,
             submissions=entry.charged(submission.job_id),
+        )
+
+    def _unanswered(self, render: PlannedRender, why: str) -> Entry:
+        """The POST may have made a job and no job id came back: `uncertain` (counted as
+        spent), so no plan sends it again before the job list was looked at."""
+        self.report.submitted[render.id] = render.cost
+        error = f"{why}; it may have been billed"
+        return self.writer.update(
+            render.id, state="uncertain", error=error, updated_at=self.clock.now()
         )
 
     async def _rewired(

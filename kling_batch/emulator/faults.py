@@ -14,6 +14,9 @@ N). Storms take a length in modelled seconds instead.
 ``drop=WHEN``           close the connection without any response
 ``ambiguous=WHEN``      handle the request (a submit creates and bills its job), then
                         close the connection instead of answering; default ``on=submit``
+``error-200=WHEN``      answer a submit 200 with the API's error envelope (``code=``,
+                        default ``content_moderation``) and no job id; nothing is created
+                        or billed; ``on=submit`` only
 ``truncate=WHEN``       send ``keep=`` (default 0.5) of a download's bytes, then close;
                         with ``length=none`` the download goes without a Content-Length
                         (chunked) and ends cleanly after those bytes, so nothing on the
@@ -36,6 +39,7 @@ N). Storms take a length in modelled seconds instead.
 for all but ``ambiguous`` and ``truncate``), ``submit``, ``poll``, ``list``, ``cancel``,
 ``upload``, ``models``, ``download`` or ``any``. Examples: ``5xx=0.1``, ``drop=first1,on=poll``,
 ``storm=30,at=60``, ``slow=0.2,delay=10``, ``fail=0.05``, ``truncate=first1,length=none``,
+``error-200=first1``,
 ``status-word=1,word=finished``, ``revoke=after3``. ``fail``, ``stall`` and ``status-word``
 strike jobs as they are created (``on=`` does not apply).
 """
@@ -52,6 +56,7 @@ KINDS = (
     "5xx",
     "drop",
     "ambiguous",
+    "error-200",
     "truncate",
     "swap",
     "fail",
@@ -62,7 +67,12 @@ KINDS = (
 )
 TARGETS = ("v1", "submit", "poll", "list", "cancel", "upload", "models", "download", "any")
 _V1_CLASSES = frozenset({"submit", "poll", "list", "cancel", "upload", "models", "v1"})
-_DEFAULT_TARGET = {"ambiguous": "submit", "truncate": "download", "swap": "download"}
+_DEFAULT_TARGET = {
+    "ambiguous": "submit",
+    "error-200": "submit",
+    "truncate": "download",
+    "swap": "download",
+}
 _DOWNLOAD_KINDS = frozenset({"truncate", "swap"})
 JOB_KINDS = frozenset({"fail", "stall", "status-word"})
 _STATUS_SHORTHANDS = {"500": 500, "502": 502, "503": 503}
@@ -108,6 +118,8 @@ class Fault:
             raise ValueError("truncate keep= must be within 0..1 (exclusive of 1)")
         if self.kind in _DOWNLOAD_KINDS and self.target != "download":
             raise ValueError(f"{self.kind} applies to downloads only")
+        if self.kind == "error-200" and self.target != "submit":
+            raise ValueError("error-200 applies to submits only")
         if not self.declare_length and self.kind not in _DOWNLOAD_KINDS:
             raise ValueError("length=none applies to truncate and swap only")
         if not 0.5 <= self.seconds <= 60:

@@ -296,7 +296,8 @@ class Gateway:
             ]
 
     async def _inject(self, ex: _Exchange, request_class: str) -> bool:
-        """Apply storm, slow, drop and 5xx faults; True when the request was answered."""
+        """Apply storm, slow, drop, 5xx and error-200 faults; True when the request was
+        answered."""
         elapsed = (self.clock.now() - self.started) / self.config.time_scale
         storm = self.faults.storm_left(request_class, elapsed)
         if storm is not None:
@@ -323,6 +324,11 @@ class Gateway:
             status = server_error.status or self.faults.pick_status()
             await ex.read_rest()
             await ex.answer(ApiError(status, _5XX[status], _5XX_MESSAGES[status]))
+            return True
+        errored = self._strike("error-200", request_class, ex)
+        if errored is not None:
+            await ex.read_rest()
+            await ex.answer(ApiError(200, errored.code, "The video could not be generated."))
             return True
         truncate = self._strike("truncate", request_class, ex)
         if truncate is not None:

@@ -10,7 +10,13 @@ import httpx
 import pytest
 
 from kling_batch.client import RetryPolicy
-from kling_batch.errors import AmbiguousSubmit, ConnectionFailed, RateLimited, SubmitWithdrawn
+from kling_batch.errors import (
+    AmbiguousSubmit,
+    AnsweredWithError,
+    ConnectionFailed,
+    RateLimited,
+    SubmitWithdrawn,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -265,6 +271,26 @@ async def test_unusable_2xx_is_ambiguous(api, make_client, reply):
         with pytest.raises(AmbiguousSubmit) as info:
             await client.submit(BODY)
     assert info.value.status == reply.status_code
+    assert len(api.seen) == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"error": {"code": "upstream_error", "message": "the provider failed"}},
+        {"type": "error", "error": {"type": "api_error", "message": "the provider failed"}},
+        {"error": "the provider failed"},
+    ],
+    ids=["openai", "anthropic", "text"],
+)
+async def test_a_2xx_reporting_an_error_and_no_job_is_answered_with_error(api, make_client, body):
+    """A 200 carrying an error envelope and no job id is `AnsweredWithError` (uncertain, and
+    the run stops submitting), in the API's words; it is sent once."""
+    api.on("POST", GEN, body, {"job_id": "second"})
+    async with make_client() as client:
+        with pytest.raises(AnsweredWithError) as info:
+            await client.submit(BODY)
+    assert "the provider failed" in str(info.value)
     assert len(api.seen) == 1
 
 

@@ -35,6 +35,7 @@ BODY = {"model": "kling-o3", "prompt": "a fox"}
         ("stall=0.5", Fault(kind="stall", rate=0.5)),
         ("status-word=1,word=finished", Fault(kind="status-word", word="finished")),
         ("revoke=after3", Fault(kind="revoke", after=3)),
+        ("error-200=first1", Fault(kind="error-200", first=1)),
     ],
 )
 def test_fault_specs_parse(spec, expected):
@@ -59,6 +60,7 @@ def test_fault_specs_parse(spec, expected):
         "swap=1,on=poll",
         "swap=1,seconds=0",
         "status-word=1,word=not a word",
+        "error-200=1,on=poll",
     ],
 )
 def test_bad_fault_specs_are_refused(spec):
@@ -134,6 +136,16 @@ def test_revoked_key_works_for_n_requests_then_never(make_api):
     responses = [api.client.get("/v1/models") for _ in range(2)] + [api.submit() for _ in range(2)]
     assert [r.status_code for r in responses] == [200, 200, 401, 401]
     assert responses[-1].json()["error"]["code"] == "invalid_api_key"
+    assert len(api.emu.jobs) == 0
+
+
+def test_error_200_answers_a_submit_with_an_error_and_creates_no_job(make_api):
+    """`error-200=1` answers a submit 200 with an error envelope and no job id; no job."""
+    api = make_api(faults=(parse_fault("error-200=1,code=upstream_error"),))
+    response = api.submit()
+    assert response.status_code == 200
+    assert response.json()["error"]["code"] == "upstream_error"
+    assert "job_id" not in response.json()
     assert len(api.emu.jobs) == 0
 
 

@@ -245,6 +245,23 @@ def test_uncertain_submit_is_resent_only_with_the_flag(
     assert load_lockfile(project.lock).shots["s00"].state == "done"
 
 
+def test_a_submit_answered_with_an_error_stops_submitting_and_stays_uncertain(
+    make_project: Callable[..., Project],
+) -> None:
+    """A 200 carrying an error envelope and no job id: that render stays uncertain (failed,
+    the next plan would send it again without looking for its job), nothing more is
+    submitted, the job already in flight is downloaded, and the run says why in one line."""
+    project = make_project(manifest=many_shots(3), faults=("error-200=after1",))
+    result = project.run("--jobs", "2")
+    assert result.returncode == 1
+    assert len(project.served.emulator.journal.submissions()) == 2
+    states = {key: entry.state for key, entry in load_lockfile(project.lock).shots.items()}
+    assert sorted(states.values()) == ["done", "uncertain"]
+    (errored,) = [key for key, state in states.items() if state == "uncertain"]
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("Stopped early")]
+    assert errored in line and "content_moderation" in line and "nothing more" in line
+
+
 # -- account and request refusals --------------------------------------------------------
 
 
