@@ -236,12 +236,14 @@ class EmpirioClient:
             if located is None:
                 raise
             payload = {}  # a 201 naming its job in Location needs no body
-        job_id = find_job_id(payload)
+        said = find_error_answer(payload)
+        # An error envelope's `id` is its own (a request id), never the job's: polled, it
+        # would answer 404 until taken for a forgotten job, and the render paid again.
+        job_id = find_job_id(payload, keys=("job_id",) if said else ("job_id", "id"))
         if located is not None and job_id not in (None, located):
             raise MalformedResponse(f"its body names job {job_id!r}, Location {located!r}")
         job_id = job_id or located
         if job_id is None:
-            said = find_error_answer(payload)
             if said is not None:
                 raise ErrorAnswer(said.message, code=said.code, type=said.type)
             raise MalformedResponse("the response carries no job id")

@@ -127,13 +127,16 @@ def is_known_status(raw: str) -> bool:
     return raw.strip().lower() in _SUCCEEDED | _FAILED | _PENDING
 
 
-def find_job_id(payload: Mapping[str, Any]) -> str | None:
+def find_job_id(
+    payload: Mapping[str, Any], *, keys: tuple[str, ...] = ("job_id", "id")
+) -> str | None:
     """The job id from `job_id`, `id`, or the same keys under `data` or `job`; a `job_id`
-    anywhere wins over an `id` (which may be the envelope's own, e.g. a request id)."""
+    anywhere wins over an `id` (which may be the envelope's own, e.g. a request id).
+    `keys` narrows the keys read, in order."""
     holders = [
         h for h in (payload, payload.get("data"), payload.get("job")) if isinstance(h, Mapping)
     ]
-    for key in ("job_id", "id"):
+    for key in keys:
         for holder in holders:
             value = holder.get(key)
             if isinstance(value, str) and value.strip():

@@ -294,6 +294,19 @@ async def test_a_2xx_reporting_an_error_and_no_job_is_answered_with_error(api, m
     assert len(api.seen) == 1
 
 
+async def test_the_id_of_an_error_envelope_is_not_taken_for_a_job(api, make_client):
+    """A 200 error envelope with its own `id` (a request id) names no job: taken for one, it
+    would be polled (404) until thought forgotten, and the render paid for again. A
+    `job_id` beside an error does name the job (polling tells how it ended)."""
+    envelope = {"id": "req_1", "error": {"code": "upstream_error", "message": "provider failed"}}
+    named = {"job_id": "job_1", "status": "failed", "error": {"message": "moderated"}}
+    api.on("POST", GEN, envelope, named)
+    async with make_client() as client:
+        with pytest.raises(AnsweredWithError):
+            await client.submit(BODY)
+        assert (await client.submit(BODY)).job_id == "job_1"
+
+
 @pytest.mark.parametrize(
     "body",
     [
