@@ -236,6 +236,71 @@ def test_changed_asset_and_included_file_at_a_ref(tmp_path: Path) -> None:
     assert "content of still.png changed" in table
 
 
+def committed_folder(root: Path, attributes: str, *config: tuple[str, str]) -> Path:
+    """A manifest in `video/` with included shot files and an image, committed with
+    `attributes` as the repository's `.gitattributes` (and `config` set first); the
+    manifest's path."""
+    git(root, "init", "-q", "-b", "main")
+    for name, value in config:
+        git(root, "config", name, value)
+    video = root / "video"
+    (video / "shots").mkdir(parents=True)
+    manifest = video / "launch.toml"
+    manifest.write_text(
+        'version = 1\nname = "x"\ninclude = ["shots/*.toml"]\n\n'
+        '[[shots]]\nid = "still"\nprompt = "p"\nimage = "still.png"\n'
+    )
+    (video / "still.png").write_bytes(PNG)
+    (video / "shots" / "a.toml").write_text('[[shots]]\nid = "a"\nprompt = "q"\n')
+    (video / "shots" / "b.toml").write_text('[[shots]]\nid = "b"\nprompt = "r"\n')
+    (root / ".gitattributes").write_text(attributes)
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "base")
+    return manifest
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        "video/shots/b.toml export-ignore\n",
+        "*.png export-ignore\n",
+        "video/** export-ignore\n",
+    ],
+)
+def test_files_marked_export_ignore_are_compared(tmp_path: Path, attributes: str) -> None:
+    """Files `git archive` would leave out (`export-ignore`) are read at the ref all the
+    same: an unchanged manifest compares as unchanged, not as renders added or an error."""
+    manifest = committed_folder(tmp_path, attributes)
+    result = kb("plan", manifest, "--compare", "main", "--format", "json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["added"], data["removed"], data["changed"]) == ([], [], [])
+    assert data["cost_usd"] == {"base": 4.2, "head": 4.2, "diff": 0}
+
+
+def test_an_asset_behind_a_filter_is_compared_as_checked_out(tmp_path: Path) -> None:
+    """An image stored through a clean/smudge filter (as Git LFS stores assets) and kept out
+    of archives is read at the ref as a checkout writes it: unchanged, not content changed."""
+    b64 = [("clean", "base64"), ("smudge", "base64 -d"), ("required", "true")]
+    config = [(f"filter.b64.{name}", value) for name, value in b64]
+    manifest = committed_folder(tmp_path, "*.png filter=b64 export-ignore\n", *config)
+    assert git(tmp_path, "show", "main:video/still.png").encode() != PNG  # stored as base64
+    result = kb("plan", manifest, "--compare", "main", "--format", "json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["changed"] == []
+
+
+def test_a_manifest_marked_export_subst_is_compared_as_committed(tmp_path: Path) -> None:
+    """A prompt holding `$Format:%H$` in a file marked `export-subst` is compared as written,
+    not with the commit's hash put in its place by `git archive`."""
+    manifest = committed_folder(tmp_path, "video/launch.toml export-subst\n")
+    manifest.write_text(manifest.read_text().replace('"p"', '"build $Format:%H$"'))
+    git(tmp_path, "commit", "-q", "-am", "subst")
+    result = kb("plan", manifest, "--compare", "main", "--format", "json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["changed"] == []
+
+
 def test_a_manifest_new_since_the_ref_is_all_added(tmp_path: Path) -> None:
     """A manifest the ref does not have: base cost $0, every render added, and a note."""
     git(tmp_path, "init", "-q", "-b", "main")
