@@ -24,15 +24,19 @@ from kling_batch import ui
 from kling_batch.client import EmpirioClient
 from kling_batch.endpoint import api_identity, api_key_from_env, resolve_base_url
 from kling_batch.errors import ApiError, JobNotFound, RunFatal
-from kling_batch.lockfile import Entry, LockWriter, check_api, load_lockfile
+from kling_batch.lockfile import (
+    CANCELLED_ERROR,
+    CANCELLED_WORDS,
+    Entry,
+    LockWriter,
+    check_api,
+    load_lockfile,
+)
 from kling_batch.lockname import lock_path
 from kling_batch.manifest import require_manifest
 from kling_batch.runlock import hold_run_lock
 from kling_batch.selection import matches_any, require_matches
 from kling_batch.state import StateDir
-
-CANCELLED_ERROR = "cancelled by the user"
-_CANCELLED_WORDS = frozenset({"cancelled", "canceled"})
 
 Result = Literal["cancelled", "ended", "running", "gone", "error", "not_offered"]
 
@@ -144,7 +148,7 @@ async def _cancel_one(client: EmpirioClient, render_id: str, entry: Entry) -> Ca
         raise
     except ApiError as exc:
         return Cancelled(render_id, "error", f"job {job_id} could not be cancelled: {exc}")
-    if job.raw_status.strip().lower() in _CANCELLED_WORDS:
+    if job.raw_status.strip().lower() in CANCELLED_WORDS:
         return Cancelled(render_id, "cancelled", f"{CANCELLED_ERROR} (job {job_id})")
     if job.status == "succeeded":
         detail = (

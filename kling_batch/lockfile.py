@@ -58,6 +58,10 @@ State = Literal["submitting", "submitted", "completed", "done", "failed", "uncer
 UNSETTLED: frozenset[str] = frozenset({"submitting", "submitted", "completed", "uncertain"})
 # Earlier finished renders kept per entry, newest last.
 HISTORY_LIMIT = 20
+# A cancelled job's entry is `failed`, its error saying so: `kling-batch cancel` writes
+# CANCELLED_ERROR, a run that finds its job cancelled "job <id> <status word>: <reason>".
+CANCELLED_ERROR = "cancelled by the user"
+CANCELLED_WORDS = frozenset({"cancelled", "canceled"})
 
 _MODEL = ConfigDict(extra="forbid", defer_build=True)
 
@@ -159,6 +163,16 @@ class Entry(BaseModel):
     submissions: list[Charge] = Field(default_factory=list)
     # The team's shared store holds this render and its record (`kling_batch.remote`).
     in_remote: bool | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        """Failed because its job was cancelled (by `kling-batch cancel`, or on the API)."""
+        if self.state != "failed" or not self.error:
+            return False
+        if self.error.startswith(CANCELLED_ERROR):
+            return True
+        said = self.error.partition(":")[0].split()
+        return len(said) >= 3 and said[0] == "job" and said[-1].lower() in CANCELLED_WORDS
 
     def unanswered(self) -> Charge | None:
         """The newest submission still waiting for its job id (an uncertain one), if any."""

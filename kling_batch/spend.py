@@ -6,13 +6,16 @@ The manifest is read only to mark those; when it does not load, spend is still r
 the lockfile, with a warning.
 
 Each submission is one of: `billed` (the API reported its bill), `failed` (its job failed;
-failed jobs are not billed), `rendering` (its job is still in flight), `unreported` (its
-job finished but the API reported no bill), `no bill` (an earlier job of the render with no
-bill on record: it failed, or its bill was not reported) and `uncertain` (no job id came
-back: it may be billed). Totals: `billed_usd` sums the bills (each rounded up to the tenth
-of a cent, like every cost); `estimated_usd` sums the estimates of the submissions with a
-job; `missing_bills` counts those jobs without a bill; uncertain submissions are counted
-apart (`uncertain`, `may_be_billed_usd`), never as billed and never as $0.
+failed jobs are not billed), `cancelled` (its job was cancelled, with no bill on record),
+`rendering` (its job is still in flight), `unreported` (its job finished but the API
+reported no bill), `no bill` (an earlier job of the render with no bill on record: it
+failed, was cancelled, or its bill was not reported), `uncertain` (no job id came back: it
+may be billed) and `no job` (a complete look at the job list proved none was made).
+Totals: `billed_usd` sums the bills (each rounded up to the tenth of a cent, like every
+cost); `estimated_usd` sums the estimates of the submissions with a job (a cancelled one
+too: its bill is unknown); `missing_bills` counts those jobs without a bill; uncertain
+submissions are counted apart (`uncertain`, `may_be_billed_usd`), never as billed and never
+as $0.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from kling_batch.pricing import round_cost
 from kling_batch.reports import json_amount, usd
 from kling_batch.tables import Columns
 
-Status = Literal["billed", "failed", "rendering", "unreported", "no bill", "uncertain", "no job"]
+Status = Literal[
+    "billed", "failed", "cancelled", "rendering", "unreported", "no bill", "uncertain", "no job"
+]
 _NO_AMOUNT = "-"
 _NUMBERS = frozenset({"submissions", "estimated", "billed", "without bill", "may be billed"})
 
@@ -201,7 +206,7 @@ def charge_status(entry: Entry, charge: Charge) -> Status:
     if charge.job_id != entry.job_id:
         return "no bill"
     if entry.state == "failed":
-        return "failed"
+        return "cancelled" if entry.cancelled else "failed"
     return "rendering" if entry.state in UNSETTLED else "unreported"
 
 

@@ -7,13 +7,19 @@ with sound $0.224, standard silent $0.168, pro silent $0.224), never read from t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+from kling_batch.lockfile import Charge, Lockfile, new_entry
+from kling_batch.lockname import lock_path
+from kling_batch.plan import build_plan
+from tests.conftest import NOW
 from tests.run.conftest import Project
 
 MANIFEST = """\
@@ -210,3 +216,52 @@ def test_spend_reads_the_emulator_lockfile_with_emulator(
     data = json.loads(spend(project, "--emulator", "--format", "json").stdout)
     assert data["lockfile"] == "shots.emulator.lock"
     assert money(data["totals"]["billed_usd"]) == BAY + NIGHT + FOG
+
+
+def test_spend_shows_a_cancelled_job_as_cancelled(tmp_path: Path) -> None:
+    """Jobs cancelled by `kling-batch cancel` or on the API's side are `cancelled`, not
+    `failed`; one whose bill was recorded is billed; totals count them as jobs as before."""
+    manifest = tmp_path / "shots.toml"
+    dusk = 'id = "dusk"\nprompt = "dusk"\nmodel_tier = "standard"\nsound = false\nduration = 3'
+    manifest.write_text(f"{MANIFEST}\n[[shots]]\n{dusk}\n")
+    errors = {
+        "bay": "cancelled by the user (job job_bay)",
+        "night": "job job_night canceled: the job was canceled",
+        "fog": "job job_fog cancelled: cancelled after rendering",
+        "dusk": "job job_dusk failed: content policy [policy]",
+    }
+    lock = Lockfile()
+    for item in build_plan(manifest, now=NOW).items:
+        render = item.render
+        job = f"job_{render.id}"
+        bill = FOG if render.id == "fog" else None
+        charge = Charge(
+            fingerprint=render.fingerprint,
+            submitted_at=NOW,
+            cost_usd=render.cost,
+            job_id=job,
+            billed_usd=bill,
+        )
+        lock.shots[render.id] = new_entry(
+            render, "failed", job_id=job, error=errors[render.id], submissions=[charge]
+        )
+    lock.save(lock_path(manifest))
+    argv = [sys.executable, "-m", "kling_batch", "spend", str(manifest)]
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    done = subprocess.run([*argv, "--format", "json"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    statuses = {r["id"]: [s["status"] for s in r["submissions"]] for r in data["renders"]}
+    assert statuses == {
+        "bay": ["cancelled"],
+        "night": ["cancelled"],
+        "fog": ["billed"],
+        "dusk": ["failed"],
+    }
+    totals = data["totals"]
+    assert money(totals["billed_usd"]) == FOG
+    assert money(totals["estimated_usd"]) == BAY + NIGHT + 2 * FOG
+    assert (totals["bills"], totals["missing_bills"]) == (1, 3)
+    table = subprocess.run(argv, capture_output=True, text=True, env=env).stdout
+    (row,) = [line for line in table.splitlines() if "job_bay" in line]
+    assert "cancelled" in row and "failed" not in row and "$1.12" in row
