@@ -13,6 +13,7 @@ from kling_batch.canonical import plain_numbers
 from kling_batch.lock_facts import EntryRecord, LockRecords, PastRecord
 from kling_batch.lockfile import UNSETTLED
 from kling_batch.planned import PlanItem, PlannedRender, RestoreSource
+from kling_batch.recall import RememberedJob, recall_window
 from kling_batch.state import StateDir
 from kling_batch.urls import KnownUrl
 
@@ -28,6 +29,9 @@ class FileFacts(Protocol):
 
     def result_url(self, sha256: str) -> KnownUrl | None:
         """The signed URL a downloaded render can be fetched from again, if one is known."""
+
+    def remembered_job(self, fingerprint: str) -> RememberedJob | None:
+        """The job an earlier run submitted for a fingerprint on this API (`recall`), if any."""
 
 
 class Differ:
@@ -84,7 +88,7 @@ class Differ:
             return decided
         first = self._paid.setdefault(render.fingerprint, render)
         if first is render:
-            return decided
+            return decided if render.id in self.forced else self._recalled(decided)
         source = RestoreSource("twin", "", 0, path=self.root / first.output, twin=first.id)
         reason = f"same request as {first.id}: copied from it once it renders (free)"
         return PlanItem(render, "restore", (reason,), source)
@@ -102,6 +106,31 @@ class Differ:
             for entry, past in self.lock.finished():
                 self._finished.setdefault(past.fingerprint, []).append((entry, past))
         return self._finished
+
+    def _recalled(self, item: PlanItem) -> PlanItem:
+        """A render to pay for whose request an earlier run already submitted, the lockfile
+        not knowing (a `git checkout`, a stash or a revert took the record away): its job
+        is resumed, an unanswered submission looked for in the job list, at no new cost.
+        Asked only of renders to pay for: the one read of the state folder they cost."""
+        render = item.render
+        job = self.files.remembered_job(render.fingerprint)
+        if job is None or self.now - job.submitted_at > recall_window(render.tier, render.seconds):
+            return item  # none, or gone from the API by now
+        if job.job_id is None:
+            if any(
+                entry.fingerprint == job.fingerprint and entry.state in UNSETTLED
+                for entry in self.lock.shots.values()
+            ):
+                return item  # the lockfile follows that submission itself
+            reason = (
+                f"{job.describe()}, not in this lockfile: it may have made a job, looked up "
+                "in the job list, no new cost"
+            )
+            return PlanItem(render, "uncertain", (reason,), recalled=job)
+        if any(entry.job_id == job.job_id for entry in self.lock.shots.values()):
+            return item  # the lockfile records that job already
+        reason = f"{job.describe()}, not in this lockfile: followed to its end, no new cost"
+        return PlanItem(render, "resume", (reason,), recalled=job)
 
     def _adopt(self, render: PlannedRender, key: str) -> PlanItem:
         """Take over entry `key`'s job in flight: the same request under another id."""

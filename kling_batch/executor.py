@@ -57,6 +57,7 @@ from kling_batch.lockfile import (
 from kling_batch.outcomes import Events, Outcome, OutcomeState, RunReport, stop_reason
 from kling_batch.pacing import job_deadline, longest_first
 from kling_batch.plan import PAID_ACTIONS, PlanItem, PlannedRender, RestoreSource
+from kling_batch.recall import JobMemory, recalled_entry
 from kling_batch.state import StateDir
 from kling_batch.submission import Poster, Submitter
 from kling_batch.team import (
@@ -126,6 +127,7 @@ class Executor:
             board=JobBoard(client, window=self.options.pacer.list_window),
         )
         self._done_events: dict[str, anyio.Event] = {}
+        writer.jobs = JobMemory(self.state, writer.path)
 
     def stop(self, reason: str) -> None:
         """Submit nothing new; renders already submitted are still followed to the end."""
@@ -139,6 +141,7 @@ class Executor:
         await self._downloads.detach_cache()
         self._downloads.urls.absorb(self.writer)
         await self._take_over(items)
+        await self._recall(items)
         items = [await self._staged(item) for item in items]
         try:
             async with anyio.create_task_group() as group:
@@ -233,6 +236,22 @@ class Executor:
         await self.writer.commit()
         for item in moves:
             self.events.event(item.render.id, "adopted", f"the job of {item.adopt}")
+
+    async def _recall(self, items: Sequence[PlanItem]) -> None:
+        """Record under its render every job (or unanswered submission) an earlier run made
+        that the lockfile lost (`kling_batch.recall`), in one save before any render starts:
+        from then on it is followed, or looked for, like one of this lockfile's own."""
+        recalled = [item for item in items if item.recalled is not None]
+        now = self.clock.now()
+        for item in recalled:
+            assert item.recalled is not None
+            render = item.render
+            entry = recalled_entry(render, self.writer.get(render.id), item.recalled, now)
+            self.writer.set(render.id, entry)
+        await self.writer.commit()
+        for item in recalled:
+            assert item.recalled is not None
+            self.events.event(item.render.id, "adopted", item.recalled.describe())
 
     async def _render(self, item: PlanItem, previous: Entry | None) -> Outcome:
         """Upload, claim (with a shared store), submit and poll a render in a job slot, then

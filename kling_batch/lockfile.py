@@ -538,6 +538,21 @@ def _sorted(value: Any) -> Any:
     return value
 
 
+Memo = list[tuple[str, str | None, str | None]]
+
+
+class JobsKept(Protocol):
+    """Keeps jobs in flight remembered outside the lockfile (`kling_batch.recall`)."""
+
+    def changes(
+        self, changed: dict[str, tuple[Entry | None, Entry | None]], api: str | None
+    ) -> Memo:
+        """What to write for the entries changed since the last save ((before, after) by id)."""
+
+    def apply(self, work: Memo) -> None:
+        """Write it (in the save's worker thread, before the lockfile)."""
+
+
 class LockWriter:
     """The one writer of a lockfile during a run: atomic saves, grouped when they overlap.
 
@@ -554,6 +569,10 @@ class LockWriter:
         self._changes = 0
         self._saved = 0
         self._saving = anyio.Lock()
+        # With `jobs`, every job (or unanswered submission) on record is also remembered
+        # in the state folder, written just before the lockfile that records it.
+        self.jobs: JobsKept | None = None
+        self._before: dict[str, Entry | None] = {}  # changed since the last save: as it was
 
     def claim_api(self, api: str) -> None:
         """Record which API this lockfile's renders come from (saved by the next commit)."""
@@ -586,6 +605,7 @@ class LockWriter:
 
     def set(self, shot_id: str, entry: Entry) -> None:
         """Replace one shot's entry in memory (saved by the next commit)."""
+        self._before.setdefault(shot_id, self.lock.shots.get(shot_id))
         self.lock.shots[shot_id] = entry
         self._changes += 1
 
@@ -598,6 +618,7 @@ class LockWriter:
     def remove(self, shot_id: str) -> None:
         """Drop one shot's entry: one whose POST was never sent, or one just moved under
         another id (saved together with the move)."""
+        self._before.setdefault(shot_id, self.lock.shots.get(shot_id))
         self.lock.shots.pop(shot_id, None)
         self._fragments.pop(shot_id, None)
         self._changes += 1
@@ -651,11 +672,23 @@ class LockWriter:
                     return
                 taken = self._changes
                 pieces = self.pieces()  # taken here: the worker thread must not read the lock
+                memo = self._memo()
                 try:
-                    await anyio.to_thread.run_sync(atomic_write, self.path, pieces)
+                    await anyio.to_thread.run_sync(self._save, pieces, memo)
                 except OSError as exc:
                     raise LockWriteError(f"cannot write {self.path.name}: {exc}") from exc
                 self._saved = taken
+
+    def _memo(self) -> Memo:
+        """What the remembered jobs need for the entries changed since the last save."""
+        changed = {key: (was, self.lock.shots.get(key)) for key, was in self._before.items()}
+        self._before = {}
+        return self.jobs.changes(changed, self.lock.api) if self.jobs is not None else []
+
+    def _save(self, pieces: list[str], memo: Memo) -> None:
+        if memo and self.jobs is not None:
+            self.jobs.apply(memo)
+        atomic_write(self.path, pieces)
 
     def dumps(self) -> str:
         """The lockfile text, reusing each unchanged shot's TOML."""

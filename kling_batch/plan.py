@@ -45,6 +45,7 @@ from kling_batch.planned import (
     RestoreSource,
 )
 from kling_batch.pricing import Price, price, select_row
+from kling_batch.recall import RememberedJob, read_job
 from kling_batch.selection import matches_any, require_matches
 from kling_batch.state import StateDir
 from kling_batch.uptodate import EditBase, KnownShot
@@ -557,6 +558,13 @@ class _ProjectFiles:
         if state.remembered_render(self.lock_file, fingerprint) is None or self.api is None:
             return None
         return state.remembered_render(self.lock_file, fingerprint, self.api)
+
+    def remembered_job(self, fingerprint: str) -> RememberedJob | None:
+        # One small read, asked only for a render to pay for; the API only if one is there.
+        job = read_job(self.store.state, self.lock_file, fingerprint)
+        if job is None or self.api is None or job.api != self.api:
+            return None
+        return job
 
     def result_url(self, sha256: str) -> KnownUrl | None:
         if self._urls is None:  # read only when a restore is in question

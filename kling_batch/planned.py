@@ -7,12 +7,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from kling_batch import kling_o3
 from kling_batch.assets import Asset
 from kling_batch.kling_o3 import KlingO3Request
 from kling_batch.pricing import Price
+
+if TYPE_CHECKING:
+    from kling_batch.recall import RememberedJob
 
 Action = Literal["new", "changed", "retry", "resume", "restore", "unchanged", "uncertain"]
 PAID_ACTIONS: frozenset[str] = frozenset({"new", "changed", "retry"})
@@ -146,6 +149,9 @@ class PlanItem:
     # A lockfile entry no longer in the manifest whose job is followed to its end; its
     # video goes to the render cache only.
     stray: bool = False
+    # A job (or unanswered submission) an earlier run made for this very request that the
+    # lockfile does not record (`kling_batch.recall`): resumed, or looked for, not paid again.
+    recalled: RememberedJob | None = None
 
     @property
     def paid(self) -> bool:

@@ -27,6 +27,11 @@ Every path under the folder is built here and nowhere else:
                                  reverted or lost still restores what the cache holds;
                                  per lockfile, so emulator renders never stand in for
                                  paid ones (run)
+     └── jobs/<lock name>/<hex>  the last job submitted for each request (by fingerprint)
+                                 from that lockfile: API, job id, when; removed once it
+                                 ends. A lockfile that lost the record (a `git checkout`,
+                                 a stash, a revert) follows the job instead of paying
+                                 again (run; `kling_batch.recall`)
 
 Everything in it can be rebuilt from the manifest, the lockfile and the files, except the
 render cache, which only saves money. A folder that is a symlink, or that resolves outside
@@ -46,6 +51,7 @@ from kling_batch.errors import UserError
 NAME = ".kling-batch"
 _RENDERS = "cache"
 _INDEX = "cache-index"
+_JOBS = "jobs"
 _GITIGNORE = "# kling-batch state: caches, never committed\n*\n"
 
 
@@ -139,6 +145,10 @@ class StateDir:
             return None
         return sha256, int(size)
 
+    def remembered_job(self, lock_file: Path, fingerprint: str) -> Path:
+        """Where the last job submitted for `fingerprint` from `lock_file` is remembered."""
+        return self.path / _JOBS / lock_file.name / untagged(fingerprint)
+
     @property
     def cache_index(self) -> Path:
         """The folder of the render cache's per-lockfile indexes (`cache-index/<lock name>/`)."""
@@ -158,8 +168,9 @@ class StateDir:
 
     def check(self) -> None:
         """Refuse a state folder that is a symlink or lies outside the project folder, or
-        holds a symlink where kling-batch writes (its own entries, the render cache's
-        and the cache index's folders): a repository must not make it write elsewhere."""
+        holds a symlink where kling-batch writes (its own entries, the render cache's,
+        the cache index's and the remembered jobs' folders): a repository must not make
+        it write elsewhere."""
         if self.path.is_symlink():
             raise UserError(
                 f"{NAME} is a symlink; kling-batch keeps its caches and run lock only in a "
@@ -170,7 +181,7 @@ class StateDir:
             raise UserError(
                 f"{NAME} resolves outside the manifest's folder; remove it", file=self.path
             )
-        for folder in (self.path, self.path / _INDEX):
+        for folder in (self.path, self.path / _INDEX, self.path / _JOBS):
             for entry in _entries(folder):
                 if entry.is_symlink():
                     where = Path(entry.path).relative_to(self.root)

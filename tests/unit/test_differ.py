@@ -43,6 +43,9 @@ class Files:
     def result_url(self, sha256: str) -> KnownUrl | None:
         return self.urls.get(sha256)
 
+    def remembered_job(self, fingerprint: str) -> None:
+        return None
+
 
 def render(shot: str = "a", prompt: str = "a lighthouse", output: str = "") -> PlannedRender:
     """A planned t2v render (no media, so no file is read)."""

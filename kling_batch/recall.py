@@ -1,0 +1,235 @@
+"""Jobs remembered outside the lockfile: the last submission of each request, by its
+fingerprint, in the state folder (`StateDir.remembered_job`).
+
+The lockfile is committed and the state folder is not, so `git checkout`, `git stash` or a
+revert can take a job's record away while the job renders (or after a run stopped with it
+in flight). A plan that then finds the request new or changed would pay for it again; with
+a job remembered here it resumes that job instead (or, for a submission that went
+unanswered, looks for it in the job list), at no new cost.
+
+Written by the run's `LockWriter` at each commit, just before the lockfile: `submitting` and
+`uncertain` records as unanswered submissions, `submitted` and `completed` ones with their
+job; removed when the render ends (`done` or `failed`). It is a cache, not a record: a
+damaged or unreadable file is no file, and one that cannot be written is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from kling_batch import safefiles
+from kling_batch.atomic import atomic_write
+from kling_batch.errors import UserError
+from kling_batch.lockfile import Charge, Entry, Memo, RenderRecord, inherited, new_entry
+from kling_batch.pacing import job_deadline
+from kling_batch.state import StateDir
+
+log = logging.getLogger(__name__)
+
+_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
+_LIMIT = 4096  # a remembered job is a few hundred bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RememberedJob:
+    """A submission an earlier run made for a request: its job, or None when no answer
+    came (the POST may have created one)."""
+
+    fingerprint: str
+    api: str
+    submitted_at: datetime
+    job_id: str | None = None
+    poll_url: str | None = None
+    sent: str | None = None  # `kling_o3.sent_digest` of the body POSTed, when recorded
+    cost_usd: Decimal | None = None
+
+    def dumps(self) -> str:
+        """The file's text."""
+        data = {
+            "fingerprint": self.fingerprint,
+            "api": self.api,
+            "submitted_at": self.submitted_at.isoformat(),
+            "job_id": self.job_id,
+            "poll_url": self.poll_url,
+            "sent": self.sent,
+            "cost_usd": str(self.cost_usd) if self.cost_usd is not None else None,
+        }
+        return json.dumps(data, sort_keys=True) + "\n"
+
+    def describe(self) -> str:
+        """The job, or the unanswered submission, in words."""
+        when = f"{self.submitted_at:%Y-%m-%d %H:%M:%S %Z}".strip()
+        if self.job_id is None:
+            return f"a submission sent {when} by an earlier run, unanswered"
+        return f"job {self.job_id}, submitted {when} by an earlier run"
+
+
+def recall_window(tier: str, seconds: Decimal) -> timedelta:
+    """How long after its submission a job may still be on the API: the API keeps a job an
+    hour after it ends, and a job of this size ends at the latest around its run deadline
+    (`pacing.job_deadline`, ten times the expected time). Generous on purpose: a job
+    resumed after it is gone costs one poll (and fails, to be retried), one not resumed
+    while it is kept is paid twice."""
+    from kling_batch.polling import JOB_RETENTION  # the run's modules: plan rarely asks
+
+    return JOB_RETENTION + timedelta(seconds=job_deadline(tier, seconds))
+
+
+def read_job(state: StateDir, lock_file: Path, fingerprint: str) -> RememberedJob | None:
+    """The job remembered for `fingerprint` from `lock_file`, if a sound one is there."""
+    try:
+        text = safefiles.read_text(
+            state.remembered_job(lock_file, fingerprint), limit=_LIMIT, what="a cache"
+        )
+        return _parsed(json.loads(text), fingerprint)
+    except (OSError, UnicodeDecodeError, UserError, ValueError):
+        return None  # a cache, not a record: a damaged entry is no entry
+
+
+def _parsed(data: Any, fingerprint: str) -> RememberedJob | None:
+    if not isinstance(data, dict) or data.get("fingerprint") != fingerprint:
+        return None
+    api, job_id, poll_url, sent = (data.get(k) for k in ("api", "job_id", "poll_url", "sent"))
+    if not isinstance(api, str) or not api:
+        return None
+    if not all(v is None or (isinstance(v, str) and v) for v in (job_id, poll_url, sent)):
+        return None
+    if job_id is None and sent is None:
+        return None  # the job list could not be searched for what was sent: a look proves nothing
+    submitted_at = datetime.fromisoformat(str(data.get("submitted_at")))
+    if submitted_at.tzinfo is None:
+        return None
+    cost = data.get("cost_usd")
+    try:
+        cost_usd = Decimal(cost) if isinstance(cost, str) else None
+    except InvalidOperation:
+        return None
+    if cost_usd is not None and not (cost_usd.is_finite() and cost_usd >= 0):
+        return None
+    return RememberedJob(fingerprint, api, submitted_at, job_id, poll_url, sent, cost_usd)
+
+
+def remembered(entry: Entry, api: str) -> RememberedJob | None:
+    """What to remember of an entry: its job (submitted, completed), or its unanswered
+    submission (submitting, uncertain); None when there is nothing in flight to remember."""
+    if entry.state in ("submitted", "completed") and entry.job_id:
+        when = entry.submitted_at or entry.updated_at
+        if when is None:
+            return None
+        return RememberedJob(
+            entry.fingerprint, api, when, entry.job_id, entry.poll_url, cost_usd=entry.cost_usd
+        )
+    if entry.state not in ("submitting", "uncertain"):
+        return None
+    charge = entry.unanswered()
+    if charge is None:
+        return None  # none waiting (a complete look proved it made no job), or none recorded
+    when, sent = charge.submitted_at, charge.sent
+    if sent is None:
+        return None  # what was sent is not known: the job list cannot be searched for it
+    return RememberedJob(entry.fingerprint, api, when, sent=sent, cost_usd=entry.cost_usd)
+
+
+def recalled_entry(
+    render: RenderRecord, previous: Entry | None, job: RememberedJob, now: datetime
+) -> Entry:
+    """`render`'s entry for a remembered job: `submitted` with it, or `uncertain` for an
+    unanswered submission (looked for in the job list like any). Its charge is recorded
+    here too: this lockfile now follows the job, and spend is never under-reported."""
+    kept = inherited(previous)
+    charge = Charge(
+        fingerprint=render.fingerprint,
+        submitted_at=job.submitted_at,
+        cost_usd=job.cost_usd if job.cost_usd is not None else render.cost,
+        job_id=job.job_id,
+        sent=job.sent,
+    )
+    fields: dict[str, Any] = {
+        "updated_at": now,
+        "history": kept["history"],
+        "submissions": [*kept["submissions"], charge],
+        "attempts": previous.attempts if previous else 0,
+    }
+    if job.job_id is None:
+        error = f"{job.describe()}: it may have reached the API"
+        return new_entry(render, "uncertain", error=error, **fields)
+    return new_entry(
+        render,
+        "submitted",
+        job_id=job.job_id,
+        poll_url=job.poll_url,
+        submitted_at=job.submitted_at,
+        **fields,
+    )
+
+
+class JobMemory:
+    """Keeps the remembered jobs of one lockfile in step with its entries (for `LockWriter`).
+
+    `changes` is worked out in the event loop from the entries as they stand; `apply` writes
+    them (in the writer's worker thread, before the lockfile). Nothing is written unless
+    the state folder exists (a run makes it) and the lockfile names its API.
+    """
+
+    def __init__(self, state: StateDir, lock_file: Path) -> None:
+        self.state = state
+        self.lock_file = lock_file
+        self._written: dict[str, str] = {}  # fingerprint → text this run last wrote
+
+    def changes(
+        self, changed: dict[str, tuple[Entry | None, Entry | None]], api: str | None
+    ) -> Memo:
+        """(fingerprint, text to write or None to remove, the job the removal is for) of
+        each entry changed since the last commit ((before, after) by id)."""
+        if api is None:
+            return []
+        work: Memo = []
+        for before, after in changed.values():
+            memo = remembered(after, api) if after is not None else None
+            if memo is not None:
+                text = memo.dumps()
+                if self._written.get(memo.fingerprint) != text:
+                    self._written[memo.fingerprint] = text
+                    work.append((memo.fingerprint, text, None))
+                continue
+            for ended in (before, after):  # the job it held ended, or it never went out
+                if ended is not None and ended.fingerprint not in self._written_now(work):
+                    self._written.pop(ended.fingerprint, None)
+                    work.append((ended.fingerprint, None, ended.job_id))
+        return [item for item in work if _FINGERPRINT.fullmatch(item[0])]
+
+    @staticmethod
+    def _written_now(work: Memo) -> set[str]:
+        return {fingerprint for fingerprint, text, _ in work if text is not None}
+
+    def apply(self, work: Memo) -> None:
+        """Write or remove each remembered job (best effort: it only saves money)."""
+        if not work or not self.state.path.is_dir():
+            return
+        for fingerprint, text, job_id in work:
+            path = self.state.remembered_job(self.lock_file, fingerprint)
+            try:
+                if text is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write(path, text)
+                else:
+                    self._forget(fingerprint, job_id)
+            except OSError as exc:
+                log.debug("could not remember the job of %s: %s", fingerprint, exc)
+
+    def _forget(self, fingerprint: str, job_id: str | None) -> None:
+        """Remove the remembered job of `fingerprint` if it is `job_id`'s (or unanswered):
+        a job another lockfile's render still follows stays remembered."""
+        found = read_job(self.state, self.lock_file, fingerprint)
+        if found is not None and found.job_id is not None and found.job_id != job_id:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.state.remembered_job(self.lock_file, fingerprint).unlink()

@@ -1,0 +1,159 @@
+"""A job in flight whose lockfile record git took away (a `git checkout` of another branch, a
+stash, a revert) is resumed from the state folder, not paid again. Real CLI against the
+emulator."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from kling_batch.emulator import Latency
+from kling_batch.lockfile import load_lockfile
+from kling_batch.submission import FINGERPRINT_HEADER
+from tests.run.conftest import Project, emulator, write_project
+
+# Jobs wait 450 modelled seconds (0.9 real seconds) in the queue: a run with a 1-second job
+# deadline always leaves its job in flight.
+SLOW = Latency(queue_seconds=(450.0, 450.0), jitter=0.0)
+
+HEADER = 'version = 1\nname = "recall"\noutput_dir = "renders"\n'
+SHOT = '\n[[shots]]\nid = "{}"\nprompt = "{}"\nmodel_tier = "standard"\n'
+BAY = HEADER + SHOT.format("bay", "a calm bay")
+BOTH = BAY + SHOT.format("hero", "the hero lands")
+
+
+def checkout_in_flight(project: Project) -> str:
+    """Branch B renders `bay`; branch A adds `hero` and runs, stopped while hero's job
+    renders; then `git checkout B` puts B's lockfile back (no `hero`). Returns hero's job."""
+    project.manifest.write_text(BAY)
+    assert project.run().returncode == 0
+    branch_b = project.lock.read_bytes()
+    project.manifest.write_text(BOTH)
+    assert project.run("--job-timeout", "1").returncode == 1
+    entry = load_lockfile(project.lock).shots["hero"]
+    assert entry.state == "submitted" and entry.job_id
+    project.lock.write_bytes(branch_b)  # the checkout: the lockfile is B's again
+    return entry.job_id
+
+
+def hero_plan(project: Project) -> tuple[dict[str, object], dict[str, object]]:
+    """hero's item of the plan, and the plan's totals."""
+    plan = project.plan_json()
+    shots = {shot["id"]: shot for shot in plan["shots"]}  # type: ignore[attr-defined]
+    return shots["hero"], plan["totals"]  # type: ignore[return-value]
+
+
+def test_a_job_in_flight_lost_by_a_checkout_is_resumed_not_paid_again(
+    make_project: Callable[..., Project],
+) -> None:
+    """The lockfile lost hero's job in flight: plan resumes it at $0, the run follows it to
+    its end and downloads it; the API saw one submit for hero."""
+    project = make_project(BAY, latency=SLOW)
+    job = checkout_in_flight(project)
+    shot, totals = hero_plan(project)
+    assert shot["action"] == "resume"
+    (reason,) = shot["reasons"]  # type: ignore[misc]
+    assert f"job {job}" in reason and "earlier run, not in this lockfile" in reason
+    assert totals["to_run_cost_usd"] == 0
+    result = project.run()
+    assert result.returncode == 0, result.stderr
+    assert project.submissions() == 2  # bay once, hero once
+    entry = load_lockfile(project.lock).shots["hero"]
+    jobs = project.served.emulator.journal.jobs_by_header(FINGERPRINT_HEADER)
+    assert jobs[entry.fingerprint] == [job]
+    assert entry.state == "done" and entry.job_id == job
+    assert [charge.job_id for charge in entry.submissions] == [job]
+    assert (project.root / "renders" / "hero.mp4").is_file()
+    assert not list((project.root / ".kling-batch" / "jobs").glob("*/*"))  # it ended
+    lock = load_lockfile(project.lock)
+    assert project.served.emulator.ledger.total == sum(e.cost_usd for e in lock.shots.values())
+
+
+def test_an_older_record_of_the_shot_does_not_hide_the_job_in_flight(
+    make_project: Callable[..., Project],
+) -> None:
+    """The checkout brings back an older render of hero (another prompt): the new request's
+    job in flight is resumed; the older render stays in the entry's history."""
+    project = make_project(BOTH.replace("the hero lands", "the hero waits"), latency=SLOW)
+    assert project.run().returncode == 0
+    older = project.lock.read_bytes()
+    project.manifest.write_text(BOTH)
+    assert project.run("--job-timeout", "1").returncode == 1
+    job = load_lockfile(project.lock).shots["hero"].job_id
+    project.lock.write_bytes(older)
+    shot, totals = hero_plan(project)
+    assert (shot["action"], totals["to_run_cost_usd"]) == ("resume", 0)
+    assert project.run().returncode == 0
+    assert project.submissions() == 3  # bay, the older hero, the new hero: once each
+    entry = load_lockfile(project.lock).shots["hero"]
+    assert entry.state == "done" and entry.job_id == job and len(entry.history) == 1
+
+
+def test_only_the_same_request_resumes_the_remembered_job(
+    make_project: Callable[..., Project],
+) -> None:
+    """Two jobs in flight lost by the checkout, one shot's prompt edited since: the same
+    request resumes its job, the edited one is new and paid (its old job is not its own)."""
+    project = make_project(BAY, latency=SLOW)
+    checkout_in_flight(project)
+    project.edit('prompt = "the hero lands"', 'prompt = "the hero takes off"')
+    with project.manifest.open("a") as f:
+        f.write(SHOT.format("hero-two", "the hero lands"))
+    actions = {s["id"]: s["action"] for s in project.plan_json()["shots"]}  # type: ignore[attr-defined]
+    assert actions == {"bay": "unchanged", "hero": "new", "hero-two": "resume"}
+    assert project.run().returncode == 0
+    assert project.submissions() == 3  # bay, "the hero lands" once, "takes off" once
+
+
+def test_a_job_remembered_from_another_api_is_not_resumed(
+    make_project: Callable[..., Project], tmp_path: Path
+) -> None:
+    """The job was submitted to one API (emulator): planned for another, the render is
+    new, as the other API has no such job; planned for the first, it resumes."""
+    project = make_project(BAY, latency=SLOW)
+    checkout_in_flight(project)
+    assert hero_plan(project)[0]["action"] == "resume"
+    with emulator() as other:
+        elsewhere = write_project(tmp_path, other, BOTH)
+        assert hero_plan(elsewhere)[0]["action"] == "new"
+
+
+def test_without_the_state_folder_the_plan_is_as_before(
+    make_project: Callable[..., Project],
+) -> None:
+    """The state folder removed (a fresh clone) or its entry damaged: nothing is
+    remembered, the render is planned new and paid as before."""
+    project = make_project(BAY, latency=SLOW)
+    checkout_in_flight(project)
+    assert hero_plan(project)[0]["action"] == "resume"
+    (remembered,) = (project.root / ".kling-batch" / "jobs").glob("*/*")
+    data = json.loads(remembered.read_text())
+    remembered.write_text(json.dumps({**data, "submitted_at": "yesterday"}))
+    assert hero_plan(project)[0]["action"] == "new"
+    shutil.rmtree(project.root / ".kling-batch")
+    assert hero_plan(project)[0]["action"] == "new"
+
+
+def test_an_unanswered_submission_lost_by_a_checkout_is_looked_for_not_resent(
+    make_project: Callable[..., Project],
+) -> None:
+    """hero's submit went unanswered (the job was made), then the checkout lost the record:
+    the plan says uncertain, not new, and the run finds the job in the job list."""
+    project = make_project(BAY, faults=("ambiguous=first1,on=submit",))
+    project.manifest.write_text(BOTH)
+    assert project.run("--only", "hero").returncode == 1
+    assert load_lockfile(project.lock).shots["hero"].state == "uncertain"
+    project.lock.unlink()  # the checkout of a branch that never ran
+    plan = project.plan_json()
+    shots = {shot["id"]: shot for shot in plan["shots"]}  # type: ignore[attr-defined]
+    assert shots["hero"]["action"] == "uncertain"
+    assert "earlier run" in shots["hero"]["reasons"][0]
+    assert plan["totals"]["to_run_cost_usd"] == shots["bay"]["cost_usd"]  # type: ignore[index]
+    result = project.run()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert project.submissions() == 2  # hero once (unanswered), bay once
+    entry = load_lockfile(project.lock).shots["hero"]
+    assert entry.state == "done" and entry.job_id
+    assert (project.root / "renders" / "hero.mp4").is_file()
