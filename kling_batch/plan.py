@@ -25,6 +25,7 @@ from kling_batch import kling_o3
 from kling_batch.actions import Differ, FileFacts, change_reasons
 from kling_batch.assets import Asset, AssetStore
 from kling_batch.cachefile import tool_identity
+from kling_batch.canonical import untagged
 from kling_batch.errors import AssetProblem, RequestRuleError, UserError, validation_error
 from kling_batch.expand import Expansion, RenderSpec, check_render_count, count_renders
 from kling_batch.kling_o3 import KlingO3Request
@@ -45,7 +46,7 @@ from kling_batch.planned import (
     RestoreSource,
 )
 from kling_batch.pricing import Price, price, select_row
-from kling_batch.recall import RememberedJob, read_job
+from kling_batch.recall import RememberedJob, read_job, remembered_jobs
 from kling_batch.selection import matches_any, require_matches
 from kling_batch.state import StateDir
 from kling_batch.uptodate import EditBase, KnownShot
@@ -559,8 +560,16 @@ class _ProjectFiles:
             return None
         return state.remembered_render(self.lock_file, fingerprint, self.api)
 
+    @cached_property
+    def _remembered_jobs(self) -> frozenset[str]:
+        """The fingerprints (untagged) with a job remembered for this lockfile: one listing
+        of the folder, so a plan of thousands of new renders reads no file for each."""
+        return remembered_jobs(self.store.state, self.lock_file)
+
     def remembered_job(self, fingerprint: str) -> RememberedJob | None:
-        # One small read, asked only for a render to pay for; the API only if one is there.
+        # Asked only for a render to pay for; the API only if a job is remembered.
+        if untagged(fingerprint) not in self._remembered_jobs:
+            return None
         job = read_job(self.store.state, self.lock_file, fingerprint)
         if job is None or self.api is None or job.api != self.api:
             return None

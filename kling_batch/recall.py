@@ -83,6 +83,15 @@ def recall_window(tier: str, seconds: Decimal) -> timedelta:
     return JOB_RETENTION + timedelta(seconds=job_deadline(tier, seconds))
 
 
+def remembered_jobs(state: StateDir, lock_file: Path) -> frozenset[str]:
+    """The names (untagged fingerprints) of the jobs remembered for `lock_file`; none when
+    the folder is missing or cannot be listed."""
+    try:
+        return frozenset(path.name for path in state.remembered_jobs(lock_file).iterdir())
+    except OSError:
+        return frozenset()
+
+
 def read_job(state: StateDir, lock_file: Path, fingerprint: str) -> RememberedJob | None:
     """The job remembered for `fingerprint` from `lock_file`, if a sound one is there."""
     try:

@@ -147,7 +147,11 @@ class StateDir:
 
     def remembered_job(self, lock_file: Path, fingerprint: str) -> Path:
         """Where the last job submitted for `fingerprint` from `lock_file` is remembered."""
-        return self.path / _JOBS / lock_file.name / untagged(fingerprint)
+        return self.remembered_jobs(lock_file) / untagged(fingerprint)
+
+    def remembered_jobs(self, lock_file: Path) -> Path:
+        """The folder of the jobs remembered for `lock_file` (one file per fingerprint)."""
+        return self.path / _JOBS / lock_file.name
 
     @property
     def cache_index(self) -> Path:
