@@ -76,6 +76,8 @@ from kling_batch.payloads import (
     find_error_answer,
     find_job_id,
     find_poll_url,
+    find_video_url,
+    has_status,
     parse_error_envelope,
     parse_job,
     parse_upload,
@@ -260,7 +262,14 @@ class EmpirioClient:
         url = self._poll_url(poll_url, job_id)
 
         async def handle(response: httpx.Response) -> JobState:
-            return parse_job(await _json_object(response), job_id=job_id)
+            payload = await _json_object(response)
+            said = find_error_answer(payload) if not has_status(payload) else None
+            if said is not None and find_video_url(payload) is None:
+                # An error envelope without a status field is no word on the job (a
+                # gateway's trouble, the API's own): read as its failure, the render would
+                # be recorded failed and paid again while the job may be rendering.
+                raise MalformedResponse(f"it answered an error and no job status: {said}")
+            return parse_job(payload, job_id=job_id)
 
         return await self._call("job", lambda _: self._build("GET", url, "poll"), handle)
 

@@ -160,6 +160,13 @@ def find_poll_url(payload: Mapping[str, Any]) -> str | None:
     return None
 
 
+def has_status(payload: Mapping[str, Any]) -> bool:
+    """True when a job answer has a `status` field (null included), at its top or in the
+    `data`/`job` object `parse_job` reads."""
+    holders = [payload, *(payload.get(key) for key in ("data", "job"))]
+    return any(isinstance(holder, Mapping) and "status" in holder for holder in holders)
+
+
 def parse_job(payload: Mapping[str, Any], *, job_id: str | None = None) -> JobState:
     """A `JobState` from a job object (or one wrapped in `data`/`job`); `job_id` wins if given.
 

@@ -37,6 +37,25 @@ async def test_transient_status_on_a_poll_is_retried(api, make_client, error_res
     assert len(api.seen) == 2
 
 
+async def test_a_poll_answered_with_an_error_and_no_status_is_asked_again(api, make_client):
+    """A 200 to a poll carrying only an error envelope says nothing of the job: it is asked
+    again, never read as the job's failure (recorded failed, the render would be paid
+    again while the job renders)."""
+    trouble = {"error": {"code": "internal_error", "message": "try again later"}}
+    api.on("GET", JOB, trouble, {"status": "processing", "progress": 0.5})
+    async with make_client() as client:
+        job = await client.get_job("job_1")
+    assert (job.status, job.raw_status, len(api.seen)) == ("pending", "processing", 2)
+
+
+async def test_a_job_answered_failed_with_its_error_is_failed(api, make_client):
+    """A job that says it failed, with its error, is failed at the first answer."""
+    api.on("GET", JOB, {"status": "failed", "error": {"code": "upstream_error", "message": "x"}})
+    async with make_client() as client:
+        job = await client.get_job("job_1")
+    assert (job.status, len(api.seen)) == ("failed", 1)
+
+
 @pytest.mark.parametrize(
     ("status", "cls"), [(401, AuthError), (403, AuthError), (402, CreditsError)]
 )
