@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kling_batch.lockfile import load_lockfile
-from tests.run.conftest import Project
+from tests.run.conftest import TIME_SCALE, Project
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DAY = 24 * 3600.0
@@ -98,7 +98,12 @@ def test_an_unanswered_submission_is_found_by_the_body_it_sent(
     # The list fails all through the second run (six attempts at its first page), so the
     # look is made only in the third.
     faults = ("ambiguous=first1,on=submit", "5xx=first6,on=list")  # 6: one look, retried
-    project = make_project(TWO_STILLS, faults=faults, upload_ttl_seconds=280.0)
+    # Three runs must fit in the API's hour of keeping the job: at the suite's pace an hour
+    # is 7 real seconds, which a loaded machine overran (the look then said "sent over an
+    # hour ago"); here it is 72.
+    project = make_project(
+        TWO_STILLS, faults=faults, upload_ttl_seconds=280.0, time_scale=TIME_SCALE * 10
+    )
     assert project.run("--only", "still").returncode == 1  # answer lost: uncertain
     assert load_lockfile(project.lock).shots["still"].state == "uncertain"
     # The upload path expires; the job is still listed. The jump is the API's clock alone,
