@@ -1,17 +1,20 @@
 """Pacing of API requests: the shared rate limiter, retry backoff and `Retry-After`.
 
-`RateLimiter` is one smooth, fair requests-per-minute budget for every API call of a client.
+`RateLimiter` is one fair requests-per-minute budget for every API call of a client: requests
+evenly spaced, with a burst of two.
 
-Why spacing and no burst: the account limit is counted over 60-second windows whose
-alignment we do not know, so the only schedule that keeps *every* 60-second window at or
-under `rpm` from the first request on is one where consecutive requests are at least
-`60 / rpm` seconds apart (a GCRA with a burst of one). Any burst b > 1 lets a window hold
-rpm + b - 1 requests. Spacing also spreads polls evenly instead of in clumps.
-
-Precisely: starts are at least `interval` apart, so a half-open window `[t, t + 60)` holds at
-most `rpm` of them. Network jitter between our send and the server's count is not covered;
-pass an `rpm` a little under the account limit if that matters, and let 429 handling
-(`pause_for`) absorb the rest.
+Why: the account limit is counted over 60-second windows whose alignment we do not know,
+so the schedule must keep *every* 60-second window at or under `rpm` from the first
+request on. Spacing requests `interval` apart with a tolerance of one interval (a GCRA
+allowing a burst of two) does so when `interval = 60 / (rpm - 1)`: any two of them, the
+first and the n-th, are at least `(n - 2) * interval` apart, so a half-open window
+`[t, t + 60)` holds at most `2 + (rpm - 2) = rpm`. The burst is what a run needs: the list
+read that notices a job's end is followed at once by the submission of the render waiting
+for its slot, which with a burst of one waited a whole interval (1.2 s at 50 rpm, about
+1% of a batch's makespan; issue 13); the price is one request a minute of sustained rate.
+Below 3 rpm there is no burst (`interval = 60 / rpm`). Network jitter between our send
+and the server's count is not covered; pass an `rpm` a little under the account limit if
+that matters, and let 429 handling (`pause_for`) absorb the rest.
 
 Waiters are served first come, first served. `pause_for` delays everyone (a 429 with
 `Retry-After` should slow the whole client, not just the caller that saw it).
@@ -117,7 +120,8 @@ def _number(text: str | None) -> float | None:
 
 
 class RateLimiter:
-    """At most `rpm` acquisitions per `period` model seconds, evenly spaced, FIFO."""
+    """At most `rpm` acquisitions in any `period` model seconds: evenly spaced, two at once
+    after a pause (see the module docstring), FIFO."""
 
     def __init__(
         self, rpm: float | None, *, clock: Clock | None = None, period: float = 60.0
@@ -125,7 +129,13 @@ class RateLimiter:
         if rpm is not None and rpm < 0:
             raise ValueError(f"rpm must be >= 0 or None, got {rpm!r}")
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._interval = period / rpm if rpm else 0.0
+        whole = math.floor(rpm) if rpm else 0
+        if whole >= 3:  # a burst of two: one interval of tolerance
+            self._interval = period / (whole - 1)
+            self._tolerance = self._interval
+        else:
+            self._interval = period / rpm if rpm else 0.0
+            self._tolerance = 0.0
         self._rpm = rpm or None
         self._next = float("-inf")
         self._paused_until = float("-inf")
@@ -141,7 +151,7 @@ class RateLimiter:
 
     @property
     def interval(self) -> float:
-        """Minimum model seconds between two acquisitions (0 when unlimited)."""
+        """Model seconds per acquisition at the sustained rate (0 when unlimited)."""
         return self._interval
 
     @property
@@ -168,7 +178,7 @@ class RateLimiter:
                 await me.wait()
             while True:
                 now = self._clock.monotonic()
-                due = max(self._next, self._paused_until)
+                due = max(self._next - self._tolerance, self._paused_until)
                 if now >= due:
                     break
                 await self._clock.sleep(due - now)
@@ -179,6 +189,6 @@ class RateLimiter:
                 self._queue[0].set()
             raise
         self._queue.popleft()
-        self._next = now + self._interval
+        self._next = max(self._next, now) + self._interval
         if self._queue:
             self._queue[0].set()

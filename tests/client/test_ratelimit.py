@@ -1,4 +1,5 @@
-"""The shared request budget: never more than rpm in any 60-second window, smooth, fair."""
+"""The shared request budget: never more than rpm in any 60-second window, evenly spaced
+with a burst of two, fair."""
 
 from __future__ import annotations
 
@@ -54,23 +55,41 @@ async def test_no_window_holds_more_than_rpm(api, make_client, always_queued):
     assert busiest_window(times) == 59
 
 
-async def test_requests_are_evenly_spaced_from_the_start(api, make_client, always_queued):
-    """Requests go out one interval (60/rpm plus 2% headroom) apart from the first, no burst."""
+async def test_requests_go_two_at_once_then_evenly_spaced(api, make_client, always_queued):
+    """The first two requests go out at once, the others one interval apart: 60 / (rpm - 1)
+    seconds, plus 2% headroom (so a full window holds rpm, the burst included)."""
+    interval = 60.0 * RATE_HEADROOM / 59
     async with make_client(rpm=60) as client:
         await hammer(client, callers=50, total=120)
     times = [s.at for s in api.seen]
-    assert times[0] == 0.0
-    assert min(b - a for a, b in itertools.pairwise(times)) == pytest.approx(RATE_HEADROOM)
-    assert times[-1] == pytest.approx(119.0 * RATE_HEADROOM)
+    assert times[:2] == [0.0, 0.0]
+    assert min(b - a for a, b in itertools.pairwise(times[1:])) == pytest.approx(interval)
+    assert times[-1] == pytest.approx(118 * interval)
+
+
+@pytest.mark.parametrize("gaps", [(0, 0, 0, 0, 0, 0), (0, 30, 0, 31, 0, 59, 0), (13, 0, 47, 0, 12)])
+async def test_no_window_holds_more_than_rpm_whatever_the_pauses(clock, gaps):
+    """Requests asked in twos after idle spells of any length (each spell lets a burst of
+    two go again): still at most rpm in any 60-second window."""
+    limiter = RateLimiter(5, clock=clock)
+    times: list[float] = []
+    for gap in gaps * 4:
+        await clock.sleep(gap)
+        for _ in range(2):
+            await limiter.acquire()
+            times.append(clock.monotonic())
+    assert busiest_window(times) <= 5
+    assert busiest_window(times) == 5  # and the budget is used: the limit is reached
 
 
 async def test_default_rate_is_fifty_per_minute(api, make_client, always_queued):
-    """The default budget of 50 rpm spaces requests 1.2 s (plus 2%) apart."""
+    """The default budget of 50 rpm: two at once, then 60/49 s (plus 2%) apart; no
+    60-second window holds more than 50."""
     async with make_client(rpm=50) as client:
         await hammer(client, callers=10, total=101)
     times = [s.at for s in api.seen]
     assert busiest_window(times) == 50
-    assert times[-1] == pytest.approx(120.0 * RATE_HEADROOM)
+    assert times[-1] == pytest.approx(99 * 60.0 * RATE_HEADROOM / 49)
 
 
 async def test_every_api_operation_shares_one_budget(api, make_client, tmp_path, always_queued):
@@ -87,7 +106,10 @@ async def test_every_api_operation_shares_one_budget(api, make_client, tmp_path,
         tg.start_soon(client.upload, image)
         tg.start_soon(client.list_jobs)
         tg.start_soon(client.get_model)
-    assert sorted(s.at for s in api.seen) == pytest.approx([0.0, 10.2, 20.4, 30.6, 40.8])
+    interval = 60.0 * RATE_HEADROOM / 5  # rpm 6: two at once, then 60 / 5 s apart
+    assert sorted(s.at for s in api.seen) == pytest.approx(
+        [0, 0, interval, 2 * interval, 3 * interval]
+    )
 
 
 @pytest.mark.parametrize("rpm", [None, 0])
@@ -117,6 +139,7 @@ async def test_callers_are_served_first_come_first_served(clock):
 async def test_cancelled_waiter_does_not_stall_the_queue(clock):
     """A waiter cancelled while queued leaves; the others keep their pace."""
     limiter = RateLimiter(60, clock=clock)
+    await limiter.acquire()  # the first of the burst of two: "a" takes the second
     got: list[tuple[str, float]] = []
 
     async def take(name: str) -> None:
@@ -131,13 +154,14 @@ async def test_cancelled_waiter_does_not_stall_the_queue(clock):
             await take("cancelled")
         tg.start_soon(take, "b")
         tg.start_soon(take, "c")
-    assert got == [("a", 0.0), ("b", 1.0), ("c", 2.0)]
+    assert got == [("a", 0.0), ("b", pytest.approx(60 / 59)), ("c", pytest.approx(120 / 59))]
 
 
 async def test_cancelled_head_leaves_no_stale_turn(clock):
     """A caller cancelled while sleeping for its slot leaves no stale turn behind."""
     limiter = RateLimiter(60, clock=clock)
     await limiter.acquire()
+    await limiter.acquire()  # the burst of two, used up
     got: list[float] = []
 
     async def take() -> None:
@@ -149,7 +173,7 @@ async def test_cancelled_head_leaves_no_stale_turn(clock):
             await take()
         assert scope.cancelled_caught
         tg.start_soon(take)
-    assert got == [1.0]
+    assert got == [pytest.approx(60 / 59)]
 
 
 async def test_a_429_pauses_every_caller(api, make_client, error_response, clock):
@@ -185,6 +209,7 @@ async def test_a_longer_pause_during_a_wait_is_respected(clock):
     """A pause set while a caller sleeps for its slot pushes that caller back."""
     limiter = RateLimiter(60, clock=clock)
     await limiter.acquire()
+    await limiter.acquire()  # the burst of two, used up
     times: list[float] = []
 
     async def take() -> None:
@@ -202,8 +227,10 @@ async def test_a_longer_pause_during_a_wait_is_respected(clock):
 
 
 def test_interval_follows_the_rate(clock: VirtualClock):
-    """The spacing between requests is the period divided by rpm."""
-    assert RateLimiter(50, clock=clock).interval == pytest.approx(1.2)
+    """The spacing between requests is the period divided by rpm - 1 (the burst of two
+    takes the other), or by rpm below 3 (no burst)."""
+    assert RateLimiter(50, clock=clock).interval == pytest.approx(60 / 49)
+    assert RateLimiter(2, clock=clock).interval == pytest.approx(30.0)
     assert RateLimiter(None, clock=clock).interval == 0.0
 
 
@@ -220,4 +247,4 @@ async def test_a_shared_limiter_spans_clients(api, make_client, always_queued, c
     async with one, two, anyio.create_task_group() as tg:
         for client in (one, two, one, two):
             tg.start_soon(client.get_job, "j")
-    assert sorted(s.at for s in api.seen) == [0.0, 1.0, 2.0, 3.0]
+    assert sorted(s.at for s in api.seen) == pytest.approx([0, 0, 60 / 59, 120 / 59])
