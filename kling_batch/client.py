@@ -674,7 +674,10 @@ class EmpirioClient:
             default = {"http": 80, "https": 443}.get(u.scheme)
             return u.scheme, u.host, u.port or default
 
-        return origin(url) == origin(self._base)
+        try:
+            return origin(url) == origin(self._base)
+        except UnicodeError:  # a host that is not valid IDNA (`xn--`): not the API's
+            return False
 
     def _is_limited(self, url: httpx.URL) -> bool:
         """API requests count against the RPM budget; result downloads elsewhere do not."""

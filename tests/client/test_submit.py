@@ -101,6 +101,19 @@ async def test_only_a_job_path_on_the_api_is_read_from_location(api, make_client
         assert (await client.submit(BODY)).job_id == "job_2"
 
 
+async def test_an_undecodable_host_in_location_or_poll_url_keeps_the_job(api, make_client):
+    """A Location or poll URL whose host is not valid IDNA (`xn--`) names no URL on the
+    API: the job the body names is still recorded, polled at its fallback URL, not lost
+    to a crash of the answer's reading."""
+    broken = "https://xn--/v1/jobs/job_1"
+    api.on("POST", GEN, httpx.Response(201, headers={"Location": broken}, json={"job_id": "j1"}))
+    api.on("POST", GEN, {"job_id": "j2", "poll_url": broken})
+    async with make_client() as client:
+        first, second = await client.submit(BODY), await client.submit(BODY)
+    assert (first.job_id, first.poll_url) == ("j1", "https://api.empiriolabs.ai/v1/jobs/j1")
+    assert (second.job_id, second.poll_url) == ("j2", "https://api.empiriolabs.ai/v1/jobs/j2")
+
+
 async def test_location_under_a_base_path_prefix_names_the_job(api, make_client):
     """Behind a base URL with a path prefix, Location may give the job's path with or
     without the prefix, as a poll URL may."""
