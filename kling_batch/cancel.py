@@ -34,6 +34,7 @@ from kling_batch.lockfile import (
 )
 from kling_batch.lockname import lock_path
 from kling_batch.manifest import require_manifest
+from kling_batch.recall import JobMemory
 from kling_batch.runlock import hold_run_lock
 from kling_batch.selection import matches_any, require_matches
 from kling_batch.state import StateDir
@@ -87,6 +88,8 @@ def cancel_command(request: CancelRequest) -> int:
             return 0
         key = api_key_from_env()
         writer = LockWriter(lock_file, lock)
+        # A cancelled job is over: no lockfile that lost its record may resume it.
+        writer.jobs = JobMemory(StateDir(request.manifest.parent), lock_file)
         return anyio.run(_cancel_all, request, key, writer, jobs)
 
 

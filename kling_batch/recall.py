@@ -9,8 +9,9 @@ unanswered, looks for it in the job list), at no new cost.
 
 Written by the run's `LockWriter` at each commit, just before the lockfile: `submitting` and
 `uncertain` records as unanswered submissions, `submitted` and `completed` ones with their
-job; removed when the render ends (`done` or `failed`). It is a cache, not a record: a
-damaged or unreadable file is no file, and one that cannot be written is skipped.
+job; removed when the render ends (`done` or `failed`, a job `kling-batch cancel` cancelled
+too). It is a cache, not a record: a damaged or unreadable file is no file, and one that
+cannot be written is skipped.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -157,3 +159,29 @@ def test_an_unanswered_submission_lost_by_a_checkout_is_looked_for_not_resent(
     entry = load_lockfile(project.lock).shots["hero"]
     assert entry.state == "done" and entry.job_id
     assert (project.root / "renders" / "hero.mp4").is_file()
+
+
+def test_a_job_cancelled_by_the_user_is_not_resumed_after_a_checkout(
+    make_project: Callable[..., Project],
+) -> None:
+    """hero's job in flight is cancelled with `kling-batch cancel`, then the lockfile is
+    reverted (no hero): the plan prices hero as new, not a resume of the cancelled job
+    (a run would follow it to its cancellation and fail hero, rendering nothing)."""
+    project = make_project(BAY, latency=Latency(queue_seconds=(1e6, 1e6), jitter=0.0))
+    project.manifest.write_text(BOTH)
+    assert project.run("--only", "hero", "--job-timeout", "1").returncode == 1
+    assert load_lockfile(project.lock).shots["hero"].state == "submitted"
+    argv = [sys.executable, "-m", "kling_batch", "cancel", str(project.manifest)]
+    cancelled = subprocess.run(
+        [*argv, "--api-base", project.served.base_url],
+        capture_output=True,
+        text=True,
+        env=project.env(),
+        check=False,
+    )
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    assert load_lockfile(project.lock).shots["hero"].state == "failed"
+    project.lock.unlink()  # the checkout of a branch that never ran
+    shot, totals = hero_plan(project)
+    assert shot["action"] == "new"
+    assert totals["to_run_cost_usd"] == 2 * shot["cost_usd"]  # type: ignore[operator]  # bay too
