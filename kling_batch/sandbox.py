@@ -230,6 +230,10 @@ class GuardedEnvironment(ImmutableSandboxedEnvironment):
         name = getattr(target, "__name__", "a call").lstrip("_")
         owner = getattr(target, "__self__", None)
         value = owner if isinstance(owner, str | list | tuple | dict) else None
+        if isinstance(owner, str) and name == "join" and args and isinstance(args[0], Iterator):
+            # `', '.join(x | map(...))`: the generator's items become text (only `str`
+            # ones: `str.join` takes no other), never the generator itself
+            args = (list(args[0]), *args[1:])
         _check_call(name, value, args, kwargs)
         if isinstance(owner, str):  # `'{}'.format(x)`: its arguments become text
             _check_fixed((args, kwargs), f"{name}() was given")

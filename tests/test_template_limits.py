@@ -28,6 +28,7 @@ ORDINARY = [
     "{{ [1, 2.5] | sum }} {{ [{'n': 2}, {'n': 3}] | sum(attribute='n', start=10) }}",
     "{% set j = joiner(', ') %}{% for x in ['a', 'b'] %}{{ j() }}{{ x }}{% endfor %}",
     "{% set c = cycler('odd', 'even') %}{% for x in 'abc' %}{{ c.next() }} {% endfor %}",
+    "{{ ', '.join(['a', 'b'] | map('upper')) }} {{ '-'.join([1, 2] | map('string') | reverse) }}",
 ]
 
 
