@@ -273,8 +273,8 @@ def main() -> None:
             print(
                 f"{jobs:4d} {r.name:24} {r.done:5d} {r.makespan:9.0f} {r.latency_bound:8.0f} "
                 f"{r.budget_bound:7.0f} {r.makespan / r.bound:6.3f} {r.packed / r.bound:6.3f} "
-                f"{r.requests_per_render:6.2f} {r.lists_per_render:7.2f} "
-                f"{r.polls_per_render:7.2f} {r.rate_limited:5d} {r.peak_mb:8.1f}"
+                f"{r.requests_per_render:6.3f} {r.lists_per_render:7.3f} "
+                f"{r.polls_per_render:7.3f} {r.rate_limited:5d} {r.peak_mb:8.1f}"
             )
 
 
