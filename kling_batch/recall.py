@@ -202,23 +202,23 @@ class JobMemory:
         if api is None:
             return []
         work: Memo = []
+        kept: set[str] = set()  # still in flight after this commit: no entry removes them
+        ended: list[Entry] = []  # entries whose job ended, or whose POST never went out
         for before, after in changed.values():
             memo = remembered(after, api) if after is not None else None
-            if memo is not None:
-                text = memo.dumps()
-                if self._written.get(memo.fingerprint) != text:
-                    self._written[memo.fingerprint] = text
-                    work.append((memo.fingerprint, text, None))
+            if memo is None:
+                ended.extend(entry for entry in (before, after) if entry is not None)
                 continue
-            for ended in (before, after):  # the job it held ended, or it never went out
-                if ended is not None and ended.fingerprint not in self._written_now(work):
-                    self._written.pop(ended.fingerprint, None)
-                    work.append((ended.fingerprint, None, ended.job_id))
+            kept.add(memo.fingerprint)
+            text = memo.dumps()
+            if self._written.get(memo.fingerprint) != text:
+                self._written[memo.fingerprint] = text
+                work.append((memo.fingerprint, text, None))
+        for entry in ended:
+            if entry.fingerprint not in kept:
+                self._written.pop(entry.fingerprint, None)
+                work.append((entry.fingerprint, None, entry.job_id))
         return [item for item in work if _FINGERPRINT.fullmatch(item[0])]
-
-    @staticmethod
-    def _written_now(work: Memo) -> set[str]:
-        return {fingerprint for fingerprint, text, _ in work if text is not None}
 
     def apply(self, work: Memo) -> None:
         """Write or remove each remembered job (best effort: it only saves money)."""

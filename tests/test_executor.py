@@ -16,7 +16,7 @@ import pytest
 
 from kling_batch.atomic import atomic_write
 from kling_batch.client import EmpirioClient
-from kling_batch.clock import ScaledClock, VirtualClock
+from kling_batch.clock import Clock, ScaledClock, VirtualClock
 from kling_batch.errors import (
     AmbiguousSubmit,
     ApiError,
@@ -672,6 +672,24 @@ def test_a_cancel_while_inputs_upload_again_puts_the_record_back(
     assert build_plan(path, now=NOW).items[0].action == "new"
 
 
+def five_minutes_busy() -> httpx.Response:
+    """A 429 asking for five minutes: the refused submit waits, shielded, to retry."""
+    headers = {"retry-after-ms": "300000"}
+    return httpx.Response(429, json={"error": {"code": "rate_limited"}}, headers=headers)
+
+
+def scripted_client(
+    answer: Callable[[httpx.Request], httpx.Response], clock: Clock | None = None
+) -> EmpirioClient:
+    """A client whose every request `answer` answers (no request budget)."""
+    return EmpirioClient(
+        api_key="sk-empiriolabs-TESTKEY-0123456789abcdef",
+        transport=httpx.MockTransport(answer),
+        clock=clock or VirtualClock(wall=NOW),
+        rpm=None,
+    )
+
+
 def test_a_stop_while_a_refused_submit_waits_to_retry_sends_nothing_more(
     project: Callable[..., Path],
 ) -> None:
@@ -686,17 +704,10 @@ def test_a_stop_while_a_refused_submit_waits_to_retry_sends_nothing_more(
     def busy(request: httpx.Request) -> httpx.Response:
         posts.append(request.url.path)
         executors[0].stop("interrupted (Ctrl-C)")
-        headers = {"retry-after-ms": "300000"}
-        return httpx.Response(429, json={"error": {"code": "rate_limited"}}, headers=headers)
+        return five_minutes_busy()
 
     async def main() -> RunReport:
-        client = EmpirioClient(
-            api_key="sk-empiriolabs-TESTKEY-0123456789abcdef",
-            transport=httpx.MockTransport(busy),
-            clock=VirtualClock(wall=NOW),
-            rpm=None,
-        )
-        async with client:
+        async with scripted_client(busy) as client:
             executors.append(
                 Executor(root=path.parent, client=client, writer=writer, events=Quiet())
             )
@@ -729,20 +740,14 @@ def test_a_lockfile_that_cannot_be_written_stops_a_submit_waiting_to_retry(
         posts.append(request.url.path)
         if len(posts) == 1:
             broken.append(True)  # from now on the disk is full
-            headers = {"retry-after-ms": "300000"}
-            return httpx.Response(429, json={"error": {"code": "rate_limited"}}, headers=headers)
+            return five_minutes_busy()
         return httpx.Response(200, json={"job_id": f"job_{len(posts)}", "status": "queued"})
 
     monkeypatch.setattr("kling_batch.lockfile.atomic_write", save)
 
     async def main() -> None:
-        client = EmpirioClient(
-            api_key="sk-empiriolabs-TESTKEY-0123456789abcdef",
-            transport=httpx.MockTransport(api),
-            clock=ScaledClock(0.01),  # the five minutes last 3 s: the failed save comes first
-            rpm=None,
-        )
-        async with client:
+        # The five minutes last 3 s: the failed save comes first.
+        async with scripted_client(api, ScaledClock(0.01)) as client:
             executor = Executor(root=path.parent, client=client, writer=writer, events=Quiet())
             await executor.run(list(plan.items))
 
@@ -770,17 +775,10 @@ def test_sigterm_while_a_refused_submit_waits_to_retry_sends_nothing_more(
         posts.append(request.url.path)
         if len(posts) == 1:
             signal.raise_signal(signal.SIGTERM)
-        headers = {"retry-after-ms": "300000"}
-        return httpx.Response(429, json={"error": {"code": "rate_limited"}}, headers=headers)
+        return five_minutes_busy()
 
     async def main() -> None:
-        client = EmpirioClient(
-            api_key="sk-empiriolabs-TESTKEY-0123456789abcdef",
-            transport=httpx.MockTransport(busy),
-            clock=VirtualClock(wall=NOW),
-            rpm=None,
-        )
-        async with client:
+        async with scripted_client(busy) as client:
             executor = Executor(root=path.parent, client=client, writer=writer, events=Quiet())
             await _run_with_signals(executor, list(plan.items), cast(Any, None))
 
