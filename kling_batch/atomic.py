@@ -27,7 +27,9 @@ _TOKEN_BYTES = 6
 # The random part of a temp file's name: ours, or `tempfile.mkstemp`'s (8 characters of
 # `[a-z0-9_]`), which made the temp files of earlier versions. Neither holds a dot.
 _TOKEN = r"(?:[0-9a-f]{12}|[a-z0-9_]{8})"
-_OPEN = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+# Read-only is enough to hold a lock (`flock`), and lets a sweep lock a temp file a killed
+# writer left read-only (between `chmod` and the rename).
+_OPEN = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
 # Temp file → the descriptor through which this process holds its lock.
 _HELD: dict[Path, int] = {}
 
@@ -133,7 +135,7 @@ def remove_unused(temp: Path) -> bool:
     try:
         fd = os.open(temp, _OPEN)
     except OSError:
-        return False  # gone, a link, or not ours to write
+        return False  # gone, a link, or not ours to read
     try:
         if not _lock(fd):
             return False
