@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from kling_batch import safefiles
 from kling_batch.errors import TemplateProblem, UserError
 from kling_batch.limits import MAX_RENDERS
-from kling_batch.manifest import REQUEST_FIELD_NAMES, LoadedManifest, SourcedShot
+from kling_batch.manifest import REQUEST_FIELD_NAMES, LoadedManifest, ShotPlace, SourcedShot
 
 if TYPE_CHECKING:  # the template engine loads only when a shot is expanded (issue 13)
     from kling_batch.templating import Templates
@@ -87,7 +87,7 @@ class Expansion:
         manifest = loaded.manifest
         self._defaults = manifest.defaults.model_dump(exclude_none=True)
         self._field_names = set(REQUEST_FIELD_NAMES)
-        self._seen_ids: dict[str, SourcedShot] = {}
+        self._seen_ids: dict[str, SourcedShot | ShotPlace] = {}
         self._outputs = _Outputs()
         self.dirs = _SafeDirs(loaded, is_dir)
         self.index = 0  # the next render's index (`shot.index` in templates)
@@ -140,7 +140,7 @@ class Expansion:
                 self.index += 1
         return specs
 
-    def claim_id(self, sourced: SourcedShot, render_id: str) -> None:
+    def claim_id(self, sourced: SourcedShot | ShotPlace, render_id: str) -> None:
         """Take `render_id` for a render of `sourced`; refuse one already taken."""
         if render_id in self._seen_ids:
             first = self._seen_ids[render_id]
@@ -154,7 +154,9 @@ class Expansion:
         self._seen_ids[render_id] = sourced
 
     def claim(
-        self, sourced: SourcedShot, renders: Iterable[tuple[str, PurePosixPath | str]]
+        self,
+        sourced: SourcedShot | ShotPlace,
+        renders: Iterable[tuple[str, PurePosixPath | str]],
     ) -> None:
         """Take the ids and outputs of a shot expanded before (the plan cache's renders,
         or the up-to-date stamp's), with the checks `shot` makes across shots."""

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import tomli
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kling_batch import safefiles
+from kling_batch.canonical import text_digest
 from kling_batch.errors import Loc, UserError, validation_error
 from kling_batch.include_globs import matching_files
 from kling_batch.limits import INCLUDE_MAX_FILES, MANIFEST_MAX_BYTES
+from kling_batch.manifest_cache import ParseCache, shot_chunks
 from kling_batch.toml_errors import syntax_problem
-
-if TYPE_CHECKING:
-    from kling_batch.manifest_cache import ParseCache
 
 # A string holding Jinja syntax: lets an enum or number field be set from a template.
 Template = Annotated[
@@ -136,10 +136,15 @@ class LoadedManifest:
 
     def display(self, path: Path) -> str:
         """A path as users wrote it: relative to the manifest's folder."""
-        try:
-            return str(path.relative_to(self.root))
-        except ValueError:
-            return str(path)
+        return display_path(self.root, path)
+
+
+def display_path(root: Path, path: Path) -> str:
+    """`path` relative to `root` when it is below it, else as it is."""
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def load_manifest(path: Path, cache: ParseCache | None = None) -> LoadedManifest:
@@ -156,6 +161,102 @@ def load_manifest(path: Path, cache: ParseCache | None = None) -> LoadedManifest
         data, digests = _read(included, "a shot file", cache)
         shots.extend(_sourced(_validate(IncludedShots, included, data).shots, included, digests))
     return LoadedManifest(path, manifest, tuple(shots), tuple(files))
+
+
+@dataclass(frozen=True, slots=True)
+class ShotPlace:
+    """A shot table left unread (`load_unsettled`): its file, its place there and the
+    digest of its text, as a `SourcedShot` read through the parse cache has them."""
+
+    file: Path
+    index: int
+    digest: str
+
+
+# A shot as `load_unsettled` walks it: read and validated, or left unread.
+Walked = SourcedShot | ShotPlace
+
+
+def load_unsettled(
+    path: Path, settled: Callable[[ShotPlace], bool]
+) -> tuple[LoadedManifest, list[Walked]] | None:
+    """The manifest with only the shot tables `settled` does not claim read and validated,
+    and every shot in order; None when a file is not TOML cut into one table per
+    `[[shots]]` header (`manifest_cache.shot_chunks`), or a chunk read says so otherwise:
+    `load_manifest` then reads it all. `UserError` as `load_manifest` raises it, though
+    not always naming the shot (the caller reads it all then, for the full message).
+
+    A settled table's text is the one the caller read and checked before (its digest),
+    so it parses as it did: alone, to one shot table (see `manifest_cache`). Nothing of
+    it is parsed or validated, which at 100,000 shots is most of a plan's memory.
+    """
+    path = Path(path)
+    read = _unsettled_file(path, "a manifest", Manifest, settled)
+    if read is None:
+        return None
+    manifest, walked = read
+    files = included_files(path, manifest.include)
+    for included in files:
+        more = _unsettled_file(included, "a shot file", IncludedShots, settled)
+        if more is None:
+            return None
+        walked.extend(more[1])
+    shots = tuple(shot for shot in walked if isinstance(shot, SourcedShot))
+    return LoadedManifest(path, manifest, shots, tuple(files)), walked
+
+
+def _unsettled_file(
+    path: Path, what: str, model: type[M], settled: Callable[[ShotPlace], bool]
+) -> tuple[M, list[Walked]] | None:
+    """One file of `load_unsettled`: its head validated as `model`, and its shots."""
+    if path.suffix.lower() != ".toml":
+        return None
+    text = _text(path, what)
+    cut = shot_chunks(text) or (text, [])
+    head = _lone_table(cut[0])
+    if head is None or "shots" in head:
+        return None
+    walked: list[Walked] = []
+    for index, chunk in enumerate(cut[1]):
+        place = ShotPlace(path, index, text_digest(chunk))
+        if settled(place):
+            walked.append(place)
+            continue
+        shot = _chunk_shot(place, chunk)
+        if shot is None:
+            return None
+        walked.append(shot)
+    return _validate(model, path, head), walked
+
+
+def read_shot(place: ShotPlace) -> SourcedShot | None:
+    """The shot `load_unsettled` left unread at `place`, read now; None when its file no
+    longer holds that text there."""
+    cut = shot_chunks(_text(place.file, "a shot file"))
+    if cut is None or place.index >= len(cut[1]):
+        return None
+    chunk = cut[1][place.index]
+    return _chunk_shot(place, chunk) if text_digest(chunk) == place.digest else None
+
+
+def _chunk_shot(place: ShotPlace, chunk: str) -> SourcedShot | None:
+    """The shot of one chunk (`load_unsettled`), validated; None unless it parses alone to
+    exactly one shot table."""
+    parsed = _lone_table(chunk)
+    tables = parsed.get("shots") if parsed is not None else None
+    if parsed is None or len(parsed) != 1 or not isinstance(tables, list) or len(tables) != 1:
+        return None
+    if not isinstance(tables[0], dict):
+        return None
+    shot = _validate(IncludedShots, place.file, {"shots": tables}).shots[0]
+    return SourcedShot(shot, place.file, place.index, place.digest)
+
+
+def _lone_table(text: str) -> dict[str, Any] | None:
+    try:
+        return tomli.loads(text)
+    except (tomli.TOMLDecodeError, RecursionError):
+        return None
 
 
 def _sourced(shots: list[Shot], path: Path, digests: list[str] | None) -> list[SourcedShot]:
@@ -186,18 +287,22 @@ def _read(
     path: Path, what: str, cache: ParseCache | None
 ) -> tuple[dict[str, Any], list[str] | None]:
     """`read_document`, with each shot's chunk digest when the parse cache read it."""
-    try:
-        text = safefiles.read_text(path, limit=MANIFEST_MAX_BYTES, what=what)
-    except FileNotFoundError:
-        raise UserError("file not found", file=path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read: {exc}", file=path) from None
+    text = _text(path, what)
     suffix = path.suffix.lower()
     if suffix == ".toml" and cache is not None:
         chunked = cache.parse_toml(text)
         if chunked is not None:
             return chunked
     return _parse(path, text, suffix), None
+
+
+def _text(path: Path, what: str) -> str:
+    try:
+        return safefiles.read_text(path, limit=MANIFEST_MAX_BYTES, what=what)
+    except FileNotFoundError:
+        raise UserError("file not found", file=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read: {exc}", file=path) from None
 
 
 def _parse(path: Path, text: str, suffix: str) -> dict[str, Any]:

@@ -46,16 +46,15 @@ class ParseCache:
     def parse_toml(self, text: str) -> tuple[dict[str, Any], list[str]] | None:
         """The document and each shot's chunk digest, or None when the cut cannot be
         trusted (the caller parses the whole text)."""
-        starts = [match.start() for match in _HEADER.finditer(text)]
-        if not starts:
+        cut = shot_chunks(text)
+        if cut is None:
             return None
-        head = self._chunk(text[: starts[0]])
+        head = self._chunk(cut[0])
         if not isinstance(head, dict) or "shots" in head:
             return None
         shots: list[Any] = []
         digests: list[str] = []
-        for start, end in zip(starts, [*starts[1:], len(text)], strict=True):
-            chunk = text[start:end]
+        for chunk in cut[1]:
             digest = text_digest(chunk)
             parsed = self._chunk(chunk, digest)
             tables = parsed.get("shots") if isinstance(parsed, dict) else None
@@ -103,6 +102,16 @@ class ParseCache:
             return False
         unused = len(self._known) - (len(self._used) - self._new)
         return worth_rewriting(self._new + unused, len(self._used))
+
+
+def shot_chunks(text: str) -> tuple[str, list[str]] | None:
+    """A TOML text cut at its `[[shots]]` header lines: the head, and each chunk from one
+    header to the next; None without such a line."""
+    starts = [match.start() for match in _HEADER.finditer(text)]
+    if not starts:
+        return None
+    ends = [*starts[1:], len(text)]
+    return text[: starts[0]], [text[start:end] for start, end in zip(starts, ends, strict=True)]
 
 
 def _json_safe(value: Any) -> bool:

@@ -33,7 +33,15 @@ from kling_batch.limits import MAX_RENDERS
 from kling_batch.lock_facts import EntryRecord, LockFacts, LockRecords, read_facts
 from kling_batch.lockfile import UNSETTLED, Lockfile
 from kling_batch.lockname import lock_path
-from kling_batch.manifest import LoadedManifest, SourcedShot, load_manifest
+from kling_batch.manifest import (
+    LoadedManifest,
+    ShotPlace,
+    SourcedShot,
+    Walked,
+    load_manifest,
+    load_unsettled,
+    read_shot,
+)
 from kling_batch.manifest_cache import ParseCache
 from kling_batch.plan_cache import PlanCache, UnitKeys, context_key, decode
 from kling_batch.planned import (
@@ -289,13 +297,46 @@ class _Project:
         state = StateDir(Path(manifest_path).parent)
         usable = state.usable()
         parses = ParseCache(state.parse_cache(Path(manifest_path)) if usable else None)
-        loaded = _load(manifest_path, emulator=emulator, cache=parses)
+        loaded = _for_emulator(load_manifest(manifest_path, parses), emulator)
         parses.settle()
+        project = cls._of(state, usable, parses, loaded, remote, lockfile, emulator)
+        check_render_count(loaded, max_renders)
+        return project
+
+    @classmethod
+    def open_unsettled(
+        cls,
+        manifest_path: Path,
+        emulator: bool,
+        remote: str | None,
+        settled: Callable[[ShotPlace], bool],
+    ) -> tuple[_Project, list[Walked]] | None:
+        """`open` with only the shots `settled` does not claim read (`load_unsettled`), and
+        every shot in order; None when the manifest is not one to read so. Its renders
+        are not counted: the caller counts them, `settled` ones included."""
+        read = load_unsettled(Path(manifest_path), settled)
+        if read is None:
+            return None
+        state = StateDir(Path(manifest_path).parent)
+        loaded = _for_emulator(read[0], emulator)
+        project = cls._of(state, state.usable(), ParseCache(None), loaded, remote, None, emulator)
+        return project, read[1]
+
+    @classmethod
+    def _of(
+        cls,
+        state: StateDir,
+        usable: bool,
+        parses: ParseCache,
+        loaded: LoadedManifest,
+        remote: str | None,
+        lockfile: Path | None,
+        emulator: bool,
+    ) -> _Project:
         shared = _shared_store(loaded, remote)
         lock_file = lockfile or lock_path(loaded.path, emulator=emulator)
         store = AssetStore(loaded.root, state)
         store.state.check()
-        check_render_count(loaded, max_renders)
         return cls(state, usable, parses, loaded, shared, lock_file, store)
 
     def read_lock(self) -> tuple[Lockfile | LockFacts, Callable[[], None]]:
@@ -374,10 +415,10 @@ def plan_edit(
     would have without a stamp.
     """
     try:
-        project = _Project.open(manifest_path, emulator, max_renders, remote)
+        project, shots = _open_edit(manifest_path, base, emulator, max_renders, remote)
         if context_key(project.loaded) != base.context:
             return None
-        walked = _edited_shots(project, base)
+        walked = _edited_shots(project, base, shots, max_renders)
         if walked is None:
             return None
         edited = _plan_edited(project, walked, now, api)
@@ -387,29 +428,54 @@ def plan_edit(
     return edited if base.lock_unchanged(project.loaded.root) else None
 
 
+def _open_edit(
+    manifest_path: Path, base: EditBase, emulator: bool, max_renders: int, remote: str | None
+) -> tuple[_Project, Sequence[Walked]]:
+    """The project of an edit and its shots: those the stamp knows left unread when the
+    manifest can be read so (at 100,000 shots, most of a plan's memory), else all read."""
+    keys, root = UnitKeys(), Path(manifest_path).parent
+
+    def settled(place: ShotPlace) -> bool:
+        return keys.key_at(root, place) in base.shots
+
+    opened = _Project.open_unsettled(manifest_path, emulator, remote, settled)
+    if opened is not None:
+        return opened
+    project = _Project.open(manifest_path, emulator, max_renders, remote)
+    return project, project.loaded.shots
+
+
 # A shot of an edit: known to the stamp, or its renders to plan.
 _Walked = KnownShot | list[RenderSpec]
 
 
-def _edited_shots(project: _Project, base: EditBase) -> list[_Walked] | None:
+def _edited_shots(
+    project: _Project, base: EditBase, shots: Sequence[Walked], max_renders: int
+) -> list[_Walked] | None:
     """Each enabled shot in order: known to the stamp (its ids and outputs claimed), or
-    expanded; None when more renders than `EDIT_RENDERS` would be planned afresh."""
+    expanded (read first if it was left unread); None when more renders than
+    `EDIT_RENDERS` would be planned afresh, or more than `max_renders` in all."""
     loaded = project.loaded
-    expansion, keys, fresh = Expansion(loaded, is_dir=project.store.is_dir), UnitKeys(), 0
+    expansion, keys, fresh, total = Expansion(loaded, is_dir=project.store.is_dir), UnitKeys(), 0, 0
     walked: list[_Walked] = []
-    for sourced in loaded.shots:
-        if not sourced.shot.enabled:
+    for sourced in shots:
+        if isinstance(sourced, SourcedShot) and not sourced.shot.enabled:
             continue
         known = base.shots.get(keys.key(loaded, sourced))
         if known is not None and known.start in (None, expansion.index):
             expansion.claim(sourced, zip(known.ids, known.outputs, strict=True))
             walked.append(known)
+            total += len(known.ids)
             continue
-        fresh += count_renders(sourced)[0]
+        read = read_shot(sourced) if isinstance(sourced, ShotPlace) else sourced
+        if read is None:  # its file changed since it was left unread
+            return None
+        count = count_renders(read)[0]
+        fresh, total = fresh + count, total + count
         if fresh > EDIT_RENDERS:
             return None
-        walked.append(expansion.shot(sourced))
-    return walked
+        walked.append(expansion.shot(read))
+    return walked if total <= max_renders else None
 
 
 def _plan_edited(project: _Project, walked: list[_Walked], now: datetime, api: ApiOf) -> Plan:
@@ -582,11 +648,8 @@ class _ProjectFiles:
         return known if known is not None and known.api == self.api else None
 
 
-def _load(
-    manifest_path: Path, *, emulator: bool, cache: ParseCache | None = None
-) -> LoadedManifest:
+def _for_emulator(loaded: LoadedManifest, emulator: bool) -> LoadedManifest:
     """The manifest; for the emulator, with outputs in `<output_dir>-emulator`."""
-    loaded = load_manifest(manifest_path, cache)
     if not emulator:
         return loaded
     output_dir = loaded.manifest.output_dir.rstrip("/") + "-emulator"

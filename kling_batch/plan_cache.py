@@ -46,7 +46,7 @@ from kling_batch.cachefile import (
 from kling_batch.canonical import text_digest
 from kling_batch.errors import AssetProblem
 from kling_batch.expand import RenderSpec
-from kling_batch.manifest import LoadedManifest, SourcedShot
+from kling_batch.manifest import LoadedManifest, ShotPlace, SourcedShot, display_path
 from kling_batch.partials import partial_digest
 from kling_batch.planned import Deferred, PlannedRender
 from kling_batch.pricing import Price, price_rows
@@ -83,15 +83,20 @@ class UnitKeys:
     def __init__(self) -> None:
         self._shown: dict[Path, str] = {}
 
-    def key(self, loaded: LoadedManifest, sourced: SourcedShot) -> str:
+    def key(self, loaded: LoadedManifest, sourced: SourcedShot | ShotPlace) -> str:
         """`digest|file|index` of one shot."""
-        digest = sourced.digest
-        if digest is None:  # not read through the TOML parse cache: digest its data
+        return self.key_at(loaded.root, sourced)
+
+    def key_at(self, root: Path, sourced: SourcedShot | ShotPlace) -> str:
+        """`key` of a shot of the manifest in the folder `root`."""
+        if isinstance(sourced, ShotPlace) or sourced.digest is not None:
+            digest = sourced.digest
+        else:  # not read through the TOML parse cache: digest its data
             data = sourced.shot.model_dump(mode="python")
             digest = text_digest(_keyed(data))  # order matters: see `context_key`
         shown = self._shown.get(sourced.file)
         if shown is None:
-            shown = self._shown[sourced.file] = loaded.display(sourced.file)
+            shown = self._shown[sourced.file] = display_path(root, sourced.file)
         return f"{digest}|{shown}|{sourced.index}"
 
 

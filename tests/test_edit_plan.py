@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from kling_batch import manifest as manifest_module
 from kling_batch import plan as plan_module
 from kling_batch import uptodate
 from kling_batch.cli import cli
@@ -50,11 +51,25 @@ def shot_file(prefix: str, count: int) -> str:
 
 
 class Counted:
-    """Counts the full plans and the plans of an edit a command made."""
+    """Counts the full plans and the plans of an edit a command made, the shot tables an
+    edit read, and the edits whose manifest could not be read shot by shot."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.full = self.edits = 0
+        self.full = self.edits = self.tables = self.unread = 0
         real_full, real_edit = plan_module.build_plan, plan_module.plan_edit
+        real_table, real_unsettled = manifest_module._chunk_shot, plan_module.load_unsettled
+
+        def table(*args: object, **kwargs: object) -> object:
+            self.tables += 1
+            return real_table(*args, **kwargs)  # type: ignore[arg-type]
+
+        def unsettled(*args: object, **kwargs: object) -> object:
+            read = real_unsettled(*args, **kwargs)  # type: ignore[arg-type]
+            self.unread += read is None
+            return read
+
+        monkeypatch.setattr(manifest_module, "_chunk_shot", table)
+        monkeypatch.setattr(plan_module, "load_unsettled", unsettled)
 
         def full(*args: object, **kwargs: object) -> object:
             self.full += 1
@@ -141,6 +156,44 @@ def test_a_prompt_edited_is_planned_alone(stamped: Path, monkeypatch: pytest.Mon
     assert result.exit_code == 1
     assert listed(result.stdout, "~", "a3")
     assert "Plan: 1 to render ($1.40), 119 unchanged" in result.stdout
+
+
+def test_an_edit_reads_only_the_shots_the_stamp_does_not_know(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Of the 21 shot tables, the edit reads and validates the edited one alone."""
+    rewrite(stamped.parent / "shots" / "a.toml", "a shot 3", "a shot 3 at dawn")
+    result, counts = counted(stamped, monkeypatch, "--check")
+    assert (counts.edits, counts.tables, counts.unread) == (1, 1, 0), result.output
+    assert listed(result.stdout, "~", "a3")
+
+
+def test_a_stamped_shot_whose_index_moved_is_read_to_be_planned(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shot added to the file before b9's, whose prompt reads the render index: b9 is
+    read after all (its text and place are the stamp's, its index is not), planned afresh
+    and changed. Read: a10, a9 (its table's text gained the line before a10) and b9."""
+    shots = stamped.parent / "shots" / "a.toml"
+    shots.write_text(shots.read_text() + "\n" + listed_shot("a10", "a shot 10"))
+    result, counts = counted(stamped, monkeypatch, "--check")
+    assert (counts.edits, counts.tables, counts.unread) == (1, 3, 0), result.output
+    assert listed(result.stdout, "~", "b9") and listed(result.stdout, "+", "a10")
+    same_as_full(stamped, monkeypatch)
+
+
+def test_a_shot_file_not_cut_into_tables_is_read_whole_for_an_edit(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prompt holding a `[[shots]]` line in a multi-line string: the file cannot be cut
+    at its headers, so the edit reads the manifest whole, and plans as the full plan."""
+    (stamped.parent / "shots" / "c.toml").write_text(
+        '[[shots]]\nid = "c0"\nprompt = """one\n[[shots]]\ntwo"""\nimage = "img/a.png"\n'
+    )
+    result, counts = counted(stamped, monkeypatch, "--check")
+    assert (counts.edits, counts.unread) == (1, 1), result.output
+    assert listed(result.stdout, "+", "c0")
+    same_as_full(stamped, monkeypatch)
 
 
 def test_the_stamp_stays_for_the_next_edit(stamped: Path, monkeypatch: pytest.MonkeyPatch) -> None:
