@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -88,7 +89,8 @@ class AssetStore:
         self.root = root.resolve()
         self._root_text = os.fspath(self.root) + os.sep
         self.state = state if state is not None else StateDir(root)
-        self._rows = self._load()
+        self._rows: dict[str, list[Any]] | None = None  # the cache's, read when first needed
+        self._only: frozenset[str] | None = None
         self._entries: dict[str, _Entry | None] = {}
         self._dirty = False
         self._resolved: dict[str, Asset] = {}
@@ -152,6 +154,22 @@ class AssetStore:
             self._dirty = True
         return Decimal(entry.seconds)
 
+    def only(self, keys: Iterable[str]) -> None:
+        """Keep only these files' rows (paths relative to the root, as the cache keys them)
+        when the cache is read: a plan that asks for a few files (the plan of an edit)
+        holds no more of a cache of 100,000. Any other file asked for is hashed, and the
+        cache is not written (it would lose every other row)."""
+        self._only = frozenset(keys)
+
+    @property
+    def _cached(self) -> dict[str, list[Any]]:
+        if self._rows is None:
+            rows = self._load()
+            if self._only is not None:
+                rows = {key: rows[key] for key in self._only.intersection(rows)}
+            self._rows = rows
+        return self._rows
+
     def save(self) -> None:
         """Write the cache if anything was learnt; a no-op on a warm replan.
 
@@ -164,13 +182,13 @@ class AssetStore:
             log.info("hash cache not written (%s); planning works without it", exc)
 
     def _save(self) -> None:
-        if not self._dirty:
+        if not self._dirty or self._only is not None:
             self.state.ensure(create=False)
             return
         self.state.ensure()
         # One row per file, [size, mtime_ns, ctime_ns, inode, sha256, hashed_ns(, seconds)]:
         # rows read several times faster than objects (issue 13).
-        rows = ((key, self._row(key)) for key in sorted({*self._rows, *self._entries}))
+        rows = ((key, self._row(key)) for key in sorted({*self._cached, *self._entries}))
         files = {key: row for key, row in rows if row is not None}
         payload = {"version": _CACHE_VERSION, "files": files}
         atomic_write(self.state.hash_cache, json.dumps(payload, separators=(",", ":")) + "\n")
@@ -179,7 +197,7 @@ class AssetStore:
     def _row(self, key: str) -> list[Any] | None:
         entry = self._entries.get(key)
         if entry is None:  # never asked for (kept as it was), or damaged (dropped)
-            return None if key in self._entries else self._rows[key]
+            return None if key in self._entries else self._cached[key]
         row: list[Any] = [
             entry.size,
             entry.mtime_ns,
@@ -255,8 +273,8 @@ class AssetStore:
         if not S_ISREG(stat.st_mode):
             raise IsADirectoryError(path)
         entry = self._entries.get(key)
-        if entry is None and key in self._rows:
-            entry = self._entries[key] = _from_row(self._rows[key])
+        if entry is None and key in self._cached:
+            entry = self._entries[key] = _from_row(self._cached[key])
         if entry is not None and entry.holds_for(stat):
             return entry
         hashed_ns = time.time_ns()

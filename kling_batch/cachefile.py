@@ -141,7 +141,8 @@ def read_cache(path: Path, version: str) -> tuple[dict[str, Any], Blob] | None:
             digest.update(chunk)
         if digest.hexdigest() != expected:
             return None
-        data = json.loads(head)
+        text, head = head.decode("utf-8"), b""  # parsed from text alone: half the memory
+        data = json.loads(text)
         if not isinstance(data, dict) or data.get("version") != version:
             return None
         keep = file.tell() > base

@@ -10,6 +10,7 @@ argument: `plan` is exactly what `run` does. It writes only caches in the state 
 from __future__ import annotations
 
 import gc
+import posixpath
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -481,11 +482,13 @@ def _edited_shots(
 def _plan_edited(project: _Project, walked: list[_Walked], now: datetime, api: ApiOf) -> Plan:
     """`plan_edit`'s plan of the walked shots."""
     store = project.store
-    lock, save_lock_caches = project.read_lock()
+    store.only(_named_files(spec for shot in walked if isinstance(shot, list) for spec in shot))
     planned: list[KnownShot | list[PlannedRender]] = [
         shot if isinstance(shot, KnownShot) else [plan_render(spec, store) for spec in shot]
         for shot in walked
     ]
+    # Read after planning: the hash cache's parse is let go before the lockfile's facts.
+    lock, save_lock_caches = project.read_lock()
     renders = [r for shot in planned if not isinstance(shot, KnownShot) for r in shot]
     known = [shot for shot in planned if isinstance(shot, KnownShot)]
     ids = {render_id for shot in known for render_id in shot.ids}
@@ -503,6 +506,18 @@ def _plan_edited(project: _Project, walked: list[_Walked], now: datetime, api: A
     warnings = _warnings(pairs, orphans)
     facts = (project.loaded, project.lock_file, lock, items, orphans, warnings, followups)
     return Plan(*facts, project.remote, settled=settled)
+
+
+def _named_files(specs: Iterable[RenderSpec]) -> Iterator[str]:
+    """Every text in the renders' fields and their outputs, as written and normalised: the
+    files their plan asks the hash cache for (`AssetStore.only`), and more."""
+    for spec in specs:
+        yield str(spec.output)
+        for value in spec.fields.values():
+            for text in value if isinstance(value, list) else [value]:
+                if isinstance(text, str):
+                    yield text
+                    yield posixpath.normpath(text)
 
 
 def _shared_store(loaded: LoadedManifest, remote: str | None) -> RemoteUrl | None:

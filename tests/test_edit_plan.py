@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from kling_batch import assets, uptodate
 from kling_batch import manifest as manifest_module
 from kling_batch import plan as plan_module
-from kling_batch import uptodate
 from kling_batch.cli import cli
 from kling_batch.lockfile import load_lockfile
 from kling_batch.lockname import lock_path
@@ -166,6 +166,20 @@ def test_an_edit_reads_only_the_shots_the_stamp_does_not_know(
     result, counts = counted(stamped, monkeypatch, "--check")
     assert (counts.edits, counts.tables, counts.unread) == (1, 1, 0), result.output
     assert listed(result.stdout, "~", "a3")
+
+
+def test_an_edit_keeps_the_hash_cache_whole(stamped: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The edit reads only its own files' rows of the hash cache and hashes the image no
+    render used before, but leaves the cache whole: the full plan after it hashes no other
+    file."""
+    monkeypatch.setattr(assets, "_RACY_NS", 0)  # the files were written a moment ago
+    hashed: list[Path] = []
+    real_hash = assets.sha256_file
+    monkeypatch.setattr(assets, "sha256_file", lambda path: hashed.append(path) or real_hash(path))
+    EDITS["another image"](stamped.parent)
+    result = same_as_full(stamped, monkeypatch)
+    assert listed(result.stdout, "~", "a6")
+    assert hashed and {path.name for path in hashed} == {"b.png"}
 
 
 def test_a_stamped_shot_whose_index_moved_is_read_to_be_planned(
