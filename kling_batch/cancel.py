@@ -6,7 +6,9 @@ Only a job still rendering can be cancelled: a `submitted` entry of the lockfile
 
 An entry is recorded as `failed` with the error "cancelled by the user" only once the API
 answered that its job is cancelled, so the next plan prices it as a retry (leave it out
-with `--only`, or `enabled = false`). The command holds the run lock: it cannot race a run
+with `--only`, or `enabled = false`). Whether a cancelled job is billed is unknown: a bill in
+the API's answer (cancelled, or already ended) is recorded as a run records one, so `spend`
+never reports less than the API charged. The command holds the run lock: it cannot race a run
 of the same lockfile. The API's cancel route is provisional (`EmpirioClient.cancel_job`);
 when the API does not offer it, the command says so plainly, changes nothing and exits 1.
 """
@@ -14,7 +16,9 @@ when the API does not offer it, the command says so plainly, changes nothing and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
@@ -34,7 +38,10 @@ from kling_batch.lockfile import (
 )
 from kling_batch.lockname import lock_path
 from kling_batch.manifest import require_manifest
+from kling_batch.payloads import JobState
+from kling_batch.pricing import round_cost
 from kling_batch.recall import JobMemory
+from kling_batch.reports import usd
 from kling_batch.runlock import hold_run_lock
 from kling_batch.selection import matches_any, require_matches
 from kling_batch.state import StateDir
@@ -59,6 +66,7 @@ class Cancelled:
     render_id: str
     result: Result
     detail: str
+    billed_usd: Decimal | None = None  # the bill the API's answer reported, if any
 
 
 def cancel_command(request: CancelRequest) -> int:
@@ -125,15 +133,28 @@ async def _cancel_all(
             if done.result == "not_offered":
                 ui.say(done.detail)
                 return 1
-            if done.result == "cancelled":
-                now = client.clock.now()
-                writer.update(render_id, state="failed", error=done.detail, updated_at=now)
+            if done.result == "cancelled" or done.billed_usd is not None:
+                _record(writer, render_id, done, client.clock.now())
                 await writer.commit()
-            ui.say(f"{render_id}: {done.detail}")
+            bill = (
+                "" if done.billed_usd is None else f" (billed {usd(round_cost(done.billed_usd))})"
+            )
+            ui.say(f"{render_id}: {done.detail}{bill}")
             results.append(done)
     count = sum(1 for done in results if done.result == "cancelled")
     ui.say(f"Cancelled {count} of {len(results)} job(s) in flight; recorded in {writer.path.name}.")
     return 1 if any(done.result in {"running", "error"} for done in results) else 0
+
+
+def _record(writer: LockWriter, render_id: str, done: Cancelled, now: datetime) -> None:
+    """Write what the API's answer settled: the cancel, and the bill it reported (the same
+    fields a run writes from a poll, which may never come: job state is kept one hour)."""
+    entry = writer.get(render_id)
+    assert entry is not None
+    fields = entry.bill(entry.job_id or "", done.billed_usd)
+    if done.result == "cancelled":
+        fields.update(state="failed", error=done.detail)
+    writer.update(render_id, updated_at=now, **fields)
 
 
 async def _cancel_one(client: EmpirioClient, render_id: str, entry: Entry) -> Cancelled:
@@ -151,6 +172,12 @@ async def _cancel_one(client: EmpirioClient, render_id: str, entry: Entry) -> Ca
         raise
     except ApiError as exc:
         return Cancelled(render_id, "error", f"job {job_id} could not be cancelled: {exc}")
+    return replace(_answered(render_id, job), billed_usd=job.billed_usd)
+
+
+def _answered(render_id: str, job: JobState) -> Cancelled:
+    """What the API's answer to a cancel says became of the job."""
+    job_id = job.job_id
     if job.raw_status.strip().lower() in CANCELLED_WORDS:
         return Cancelled(render_id, "cancelled", f"{CANCELLED_ERROR} (job {job_id})")
     if job.status == "succeeded":

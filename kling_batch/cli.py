@@ -515,6 +515,7 @@ request (0.1 or 10%), firstN (the first N matching requests) or afterN
   swap=WHEN       serve another whole video of seconds=S (3) as the
                   download; length=none as for truncate
   fail=WHEN       the job ends failed, code=content_moderation; not billed
+                  (unless --bill-failed)
   stall=WHEN      the job stays processing forever; never billed
   status-word=WHEN
                   the job's status reads word=WORD (rendering), a word
@@ -614,6 +615,12 @@ def _check_faults(
     help="Offer POST /v1/jobs/{id}/cancel, or answer 404 as an API without it.",
 )
 @click.option(
+    "--bill-cancelled", is_flag=True, help="Charge a cancelled job its price (billing unknown)."
+)
+@click.option(
+    "--bill-failed", is_flag=True, help="Charge a failed job its price (billing unknown)."
+)
+@click.option(
     "--drifted-schema",
     is_flag=True,
     help="Serve a kling-o3 description unlike the bundled one (for `kling-batch doctor`).",
@@ -645,6 +652,8 @@ def emulator(
     submit_status: str,
     large_output_bytes: int | None,
     cancel_route: bool,
+    bill_cancelled: bool,
+    bill_failed: bool,
     drifted_schema: bool,
     rate_limit_headers: bool,
     job_list: str,
@@ -664,6 +673,8 @@ def emulator(
         submit_status=int(submit_status),
         large_output_bytes=large_output_bytes,
         cancel_route=cancel_route,
+        bill_cancelled=bill_cancelled,
+        bill_failed=bill_failed,
         drifted_schema=drifted_schema,
         rate_limit_headers=rate_limit_headers,
         job_list=job_list,

@@ -136,15 +136,12 @@ class Follower:
         reason = job.error.message if job.error else job.raw_status
         code = f" [{job.error.code}]" if job.error and job.error.code else ""
         error = f"job {job.job_id} {job.raw_status}: {reason}{code}"
-        bill: dict[str, Any] = {}
-        if job.billed_usd is not None:
-            render_id = item.render.id
-            if render_id in self.report.submitted:
-                self.report.billed[render_id] = job.billed_usd
-            recorded = self.writer.get(render_id)
-            assert recorded is not None
-            charges = recorded.charged(job.job_id, billed_usd=job.billed_usd)
-            bill = {"billed_usd": job.billed_usd, "submissions": charges}
+        render_id = item.render.id
+        if job.billed_usd is not None and render_id in self.report.submitted:
+            self.report.billed[render_id] = job.billed_usd
+        recorded = self.writer.get(render_id)
+        assert recorded is not None
+        bill = recorded.bill(job.job_id, job.billed_usd)
         return await self.record(item, "failed", error, state="failed", error=error, **bill)
 
     async def _completed(self, item: PlanItem, job: JobState) -> Entry | Outcome:

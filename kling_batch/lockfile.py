@@ -190,6 +190,16 @@ class Entry(BaseModel):
                 return charges
         return charges
 
+    def bill(self, job_id: str, billed_usd: Decimal | None) -> dict[str, Any]:
+        """The fields that record the bill a job's answer reported, on the entry and on that
+        job's submission (none when it reported no bill: never erase one recorded)."""
+        if billed_usd is None:
+            return {}
+        return {
+            "billed_usd": billed_usd,
+            "submissions": self.charged(job_id, billed_usd=billed_usd),
+        }
+
     def as_past(self) -> PastRender | None:
         """This entry as a finished render to restore from, if it is one."""
         if self.state != "done" or not self.output_sha256 or self.output_size is None:

@@ -1,7 +1,8 @@
 """Billing: the price row a job falls under (read from the model data), holds and the ledger.
 
 A submit holds its estimated cost against the credits; completion turns the hold into a
-ledger entry; failure and cancellation release it. Every amount is a `Decimal`.
+ledger entry; failure and cancellation release it (or charge it, with the `bill_failed` and
+`bill_cancelled` switches). Every amount is a `Decimal`.
 """
 
 from __future__ import annotations

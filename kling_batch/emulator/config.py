@@ -81,6 +81,10 @@ class EmulatorConfig:
     max_audio_bytes: int = 50 * 1024 * 1024
     journal_max_entries: int | None = 200_000  # oldest entries fall off past this
     cancel_route: bool = True  # False: cancelling answers 404, as an API without the route
+    # Whether a cancelled or a failed job is billed is unknown: True charges such a job its
+    # price, and its answers carry the bill as a completed job's do.
+    bill_cancelled: bool = False
+    bill_failed: bool = False
     drifted_schema: bool = False  # serve a kling-o3 description unlike schemas/kling-o3.json
     rate_limit_headers: bool = False  # x-ratelimit-limit/remaining-requests on counted answers
 

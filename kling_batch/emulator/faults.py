@@ -25,7 +25,8 @@ N). Storms take a length in modelled seconds instead.
                         instead of the job's result; ``length=none`` as for truncate;
                         ``on=download`` only
 ``fail=WHEN``           the job ends ``failed`` with ``code=`` (default
-                        ``content_moderation``); not billed
+                        ``content_moderation``); not billed unless
+                        ``bill_failed`` (`EmulatorConfig`)
 ``stall=WHEN``          the job never ends: ``processing`` forever, never billed
 ``status-word=WHEN``    the job's status reads ``word=`` (default ``rendering``), a word
                         outside the API's vocabulary, in every answer; it renders and

@@ -192,14 +192,18 @@ class JobTable:
             return self._jobs.get(job_id)
 
     def cancel(self, job_id: str, now: float) -> Job | None:
-        """Cancel a queued or processing job (no charge); a finished job is left unchanged."""
+        """Cancel a queued or processing job (charged only with `bill_cancelled`); a finished
+        job is left unchanged."""
         with self._lock:
             self.settle(now)
             job = self._jobs.get(job_id)
             if job is None or job.view(now).ended is not None:
                 return job
             job.cancelled_at = now
-            self._ledger.release(job.id)
+            if self._config.bill_cancelled:
+                self._charge(job, now)
+            else:
+                self._ledger.release(job.id)
             drop_at = now + self._config.scaled(self._config.job_retention_seconds)
             heapq.heappush(self._to_drop, (drop_at, job.seq, job.id))
             return job
@@ -236,7 +240,7 @@ class JobTable:
             return self._outputs.get(job_id)
 
     def settle(self, now: float | None = None) -> None:
-        """Charge jobs that completed, release failed ones, drop and expire old ones."""
+        """Charge jobs that completed, release (or charge) failed ones, drop and expire old ones."""
         if now is None:
             now = self._clock.now()
         with self._lock:
@@ -246,10 +250,12 @@ class JobTable:
                 job = self._jobs.get(job_id)
                 if job is None or job.cancelled_at is not None:
                     continue
-                if job.fails_with is not None:
-                    self._ledger.release(job_id)
-                else:
+                if job.fails_with is None:
                     self._complete(job)
+                elif self._config.bill_failed:
+                    self._charge(job, job.finishes)
+                else:
+                    self._ledger.release(job_id)
                 heapq.heappush(self._to_drop, (finishes + retention, seq, job_id))
             while self._to_drop and self._to_drop[0][0] <= now:
                 _, _, job_id = heapq.heappop(self._to_drop)
@@ -259,8 +265,15 @@ class JobTable:
                 _, job_id = heapq.heappop(self._to_expire)
                 self._outputs.pop(job_id, None)
 
-    def _complete(self, job: Job) -> None:
-        ended = self._clock.wall(job.finishes)
+    def billed(self, job: Job, now: float) -> bool:
+        """Whether the job has been charged as of `now` (its answers then carry the bill)."""
+        status = job.view(now).status
+        if status == "cancelled":
+            return self._config.bill_cancelled
+        return status == "completed" or (status == "failed" and self._config.bill_failed)
+
+    def _charge(self, job: Job, ended: float) -> None:
+        """Turn the job's hold into a charge of its price, dated `ended`."""
         self._ledger.charge(
             LedgerEntry(
                 job_id=job.id,
@@ -268,9 +281,12 @@ class JobTable:
                 seconds=job.submission.seconds,
                 rate=job.row.rate,
                 amount=job.amount,
-                wall=ended,
+                wall=self._clock.wall(ended),
             )
         )
+
+    def _complete(self, job: Job) -> None:
+        self._charge(job, job.finishes)
         expires = self.expires_wall(job)
         self._outputs[job.id] = Output(
             job_id=job.id,

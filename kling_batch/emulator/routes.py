@@ -8,8 +8,9 @@
 ``GET  /v1/jobs?status=&limit=&after=``     newest first; limit 25 by default, 100 at most;
                                             ``last_id`` + ``has_more``, ``after=<last_id>``
                                             (or ``starting_after=``) for the next page
-``POST /v1/jobs/{job_id}/cancel``           cancel a queued or processing job (not billed);
-                                            404 with ``cancel_route=False``
+``POST /v1/jobs/{job_id}/cancel``           cancel a queued or processing job (not billed
+                                            unless ``bill_cancelled=True``); 404 with
+                                            ``cancel_route=False``
 ``POST /v1/files/upload``                   multipart ``file`` → a ``bunny://`` path
 ``GET  /v1/models``, ``/v1/models/{id}``    the model list; kling-o3's schema file (a
                                             drifted one with ``drifted_schema=True``)
@@ -202,6 +203,7 @@ class _Routes:
                 "duration": _number(job.submission.seconds),
                 "expires_at": iso(float(expires)),
             }
+        if self.emu.jobs.billed(job, now):
             billing = {
                 "amount_usd": _number(job.amount),
                 "seconds": _number(job.submission.seconds),

@@ -70,12 +70,42 @@ def config_from_options(
     submit_status: int = 200,
     large_output_bytes: int | None = None,
     cancel_route: bool = True,
+    bill_cancelled: bool = False,
+    bill_failed: bool = False,
     drifted_schema: bool = False,
     rate_limit_headers: bool = False,
     job_list: str = "cursor",
 ) -> EmulatorConfig:
     """An `EmulatorConfig` from command-line style values; `UserError` names a bad option."""
     balance, parsed = _credits(credits), _faults(faults)
+    timing, style, listing = _styles(latency, poll_url, job_list)
+    try:
+        return EmulatorConfig(
+            api_key=api_key,
+            time_scale=time_scale,
+            rpm=rpm,
+            credits=balance,
+            faults=parsed,
+            seed=seed,
+            latency=timing,
+            poll_url_style=style,
+            submit_status=submit_status,
+            large_output_bytes=large_output_bytes,
+            cancel_route=cancel_route,
+            bill_cancelled=bill_cancelled,
+            bill_failed=bill_failed,
+            drifted_schema=drifted_schema,
+            rate_limit_headers=rate_limit_headers,
+            job_list=listing,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _styles(
+    latency: str, poll_url: str, job_list: str
+) -> tuple[Latency, PollUrlStyle, JobListStyle]:
+    """The `--latency`, `--poll-url` and `--job-list` choices, checked."""
     if latency not in ("realistic", "zero"):
         raise UserError("expected 'realistic' or 'zero'", field="--latency")
     if poll_url not in ("absolute", "relative", "absent", "location"):
@@ -86,25 +116,7 @@ def config_from_options(
     if job_list not in ("cursor", "no-cursor", "absent"):
         raise UserError("expected 'cursor', 'no-cursor' or 'absent'", field="--job-list")
     listing: JobListStyle = job_list  # type: ignore[assignment]
-    try:
-        return EmulatorConfig(
-            api_key=api_key,
-            time_scale=time_scale,
-            rpm=rpm,
-            credits=balance,
-            faults=parsed,
-            seed=seed,
-            latency=Latency.zero() if latency == "zero" else Latency.realistic(),
-            poll_url_style=style,
-            submit_status=submit_status,
-            large_output_bytes=large_output_bytes,
-            cancel_route=cancel_route,
-            drifted_schema=drifted_schema,
-            rate_limit_headers=rate_limit_headers,
-            job_list=listing,
-        )
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    return Latency.zero() if latency == "zero" else Latency.realistic(), style, listing
 
 
 def serve(*, host: str, port: int, config: EmulatorConfig) -> None:

@@ -1,4 +1,5 @@
-"""Emulator switches for account operations: cancel route, drifted schema, rate-limit headers."""
+"""Emulator switches for account operations: cancel route, bills of cancelled and failed jobs,
+drifted schema, rate-limit headers."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from decimal import Decimal
 
 from kling_batch.emulator import Latency
+from kling_batch.emulator.faults import Fault
 from kling_batch.model_data import model_json_text
 from tests.emulator.conftest import error_of
 
@@ -19,6 +21,26 @@ def test_cancel_releases_the_credit_hold(make_api):
     assert response.json()["status"] == "cancelled"
     assert api.emu.ledger.available == Decimal(10)
     assert api.emu.ledger.held == 0
+
+
+def test_bill_cancelled_charges_a_cancelled_job_and_says_so(make_api):
+    """`bill_cancelled=True` charges a cancelled job its price, and the cancel answer carries the
+    bill as a completed job's does."""
+    api = make_api(latency=Latency.realistic(), bill_cancelled=True)
+    job_id = api.submit_ok(duration=5, model_tier="pro")["job_id"]
+    answer = api.client.post(f"/v1/jobs/{job_id}/cancel").json()
+    assert answer["status"] == "cancelled"
+    assert answer["billing"]["amount_usd"] == 1.4
+    assert api.emu.ledger.total == Decimal("1.4") and api.emu.ledger.held == 0
+
+
+def test_bill_failed_charges_a_failed_job_and_says_so(make_api):
+    """`bill_failed=True` charges a failed job its price, and its answers carry the bill."""
+    api = make_api(latency=Latency.realistic(), bill_failed=True, faults=(Fault("fail"),))
+    job = api.finish(api.submit_ok(duration=5, model_tier="pro")["job_id"])
+    assert job["status"] == "failed"
+    assert job["billing"]["amount_usd"] == 1.4
+    assert api.emu.ledger.total == Decimal("1.4")
 
 
 def test_without_the_cancel_route_cancelling_is_an_unknown_route(make_api):

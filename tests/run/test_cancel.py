@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import filelock
@@ -17,8 +18,9 @@ import pytest
 
 from kling_batch.canonical import json_default
 from kling_batch.emulator import EmulatorConfig, RunningEmulator, running
+from kling_batch.emulator.faults import Fault
 from kling_batch.endpoint import api_identity
-from kling_batch.lockfile import Lockfile, load_lockfile, new_entry
+from kling_batch.lockfile import Charge, Lockfile, load_lockfile, new_entry
 from kling_batch.plan import build_plan
 from tests.run.conftest import many_shots
 
@@ -40,8 +42,8 @@ def serve() -> Iterator[Callable[..., RunningEmulator]]:
 def in_flight(
     root: Path, served: RunningEmulator, count: int = 3, *, recorded: bool = False
 ) -> Path:
-    """A manifest whose renders were submitted to `served` and recorded as `submitted`, as a
-    run stopped by two Ctrl-C leaves them; the manifest's path."""
+    """A manifest whose renders were submitted to `served` and recorded as `submitted` with
+    their charge, as a run stopped by two Ctrl-C leaves them; the manifest's path."""
     manifest = root / "shots.toml"
     manifest.write_text(many_shots(count).replace('output_dir = "renders"', 'output_dir = "r"'))
     plan = build_plan(manifest, now=datetime.now(UTC))
@@ -55,7 +57,14 @@ def in_flight(
             f"{served.base_url}/v1/videos/generations", content=body, headers=headers
         )
         job_id = answer.json()["job_id"]
-        lock.shots[item.render.id] = new_entry(item.render, "submitted", job_id=job_id)
+        render = item.render
+        sent = datetime.now(UTC)
+        charge = Charge(
+            fingerprint=render.fingerprint, submitted_at=sent, cost_usd=render.cost, job_id=job_id
+        )
+        lock.shots[render.id] = new_entry(
+            render, "submitted", job_id=job_id, submitted_at=sent, submissions=[charge]
+        )
     lock.save(manifest.with_suffix(".lock"))
     return manifest
 
@@ -72,6 +81,13 @@ def cancel(manifest: Path, served: RunningEmulator, *args: str) -> subprocess.Co
         check=False,
         timeout=60,
     )
+
+
+def billed_total(manifest: Path) -> Decimal:
+    """What `kling-batch spend --format json` says was billed in all."""
+    argv = [sys.executable, "-m", "kling_batch", "spend", str(manifest), "--format", "json"]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60)
+    return Decimal(str(json.loads(done.stdout)["totals"]["billed_usd"]))
 
 
 def job_status(served: RunningEmulator, job_id: str | None) -> str:
@@ -100,6 +116,43 @@ def test_cancel_stops_every_job_in_flight_and_records_it(
     assert "Cancelled 3 of 3 job(s) in flight; recorded in shots.lock." in result.stderr
     plan = build_plan(manifest, now=datetime.now(UTC))
     assert {item.action for item in plan.items} == {"retry"}
+
+
+def test_a_cancelled_job_billed_by_the_api_is_recorded_with_its_bill(
+    serve: Callable[..., RunningEmulator], tmp_path: Path
+) -> None:
+    """When the API's cancel answer carries a bill, the entry and its submission record it as a
+    run records a poll's bill, and `spend` reports what the API charged."""
+    served = serve(bill_cancelled=True)
+    manifest = in_flight(tmp_path, served, count=2)
+    result = cancel(manifest, served)
+    assert result.returncode == 0, result.stderr
+    charged = served.emulator.ledger.total
+    assert charged > 0
+    lock = load_lockfile(manifest.with_suffix(".lock"))
+    bills = [entry.billed_usd for entry in lock.shots.values()]
+    assert all(entry.cancelled for entry in lock.shots.values())
+    assert [entry.submissions[-1].billed_usd for entry in lock.shots.values()] == bills
+    assert sum(bill or 0 for bill in bills) == charged
+    assert billed_total(manifest) == charged
+    assert "s00: cancelled by the user" in result.stderr and "(billed $" in result.stderr
+
+
+def test_a_job_that_had_failed_with_a_bill_has_its_bill_recorded(
+    serve: Callable[..., RunningEmulator], tmp_path: Path
+) -> None:
+    """A cancel answer saying the job had already failed, billed, records that bill (the job's
+    state may be gone before the next run polls it); the failure is left for the run."""
+    served = serve(bill_failed=True, faults=(Fault("fail"),))
+    manifest = in_flight(tmp_path, served, count=1)
+    served.emulator.advance(1000)  # past the job's failure, within its retention
+    result = cancel(manifest, served)
+    assert result.returncode == 0, result.stderr
+    assert "had already failed" in result.stderr
+    entry = load_lockfile(manifest.with_suffix(".lock")).shots["s00"]
+    assert entry.state == "submitted"
+    assert entry.billed_usd == served.emulator.ledger.total > 0
+    assert billed_total(manifest) == served.emulator.ledger.total
 
 
 def test_only_cancels_the_chosen_renders(
