@@ -8,7 +8,7 @@ never re-paid), `completed` with its result URL, or `done`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from functools import partial
 from typing import Any, Protocol
@@ -142,7 +142,10 @@ class Follower:
         recorded = self.writer.get(render_id)
         assert recorded is not None
         bill = recorded.bill(job.job_id, job.billed_usd)
-        return await self.record(item, "failed", error, state="failed", error=error, **bill)
+        outcome = await self.record(item, "failed", error, state="failed", error=error, **bill)
+        failed = self.writer.get(render_id)
+        # Cancelled on the API's side: said so, by the rule `spend` reads the lockfile with.
+        return replace(outcome, cancelled=failed is not None and failed.cancelled)
 
     async def _completed(self, item: PlanItem, job: JobState) -> Entry | Outcome:
         """Record a finished job's result URL and bill; the entry, ready to download."""

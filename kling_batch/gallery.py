@@ -21,10 +21,13 @@ from kling_batch.lockfile import UNSETTLED, Entry
 from kling_batch.manifest import LoadedManifest, SourcedShot
 from kling_batch.plan import Plan, PlanItem
 
-CardState = Literal["done", "failed", "pending", "uncertain", "missing", "outdated", "new"]
+CardState = Literal[
+    "done", "failed", "cancelled", "pending", "uncertain", "missing", "outdated", "new"
+]
 STATES: tuple[CardState, ...] = (
     "done",
     "failed",
+    "cancelled",
     "pending",
     "uncertain",
     "missing",
@@ -112,7 +115,8 @@ class Totals:
 
     renders: int
     done: int
-    failed: int
+    failed: int  # not counting the cancelled ones
+    cancelled: int
     picked: int
     spent: Decimal
     estimate: Decimal
@@ -143,13 +147,14 @@ class Gallery:
 
     @property
     def totals(self) -> Totals:
-        """Renders, done, failed, picked, billed so far and the plan's estimate."""
+        """Renders, done, failed, cancelled, picked, billed so far and the plan's estimate."""
         cards = self.cards
         by_state: dict[str, int] = {s: sum(1 for c in cards if c.state == s) for s in STATES}
         return Totals(
             renders=len(cards),
             done=by_state["done"],
             failed=by_state["failed"],
+            cancelled=by_state["cancelled"],
             picked=sum(1 for c in cards if c.picked),
             spent=sum((c.billed for c in cards if c.billed is not None), Decimal(0)),
             estimate=sum((c.cost for c in cards), Decimal(0)),
@@ -215,9 +220,13 @@ def card_state(item: PlanItem, entry: Entry | None) -> tuple[CardState, str]:
         return "new", reasons or "not rendered yet"
     if entry.fingerprint != item.render.fingerprint and entry.state not in UNSETTLED:
         since = "it rendered" if entry.state == "done" else "its last attempt failed"
+        if entry.cancelled:
+            since = "its last attempt was cancelled"
         return "outdated", f"changed since {since}: {reasons}"
     if entry.state == "failed":
-        return "failed", entry.error or "failed (no reason recorded)"
+        # A cancelled job is said apart from a failure, as `spend` and `status` say it.
+        state: CardState = "cancelled" if entry.cancelled else "failed"
+        return state, entry.error or "failed (no reason recorded)"
     if entry.state in ("uncertain", "submitting"):
         return "uncertain", reasons
     if entry.state in ("submitted", "completed"):

@@ -117,6 +117,7 @@ def _top(gallery: Gallery) -> str:
         ("renders", str(totals.renders), "renders"),
         ("done", str(totals.done), "done"),
         ("failed", str(totals.failed), "failed"),
+        *([("cancelled", str(totals.cancelled), "cancelled")] if totals.cancelled else []),
         ("spent", usd(totals.spent), "spent"),
         ("picked", str(totals.picked), "picked"),
     ]

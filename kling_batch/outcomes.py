@@ -38,6 +38,14 @@ class Outcome:
     action: str
     state: OutcomeState
     detail: str = ""
+    # Failed because its job was cancelled (on the API's side): reports say `cancelled`.
+    cancelled: bool = False
+
+    @property
+    def said(self) -> str:
+        """The state as reports name it: `cancelled` for a failed render whose job was
+        cancelled (counted apart from the failed ones, as `spend` does)."""
+        return "cancelled" if self.cancelled and self.state == "failed" else self.state
 
 
 @dataclass

@@ -126,7 +126,8 @@ def _playable(gallery: Gallery, links: Links) -> dict[str, Path]:
 
 def _summary(gallery: Gallery, page: Path) -> str:
     totals = gallery.totals
+    cancelled = f"{totals.cancelled} cancelled, " if totals.cancelled else ""
     return (
         f"Gallery of {totals.renders} renders ({totals.done} done, {totals.failed} failed, "
-        f"{totals.picked} picked): {page}"
+        f"{cancelled}{totals.picked} picked): {page}"
     )

@@ -6,15 +6,17 @@ The JSON object (on stdout; the table then goes to stderr with the other people'
      "renders": [{"id": "story", "action": "new", "state": "done",
                   "output": "renders/story.mp4", "estimated_cost_usd": 2.8,
                   "billed_usd": 2.8, "job_id": "job_…", "reason": "renders/story.mp4"}],
-     "totals": {"renders": 1, "done": 1, "failed": 0, "uncertain": 0, "pending": 0,
-                "skipped": 0, "estimated_cost_usd": 2.8, "billed_usd": 2.8},
+     "totals": {"renders": 1, "done": 1, "failed": 0, "cancelled": 0, "uncertain": 0,
+                "pending": 0, "skipped": 0, "estimated_cost_usd": 2.8, "billed_usd": 2.8},
      "stopped": null, "interrupted": false}
 
 One entry per render the run handled. `estimated_cost_usd` is the estimate of what this
 run submitted for it (0 when it submitted nothing: a restore, a resumed job), `billed_usd`
 what the API said it billed for that submission (null when it did not say), rounded up to
 the tenth of a cent as every cost is. The totals' `billed_usd` is null unless the API said
-so for every submission.
+so for every submission. A render whose job was cancelled (on the API's side) ends
+`cancelled` and is counted in `totals.cancelled`, not in `failed`, as `status` and `spend`
+say it (the run still exits 1 for it).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from kling_batch.plan import Plan, PlanItem
 from kling_batch.pricing import round_cost
 from kling_batch.reports import json_amount
 
-STATES = ("done", "failed", "uncertain", "pending", "skipped")
+STATES = ("done", "failed", "cancelled", "uncertain", "pending", "skipped")
 
 
 def summarise(
@@ -79,7 +81,7 @@ def _render(
         "id": render_id,
         "action": item.action,
         # A render the run never got to (a second Ctrl-C) is still to do.
-        "state": outcome.state if outcome is not None else "pending",
+        "state": outcome.said if outcome is not None else "pending",
         "output": str(item.render.output),
         "estimated_cost_usd": json_amount(report.submitted.get(render_id, Decimal(0))),
         "billed_usd": None if billed is None else json_amount(round_cost(billed)),

@@ -1,8 +1,14 @@
-"""`kling-batch status`: each render's state from the lockfile and the files, no network."""
+"""`kling-batch status`: each render's state from the lockfile and the files, no network.
+
+A `failed` entry whose job was cancelled (`Entry.cancelled`) is shown and counted as
+`cancelled`, as `spend` says it; in the JSON its `state` stays the lockfile's and
+`cancelled` is true (the key is false for every other entry).
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +28,7 @@ from kling_batch.ui import say, write_data
 STATE_STYLES = {
     "done": "green",
     "failed": "red",
+    "cancelled": "yellow",
     "uncertain": "magenta",
     "submitting": "magenta",
     "submitted": "cyan",
@@ -54,6 +61,7 @@ def status_rows(manifest: Path, *, emulator: bool = False) -> list[dict[str, Any
             {
                 "id": shot_id,
                 "state": entry.state,
+                "cancelled": entry.cancelled,
                 "file": file_state(store, entry, output_dir),
                 "output": entry.output,
                 "cost_usd": entry.cost_usd,
@@ -93,7 +101,7 @@ def show_status(manifest: Path, *, fmt: str, emulator: bool, console: Console) -
         return
     counts: dict[str, int] = {}
     for row in rows:
-        counts[row["state"]] = counts.get(row["state"], 0) + 1
+        counts[_said(row)] = counts.get(_said(row), 0) + 1
     console.print(
         f"{manifest.name}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     )
@@ -103,11 +111,11 @@ def show_status(manifest: Path, *, fmt: str, emulator: bool, console: Console) -
     )
     table = Columns([(name, "left") for name in columns], overflow="fold")
     for row in rows:
-        style = STATE_STYLES.get(row["state"], "")
+        style = STATE_STYLES.get(_said(row), "")
         file_style = "red" if row["file"] in {"missing", "modified", "invalid"} else ""
         table.add_row(
             row["id"],
-            Text(row["state"], style=style),
+            Text(_said(row), style=style),
             Text(row["file"], style=file_style),
             row["output"],
             usd(row["cost_usd"]),
@@ -116,3 +124,8 @@ def show_status(manifest: Path, *, fmt: str, emulator: bool, console: Console) -
             *([", ".join(row["tags"])] if tagged else []),
         )
     console.print(table)
+
+
+def _said(row: Mapping[str, Any]) -> str:
+    """The row's state as people read it: `cancelled` for a failed entry whose job was."""
+    return "cancelled" if row["cancelled"] else str(row["state"])

@@ -224,11 +224,11 @@ def print_summary(report: RunReport, out: IO[str] | None = None) -> None:
         width=log_width(out),
         soft_wrap=not out.isatty(),
     )
-    counts = Counter(o.state for o in report.outcomes)
+    counts = Counter(o.said for o in report.outcomes)
     table = Table(title=None, box=None, show_header=True, header_style="bold")
     for column in ("state", "renders"):
         table.add_column(column)
-    for state in ("done", "failed", "uncertain", "pending", "skipped"):
+    for state in ("done", "failed", "cancelled", "uncertain", "pending", "skipped"):
         if counts[state]:
             table.add_row(state, str(counts[state]))
     console.print(table)
@@ -238,7 +238,7 @@ def print_summary(report: RunReport, out: IO[str] | None = None) -> None:
         console.print(f"Billed by the API: {usd(billed)}")
     for outcome in report.outcomes:
         if outcome.state in {"failed", "pending", "uncertain"}:
-            console.print(f"- {outcome.state} {outcome.id}: {outcome.detail}")
+            console.print(f"- {outcome.said} {outcome.id}: {outcome.detail}")
     uncertain = [o for o in report.outcomes if o.state == "uncertain"]
     if uncertain:
         console.print(

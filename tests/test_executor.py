@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import signal
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -38,6 +39,7 @@ from kling_batch.plan import Plan, build_plan
 from kling_batch.run_summary import run_summary
 from kling_batch.runner import _run_with_signals
 from kling_batch.spend import spend_report
+from kling_batch.ui import print_summary
 from tests.conftest import NOW
 
 # The top-level boxes of an MP4 (ftyp, an empty moov, mdat); each download appends a `free`
@@ -461,6 +463,42 @@ def test_the_run_summary_rounds_each_bill_up_as_its_totals_do(
     (line,) = summary["renders"]
     assert line["billed_usd"] == summary["totals"]["billed_usd"] == 1.401
     assert spend_report(path).totals().billed == Decimal("1.401")
+
+
+def cancelled_on_the_api(job_id: str) -> JobState:
+    """A job cancelled on the API's side (from its dashboard, say), as a poll reads it."""
+    return parse_job({"job_id": job_id, "status": "cancelled", "progress": 0.2})
+
+
+def test_the_run_summary_says_a_cancelled_job_is_cancelled(
+    project: Callable[..., Path],
+) -> None:
+    """A render whose job was cancelled on the API's side ends `cancelled` in `run --format
+    json`, counted as cancelled and not as failed (the run still exits 1)."""
+    api = FakeApi()
+    api.script["get_job"] = cancelled_on_the_api
+    path = project(ONE)
+    plan = build_plan(path, now=NOW)
+    report = run(plan, api)
+    summary = run_summary(plan, plan.items, report, load_lockfile(path.with_suffix(".lock")))
+    assert [line["state"] for line in summary["renders"]] == ["cancelled"]
+    assert (summary["totals"]["cancelled"], summary["totals"]["failed"]) == (1, 0)
+    assert report.exit_code == 1
+
+
+def test_the_run_table_says_a_cancelled_job_is_cancelled(
+    project: Callable[..., Path],
+) -> None:
+    """The end-of-run table counts a render whose job was cancelled as `cancelled`, and
+    lists it so, not as failed."""
+    api = FakeApi()
+    api.script["get_job"] = cancelled_on_the_api
+    report = run(build_plan(project(ONE), now=NOW), api)
+    out = io.StringIO()
+    print_summary(report, out)
+    rows = [line.split() for line in out.getvalue().splitlines()]
+    assert ["cancelled", "1"] in rows and not any(row[:1] == ["failed"] for row in rows)
+    assert "- cancelled a: job job1 cancelled" in out.getvalue()
 
 
 def test_a_completed_entry_without_its_url_asks_its_job_again(

@@ -90,6 +90,13 @@ def billed_total(manifest: Path) -> Decimal:
     return Decimal(str(json.loads(done.stdout)["totals"]["billed_usd"]))
 
 
+def kling_batch(*args: str) -> subprocess.CompletedProcess[str]:
+    """`kling-batch ARGS` (no network), output captured."""
+    argv = [sys.executable, "-m", "kling_batch", *args]
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    return subprocess.run(argv, capture_output=True, text=True, env=env, check=True, timeout=60)
+
+
 def job_status(served: RunningEmulator, job_id: str | None) -> str:
     emu = served.emulator
     job = emu.jobs.get(job_id or "", emu.clock.now())
@@ -153,6 +160,49 @@ def test_a_job_that_had_failed_with_a_bill_has_its_bill_recorded(
     assert entry.state == "submitted"
     assert entry.billed_usd == served.emulator.ledger.total > 0
     assert billed_total(manifest) == served.emulator.ledger.total
+
+
+def test_status_says_a_cancelled_render_is_cancelled(
+    serve: Callable[..., RunningEmulator], tmp_path: Path
+) -> None:
+    """`status` shows and counts a render whose job was cancelled as `cancelled`, as `spend`
+    does, not as failed."""
+    served = serve()
+    manifest = in_flight(tmp_path, served, count=2)
+    assert cancel(manifest, served, "--only", "s01").returncode == 0
+    table = kling_batch("status", str(manifest)).stdout.splitlines()
+    assert table[0] == "shots.toml: 1 cancelled, 1 submitted"
+    rows = {line.split()[0]: line.split()[1] for line in table[2:]}
+    assert rows == {"s00": "submitted", "s01": "cancelled"}
+
+
+def test_status_json_marks_a_cancelled_render(
+    serve: Callable[..., RunningEmulator], tmp_path: Path
+) -> None:
+    """`status --format json` keeps each render's lockfile `state` and adds `cancelled`, true
+    for the render whose job was cancelled."""
+    served = serve()
+    manifest = in_flight(tmp_path, served, count=2)
+    assert cancel(manifest, served, "--only", "s01").returncode == 0
+    data = json.loads(kling_batch("status", str(manifest), "--format", "json").stdout)
+    said = {row["id"]: (row["state"], row["cancelled"]) for row in data["renders"]}
+    assert said == {"s00": ("submitted", False), "s01": ("failed", True)}
+
+
+def test_the_review_gallery_says_a_cancelled_render_is_cancelled(
+    serve: Callable[..., RunningEmulator], tmp_path: Path
+) -> None:
+    """The review gallery shows a render whose job was cancelled as `cancelled` and counts it
+    apart from the failed ones."""
+    served = serve()
+    manifest = in_flight(tmp_path, served, count=2)
+    assert cancel(manifest, served, "--only", "s01").returncode == 0
+    said = kling_batch("review", str(manifest), "--out", str(tmp_path / "page")).stderr
+    assert "(0 done, 0 failed, 1 cancelled, 0 picked)" in said
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert 'data-total="cancelled">1<' in page and 'data-total="failed">0<' in page
+    assert '<option value="cancelled">cancelled (1)</option>' in page
+    assert '<option value="failed">' not in page
 
 
 def test_only_cancels_the_chosen_renders(
