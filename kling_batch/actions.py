@@ -6,6 +6,7 @@ from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -107,6 +108,12 @@ class Differ:
                 self._finished.setdefault(past.fingerprint, []).append((entry, past))
         return self._finished
 
+    @cached_property
+    def _submitted(self) -> frozenset[str]:
+        """What names every submission on record, any entry's, current or past (read when
+        a remembered job is first in question: most plans never ask)."""
+        return self.lock.submitted()
+
     def _recalled(self, item: PlanItem) -> PlanItem:
         """A render to pay for whose request an earlier run already submitted, the lockfile
         not knowing (a `git checkout`, a stash or a revert took the record away): its job
@@ -116,6 +123,10 @@ class Differ:
         job = self.files.remembered_job(render.fingerprint)
         if job is None or self.now - job.submitted_at > recall_window(render.tier, render.seconds):
             return item  # none, or gone from the API by now
+        if job.mark in self._submitted:
+            # Followed by the lockfile itself, or ended (re-rendered since, in history):
+            # resumed, its charge would be recorded twice and spend say it was paid twice.
+            return item
         if job.job_id is None:
             if any(
                 entry.fingerprint == job.fingerprint and entry.state in UNSETTLED
@@ -127,8 +138,6 @@ class Differ:
                 "in the job list, no new cost"
             )
             return PlanItem(render, "uncertain", (reason,), recalled=job)
-        if any(entry.job_id == job.job_id for entry in self.lock.shots.values()):
-            return item  # the lockfile records that job already
         reason = f"{job.describe()}, not in this lockfile: followed to its end, no new cost"
         return PlanItem(render, "resume", (reason,), recalled=job)
 

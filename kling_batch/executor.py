@@ -127,7 +127,8 @@ class Executor:
             board=JobBoard(client, window=self.options.pacer.list_window),
         )
         self._done_events: dict[str, anyio.Event] = {}
-        writer.jobs = JobMemory(self.state, writer.path)
+        self._memory = JobMemory(self.state, writer.path)
+        writer.jobs = self._memory
 
     def stop(self, reason: str) -> None:
         """Submit nothing new; renders already submitted are still followed to the end."""
@@ -138,6 +139,7 @@ class Executor:
     async def run(self, items: Sequence[PlanItem]) -> RunReport:
         """Run every item; returns when each has an outcome (or the run was cancelled)."""
         self.state.ensure()
+        await anyio.to_thread.run_sync(self._memory.tidy, self.writer.lock)
         await self._downloads.detach_cache()
         self._downloads.urls.absorb(self.writer)
         await self._take_over(items)

@@ -30,9 +30,10 @@ from kling_batch.lockfile import (
     lockfile_bytes,
     lockfile_digest,
     lockfile_from,
+    submission_marks,
 )
 
-_VERSION = "lock-facts-7"  # 7: a job in flight without its job id is refused
+_VERSION = "lock-facts-8"  # 8: what names each submission on record (`submitted`)
 
 
 class PastRecord(Protocol):
@@ -90,6 +91,9 @@ class LockRecords(Protocol):
     def shots(self) -> Mapping[str, EntryRecord]: ...
 
     def finished(self) -> Iterator[tuple[EntryRecord | None, PastRecord]]: ...
+
+    def submitted(self) -> frozenset[str]:
+        """What names every submission on record (`lockfile.submission_marks`)."""
 
 
 class PastFacts(NamedTuple):
@@ -171,6 +175,12 @@ class EntryFacts(NamedTuple):
         value: list[str] = self.decoded()["tags"]
         return value
 
+    @property
+    def marks(self) -> list[str]:
+        """What names each submission on record (`lockfile.submission_marks`)."""
+        value: list[str] = self.decoded()["marks"]
+        return value
+
     def as_past(self) -> DonePast | None:
         """This entry as a finished render, if it is one."""
         if self.state != "done" or not self.output_sha256 or self.output_size is None:
@@ -237,6 +247,10 @@ class LockFacts:
                 yield entry, past
             for earlier in entry.history:
                 yield None, earlier
+
+    def submitted(self) -> frozenset[str]:
+        """What names every submission on record (`lockfile.submission_marks`)."""
+        return frozenset(mark for entry in self.shots.values() for mark in entry.marks)
 
     def full(self) -> Lockfile:
         """The whole lockfile; refused if it changed since its facts were read."""
@@ -313,6 +327,7 @@ def _row(entry: Entry) -> tuple[list[Any], bytes]:
         "expires": expires,
         "in_remote": entry.in_remote,
         "history": [_past(past) for past in entry.history],
+        "marks": list(submission_marks(entry)),
     }
     row = [
         entry.fingerprint,

@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Protocol
@@ -130,6 +130,29 @@ class Charge(BaseModel):
     def waiting(self) -> bool:
         """Unanswered, and not proved jobless: the POST may have made a paid job."""
         return self.job_id is None and not self.no_job
+
+    @property
+    def sending(self) -> str | None:
+        """What names the POST itself, answered or not: what was sent and when (None
+        when what was sent is not recorded)."""
+        return sending_mark(self.sent, self.submitted_at) if self.sent else None
+
+
+def sending_mark(sent: str, submitted_at: datetime) -> str:
+    """`<sent>@<UTC time>`: one POST of a body, told from a resend of the same body."""
+    return f"{sent}@{submitted_at.astimezone(UTC).isoformat()}"
+
+
+def submission_marks(entry: Entry) -> Iterator[str]:
+    """What names each submission an entry records: its job id, and what was sent when
+    (`Charge.sending`); a memo of any of them is of a submission on record (`recall`)."""
+    if entry.job_id:
+        yield entry.job_id
+    for charge in entry.submissions:
+        if charge.job_id:
+            yield charge.job_id
+        if charge.sending:
+            yield charge.sending
 
 
 class Entry(BaseModel):
@@ -262,6 +285,10 @@ class Lockfile(BaseModel):
     def past_render(self, fingerprint: str) -> PastRender | None:
         """The first finished render on record with this fingerprint."""
         return next((past for _, past in self.finished() if past.fingerprint == fingerprint), None)
+
+    def submitted(self) -> frozenset[str]:
+        """What names every submission on record (`submission_marks`), of every entry."""
+        return frozenset(mark for e in self.shots.values() for mark in submission_marks(e))
 
     def save(self, path: Path) -> None:
         """Write atomically (temp file, fsync, rename)."""

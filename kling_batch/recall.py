@@ -28,8 +28,18 @@ from typing import Any
 
 from kling_batch import safefiles
 from kling_batch.atomic import atomic_write
+from kling_batch.canonical import tagged
 from kling_batch.errors import UserError
-from kling_batch.lockfile import Charge, Entry, Memo, RenderRecord, inherited, new_entry
+from kling_batch.lockfile import (
+    Charge,
+    Entry,
+    Lockfile,
+    Memo,
+    RenderRecord,
+    inherited,
+    new_entry,
+    sending_mark,
+)
 from kling_batch.pacing import job_deadline
 from kling_batch.state import StateDir
 
@@ -51,6 +61,17 @@ class RememberedJob:
     poll_url: str | None = None
     sent: str | None = None  # `kling_o3.sent_digest` of the body POSTed, when recorded
     cost_usd: Decimal | None = None
+    # When the file was last written (or first seen dated ahead: `counted_from`); not in it.
+    seen_at: datetime | None = None
+
+    @property
+    def mark(self) -> str:
+        """What names this submission in a lockfile (`lockfile.submission_marks`): its
+        job id, else what was sent when."""
+        if self.job_id is not None:
+            return self.job_id
+        assert self.sent is not None  # `_parsed` refuses a memo with neither
+        return sending_mark(self.sent, self.submitted_at)
 
     def dumps(self) -> str:
         """The file's text."""
@@ -234,6 +255,36 @@ class JobMemory:
                     self._forget(fingerprint, job_id)
             except OSError as exc:
                 log.debug("could not remember the job of %s: %s", fingerprint, exc)
+
+    def tidy(self, lock: Lockfile) -> None:
+        """Before a run: remove each remembered job that `lock` records as ended (a memo
+        whose removal failed, or one a run on another branch left): plans ignore it
+        (`actions.Differ`), and left in place it would be read again and again. A job one
+        of its entries follows stays; a memo whose request has another submission in
+        flight on record is replaced by that one's."""
+        if lock.api is None or not self.state.path.is_dir():
+            return
+        live = {
+            m.fingerprint: m for m in (remembered(e, lock.api) for e in lock.shots.values()) if m
+        }
+        followed = {memo.mark for memo in live.values()}
+        on_record = lock.submitted()
+        for name in sorted(remembered_jobs(self.state, self.lock_file)):
+            found = read_job(self.state, self.lock_file, tagged(name))
+            if found is None or found.api != lock.api:
+                continue  # unreadable (gc's to remove), or of another API: not this lockfile's
+            if found.mark not in on_record or found.mark in followed:
+                continue
+            instead = live.get(found.fingerprint)
+            path = self.state.remembered_job(self.lock_file, found.fingerprint)
+            try:
+                if instead is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    atomic_write(path, instead.dumps())
+                    self._written[found.fingerprint] = instead.dumps()
+            except OSError as exc:
+                log.debug("could not tidy the remembered job of %s: %s", name, exc)
 
     def _forget(self, fingerprint: str, job_id: str | None) -> None:
         """Remove the remembered job of `fingerprint` if it is `job_id`'s (or unanswered):

@@ -185,3 +185,48 @@ def test_a_job_cancelled_by_the_user_is_not_resumed_after_a_checkout(
     shot, totals = hero_plan(project)
     assert shot["action"] == "new"
     assert totals["to_run_cost_usd"] == 2 * shot["cost_usd"]  # type: ignore[operator]  # bay too
+
+
+def leave_behind_a_memo_of_a_job_on_record(project: Project) -> tuple[Path, str]:
+    """hero's job lost by a checkout is resumed to its end, then hero is re-rendered under
+    an edited prompt; the memo of its first job is put back (as if its removal had failed).
+    Returns the memo and that job."""
+    job = checkout_in_flight(project)
+    (memo,) = (project.root / ".kling-batch" / "jobs").glob("*/*")
+    left = memo.read_bytes()
+    assert project.run().returncode == 0
+    project.edit("the hero lands", "the hero waits")
+    assert project.run().returncode == 0
+    memo.write_bytes(left)
+    return memo, job
+
+
+def test_a_memo_of_a_job_on_record_is_not_resumed_or_charged_again(
+    make_project: Callable[..., Project],
+) -> None:
+    """hero's first job is on record (among its past submissions) and its memo was left
+    behind: hero put back to that request, with no copy to restore, is paid anew, and spend
+    counts the first job once."""
+    project = make_project(BAY, latency=SLOW)
+    _, job = leave_behind_a_memo_of_a_job_on_record(project)
+    project.edit("the hero waits", "the hero lands")
+    state = project.root / ".kling-batch"
+    shutil.rmtree(state / "cache")  # no free copy of the first render left anywhere
+    shutil.rmtree(state / "cache-index")
+    (state / "shots.lock.urls.jsonl").unlink()
+    for _ in range(2):  # the lockfile read in full, then its facts from the cache
+        assert hero_plan(project)[0]["action"] == "changed"
+    assert project.run().returncode == 0
+    jobs = [charge.job_id for charge in load_lockfile(project.lock).shots["hero"].submissions]
+    assert jobs.count(job) == 1 and len(jobs) == len(set(jobs)) == 3
+
+
+def test_a_run_removes_the_memo_of_a_job_on_record(
+    make_project: Callable[..., Project],
+) -> None:
+    """The memo left behind of a job the lockfile records as ended is removed by the next
+    run, whatever it renders."""
+    project = make_project(BAY, latency=SLOW)
+    memo, _ = leave_behind_a_memo_of_a_job_on_record(project)
+    assert project.run("--force", "bay").returncode == 0
+    assert not memo.exists()
