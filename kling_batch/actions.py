@@ -14,7 +14,7 @@ from kling_batch.canonical import plain_numbers
 from kling_batch.lock_facts import EntryRecord, LockRecords, PastRecord
 from kling_batch.lockfile import UNSETTLED
 from kling_batch.planned import PlanItem, PlannedRender, RestoreSource
-from kling_batch.recall import RememberedJob, recall_window
+from kling_batch.recall import RememberedJob, recall_window, recent
 from kling_batch.state import StateDir
 from kling_batch.urls import KnownUrl
 
@@ -121,7 +121,7 @@ class Differ:
         Asked only of renders to pay for: the one read of the state folder they cost."""
         render = item.render
         job = self.files.remembered_job(render.fingerprint)
-        if job is None or self.now - job.submitted_at > recall_window(render.tier, render.seconds):
+        if job is None or not recent(job, self.now, recall_window(render.tier, render.seconds)):
             return item  # none, or gone from the API by now
         if job.mark in self._submitted:
             # Followed by the lockfile itself, or ended (re-rendered since, in history):

@@ -139,7 +139,7 @@ class Executor:
     async def run(self, items: Sequence[PlanItem]) -> RunReport:
         """Run every item; returns when each has an outcome (or the run was cancelled)."""
         self.state.ensure()
-        await anyio.to_thread.run_sync(self._memory.tidy, self.writer.lock)
+        await anyio.to_thread.run_sync(self._memory.tidy, self.writer.lock, self.clock.now())
         await self._downloads.detach_cache()
         self._downloads.urls.absorb(self.writer)
         await self._take_over(items)

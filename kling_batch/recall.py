@@ -12,6 +12,15 @@ Written by the run's `LockWriter` at each commit, just before the lockfile: `sub
 job; removed when the render ends (`done` or `failed`, a job `kling-batch cancel` cancelled
 too). It is a cache, not a record: a damaged or unreadable file is no file, and one that
 cannot be written is skipped.
+
+A job is recalled for its `recall_window` after its submission (`recent`). A memo dated
+more than `AHEAD` (five minutes) after now was written while the clock was ahead, or now's
+is behind: its date tells nothing of its age, and doubt must keep it (resuming a job that
+is gone costs one poll; not resuming one that is still there pays for it twice). So it
+counts from when it was first seen instead: from its file's modification time when that
+is not ahead too, else from now, kept meanwhile; a run (`JobMemory.tidy`) or `kling-batch
+gc` that finds both ahead sets the modification time to now (a plan only reads). It is
+kept one window from then, not until the clock reaches its date.
 """
 
 from __future__ import annotations
@@ -19,9 +28,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -47,6 +57,7 @@ log = logging.getLogger(__name__)
 
 _FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
 _LIMIT = 4096  # a remembered job is a few hundred bytes
+AHEAD = timedelta(minutes=5)  # clocks a little apart: a memo dated this far ahead is sound
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +116,32 @@ def recall_window(tier: str, seconds: Decimal) -> timedelta:
     return JOB_RETENTION + timedelta(seconds=job_deadline(tier, seconds))
 
 
+def counted_from(job: RememberedJob, now: datetime) -> datetime:
+    """When `job`'s recall window starts: its submission, unless dated more than `AHEAD`
+    after `now` (see the module docstring): then when it was first seen."""
+    if job.submitted_at <= now + AHEAD:
+        return job.submitted_at
+    if job.seen_at is not None and job.seen_at <= now + AHEAD:
+        return job.seen_at
+    return now
+
+
+def recent(job: RememberedJob, now: datetime, window: timedelta) -> bool:
+    """Whether `job` may still be on the API at `now`, with `window` (`recall_window`)."""
+    return now - counted_from(job, now) <= window
+
+
+def first_seen(state: StateDir, lock_file: Path, job: RememberedJob, now: datetime) -> None:
+    """Mark `job` as first seen at `now` (its file's modification time) when its date and
+    that time are both ahead: from then on it counts one window from now (best effort)."""
+    ahead = now + AHEAD
+    if job.submitted_at <= ahead or (job.seen_at is not None and job.seen_at <= ahead):
+        return  # its date, or its first sighting, counts
+    stamp = now.timestamp()
+    with contextlib.suppress(OSError):
+        os.utime(state.remembered_job(lock_file, job.fingerprint), (stamp, stamp))
+
+
 def remembered_jobs(state: StateDir, lock_file: Path) -> frozenset[str]:
     """The names (untagged fingerprints) of the jobs remembered for `lock_file`; none when
     the folder is missing or cannot be listed."""
@@ -116,13 +153,14 @@ def remembered_jobs(state: StateDir, lock_file: Path) -> frozenset[str]:
 
 def read_job(state: StateDir, lock_file: Path, fingerprint: str) -> RememberedJob | None:
     """The job remembered for `fingerprint` from `lock_file`, if a sound one is there."""
+    path = state.remembered_job(lock_file, fingerprint)
     try:
-        text = safefiles.read_text(
-            state.remembered_job(lock_file, fingerprint), limit=_LIMIT, what="a cache"
-        )
-        return _parsed(json.loads(text), fingerprint)
-    except (OSError, UnicodeDecodeError, UserError, ValueError):
+        text = safefiles.read_text(path, limit=_LIMIT, what="a cache")
+        job = _parsed(json.loads(text), fingerprint)
+        seen_at = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    except (OSError, UnicodeDecodeError, UserError, ValueError, OverflowError):
         return None  # a cache, not a record: a damaged entry is no entry
+    return replace(job, seen_at=seen_at) if job is not None else None
 
 
 def _parsed(data: Any, fingerprint: str) -> RememberedJob | None:
@@ -256,12 +294,12 @@ class JobMemory:
             except OSError as exc:
                 log.debug("could not remember the job of %s: %s", fingerprint, exc)
 
-    def tidy(self, lock: Lockfile) -> None:
+    def tidy(self, lock: Lockfile, now: datetime) -> None:
         """Before a run: remove each remembered job that `lock` records as ended (a memo
         whose removal failed, or one a run on another branch left): plans ignore it
         (`actions.Differ`), and left in place it would be read again and again. A job one
         of its entries follows stays; a memo whose request has another submission in
-        flight on record is replaced by that one's."""
+        flight on record is replaced by that one's. One dated ahead is marked first seen."""
         if lock.api is None or not self.state.path.is_dir():
             return
         live = {
@@ -273,6 +311,7 @@ class JobMemory:
             found = read_job(self.state, self.lock_file, tagged(name))
             if found is None or found.api != lock.api:
                 continue  # unreadable (gc's to remove), or of another API: not this lockfile's
+            first_seen(self.state, self.lock_file, found, now)
             if found.mark not in on_record or found.mark in followed:
                 continue
             instead = live.get(found.fingerprint)
