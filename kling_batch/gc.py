@@ -1,6 +1,6 @@
 """`kling-batch gc`: what nothing needs any more beside a manifest, listed and (`--yes`) removed.
 
-Three kinds, each with its size:
+Four kinds, each with its size:
 
 - orphaned outputs: MP4 files (told by their content, whatever their name) under
   `output_dir` that no kling-batch lockfile in the manifest's folder records as an output.
@@ -11,7 +11,13 @@ Three kinds, each with its size:
 - lockfile entries of renders no longer in the manifest whose jobs are settled (`done` or
   `failed`); one whose job may still be paid for is left for `run` to follow to its end;
 - render-cache files nothing refers to (no entry, no entry's history, no cache-index file
-  of any lockfile in the folder), and cache-index files whose cached render is gone.
+  of any lockfile in the folder), and cache-index files whose cached render is gone;
+- remembered jobs (`.kling-batch/jobs/`, `kling_batch.recall`) past the longest recall
+  window of any render (`recall.longest_window`, about ten hours: a memo does not say
+  which render it was for), and unreadable ones. One still within it stays, even when its
+  lockfile is gone: a checkout that took the lockfile away may bring back the request
+  without its job, and the memo is what keeps that job from being paid again. Removing
+  marks a memo dated ahead of the clock as first seen (`recall.first_seen`).
 
 The only copy of a finished render on record is never removed. An orphaned `done` entry
 leaves the lockfile only when the render cache holds its video, and the cache index then
@@ -33,6 +39,7 @@ import os
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
@@ -48,6 +55,7 @@ from kling_batch.lockfile import UNSETTLED, Entry, Lockfile, load_lockfile
 from kling_batch.lockname import emulator_only_hint, lock_path
 from kling_batch.mp4check import has_video_track
 from kling_batch.pricing import round_cost
+from kling_batch.recall import RememberedJob, first_seen, longest_window, read_job, recent, unseen
 from kling_batch.reports import usd
 from kling_batch.runlock import hold_run_lock
 from kling_batch.shared_outputs import lockfiles_in
@@ -82,13 +90,16 @@ class Garbage:
     entries: list[str] = field(default_factory=list)
     cache: list[Found] = field(default_factory=list)
     index: list[Found] = field(default_factory=list)
+    memos: list[Found] = field(default_factory=list)
     reindex: dict[str, Indexed] = field(default_factory=dict)
     kept: list[str] = field(default_factory=list)
+    # Remembered jobs dated ahead that no run has seen yet: marked seen when removing.
+    unseen: list[tuple[Path, RememberedJob]] = field(default_factory=list)
 
     @property
     def files(self) -> list[Found]:
         """Every file to remove."""
-        return [*self.outputs, *self.cache, *self.index]
+        return [*self.outputs, *self.cache, *self.index, *self.memos]
 
     @property
     def size(self) -> int:
@@ -208,6 +219,7 @@ def _find_garbage(project: Project) -> Garbage:
     ]
     garbage.cache = list(_unreferenced_cache(project.state, referenced))
     garbage.outputs = _orphaned_outputs(project, remaining, referenced, garbage.kept)
+    _expired_memos(project, garbage, datetime.now(UTC))
     return garbage
 
 
@@ -301,6 +313,33 @@ def _index_files(state: StateDir) -> Iterator[tuple[Found, str | None]]:
             if not path.name.startswith("."):
                 remembered = state.remembered_render(Path(lock_dir.name), path.name)
             yield _found(state, path, size), remembered[0] if remembered else None
+
+
+def _expired_memos(project: Project, garbage: Garbage, now: datetime) -> None:
+    """Remembered jobs past the longest recall window (or unreadable, or temp files);
+    those within it stay, and a lockfile that is gone keeps its own (see the module)."""
+    folder, window = project.state.remembered_job_folders, longest_window()
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    for lock_dir in sorted(folder.iterdir()):
+        if lock_dir.is_symlink() or not lock_dir.is_dir():
+            continue
+        lock_file, kept = project.root / lock_dir.name, 0
+        for path, size in _regular_files(lock_dir):
+            hidden = path.name.startswith(".")
+            job = None if hidden else read_job(project.state, lock_file, tagged(path.name))
+            if job is None or not recent(job, now, window):
+                garbage.memos.append(_found(project.state, path, size))
+                continue
+            kept += 1
+            if unseen(job, now):
+                garbage.unseen.append((lock_file, job))
+        if kept and not lock_file.exists():
+            garbage.kept.append(
+                f"{_found(project.state, lock_dir, 0).shown}/: {_count(kept, 'remembered job')}"
+                f" of {lock_dir.name}, which is gone, still within the recall window: a "
+                "checkout may bring back their requests without their jobs"
+            )
 
 
 def _unreferenced_cache(state: StateDir, referenced: set[str]) -> Iterator[Found]:
@@ -438,6 +477,12 @@ def remove_garbage(project: Project, garbage: Garbage) -> tuple[int, list[str], 
             continue
         reclaimed += found.size
     _prune_folders(project.root / project.inventory.output_dir, garbage.outputs)
+    for found in garbage.memos:  # a lockfile's folder of jobs, emptied
+        with contextlib.suppress(OSError):
+            found.path.parent.rmdir()
+    now = datetime.now(UTC)
+    for lock_file, job in garbage.unseen:
+        first_seen(project.state, lock_file, job, now)
     return reclaimed, failures, busy
 
 
@@ -478,6 +523,7 @@ def report(project: Project, garbage: Garbage, console: Console, *, removing: bo
             _print(console, f"  {note}")
     _section(console, "render-cache files nothing refers to", garbage.cache)
     _section(console, "cache-index files whose render is gone", garbage.index)
+    _section(console, "remembered jobs past their recall window, or unreadable", garbage.memos)
     for line in garbage.kept:
         _print(console, f"Kept: {line}")
     if garbage.empty:

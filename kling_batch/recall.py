@@ -36,7 +36,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from kling_batch import safefiles
+from kling_batch import kling_o3, safefiles
 from kling_batch.atomic import atomic_write
 from kling_batch.canonical import tagged
 from kling_batch.errors import UserError
@@ -50,7 +50,7 @@ from kling_batch.lockfile import (
     new_entry,
     sending_mark,
 )
-from kling_batch.pacing import job_deadline
+from kling_batch.pacing import RENDER_SECONDS_PER_SECOND, job_deadline
 from kling_batch.state import StateDir
 
 log = logging.getLogger(__name__)
@@ -131,15 +131,29 @@ def recent(job: RememberedJob, now: datetime, window: timedelta) -> bool:
     return now - counted_from(job, now) <= window
 
 
-def first_seen(state: StateDir, lock_file: Path, job: RememberedJob, now: datetime) -> None:
-    """Mark `job` as first seen at `now` (its file's modification time) when its date and
-    that time are both ahead: from then on it counts one window from now (best effort)."""
+def unseen(job: RememberedJob, now: datetime) -> bool:
+    """True when `job` is dated ahead and no run has seen it yet (its file's time is ahead
+    too): its window counts from now until one marks it (`first_seen`)."""
     ahead = now + AHEAD
-    if job.submitted_at <= ahead or (job.seen_at is not None and job.seen_at <= ahead):
-        return  # its date, or its first sighting, counts
+    return job.submitted_at > ahead and (job.seen_at is None or job.seen_at > ahead)
+
+
+def first_seen(state: StateDir, lock_file: Path, job: RememberedJob, now: datetime) -> None:
+    """Mark `job` as first seen at `now` (its file's modification time) when it is
+    `unseen`: from then on it counts one window from now (best effort)."""
+    if not unseen(job, now):
+        return
     stamp = now.timestamp()
     with contextlib.suppress(OSError):
         os.utime(state.remembered_job(lock_file, job.fingerprint), (stamp, stamp))
+
+
+def longest_window() -> timedelta:
+    """The longest `recall_window` of any render: the slowest tier, and as many scenes as
+    the model takes, each as long as it takes (`kling-batch gc` keeps every remembered job
+    that long: the request it was made for may be in no file any more)."""
+    slowest = max(RENDER_SECONDS_PER_SECOND, key=RENDER_SECONDS_PER_SECOND.__getitem__)
+    return recall_window(slowest, Decimal(kling_o3.MAX_SCENES * kling_o3.MAX_SECONDS))
 
 
 def remembered_jobs(state: StateDir, lock_file: Path) -> frozenset[str]:

@@ -154,6 +154,11 @@ class StateDir:
         return self.path / _JOBS / lock_file.name
 
     @property
+    def remembered_job_folders(self) -> Path:
+        """The folder of every lockfile's remembered jobs (`jobs/<lock name>/`)."""
+        return self.path / _JOBS
+
+    @property
     def cache_index(self) -> Path:
         """The folder of the render cache's per-lockfile indexes (`cache-index/<lock name>/`)."""
         return self.path / _INDEX

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
@@ -21,6 +22,7 @@ import filelock
 
 from kling_batch.emulator.media import render_mp4
 from kling_batch.lockfile import load_lockfile
+from kling_batch.recall import RememberedJob, longest_window
 from tests.conftest import left_by_killed_writer, temp_in_another_process
 from tests.run.conftest import Project
 
@@ -349,3 +351,64 @@ def av_sound(path: Path) -> Path:
             out.mux(audio.encode(samples))
         out.mux(audio.encode(None))
     return path
+
+
+def remembered(project: Project, lock_name: str, hexdigest: str, age: timedelta) -> str:
+    """A job remembered for `lock_name`, submitted `age` ago; its path, as gc shows it."""
+    job = RememberedJob(f"sha256:{hexdigest}", "emulator", datetime.now(UTC) - age, "job_x")
+    path = project.root / ".kling-batch" / "jobs" / lock_name / hexdigest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(job.dumps())
+    return path.relative_to(project.root).as_posix()
+
+
+def memo_scene(make_project: Callable[..., Project]) -> tuple[Project, set[str], set[str]]:
+    """After a run: jobs remembered past the longest recall window (of this lockfile and of
+    one that is gone), one unreadable, and two within the window (likewise). Returns the
+    project, the memos gc must remove and those it must keep."""
+    project = make_project(manifest("dawn"))
+    assert project.run().returncode == 0
+    old, recent = longest_window() + timedelta(minutes=5), timedelta(minutes=5)
+    expired = {
+        remembered(project, "shots.lock", "a1" * 32, old),
+        remembered(project, "gone.lock", "a2" * 32, old),
+    }
+    damaged = project.root / ".kling-batch" / "jobs" / "shots.lock" / ("a3" * 32)
+    damaged.write_text("{not json")
+    expired.add(damaged.relative_to(project.root).as_posix())
+    kept = {
+        remembered(project, "shots.lock", "b1" * 32, recent),
+        remembered(project, "gone.lock", "b2" * 32, recent),
+    }
+    return project, expired, kept
+
+
+def test_gc_lists_remembered_jobs_past_their_window_and_removes_nothing(
+    make_project: Callable[..., Project],
+) -> None:
+    """Without --yes: the remembered jobs past the recall window (and the unreadable one)
+    are listed, those within it are not, and a lockfile that is gone is said to keep its
+    recent one; nothing changes."""
+    project, expired, kept = memo_scene(make_project)
+    before = files(project.root)
+    result = gc(project)
+    assert result.returncode == 0, result.stderr
+    assert files(project.root) == before
+    assert "Remembered jobs past their recall window, or unreadable (3," in result.stdout
+    assert all(path in result.stdout for path in expired)
+    assert not any(path in result.stdout for path in kept)
+    assert "Kept: .kling-batch/jobs/gone.lock/: 1 remembered job of gone.lock" in result.stdout
+    assert "Would remove 3 files" in result.stdout
+
+
+def test_gc_yes_removes_remembered_jobs_past_their_window_only(
+    make_project: Callable[..., Project],
+) -> None:
+    """With --yes: the remembered jobs past the recall window and the unreadable one are
+    removed, whatever their lockfile; every one within the window stays."""
+    project, _, kept = memo_scene(make_project)
+    result = gc(project, "--yes")
+    assert result.returncode == 0, result.stderr
+    left = {path for path in files(project.root) if path.startswith(".kling-batch/jobs/")}
+    assert left == kept
+    assert "Removed 3 files" in result.stdout
