@@ -192,10 +192,11 @@ class Executor:
                 detail = f"interrupted with the job {entry.state}; the next run resumes it"
                 self.report.outcomes.append(_outcome(item, "pending", detail))
             raise
-        except LockWriteError:
+        except LockWriteError as exc:
             # The run ends: nothing more may go out whose job it could not record (a
             # submit waiting shielded for its retry would otherwise still be sent).
             self.stop_submitting.set()
+            self.report.outcomes.append(_outcome(item, "pending", f"not recorded: {exc}"))
             raise
         except Exception as exc:  # an unexpected failure must not cancel paid siblings
             log.debug("render %s failed unexpectedly", render.id, exc_info=True)

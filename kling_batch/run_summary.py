@@ -25,15 +25,19 @@ import json
 import sys
 from collections.abc import Sequence
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from kling_batch import ui
-from kling_batch.lockfile import Lockfile
+from kling_batch.errors import UserError
+from kling_batch.lockfile import UNSETTLED, Entry, Lockfile, load_lockfile, submission_marks
 from kling_batch.lockname import lock_path
 from kling_batch.outcomes import Outcome, RunReport
 from kling_batch.plan import Plan, PlanItem
 from kling_batch.pricing import round_cost
+from kling_batch.recall import RememberedJob, read_job, remembered
 from kling_batch.reports import json_amount
+from kling_batch.state import StateDir
 
 STATES = ("done", "failed", "cancelled", "uncertain", "pending", "skipped")
 
@@ -88,3 +92,61 @@ def _render(
         "job_id": entry.job_id if entry is not None else None,
         "reason": outcome.detail if outcome is not None else "not finished",
     }
+
+
+def tell_in_flight(lock: Lockfile, lock_file: Path, state: StateDir) -> None:
+    """After a run that could not write its lockfile (`LockWriteError`): each render whose
+    job (or unanswered submission) may be paid for, with where it is recorded on disk, so
+    none is lost unseen (the run's own record, in memory, is the only sure one)."""
+    lines = in_flight(lock, lock_file, state)
+    if not lines:
+        return
+    ui.say(
+        f"{lock_file.name} could not be written. Jobs that may be paid for, and where they "
+        "are recorded (the next run resumes each one recorded on disk):"
+    )
+    for line in lines:
+        ui.say(f"  {line}")
+
+
+def in_flight(lock: Lockfile, lock_file: Path, state: StateDir) -> list[str]:
+    """One line per render of `lock` (as the run holds it) in flight: what it is and where
+    it is recorded on disk (the lockfile as saved, the remembered jobs)."""
+    saved = _saved(lock_file)
+    lines = []
+    for key, entry in sorted(lock.shots.items()):
+        if entry.state not in UNSETTLED:
+            continue
+        memo = remembered(entry, lock.api) if lock.api is not None else None
+        mark = memo.mark if memo is not None else entry.job_id
+        places = []
+        if saved is not None and _recorded(saved.shots.get(key), mark):
+            places.append(lock_file.name)
+        if memo is not None and _kept(state, lock_file, memo):
+            where = state.remembered_job(lock_file, memo.fingerprint)
+            places.append(where.relative_to(state.root).as_posix())
+        what = f"job {entry.job_id}" if entry.job_id else f"a submission {entry.state}"
+        place = ", ".join(places) or "nowhere on disk: keep this line, no run can know of it"
+        lines.append(f"{key}: {what}; recorded in {place}")
+    return lines
+
+
+def _saved(lock_file: Path) -> Lockfile | None:
+    """The lockfile as last saved, if it can be read."""
+    try:
+        return load_lockfile(lock_file)
+    except (UserError, OSError):
+        return None
+
+
+def _recorded(entry: Entry | None, mark: str | None) -> bool:
+    """Whether a saved entry follows the submission `mark` names (any, when None)."""
+    if entry is None or entry.state not in UNSETTLED:
+        return False
+    return mark is None or mark in set(submission_marks(entry))
+
+
+def _kept(state: StateDir, lock_file: Path, memo: RememberedJob) -> bool:
+    """Whether the remembered jobs hold `memo`'s submission."""
+    found = read_job(state, lock_file, memo.fingerprint)
+    return found is not None and found.mark == memo.mark

@@ -30,7 +30,7 @@ from kling_batch.plan import Plan, PlanItem, build_plan
 from kling_batch.push import describe_unpushed
 from kling_batch.reports import summary_line, usd
 from kling_batch.resend import Resend, resend
-from kling_batch.run_summary import summarise
+from kling_batch.run_summary import summarise, tell_in_flight
 from kling_batch.runlock import hold_run_lock
 from kling_batch.shared_outputs import refuse_shared_outputs
 from kling_batch.state import StateDir
@@ -156,6 +156,7 @@ async def _execute(
         job_timeout=request.job_timeout,
     )
     team: Team | None = None
+    failure: str | None = None
     with RunUI(len(items)) as ui:
         ui.note(summary_line(plan))
         async with _api(request) as client:
@@ -178,9 +179,13 @@ async def _execute(
             except* (LockWriteError, OSError) as group:
                 # The lockfile cannot be written: nothing more can be recorded safely, so
                 # the run stops; what was recorded before stays valid.
-                first = group.exceptions[0]
-                raise RunError(f"cannot write to disk: {first}") from None
+                failure = f"cannot write to disk: {group.exceptions[0]}"
+    report = executor.report
     summarise(plan, items, report, writer.lock, fmt=request.fmt)
+    if failure is not None:
+        # The jobs this run submitted may be recorded only in memory: each is named.
+        tell_in_flight(writer.lock, plan.lock_path, executor.state)
+        raise RunError(failure)
     if team is not None and team.unpushed:
         flag = " --emulator" if request.emulator else ""
         command = f"kling-batch push {request.manifest}{flag}"
