@@ -10,8 +10,10 @@ unanswered, looks for it in the job list), at no new cost.
 Written by the run's `LockWriter` at each commit, just before the lockfile: `submitting` and
 `uncertain` records as unanswered submissions, `submitted` and `completed` ones with their
 job; removed when the render ends (`done` or `failed`, a job `kling-batch cancel` cancelled
-too). It is a cache, not a record: a damaged or unreadable file is no file, and one that
-cannot be written is skipped.
+too), by the next run when the lockfile records its submission as ended (`JobMemory.tidy`;
+a plan never recalls a submission the lockfile records anywhere), and by `kling-batch gc`
+once past the longest recall window (`longest_window`). It is a cache, not a record: a
+damaged or unreadable file is no file, and one that cannot be written is skipped.
 
 A job is recalled for its `recall_window` after its submission (`recent`). A memo dated
 more than `AHEAD` (five minutes) after now was written while the clock was ahead, or now's
@@ -314,14 +316,15 @@ class JobMemory:
         (`actions.Differ`), and left in place it would be read again and again. A job one
         of its entries follows stays; a memo whose request has another submission in
         flight on record is replaced by that one's. One dated ahead is marked first seen."""
-        if lock.api is None or not self.state.path.is_dir():
-            return
+        names = remembered_jobs(self.state, self.lock_file)
+        if lock.api is None or not names:
+            return  # most runs: nothing remembered, and the lockfile is not gone through
         live = {
             m.fingerprint: m for m in (remembered(e, lock.api) for e in lock.shots.values()) if m
         }
         followed = {memo.mark for memo in live.values()}
         on_record = lock.submitted()
-        for name in sorted(remembered_jobs(self.state, self.lock_file)):
+        for name in sorted(names):
             found = read_job(self.state, self.lock_file, tagged(name))
             if found is None or found.api != lock.api:
                 continue  # unreadable (gc's to remove), or of another API: not this lockfile's

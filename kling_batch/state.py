@@ -29,9 +29,10 @@ Every path under the folder is built here and nowhere else:
                                  paid ones (run)
      └── jobs/<lock name>/<hex>  the last job submitted for each request (by fingerprint)
                                  from that lockfile: API, job id, when; removed once it
-                                 ends. A lockfile that lost the record (a `git checkout`,
-                                 a stash, a revert) follows the job instead of paying
-                                 again (run; `kling_batch.recall`)
+                                 ends (or by gc, past the recall window). A lockfile
+                                 that lost the record (a `git checkout`, a stash, a
+                                 revert) follows the job instead of paying again (run;
+                                 `kling_batch.recall`)
 
 Everything in it can be rebuilt from the manifest, the lockfile and the files, except the
 render cache, which only saves money. A folder that is a symlink, or that resolves outside
