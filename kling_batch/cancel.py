@@ -7,10 +7,13 @@ Only a job still rendering can be cancelled: a `submitted` entry of the lockfile
 An entry is recorded as `failed` with the error "cancelled by the user" only once the API
 answered that its job is cancelled, so the next plan prices it as a retry (leave it out
 with `--only`, or `enabled = false`). Whether a cancelled job is billed is unknown: a bill in
-the API's answer (cancelled, or already ended) is recorded as a run records one, so `spend`
-never reports less than the API charged. The command holds the run lock: it cannot race a run
-of the same lockfile. The API's cancel route is provisional (`EmpirioClient.cancel_job`);
-when the API does not offer it, the command says so plainly, changes nothing and exits 1.
+the API's answer is recorded as a run records one, so `spend` never reports less than the API
+charged. A job that had already ended is recorded as a run's poll records it, since the API
+forgets it an hour later: `completed` with its result URL (the next run downloads it without
+asking for the job), or `failed` with its error. The command holds the run lock: it cannot
+race a run of the same lockfile. The API's cancel route is provisional
+(`EmpirioClient.cancel_job`); when the API does not offer it, the command says so plainly,
+changes nothing and exits 1.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from kling_batch import ui
 from kling_batch.client import EmpirioClient
 from kling_batch.endpoint import api_identity, api_key_from_env, resolve_base_url
 from kling_batch.errors import ApiError, JobNotFound, RunFatal
+from kling_batch.following import completed_fields, failed_fields
 from kling_batch.lockfile import (
     CANCELLED_ERROR,
     CANCELLED_WORDS,
@@ -67,6 +71,7 @@ class Cancelled:
     result: Result
     detail: str
     billed_usd: Decimal | None = None  # the bill the API's answer reported, if any
+    job: JobState | None = None  # the API's answer, when it gave one
 
 
 def cancel_command(request: CancelRequest) -> int:
@@ -133,8 +138,7 @@ async def _cancel_all(
             if done.result == "not_offered":
                 ui.say(done.detail)
                 return 1
-            if done.result == "cancelled" or done.billed_usd is not None:
-                _record(writer, render_id, done, client.clock.now())
+            if _record(writer, render_id, done, client.clock.now()):
                 await writer.commit()
             bill = (
                 "" if done.billed_usd is None else f" (billed {usd(round_cost(done.billed_usd))})"
@@ -146,15 +150,24 @@ async def _cancel_all(
     return 1 if any(done.result in {"running", "error"} for done in results) else 0
 
 
-def _record(writer: LockWriter, render_id: str, done: Cancelled, now: datetime) -> None:
-    """Write what the API's answer settled: the cancel, and the bill it reported (the same
-    fields a run writes from a poll, which may never come: job state is kept one hour)."""
+def _record(writer: LockWriter, render_id: str, done: Cancelled, now: datetime) -> bool:
+    """Write what the API's answer settled, as a run writes it from a poll (which may never
+    come: job state is kept one hour): the cancel, the job's end (completed with its result
+    URL, or failed), or the bill it reported. Whether anything was written."""
     entry = writer.get(render_id)
     assert entry is not None
+    job = done.job
     fields = entry.bill(entry.job_id or "", done.billed_usd)
     if done.result == "cancelled":
         fields.update(state="failed", error=done.detail)
-    writer.update(render_id, updated_at=now, **fields)
+    elif job is not None and done.result == "ended" and job.status == "failed":
+        fields = failed_fields(entry, job)
+    elif job is not None and done.result == "ended" and job.video_url:
+        fields = completed_fields(entry, job, now)
+    if not fields:
+        return False
+    writer.update(render_id, **{"updated_at": now, **fields})
+    return True
 
 
 async def _cancel_one(client: EmpirioClient, render_id: str, entry: Entry) -> Cancelled:
@@ -172,7 +185,7 @@ async def _cancel_one(client: EmpirioClient, render_id: str, entry: Entry) -> Ca
         raise
     except ApiError as exc:
         return Cancelled(render_id, "error", f"job {job_id} could not be cancelled: {exc}")
-    return replace(_answered(render_id, job), billed_usd=job.billed_usd)
+    return replace(_answered(render_id, job), billed_usd=job.billed_usd, job=job)
 
 
 def _answered(render_id: str, job: JobState) -> Cancelled:
@@ -186,7 +199,7 @@ def _answered(render_id: str, job: JobState) -> Cancelled:
         )
         return Cancelled(render_id, "ended", detail)
     if job.status == "failed":
-        detail = f"job {job_id} had already {job.raw_status}; `kling-batch run` records it"
+        detail = f"job {job_id} had already {job.raw_status}; the next plan prices a retry"
         return Cancelled(render_id, "ended", detail)
     detail = (
         f"asked to cancel job {job_id}, but the API still reports it {job.raw_status or 'pending'}"

@@ -9,6 +9,7 @@ never re-paid), `completed` with its result URL, or `done`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any, Protocol
@@ -131,18 +132,14 @@ class Follower:
         return await self._completed(item, job)
 
     async def _failed(self, item: PlanItem, job: JobState) -> Outcome:
-        """Record a failed job, with the bill its answer carries if any (a job failed after
-        its video was made may be billed: never report less than the API says)."""
-        reason = job.error.message if job.error else job.raw_status
-        code = f" [{job.error.code}]" if job.error and job.error.code else ""
-        error = f"job {job.job_id} {job.raw_status}: {reason}{code}"
+        """Record a failed job, with the bill its answer carries if any (`failed_fields`)."""
         render_id = item.render.id
         if job.billed_usd is not None and render_id in self.report.submitted:
             self.report.billed[render_id] = job.billed_usd
         recorded = self.writer.get(render_id)
         assert recorded is not None
-        bill = recorded.bill(job.job_id, job.billed_usd)
-        outcome = await self.record(item, "failed", error, state="failed", error=error, **bill)
+        fields = failed_fields(recorded, job)
+        outcome = await self.record(item, "failed", fields["error"], **fields)
         failed = self.writer.get(render_id)
         # Cancelled on the API's side: said so, by the rule `spend` reads the lockfile with.
         return replace(outcome, cancelled=failed is not None and failed.cancelled)
@@ -160,20 +157,9 @@ class Follower:
                 "the next run asks again"
             )
             return await self.record(item, "pending", error, error=error)
-        now = self.clock.now()
         recorded = self.writer.get(render.id)
         assert recorded is not None
-        entry = self.writer.update(
-            render.id,
-            state="completed",
-            result_url=job.video_url,
-            result_expires_at=job.expires_at or now + RESULT_RETENTION,
-            completed_at=now,
-            updated_at=now,
-            billed_usd=job.billed_usd,
-            error=None,
-            submissions=recorded.charged(job.job_id, billed_usd=job.billed_usd),
-        )
+        entry = self.writer.update(render.id, **completed_fields(recorded, job, self.clock.now()))
         await self.writer.commit()
         self.events.progress(render.id, 1.0)
         self.events.event(render.id, "completed", job.job_id)
@@ -214,6 +200,34 @@ class Follower:
         detail = str(output) if output is not None else "kept in the render cache (orphaned)"
         paths = {"output": str(output)} if output is not None else {}
         return await self.record(item, "done", detail, state="done", error=None, **done, **paths)
+
+
+def completed_fields(entry: Entry, job: JobState, now: datetime) -> dict[str, Any]:
+    """The fields that record `entry`'s job finished with a video (`job.video_url`): its
+    result URL and when it expires, and its bill on the entry and its submission. A run's
+    poll writes them, and so does `kling-batch cancel` when the job finished first."""
+    assert job.video_url
+    return {
+        "state": "completed",
+        "result_url": job.video_url,
+        "result_expires_at": job.expires_at or now + RESULT_RETENTION,
+        "completed_at": now,
+        "updated_at": now,
+        "billed_usd": job.billed_usd,
+        "error": None,
+        "submissions": entry.charged(job.job_id, billed_usd=job.billed_usd),
+    }
+
+
+def failed_fields(entry: Entry, job: JobState) -> dict[str, Any]:
+    """The fields that record `entry`'s job failed: its error, and the bill its answer
+    carries if any (a job failed after its video was made may be billed: never report
+    less than the API says). A run's poll writes them, and so does `kling-batch cancel`
+    when the job failed first."""
+    reason = job.error.message if job.error else job.raw_status
+    code = f" [{job.error.code}]" if job.error and job.error.code else ""
+    error = f"job {job.job_id} {job.raw_status}: {reason}{code}"
+    return {"state": "failed", "error": error, **entry.bill(job.job_id, job.billed_usd)}
 
 
 def _known_seconds(render: PlannedRender, entry: Entry) -> Decimal | None:

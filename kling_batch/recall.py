@@ -10,10 +10,11 @@ unanswered, looks for it in the job list), at no new cost.
 Written by the run's `LockWriter` at each commit, just before the lockfile: `submitting` and
 `uncertain` records as unanswered submissions, `submitted` and `completed` ones with their
 job; removed when the render ends (`done` or `failed`, a job `kling-batch cancel` cancelled
-too), by the next run when the lockfile records its submission as ended (`JobMemory.tidy`;
-a plan never recalls a submission the lockfile records anywhere), and by `kling-batch gc`
-once past the longest recall window (`longest_window`). It is a cache, not a record: a
-damaged or unreadable file is no file, and one that cannot be written is skipped.
+or found failed too), by the next run when the lockfile records its submission as ended
+(`JobMemory.tidy`; a plan never recalls a submission the lockfile records anywhere), and by
+`kling-batch gc` once past the longest recall window (`longest_window`). It is a cache, not
+a record: a damaged or unreadable file is no file, and one that cannot be written is
+skipped.
 
 A job is recalled for its `recall_window` after its submission (`recent`). A memo dated
 more than `AHEAD` (five minutes) after now was written while the clock was ahead, or now's

@@ -83,6 +83,22 @@ def cancel(manifest: Path, served: RunningEmulator, *args: str) -> subprocess.Co
     )
 
 
+def run(manifest: Path, served: RunningEmulator) -> subprocess.CompletedProcess[str]:
+    """`kling-batch run MANIFEST --yes` against the emulator, at its time scale."""
+    env = {**os.environ, "EMPIRIOLABS_API_KEY": served.api_key, "NO_COLOR": "1"}
+    argv = [sys.executable, "-m", "kling_batch", "run", str(manifest), "--yes", "--api-base"]
+    scale = str(served.emulator.config.time_scale)
+    return subprocess.run(
+        [*argv, served.base_url, "--time-scale", scale],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def billed_total(manifest: Path) -> Decimal:
     """What `kling-batch spend --format json` says was billed in all."""
     argv = [sys.executable, "-m", "kling_batch", "spend", str(manifest), "--format", "json"]
@@ -149,7 +165,7 @@ def test_a_job_that_had_failed_with_a_bill_has_its_bill_recorded(
     serve: Callable[..., RunningEmulator], tmp_path: Path
 ) -> None:
     """A cancel answer saying the job had already failed, billed, records that bill (the job's
-    state may be gone before the next run polls it); the failure is left for the run."""
+    state may be gone before the next run polls it)."""
     served = serve(bill_failed=True, faults=(Fault("fail"),))
     manifest = in_flight(tmp_path, served, count=1)
     served.emulator.advance(1000)  # past the job's failure, within its retention
@@ -157,9 +173,56 @@ def test_a_job_that_had_failed_with_a_bill_has_its_bill_recorded(
     assert result.returncode == 0, result.stderr
     assert "had already failed" in result.stderr
     entry = load_lockfile(manifest.with_suffix(".lock")).shots["s00"]
-    assert entry.state == "submitted"
     assert entry.billed_usd == served.emulator.ledger.total > 0
     assert billed_total(manifest) == served.emulator.ledger.total
+
+
+def test_a_job_that_had_failed_is_recorded_failed_and_retried(
+    serve: Callable[..., RunningEmulator], tmp_path: Path
+) -> None:
+    """A cancel answer saying the job had already failed records the failure with its error,
+    as a run's poll would, so the next plan prices a retry rather than resume a job the API
+    forgets an hour later."""
+    served = serve(faults=(Fault("fail"),))
+    manifest = in_flight(tmp_path, served, count=1)
+    served.emulator.advance(1000)  # past the job's failure, within its retention
+    result = cancel(manifest, served)
+    assert result.returncode == 0, result.stderr
+    entry = load_lockfile(manifest.with_suffix(".lock")).shots["s00"]
+    assert (entry.state, entry.cancelled) == ("failed", False)
+    assert entry.error == (
+        f"job {entry.job_id} failed: The request was rejected by content moderation. "
+        "[content_moderation]"
+    )
+    (item,) = build_plan(manifest, now=datetime.now(UTC)).items
+    assert (item.action, item.reasons) == ("retry", (f"last attempt failed: {entry.error}",))
+
+
+def test_a_job_that_had_completed_is_downloaded_after_the_api_forgot_it(
+    serve: Callable[..., RunningEmulator], tmp_path: Path
+) -> None:
+    """A cancel answer saying the job had already completed records it `completed` with its
+    result URL, so a run after the API forgot the job downloads the video without asking
+    for the job or paying again."""
+    served = serve()
+    manifest = in_flight(tmp_path, served, count=1, recorded=True)
+    served.emulator.advance(1000)  # past the job's end, within its retention
+    result = cancel(manifest, served)
+    assert result.returncode == 0, result.stderr
+    assert "finished before it could be cancelled" in result.stderr
+    entry = load_lockfile(manifest.with_suffix(".lock")).shots["s00"]
+    assert entry.state == "completed" and entry.result_url
+    served.emulator.advance(3 * 3600)  # past the job's retention: the API forgets it
+    assert served.emulator.jobs.get(entry.job_id or "", served.emulator.clock.now()) is None
+    seen = served.emulator.journal.entries()[-1].seq
+    ran = run(manifest, served)
+    assert ran.returncode == 0, ran.stderr
+    assert load_lockfile(manifest.with_suffix(".lock")).shots["s00"].state == "done"
+    assert (tmp_path / "r" / "s00.mp4").is_file()
+    paths = {e.path for e in served.emulator.journal.entries(since=seen)}
+    assert f"/v1/jobs/{entry.job_id}" not in paths
+    assert len(served.emulator.journal.submissions()) == 1
+    assert billed_total(manifest) == served.emulator.ledger.total > 0
 
 
 def test_status_says_a_cancelled_render_is_cancelled(

@@ -40,6 +40,19 @@ def checkout_in_flight(project: Project) -> str:
     return entry.job_id
 
 
+def cancel(project: Project) -> None:
+    """`kling-batch cancel` of the project's jobs in flight, which must succeed."""
+    argv = [sys.executable, "-m", "kling_batch", "cancel", str(project.manifest)]
+    cancelled = subprocess.run(
+        [*argv, "--api-base", project.served.base_url],
+        capture_output=True,
+        text=True,
+        env=project.env(),
+        check=False,
+    )
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+
+
 def hero_plan(project: Project) -> tuple[dict[str, object], dict[str, object]]:
     """hero's item of the plan, and the plan's totals."""
     plan = project.plan_json()
@@ -171,15 +184,7 @@ def test_a_job_cancelled_by_the_user_is_not_resumed_after_a_checkout(
     project.manifest.write_text(BOTH)
     assert project.run("--only", "hero", "--job-timeout", "1").returncode == 1
     assert load_lockfile(project.lock).shots["hero"].state == "submitted"
-    argv = [sys.executable, "-m", "kling_batch", "cancel", str(project.manifest)]
-    cancelled = subprocess.run(
-        [*argv, "--api-base", project.served.base_url],
-        capture_output=True,
-        text=True,
-        env=project.env(),
-        check=False,
-    )
-    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    cancel(project)
     assert load_lockfile(project.lock).shots["hero"].state == "failed"
     project.lock.unlink()  # the checkout of a branch that never ran
     shot, totals = hero_plan(project)
@@ -230,3 +235,19 @@ def test_a_run_removes_the_memo_of_a_job_on_record(
     memo, _ = leave_behind_a_memo_of_a_job_on_record(project)
     assert project.run("--force", "bay").returncode == 0
     assert not memo.exists()
+
+
+def test_a_job_cancel_found_failed_is_not_resumed_after_a_checkout(
+    make_project: Callable[..., Project],
+) -> None:
+    """hero's job failed while no run followed it and `kling-batch cancel` recorded the
+    failure; the lockfile then reverted (no hero), the plan prices hero as new, not a
+    resume of the failed job (a run would fail hero again, rendering nothing)."""
+    project = make_project(BAY, latency=SLOW, faults=("fail=1",))
+    project.manifest.write_text(BOTH)
+    assert project.run("--only", "hero", "--job-timeout", "1").returncode == 1
+    project.served.emulator.advance(1000)  # past the job's failure
+    cancel(project)
+    assert load_lockfile(project.lock).shots["hero"].state == "failed"
+    project.lock.unlink()  # the checkout of a branch that never ran
+    assert hero_plan(project)[0]["action"] == "new"
