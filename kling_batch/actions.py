@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from kling_batch.canonical import plain_numbers
 from kling_batch.lock_facts import EntryRecord, LockRecords, PastRecord
-from kling_batch.lockfile import UNSETTLED
+from kling_batch.lockfile import CANCELLED_ERROR, UNSETTLED, failed_by_cancel
 from kling_batch.planned import PlanItem, PlannedRender, RestoreSource
 from kling_batch.recall import RememberedJob, recall_window, recent
 from kling_batch.state import StateDir
@@ -199,7 +199,7 @@ class Differ:
 
     def _same_fingerprint(self, render: PlannedRender, entry: EntryRecord) -> PlanItem:
         if entry.state == "failed":
-            failed = f"last attempt failed: {entry.error or 'unknown'}"
+            failed = _failed_reason(entry)
             source = self._restore_source(render.fingerprint)
             if source is not None:
                 reason = f"{failed}; an earlier render of this request is {_restore_reason(source)}"
@@ -288,6 +288,17 @@ class Differ:
             return False  # a lockfile path never leads outside the project
         found = self.files.relative_hash(relative)
         return found is not None and found[0] == sha256 and (size is None or found[1] == size)
+
+
+def _failed_reason(entry: EntryRecord) -> str:
+    """Why a failed render is retried: its last attempt's error, said as a cancel when
+    its job was cancelled (it did not fail)."""
+    error = entry.error or "unknown"
+    if not failed_by_cancel(entry.state, entry.error):
+        return f"last attempt failed: {error}"
+    if error.startswith(CANCELLED_ERROR):  # "cancelled by the user (job …)"
+        return f"last attempt was {error}"
+    return f"last attempt was cancelled ({error})"
 
 
 def _restore_reason(source: RestoreSource) -> str:

@@ -65,6 +65,17 @@ CANCELLED_WORDS = frozenset({"cancelled", "canceled"})
 
 _MODEL = ConfigDict(extra="forbid", defer_build=True)
 
+
+def failed_by_cancel(state: str, error: str | None) -> bool:
+    """Whether an entry in `state` with `error` failed because its job was cancelled."""
+    if state != "failed" or not error:
+        return False
+    if error.startswith(CANCELLED_ERROR):
+        return True
+    said = error.partition(":")[0].split()
+    return len(said) >= 3 and said[0] == "job" and said[-1].lower() in CANCELLED_WORDS
+
+
 AMOUNT_LIMIT = 10**9
 # A render's price or bill in US dollars, far past any render's: an amount a pull request
 # wrote as $10^30 cannot be rounded to the tenth of a cent (Decimal's 28 digits), and every
@@ -190,12 +201,7 @@ class Entry(BaseModel):
     @property
     def cancelled(self) -> bool:
         """Failed because its job was cancelled (by `kling-batch cancel`, or on the API)."""
-        if self.state != "failed" or not self.error:
-            return False
-        if self.error.startswith(CANCELLED_ERROR):
-            return True
-        said = self.error.partition(":")[0].split()
-        return len(said) >= 3 and said[0] == "job" and said[-1].lower() in CANCELLED_WORDS
+        return failed_by_cancel(self.state, self.error)
 
     def unanswered(self) -> Charge | None:
         """The newest submission still waiting for its job id (an uncertain one), if any."""

@@ -137,6 +137,23 @@ def test_failed_render_is_retried(project: Callable[..., Path]) -> None:
 
 
 @pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        ("cancelled by the user (job j1)", "last attempt was cancelled by the user (job j1)"),
+        ("job j1 cancelled: stopped", "last attempt was cancelled (job j1 cancelled: stopped)"),
+    ],
+)
+def test_cancelled_render_is_retried_as_cancelled(
+    project: Callable[..., Path], error: str, reason: str
+) -> None:
+    """A render whose job was cancelled plans as retry, its reason saying it was cancelled."""
+    path = project(TWO_SHOTS)
+    record(path, "failed", error=error)
+    item = build_plan(path, now=NOW).items[0]
+    assert (item.action, item.reasons) == ("retry", (reason,))
+
+
+@pytest.mark.parametrize(
     ("state", "action"),
     [
         ("submitted", "resume"),
