@@ -9,16 +9,14 @@ argument: `plan` is exactly what `run` does. It writes only caches in the state 
 
 from __future__ import annotations
 
-import gc
 import posixpath
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
-from functools import cached_property, wraps
+from functools import cached_property
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -27,6 +25,7 @@ from kling_batch.actions import Differ, FileFacts, change_reasons
 from kling_batch.assets import Asset, AssetStore
 from kling_batch.cachefile import tool_identity
 from kling_batch.canonical import untagged
+from kling_batch.collector import collecting_after
 from kling_batch.errors import AssetProblem, RequestRuleError, UserError, validation_error
 from kling_batch.expand import Expansion, RenderSpec, check_render_count, count_renders
 from kling_batch.kling_o3 import KlingO3Request
@@ -197,38 +196,7 @@ class Plan:
         return self.budget is not None and self.totals.to_run_cost > self.budget
 
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def _collecting_after(plan: Callable[_P, _R]) -> Callable[_P, _R]:
-    """Plan with the cyclic garbage collector paused, resumed after. Planning makes
-    millions of small objects that live until it ends and hardly a reference cycle (what
-    it drops goes by reference count); the collector, at any pace, walked every live
-    object again and again: a fifth of a warm plan of 10,000 renders at Python's pace, a
-    third of one of 100,000 at a hundred times fewer collections (issue 13)."""
-
-    @wraps(plan)
-    def planned(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        with _gc_paused():
-            return plan(*args, **kwargs)
-
-    return planned
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No automatic collection inside; the collector as it was after."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
-@_collecting_after
+@collecting_after
 def build_plan(
     manifest_path: Path,
     *,
@@ -392,7 +360,7 @@ class _Project:
 EDIT_RENDERS = 1_000
 
 
-@_collecting_after
+@collecting_after
 def plan_edit(
     manifest_path: Path,
     base: EditBase,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kling_batch import ui, uptodate
+from kling_batch.collector import collecting_after
 from kling_batch.errors import UserError
 from kling_batch.limits import MAX_RENDERS
 from kling_batch.lockname import emulator_only_hint
@@ -63,6 +64,10 @@ class PlanRequest:
         return StampKey(self.manifest, self.emulator, self.max_renders, self.remote)
 
 
+# Paused for the whole command, not just the plan: the stamp and the report walk the plan
+# once more, and the collector, resumed between, walked every object of it twice (a
+# quarter of a second of a cold plan of 10,000 renders); resumed once the plan is freed.
+@collecting_after
 def plan_command(request: PlanRequest) -> int:
     """Plan a manifest and report it; returns the exit code (`--check`: 1 if anything runs)."""
     if request.manifest.suffix.lower() == ".json":
