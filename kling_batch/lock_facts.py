@@ -24,16 +24,19 @@ from typing import Any, NamedTuple, Protocol
 from kling_batch.cachefile import Blob, BlobWriter, Cold, read_cache, write_cache
 from kling_batch.errors import UserError
 from kling_batch.lockfile import (
+    CacheText,
     Entry,
     Lockfile,
-    PastRender,
     lockfile_bytes,
     lockfile_digest,
     lockfile_from,
+    parsed_lockfile,
     submission_marks,
 )
 
-_VERSION = "lock-facts-8"  # 8: what names each submission on record (`submitted`)
+# 7: a job in flight without its job id is refused; 8: what names each submission on
+# record (`submitted`); 9: the rest is the entry's text in the lockfile's parse cache
+_VERSION = "lock-facts-9"
 
 
 class PastRecord(Protocol):
@@ -114,8 +117,8 @@ class PastFacts(NamedTuple):
 
 class EntryFacts(NamedTuple):
     """An entry's fields that planning reads, from the facts cache: those every plan
-    reads, then the rest as JSON text, decoded when asked for (a changed render, a
-    restore, a job in flight)."""
+    reads, then the whole entry as JSON text (as the lockfile's parse cache holds it),
+    decoded when asked for (a changed render, a restore, a job in flight)."""
 
     fingerprint: str
     state: str
@@ -126,7 +129,8 @@ class EntryFacts(NamedTuple):
     rest: Cold
 
     def decoded(self) -> dict[str, Any]:
-        """The rest of the entry's record, decoded from its JSON text."""
+        """The entry's record (`Entry.model_dump` without its None values), decoded from
+        its JSON text."""
         value: dict[str, Any] = json.loads(self.rest.read(), object_hook=_untag)
         return value
 
@@ -167,7 +171,7 @@ class EntryFacts(NamedTuple):
     @property
     def cost_usd(self) -> Decimal:
         """The estimated cost on record."""
-        return Decimal(self.decoded()["cost"])
+        return Decimal(self.decoded()["cost_usd"])
 
     @property
     def tags(self) -> list[str]:
@@ -178,8 +182,7 @@ class EntryFacts(NamedTuple):
     @property
     def marks(self) -> list[str]:
         """What names each submission on record (`lockfile.submission_marks`)."""
-        value: list[str] = self.decoded()["marks"]
-        return value
+        return list(submission_marks(Entry.model_validate(self.decoded())))
 
     def as_past(self) -> DonePast | None:
         """This entry as a finished render, if it is one."""
@@ -192,7 +195,7 @@ class EntryFacts(NamedTuple):
         """Earlier finished renders, oldest first."""
         if not self.has_history:
             return []
-        return [PastFacts(*past) for past in self.decoded()["history"]]
+        return [_past(past) for past in self.decoded()["history"]]
 
 
 class DonePast(NamedTuple):
@@ -212,19 +215,19 @@ class DonePast(NamedTuple):
     @property
     def result_url(self) -> str | None:
         """Its result URL on record (older lockfiles), if any."""
-        value = self.entry.decoded()["url"]
+        value = self.entry.decoded().get("result_url")
         return str(value) if value is not None else None
 
     @property
     def result_expires_at(self) -> datetime | None:
         """When that URL expires."""
-        expires = self.entry.decoded()["expires"]
+        expires = self.entry.decoded().get("result_expires_at")
         return datetime.fromisoformat(expires) if expires else None
 
     @property
     def in_remote(self) -> bool | None:
         """Whether the team's shared store holds it, as last recorded."""
-        value: bool | None = self.entry.decoded()["in_remote"]
+        value: bool | None = self.entry.decoded().get("in_remote")
         return value
 
 
@@ -280,17 +283,14 @@ def read_facts(
         shots = _facts_from(cached[0].get("shots"), cached[1])
         if shots is not None:
             return LockFacts(lock_file, digest, shots, lock_cache), _nothing
-    lock, save_lock_cache = lockfile_from(raw, lock_file, cache=lock_cache)
+    lock, text, save_lock_cache = parsed_lockfile(raw, lock_file, cache=lock_cache)
+    if facts_file is None:
+        return lock, save_lock_cache
+    # Made now, as the parse cache's text is: the caller may change `lock` before saving.
+    rows, blob = _rows(text if text is not None else CacheText(lock))
 
     def save() -> None:
         save_lock_cache()
-        if facts_file is None:
-            return
-        rows: dict[str, list[Any]] = {}
-        blob = BlobWriter()
-        for key, entry in lock.shots.items():
-            row, rest = _row(entry)
-            rows[key] = [*row, *blob.add(rest)]
         write_cache(facts_file, _VERSION, {**keyed, "shots": rows}, blob)
 
     return lock, save
@@ -310,57 +310,38 @@ def _facts_from(rows: Any, blob: Blob) -> dict[str, EntryFacts] | None:
         return None  # a cache, not a record
 
 
-def _row(entry: Entry) -> tuple[list[Any], bytes]:
-    """An entry as the facts cache keeps it (an `EntryFacts`): what every plan reads,
-    and the JSON text of the rest."""
-    expires = entry.result_expires_at.isoformat() if entry.result_expires_at else None
-    rest = {
-        "shot": entry.shot,
-        "take": entry.take,
-        "job_id": entry.job_id,
-        "error": entry.error,
-        "cost": str(entry.cost_usd),
-        "tags": list(entry.tags),
-        "assets": dict(entry.assets),
-        "request": entry.request,
-        "url": entry.result_url,
-        "expires": expires,
-        "in_remote": entry.in_remote,
-        "history": [_past(past) for past in entry.history],
-        "marks": list(submission_marks(entry)),
-    }
-    row = [
-        entry.fingerprint,
-        entry.state,
-        entry.output,
-        entry.output_sha256,
-        entry.output_size,
-        bool(entry.history),
-    ]
-    return row, json.dumps(rest, default=_tag).encode()
+def _rows(text: CacheText) -> tuple[dict[str, list[Any]], BlobWriter]:
+    """Each entry as the facts cache keeps it (an `EntryFacts`): what every plan reads,
+    and where its JSON text (the parse cache's) lies in the blob."""
+    rows: dict[str, list[Any]] = {}
+    blob = BlobWriter()
+    for key, entry in text.entries.items():
+        rows[key] = [
+            entry["fingerprint"],
+            entry["state"],
+            entry["output"],
+            entry.get("output_sha256"),
+            entry.get("output_size"),
+            bool(entry.get("history")),
+            *blob.add(text.texts[key].encode()),
+        ]
+    return rows, blob
 
 
-def _past(past: PastRender) -> list[Any]:
-    expires = past.result_expires_at.isoformat() if past.result_expires_at else None
-    return [
-        past.fingerprint,
-        past.output_sha256,
-        past.output_size,
-        past.result_url,
-        expires,
-        past.in_remote,
-    ]
+def _past(past: dict[str, Any]) -> PastFacts:
+    """A finished render of an entry's history, from its record."""
+    return PastFacts(
+        past["fingerprint"],
+        past["output_sha256"],
+        past["output_size"],
+        past.get("result_url"),
+        past.get("result_expires_at"),
+        past.get("in_remote"),
+    )
 
 
 def _nothing() -> None:
     """No cache to write."""
-
-
-def _tag(value: Any) -> Any:
-    # JSON has no Decimal: tag it so numbers on record come back exact.
-    if isinstance(value, Decimal):
-        return {"$decimal": str(value)}
-    raise TypeError(f"cannot cache {type(value).__name__}")
 
 
 def _untag(obj: dict[str, Any]) -> Any:

@@ -433,21 +433,30 @@ def lockfile_from(
 ) -> tuple[Lockfile, Callable[[], None]]:
     """`read_lockfile` of bytes already read from `path` (so a cache keyed by their digest
     holds what they say, even if the file is rewritten meanwhile)."""
+    lock, _, save = parsed_lockfile(raw, path, cache=cache)
+    return lock, save
+
+
+def parsed_lockfile(
+    raw: bytes, path: Path, *, cache: Path | None = None
+) -> tuple[Lockfile, CacheText | None, Callable[[], None]]:
+    """`lockfile_from`, with the parse cache's text when the lockfile was parsed (None when
+    it came from the cache, or there is none)."""
     digest = lockfile_digest(raw)
     if cache is not None:
         cached = _read_cache(cache, _cache_key(digest))
         if cached is not None:
-            return cached, _nothing
+            return cached, None, _nothing
     try:
         text = raw.decode("utf-8-sig")  # a byte order mark from a Windows editor is fine
     except UnicodeDecodeError as exc:
         raise UserError(f"cannot read the lockfile: {exc}", file=path) from None
     lock = parse_lockfile(text, path)
     if cache is None:
-        return lock, _nothing
+        return lock, None, _nothing
     # Serialised now: the caller may change `lock` before it writes the cache.
-    payload = _cache_payload(lock)
-    return lock, lambda: _write_cache(cache, _cache_key(digest), payload)
+    payload = CacheText(lock)
+    return lock, payload, lambda: _write_cache(cache, _cache_key(digest), payload.text())
 
 
 def _cache_key(digest: str) -> str:
@@ -471,8 +480,27 @@ def _read_cache(cache: Path, key: str) -> Lockfile | None:
         return None  # a cache, not a record: fall back to the lockfile itself
 
 
-def _cache_payload(lock: Lockfile) -> str:
-    return json.dumps(lock.model_dump(mode="python", exclude_none=True), default=_tag)
+class CacheText:
+    """A parsed lockfile as its parse cache keeps it: the JSON text of each entry (which the
+    facts cache keeps too, `kling_batch.lock_facts`: serialised once for both) and of
+    the rest. Its `text` reads back as the `Lockfile` it was made from."""
+
+    def __init__(self, lock: Lockfile) -> None:
+        dumped = lock.model_dump(mode="python", exclude_none=True)
+        # Each entry as `model_dump` gives it (plain values; what the facts' rows read).
+        self.entries: dict[str, dict[str, Any]] = dumped.pop("shots")
+        self.texts = {key: _compact(entry) for key, entry in self.entries.items()}
+        self._rest = _compact(dumped)
+
+    def text(self) -> str:
+        """The whole lockfile's JSON text (`_read_cache` reads it back)."""
+        shots = ",".join(f"{json.dumps(key)}:{text}" for key, text in self.texts.items())
+        rest = self._rest[1:]  # after its opening brace; `}` alone when it is empty
+        return f'{{"shots":{{{shots}}}{"" if rest == "}" else ","}{rest}'
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, default=_tag, separators=(",", ":"))
 
 
 def _write_cache(cache: Path, key: str, payload: str) -> None:

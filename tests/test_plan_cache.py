@@ -25,13 +25,14 @@ from kling_batch import plan as plan_module
 from kling_batch import safefiles
 from kling_batch.cli import cli
 from kling_batch.errors import UserError
-from kling_batch.lock_facts import LockFacts
+from kling_batch.lock_facts import LockFacts, LockRecords, read_facts
 from kling_batch.lockfile import Lockfile, PastRender, read_lockfile
 from kling_batch.lockname import lock_path
 from kling_batch.plan import Plan, build_plan
 from kling_batch.state import StateDir
 from tests.conftest import NOW, mark_done
 from tests.hostile.test_state_dir import kling, read_only
+from tests.test_lockfile import sample_entry
 
 SHOTS = """
     [vars]
@@ -582,3 +583,57 @@ def test_a_big_cache_is_not_rewritten_for_one_edit_and_stays_right(
     assert _prompts(plan) == _prompts(build_plan(path, now=NOW)) == _prompts(_cold(path))
     assert _prompts(plan)["s150"] == "shot 150 at noon"
     assert _prompts(plan)["s7"] == "shot 7 at dawn"
+
+
+_ENTRY_FIELDS = (
+    "fingerprint",
+    "state",
+    "shot",
+    "take",
+    "output",
+    "output_sha256",
+    "output_size",
+    "job_id",
+    "error",
+    "request",
+    "assets",
+    "cost_usd",
+    "tags",
+)
+
+
+def _past_facts(records: LockRecords) -> list[tuple[object, ...]]:
+    """What planning reads of each finished render on record."""
+    return [
+        (p.fingerprint, p.sha256, p.size, p.result_url, p.result_expires_at, p.in_remote)
+        for _, p in records.finished()
+    ]
+
+
+def test_cached_facts_read_each_entry_as_the_lockfile_records_it(tmp_path: Path) -> None:
+    """Every field planning reads of an entry and of its earlier renders comes out of the
+    facts cache as the lockfile records it: a fact read wrong decides a render wrong."""
+    earlier = PastRender(
+        fingerprint="sha256:" + "e" * 64,
+        output_sha256="sha256:" + "f" * 64,
+        output_size=9,
+        result_url="https://cdn.example.com/earlier.mp4",
+        result_expires_at=NOW + timedelta(days=3),
+        in_remote=True,
+    )
+    entry = sample_entry(3).model_copy(
+        update={"error": "timed out", "tags": ["hero"], "history": [earlier], "in_remote": False}
+    )
+    lock_file, facts, cache = tmp_path / "m.lock", tmp_path / "facts.json", tmp_path / "l.json"
+    lock = Lockfile(shots={"s": entry, "t": sample_entry(4, state="failed")})
+    lock.save(lock_file)
+    _, save = read_facts(lock_file, facts, cache, tool="this")
+    save()
+    records, _ = read_facts(lock_file, facts, cache, tool="this")
+    assert isinstance(records, LockFacts)
+    for key, recorded in lock.shots.items():
+        got = records.shots[key]
+        assert [getattr(got, name) for name in _ENTRY_FIELDS] == [
+            getattr(recorded, name) for name in _ENTRY_FIELDS
+        ]
+    assert _past_facts(records) == _past_facts(lock)
