@@ -278,7 +278,7 @@ class AssetStore:
         if entry is not None and entry.holds_for(stat):
             return entry
         hashed_ns = time.time_ns()
-        sha256 = sha256_file(Path(path))
+        sha256 = sha256_file(path)
         entry = _Entry(
             stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, sha256, hashed_ns
         )

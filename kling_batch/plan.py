@@ -9,6 +9,7 @@ argument: `plan` is exactly what `run` does. It writes only caches in the state 
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -831,14 +832,16 @@ def _asset_warnings(assets: Mapping[str, Asset]) -> list[str]:
     """The inferred input limits (API reference §7): file types and sizes."""
     warnings = []
     for key, asset in assets.items():
-        if asset.kind != "local" or asset.path is None or asset.size is None:
+        if asset.kind != "local" or asset.location is None or asset.size is None:
             continue
         is_video = key == "video" or key.startswith("reference_videos")
         suffixes, limit = (
             (_VIDEO_SUFFIXES, _VIDEO_MAX_BYTES) if is_video else (_IMAGE_SUFFIXES, _IMAGE_MAX_BYTES)
         )
         kind = "video" if is_video else "image"
-        if asset.path.suffix.lower() not in suffixes:
+        # A str path: a Path per input cost more than this check (issue 13).
+        suffix = os.path.splitext(asset.location)[1]  # noqa: PTH122 - hot path
+        if suffix.lower() not in suffixes:
             allowed = ", ".join(sorted(suffixes))
             warnings.append(f"{asset.ref}: {kind} inputs are believed to be {allowed} only")
         if asset.size > limit:
