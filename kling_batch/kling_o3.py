@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
@@ -177,7 +177,11 @@ def _not_whole(what: str, value: Decimal | float) -> str:
 
 def canonical_prompt(prompt: str) -> str:
     """The prompt as sent: its scenes joined by LF, each written `Ns: text` or `text`."""
-    return "\n".join(str(scene) for scene in parse_scenes(prompt))
+    return _joined(parse_scenes(prompt))
+
+
+def _joined(scenes: Iterable[Scene]) -> str:
+    return "\n".join(str(scene) for scene in scenes)
 
 
 def resolve_workflow(request: KlingO3Request) -> ResolvedWorkflow:
@@ -251,16 +255,20 @@ def scene_seconds(scenes: list[Scene], duration: int) -> Decimal:
     )
 
 
-def wire_request(request: KlingO3Request, workflow: ResolvedWorkflow) -> dict[str, Any]:
+def wire_request(
+    request: KlingO3Request, workflow: ResolvedWorkflow, scenes: Sequence[Scene] | None = None
+) -> dict[str, Any]:
     """The request as sent: `auto` resolved, every field the workflow reads made explicit.
 
     Defaults are written out so an explicit default and an implicit one fingerprint alike,
     and so what was priced is what renders even if the API's defaults move. Inputs the
-    workflow ignores are left out (`ignored_inputs` names them for a warning).
+    workflow ignores are left out (`ignored_inputs` names them for a warning). `scenes`:
+    the prompt's, when the caller parsed them already (`canonical_prompt` otherwise).
     """
+    prompt = _joined(scenes) if scenes is not None else canonical_prompt(request.prompt)
     body: dict[str, Any] = {
         "model": request.model,
-        "prompt": canonical_prompt(request.prompt),
+        "prompt": prompt,
         "model_tier": request.model_tier,
         "workflow": workflow,
         "aspect_ratio": request.aspect_ratio,

@@ -736,7 +736,7 @@ def plan_render(spec: RenderSpec, store: AssetStore) -> PlannedRender:
     priced = price(
         request.model_tier, video_input=video_input, sound=request.sound, seconds=seconds
     )
-    body = kling_o3.wire_request(request, workflow)
+    body = kling_o3.wire_request(request, workflow, scenes)  # the prompt parsed once
     sent = {key: asset for key, asset in assets.items() if key.partition(".")[0] in body}
     unsent = {k: a for k, a in assets.items() if k not in sent and a.kind == "local"}
     return PlannedRender(
