@@ -48,7 +48,7 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -198,11 +198,15 @@ def _stamp(
         return None
     if included != [_shown(root, path) for path in loaded.included]:
         return None  # the globs match otherwise than when the plan read them
-    groups = _groups(plan)
+    looked: dict[str, os.stat_result] = {}  # what `_groups` lstat'ed, by name
+    groups = _groups(plan, looked)
     if groups is None:
         return None
     settled = started_ns - SETTLE_NS
-    facts = [_facts(root, names, _LOOKS[look], settled_before=settled) for look, names in groups]
+    facts = [
+        _facts(root, names, _LOOKS[look], settled_before=settled, looked=looked)
+        for look, names in groups
+    ]
     if None in facts:
         return None
     payload = {
@@ -239,13 +243,14 @@ def _with_shots(plan: Plan, payload: dict[str, Any]) -> tuple[dict[str, Any], Bl
     return payload, blob
 
 
-def _groups(plan: Plan) -> list[tuple[str, list[str]]] | None:
+def _groups(plan: Plan, looked: dict[str, os.stat_result]) -> list[tuple[str, list[str]]] | None:
     """The files and folders a plan's answer depends on, relative to the manifest's
     folder, as named (never normalised: the file system resolves a link before a `..`
     after it), in six sorted groups: (how each is looked at, names). Those an edit to the
     manifest must leave as they were come first (the lockfile, the inputs, the outputs,
     their folders), then the manifest's own files and their other folders (see
-    `_MANIFESTS`). None when a name is absolute or a link leads out."""
+    `_MANIFESTS`). None when a name is absolute or a link leads out. `looked` gets the
+    `lstat` of each file and folder it looked at for links."""
     loaded, root = plan.loaded, plan.loaded.root
     manifests = {loaded.path.name, *(_shown(root, path) for path in loaded.included)}
     inputs: set[str] = set()
@@ -259,26 +264,30 @@ def _groups(plan: Plan) -> list[tuple[str, list[str]]] | None:
     if any(name.startswith("/") for group in files for name in group):
         return None
     lock, inputs_, outputs_, manifests_ = files
-    folders = _folders_of(root, [*lock, *inputs_, *outputs_])
-    theirs = _folders_of(root, manifests_)
+    folders = _folders_of(root, [*lock, *inputs_, *outputs_], looked)
+    theirs = _folders_of(root, manifests_, looked)
     if folders is None or theirs is None:
         return None
     taken = set(folders)
     others = [folder for folder in theirs if folder not in taken]
-    looked = [("stat", lock), ("stat", inputs_), ("stat", outputs_), ("lstat", folders)]
-    return [*looked, ("stat", manifests_), ("lstat", others)]
+    first = [("stat", lock), ("stat", inputs_), ("stat", outputs_), ("lstat", folders)]
+    return [*first, ("stat", manifests_), ("lstat", others)]
 
 
-def _folders_of(root: Path, files: Iterable[str]) -> list[str] | None:
+def _folders_of(
+    root: Path, files: Iterable[str], looked: dict[str, os.stat_result]
+) -> list[str] | None:
     """Every folder between the manifest's folder and each of `files`, and, for each of
     those (or of the files) that is a link, every link met on the way to where it leads
     and every folder there (a link pointed elsewhere, or a folder swapped for a link,
-    moves its facts); None when a link leads out, dangles or loops."""
+    moves its facts); None when a link leads out, dangles or loops. `looked` gets the
+    `lstat` of each file and folder named, by name."""
     folders = _ancestors(files)
     base = str(root.resolve())
     for name in sorted({*files, *folders}):
         try:  # a str path: thousands of them, no Path objects
-            if not stat.S_ISLNK(os.lstat(f"{base}/{name}").st_mode):
+            info = looked[name] = os.lstat(f"{base}/{name}")
+            if not stat.S_ISLNK(info.st_mode):
                 continue
             way = _way(base, name)
         except (OSError, ValueError):
@@ -361,14 +370,22 @@ def _facts(
     names: Sequence[str],
     look: Callable[[str], os.stat_result],
     settled_before: int | None = None,
+    looked: Mapping[str, os.stat_result] | None = None,
 ) -> str | None:
     """The digest of the stat facts (by `look`) of every one of `names`, in order; None
-    when one cannot be stat'ed or, given `settled_before`, changed since then."""
+    when one cannot be stat'ed or, given `settled_before`, changed since then. `looked`:
+    the `lstat` of names just looked at, taken for theirs where it is (an `lstat` is
+    a `stat` of anything but a link): stamping 10,000 renders stat'ed each input and
+    output twice."""
     base = f"{root}{os.sep}"
     parts = []
+    known = looked if looked is not None else {}
+    follows = look is os.stat
     for name in names:
+        info = known.get(name)
         try:
-            info = look(base + name)
+            if info is None or (follows and stat.S_ISLNK(info.st_mode)):
+                info = look(base + name)
         except (OSError, ValueError):
             return None
         if settled_before is not None and info.st_ctime_ns >= settled_before:
