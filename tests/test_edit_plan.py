@@ -173,13 +173,13 @@ def test_an_edit_keeps_the_hash_cache_whole(stamped: Path, monkeypatch: pytest.M
     render used before, but leaves the cache whole: the full plan after it hashes no other
     file."""
     monkeypatch.setattr(assets, "_RACY_NS", 0)  # the files were written a moment ago
-    hashed: list[Path] = []
+    hashed: list[str | Path] = []
     real_hash = assets.sha256_file
     monkeypatch.setattr(assets, "sha256_file", lambda path: hashed.append(path) or real_hash(path))
     EDITS["another image"](stamped.parent)
     result = same_as_full(stamped, monkeypatch)
     assert listed(result.stdout, "~", "a6")
-    assert hashed and {path.name for path in hashed} == {"b.png"}
+    assert hashed and {Path(path).name for path in hashed} == {"b.png"}
 
 
 def test_a_stamped_shot_whose_index_moved_is_read_to_be_planned(
