@@ -105,12 +105,13 @@ class Totals:
 @dataclass(frozen=True, slots=True)
 class PlanUnit:
     """One shot of a plan as the up-to-date stamp keeps it: its plan cache key, the index
-    of its first render when a template of it reads the index (else None), and how many
-    renders it has."""
+    of its first render when a template of it reads the index (else None), how many
+    renders it has, and how many `--max-renders` counts for it (`check_render_count`)."""
 
     key: str
     start: int | None
     renders: int
+    counted: int
 
 
 @dataclass(frozen=True)
@@ -236,9 +237,17 @@ def build_plan(
     project.save_caches(save_lock_caches, lambda: cache.save(partials))
     warnings = _warnings(_render_warnings(renders), orphans)
     read = {**cache.partials, **partials}  # those of shots from the cache, checked by it
-    units = [PlanUnit(shot.key, shot.start, len(shot.items)) for shot in shots] if not only else []
+    units = _units(shots, loaded) if not only else []
     facts = (loaded, project.lock_file, lock, items, orphans, warnings, followups, project.remote)
     return Plan(*facts, read, units)
+
+
+def _units(shots: Sequence[_Shot], loaded: LoadedManifest) -> list[PlanUnit]:
+    """Each shot of a whole plan as the up-to-date stamp keeps it."""
+    return [
+        PlanUnit(shot.key, shot.start, len(shot.items), _counted(sourced))
+        for shot, sourced in zip(shots, loaded.shots, strict=True)
+    ]
 
 
 @dataclass(frozen=True)
@@ -435,17 +444,22 @@ def _edited_shots(
         if known is not None and known.start in (None, expansion.index):
             expansion.claim(sourced, zip(known.ids, known.outputs, strict=True))
             walked.append(known)
-            total += len(known.ids)
+            total += known.counted  # as the full plan counts it, not the renders it has
             continue
         read = read_shot(sourced) if isinstance(sourced, ShotPlace) else sourced
         if read is None:  # its file changed since it was left unread
             return None
-        count = count_renders(read)[0]
+        count = _counted(read)
         fresh, total = fresh + count, total + count
         if fresh > EDIT_RENDERS:
             return None
         walked.append(expansion.shot(read))
     return walked if total <= max_renders else None
+
+
+def _counted(sourced: SourcedShot) -> int:
+    """The renders `check_render_count` counts for a shot: none when it is disabled."""
+    return count_renders(sourced)[0] if sourced.shot.enabled else 0
 
 
 def _plan_edited(project: _Project, walked: list[_Walked], now: datetime, api: ApiOf) -> Plan:

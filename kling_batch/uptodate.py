@@ -63,7 +63,7 @@ from kling_batch.state import StateDir
 if TYPE_CHECKING:
     from kling_batch.plan import Plan
 
-_VERSION = "uptodate-3"
+_VERSION = "uptodate-4"  # 4: each shot's renders as `--max-renders` counts them
 # How long before a plan began a stamped file must have last changed (the hash cache's
 # rule too: file systems with coarse times may show a later change at the same time).
 SETTLE_NS = 2_000_000_000
@@ -97,13 +97,16 @@ class StampKey:
 class KnownShot(NamedTuple):
     """A shot of the stamped plan, every render of it unchanged: the index of its first
     render when a template of it reads the index (else None), each render's id and
-    output, their cost, and their warnings as (render id, text)."""
+    output, their cost, their warnings as (render id, text), and how many renders
+    `--max-renders` counts for it (`expand.count_renders`: more than it has when its
+    matrix excludes some, or includes one into a combination)."""
 
     start: int | None
     ids: list[str]
     outputs: list[str]
     cost: str
     warnings: list[list[str]]
+    counted: int
 
 
 @dataclass(frozen=True)
@@ -237,7 +240,7 @@ def _with_shots(plan: Plan, payload: dict[str, Any]) -> tuple[dict[str, Any], Bl
         outputs = [str(item.render.output) for item in items]
         cost = str(sum((item.render.cost for item in items), Decimal(0)))
         said = [[item.render.id, text] for item in items for text in item.render.warnings]
-        shots[unit.key] = [unit.start, ids, outputs, cost, said]
+        shots[unit.key] = [unit.start, ids, outputs, cost, said, unit.counted]
     payload["context"] = context_key(plan.loaded)
     payload["shots"] = blob.add(json.dumps(shots).encode())
     return payload, blob

@@ -393,3 +393,26 @@ def test_a_lockfile_written_while_an_edit_is_planned_plans_in_full(
     result = same_as_full(stamped, monkeypatch, edit=False)
     assert raced and listed(result.stdout, "!", "m-5")
     assert "Plan: 2 to render ($2.80), 118 unchanged" in result.stdout
+
+
+def test_an_edit_over_max_renders_counted_as_the_full_plan_is_refused(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--max-renders` counts a matrix's `exclude`d combinations too: a stamped shot of 3
+    combinations, 1 excluded, counts 3, so one shot added goes over the limit and is
+    refused (exit 2) as the full plan refuses it, not planned with the 2 it renders."""
+    root = stamped.parent
+    (root / "shots" / "c.toml").write_text(
+        '[[shots]]\nid = "c-{{ k }}"\nprompt = "c {{ k }}"\nimage = "img/a.png"\n'
+        "matrix = { k = [1, 2, 3], exclude = [{ k = 3 }] }\n"
+    )
+    mark_done(stamped)
+    stamp_of(stamped).unlink()
+    assert plan(stamped, "--max-renders", "123").exit_code == 0
+    assert stamp_of(stamped).is_file()
+    (root / "shots" / "d.toml").write_text(listed_shot("d0", "d shot 0"))
+    first, _ = counted(stamped, monkeypatch, "--check", "--max-renders", "123")
+    stamp_of(stamped).unlink()
+    full = plan(stamped, "--check", "--max-renders", "123")
+    assert full.exit_code == 2, full.output
+    assert (first.exit_code, first.output) == (full.exit_code, full.output)
