@@ -111,24 +111,63 @@ def tell_in_flight(lock: Lockfile, lock_file: Path, state: StateDir) -> None:
 
 def in_flight(lock: Lockfile, lock_file: Path, state: StateDir) -> list[str]:
     """One line per render of `lock` (as the run holds it) in flight: what it is and where
-    it is recorded on disk (the lockfile as saved, the remembered jobs)."""
+    it is recorded on disk (the lockfile as saved, the remembered jobs), with its job or
+    as unanswered (what was sent, which the next run looks for in the job list)."""
     saved = _saved(lock_file)
     lines = []
     for key, entry in sorted(lock.shots.items()):
         if entry.state not in UNSETTLED:
             continue
+        names = _submission(entry)
+        places: dict[str, list[str]] = {"job": [], "sent": []}
+        if saved is not None:
+            _place(places, lock_file.name, _recorded(saved.shots.get(key)), *names)
         memo = remembered(entry, lock.api) if lock.api is not None else None
-        mark = memo.mark if memo is not None else entry.job_id
-        places = []
-        if saved is not None and _recorded(saved.shots.get(key), mark):
-            places.append(lock_file.name)
-        if memo is not None and _kept(state, lock_file, memo):
-            where = state.remembered_job(lock_file, memo.fingerprint)
-            places.append(where.relative_to(state.root).as_posix())
+        if memo is not None:
+            where = state.remembered_job(lock_file, memo.fingerprint).relative_to(state.root)
+            _place(places, where.as_posix(), _kept(state, lock_file, memo), *names)
         what = f"job {entry.job_id}" if entry.job_id else f"a submission {entry.state}"
-        place = ", ".join(places) or "nowhere on disk: keep this line, no run can know of it"
-        lines.append(f"{key}: {what}; recorded in {place}")
+        lines.append(f"{key}: {what}; {_where(places)}")
     return lines
+
+
+def _where(places: dict[str, list[str]]) -> str:
+    """Where a submission is recorded, in words."""
+    said = [f"recorded in {', '.join(places['job'])}"] if places["job"] else []
+    if places["sent"]:
+        unanswered = "unanswered in" if said else "recorded unanswered in"
+        said.append(
+            f"{unanswered} {', '.join(places['sent'])} (the next run looks for its job in "
+            "the job list)"
+        )
+    return "; ".join(said) or "recorded nowhere on disk: keep this line, no run can know of it"
+
+
+def _submission(entry: Entry) -> tuple[str | None, str | None]:
+    """What names the submission an entry in flight follows: its job id (None while
+    unanswered), and what was sent when (None when not recorded)."""
+    if entry.job_id is None:
+        charge = entry.unanswered()
+        return None, charge.sending if charge is not None else None
+    charge = next((c for c in reversed(entry.submissions) if c.job_id == entry.job_id), None)
+    return entry.job_id, charge.sending if charge is not None else None
+
+
+def _place(
+    places: dict[str, list[str]],
+    name: str,
+    marks: frozenset[str] | None,
+    job: str | None,
+    sending: str | None,
+) -> None:
+    """Add `name` to `places` if the marks recorded there (None: nothing in flight) name
+    the submission: under "sent" when only what was sent is, its job id not."""
+    if marks is None:
+        return
+    if (job is None and sending is None) or (job is not None and job in marks):
+        places["job"].append(name)  # nothing names it: any record in flight may be it
+    elif sending is not None and sending in marks:
+        places["job" if job is None else "sent"].append(name)
 
 
 def _saved(lock_file: Path) -> Lockfile | None:
@@ -139,14 +178,16 @@ def _saved(lock_file: Path) -> Lockfile | None:
         return None
 
 
-def _recorded(entry: Entry | None, mark: str | None) -> bool:
-    """Whether a saved entry follows the submission `mark` names (any, when None)."""
+def _recorded(entry: Entry | None) -> frozenset[str] | None:
+    """What names the submissions a saved entry in flight records (None when it is not in
+    flight)."""
     if entry is None or entry.state not in UNSETTLED:
-        return False
-    return mark is None or mark in set(submission_marks(entry))
+        return None
+    return frozenset(submission_marks(entry))
 
 
-def _kept(state: StateDir, lock_file: Path, memo: RememberedJob) -> bool:
-    """Whether the remembered jobs hold `memo`'s submission."""
+def _kept(state: StateDir, lock_file: Path, memo: RememberedJob) -> frozenset[str] | None:
+    """What names the submission the remembered jobs hold for `memo`'s request (None when
+    they hold none)."""
     found = read_job(state, lock_file, memo.fingerprint)
-    return found is not None and found.mark == memo.mark
+    return None if found is None else frozenset({found.mark})
