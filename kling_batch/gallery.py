@@ -20,6 +20,7 @@ from kling_batch.expand import expand_matrix
 from kling_batch.lockfile import UNSETTLED, Entry
 from kling_batch.manifest import LoadedManifest, SourcedShot
 from kling_batch.plan import Plan, PlanItem
+from kling_batch.pricing import round_cost
 
 CardState = Literal[
     "done", "failed", "cancelled", "pending", "uncertain", "missing", "outdated", "new"
@@ -67,6 +68,9 @@ class Card:
     seconds: Decimal
     cost: Decimal
     billed: Decimal | None
+    # Every bill on record for this render (earlier submissions too: a cancelled or failed
+    # job the API billed, a re-render), each rounded up as `spend` rounds it.
+    spent: Decimal
     job_id: str | None
     rendered_at: datetime | None
     inputs: tuple[InputMedia, ...]
@@ -156,7 +160,7 @@ class Gallery:
             failed=by_state["failed"],
             cancelled=by_state["cancelled"],
             picked=sum(1 for c in cards if c.picked),
-            spent=sum((c.billed for c in cards if c.billed is not None), Decimal(0)),
+            spent=sum((c.spent for c in cards), Decimal(0)),
             estimate=sum((c.cost for c in cards), Decimal(0)),
             by_state=by_state,
         )
@@ -263,6 +267,7 @@ def _card(
         seconds=render.seconds,
         cost=render.cost,
         billed=entry.billed_usd if entry is not None else None,
+        spent=_spent(entry),
         job_id=entry.job_id if entry is not None else None,
         rendered_at=entry.completed_at if entry is not None else None,
         inputs=_inputs(item),
@@ -272,6 +277,13 @@ def _card(
         coords=tuple((key, label(value)) for key, value in combo.items()),
         picked=render.id in picks,
     )
+
+
+def _spent(entry: Entry | None) -> Decimal:
+    """What the API billed for every submission of `entry`, as `spend` sums it."""
+    submissions = entry.submissions if entry is not None else []
+    bills = (c.billed_usd for c in submissions if c.billed_usd is not None)
+    return sum((round_cost(bill) for bill in bills), Decimal(0))
 
 
 def _video(state: CardState, item: PlanItem, entry: Entry | None, root: Path) -> Path | None:

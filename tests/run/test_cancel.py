@@ -22,6 +22,7 @@ from kling_batch.emulator.faults import Fault
 from kling_batch.endpoint import api_identity
 from kling_batch.lockfile import Charge, Lockfile, load_lockfile, new_entry
 from kling_batch.plan import build_plan
+from kling_batch.reports import usd
 from tests.run.conftest import many_shots
 
 # Real time: a job waits 5 to 20 s in the queue, so it is still in flight when cancelled.
@@ -266,6 +267,26 @@ def test_the_review_gallery_says_a_cancelled_render_is_cancelled(
     assert 'data-total="cancelled">1<' in page and 'data-total="failed">0<' in page
     assert '<option value="cancelled">cancelled (1)</option>' in page
     assert '<option value="failed">' not in page
+
+
+def test_the_review_gallery_counts_a_cancelled_jobs_bill_after_its_retry(
+    serve: Callable[..., RunningEmulator], tmp_path: Path
+) -> None:
+    """After a cancel the API billed and a run that rendered the shot again, the review
+    gallery's "spent" is what `spend` reports: both bills, not the retry's alone."""
+    # The first job never ends (until cancelled); the retry renders at once.
+    stall = Fault("stall", first=1, on="submit")
+    served = serve(bill_cancelled=True, time_scale=0.001, faults=(stall,))
+    manifest = in_flight(tmp_path, served, count=1, recorded=True)
+    assert cancel(manifest, served).returncode == 0
+    ran = run(manifest, served)
+    assert ran.returncode == 0, ran.stderr
+    assert len(served.emulator.journal.submissions()) == 2
+    billed = billed_total(manifest)
+    assert billed == served.emulator.ledger.total > 0
+    assert kling_batch("review", str(manifest), "--out", str(tmp_path / "page")).returncode == 0
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert f'data-total="spent">{usd(billed)}<' in page
 
 
 def test_only_cancels_the_chosen_renders(
