@@ -13,7 +13,8 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from kling_batch import safefiles
 from kling_batch.cli import cli
 from kling_batch.errors import UserError
 from kling_batch.lock_facts import LockFacts, LockRecords, read_facts
-from kling_batch.lockfile import Lockfile, PastRender, read_lockfile
+from kling_batch.lockfile import Charge, Lockfile, PastRender, read_lockfile
 from kling_batch.lockname import lock_path
 from kling_batch.plan import Plan, build_plan
 from kling_batch.state import StateDir
@@ -637,3 +638,52 @@ def test_cached_facts_read_each_entry_as_the_lockfile_records_it(tmp_path: Path)
             getattr(recorded, name) for name in _ENTRY_FIELDS
         ]
     assert _past_facts(records) == _past_facts(lock)
+
+
+def _facts_and_full(lock_file: Path, tmp_path: Path) -> tuple[LockFacts, Lockfile]:
+    """The lockfile through its warm facts cache, and read in full."""
+    facts, cache = tmp_path / "facts.json", tmp_path / "l.json"
+    _, save = read_facts(lock_file, facts, cache, tool="this")
+    save()
+    records, _ = read_facts(lock_file, facts, cache, tool="this")
+    assert isinstance(records, LockFacts)
+    return records, read_lockfile(lock_file)[0]
+
+
+def test_cached_facts_name_every_submission_of_a_migrated_lockfile(tmp_path: Path) -> None:
+    """A v1 lockfile's submissions (migrated: their job ids and what was sent) are named
+    alike through the facts cache and read in full, so a remembered job of one of them is
+    never resumed from either."""
+    lock_file = tmp_path / "shots.lock"
+    shutil.copy(Path(__file__).parent / "fixtures" / "lock_v1" / "shots.lock", lock_file)
+    records, lock = _facts_and_full(lock_file, tmp_path)
+    assert any("@" in mark for mark in lock.submitted())  # what was sent, and when
+    assert records.submitted() == lock.submitted()
+
+
+def test_cached_facts_name_unanswered_submissions_and_earlier_jobs(tmp_path: Path) -> None:
+    """Submissions without a job id (named by what was sent and when, in a time zone other
+    than UTC) and an entry's earlier jobs are named alike through the facts cache and read
+    in full."""
+    zone = timezone(timedelta(hours=5, minutes=30))
+    when = datetime(2026, 12, 1, 10, 0, 0, 123456, tzinfo=zone)
+    unanswered = Charge(
+        fingerprint="sha256:" + "a" * 64,
+        submitted_at=when,
+        cost_usd=Decimal("1.120"),
+        sent="sha256:" + "b" * 64,
+    )
+    earlier = unanswered.model_copy(update={"job_id": "job_1", "billed_usd": Decimal("0.8965")})
+    lock = Lockfile(
+        api="emulator",
+        shots={
+            "u": sample_entry(1, state="uncertain").model_copy(
+                update={"job_id": None, "submissions": [unanswered]}
+            ),
+            "d": sample_entry(2).model_copy(update={"submissions": [earlier]}),
+        },
+    )
+    lock.save(tmp_path / "m.lock")
+    records, full = _facts_and_full(tmp_path / "m.lock", tmp_path)
+    assert {"job_1", unanswered.sending} <= full.submitted()
+    assert records.submitted() == full.submitted()
