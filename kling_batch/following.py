@@ -204,18 +204,20 @@ class Follower:
 
 def completed_fields(entry: Entry, job: JobState, now: datetime) -> dict[str, Any]:
     """The fields that record `entry`'s job finished with a video (`job.video_url`): its
-    result URL and when it expires, and its bill on the entry and its submission. A run's
-    poll writes them, and so does `kling-batch cancel` when the job finished first."""
+    result URL and when it expires, and its bill on the entry and its submission (an answer
+    without one keeps the bill an earlier answer reported: a cancel's, say). A run's poll
+    writes them, and so does `kling-batch cancel` when the job finished first."""
     assert job.video_url
+    bill = {} if job.billed_usd is None else {"billed_usd": job.billed_usd}
     return {
         "state": "completed",
         "result_url": job.video_url,
         "result_expires_at": job.expires_at or now + RESULT_RETENTION,
         "completed_at": now,
         "updated_at": now,
-        "billed_usd": job.billed_usd,
+        "billed_usd": bill.get("billed_usd", entry.billed_usd),
         "error": None,
-        "submissions": entry.charged(job.job_id, billed_usd=job.billed_usd),
+        "submissions": entry.charged(job.job_id, **bill),
     }
 
 
