@@ -69,17 +69,18 @@ class PollPacing:
         max_delay: float = 120.0,
         early: float = 0.85,
         margin: float = 0.2,
-        list_window: float = 15.0,
+        list_window: float = 8.0,
     ) -> None:
         self.first_delay = first_delay
         self.min_delay = min_delay
         self.max_delay = max_delay
         self.early = early
         self.margin = margin
-        # How far ahead a round of the job list looks for the next job predicted to end,
-        # to wait for it and read both ends at once (`kling_batch.jobboard`). Measured in
-        # `benchmarks/run_efficiency.py`: 10 and 15 s finish 500 renders equally soon,
-        # 15 s with about 0.02 fewer list reads per render; 20 s and more finish later.
+        # The wait, in model seconds, that a round of the job list shares among the jobs
+        # it would keep waiting for the next job predicted to end, to read their ends at
+        # once (`JobBoard._gather`). Measured in `benchmarks/run_efficiency.py` (500
+        # renders, --jobs 16): 6 and 7 s take about 0.48 list reads per render, 8 s 0.44,
+        # 11 s 0.38, each end noticed later the fewer the reads.
         self.list_window = list_window
         self._total: dict[str, list[float]] = {}
         self._render: dict[str, list[float]] = {}

@@ -102,13 +102,22 @@ class _Lines:
 async def _next_reading(
     board: JobBoard, follower: Seat, watch: JobWatch, progress: Callable[[float | None], None]
 ) -> JobState | None:
-    """Wait until the job is due, or a round shows it ended; the last line rounds read of
-    it meanwhile (no request), else its line in a round asked for now (None if the list
-    does not show it)."""
-    delay = watch.delay()
-    follower.due = board.clock.monotonic() + delay
-    follower.predicted = measured_speed(watch.readings) is not None
-    await _due(board.clock, delay, follower.ended)
+    """Wait until the job is due, or a round shows it ended: that line (no request), else
+    its line in a round asked for now (None if the list does not show it).
+
+    Each round read meanwhile is taken as a reading at once and the wait planned afresh:
+    the second reading of a rendering job measures its speed, so its due moves to its
+    predicted end, and rounds gather on it (`JobBoard._gather`), long before the wait
+    planned without it would have ended."""
+    while True:
+        delay = watch.delay()
+        follower.due = board.clock.monotonic() + delay
+        follower.predicted = measured_speed(watch.readings) is not None
+        if not await _due(board.clock, delay, follower.news):
+            break
+        seen = _apply(follower, watch, progress)
+        if seen is not None and seen.status != "pending":
+            return seen
     seen = _apply(follower, watch, progress)
     if seen is not None:
         return seen
@@ -131,10 +140,10 @@ def _apply(
     return last
 
 
-async def _due(clock: Clock, delay: float, ended: anyio.Event) -> None:
-    """Sleep `delay` model seconds, or less if `ended` is set meanwhile."""
-    if ended.is_set():
-        return
+async def _due(clock: Clock, delay: float, news: anyio.Event) -> bool:
+    """Sleep `delay` model seconds, or less if `news` is set meanwhile: True if it was."""
+    if news.is_set():
+        return True
     async with anyio.create_task_group() as group:
 
         async def alarm() -> None:
@@ -142,8 +151,9 @@ async def _due(clock: Clock, delay: float, ended: anyio.Event) -> None:
             group.cancel_scope.cancel()
 
         group.start_soon(alarm)
-        await ended.wait()
+        await news.wait()
         group.cancel_scope.cancel()
+    return news.is_set()
 
 
 @dataclass(frozen=True)

@@ -336,12 +336,12 @@ def test_a_read_under_way_that_does_not_show_the_job_is_followed_by_a_round_of_i
 @pytest.mark.parametrize("due", [10.0, 9.99])
 def test_a_round_waits_for_the_next_predicted_end_of_another_job_only(due: float) -> None:
     """job_a, due (on time, or it woke a little late), starts a round: the round waits for
-    job_b's predicted end so one read finds both ended, but not also for job_c's, which
-    would keep job_a and job_b waiting longer."""
+    job_b's predicted end so one read finds both ended, but not also for job_c's, further
+    than half the window after it: two jobs would wait for it."""
     clock = VirtualClock()
-    api = FakeApi(clock, {"job_a": 9.9, "job_b": 14.0, "job_c": 16.0})
+    api = FakeApi(clock, {"job_a": 9.9, "job_b": 14.0, "job_c": 19.5})
     board = JobBoard(api, window=10.0)
-    for job_id, at in {"job_a": due, "job_b": 14.0, "job_c": 16.0}.items():
+    for job_id, at in {"job_a": due, "job_b": 14.0, "job_c": 19.5}.items():
         seat = board.follow(job_id)
         seat.due, seat.predicted = at, True
     answers = ask_at(board, {"job_a": 10.0})
@@ -349,6 +349,51 @@ def test_a_round_waits_for_the_next_predicted_end_of_another_job_only(due: float
     assert answers["job_a"] is not None and answers["job_a"].status == "succeeded"
     assert [line.job.status for line in board.follow("job_b").lines][-1] == "succeeded"
     assert api.lists == 2
+
+
+def test_ends_close_together_share_one_read() -> None:
+    """Each end predicted soon after the one before (within the window shared among the
+    jobs that would wait for it) joins the round: one read finds all three ended."""
+    clock = VirtualClock()
+    api = FakeApi(clock, {"job_a": 9.9, "job_b": 14.0, "job_c": 16.0})
+    board = JobBoard(api, window=10.0)
+    for job_id, at in {"job_a": 10.0, "job_b": 14.0, "job_c": 16.0}.items():
+        seat = board.follow(job_id)
+        seat.due, seat.predicted = at, True
+    ask_at(board, {"job_a": 10.0})
+    assert clock.monotonic() == 16.0  # the round was read at job_c's end
+    assert [line.job.status for line in board.follow("job_c").lines][-1] == "succeeded"
+    assert api.lists == 2
+
+
+def test_progress_read_for_other_jobs_brings_a_job_s_poll_to_its_predicted_end() -> None:
+    """Rounds other jobs asked for show job_a rendering twice: its next poll moves from
+    its first look (30 s) to its predicted end, so its end is noticed on time."""
+    clock = VirtualClock()
+    api = FakeApi(clock, {"job_a": 10.0})
+    board = JobBoard(api, window=3.0)
+    noticed: list[float] = []
+
+    async def follow() -> None:
+        entry = cast(Entry, SimpleNamespace(job_id="job_a", poll_url=None, submitted_at=None))
+        watch = JobWatch(clock, PollPacing(), tier="standard", seconds=Decimal(5), patience=60.0)
+        job = await follow_job(board, api, entry, watch, lambda _: None)
+        assert isinstance(job, JobState) and job.status == "succeeded"
+        noticed.append(clock.monotonic())
+
+    async def others_read_at(*times: float) -> None:
+        for at in times:
+            await clock.sleep(at - clock.monotonic())
+            await board.ask("job_other")
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(follow)
+            group.start_soon(others_read_at, 2.0, 4.0)
+
+    anyio.run(main)
+    assert noticed and noticed[0] < 11.0
+    assert api.lists == 3  # the two rounds of the others, and job_a's own at its end
 
 
 def test_a_repeated_list_line_is_checked_once_every_few_lines() -> None:
