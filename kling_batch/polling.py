@@ -108,7 +108,11 @@ async def _next_reading(
     Each round read meanwhile is taken as a reading at once and the wait planned afresh:
     the second reading of a rendering job measures its speed, so its due moves to its
     predicted end, and rounds gather on it (`JobBoard._gather`), long before the wait
-    planned without it would have ended."""
+    planned without it would have ended. A line that tells nothing new (the status and
+    progress of the one before) goes to the caller instead, as does any once the job is
+    overdue: rounds read often for other jobs must not keep a job whose list line never
+    changes from its own poll (`_Lines`) or its deadline."""
+    before: tuple[str, float | None] | None = None
     while True:
         delay = watch.delay()
         follower.due = board.clock.monotonic() + delay
@@ -116,8 +120,12 @@ async def _next_reading(
         if not await _due(board.clock, delay, follower.news):
             break
         seen = _apply(follower, watch, progress)
-        if seen is not None and seen.status != "pending":
+        if seen is None:
+            continue
+        said = (seen.raw_status, seen.progress)
+        if seen.status != "pending" or said == before or watch.overdue:
             return seen
+        before = said
     seen = _apply(follower, watch, progress)
     if seen is not None:
         return seen

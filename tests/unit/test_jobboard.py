@@ -401,3 +401,35 @@ def test_a_repeated_list_line_is_checked_once_every_few_lines() -> None:
     lines = _Lines()
     same = JobState("job_a", "pending", "queued", progress=0.0)
     assert [lines.trusted(same) for _ in range(7)] == [True, True, False, True, True, False, True]
+
+
+def test_a_frozen_list_read_often_for_other_jobs_still_sends_a_job_to_its_own_poll() -> None:
+    """Rounds other jobs ask for every 2 s keep showing job_a "queued" with no progress:
+    job_a is still asked on its own after a few such lines, and its end noticed soon after
+    it comes, not once the other jobs stop reading."""
+    clock = VirtualClock()
+    api = FakeApi(clock, {"job_a": 20.0})
+    api.list_word = "queued"
+    board = JobBoard(api, window=3.0)
+    noticed: list[float] = []
+
+    async def follow() -> None:
+        entry = cast(Entry, SimpleNamespace(job_id="job_a", poll_url=None, submitted_at=None))
+        watch = JobWatch(clock, PollPacing(), tier="standard", seconds=Decimal(5), patience=60.0)
+        job = await follow_job(board, api, entry, watch, lambda _: None)
+        assert isinstance(job, JobState) and job.status == "succeeded"
+        noticed.append(clock.monotonic())
+
+    async def others_read_every_two_seconds() -> None:
+        while clock.monotonic() < 600.0:
+            await clock.sleep(2.0)
+            await board.ask("job_other")
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(follow)
+            group.start_soon(others_read_every_two_seconds)
+
+    anyio.run(main)
+    assert "job_a" in api.gets
+    assert noticed and noticed[0] < 120.0
