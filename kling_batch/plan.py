@@ -123,6 +123,9 @@ class Settled:
     cost: Decimal
     # (render id, warning) of every render of the manifest, in manifest order.
     warnings: Sequence[tuple[str, str]]
+    # Every shot the stamp knows, each found as it was, and no other: the stamped plan
+    # again (its manifest's files touched, or changed outside their shot tables).
+    whole: bool = False
 
 
 @dataclass(frozen=True)
@@ -400,7 +403,7 @@ def plan_edit(
         walked = _edited_shots(project, base, shots, max_renders)
         if walked is None:
             return None
-        edited = _plan_edited(project, walked, now, api)
+        edited = _plan_edited(project, walked, now, api, stamped=len(base.shots))
     except UserError:
         return None
     # Checked once the lockfile was read: one written meanwhile is planned in full.
@@ -462,8 +465,10 @@ def _counted(sourced: SourcedShot) -> int:
     return count_renders(sourced)[0] if sourced.shot.enabled else 0
 
 
-def _plan_edited(project: _Project, walked: list[_Walked], now: datetime, api: ApiOf) -> Plan:
-    """`plan_edit`'s plan of the walked shots."""
+def _plan_edited(
+    project: _Project, walked: list[_Walked], now: datetime, api: ApiOf, *, stamped: int
+) -> Plan:
+    """`plan_edit`'s plan of the walked shots (`stamped`: how many shots the stamp knows)."""
     store = project.store
     store.only(_named_files(spec for shot in walked if isinstance(shot, list) for spec in shot))
     planned: list[KnownShot | list[PlannedRender]] = [
@@ -485,7 +490,8 @@ def _plan_edited(project: _Project, walked: list[_Walked], now: datetime, api: A
         else:
             pairs.extend(_render_warnings(shot))
     cost = sum((Decimal(shot.cost) for shot in known), Decimal(0))
-    settled = Settled(sum(len(shot.ids) for shot in known), cost, pairs)
+    whole = len(known) == len(walked) == stamped  # keys are unique: each one found once
+    settled = Settled(sum(len(shot.ids) for shot in known), cost, pairs, whole)
     warnings = _warnings(pairs, orphans)
     facts = (project.loaded, project.lock_file, lock, items, orphans, warnings, followups)
     return Plan(*facts, project.remote, settled=settled)

@@ -77,6 +77,7 @@ def plan_command(request: PlanRequest) -> int:
         if hint is not None:
             ui.say(hint)
     key = request.stamp_key
+    started = time.time_ns()
     stamped = uptodate.look(key) if key is not None else None
     if isinstance(stamped, list):  # nothing changed since a plan with nothing to do
         ui.print_lines(ui.stdout_console(), stamped)
@@ -84,6 +85,10 @@ def plan_command(request: PlanRequest) -> int:
     edited = _plan_edit(request, stamped) if stamped is not None else None
     if edited is not None:  # only the manifest changed: its edit, planned alone
         _report(edited, "table")
+        if key is not None:
+            from kling_batch.reports import quiet_lines
+
+            uptodate.restamp(edited, key, quiet_lines(edited), started)
         return 1 if request.check and edited.has_work else 0
     started = time.time_ns()
     plan = _plan(request)

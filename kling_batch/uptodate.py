@@ -188,6 +188,54 @@ def record(plan: Plan, key: StampKey, lines: Lines | None, started_ns: int) -> N
         path.unlink(missing_ok=True)
 
 
+def restamp(plan: Plan, key: StampKey, lines: Lines | None, started_ns: int) -> None:
+    """After a plan of an edit that found the stamped plan again (`Settled.whole`: every
+    stamped shot as it was, no other, nothing to do; its report `lines` the stamped ones),
+    the stamp with its manifest files' facts as they are now, so the next check is
+    answered from `stat` alone again rather than planned as an edit each time (a touched
+    file, a branch switched and back, a comment). Left as it is unless those files settled
+    before the plan began (`started_ns`) and `include` still matches the files stamped."""
+    path = key.stamp_path()
+    settled = plan.settled
+    if path is None or lines is None or settled is None or not settled.whole or plan.has_work:
+        return
+    cached = read_cache(path, _VERSION)
+    if cached is None:
+        return
+    stamp, blob = cached
+    try:
+        if [(str(text), str(style)) for text, style in stamp["lines"]] != lines:
+            return  # another answer (a warning's wording, say): the full plan stamps it
+        refreshed = _refreshed(stamp, blob, key, list(plan.loaded.manifest.include), started_ns)
+    except UserError:
+        return  # the globs no longer match: the next plan says what is wrong
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return  # a stamp of another shape: left for the next full plan to replace
+    if refreshed is not None:
+        write_cache(path, _VERSION, *refreshed)
+
+
+def _refreshed(
+    stamp: dict[str, Any], blob: Blob, key: StampKey, include: list[str], started_ns: int
+) -> tuple[dict[str, Any], BlobWriter] | None:
+    """`restamp`'s stamp and blob, or None when it must be left as it is."""
+    if stamp["key"] != key.text() or stamp["include"] != include:
+        return None
+    if _included(key.manifest, include) != stamp["included"]:
+        return None
+    root, facts = key.manifest.parent.resolve(), list(stamp["facts"])
+    for group in (_MANIFESTS, _MANIFEST_FOLDERS):
+        look, names = stamp["groups"][group]
+        got = _facts(root, _names(names), _LOOKS[look], settled_before=started_ns - SETTLE_NS)
+        if got is None:
+            return None
+        facts[group] = got
+    writer = BlobWriter()
+    if stamp.get("shots") is not None:
+        stamp["shots"] = writer.add(Cold(blob, *stamp["shots"]).read())
+    return {**stamp, "facts": facts}, writer
+
+
 def _stamp(
     plan: Plan, key: StampKey, lines: Lines | None, started_ns: int
 ) -> tuple[dict[str, Any], BlobWriter] | None:

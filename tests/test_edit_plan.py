@@ -210,6 +210,51 @@ def test_a_shot_file_not_cut_into_tables_is_read_whole_for_an_edit(
     same_as_full(stamped, monkeypatch)
 
 
+def test_a_touched_manifest_is_stamped_again_by_its_edit(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shot file written again as it was, and a comment added to the manifest: the first
+    check plans it as an edit (nothing to do), the next is answered from the stamp again,
+    and a real edit after that is still planned and flagged."""
+    shots = stamped.parent / "shots" / "a.toml"
+    shots.write_text(shots.read_text())
+    stamped.write_text("# reviewed\n" + stamped.read_text())
+    result, counts = counted(stamped, monkeypatch, "--check")
+    assert (counts.edits, counts.full, result.exit_code) == (1, 0, 0), result.output
+    again, counts = counted(stamped, monkeypatch, "--check")
+    assert (counts.edits, counts.full, again.output) == (0, 0, result.output)
+    rewrite(shots, "a shot 3", "a shot 3 at dawn")
+    edited, counts = counted(stamped, monkeypatch, "--check")
+    assert (counts.edits, edited.exit_code) == (1, 1) and listed(edited.stdout, "~", "a3")
+
+
+def test_a_manifest_changed_just_before_its_edit_is_not_stamped_again(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file changed within the settling time of the plan that read it: the edit is not
+    stamped (the file may change again unseen in the same clock tick), so the next check
+    plans it as an edit again."""
+    shots = stamped.parent / "shots" / "a.toml"
+    shots.write_text(shots.read_text())
+    monkeypatch.setattr(uptodate, "SETTLE_NS", 3600 * 10**9)
+    for _ in range(2):
+        result, counts = counted(stamped, monkeypatch, "--check")
+        assert (counts.edits, counts.full, result.exit_code) == (1, 0, 0), result.output
+
+
+def test_an_edit_with_a_shot_removed_is_not_stamped_again(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last shot removed leaves its render an orphan and nothing to do: not the stamped
+    plan, so not stamped as it; each check plans it as an edit again, orphan and all."""
+    b9 = listed_shot("b9", "number {{ shot.index }}", "img/odd.gif")
+    in_file("shots/b.toml", "\n" + b9, "")(stamped.parent)
+    for _ in range(2):
+        result, counts = counted(stamped, monkeypatch, "--check")
+        assert (counts.edits, counts.full, result.exit_code) == (1, 0, 0), result.output
+        assert "b9 (done): in the lockfile, no longer in the manifest" in result.stdout
+
+
 def test_the_stamp_stays_for_the_next_edit(stamped: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An edit planned against the stamp leaves it: a second edit is planned so too, and
     the edit undone is nothing to do."""
