@@ -149,16 +149,17 @@ class Follower:
         render = item.render
         if render.id in self.report.submitted and job.billed_usd is not None:
             self.report.billed[render.id] = job.billed_usd
+        recorded = self.writer.get(render.id)
+        assert recorded is not None
         if not job.video_url:
             # Paid for: keep the job on record (the next run asks again) rather than fail
-            # it into a paid re-render.
+            # it into a paid re-render; and its bill, which the API forgets with the job.
             error = (
                 f"job {job.job_id} completed but no video URL was found in its answer; "
                 "the next run asks again"
             )
-            return await self.record(item, "pending", error, error=error)
-        recorded = self.writer.get(render.id)
-        assert recorded is not None
+            bill = recorded.bill(job.job_id, job.billed_usd)
+            return await self.record(item, "pending", error, error=error, **bill)
         entry = self.writer.update(render.id, **completed_fields(recorded, job, self.clock.now()))
         await self.writer.commit()
         self.events.progress(render.id, 1.0)

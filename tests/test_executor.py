@@ -174,6 +174,22 @@ def test_success_without_video_url_is_not_failed(project: Callable[..., Path]) -
     assert build_plan(path, now=NOW).totals.to_run == 0
 
 
+def test_the_bill_of_a_job_completed_without_a_video_url_is_kept(
+    project: Callable[..., Path],
+) -> None:
+    """A completed job whose answer has a bill but no readable URL: the bill is on record
+    (the API forgets it with the job an hour later), so `spend` counts what was billed."""
+    api = FakeApi()
+    api.script["get_job"] = lambda job_id: JobState(
+        job_id, "succeeded", "completed", 1.0, billed_usd=Decimal("1.4")
+    )
+    path = project(ONE)
+    run(build_plan(path, now=NOW), api)
+    entry = load_lockfile(path.with_suffix(".lock")).shots["a"]
+    assert entry.state == "submitted" and entry.submissions[-1].billed_usd == Decimal("1.4")
+    assert spend_report(path).totals().billed == Decimal("1.4")
+
+
 def test_cost_counts_submissions_even_when_polling_is_refused(
     project: Callable[..., Path],
 ) -> None:
