@@ -32,11 +32,13 @@ from kling_batch.lockfile import (
     lockfile_from,
     parsed_lockfile,
     submission_marks,
+    untag,
 )
 
 # 7: a job in flight without its job id is refused; 8: what names each submission on
-# record (`submitted`); 9: the rest is the entry's text in the lockfile's parse cache
-_VERSION = "lock-facts-9"
+# record (`submitted`); 9: the rest is the entry's text in the lockfile's parse cache;
+# 10: its times tagged (`lockfile.untag`), read back as times
+_VERSION = "lock-facts-10"
 
 
 class PastRecord(Protocol):
@@ -106,13 +108,8 @@ class PastFacts(NamedTuple):
     sha256: str
     size: int
     result_url: str | None
-    expires: str | None
+    result_expires_at: datetime | None
     in_remote: bool | None = None
-
-    @property
-    def result_expires_at(self) -> datetime | None:
-        """When the result URL expires."""
-        return datetime.fromisoformat(self.expires) if self.expires else None
 
 
 class EntryFacts(NamedTuple):
@@ -131,7 +128,7 @@ class EntryFacts(NamedTuple):
     def decoded(self) -> dict[str, Any]:
         """The entry's record (`Entry.model_dump` without its None values), decoded from
         its JSON text."""
-        value: dict[str, Any] = json.loads(self.rest.read(), object_hook=_untag)
+        value: dict[str, Any] = json.loads(self.rest.read(), object_hook=untag)
         return value
 
     @property
@@ -221,8 +218,8 @@ class DonePast(NamedTuple):
     @property
     def result_expires_at(self) -> datetime | None:
         """When that URL expires."""
-        expires = self.entry.decoded().get("result_expires_at")
-        return datetime.fromisoformat(expires) if expires else None
+        expires: datetime | None = self.entry.decoded().get("result_expires_at")
+        return expires
 
     @property
     def in_remote(self) -> bool | None:
@@ -342,9 +339,3 @@ def _past(past: dict[str, Any]) -> PastFacts:
 
 def _nothing() -> None:
     """No cache to write."""
-
-
-def _untag(obj: dict[str, Any]) -> Any:
-    if len(obj) == 1 and "$decimal" in obj:
-        return Decimal(obj["$decimal"])
-    return obj

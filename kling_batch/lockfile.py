@@ -17,7 +17,8 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from datetime import time as day_time
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Protocol
@@ -475,7 +476,7 @@ def _read_cache(cache: Path, key: str) -> Lockfile | None:
         first, _, rest = text.partition("\n")
         if first.strip() != key:
             return None
-        return Lockfile.model_validate(json.loads(rest, object_hook=_untag))
+        return Lockfile.model_validate(json.loads(rest, object_hook=untag))
     except (OSError, ValueError, ValidationError, UserError):
         return None  # a cache, not a record: fall back to the lockfile itself
 
@@ -511,17 +512,34 @@ def _write_cache(cache: Path, key: str, payload: str) -> None:
 
 
 def _tag(value: Any) -> Any:
-    # JSON has no Decimal: tag it so prices and durations come back exact.
+    # JSON has no Decimal: tag it so prices and durations come back exact. Nor dates: a
+    # request edited by hand may hold TOML dates and times, and read back as text (or not
+    # cached at all) a run saving what it read would rewrite the record.
     if isinstance(value, Decimal):
         return {"$decimal": str(value)}
-    if isinstance(value, datetime):
-        return value.isoformat()
+    if isinstance(value, datetime):  # before `date`: a datetime is a date
+        return {"$datetime": value.isoformat()}
+    if isinstance(value, date | day_time):
+        return {"$date" if isinstance(value, date) else "$time": value.isoformat()}
     raise TypeError(f"cannot cache {type(value).__name__}")
 
 
-def _untag(obj: dict[str, Any]) -> Any:
-    if len(obj) == 1 and "$decimal" in obj:
-        return Decimal(obj["$decimal"])
+_TAGS: dict[str, Callable[[str], Any]] = {
+    "$decimal": Decimal,
+    "$datetime": datetime.fromisoformat,
+    "$date": date.fromisoformat,
+    "$time": day_time.fromisoformat,
+}
+
+
+def untag(obj: dict[str, Any]) -> Any:
+    """A JSON object of the parse cache's text (an `object_hook`): a tagged value (a
+    Decimal, a date or a time) as itself, any other object as it is."""
+    if len(obj) == 1:
+        for key, text in obj.items():
+            read = _TAGS.get(key)
+            if read is not None and isinstance(text, str):
+                return read(text)
     return obj
 
 

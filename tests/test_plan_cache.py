@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from kling_batch import safefiles
 from kling_batch.cli import cli
 from kling_batch.errors import UserError
 from kling_batch.lock_facts import LockFacts, LockRecords, read_facts
-from kling_batch.lockfile import Charge, Lockfile, PastRender, read_lockfile
+from kling_batch.lockfile import Charge, Lockfile, PastRender, load_lockfile, read_lockfile
 from kling_batch.lockname import lock_path
 from kling_batch.plan import Plan, build_plan
 from kling_batch.state import StateDir
@@ -687,3 +687,39 @@ def test_cached_facts_name_unanswered_submissions_and_earlier_jobs(tmp_path: Pat
     records, full = _facts_and_full(tmp_path / "m.lock", tmp_path)
     assert {"job_1", unanswered.sending} <= full.submitted()
     assert records.submitted() == full.submitted()
+
+
+def _dated_request_lockfile(lock_file: Path) -> None:
+    """A lockfile whose request was edited by hand to hold TOML dates and times."""
+    entry = sample_entry(5)
+    request = {
+        **entry.request,
+        "at": datetime(2026, 3, 1, 9, 30, 0, 250, tzinfo=timezone(timedelta(hours=-7))),
+        "local": datetime(2026, 3, 1, 9, 30),
+        "day": date(2026, 3, 1),
+        "hour": time(9, 30, 15),
+    }
+    Lockfile(shots={"s": entry.model_copy(update={"request": request})}).save(lock_file)
+
+
+def test_the_parse_cache_reads_dates_in_a_request_as_the_lockfile_holds_them(
+    tmp_path: Path,
+) -> None:
+    """A request edited by hand to hold TOML dates and times reads back from the lockfile's
+    parse cache as from the lockfile (not as text, not a crash): a run saving what it
+    read would rewrite the record otherwise."""
+    lock_file, cache = tmp_path / "m.lock", tmp_path / "l.json"
+    _dated_request_lockfile(lock_file)
+    load_lockfile(lock_file, cache=cache)
+    assert cache.exists()
+    assert load_lockfile(lock_file, cache=cache) == read_lockfile(lock_file)[0]
+
+
+def test_cached_facts_read_dates_in_a_request_as_the_lockfile_holds_them(
+    tmp_path: Path,
+) -> None:
+    """A request edited by hand to hold TOML dates and times comes out of the facts cache
+    as the lockfile records it."""
+    _dated_request_lockfile(tmp_path / "m.lock")
+    records, full = _facts_and_full(tmp_path / "m.lock", tmp_path)
+    assert records.shots["s"].request == full.shots["s"].request
