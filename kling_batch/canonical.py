@@ -7,9 +7,11 @@ the body sent to the API and the plan JSON all use it, so what is hashed is what
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -83,12 +85,17 @@ def fingerprint_of(value: Any) -> str:
 
 
 def sha256_file(path: str | Path) -> str:
-    """`sha256:<hex>` of a file's bytes, read in constant memory."""
+    """`sha256:<hex>` of a regular file's bytes, read in constant memory."""
     digest = hashlib.sha256()
     # Plain reads of the descriptor: a cold plan hashes every input and output (20,000 for
     # 10,000 renders), and a buffered file object per file cost more than the hashing.
-    fd = os.open(path, os.O_RDONLY)
+    # O_NONBLOCK and the check: a FIFO or a device swapped in after the caller's stat is
+    # refused at once (IsADirectoryError, as `assets` words a name that is no file), not
+    # waited on for a writer or read without end.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IsADirectoryError(errno.EISDIR, "not a regular file", str(path))
         while chunk := os.read(fd, _CHUNK):
             digest.update(chunk)
     finally:

@@ -100,6 +100,24 @@ def test_fifos_among_the_caches_never_block_plan(tmp_path: Path) -> None:
     assert actions(result) == {"opener": "new", "outro": "new"}
 
 
+def test_a_fifo_in_place_of_a_file_is_refused_when_hashed(tmp_path: Path) -> None:
+    """A FIFO where a file was (swapped in after the plan looked at an input or an output,
+    before it read it) is refused at once when hashed, never waited on for a writer."""
+    os.mkfifo(tmp_path / "in.png")
+    code = (
+        "import sys\nfrom kling_batch.canonical import sha256_file\n"
+        "try:\n    sha256_file(sys.argv[1])\nexcept OSError:\n    print('refused')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "in.png")],
+        capture_output=True,
+        text=True,
+        timeout=30,  # a hang fails the test
+        check=False,
+    )
+    assert result.stdout.strip() == "refused", result.stderr
+
+
 def test_max_renders_moves_the_limit(tmp_path: Path) -> None:
     """A 2 × 2 matrix with two takes (8 renders) plus two shots is refused under 10 and
     planned at 10."""
