@@ -90,7 +90,6 @@ def plan_command(request: PlanRequest) -> int:
 
             uptodate.restamp(edited, key, quiet_lines(edited), started)
         return 1 if request.check and edited.has_work else 0
-    started = time.time_ns()
     plan = _plan(request)
     if key is not None:
         from kling_batch.reports import quiet_lines

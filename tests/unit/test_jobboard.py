@@ -3,6 +3,7 @@ the list cannot serve is polled on its own (issue 13)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from types import SimpleNamespace
 from typing import cast
@@ -366,11 +367,10 @@ def test_ends_close_together_share_one_read() -> None:
     assert api.lists == 2
 
 
-def test_progress_read_for_other_jobs_brings_a_job_s_poll_to_its_predicted_end() -> None:
-    """Rounds other jobs asked for show job_a rendering twice: its next poll moves from
-    its first look (30 s) to its predicted end, so its end is noticed on time."""
-    clock = VirtualClock()
-    api = FakeApi(clock, {"job_a": 10.0})
+def noticed_among_rounds(api: FakeApi, rounds: Sequence[float]) -> float:
+    """When following job_a alone noticed its end, while other jobs asked the board for
+    rounds at the model times `rounds`."""
+    clock = api.clock
     board = JobBoard(api, window=3.0)
     noticed: list[float] = []
 
@@ -381,18 +381,26 @@ def test_progress_read_for_other_jobs_brings_a_job_s_poll_to_its_predicted_end()
         assert isinstance(job, JobState) and job.status == "succeeded"
         noticed.append(clock.monotonic())
 
-    async def others_read_at(*times: float) -> None:
-        for at in times:
+    async def others_read() -> None:
+        for at in rounds:
             await clock.sleep(at - clock.monotonic())
             await board.ask("job_other")
 
     async def main() -> None:
         async with anyio.create_task_group() as group:
             group.start_soon(follow)
-            group.start_soon(others_read_at, 2.0, 4.0)
+            group.start_soon(others_read)
 
     anyio.run(main)
-    assert noticed and noticed[0] < 11.0
+    assert noticed
+    return noticed[0]
+
+
+def test_progress_read_for_other_jobs_brings_a_job_s_poll_to_its_predicted_end() -> None:
+    """Rounds other jobs asked for show job_a rendering twice: its next poll moves from
+    its first look (30 s) to its predicted end, so its end is noticed on time."""
+    api = FakeApi(VirtualClock(), {"job_a": 10.0})
+    assert noticed_among_rounds(api, [2.0, 4.0]) < 11.0
     assert api.lists == 3  # the two rounds of the others, and job_a's own at its end
 
 
@@ -407,29 +415,7 @@ def test_a_frozen_list_read_often_for_other_jobs_still_sends_a_job_to_its_own_po
     """Rounds other jobs ask for every 2 s keep showing job_a "queued" with no progress:
     job_a is still asked on its own after a few such lines, and its end noticed soon after
     it comes, not once the other jobs stop reading."""
-    clock = VirtualClock()
-    api = FakeApi(clock, {"job_a": 20.0})
+    api = FakeApi(VirtualClock(), {"job_a": 20.0})
     api.list_word = "queued"
-    board = JobBoard(api, window=3.0)
-    noticed: list[float] = []
-
-    async def follow() -> None:
-        entry = cast(Entry, SimpleNamespace(job_id="job_a", poll_url=None, submitted_at=None))
-        watch = JobWatch(clock, PollPacing(), tier="standard", seconds=Decimal(5), patience=60.0)
-        job = await follow_job(board, api, entry, watch, lambda _: None)
-        assert isinstance(job, JobState) and job.status == "succeeded"
-        noticed.append(clock.monotonic())
-
-    async def others_read_every_two_seconds() -> None:
-        while clock.monotonic() < 600.0:
-            await clock.sleep(2.0)
-            await board.ask("job_other")
-
-    async def main() -> None:
-        async with anyio.create_task_group() as group:
-            group.start_soon(follow)
-            group.start_soon(others_read_every_two_seconds)
-
-    anyio.run(main)
+    assert noticed_among_rounds(api, [2.0 * n for n in range(1, 301)]) < 120.0
     assert "job_a" in api.gets
-    assert noticed and noticed[0] < 120.0
