@@ -29,6 +29,7 @@ from kling_batch.lockfile import (
     Lockfile,
     lockfile_bytes,
     lockfile_digest,
+    lockfile_file_digest,
     lockfile_from,
     parsed_lockfile,
     submission_marks,
@@ -270,16 +271,22 @@ def read_facts(
     """The lockfile's records for planning (the whole `Lockfile` when it had to be read)
     and what writes the caches (call it last). `tool`: what kling-batch is made of
     (`plan_cache.tool_identity`): facts cached by another version are not believed."""
+    cached = read_cache(facts_file, _VERSION) if facts_file is not None else None
+    if cached is not None:
+        # Only the lockfile's digest is read (streamed: a plan at 100,000 renders never
+        # holds its 70 MB), and the facts believed are those cached for that digest.
+        digest = lockfile_file_digest(lock_file)
+        if digest is None:
+            return Lockfile(), _nothing
+        if cached[0].get("digest") == digest and cached[0].get("tool") == tool:
+            shots = _facts_from(cached[0].get("shots"), cached[1])
+            if shots is not None:
+                return LockFacts(lock_file, digest, shots, lock_cache), _nothing
+        cached = None
     raw = lockfile_bytes(lock_file)
     if raw is None:
         return Lockfile(), _nothing
-    digest = lockfile_digest(raw)  # the facts and the lockfile below come from `raw` alone
-    keyed = {"digest": digest, "tool": tool}
-    cached = read_cache(facts_file, _VERSION) if facts_file is not None else None
-    if cached is not None and all(cached[0].get(name) == value for name, value in keyed.items()):
-        shots = _facts_from(cached[0].get("shots"), cached[1])
-        if shots is not None:
-            return LockFacts(lock_file, digest, shots, lock_cache), _nothing
+    keyed = {"digest": lockfile_digest(raw), "tool": tool}  # the facts made come from `raw`
     lock, text, save_lock_cache = parsed_lockfile(raw, lock_file, cache=lock_cache)
     if facts_file is None:
         return lock, save_lock_cache
@@ -297,12 +304,15 @@ def _facts_from(rows: Any, blob: Blob) -> dict[str, EntryFacts] | None:
     if not isinstance(rows, dict):
         return None
     try:
-        return {
-            key: EntryFacts(
-                row[0], row[1], row[2], row[3], row[4], bool(row[5]), Cold(blob, row[6], row[7])
+        # Each row replaced by its facts in place: the rows' lists are let go one by one,
+        # never all held beside the facts made of them (100,000 of each, issue 13).
+        states: dict[str, str] = {}  # one string per state, not one per entry
+        for key, row in rows.items():
+            state = states.setdefault(row[1], row[1])
+            rows[key] = EntryFacts(
+                row[0], state, row[2], row[3], row[4], bool(row[5]), Cold(blob, row[6], row[7])
             )
-            for key, row in rows.items()
-        }
+        return rows
     except (TypeError, LookupError):
         return None  # a cache, not a record
 

@@ -424,6 +424,17 @@ def lockfile_bytes(path: Path) -> bytes | None:
         raise UserError(f"cannot read the lockfile: {exc}", file=path) from None
 
 
+def lockfile_file_digest(path: Path) -> str | None:
+    """`lockfile_digest` of the lockfile at `path`, read in constant memory (a plan whose
+    caches hold what it needs never holds the lockfile's bytes); None when there is none."""
+    try:
+        return tagged(safefiles.sha256_hex(path, limit=LOCKFILE_MAX_BYTES, what="the lockfile"))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise UserError(f"cannot read the lockfile: {exc}", file=path) from None
+
+
 def lockfile_digest(raw: bytes) -> str:
     """`sha256:` of a lockfile's bytes: what its caches are keyed by."""
     return tagged(hashlib.sha256(raw).hexdigest())

@@ -11,6 +11,7 @@ write one) is dropped from text.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -25,9 +26,11 @@ __all__ = [
     "path_problem",
     "read_bytes",
     "read_text",
+    "sha256_hex",
     "shown",
 ]
 
+_CHUNK = 1 << 20
 _KINDS = (
     (stat.S_ISDIR, "a folder"),
     (stat.S_ISFIFO, "a FIFO"),
@@ -61,6 +64,22 @@ def read_bytes(path: Path, *, limit: int, what: str, most: int | None = None) ->
     if len(data) > limit:  # it grew while being read
         raise _too_big(path, len(data), limit, what)
     return data
+
+
+def sha256_hex(path: Path, *, limit: int, what: str) -> str:
+    """The sha256 (hex) of what `read_bytes` would return, read in constant memory: for a
+    file whose digest alone is needed (a lockfile whose caches are keyed by it)."""
+    _check(path, path.stat(), limit, what)
+    digest, size = hashlib.sha256(), 0
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        _check(path, os.fstat(fd), limit, what)
+        while size <= limit and (chunk := f.read(min(_CHUNK, limit + 1 - size))):
+            digest.update(chunk)
+            size += len(chunk)
+    if size > limit:  # it grew while being read
+        raise _too_big(path, size, limit, what)
+    return digest.hexdigest()
 
 
 def read_text(path: Path, *, limit: int, what: str) -> str:

@@ -100,6 +100,34 @@ def test_fifos_among_the_caches_never_block_plan(tmp_path: Path) -> None:
     assert actions(result) == {"opener": "new", "outro": "new"}
 
 
+@pytest.mark.parametrize("swap", ["fifo", "huge"])
+def test_a_lockfile_swapped_after_its_caches_were_written_is_refused(
+    tmp_path: Path, swap: str
+) -> None:
+    """With the lockfile's caches written (its digest is all a plan then reads of it), a
+    FIFO or an oversized file swapped in for it is refused in one line, never waited on."""
+    manifest = write_project(tmp_path)
+    render = build_plan(manifest, now=NOW).items[0].render
+    lock = Lockfile(shots={"opener": new_entry(render, "failed", error="content_moderation")})
+    (tmp_path / "manifest.lock").write_text(lock.dumps())
+    assert actions(kb("plan", "manifest.toml", "--format", "json", cwd=tmp_path))["opener"] == (
+        "retry"
+    )
+    assert (tmp_path / ".kling-batch" / "manifest.lock.facts.json").is_file()
+    (tmp_path / "manifest.lock").unlink()
+    if swap == "fifo":
+        os.mkfifo(tmp_path / "manifest.lock")
+    else:
+        with (tmp_path / "manifest.lock").open("wb") as f:
+            f.truncate(600 * 1024 * 1024)  # a hole: no disk space used
+
+    result = kb("plan", "manifest.toml", cwd=tmp_path)
+
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    said = "must be a regular file, and this is a FIFO" if swap == "fifo" else "is 600 MB"
+    assert len(result.stderr.splitlines()) == 1 and said in result.stderr, result.stderr
+
+
 def test_a_fifo_in_place_of_a_file_is_refused_when_hashed(tmp_path: Path) -> None:
     """A FIFO where a file was (swapped in after the plan looked at an input or an output,
     before it read it) is refused at once when hashed, never waited on for a writer."""
