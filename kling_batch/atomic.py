@@ -20,6 +20,7 @@ import re
 import secrets
 import stat
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 DEFAULT_MODE = 0o644
@@ -34,11 +35,11 @@ _OPEN = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
 _HELD: dict[Path, int] = {}
 
 
-def atomic_write(path: Path, data: bytes | str | list[str], *, mode: int | None = None) -> None:
+def atomic_write(path: Path, data: bytes | str | Iterable[str], *, mode: int | None = None) -> None:
     """Replace `path` with `data` atomically and durably (keeping its mode by default).
 
-    `data` may be text in pieces (a list of strings), written one after another as UTF-8:
-    a large file made of many parts is never copied whole in memory.
+    `data` may be text in pieces (strings, or what yields them), written one after
+    another as UTF-8: a large file made of many parts is never copied whole in memory.
     """
     if mode is None:
         try:
@@ -48,11 +49,11 @@ def atomic_write(path: Path, data: bytes | str | list[str], *, mode: int | None 
     temp = temp_beside(path, suffix=".tmp")
     try:
         with open(temp, "wb") as f:
-            if isinstance(data, list):
+            if isinstance(data, str | bytes):
+                f.write(data.encode() if isinstance(data, str) else data)
+            else:
                 for piece in data:
                     f.write(piece.encode())
-            else:
-                f.write(data.encode() if isinstance(data, str) else data)
         commit_temp(temp, path, mode=mode)
     except BaseException:
         discard(temp)

@@ -182,6 +182,21 @@ def test_an_edit_keeps_the_hash_cache_whole(stamped: Path, monkeypatch: pytest.M
     assert hashed and {Path(path).name for path in hashed} == {"b.png"}
 
 
+def test_an_edit_finds_its_files_in_the_hash_cache(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The edit searches the hash cache for its shot's image and output rather than read
+    it whole, and finds them: it hashes no file."""
+    monkeypatch.setattr(assets, "_RACY_NS", 0)  # the files were written a moment ago
+    hashed: list[str | Path] = []
+    real_hash = assets.sha256_file
+    monkeypatch.setattr(assets, "sha256_file", lambda path: hashed.append(path) or real_hash(path))
+    rewrite(stamped.parent / "shots" / "a.toml", "a shot 3", "a shot 3 at dawn")
+    result, counts = counted(stamped, monkeypatch, "--check")
+    assert counts.edits == 1 and listed(result.stdout, "~", "a3"), result.output
+    assert hashed == []
+
+
 def test_a_stamped_shot_whose_index_moved_is_read_to_be_planned(
     stamped: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
