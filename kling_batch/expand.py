@@ -307,15 +307,19 @@ class _Outputs:
     (one file on macOS and Windows)."""
 
     def __init__(self) -> None:
-        self._owners: dict[str, tuple[str, str]] = {}
+        # Folded output → the render writing it, with the output as written when folding
+        # changed it (one string per output, not three, at 100,000 outputs: issue 13).
+        self._owners: dict[str, str | tuple[str, str]] = {}
 
     def claim(self, output: PurePosixPath | str, render_id: str, file: Path) -> None:
         """Record a render's output; refuse one another render already writes."""
         shown = str(output)
         key = shown.casefold()
+        if key == shown:
+            key = shown
         owner = self._owners.get(key)
         if owner is not None:
-            path, other = owner
+            path, other = (key, owner) if isinstance(owner, str) else owner
             same = f"output {output} is also the output of {other!r}"
             folded = (
                 f"output {output} and {path}, the output of {other!r}, differ only "
@@ -327,7 +331,7 @@ class _Outputs:
                 shot=render_id,
                 field="output",
             )
-        self._owners[key] = (shown, render_id)
+        self._owners[key] = render_id if key is shown else (shown, render_id)
 
 
 class _SafeDirs:

@@ -266,7 +266,9 @@ def decode(
     try:
         commons = [_common(values, store) for values in shot.common]
         renders: list[PlannedRender | RenderSpec] = []
-        for id_, shot_id, fingerprint, output, index, *where in shot.renders:
+        shot_ids: dict[str, str] = {}  # one string per shot id, not one per render
+        for id_, shot_text, fingerprint, output, index, *where in shot.renders:
+            shot_id = shot_ids.setdefault(shot_text, shot_text)
             common = commons[index]
             if common is None:
                 take, tags = shot.common[index][0], shot.common[index][5]
