@@ -111,8 +111,9 @@ class AssetStore:
         self._dirty = False
         self._resolved: dict[str, Asset] = {}
         self._real_dirs: dict[str, str] = {}
-        # Stats taken while expanding (is an output a folder?), reused by its hash check.
-        self._stats: dict[str, _Stat | None] = {}
+        # What a stat taken while expanding (is an output a folder?) showed, for its hash
+        # check: the file's entry, believed at that stat, or the stat itself.
+        self._stats: dict[str, _Entry | _Stat | None] = {}
 
     def resolve(self, ref: str) -> Asset:
         """The asset behind `ref`; raises `AssetProblem` for refused or missing ones."""
@@ -143,6 +144,8 @@ class AssetStore:
         """
         path = self._root_text + relative
         known = self._stats.pop(relative, None)
+        if isinstance(known, _Entry):  # believed at that stat
+            return known.sha256, known.size
         try:
             entry = self._entry(relative, path, known)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
@@ -150,15 +153,21 @@ class AssetStore:
         return entry.sha256, entry.size
 
     def is_dir(self, relative: str) -> bool:
-        """True when `root/relative` is a folder (symlinks followed); the stat is kept for
-        `relative_hash` of the same path."""
+        """True when `root/relative` is a folder (symlinks followed); what the stat says of
+        the file is kept for `relative_hash` of the same path: its cached entry when the
+        stat shows it still holds, else the stat."""
         try:
             stat = os.stat(self._root_text + relative)  # noqa: PTH116 - hot path, str path
         except (OSError, ValueError):
             return False
         if S_ISDIR(stat.st_mode):
             return True
-        self._stats[relative] = _Stat.of(stat) if S_ISREG(stat.st_mode) else None
+        if not S_ISREG(stat.st_mode):
+            self._stats[relative] = None
+            return False
+        entry = self._cached_entry(relative)
+        held = entry is not None and entry.holds_for(stat)
+        self._stats[relative] = entry if held else _Stat.of(stat)
         return False
 
     def video_seconds(self, asset: Asset) -> Decimal:
@@ -296,9 +305,7 @@ class AssetStore:
         stat = known if known is not None else os.stat(path)  # noqa: PTH116
         if not S_ISREG(stat.st_mode):
             raise IsADirectoryError(path)
-        entry = self._entries.get(key)
-        if entry is None and key in self._cached:  # the row becomes the entry
-            entry = self._entries[key] = _from_row(self._cached.pop(key))
+        entry = self._cached_entry(key)
         if entry is not None and entry.holds_for(stat):
             return entry
         hashed_ns = time.time_ns()
@@ -308,6 +315,13 @@ class AssetStore:
         )
         self._entries[key] = entry
         self._dirty = True
+        return entry
+
+    def _cached_entry(self, key: str) -> _Entry | None:
+        """The entry known for a file, its cache row made one when first asked for."""
+        entry = self._entries.get(key)
+        if entry is None and key in self._cached:  # the row becomes the entry
+            entry = self._entries[key] = _from_row(self._cached.pop(key))
         return entry
 
     def _key(self, path: Path) -> str:
