@@ -35,6 +35,30 @@ class FileFacts(Protocol):
         """The job an earlier run submitted for a fingerprint on this API (`recall`), if any."""
 
 
+# The finished renders on record of one fingerprint: a done entry alone (most are: its
+# render is `entry.as_past()`), else each render with its entry, if current (`_known`).
+_Finished = EntryRecord | list[tuple[EntryRecord | None, PastRecord]]
+
+
+def _finished_index(lock: LockRecords) -> dict[str, _Finished]:
+    """Every finished render on record by fingerprint, in the lockfile's order. A done
+    entry is held as itself, no pair made for it: a plan of 100,000 renders that asks
+    for a restore indexes them all (issue 13)."""
+    index: dict[str, _Finished] = {}
+    for entry, past in lock.finished():
+        held = index.get(past.fingerprint)
+        if held is None and entry is not None:
+            index[past.fingerprint] = entry
+            continue
+        if held is None:
+            held = index[past.fingerprint] = []
+        elif not isinstance(held, list):
+            first = held.as_past()
+            held = index[past.fingerprint] = [(held, first)] if first is not None else []
+        held.append((entry, past))
+    return index
+
+
 class Differ:
     """Decides each render's action from the lockfile, the files' facts and `now`.
 
@@ -70,7 +94,7 @@ class Differ:
         self.remote = remote
         self.ids = frozenset(ids)
         self._paid: dict[str, PlannedRender] = {}
-        self._finished: dict[str, list[tuple[EntryRecord | None, PastRecord]]] | None = None
+        self._finished: dict[str, _Finished] | None = None
         self._takes = takeovers(lock, renders, self.forced)  # render id → entry id
         self.adopted = {key: render for render, key in self._takes.items()}  # and back
         self._strays = [
@@ -98,15 +122,17 @@ class Differ:
         """Stray ids (not in the manifest, job maybe paid for) no render took over."""
         return list(self._strays)
 
-    @property
-    def _known(self) -> dict[str, list[tuple[EntryRecord | None, PastRecord]]]:
-        """Finished renders on record by fingerprint (gathered when a restore is first in
-        question: a no-op plan never asks)."""
+    def _known(self, fingerprint: str) -> list[tuple[EntryRecord | None, PastRecord]]:
+        """The finished renders on record with this fingerprint, each with its entry when
+        it is the entry's current render (gathered when a restore is first in question: a
+        no-op plan never asks)."""
         if self._finished is None:
-            self._finished = {}
-            for entry, past in self.lock.finished():
-                self._finished.setdefault(past.fingerprint, []).append((entry, past))
-        return self._finished
+            self._finished = _finished_index(self.lock)
+        found = self._finished.get(fingerprint)
+        if found is None or isinstance(found, list):
+            return found or []
+        past = found.as_past()
+        return [(found, past)] if past is not None else []
 
     @cached_property
     def _submitted(self) -> frozenset[str]:
@@ -239,7 +265,7 @@ class Differ:
         )
 
     def _restore_source(self, fingerprint: str) -> RestoreSource | None:
-        candidates = self._known.get(fingerprint, [])
+        candidates = self._known(fingerprint)
         for entry, past in candidates:
             if entry is not None and self._file_matches(entry.output, past.sha256, past.size):
                 return RestoreSource("file", past.sha256, past.size, path=self.root / entry.output)
