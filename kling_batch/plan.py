@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from functools import cached_property
+from itertools import chain
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +64,7 @@ from kling_batch.urls import KnownUrl, ResultUrls
 
 if TYPE_CHECKING:  # the shared store's module loads only when one is named
     from kling_batch.remote import RemoteUrl
+    from kling_batch.templating import Templates
 
 # The API a plan restores the renders of (`build_plan`): its identity, or what tells it.
 ApiOf = str | Callable[[], str | None] | None
@@ -226,17 +228,17 @@ def build_plan(
     loaded, store = project.loaded, project.store
     cached = project.state.plan_cache(project.lock_file) if project.usable else None
     cache = PlanCache(cached, context_key(loaded), loaded.root)
-    expansion, shots = _expand_all(loaded, store, cache)
+    templates, shots = _expand_all(loaded, store, cache)
     only, force = _selection(shots, only, force)
     lock, save_lock_caches = project.read_lock()
     # The facts first: every render validated, its assets hashed and probed, priced.
     renders = _planned(shots, store, cache, _chosen_ids(lock, only))
     # Then the decisions, from those facts, the lockfile, the files' hashes and `now`.
-    ids = {render_id for shot in shots for render_id in shot.render_ids()}
+    ids = frozenset(render_id for shot in shots for render_id in shot.render_ids())
     forced = {r.id for r in renders if matches_any(r.id, r.tags, force)}
     items, orphans, followups = project.decide(lock, renders, ids, now, api, forced)
     # Written last: a manifest error above leaves none. A read-only checkout plans without.
-    partials = expansion.templates.loader.read if expansion.templates else {}
+    partials = templates.loader.read if templates else {}
     project.save_caches(save_lock_caches, lambda: cache.save(partials))
     warnings = _warnings(_render_warnings(renders), orphans)
     read = {**cache.partials, **partials}  # those of shots from the cache, checked by it
@@ -332,7 +334,7 @@ class _Project:
         self,
         lock: Lockfile | LockFacts,
         renders: Sequence[PlannedRender],
-        ids: set[str],
+        ids: frozenset[str],
         now: datetime,
         api: ApiOf,
         forced: Collection[str] = (),
@@ -479,8 +481,9 @@ def _plan_edited(
     lock, save_lock_caches = project.read_lock()
     renders = [r for shot in planned if not isinstance(shot, KnownShot) for r in shot]
     known = [shot for shot in planned if isinstance(shot, KnownShot)]
-    ids = {render_id for shot in known for render_id in shot.ids}
-    ids.update(render.id for render in renders)
+    ids = frozenset(
+        chain((render_id for shot in known for render_id in shot.ids), (r.id for r in renders))
+    )
     items, orphans, followups = project.decide(lock, renders, ids, now, api)
     project.save_caches(save_lock_caches)
     pairs: list[tuple[str, str]] = []
@@ -521,10 +524,13 @@ def _shared_store(loaded: LoadedManifest, remote: str | None) -> RemoteUrl | Non
 
 def _expand_all(
     loaded: LoadedManifest, store: AssetStore, cache: PlanCache
-) -> tuple[Expansion, list[_Shot]]:
-    """Every shot, from the plan cache or expanded now, in manifest order."""
+) -> tuple[Templates | None, list[_Shot]]:
+    """Every shot, from the plan cache or expanded now, in manifest order, and the
+    template engine if a shot was expanded (the expansion's claims of ids and outputs,
+    100,000 of each at scale, are let go with it)."""
     expansion = Expansion(loaded, is_dir=store.is_dir)
-    return expansion, [_expand(shot, loaded, store, cache, expansion) for shot in loaded.shots]
+    shots = [_expand(shot, loaded, store, cache, expansion) for shot in loaded.shots]
+    return expansion.templates, shots
 
 
 def _selection(
@@ -672,7 +678,7 @@ def _chosen_ids(lock: LockRecords, only: Sequence[str]) -> Callable[[str, tuple[
     return chosen
 
 
-def _orphans(lock: LockRecords, ids: set[str], *, adopted: Mapping[str, str]) -> list[Orphan]:
+def _orphans(lock: LockRecords, ids: frozenset[str], *, adopted: Mapping[str, str]) -> list[Orphan]:
     """Lockfile entries whose render is no longer in the manifest (and whose job no render
     of the manifest takes over)."""
     gone = sorted(key for key in lock.shots if key not in ids and key not in adopted)
