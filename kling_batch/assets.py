@@ -165,7 +165,9 @@ class AssetStore:
         if not S_ISREG(stat.st_mode):
             self._stats[relative] = None
             return False
-        entry = self._cached_entry(relative)
+        # The cache is not read for this (a plan of an edit names the rows it reads only
+        # once its shots are expanded): a file whose row is not read yet keeps its stat.
+        entry = self._cached_entry(relative) if self._rows is not None else None
         held = entry is not None and entry.holds_for(stat)
         self._stats[relative] = entry if held else _Stat.of(stat)
         return False

@@ -186,14 +186,22 @@ def test_an_edit_finds_its_files_in_the_hash_cache(
     stamped: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The edit searches the hash cache for its shot's image and output rather than read
-    it whole, and finds them: it hashes no file."""
+    it whole (once, after its shots are expanded), and finds them: it hashes no file."""
     monkeypatch.setattr(assets, "_RACY_NS", 0)  # the files were written a moment ago
     hashed: list[str | Path] = []
     real_hash = assets.sha256_file
     monkeypatch.setattr(assets, "sha256_file", lambda path: hashed.append(path) or real_hash(path))
+    searched: list[list[str]] = []
+    real_search = assets._rows_of
+    monkeypatch.setattr(
+        assets,
+        "_rows_of",
+        lambda data, keys: searched.append(sorted(keys)) or real_search(data, keys),
+    )
     rewrite(stamped.parent / "shots" / "a.toml", "a shot 3", "a shot 3 at dawn")
     result, counts = counted(stamped, monkeypatch, "--check")
     assert counts.edits == 1 and listed(result.stdout, "~", "a3"), result.output
+    assert len(searched) == 1 and {"img/a.png", "renders/a3.mp4"} <= set(searched[0])
     assert hashed == []
 
 
