@@ -14,28 +14,38 @@ asking for the job), or `failed` with its error. The command holds the run lock:
 race a run of the same lockfile. The API's cancel route is provisional
 (`EmpirioClient.cancel_job`); when the API does not offer it, the command says so plainly,
 changes nothing and exits 1.
+
+A job the lockfile lost (a `git checkout`, a stash or a revert took its record away) but an
+earlier run remembers in the state folder (`kling_batch.recall`) is cancelled too: the one
+the plan would resume for a render of the manifest. Once the API answered for it, it is
+written into the lockfile as a run resuming it writes it (`recall.recalled_entry`, its
+charge included), then recorded like any: so its bill reaches `spend`, a job found
+completed is downloaded by the next run without paying again, and its memo is removed
+when the job is over. A remembered submission that went unanswered has no job id to name:
+it is said, and left to the next run's look in the job list.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 
 from kling_batch import ui
 from kling_batch.client import EmpirioClient
 from kling_batch.endpoint import api_identity, api_key_from_env, resolve_base_url
-from kling_batch.errors import ApiError, JobNotFound, RunFatal
+from kling_batch.errors import ApiError, JobNotFound, RunFatal, UserError
 from kling_batch.following import completed_fields, failed_fields
 from kling_batch.lockfile import (
     CANCELLED_ERROR,
     CANCELLED_WORDS,
     Entry,
+    Lockfile,
     LockWriter,
     check_api,
     load_lockfile,
@@ -44,11 +54,14 @@ from kling_batch.lockname import lock_path
 from kling_batch.manifest import require_manifest
 from kling_batch.payloads import JobState
 from kling_batch.pricing import round_cost
-from kling_batch.recall import JobMemory
+from kling_batch.recall import JobMemory, recalled_entry, remembered_jobs
 from kling_batch.reports import usd
 from kling_batch.runlock import hold_run_lock
-from kling_batch.selection import matches_any, require_matches
+from kling_batch.selection import Candidate, matches_any, require_matches
 from kling_batch.state import StateDir
+
+if TYPE_CHECKING:
+    from kling_batch.planned import PlanItem
 
 Result = Literal["cancelled", "ended", "running", "gone", "error", "not_offered"]
 
@@ -74,36 +87,103 @@ class Cancelled:
     job: JobState | None = None  # the API's answer, when it gave one
 
 
+@dataclass(frozen=True)
+class _Job:
+    """A render's job to cancel, and its entry: the lockfile's, or (`remembered`) the one a
+    run resuming the job would write, written only once the API answered for the job."""
+
+    render_id: str
+    entry: Entry
+    remembered: bool = False
+
+
+# Answers that prove the job is on the API: a remembered one is then written into the
+# lockfile (one the API no longer knows, or did not answer for, is left to the next run).
+_ANSWERED: frozenset[Result] = frozenset({"cancelled", "ended", "running"})
+
+
 def cancel_command(request: CancelRequest) -> int:
-    """Cancel the chosen in-flight jobs; the exit code (1 when any is still rendering)."""
+    """Cancel the chosen in-flight jobs; the exit code (1 when any is still rendering, or
+    the jobs remembered from earlier runs could not be looked for)."""
     insecure = request.allow_insecure_http
     resolve_base_url(request.api_base, allow_insecure_http=insecure, warn=ui.warn)
     require_manifest(request.manifest)
     lock_file = lock_path(request.manifest)
-    with hold_run_lock(StateDir(request.manifest.parent), lock_file, then="cancel again"):
+    state = StateDir(request.manifest.parent)
+    with hold_run_lock(state, lock_file, then="cancel again"):
         lock = load_lockfile(lock_file)
         # Job ids mean something only to the API that made them.
         api = api_identity(emulator=False, api_base=request.api_base)
         check_api(lock, lock_file, api, doing="cancelling")
-        require_matches(request.only, [(k, e.tags) for k, e in lock.shots.items()], "--only")
-        chosen = [
-            (key, entry)
-            for key, entry in sorted(lock.shots.items())
-            if not request.only or matches_any(key, entry.tags, request.only)
-        ]
-        for key, entry in chosen:
-            reason = _not_cancellable(entry)
-            if reason is not None:
-                ui.say(f"{key}: {reason}")
-        jobs = [(key, entry) for key, entry in chosen if _cancellable(entry)]
+        recalled = _recalled(request.manifest, state, lock_file, api)
+        jobs = _chosen(request.only, lock, lock_file, recalled or [])
+        unplanned = 1 if recalled is None else 0
         if not jobs:
-            ui.say(f"Nothing to cancel: no job is rendering in {lock_file.name}.")
-            return 0
+            ui.say(
+                f"Nothing to cancel: no job is rendering in {lock_file.name}, nor any "
+                "remembered from an earlier run."
+            )
+            return unplanned
         key = api_key_from_env()
         writer = LockWriter(lock_file, lock)
         # A cancelled job is over: no lockfile that lost its record may resume it.
-        writer.jobs = JobMemory(StateDir(request.manifest.parent), lock_file)
-        return anyio.run(_cancel_all, request, key, writer, jobs)
+        writer.jobs = JobMemory(state, lock_file)
+        return max(unplanned, anyio.run(_cancel_all, request, key, writer, jobs, api))
+
+
+def _recalled(manifest: Path, state: StateDir, lock_file: Path, api: str) -> list[PlanItem] | None:
+    """The renders of the manifest whose job the plan would resume (or look for) from an
+    earlier run's memo, the lockfile not recording it (`actions.Differ._recalled`); None,
+    with a warning, when the manifest does not plan (the lockfile's jobs are still
+    cancelled). The manifest is planned only when some job is remembered at all."""
+    if not remembered_jobs(state, lock_file):
+        return []
+    from kling_batch.plan import build_plan  # planning's modules: most cancels never ask
+
+    try:
+        plan = build_plan(manifest, now=datetime.now(UTC), api=api)
+    except UserError as exc:
+        ui.warn(
+            f"jobs remembered from earlier runs were not looked for, as the manifest does "
+            f"not plan ({exc}); fix it and cancel again, or they keep rendering"
+        )
+        return None
+    return [item for item in plan.items if item.recalled is not None]
+
+
+def _chosen(
+    only: Sequence[str], lock: Lockfile, lock_file: Path, recalled: Sequence[PlanItem]
+) -> list[_Job]:
+    """The jobs `--only` chooses, by render id: the lockfile's in flight, and those the plan
+    recalls; each job that cannot be cancelled is said, one line per render."""
+    candidates: list[Candidate] = [(key, entry.tags) for key, entry in lock.shots.items()]
+    candidates += [(item.render.id, item.render.tags) for item in recalled]
+    require_matches(only, candidates, "--only")
+    jobs: list[_Job] = []
+    for key, entry in sorted(lock.shots.items()):
+        if only and not matches_any(key, entry.tags, only):
+            continue
+        reason = _not_cancellable(entry)
+        if reason is not None:
+            ui.say(f"{key}: {reason}")
+        elif _cancellable(entry):
+            jobs.append(_Job(key, entry))
+    now = datetime.now(UTC)
+    for item in recalled:
+        render, memo = item.render, item.recalled
+        assert memo is not None
+        if only and not matches_any(render.id, render.tags, only):
+            continue
+        if memo.job_id is None:
+            ui.say(
+                f"{render.id}: {memo.describe()}, not in {lock_file.name}: no job id is "
+                "known, so it cannot be cancelled; `kling-batch run` looks for it in the "
+                "job list (or check the EmpirioLabs dashboard)"
+            )
+            continue
+        entry = recalled_entry(render, lock.shots.get(render.id), memo, now)
+        jobs.append(_Job(render.id, entry, remembered=True))
+    return sorted(jobs, key=lambda job: job.render_id)
 
 
 def _cancellable(entry: Entry) -> bool:
@@ -126,48 +206,60 @@ def _not_cancellable(entry: Entry) -> str | None:
 
 
 async def _cancel_all(
-    request: CancelRequest, key: str, writer: LockWriter, jobs: Sequence[tuple[str, Entry]]
+    request: CancelRequest, key: str, writer: LockWriter, jobs: Sequence[_Job], api: str
 ) -> int:
     client = EmpirioClient(
         api_key=key, base_url=request.api_base, allow_insecure_http=request.allow_insecure_http
     )
     results: list[Cancelled] = []
     async with client:
-        for render_id, entry in jobs:
-            done = await _cancel_one(client, render_id, entry)
+        for job in jobs:
+            done = await _cancel_one(client, job.render_id, job.entry)
             if done.result == "not_offered":
                 ui.say(done.detail)
                 return 1
-            if _record(writer, render_id, done, client.clock.now()):
+            if _record(writer, job, done, client.clock.now(), api):
                 await writer.commit()
-            bill = (
-                "" if done.billed_usd is None else f" (billed {usd(round_cost(done.billed_usd))})"
-            )
-            ui.say(f"{render_id}: {done.detail}{bill}")
+            ui.say(f"{job.render_id}: {done.detail}{_said(job, done, writer.path.name)}")
             results.append(done)
     count = sum(1 for done in results if done.result == "cancelled")
     ui.say(f"Cancelled {count} of {len(results)} job(s) in flight; recorded in {writer.path.name}.")
     return 1 if any(done.result in {"running", "error"} for done in results) else 0
 
 
-def _record(writer: LockWriter, render_id: str, done: Cancelled, now: datetime) -> bool:
+def _said(job: _Job, done: Cancelled, lock_name: str) -> str:
+    """What follows a job's line: its bill, and for a remembered job, where it is now."""
+    bill = "" if done.billed_usd is None else f" (billed {usd(round_cost(done.billed_usd))})"
+    if not job.remembered:
+        return bill
+    where = "recorded there now" if done.result in _ANSWERED else "left as it was"
+    return f"{bill}; an earlier run submitted it, not in {lock_name}: {where}"
+
+
+def _record(writer: LockWriter, job: _Job, done: Cancelled, now: datetime, api: str) -> bool:
     """Write what the API's answer settled, as a run writes it from a poll (which may never
     come: job state is kept one hour): the cancel, the job's end (completed with its result
-    URL, or failed), or the bill it reported. Whether anything was written."""
-    entry = writer.get(render_id)
+    URL, or failed), or the bill it reported. A remembered job the API answered for is first
+    written into the lockfile, as a run resuming it writes it (its charge with it). Whether
+    anything was written."""
+    if job.remembered:
+        if done.result not in _ANSWERED:
+            return False
+        writer.claim_api(api)
+        writer.set(job.render_id, job.entry)
+    entry = writer.get(job.render_id)
     assert entry is not None
-    job = done.job
+    answer = done.job
     fields = entry.bill(entry.job_id or "", done.billed_usd)
     if done.result == "cancelled":
         fields.update(state="failed", error=done.detail)
-    elif job is not None and done.result == "ended" and job.status == "failed":
-        fields = failed_fields(entry, job)
-    elif job is not None and done.result == "ended" and job.video_url:
-        fields = completed_fields(entry, job, now)
-    if not fields:
-        return False
-    writer.update(render_id, **{"updated_at": now, **fields})
-    return True
+    elif answer is not None and done.result == "ended" and answer.status == "failed":
+        fields = failed_fields(entry, answer)
+    elif answer is not None and done.result == "ended" and answer.video_url:
+        fields = completed_fields(entry, answer, now)
+    if fields:
+        writer.update(job.render_id, **{"updated_at": now, **fields})
+    return bool(fields) or job.remembered
 
 
 async def _cancel_one(client: EmpirioClient, render_id: str, entry: Entry) -> Cancelled:

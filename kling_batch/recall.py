@@ -5,7 +5,8 @@ The lockfile is committed and the state folder is not, so `git checkout`, `git s
 revert can take a job's record away while the job renders (or after a run stopped with it
 in flight). A plan that then finds the request new or changed would pay for it again; with
 a job remembered here it resumes that job instead (or, for a submission that went
-unanswered, looks for it in the job list), at no new cost.
+unanswered, looks for it in the job list), at no new cost. `kling-batch cancel` cancels
+such a job too, writing it into the lockfile as a run resuming it would (`recalled_entry`).
 
 Written by the run's `LockWriter` at each commit, just before the lockfile: `submitting` and
 `uncertain` records as unanswered submissions, `submitted` and `completed` ones with their

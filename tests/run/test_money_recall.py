@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 
 from kling_batch.emulator import Latency
@@ -40,17 +41,28 @@ def checkout_in_flight(project: Project) -> str:
     return entry.job_id
 
 
-def cancel(project: Project) -> None:
-    """`kling-batch cancel` of the project's jobs in flight, which must succeed."""
+def cancel(project: Project, *args: str, code: int = 0) -> str:
+    """`kling-batch cancel` of the project's jobs in flight, which must exit with `code`;
+    what it said."""
     argv = [sys.executable, "-m", "kling_batch", "cancel", str(project.manifest)]
     cancelled = subprocess.run(
-        [*argv, "--api-base", project.served.base_url],
+        [*argv, "--api-base", project.served.base_url, *args],
         capture_output=True,
         text=True,
         env=project.env(),
         check=False,
     )
-    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    assert cancelled.returncode == code, cancelled.stdout + cancelled.stderr
+    return cancelled.stderr
+
+
+def billed_total(project: Project) -> Decimal:
+    """What `kling-batch spend --format json` says was billed in all."""
+    argv = [sys.executable, "-m", "kling_batch", "spend", str(project.manifest)]
+    done = subprocess.run(
+        [*argv, "--format", "json"], capture_output=True, text=True, check=True, timeout=60
+    )
+    return Decimal(str(json.loads(done.stdout)["totals"]["billed_usd"]))
 
 
 def hero_plan(project: Project) -> tuple[dict[str, object], dict[str, object]]:
@@ -251,3 +263,105 @@ def test_a_job_cancel_found_failed_is_not_resumed_after_a_checkout(
     assert load_lockfile(project.lock).shots["hero"].state == "failed"
     project.lock.unlink()  # the checkout of a branch that never ran
     assert hero_plan(project)[0]["action"] == "new"
+
+
+def memos(project: Project) -> list[Path]:
+    """The jobs remembered in the project's state folder."""
+    return list((project.root / ".kling-batch" / "jobs").glob("*/*"))
+
+
+def test_cancel_stops_a_job_only_a_memo_remembers(
+    make_project: Callable[..., Project],
+) -> None:
+    """hero's job keeps rendering after the checkout lost its record: `cancel` cancels it on
+    the API, records it in the lockfile as cancelled with its bill, `spend` reports that
+    bill, the memo is gone and the next plan prices hero as a retry (once)."""
+    project = make_project(BAY, faults=("stall=after1",), bill_cancelled=True)  # hero never ends
+    job = checkout_in_flight(project)
+    assert hero_plan(project)[0]["action"] == "resume"
+    said = cancel(project)
+    emu = project.served.emulator
+    found = emu.jobs.get(job, emu.clock.now())
+    assert found is not None and found.view(emu.clock.now()).status == "cancelled"
+    assert f"hero: cancelled by the user (job {job}) (billed $" in said
+    assert "Cancelled 1 of 1 job(s) in flight; recorded in shots.lock." in said
+    entry = load_lockfile(project.lock).shots["hero"]
+    assert entry.cancelled and entry.job_id == job
+    assert [(c.job_id, c.billed_usd) for c in entry.submissions] == [(job, entry.billed_usd)]
+    assert (
+        billed_total(project)
+        == emu.ledger.total
+        > load_lockfile(project.lock).shots["bay"].billed_usd
+    )
+    assert not memos(project)
+    shot, totals = hero_plan(project)
+    assert shot["action"] == "retry"
+    assert shot["reasons"] == [f"last attempt was cancelled by the user (job {job})"]
+    assert totals["to_run_cost_usd"] == shot["cost_usd"]
+
+
+def test_cancel_only_chooses_a_render_only_a_memo_remembers(
+    make_project: Callable[..., Project],
+) -> None:
+    """`--only hero` chooses hero's remembered job though the lockfile has no hero."""
+    project = make_project(BAY, faults=("stall=after1",))
+    job = checkout_in_flight(project)
+    assert f"hero: cancelled by the user (job {job})" in cancel(project, "--only", "hero")
+    assert load_lockfile(project.lock).shots["hero"].cancelled
+
+
+def test_a_memo_job_cancel_finds_completed_is_downloaded_without_paying_again(
+    make_project: Callable[..., Project],
+) -> None:
+    """hero's remembered job had finished when `cancel` asked: it is written into the
+    lockfile `completed` with its result URL, so the next run, after the API forgot the
+    job, downloads hero without asking for the job or submitting it again."""
+    hour = 3600.0  # the API keeps the job long enough for the cancel to find it
+    project = make_project(BAY, latency=SLOW, job_retention_seconds=100 * hour)
+    job = checkout_in_flight(project)
+    emu = project.served.emulator
+    emu.advance(1000)  # past the job's end
+    said = cancel(project)
+    assert f"hero: job {job} finished before it could be cancelled" in said
+    entry = load_lockfile(project.lock).shots["hero"]
+    assert (entry.state, entry.job_id) == ("completed", job) and entry.result_url
+    assert hero_plan(project)[0]["action"] == "resume"
+    emu.advance(101 * hour)  # past the job's retention: the API forgets it
+    assert emu.jobs.get(job, emu.clock.now()) is None
+    seen = emu.journal.entries()[-1].seq
+    ran = project.run()
+    assert ran.returncode == 0, ran.stderr
+    assert load_lockfile(project.lock).shots["hero"].state == "done"
+    assert (project.root / "renders" / "hero.mp4").is_file()
+    assert f"/v1/jobs/{job}" not in {e.path for e in emu.journal.entries(since=seen)}
+    assert project.submissions() == 2  # bay once, hero once
+    assert not memos(project)
+
+
+def test_cancel_says_an_unanswered_memo_cannot_be_cancelled(
+    make_project: Callable[..., Project],
+) -> None:
+    """A remembered submission that went unanswered has no job id: `cancel` says so for its
+    render, cancels nothing and leaves it to the next run's look in the job list."""
+    project = make_project(BAY, faults=("ambiguous=first1,on=submit",))
+    project.manifest.write_text(BOTH)
+    assert project.run("--only", "hero").returncode == 1
+    project.lock.unlink()  # the checkout of a branch that never ran
+    said = cancel(project)
+    (line,) = [line for line in said.splitlines() if line.startswith("hero: ")]
+    assert "unanswered, not in shots.lock: no job id is known, so it cannot be cancelled" in line
+    assert not project.lock.exists() and memos(project)
+    assert hero_plan(project)[0]["action"] == "uncertain"
+
+
+def test_cancel_says_when_remembered_jobs_could_not_be_looked_for(
+    make_project: Callable[..., Project],
+) -> None:
+    """With a job remembered and a manifest that does not plan, `cancel` warns that the
+    remembered jobs were not looked for and exits 1, never a quiet "nothing to cancel"."""
+    project = make_project(BAY, faults=("stall=after1",))
+    checkout_in_flight(project)
+    project.edit("the hero lands", "the hero {{ nowhere }}")
+    said = cancel(project, code=1)
+    assert "warning: jobs remembered from earlier runs were not looked for" in said
+    assert "nowhere" in said
