@@ -20,7 +20,7 @@ from kling_batch.expand import expand_matrix
 from kling_batch.lockfile import UNSETTLED, Entry
 from kling_batch.manifest import LoadedManifest, SourcedShot
 from kling_batch.plan import Plan, PlanItem
-from kling_batch.pricing import round_cost
+from kling_batch.spend import billed_by_render
 
 CardState = Literal[
     "done", "failed", "cancelled", "pending", "uncertain", "missing", "outdated", "new"
@@ -69,7 +69,8 @@ class Card:
     cost: Decimal
     billed: Decimal | None
     # Every bill on record for this render (earlier submissions too: a cancelled or failed
-    # job the API billed, a re-render), each rounded up as `spend` rounds it.
+    # job the API billed, a re-render), each rounded up and each job counted once, on one
+    # render, as `spend` counts it (`spend.once_per_job`).
     spent: Decimal
     job_id: str | None
     rendered_at: datetime | None
@@ -182,10 +183,14 @@ def build_gallery(
         raise RuntimeError("the plan does not cover every render of the manifest")
     by_shot: dict[int, list[tuple[dict[str, Any], Card]]] = {}
     shots: dict[int, SourcedShot] = {}
+    orphaned = {orphan.id for orphan in plan.orphans}
+    spent = billed_by_render(plan.lock, [key for key in plan.lock.shots if key not in orphaned])
     for (number, sourced, combo, take), item in zip(placed, plan.items, strict=True):
         if item.render.take != take:
             raise RuntimeError(f"render {item.render.id} is out of manifest order")
-        card = _card(item, plan.lock.shots.get(item.render.id), combo, loaded.root, picks)
+        entry = plan.lock.shots.get(item.render.id)
+        billed = spent.get(item.render.id, Decimal(0))
+        card = _card(item, entry, combo, loaded.root, picks, spent=billed)
         shots[number] = sourced
         by_shot.setdefault(number, []).append((combo, card))
     sections = tuple(
@@ -244,6 +249,8 @@ def _card(
     combo: Mapping[str, Any],
     root: Path,
     picks: frozenset[str],
+    *,
+    spent: Decimal,
 ) -> Card:
     render = item.render
     state, reason = card_state(item, entry)
@@ -267,7 +274,7 @@ def _card(
         seconds=render.seconds,
         cost=render.cost,
         billed=entry.billed_usd if entry is not None else None,
-        spent=_spent(entry),
+        spent=spent,
         job_id=entry.job_id if entry is not None else None,
         rendered_at=entry.completed_at if entry is not None else None,
         inputs=_inputs(item),
@@ -277,13 +284,6 @@ def _card(
         coords=tuple((key, label(value)) for key, value in combo.items()),
         picked=render.id in picks,
     )
-
-
-def _spent(entry: Entry | None) -> Decimal:
-    """What the API billed for every submission of `entry`, as `spend` sums it."""
-    submissions = entry.submissions if entry is not None else []
-    bills = (c.billed_usd for c in submissions if c.billed_usd is not None)
-    return sum((round_cost(bill) for bill in bills), Decimal(0))
 
 
 def _video(state: CardState, item: PlanItem, entry: Entry | None, root: Path) -> Path | None:

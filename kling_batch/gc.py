@@ -40,7 +40,6 @@ import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from functools import partial
 from pathlib import Path
 
@@ -54,11 +53,11 @@ from kling_batch.inventory import Inventory, read_inventory
 from kling_batch.lockfile import UNSETTLED, Entry, Lockfile, load_lockfile
 from kling_batch.lockname import emulator_only_hint, lock_path
 from kling_batch.mp4check import has_video_track
-from kling_batch.pricing import round_cost
 from kling_batch.recall import RememberedJob, first_seen, longest_window, read_job, recent, unseen
 from kling_batch.reports import usd
 from kling_batch.runlock import hold_run_lock
 from kling_batch.shared_outputs import lockfiles_in
+from kling_batch.spend import lock_totals
 from kling_batch.state import StateDir
 
 GALLERY_FOLDER = "review"  # `kling-batch review` writes its gallery in <output_dir>/review/
@@ -518,7 +517,7 @@ def report(project: Project, garbage: Garbage, console: Console, *, removing: bo
         )
         for key in garbage.entries:
             _print(console, f"  {key} ({project.lock.shots[key].state})")
-        note = _spend_note(project.lock.shots[key] for key in garbage.entries)
+        note = _spend_note(project.lock, garbage.entries)
         if note is not None:
             _print(console, f"  {note}")
     _section(console, "render-cache files nothing refers to", garbage.cache)
@@ -545,16 +544,18 @@ def _section(console: Console, title: str, found: list[Found]) -> None:
         _print(console, f"  {item.shown}  {size_text(item.size)}")
 
 
-def _spend_note(entries: Iterable[Entry]) -> str | None:
-    """How much recorded spend leaves `kling-batch spend` with these entries, if any."""
-    charges = [charge for entry in entries for charge in entry.submissions]
-    if not charges:
+def _spend_note(lock: Lockfile, removed: Iterable[str]) -> str | None:
+    """How much recorded spend leaves `kling-batch spend` with the entries `removed`, if
+    any: what it sums with them less what it sums without (a job a merge left recorded
+    under a kept entry too stays counted there)."""
+    dropped = set(removed)
+    kept = {key: entry for key, entry in lock.shots.items() if key not in dropped}
+    before, after = lock_totals(lock), lock_totals(lock.model_copy(update={"shots": kept}))
+    leaving, billed = before.submissions - after.submissions, before.billed - after.billed
+    if not leaving and not billed:
         return None
-    billed = sum(
-        (round_cost(c.billed_usd) for c in charges if c.billed_usd is not None), Decimal(0)
-    )
     return (
-        f"their {_count(len(charges), 'submission')} ({usd(billed)} billed) leave "
+        f"their {_count(leaving, 'submission')} ({usd(billed)} billed) leave "
         "`kling-batch spend`; the lockfile's version history keeps them"
     )
 

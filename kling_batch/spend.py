@@ -16,13 +16,19 @@ cost); `estimated_usd` sums the estimates of the submissions with a job (a cance
 too: its bill is unknown); `missing_bills` counts those jobs without a bill; uncertain
 submissions are counted apart (`uncertain`, `may_be_billed_usd`), never as billed and never
 as $0.
+
+A job is counted once, however many records of it the lockfile holds (`Duplicate`): a git
+merge can keep two (two branches recorded one job under one entry, and whoever resolved
+the conflict kept both submission lists; or under two ids, as a job in flight recalled or
+adopted under a renamed shot on one branch while the other kept the old id). Submissions
+without a job id have nothing to tell them apart by and each counts, as before.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -57,6 +63,9 @@ class Line:
     in_manifest: bool | None  # None: the manifest could not be read
     charge: Charge
     status: Status
+    # Set on a record of a job counted on another record (`Duplicate`): the render that
+    # one is under. Such a line is listed but never summed.
+    counted_under: str | None = None
 
     @property
     def estimate(self) -> Decimal:
@@ -88,7 +97,9 @@ class Sums:
     may_be_billed: Decimal = field(default_factory=Decimal)
 
     def add(self, line: Line) -> None:
-        """Count one submission."""
+        """Count one submission (not a second record of a job already counted)."""
+        if line.counted_under is not None:
+            return
         self.submissions += 1
         if line.status == "no job":
             return  # nothing was made, so nothing is or will be billed
@@ -120,6 +131,26 @@ class Sums:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """A job the lockfile records more than once (a merge kept both records), counted once:
+    under `counted_under`, with the highest bill and estimate of its records."""
+
+    job_id: str
+    renders: tuple[str, ...]  # the render of each record, in lockfile order
+    counted_under: str
+
+    def note(self) -> str:
+        """The duplicate in words, so the user can remove the extra record."""
+        job, where = self.job_id, self.counted_under
+        if len(set(self.renders)) == 1:
+            times = "twice" if len(self.renders) == 2 else f"{len(self.renders)} times"
+            return f"job {job} is recorded {times} under {where}: counted once"
+        names = list(dict.fromkeys(self.renders))
+        listed = f"{', '.join(names[:-1])} and {names[-1]}"
+        return f"job {job} is recorded under {listed}: counted once, under {where}"
+
+
 @dataclass(frozen=True)
 class SpendReport:
     """Every submission a lockfile records, and how to group them."""
@@ -127,6 +158,7 @@ class SpendReport:
     manifest: Path
     lock_file: Path
     lines: list[Line]
+    duplicates: list[Duplicate] = field(default_factory=list)
 
     def totals(self) -> Sums:
         """Sums over every submission."""
@@ -134,11 +166,7 @@ class SpendReport:
 
     def by(self, keys: Callable[[Line], Iterable[str]]) -> dict[str, Sums]:
         """Sums per key, sorted by key; a line counts under each of its keys."""
-        groups: dict[str, list[Line]] = {}
-        for line in self.lines:
-            for key in keys(line):
-                groups.setdefault(key, []).append(line)
-        return {key: _summed(groups[key]) for key in sorted(groups)}
+        return _grouped(self.lines, keys)
 
     def per_render(self) -> dict[str, list[Line]]:
         """Each render's submissions, renders sorted by id."""
@@ -158,6 +186,8 @@ def spend_command(manifest: Path, *, fmt: str, emulator: bool) -> int:
     if hint is not None:
         ui.say(hint)
     if fmt == "json":
+        for note in duplicate_notes(report):
+            ui.say(note)  # for people; scripts read `duplicates`
         ui.write_data(json.dumps(spend_json(report), indent=2, ensure_ascii=False) + "\n")
     else:
         render_spend(report, ui.stdout_console())
@@ -170,7 +200,20 @@ def spend_report(manifest: Path, *, emulator: bool = False) -> SpendReport:
     lock_file = lock_path(manifest, emulator=emulator)
     lock = load_lockfile(lock_file)
     ids = _manifest_ids(manifest, emulator=emulator)
-    return SpendReport(manifest, lock_file, _lines(lock, ids))
+    lines, duplicates = once_per_job(_lines(lock, ids))
+    return SpendReport(manifest, lock_file, lines, duplicates)
+
+
+def lock_totals(lock: Lockfile) -> Sums:
+    """Spend over every submission `lock` records, each job once (as `spend` sums it)."""
+    return _summed(once_per_job(_lines(lock, None))[0])
+
+
+def billed_by_render(lock: Lockfile, present: Collection[str]) -> dict[str, Decimal]:
+    """What the API billed per render id of `lock`, each job once, as `spend` counts it
+    (`present`: the ids still in the manifest, where a job recorded twice counts first)."""
+    lines, _ = once_per_job(_lines(lock, frozenset(present)))
+    return {render: sums.billed for render, sums in _grouped(lines, lambda x: [x.render]).items()}
 
 
 def _manifest_ids(manifest: Path, *, emulator: bool) -> frozenset[str] | None:
@@ -210,6 +253,74 @@ def charge_status(entry: Entry, charge: Charge) -> Status:
     return "rendering" if entry.state in UNSETTLED else "unreported"
 
 
+# The status a job recorded twice without a bill is said with: the most settled of its
+# records' (one branch saw it end, the other only in flight).
+_SETTLED: tuple[Status, ...] = (
+    "billed",
+    "failed",
+    "cancelled",
+    "unreported",
+    "no bill",
+    "rendering",
+    "uncertain",
+    "no job",
+)
+
+
+def once_per_job(lines: list[Line]) -> tuple[list[Line], list[Duplicate]]:
+    """`lines` with each job id counted on one record only, and the jobs recorded twice.
+
+    Which record counts: the first whose render is still in the manifest (so the review
+    gallery's card of that render shows it), else the first in the lockfile. What it
+    counts: the highest bill of the job's records, and the highest estimate. A bill comes
+    only from an API answer; a record without one was written before the answer came (a
+    branch that saw the job in flight) or never got it, so any bill beats none. Two
+    different bills for one job cannot be ordered (neither carries when it was answered:
+    a cancel's partial bill, then the completion's, or a hand edit), and the highest is
+    never less than the API charged. The other records are listed, not summed.
+    """
+    records: dict[str, list[int]] = {}
+    for index, line in enumerate(lines):
+        if line.charge.job_id is not None:
+            records.setdefault(line.charge.job_id, []).append(index)
+    kept = list(lines)
+    duplicates = []
+    for job_id, indexes in records.items():
+        if len(indexes) < 2:
+            continue
+        group = [lines[index] for index in indexes]
+        where = next((n for n, line in enumerate(group) if line.in_manifest), 0)
+        counted = group[where].render
+        for n, index in enumerate(indexes):
+            line = lines[index]
+            again = replace(line, counted_under=counted)
+            kept[index] = _merged(line, group) if n == where else again
+        duplicates.append(Duplicate(job_id, tuple(line.render for line in group), counted))
+    return kept, duplicates
+
+
+def _merged(line: Line, group: list[Line]) -> Line:
+    """`line`, one record of a job, with the highest bill and estimate of all its records."""
+    bills = [other.charge.billed_usd for other in group if other.charge.billed_usd is not None]
+    charge = line.charge.model_copy(
+        update={
+            "billed_usd": max(bills, default=None),
+            "cost_usd": max(other.charge.cost_usd for other in group),
+        }
+    )
+    status = min((other.status for other in group), key=_SETTLED.index)
+    return replace(line, charge=charge, status=status)
+
+
+def _grouped(lines: Iterable[Line], keys: Callable[[Line], Iterable[str]]) -> dict[str, Sums]:
+    """Sums per key, sorted by key; a line counts under each of its keys."""
+    groups: dict[str, list[Line]] = {}
+    for line in lines:
+        for key in keys(line):
+            groups.setdefault(key, []).append(line)
+    return {key: _summed(groups[key]) for key in sorted(groups)}
+
+
 def _summed(lines: Iterable[Line]) -> Sums:
     sums = Sums()
     for line in lines:
@@ -235,6 +346,10 @@ def spend_json(report: SpendReport) -> dict[str, Any]:
         "tags": _groups_json("tag", report.by(lambda line: line.tags)),
         "days": _groups_json("day", report.by(lambda line: [line.day])),
         "totals": report.totals().as_json(),
+        "duplicates": [
+            {"job_id": d.job_id, "renders": list(d.renders), "counted_under": d.counted_under}
+            for d in report.duplicates
+        ],
     }
 
 
@@ -253,6 +368,8 @@ def _render_json(lines: list[Line]) -> dict[str, Any]:
                 "status": line.status,
                 "estimated_usd": json_amount(line.estimate),
                 "billed_usd": None if line.billed is None else json_amount(line.billed),
+                # False on a second record of a job counted on another (`duplicates`).
+                "counted": line.counted_under is None,
             }
             for line in lines
         ],
@@ -278,7 +395,12 @@ def summary_lines(report: SpendReport) -> list[str]:
             f"{_count(totals.uncertain, 'uncertain submission')} (no job id came back; look "
             "them up on the EmpirioLabs dashboard, or `kling-batch run --resubmit-uncertain`)"
         )
-    return lines
+    return lines + duplicate_notes(report)
+
+
+def duplicate_notes(report: SpendReport) -> list[str]:
+    """One note per job recorded more than once (a merge kept both records)."""
+    return [f"Note: {duplicate.note()}." for duplicate in report.duplicates]
 
 
 def render_spend(report: SpendReport, console: Console) -> None:
@@ -287,7 +409,7 @@ def render_spend(report: SpendReport, console: Console) -> None:
         console.print(f"No submissions recorded in {report.lock_file.name}.")
         return
     for line in summary_lines(report):
-        console.print(line, soft_wrap=True)  # whole lines: a log is grepped for totals
+        console.print(line, soft_wrap=True, markup=False)  # whole lines: logs are grepped
     console.print()
     console.print(_submissions_table(report))
     for title, keys in (
@@ -302,12 +424,12 @@ def render_spend(report: SpendReport, console: Console) -> None:
 
 
 def _submissions_table(report: SpendReport) -> Columns:
-    noted = any(line.in_manifest is False for line in report.lines)
+    noted = any(_row_note(line) for line in report.lines)
     columns = ["render", "submitted (UTC)", "job", "status", "estimated", "billed"]
     table = _table([*columns, "note"] if noted else columns)
     for render, lines in report.per_render().items():
         for line in lines:
-            note = "no longer in the manifest" if line.in_manifest is False else ""
+            note = _row_note(line)
             table.add_row(
                 render,
                 _utc(line.charge.submitted_at).strftime("%Y-%m-%d %H:%M:%S"),
@@ -318,6 +440,15 @@ def _submissions_table(report: SpendReport) -> Columns:
                 *([note] if noted else []),
             )
     return table
+
+
+def _row_note(line: Line) -> str:
+    """What the note column says of a submission: it is no longer in the manifest, or it
+    is another record of a job counted elsewhere."""
+    notes = ["no longer in the manifest"] if line.in_manifest is False else []
+    if line.counted_under is not None:
+        notes.append(f"another record of this job: counted under {line.counted_under}")
+    return "; ".join(notes)
 
 
 def _groups_table(title: str, groups: dict[str, Sums]) -> Columns:
