@@ -131,6 +131,20 @@ def test_reverted_edit_restores_from_history_in_the_cache() -> None:
     assert decide(Lockfile(shots={"a": entry}), files, before)[::2] == ("restore", "cache")
 
 
+def test_a_renamed_shot_restores_from_a_done_entry_also_in_another_entrys_history() -> None:
+    """Of the finished renders of one request, a done entry whose file is in place comes
+    first, though an entry after it keeps the same request in its history (no file, no
+    cached copy of that one)."""
+    old, new = render("a"), render("c")
+    later = new_entry(render("b", prompt="a storm"), "done", output_sha256=VIDEO[0])
+    gone = PastRender(
+        fingerprint=old.fingerprint, output_sha256="sha256:" + "d" * 64, output_size=7
+    )
+    lock = Lockfile(shots={"a": done(old), "b": later.model_copy(update={"history": [gone]})})
+    files = Files({"renders/a.mp4": VIDEO})
+    assert decide(lock, files, new)[::2] == ("restore", "file")
+
+
 def test_a_lockfile_path_outside_the_project_is_never_asked_about() -> None:
     """An entry whose output climbs out of the project reads as missing, unasked."""
     a = render()
