@@ -15,26 +15,36 @@ requests / rpm); the ratio to the larger, and beside it the ratio the jobs' own 
 would give packed in the run's order with no time lost between them (`packed`: the gap
 between the two is time spent noticing ends and waiting for the budget); API requests
 per completed render (submits, list reads, job polls and uploads) with list reads and job
-polls apart; 429s received; and peak memory (RSS of this process, emulator included).
+polls apart; 429s received; and peak memory (RSS of this process: the emulator runs in a
+process of its own, as the API runs on machines of its own; `--emulator-thread` runs it
+in a thread of this one, sharing the client's interpreter lock, as earlier versions did).
 
 `--memory` instead runs `kling-batch run` of 1,000 and 10,000 renders (the command line,
 against an emulator in a process of its own, no request budget, a faster clock) and prints
 the peak memory of each: it should stay flat.
 
     python benchmarks/run_efficiency.py [--renders 500] [--jobs 16 64] [--rpm 50]
-                                        [--time-scale 0.01] [--api both|list|no-list]
-                                        [--naive] [--memory]
+                                        [--time-scale 0.04] [--api both|list|no-list]
+                                        [--naive] [--memory] [--emulator-thread]
 
-The time scale sets how much the client's own work weighs: at 0.01 each real millisecond
-it spends (saving the lockfile before each submission, Python) counts as 0.1 modelled
-seconds, so makespans there run longer than the same run would in real time; 0.1 weighs
-it ten times less.
+The time scale sets how much the client's own work weighs. Between a job's end and the
+next submission the client spends some 15-20 real milliseconds of its own (reading the
+list's answer, recording the end, saving the lockfile before the submission, the request
+itself: the makespans at 0.01 and 0.1 differ by that much); at time scale s each real
+millisecond counts as 1/s modelled ones. In
+real time (s = 1) that work is a few thousandths of a percent of a batch of minutes-long
+jobs; at the default 0.04 (about 2.5 minutes per setting) it is 0.4 modelled seconds,
+25 times its real weight, still counted against the client; at 0.01 (a quick look, 40
+seconds a setting) 1.5 s, which adds about 1.5% to the makespan at `--jobs 16`; at 0.1
+ten times less than at 0.01.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import heapq
+import multiprocessing
 import os
 import resource
 import shutil
@@ -43,17 +53,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import anyio
 
 from kling_batch.client import EmpirioClient
 from kling_batch.clock import ScaledClock
-from kling_batch.emulator import EmulatorConfig, running
+from kling_batch.emulator import Emulator, EmulatorConfig, running
 from kling_batch.executor import Executor
 from kling_batch.following import RunOptions
 from kling_batch.lockfile import LockWriter
@@ -138,6 +150,70 @@ image = "{{{{ 'still-' ~ (n // 5 % 5) ~ '.png' if n % 5 == 0 else '' }}}}"
     return manifest
 
 
+@dataclass
+class Observed:
+    """What the emulator recorded of a run: each request it counted (method, path,
+    status), and each job's real seconds from its creation to its end."""
+
+    requests: list[tuple[str, str, int]]
+    durations: dict[str, float]
+
+
+def observed(emulator: Emulator, job_ids: list[str]) -> Observed:
+    """`Observed` of these jobs, from the emulator's journal and job table."""
+    requests = [(e.method, e.path, e.status) for e in emulator.journal.entries() if e.counted]
+    now = emulator.clock.now()
+    durations = {}
+    for job_id in job_ids:
+        job = emulator.jobs.get(job_id, now)
+        if job is not None:
+            durations[job_id] = job.finishes - job.created
+    return Observed(requests, durations)
+
+
+def serve_apart(config: EmulatorConfig, conn: Connection) -> None:
+    """The emulator in a process of its own: its address and key, then, once sent the
+    run's job ids, what it observed of the run."""
+    with running(config) as served:
+        conn.send((served.base_url, served.api_key))
+        conn.send(observed(served.emulator, conn.recv()))
+
+
+Observe = Callable[[list[str]], Observed]
+
+
+@contextlib.contextmanager
+def serving(config: EmulatorConfig, *, apart: bool) -> Iterator[tuple[str, str, Observe]]:
+    """An emulator for one run: (its URL, its API key, what tells what it observed).
+
+    `apart` (the default): in a process of its own, as the API runs on machines of its
+    own, so its work (answering job lists of hundreds of jobs, encoding each MP4) never
+    holds the client's interpreter lock: at a time scale of 0.01 each real millisecond of
+    it counted as a tenth of a modelled second of the client's. Else in a thread of this
+    process (`--emulator-thread`, how the benchmark ran before).
+    """
+    if not apart:
+        with running(config) as served:
+            yield served.base_url, served.api_key, partial(observed, served.emulator)
+        return
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    process = context.Process(target=serve_apart, args=(config, theirs), daemon=True)
+    process.start()
+    try:
+        base_url, api_key = ours.recv()
+
+        def observe(job_ids: list[str]) -> Observed:
+            ours.send(job_ids)
+            seen: Observed = ours.recv()
+            return seen
+
+        yield base_url, api_key, observe
+    finally:
+        process.terminate()
+        process.join()
+
+
 def run_once(
     name: str, pacer: PollPacing, options: argparse.Namespace, *, jobs: int, job_list: str
 ) -> Result:
@@ -151,15 +227,14 @@ def run_once(
             seed=7,
             job_list=job_list,  # type: ignore[arg-type]
         )
-        with running(config) as served:
-            emulator = served.emulator
+        with serving(config, apart=not options.emulator_thread) as (base_url, api_key, observe):
             writer = LockWriter(plan.lock_path, plan.lock)
             started = time.monotonic()
 
             async def main() -> None:
                 client = EmpirioClient(
-                    api_key=served.api_key,
-                    base_url=served.base_url,
+                    api_key=api_key,
+                    base_url=base_url,
                     rpm=options.rpm,
                     clock=ScaledClock(options.time_scale),
                 )
@@ -175,17 +250,18 @@ def run_once(
 
             anyio.run(main)
             makespan = (time.monotonic() - started) / options.time_scale
-            entries = [e for e in emulator.journal.entries() if e.counted]
-            now = emulator.clock.now()
-            durations, priced = [], []
-            for entry in writer.lock.shots.values():
-                job = emulator.jobs.get(entry.job_id, now) if entry.job_id else None
-                if job is not None:
-                    durations.append((job.finishes - job.created) / options.time_scale)
-                    priced.append((entry.cost_usd, durations[-1]))
+            seen = observe([e.job_id for e in writer.lock.shots.values() if e.job_id])
+        durations, priced = [], []
+        for entry in writer.lock.shots.values():
+            lasted = seen.durations.get(entry.job_id) if entry.job_id else None
+            if lasted is not None:
+                durations.append(lasted / options.time_scale)
+                priced.append((entry.cost_usd, durations[-1]))
+        entries = seen.requests
         done = sum(1 for e in writer.lock.shots.values() if e.state == "done")
-        polls = sum(1 for e in entries if e.method == "GET" and e.path.startswith("/v1/jobs/"))
-        lists = sum(1 for e in entries if e.method == "GET" and e.path == "/v1/jobs")
+        gets = [path for method, path, _ in entries if method == "GET"]
+        polls = sum(1 for path in gets if path.startswith("/v1/jobs/"))
+        lists = sum(1 for path in gets if path == "/v1/jobs")
         budget = len(entries) / options.rpm * 60 if options.rpm else 0.0
         return Result(
             name=name,
@@ -196,7 +272,7 @@ def run_once(
             requests_per_render=len(entries) / max(done, 1),
             lists_per_render=lists / max(done, 1),
             polls_per_render=polls / max(done, 1),
-            rate_limited=sum(1 for e in entries if e.status == 429),
+            rate_limited=sum(1 for _, _, status in entries if status == 429),
             done=done,
             peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         )
@@ -240,11 +316,16 @@ def main() -> None:
     parser.add_argument("--renders", type=int, default=500)
     parser.add_argument("--jobs", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--rpm", type=int, default=50)
-    parser.add_argument("--time-scale", type=float, default=0.01)
+    parser.add_argument("--time-scale", type=float, default=0.04)
     parser.add_argument("--naive", action="store_true", help="also a fixed 5 s poller")
     parser.add_argument("--memory", action="store_true", help="peak memory at 1k and 10k")
     parser.add_argument(
         "--api", choices=["both", "list", "no-list"], default="both", help="which APIs to run"
+    )
+    parser.add_argument(
+        "--emulator-thread",
+        action="store_true",
+        help="run the emulator in a thread of this process (sharing its interpreter lock)",
     )
     options = parser.parse_args()
     if options.memory:
