@@ -348,8 +348,9 @@ class AssetStore:
             if self._only is None:
                 return files
             return {key: files[key] for key in self._only.intersection(files)}
-        except (OSError, ValueError, TypeError, KeyError, UserError):
-            # A cache, not a record: a damaged one is rebuilt from the files themselves.
+        except (OSError, ValueError, TypeError, KeyError, RecursionError, UserError):
+            # A cache, not a record: a damaged one is rebuilt from the files themselves
+            # (one nested too deep for the parser too, rather than stop the plan).
             return {}
 
 
@@ -388,7 +389,9 @@ def _found(data: bytes, name: bytes) -> Iterable[int]:
 
 
 def _from_row(row: Any) -> _Entry | None:
-    """A cache row as an entry; None for a damaged one (it is hashed again)."""
+    """A cache row as an entry; None for a damaged one (it is hashed again): a number too
+    large for an integer (`1e999`), or a video length that is no finite number, which
+    `video_seconds` would otherwise stop on or hand on as NaN."""
     try:
         size, mtime_ns, ctime_ns, inode, sha256, hashed_ns, *rest = row
         entry = _Entry(
@@ -396,7 +399,9 @@ def _from_row(row: Any) -> _Entry | None:
         )
         if rest:
             entry.seconds = str(rest[0])
-    except (TypeError, ValueError):
+            if not Decimal(entry.seconds).is_finite():
+                return None
+    except (TypeError, ValueError, ArithmeticError):  # OverflowError, InvalidOperation
         return None
     return entry
 

@@ -5,6 +5,7 @@ an edit), and whether it was written in one piece or many."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,52 @@ def test_a_cache_written_in_pieces_is_one_json_document(
         name: value for name, value in known.items() if name != "a.png"
     }
     assert hashed == []
+
+
+def damaged(store: AssetStore, name: str, row: str) -> None:
+    """The cache's row of `name` replaced by `row`, as a stranger's hand might leave it."""
+    text = store.state.hash_cache.read_text()
+    genuine = json.dumps(json.loads(text)["files"][name], separators=(",", ":"))
+    store.state.hash_cache.write_text(text.replace(genuine, row))
+
+
+@pytest.mark.parametrize("only", [None, ["a.png"]], ids=["read whole", "searched"])
+@pytest.mark.parametrize(
+    "row",
+    ["[" * 100_000 + "]" * 100_000, '[1e999,1,1,1,"sha256:0",1]'],
+    ids=["nested too deep", "a number too large"],
+)
+def test_a_damaged_row_is_no_cache(
+    tmp_path: Path, hashed: list[str], only: list[str] | None, row: str
+) -> None:
+    """A row nested too deep or holding a number too large is a damaged cache: the file is
+    hashed again, where it stopped planning with a traceback."""
+    known = cached_store(tmp_path)
+    damaged(AssetStore(tmp_path), "a.png", row)
+    hashed.clear()
+    store = AssetStore(tmp_path)
+    if only is not None:
+        store.only(only)
+    assert store.relative_hash("a.png") == known["a.png"]
+    assert "a.png" in hashed
+
+
+@pytest.mark.parametrize("seconds", ["five", "NaN", "Infinity"])
+def test_a_damaged_video_length_is_probed_again(
+    tmp_path: Path, hashed: list[str], monkeypatch: pytest.MonkeyPatch, seconds: str
+) -> None:
+    """A video's length in the cache that is no number is probed again, never believed
+    (it stopped planning with a traceback)."""
+    probed: list[Path] = []
+    monkeypatch.setattr(
+        assets, "_probe_seconds", lambda path: probed.append(path) or Decimal("5.000")
+    )
+    (tmp_path / "clip.mp4").write_bytes(b"a video")
+    store = AssetStore(tmp_path)
+    assert store.video_seconds(store.resolve("clip.mp4")) == Decimal("5.000")
+    store.save()
+    row = json.loads(store.state.hash_cache.read_text())["files"]["clip.mp4"]
+    damaged(store, "clip.mp4", json.dumps([*row[:6], seconds], separators=(",", ":")))
+    again = AssetStore(tmp_path)
+    assert again.video_seconds(again.resolve("clip.mp4")) == Decimal("5.000")
+    assert len(probed) == 2
