@@ -381,11 +381,13 @@ def _rows_of(data: bytes, keys: Iterable[str]) -> dict[str, list[Any]]:
 
 
 def _found(data: bytes, name: bytes) -> Iterable[int]:
-    """Every place `name` occurs in `data`, after the cache's head."""
-    at = data.find(name, len(_CACHE_HEAD) - 1)
+    """Every place `name` occurs in `data` after the cache's head, the last first: of a
+    key given twice (a hand edit), a JSON parser keeps the last, and so does the search."""
+    head = len(_CACHE_HEAD) - 1
+    at = data.rfind(name, head)
     while at >= 0:
         yield at
-        at = data.find(name, at + 1)
+        at = data.rfind(name, head, at)
 
 
 def _from_row(row: Any) -> _Entry | None:

@@ -176,8 +176,8 @@ def read_job(state: StateDir, lock_file: Path, fingerprint: str) -> RememberedJo
         text = safefiles.read_text(path, limit=_LIMIT, what="a cache")
         job = _parsed(json.loads(text), fingerprint)
         seen_at = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-    except (OSError, UnicodeDecodeError, UserError, ValueError, OverflowError):
-        return None  # a cache, not a record: a damaged entry is no entry
+    except (OSError, UnicodeDecodeError, UserError, ValueError, OverflowError, RecursionError):
+        return None  # a cache, not a record: a damaged entry (nested too deep too) is none
     return replace(job, seen_at=seen_at) if job is not None else None
 
 

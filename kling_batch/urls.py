@@ -139,8 +139,8 @@ def _load(path: Path) -> dict[str, KnownUrl]:
     for line in text.splitlines():
         try:
             item: Any = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a kill
+        except (ValueError, RecursionError):
+            continue  # a line cut by a kill (or nested too deep to read)
         sha = item.get("sha256") if isinstance(item, dict) else None
         if not isinstance(sha, str):
             continue

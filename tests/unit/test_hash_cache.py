@@ -159,3 +159,22 @@ def test_a_damaged_video_length_is_probed_again(
     again = AssetStore(tmp_path)
     assert again.video_seconds(again.resolve("clip.mp4")) == Decimal("5.000")
     assert len(probed) == 2
+
+
+def test_a_file_given_twice_in_a_hand_edited_cache_reads_as_the_whole_parse_reads_it(
+    tmp_path: Path, hashed: list[str]
+) -> None:
+    """A row given twice for one file (the first one false): the search believes the row
+    the whole parse believes (the last), so the plan of an edit and the full plan agree."""
+    known = cached_store(tmp_path)
+    cache = AssetStore(tmp_path).state.hash_cache
+    text = cache.read_text()
+    row = json.dumps(json.loads(text)["files"]["a.png"], separators=(",", ":"))
+    false = row.replace(known["a.png"][0].removeprefix("sha256:"), "0" * 64)
+    head = assets._CACHE_HEAD.decode()
+    cache.write_text(text.replace(head, f'{head}"a.png":{false},', 1))
+    hashed.clear()
+    whole, searched = AssetStore(tmp_path), AssetStore(tmp_path)
+    searched.only(["a.png"])
+    assert searched.relative_hash("a.png") == whole.relative_hash("a.png") == known["a.png"]
+    assert hashed == []
