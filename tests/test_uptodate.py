@@ -228,6 +228,20 @@ def test_every_change_is_planned(
     assert listed(result.stdout, symbol, render_id), result.stdout
 
 
+@pytest.mark.parametrize("change", [None, _edit_output], ids=["nothing", "an output"])
+def test_file_facts_digested_in_pieces_read_as_digested_whole(
+    stamped: Path, monkeypatch: pytest.MonkeyPatch, change: Callable[[Path], None] | None
+) -> None:
+    """The stamp's facts digested a few files at a time (seven here; the stamp was written
+    with all of them in one piece) still answer an unchanged project from the stamp, and
+    still notice an output edited among the others."""
+    monkeypatch.setattr(uptodate, "_DIGESTED", 7)
+    if change is not None:
+        change(stamped.parent)
+    result, plans = plan_spied(stamped, monkeypatch, "--check")
+    assert (result.exit_code, plans) == ((0, 0) if change is None else (1, 1)), result.output
+
+
 def test_output_folder_swapped_for_a_link_outside_is_refused(
     stamped: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
