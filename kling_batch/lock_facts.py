@@ -38,8 +38,12 @@ from kling_batch.lockfile import (
 
 # 7: a job in flight without its job id is refused; 8: what names each submission on
 # record (`submitted`); 9: the rest is the entry's text in the lockfile's parse cache;
-# 10: its times tagged (`lockfile.untag`), read back as times
-_VERSION = "lock-facts-10"
+# 10: its times tagged (`lockfile.untag`), read back as times; 11: the rows in the blob,
+# in chunks
+_VERSION = "lock-facts-11"
+# Rows per chunk of the blob: a plan reads 100,000 rows a chunk at a time, never the text
+# of all of them at once (issue 13).
+_CHUNK_ROWS = 4096
 
 
 class PastRecord(Protocol):
@@ -280,7 +284,7 @@ def read_facts(
         if digest is None:
             return Lockfile(), _nothing
         if cached[0].get("digest") == digest and cached[0].get("tool") == tool:
-            shots = _facts_from(cached[0].get("shots"), cached[1])
+            shots = _facts_from(cached[0].get("chunks"), cached[1])
             if shots is not None:
                 return LockFacts(lock_file, digest, shots, lock_cache), _nothing
         cached = None
@@ -296,26 +300,37 @@ def read_facts(
 
     def save() -> None:
         save_lock_cache()
-        write_cache(facts_file, _VERSION, {**keyed, "shots": rows}, blob)
+        write_cache(facts_file, _VERSION, {**keyed, "chunks": _chunked(rows, blob)}, blob)
 
     return lock, save
 
 
-def _facts_from(rows: Any, blob: Blob) -> dict[str, EntryFacts] | None:
-    if not isinstance(rows, dict):
+def _facts_from(chunks: Any, blob: Blob) -> dict[str, EntryFacts] | None:
+    """The facts of every entry, read from the blob a chunk of rows at a time, each row
+    made facts as it is read (`_chunked`); None for a cache of another shape."""
+    if not isinstance(chunks, list):
         return None
+    facts: dict[str, EntryFacts] = {}
+    states: dict[str, str] = {}  # one string per state, not one per entry
     try:
-        # Each row replaced by its facts in place: the rows' lists are let go one by one,
-        # never all held beside the facts made of them (100,000 of each, issue 13).
-        states: dict[str, str] = {}  # one string per state, not one per entry
-        for key, row in rows.items():
-            state = states.setdefault(row[1], row[1])
-            rows[key] = EntryFacts(
-                row[0], state, row[2], row[3], row[4], bool(row[5]), Cold(blob, row[6], row[7])
-            )
-        return rows
-    except (TypeError, LookupError):
+        for offset, length in chunks:
+            rows = json.loads(Cold(blob, offset, length).read())
+            for key, row in rows.items():
+                state = states.setdefault(row[1], row[1])
+                rest = Cold(blob, row[6], row[7])
+                facts[key] = EntryFacts(row[0], state, row[2], row[3], row[4], bool(row[5]), rest)
+    except (TypeError, ValueError, LookupError, AttributeError, RecursionError):
         return None  # a cache, not a record
+    return facts
+
+
+def _chunked(rows: dict[str, list[Any]], blob: BlobWriter) -> list[list[int]]:
+    """The rows written into the blob in chunks of `_CHUNK_ROWS`: where each one lies."""
+    keys = list(rows)
+    return [
+        blob.add(json.dumps({key: rows[key] for key in keys[at : at + _CHUNK_ROWS]}).encode())
+        for at in range(0, len(keys), _CHUNK_ROWS)
+    ]
 
 
 def _rows(text: CacheText) -> tuple[dict[str, list[Any]], BlobWriter]:

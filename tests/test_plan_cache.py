@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from kling_batch import lock_facts, safefiles
 from kling_batch import lockfile as lockfile_module
 from kling_batch import plan as plan_module
-from kling_batch import safefiles
 from kling_batch.cli import cli
 from kling_batch.errors import UserError
 from kling_batch.lock_facts import LockFacts, LockRecords, read_facts
@@ -638,6 +638,27 @@ def test_cached_facts_read_each_entry_as_the_lockfile_records_it(tmp_path: Path)
             getattr(recorded, name) for name in _ENTRY_FIELDS
         ]
     assert _past_facts(records) == _past_facts(lock)
+
+
+def test_cached_facts_in_many_chunks_hold_every_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Facts read back a chunk of rows at a time (two rows a chunk here) hold every entry
+    of the lockfile, each as recorded, none twice."""
+    monkeypatch.setattr(lock_facts, "_CHUNK_ROWS", 2)
+    lock_file, facts, cache = tmp_path / "m.lock", tmp_path / "facts.json", tmp_path / "l.json"
+    lock = Lockfile(shots={f"s{n}": sample_entry(n) for n in range(5)})
+    lock.save(lock_file)
+    _, save = read_facts(lock_file, facts, cache, tool="this")
+    save()
+    records, _ = read_facts(lock_file, facts, cache, tool="this")
+    assert isinstance(records, LockFacts)
+    assert sorted(records.shots) == sorted(lock.shots)
+    for key, recorded in lock.shots.items():
+        got = records.shots[key]
+        assert [getattr(got, name) for name in _ENTRY_FIELDS] == [
+            getattr(recorded, name) for name in _ENTRY_FIELDS
+        ]
 
 
 def _facts_and_full(lock_file: Path, tmp_path: Path) -> tuple[LockFacts, Lockfile]:
