@@ -21,8 +21,12 @@ the plan would resume for a render of the manifest. Once the API answered for it
 written into the lockfile as a run resuming it writes it (`recall.recalled_entry`, its
 charge included), then recorded like any: so its bill reaches `spend`, a job found
 completed is downloaded by the next run without paying again, and its memo is removed
-when the job is over. A remembered submission that went unanswered has no job id to name:
-it is said, and left to the next run's look in the job list.
+when the job is over. Should the lockfile's entry of that render hold a job of its own,
+which the plan gives to another render (a renamed shot asking for its request), that entry
+is first moved under the other render, as a run taking the job over moves it: writing the
+remembered job must never drop a job still to be followed (it would be paid for again).
+A remembered submission that went unanswered has no job id to name: it is said, and left
+to the next run's look in the job list.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from kling_batch.following import completed_fields, failed_fields
 from kling_batch.lockfile import (
     CANCELLED_ERROR,
     CANCELLED_WORDS,
+    UNSETTLED,
     Entry,
     Lockfile,
     LockWriter,
@@ -89,12 +94,27 @@ class Cancelled:
 
 @dataclass(frozen=True)
 class _Job:
-    """A render's job to cancel, and its entry: the lockfile's, or (`remembered`) the one a
-    run resuming the job would write, written only once the API answered for the job."""
+    """A render's job to cancel, and its entry: the lockfile's, or for a job only a memo
+    remembers (`recalled`, the plan's item of its render) the one a run resuming the job
+    would write, written only once the API answered for the job."""
 
     render_id: str
     entry: Entry
-    remembered: bool = False
+    recalled: PlanItem | None = None
+
+    @property
+    def remembered(self) -> bool:
+        """Whether only a memo remembers this job (the lockfile does not record it)."""
+        return self.recalled is not None
+
+
+@dataclass(frozen=True)
+class _Recalled:
+    """What the plan says of the jobs only memos remember: the items of their renders, and
+    by entry id the render that takes over each entry's job in flight (`PlanItem.adopt`)."""
+
+    items: list[PlanItem]
+    takers: dict[str, PlanItem]
 
 
 # Answers that prove the job is on the API: a remembered one is then written into the
@@ -116,7 +136,7 @@ def cancel_command(request: CancelRequest) -> int:
         api = api_identity(emulator=False, api_base=request.api_base)
         check_api(lock, lock_file, api, doing="cancelling")
         recalled = _recalled(request.manifest, state, lock_file, api)
-        jobs = _chosen(request.only, lock, lock_file, recalled or [])
+        jobs = _chosen(request.only, lock, lock_file, recalled.items if recalled else [])
         unplanned = 1 if recalled is None else 0
         if not jobs:
             ui.say(
@@ -128,16 +148,17 @@ def cancel_command(request: CancelRequest) -> int:
         writer = LockWriter(lock_file, lock)
         # A cancelled job is over: no lockfile that lost its record may resume it.
         writer.jobs = JobMemory(state, lock_file)
-        return max(unplanned, anyio.run(_cancel_all, request, key, writer, jobs, api))
+        takers = recalled.takers if recalled else {}
+        return max(unplanned, anyio.run(_cancel_all, request, key, writer, jobs, api, takers))
 
 
-def _recalled(manifest: Path, state: StateDir, lock_file: Path, api: str) -> list[PlanItem] | None:
+def _recalled(manifest: Path, state: StateDir, lock_file: Path, api: str) -> _Recalled | None:
     """The renders of the manifest whose job the plan would resume (or look for) from an
     earlier run's memo, the lockfile not recording it (`actions.Differ._recalled`); None,
     with a warning, when the manifest does not plan (the lockfile's jobs are still
     cancelled). The manifest is planned only when some job is remembered at all."""
     if not remembered_jobs(state, lock_file):
-        return []
+        return _Recalled([], {})
     from kling_batch.plan import build_plan  # planning's modules: most cancels never ask
 
     try:
@@ -148,14 +169,17 @@ def _recalled(manifest: Path, state: StateDir, lock_file: Path, api: str) -> lis
             f"not plan ({exc}); fix it and cancel again, or they keep rendering"
         )
         return None
-    return [item for item in plan.items if item.recalled is not None]
+    items = [item for item in plan.items if item.recalled is not None]
+    takers = {item.adopt: item for item in plan.items if item.adopt is not None}
+    return _Recalled(items, takers)
 
 
 def _chosen(
     only: Sequence[str], lock: Lockfile, lock_file: Path, recalled: Sequence[PlanItem]
 ) -> list[_Job]:
-    """The jobs `--only` chooses, by render id: the lockfile's in flight, and those the plan
-    recalls; each job that cannot be cancelled is said, one line per render."""
+    """The jobs `--only` chooses, by render id: the lockfile's in flight, then those the plan
+    recalls (recorded after the lockfile's: writing one may move a lockfile entry under
+    another id); each job that cannot be cancelled is said, one line per render."""
     candidates: list[Candidate] = [(key, entry.tags) for key, entry in lock.shots.items()]
     candidates += [(item.render.id, item.render.tags) for item in recalled]
     require_matches(only, candidates, "--only")
@@ -169,6 +193,7 @@ def _chosen(
         elif _cancellable(entry):
             jobs.append(_Job(key, entry))
     now = datetime.now(UTC)
+    remembered: list[_Job] = []
     for item in recalled:
         render, memo = item.render, item.recalled
         assert memo is not None
@@ -181,9 +206,9 @@ def _chosen(
                 "job list (or check the EmpirioLabs dashboard)"
             )
             continue
-        entry = recalled_entry(render, lock.shots.get(render.id), memo, now)
-        jobs.append(_Job(render.id, entry, remembered=True))
-    return sorted(jobs, key=lambda job: job.render_id)
+        entry = recalled_entry(render, lock.shots.get(render.id), memo, now)  # its job's ids
+        remembered.append(_Job(render.id, entry, recalled=item))
+    return jobs + sorted(remembered, key=lambda job: job.render_id)
 
 
 def _cancellable(entry: Entry) -> bool:
@@ -206,8 +231,15 @@ def _not_cancellable(entry: Entry) -> str | None:
 
 
 async def _cancel_all(
-    request: CancelRequest, key: str, writer: LockWriter, jobs: Sequence[_Job], api: str
+    request: CancelRequest,
+    key: str,
+    writer: LockWriter,
+    jobs: Sequence[_Job],
+    api: str,
+    takers: dict[str, PlanItem],
 ) -> int:
+    """Cancel each job in turn, recording each answer; `api`: the API the jobs are of;
+    `takers`: the renders the plan gives entries' jobs in flight to (`_Recalled.takers`)."""
     client = EmpirioClient(
         api_key=key, base_url=request.api_base, allow_insecure_http=request.allow_insecure_http
     )
@@ -218,35 +250,46 @@ async def _cancel_all(
             if done.result == "not_offered":
                 ui.say(done.detail)
                 return 1
-            if _record(writer, job, done, client.clock.now(), api):
+            written = _record(writer, job, done, client.clock.now(), api, takers)
+            if written:
                 await writer.commit()
-            ui.say(f"{job.render_id}: {done.detail}{_said(job, done, writer.path.name)}")
+            said = _said(job, done, written, writer.path.name)
+            ui.say(f"{job.render_id}: {done.detail}{said}")
             results.append(done)
     count = sum(1 for done in results if done.result == "cancelled")
     ui.say(f"Cancelled {count} of {len(results)} job(s) in flight; recorded in {writer.path.name}.")
     return 1 if any(done.result in {"running", "error"} for done in results) else 0
 
 
-def _said(job: _Job, done: Cancelled, lock_name: str) -> str:
+def _said(job: _Job, done: Cancelled, written: bool, lock_name: str) -> str:
     """What follows a job's line: its bill, and for a remembered job, where it is now."""
     bill = "" if done.billed_usd is None else f" (billed {usd(round_cost(done.billed_usd))})"
     if not job.remembered:
         return bill
-    where = "recorded there now" if done.result in _ANSWERED else "left as it was"
+    where = "recorded there now" if written else "left as it was"
     return f"{bill}; an earlier run submitted it, not in {lock_name}: {where}"
 
 
-def _record(writer: LockWriter, job: _Job, done: Cancelled, now: datetime, api: str) -> bool:
+def _record(
+    writer: LockWriter,
+    job: _Job,
+    done: Cancelled,
+    now: datetime,
+    api: str,
+    takers: dict[str, PlanItem],
+) -> bool:
     """Write what the API's answer settled, as a run writes it from a poll (which may never
     come: job state is kept one hour): the cancel, the job's end (completed with its result
     URL, or failed), or the bill it reported. A remembered job the API answered for is first
     written into the lockfile, as a run resuming it writes it (its charge with it). Whether
     anything was written."""
-    if job.remembered:
-        if done.result not in _ANSWERED:
+    if job.recalled is not None:
+        if done.result not in _ANSWERED or not _vacate(writer, job.render_id, takers, set()):
             return False
         writer.claim_api(api)
-        writer.set(job.render_id, job.entry)
+        render, memo = job.recalled.render, job.recalled.recalled
+        assert memo is not None
+        writer.set(job.render_id, recalled_entry(render, writer.get(job.render_id), memo, now))
     entry = writer.get(job.render_id)
     assert entry is not None
     answer = done.job
@@ -260,6 +303,24 @@ def _record(writer: LockWriter, job: _Job, done: Cancelled, now: datetime, api: 
     if fields:
         writer.update(job.render_id, **{"updated_at": now, **fields})
     return bool(fields) or job.remembered
+
+
+def _vacate(writer: LockWriter, key: str, takers: dict[str, PlanItem], seen: set[str]) -> bool:
+    """Make entry `key` free to be replaced: one holding a job still to be followed (in
+    flight, or done with its download pending) is moved under the render the plan gives
+    that job to, as a run taking it over moves it (that render's own such entry first).
+    False when the job has no taker: the entry must stay, and nothing is written over it."""
+    entry = writer.get(key)
+    if entry is None or entry.state not in UNSETTLED:
+        return True  # nothing to follow: replaced, its history and submissions are kept
+    taker = takers.get(key)
+    if taker is None or key in seen:
+        return False
+    seen.add(key)
+    if not _vacate(writer, taker.render.id, takers, seen):
+        return False
+    writer.move(key, taker.render.id, taker.render)
+    return True
 
 
 async def _cancel_one(client: EmpirioClient, render_id: str, entry: Entry) -> Cancelled:

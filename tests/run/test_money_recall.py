@@ -365,3 +365,36 @@ def test_cancel_says_when_remembered_jobs_could_not_be_looked_for(
     said = cancel(project, code=1)
     assert "warning: jobs remembered from earlier runs were not looked for" in said
     assert "nowhere" in said
+
+
+def test_cancel_keeps_the_job_a_renamed_shot_takes_over_beside_a_memo_job(
+    make_project: Callable[..., Project],
+) -> None:
+    """Shot a's job in flight (prompt one) goes to b, renamed to ask for it, while a now asks
+    for prompt two, whose job only a memo remembers. Both jobs have finished when `cancel`
+    asks: recording a's remembered job must not drop the job b takes over, which is paid
+    for and downloaded by the next run, never submitted again."""
+    hour = 3600.0
+    project = make_project(BAY, latency=SLOW, job_retention_seconds=100 * hour)
+    assert project.run().returncode == 0
+    branch_b = project.lock.read_bytes()
+    one, two = SHOT.format("a", "prompt one"), SHOT.format("a", "prompt two")
+    project.manifest.write_text(BAY + two)
+    assert project.run("--job-timeout", "1").returncode == 1  # a's job for prompt two
+    remembered = load_lockfile(project.lock).shots["a"].job_id
+    project.lock.write_bytes(branch_b)  # a checkout takes its record away
+    project.manifest.write_text(BAY + one)
+    assert project.run("--job-timeout", "1").returncode == 1  # a's job for prompt one
+    taken = load_lockfile(project.lock).shots["a"].job_id
+    project.manifest.write_text(BAY + SHOT.format("b", "prompt one") + two)
+    shots = {shot["id"]: shot for shot in project.plan_json()["shots"]}  # type: ignore[attr-defined]
+    assert (shots["a"]["action"], shots["b"]["action"]) == ("resume", "resume")
+    project.served.emulator.advance(1000)  # past both jobs' end
+    said = cancel(project)
+    assert f"job {taken} finished" in said and f"job {remembered} finished" in said
+    jobs = {e.job_id for e in load_lockfile(project.lock).shots.values()}
+    assert {taken, remembered} <= jobs
+    shots = {shot["id"]: shot for shot in project.plan_json()["shots"]}  # type: ignore[attr-defined]
+    assert (shots["a"]["action"], shots["b"]["action"]) == ("resume", "resume")
+    assert project.run().returncode == 0
+    assert project.submissions() == 3  # bay, and a's two jobs: none paid again
