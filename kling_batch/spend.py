@@ -20,8 +20,11 @@ as $0.
 A job is counted once, however many records of it the lockfile holds (`Duplicate`): a git
 merge can keep two (two branches recorded one job under one entry, and whoever resolved
 the conflict kept both submission lists; or under two ids, as a job in flight recalled or
-adopted under a renamed shot on one branch while the other kept the old id). Submissions
-without a job id have nothing to tell them apart by and each counts, as before.
+adopted under a renamed shot on one branch while the other kept the old id). Records are of
+one job when they name its job id for the same request (fingerprint): a job is made for
+one request, and job ids mean something only to the API and account that made them, so
+a merge of branches that rendered elsewhere may hold one id for two jobs, both counted.
+Submissions without a job id have nothing to tell them apart by and each counts, as before.
 """
 
 from __future__ import annotations
@@ -268,7 +271,8 @@ _SETTLED: tuple[Status, ...] = (
 
 
 def once_per_job(lines: list[Line]) -> tuple[list[Line], list[Duplicate]]:
-    """`lines` with each job id counted on one record only, and the jobs recorded twice.
+    """`lines` with each job counted on one record only, and the jobs recorded twice (one
+    job: one job id for one request, see the module docstring).
 
     Which record counts: the first whose render is still in the manifest (so the review
     gallery's card of that render shows it), else the first in the lockfile. What it
@@ -279,13 +283,13 @@ def once_per_job(lines: list[Line]) -> tuple[list[Line], list[Duplicate]]:
     a cancel's partial bill, then the completion's, or a hand edit), and the highest is
     never less than the API charged. The other records are listed, not summed.
     """
-    records: dict[str, list[int]] = {}
+    records: dict[tuple[str, str], list[int]] = {}  # by job id and request
     for index, line in enumerate(lines):
         if line.charge.job_id is not None:
-            records.setdefault(line.charge.job_id, []).append(index)
+            records.setdefault((line.charge.job_id, line.charge.fingerprint), []).append(index)
     kept = list(lines)
     duplicates = []
-    for job_id, indexes in records.items():
+    for (job_id, _), indexes in records.items():
         if len(indexes) < 2:
             continue
         group = [lines[index] for index in indexes]

@@ -257,3 +257,23 @@ def test_gc_says_no_spend_leaves_with_an_entry_whose_job_another_records(
     assert kling_batch("gc", str(manifest), "--yes").returncode == 0
     after, _ = spend_json(manifest)
     assert money(before["totals"]["billed_usd"]) == money(after["totals"]["billed_usd"]) == BAY
+
+
+def test_spend_counts_two_requests_whose_jobs_share_an_id_apart(tmp_path: Path) -> None:
+    """Two entries record one job id for two different requests (a merge of branches that
+    rendered on other accounts or APIs, whose ids are only theirs): no job is made for two
+    requests, so these are two jobs, both billed and both counted."""
+    manifest = merged(
+        tmp_path,
+        ["bay", "fog"],
+        ["bay", "fog"],
+        {
+            "bay": lambda r: record(r["bay"], "done", charge(r["bay"], "job_J", BAY)),
+            "fog": lambda r: record(r["fog"], "done", charge(r["fog"], "job_J", FOG)),
+        },
+    )
+    data, said = spend_json(manifest)
+    totals = data["totals"]
+    assert money(totals["billed_usd"]) == BAY + FOG
+    assert (totals["bills"], totals["submissions"]) == (2, 2)
+    assert data["duplicates"] == [] and "counted once" not in said
