@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,11 @@ def record(render: PlannedRender, state: str, *charges: Charge, **fields: Any) -
         submissions=list(charges),
         **fields,
     )
+
+
+def done_with(shot: str, bill: Decimal) -> Callable[[dict[str, PlannedRender]], Entry]:
+    """`merged`'s maker of `shot`'s entry: done, its one submission (job_J) billed `bill`."""
+    return lambda renders: record(renders[shot], "done", charge(renders[shot], "job_J", bill))
 
 
 def merged(tmp_path: Path, recorded: list[str], kept: list[str], entries: dict[str, Any]) -> Path:
@@ -142,8 +148,8 @@ def test_spend_counts_once_a_job_recorded_under_an_old_and_a_renamed_id(
         ["bay", "cove", "fog"],
         ["cove", "fog"],
         {
-            "bay": lambda r: record(r["bay"], "done", charge(r["bay"], "job_J", BAY)),
-            "cove": lambda r: record(r["cove"], "done", charge(r["cove"], "job_J", BAY)),
+            "bay": done_with("bay", BAY),
+            "cove": done_with("cove", BAY),
             "fog": fog_done,
         },
     )
@@ -175,8 +181,8 @@ def test_spend_counts_a_job_recorded_with_two_bills_at_the_higher(tmp_path: Path
         ["bay", "cove"],
         ["bay", "cove"],
         {
-            "bay": lambda r: record(r["bay"], "done", charge(r["bay"], "job_J", higher)),
-            "cove": lambda r: record(r["cove"], "done", charge(r["cove"], "job_J", BAY)),
+            "bay": done_with("bay", higher),
+            "cove": done_with("cove", BAY),
         },
     )
     data, _ = spend_json(manifest)
@@ -202,8 +208,8 @@ def test_the_gallery_counts_a_job_two_shots_record_once(tmp_path: Path) -> None:
         ["bay", "cove"],
         ["bay", "cove"],
         {
-            "bay": lambda r: record(r["bay"], "done", charge(r["bay"], "job_J", BAY)),
-            "cove": lambda r: record(r["cove"], "done", charge(r["cove"], "job_J", BAY)),
+            "bay": done_with("bay", BAY),
+            "cove": done_with("cove", BAY),
         },
     )
     data, _ = spend_json(manifest)
@@ -222,7 +228,7 @@ def test_the_gallery_counts_a_renamed_shots_job_billed_under_its_old_id(
         ["bay", "cove", "fog"],
         ["cove", "fog"],
         {
-            "bay": lambda r: record(r["bay"], "done", charge(r["bay"], "job_J", BAY)),
+            "bay": done_with("bay", BAY),
             "cove": lambda r: record(r["cove"], "submitted", charge(r["cove"], "job_J")),
             "fog": fog_done,
         },
@@ -246,7 +252,7 @@ def test_gc_says_no_spend_leaves_with_an_entry_whose_job_another_records(
             "bay": lambda r: record(
                 r["bay"], "failed", charge(r["bay"], "job_J", BAY), error="download failed"
             ),
-            "cove": lambda r: record(r["cove"], "done", charge(r["cove"], "job_J", BAY)),
+            "cove": done_with("cove", BAY),
         },
     )
     before, _ = spend_json(manifest)
@@ -268,8 +274,8 @@ def test_spend_counts_two_requests_whose_jobs_share_an_id_apart(tmp_path: Path) 
         ["bay", "fog"],
         ["bay", "fog"],
         {
-            "bay": lambda r: record(r["bay"], "done", charge(r["bay"], "job_J", BAY)),
-            "fog": lambda r: record(r["fog"], "done", charge(r["fog"], "job_J", FOG)),
+            "bay": done_with("bay", BAY),
+            "fog": done_with("fog", FOG),
         },
     )
     data, said = spend_json(manifest)
